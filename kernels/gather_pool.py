@@ -1,0 +1,60 @@
+"""Forward of the embedding lookup: owner-side row lookup and requester-side pooling."""
+
+import torch
+
+from kernels._dispatch import use_triton
+
+
+def lookup_reference(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return weight.index_select(0, rows).float()
+
+
+def lookup(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of the owner's local storage: weight [R, D] (any float dtype), rows int64 [K]
+    -> float32 [K, D]."""
+    if use_triton(weight):
+        from kernels.triton_gather_pool import lookup_triton
+        return lookup_triton(weight, rows)
+    return lookup_reference(weight, rows)
+
+
+def bag_layout(offsets: torch.Tensor, batch_size: int, feature_mean: torch.Tensor):
+    """Per value: its bag index; per bag: its length and pooling scale (1 or 1/len)."""
+    lengths = offsets[1:] - offsets[:-1]
+    bag_of_value = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
+    num_features = feature_mean.numel()
+    mean_per_bag = feature_mean.to(torch.bool).repeat_interleave(batch_size)
+    scale = torch.where(mean_per_bag, 1.0 / lengths.clamp(min=1).float(), torch.ones_like(lengths, dtype=torch.float32))
+    assert lengths.numel() == num_features * batch_size
+    return bag_of_value, lengths, scale
+
+
+def gather_pool_reference(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
+                          batch_size: int, feature_mean: torch.Tensor) -> torch.Tensor:
+    num_features = feature_mean.numel()
+    dim = rows.shape[1]
+    bag_of_value, _, scale = bag_layout(offsets, batch_size, feature_mean)
+    pooled = torch.zeros(num_features * batch_size, dim, dtype=torch.float32, device=rows.device)
+    pooled.index_add_(0, bag_of_value, rows.float().index_select(0, inverse))
+    pooled *= scale[:, None]
+    # bags are feature-major (f * B + b); the output is sample-major [B, F, D]
+    return pooled.view(num_features, batch_size, dim).transpose(0, 1).contiguous()
+
+
+def gather_pool(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor, batch_size: int,
+                feature_mean: torch.Tensor) -> torch.Tensor:
+    """Pool the rows of each bag.
+
+    Args:
+        rows: [U, D] one row per unique key (as returned by output_dist).
+        inverse: int64 [N] row of each value of the batch (values are feature-major bags).
+        offsets: int64 [F*B+1] bag boundaries; bag f*B+b is feature f of sample b.
+        batch_size: B.
+        feature_mean: bool/int [F], true where feature f is mean-pooled (else sum).
+    Returns:
+        float32 [B, F, D]; empty bags give zeros.
+    """
+    if use_triton(rows):
+        from kernels.triton_gather_pool import gather_pool_triton
+        return gather_pool_triton(rows, inverse, offsets, batch_size, feature_mean)
+    return gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean)

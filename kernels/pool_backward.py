@@ -1,0 +1,34 @@
+"""Backward of gather_pool: one gradient row per unique key (segment sum over its uses)."""
+
+import torch
+
+from kernels._dispatch import use_triton
+from kernels.gather_pool import bag_layout
+
+
+def pool_backward_reference(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
+                            feature_mean: torch.Tensor, num_unique: int) -> torch.Tensor:
+    batch_size, num_features, dim = grad_pooled.shape
+    bag_of_value, _, scale = bag_layout(offsets, batch_size, feature_mean)
+    grad_bags = grad_pooled.float().transpose(0, 1).reshape(num_features * batch_size, dim) * scale[:, None]
+    grad_unique = torch.zeros(num_unique, dim, dtype=torch.float32, device=grad_pooled.device)
+    grad_unique.index_add_(0, inverse, grad_bags.index_select(0, bag_of_value))
+    return grad_unique
+
+
+def pool_backward(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
+                  feature_mean: torch.Tensor, num_unique: int) -> torch.Tensor:
+    """Gradient of gather_pool with respect to its rows.
+
+    Args:
+        grad_pooled: [B, F, D] gradient of the pooled output.
+        inverse, offsets, feature_mean: as given to gather_pool.
+        num_unique: U, the number of rows gather_pool received.
+    Returns:
+        float32 [U, D]: the sum over every use of a unique key of its bag's gradient
+        (times 1/len for mean-pooled bags).
+    """
+    if use_triton(grad_pooled):
+        from kernels.triton_pool_backward import pool_backward_triton
+        return pool_backward_triton(grad_pooled, inverse, offsets, feature_mean, num_unique)
+    return pool_backward_reference(grad_pooled, inverse, offsets, feature_mean, num_unique)

@@ -1,0 +1,54 @@
+"""Fused unique + partition-by-owner of embedding keys (input_dist's first step).
+
+keys are global fused-row ids (table row offset + id). Each key's owner rank comes from
+its table: ``table_owner[t] >= 0`` means the whole table lives on that rank (table-wise,
+or replicated with the local rank as owner); ``-1`` means row-wise, owner = row % W.
+"""
+
+import torch
+
+from kernels._dispatch import use_triton
+
+
+def owner_of(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
+             world_size: int) -> torch.Tensor:
+    """Owner rank of each key (int64, same shape as keys)."""
+    table = torch.searchsorted(table_offsets, keys, right=True) - 1
+    row = keys - table_offsets[table]
+    owner = table_owner[table]
+    return torch.where(owner >= 0, owner, row % world_size)
+
+
+def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
+                               table_owner: torch.Tensor, world_size: int):
+    """Pure-torch oracle: sorted unique, then a stable sort by owner."""
+    if keys.numel() == 0:
+        return (keys.new_empty(0), torch.zeros(world_size, dtype=torch.int64, device=keys.device),
+                keys.new_empty(0))
+    uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    owner = owner_of(uniq, table_offsets, table_owner, world_size)
+    order = torch.argsort(owner, stable=True)
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=keys.device)
+    counts = torch.bincount(owner, minlength=world_size)
+    return uniq[order], counts, position[inverse]
+
+
+def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
+                     world_size: int):
+    """Deduplicate keys and group the unique ones by owner rank.
+
+    Args:
+        keys: int64 [N] global fused-row ids.
+        table_offsets: int64 [T+1] first fused row of each table, then the total row count.
+        table_owner: int64 [T] owner rank per table, -1 for row-wise tables.
+        world_size: number of ranks W.
+    Returns:
+        unique_keys int64 [U] grouped by owner (rank 0's first); order inside a group is free.
+        counts int64 [W] number of unique keys per owner.
+        inverse int64 [N] with unique_keys[inverse] == keys.
+    """
+    if use_triton(keys):
+        from kernels.triton_unique_partition import unique_partition_triton
+        return unique_partition_triton(keys, table_offsets, table_owner, world_size)
+    return unique_partition_reference(keys, table_offsets, table_owner, world_size)
