@@ -1,0 +1,285 @@
+"""One config tree for RecFuse: dataclasses, loaded from TOML, overridden from the command line.
+
+Precedence: command line (``--section.key value`` or ``--section.key=value``) > TOML > defaults.
+Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TableConfig:
+    """One embedding table, looked up by one or more sparse features."""
+
+    name: str = ""  # unique table name
+    num_embeddings: int = 0  # rows (vocabulary size) before embedding.row_scale
+    features: list[str] = field(default_factory=list)  # features that look up this table; [] means [name]
+    pooling: str = "sum"  # how a multi-hot bag becomes one vector: "sum" or "mean"
+    placement: str = "auto"  # pin a sharding: "auto", "table", "row" or "replicated"
+    bag_min: int = -1  # synthetic bag length range for this table's features; -1: use data.bag_min/bag_max
+    bag_max: int = -1
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # where metrics.jsonl, summary.json and checkpoints go
+    seed: int = 0  # seeds data, weights and everything else
+    log_every: int = 10  # steps between metrics lines
+    backend: str = "auto"  # process-group backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"
+    device: str = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # preprocessed binary dataset directory; "" means synthetic data
+    num_dense: int = 13  # dense features per sample (synthetic)
+    zipf_exponent: float = 1.05  # power-law exponent of synthetic ids (larger: more skewed)
+    bag_min: int = 1  # synthetic multi-hot bag length range (inclusive); 0 allows empty bags
+    bag_max: int = 1
+    signal: float = 1.0  # strength of the hidden ground-truth model behind synthetic labels
+    train_range: str = ""  # "start:end" rows of a dataset used for training ("" = default split)
+    eval_range: str = ""  # "start:end" rows used for evaluation ("" = default split)
+    epochs: int = 1  # passes over the train range (datasets only)
+    prefetch_depth: int = 2  # batches the pinned-memory prefetcher keeps in flight
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dlrm"  # "dlrm", "dcnv2" or "deepfm"
+    bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])  # dense tower; last size = embedding dim
+    top_mlp: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes over the interaction; a 1-unit logit follows
+    cross_layers: int = 3  # dcnv2: number of cross layers
+    cross_low_rank: int = 0  # dcnv2: rank of the low-rank cross layers (0 = full rank)
+    deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm: deep part hidden sizes
+
+
+@dataclass
+class EmbeddingConfig:
+    dim: int = 16  # embedding dimension shared by all tables
+    tables: list[TableConfig] = field(default_factory=list)  # the tables ([[embedding.tables]] in TOML)
+    row_scale: float = 1.0  # multiply every table's rows (shrink big configs to fit small machines)
+    sharding: str = "auto"  # default placement for tables left at "auto": "auto", "table", "row", "replicated"
+    replicate_below_bytes: int = 1 << 20  # auto: tables smaller than this are replicated
+    memory_budget_bytes: int = 0  # per-rank bytes for weights + optimizer state; 0 = unlimited
+    storage_dtype: str = "float32"  # table storage: "float32", "bfloat16" or "float16" (optimizer math is fp32)
+
+
+@dataclass
+class OptimizerConfig:
+    dense: str = "adam"  # dense optimizer: "sgd", "adagrad" or "adam"
+    dense_lr: float = 1e-3  # dense learning rate
+    sparse: str = "adagrad"  # fused embedding optimizer: "sgd", "adagrad" (row-wise) or "adam" (lazy)
+    sparse_lr: float = 0.05  # embedding learning rate
+    eps: float = 1e-8  # adagrad/adam epsilon (dense and sparse)
+    beta1: float = 0.9  # adam first-moment decay
+    beta2: float = 0.999  # adam second-moment decay
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # optimizer steps
+    global_batch_size: int = 256  # samples per step over ALL ranks (split evenly)
+    bf16: bool = True  # autocast dense layers to bf16 on CUDA (ignored on CPU)
+    pipelined: bool = True  # overlap the next batch's id exchange with this batch's compute
+    warmup_steps: int = 5  # steps excluded from samples/s
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (if checkpointing)
+    resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in run.dir, or a path
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    timeout_s: float = 600.0  # collective timeout before a hung rank is reported
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    samples: int = 8192  # held-out samples per evaluation (global)
+    batch_size: int = 1024  # global eval batch size
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp, value):
+    """Check (TOML) or parse (CLI strings) a value against a field type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a table, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            if dataclasses.is_dataclass(item_tp):
+                raise ConfigError(f"config key '{key}' can only be set in the TOML file")
+            text = value.strip().strip("[]")
+            value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"config key '{key}': union types are not supported")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _fields(cls) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    known = _fields(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in known:
+            raise ConfigError(f"unknown config key '{key}' (known in this section: {', '.join(known)})")
+        kwargs[name] = _coerce(key, known[name], value)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: str) -> None:
+    parts = key.split(".")
+    cls = Config
+    node = tree
+    for depth, part in enumerate(parts):
+        known = _fields(cls)
+        if part not in known:
+            raise ConfigError(f"unknown config key '{key}'")
+        tp = known[part]
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"config key '{key}' is a section; set one of its keys")
+            node[part] = value
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"unknown config key '{key}' ('{'.'.join(parts[:depth + 1])}' is not a section)")
+            node = node.setdefault(part, {})
+            cls = tp
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """Split argv into the --config path and (key, value) overrides."""
+    config_path = None
+    overrides = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --section.key value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"option '--{name}' needs a value")
+            value = argv[i + 1]
+            i += 1
+        if name == "config":
+            config_path = value
+        else:
+            overrides.append((name, value))
+        i += 1
+    return config_path, overrides
+
+
+def load_config(argv: list[str] | None = None, config_path: str | None = None) -> Config:
+    """Defaults, then the TOML file (--config or config_path), then command-line overrides."""
+    argv = sys.argv[1:] if argv is None else argv
+    cli_path, overrides = parse_overrides(argv)
+    path = cli_path or config_path
+    tree: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    choices = {
+        "model.name": (cfg.model.name, ("dlrm", "dcnv2", "deepfm")),
+        "optimizer.dense": (cfg.optimizer.dense, ("sgd", "adagrad", "adam")),
+        "optimizer.sparse": (cfg.optimizer.sparse, ("sgd", "adagrad", "adam")),
+        "embedding.sharding": (cfg.embedding.sharding, ("auto", "table", "row", "replicated")),
+        "embedding.storage_dtype": (cfg.embedding.storage_dtype, ("float32", "bfloat16", "float16")),
+        "run.backend": (cfg.run.backend, ("auto", "nccl", "gloo")),
+        "run.device": (cfg.run.device, ("auto", "cuda", "cpu")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {allowed}")
+    names = set()
+    for i, t in enumerate(cfg.embedding.tables):
+        where = f"embedding.tables[{i}] ({t.name or 'unnamed'})"
+        if not t.name:
+            raise ConfigError(f"{where}: 'name' is required")
+        if t.name in names:
+            raise ConfigError(f"{where}: duplicate table name")
+        names.add(t.name)
+        if t.num_embeddings <= 0:
+            raise ConfigError(f"{where}: num_embeddings must be positive, got {t.num_embeddings}")
+        if t.pooling not in ("sum", "mean"):
+            raise ConfigError(f"{where}: pooling is {t.pooling!r}; expected 'sum' or 'mean'")
+        if t.placement not in ("auto", "table", "row", "replicated"):
+            raise ConfigError(f"{where}: placement is {t.placement!r}; expected auto, table, row or replicated")
+    if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
+        raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
+    if not 0 <= cfg.data.bag_min <= cfg.data.bag_max:
+        raise ConfigError(f"data.bag_min/bag_max must satisfy 0 <= min <= max, got {cfg.data.bag_min}, {cfg.data.bag_max}")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

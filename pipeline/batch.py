@@ -1,0 +1,80 @@
+"""The batch every data source yields: dense features, labels and keyed jagged sparse ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KeyedJagged:
+    """Multi-hot sparse features of a batch, feature-major like TorchRec's KeyedJaggedTensor.
+
+    Bag ``f * B + b`` holds the ids of feature ``keys[f]`` for sample ``b``; its ids are
+    ``values[offsets[f*B+b] : offsets[f*B+b+1]]``. Bags may be empty.
+
+    Example (B=2, keys ["a", "b"]):  a: [[3], [1, 4]]   b: [[], [9]]
+        values = [3, 1, 4, 9]   offsets = [0, 1, 3, 3, 4]
+    """
+
+    values: torch.Tensor  # int64 [N] ids, local to each feature's table
+    offsets: torch.Tensor  # int64 [F*B+1] bag boundaries
+    keys: list[str]  # feature names, F of them
+
+    @property
+    def batch_size(self) -> int:
+        return (self.offsets.numel() - 1) // max(len(self.keys), 1)
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the problem if the layout is inconsistent."""
+        if self.values.dtype != torch.int64 or self.offsets.dtype != torch.int64:
+            raise ValueError(f"KeyedJagged needs int64 values and offsets, got {self.values.dtype}, {self.offsets.dtype}")
+        if (self.offsets.numel() - 1) % max(len(self.keys), 1):
+            raise ValueError(f"offsets has {self.offsets.numel()} entries, not F*B+1 for F={len(self.keys)}")
+        if self.offsets[0] != 0 or self.offsets[-1] != self.values.numel():
+            raise ValueError("offsets must start at 0 and end at len(values)")
+        if bool((self.lengths() < 0).any()):
+            raise ValueError("offsets must be non-decreasing")
+
+    def to(self, device, non_blocking: bool = False) -> KeyedJagged:
+        return KeyedJagged(self.values.to(device, non_blocking=non_blocking),
+                           self.offsets.to(device, non_blocking=non_blocking), self.keys)
+
+    def pin_memory(self) -> KeyedJagged:
+        return KeyedJagged(self.values.pin_memory(), self.offsets.pin_memory(), self.keys)
+
+    @staticmethod
+    def from_lists(bags: dict[str, list[list[int]]]) -> KeyedJagged:
+        """Build from {feature: [ids of sample 0, ids of sample 1, ...]} (tests, examples)."""
+        keys = list(bags)
+        flat, lengths = [], []
+        for key in keys:
+            for bag in bags[key]:
+                flat.extend(bag)
+                lengths.append(len(bag))
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+        return KeyedJagged(torch.tensor(flat, dtype=torch.int64), offsets, keys)
+
+
+@dataclass
+class Batch:
+    dense: torch.Tensor  # float32 [B, num_dense]
+    labels: torch.Tensor  # float32 [B] in [0, 1]
+    sparse: KeyedJagged
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.numel()
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        return Batch(self.dense.to(device, non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking),
+                     self.sparse.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory())
