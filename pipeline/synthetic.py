@@ -17,37 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.hashing import splitmix64, uniform
 from pipeline.batch import Batch, KeyedJagged
-
-_MASK64 = (1 << 64) - 1
-
-
-def _signed(x: int) -> int:
-    x &= _MASK64
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MIX1 = _signed(0xBF58476D1CE4E5B9)
-_MIX2 = _signed(0x94D049BB133111EB)
-
-
-def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
-def splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """The splitmix64 finalizer on int64 tensors (wrapping arithmetic)."""
-    z = x + _GOLDEN
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
-    return z ^ _shr(z, 31)
-
-
-def uniform(x: torch.Tensor) -> torch.Tensor:
-    """float64 in [0, 1) from hashed int64 counters."""
-    return _shr(splitmix64(x), 11).double() * (2.0**-53)
 
 
 def zipf_ids(u: torch.Tensor, num_rows: int, exponent: float) -> torch.Tensor:

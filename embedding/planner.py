@@ -1,0 +1,119 @@
+"""Sharding planner: decides where every table lives and prints the plan.
+
+Placements
+- ``table``: the whole table on one rank (greedy balance of bytes and lookups).
+- ``row``: rows spread over all ranks, owner = row % W. Interleaving (not contiguous blocks)
+  because ids are power-law distributed with the hot ids clustered (often at low ids after
+  frequency-sorted vocabularies): interleaving spreads the hot rows, and so the lookups,
+  evenly over ranks, where contiguous blocks would pile them on rank 0.
+- ``replicated``: a copy on every rank, looked up locally; its gradients are all-reduced so the
+  copies stay identical. Cheaper than all-to-all for tiny tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from embedding.tables import Table, row_bytes
+
+
+@dataclass
+class TablePlacement:
+    placement: str  # table, row or replicated
+    owner: int  # rank for table-wise; -1 for row-wise and replicated
+    bytes_per_rank: list[int]
+
+
+@dataclass
+class ShardingPlan:
+    world_size: int
+    placements: dict[str, TablePlacement] = field(default_factory=dict)
+
+    def rank_bytes(self) -> list[int]:
+        return [sum(p.bytes_per_rank[r] for p in self.placements.values()) for r in range(self.world_size)]
+
+    def format(self, tables: list[Table]) -> str:
+        """A readable table: one line per embedding table, then the per-rank totals."""
+        header = f"{'table':<16} {'rows':>12} {'dim':>5} {'placement':<11} {'ranks':<12} {'bytes/rank':>12}"
+        lines = [header, "-" * len(header)]
+        for t in tables:
+            p = self.placements[t.name]
+            ranks = str(p.owner) if p.placement == "table" else f"0-{self.world_size - 1}"
+            nonzero = [b for b in p.bytes_per_rank if b]
+            lines.append(f"{t.name:<16} {t.num_embeddings:>12,} {t.dim:>5} {p.placement:<11} {ranks:<12} "
+                         f"{_human(max(nonzero) if nonzero else 0):>12}")
+        lines.append("-" * len(header))
+        lines.append("total per rank: " + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes())))
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return str(n)
+
+
+def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = "float32", optimizer: str = "adagrad",
+                  default_placement: str = "auto", replicate_below_bytes: int = 1 << 20,
+                  memory_budget_bytes: int = 0) -> ShardingPlan:
+    """Place every table; a table's own placement (if not auto) wins over default_placement.
+
+    auto: replicated below replicate_below_bytes; row-wise if the table alone exceeds the
+    per-rank memory budget; otherwise table-wise, greedily placing the largest tables first on
+    the rank with the least (bytes share + lookups share) so far.
+    Raises ValueError naming the tables that do not fit the budget and by how much.
+    """
+    plan = ShardingPlan(world_size)
+    budget = memory_budget_bytes or float("inf")
+    sizes = {t.name: t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer) for t in tables}
+    chosen = {}
+    for t in tables:
+        kind = t.placement if t.placement != "auto" else default_placement
+        if kind == "auto":
+            if sizes[t.name] < replicate_below_bytes:
+                kind = "replicated"
+            elif sizes[t.name] > budget:
+                kind = "row"
+            else:
+                kind = "table"
+        chosen[t.name] = kind
+
+    load_bytes = [0] * world_size
+    load_lookups = [0.0] * world_size
+    for t in tables:
+        size = sizes[t.name]
+        if chosen[t.name] == "row":
+            per = [0] * world_size
+            per_row = size // t.num_embeddings
+            for r in range(world_size):
+                per[r] = len(range(r, t.num_embeddings, world_size)) * per_row
+                load_bytes[r] += per[r]
+                load_lookups[r] += t.lookups_per_sample / world_size
+            plan.placements[t.name] = TablePlacement("row", -1, per)
+        elif chosen[t.name] == "replicated":
+            for r in range(world_size):
+                load_bytes[r] += size
+            plan.placements[t.name] = TablePlacement("replicated", -1, [size] * world_size)
+
+    total_bytes = sum(sizes.values()) or 1
+    total_lookups = sum(t.lookups_per_sample for t in tables) or 1.0
+    for t in sorted((t for t in tables if chosen[t.name] == "table"), key=lambda t: (-sizes[t.name], t.name)):
+        cost = [load_bytes[r] / total_bytes + load_lookups[r] / total_lookups for r in range(world_size)]
+        owner = min(range(world_size), key=lambda r: (cost[r], r))
+        load_bytes[owner] += sizes[t.name]
+        load_lookups[owner] += t.lookups_per_sample
+        per = [0] * world_size
+        per[owner] = sizes[t.name]
+        plan.placements[t.name] = TablePlacement("table", owner, per)
+    plan.placements = {t.name: plan.placements[t.name] for t in tables}
+
+    over = [(r, b) for r, b in enumerate(plan.rank_bytes()) if b > budget]
+    if over:
+        culprits = ", ".join(f"{t.name} ({_human(sizes[t.name])}, {chosen[t.name]})"
+                             for t in sorted(tables, key=lambda t: -sizes[t.name])[:5])
+        worst = ", ".join(f"rank {r} needs {_human(b)}, over by {_human(b - budget)}" for r, b in over)
+        raise ValueError(f"sharding plan does not fit embedding.memory_budget_bytes={_human(budget)}: {worst}; "
+                         f"largest tables: {culprits}")
+    return plan

@@ -1,0 +1,319 @@
+"""ShardedEmbeddingCollection: embedding tables sharded over ranks, rows exchanged with all-to-all.
+
+One forward is three phases (DESIGN.md, "One training step"); the backward mirrors them and
+applies the sparse optimizer in place, so tables never get a dense gradient.
+
+Keys. A feature's id i of table t becomes the global key ``table_offsets[t] + i`` (fused row
+space of all tables). Ownership: table-wise -> the table's rank; row-wise -> key row % W;
+replicated -> the local rank (every rank holds a copy).
+
+Local storage. One [local_rows, D] tensor per rank: replicated tables first (same layout on
+every rank, so their gradients can be all-reduced densely), then the rank's table-wise tables,
+then its row-wise shards (row r of a row-wise table is local row r // W on rank r % W).
+The owner side maps keys -> local rows (``local_rows``), not a fixed row range, so a hash
+table of raw ids can later sit behind the same compute phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from embedding.comm import Exchange
+from embedding.planner import ShardingPlan, plan_sharding
+from embedding.tables import STORAGE_DTYPES, Table, feature_names
+from kernels import gather_pool, init_sparse_state, lookup, pool_backward, sparse_update, unique_partition
+from kernels.hashing import splitmix64, uniform
+
+
+@dataclass
+class SparseOptimizerConfig:
+    name: str = "adagrad"  # sgd, adagrad (row-wise) or adam (lazy)
+    lr: float = 0.05
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+@dataclass
+class SparseDist:
+    """What input_dist hands to compute and output_dist (and backward) for one batch."""
+
+    batch_size: int
+    offsets: torch.Tensor  # [F*B+1] bag boundaries of the local batch
+    inverse: torch.Tensor  # [N] index of each value's key in unique_keys
+    unique_keys: torch.Tensor  # [U] grouped by owner
+    send_splits: list[int]  # unique keys sent to each rank
+    recv_splits: list[int]  # keys received from each rank
+    recv_keys: torch.Tensor | None = None  # [sum(recv_splits)] keys this rank must serve
+    _work: object = None  # pending all-to-all of the keys
+
+    def wait(self) -> SparseDist:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return self
+
+
+class ShardedEmbeddingCollection(nn.Module):
+    """Pooled embedding lookups over tables sharded by a ShardingPlan.
+
+    forward(kjt) -> pooled [B, F, D] float32 for the local batch, F in ``self.features`` order.
+    Gradients flowing into ``pooled`` update the tables in place during backward (scaled by
+    1/W: each rank's loss is a mean over its B = global/W samples, as DDP averages dense grads).
+    """
+
+    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizerConfig, *,
+                 rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
+                 storage_dtype: str = "float32"):
+        super().__init__()
+        dims = {t.dim for t in tables}
+        if len(dims) != 1:
+            raise ValueError(f"all tables must share one embedding dim (pooled output is [B, F, D]); got {sorted(dims)}")
+        self.tables = tables
+        self.plan = plan
+        self.dim = dims.pop()
+        self.optimizer = optimizer
+        self.rank, self.world_size = rank, world_size
+        self.exchange = Exchange(group, rank, world_size)
+        self.features = feature_names(tables)
+        table_index = {t.name: i for i, t in enumerate(tables)}
+        feature_table = [table_index[t.name] for t in tables for _ in t.features]
+        rows = torch.tensor([t.num_embeddings for t in tables], dtype=torch.int64)
+        offsets = torch.zeros(len(tables) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(rows, 0)
+
+        kinds = [plan.placements[t.name].placement for t in tables]
+        owner = [plan.placements[t.name].owner if k == "table" else (rank if k == "replicated" else -1)
+                 for t, k in zip(tables, kinds, strict=True)]
+        local_count = []
+        for t, k, o in zip(tables, kinds, owner, strict=True):
+            if k == "row":
+                local_count.append(len(range(rank, t.num_embeddings, world_size)))
+            else:
+                local_count.append(t.num_embeddings if o == rank else 0)
+        # replicated first, then table-wise, then row-wise shards
+        order = sorted(range(len(tables)), key=lambda i: ({"replicated": 0, "table": 1, "row": 2}[kinds[i]], i))
+        local_base = [0] * len(tables)
+        cursor = 0
+        for i in order:
+            local_base[i] = cursor
+            cursor += local_count[i]
+        self.num_local_rows = cursor
+        self.num_replicated_rows = sum(local_count[i] for i in range(len(tables)) if kinds[i] == "replicated")
+        self.local_count = local_count
+
+        self.register_buffer("table_offsets", offsets, persistent=False)
+        self.register_buffer("table_rows", rows, persistent=False)
+        self.register_buffer("table_owner", torch.tensor(owner, dtype=torch.int64), persistent=False)
+        self.register_buffer("table_is_row", torch.tensor([k == "row" for k in kinds]), persistent=False)
+        self.register_buffer("local_base", torch.tensor(local_base, dtype=torch.int64), persistent=False)
+        self.register_buffer("feature_table", torch.tensor(feature_table, dtype=torch.int64), persistent=False)
+        self.register_buffer("feature_mean", torch.tensor([t.pooling == "mean" for t in tables for _ in t.features]),
+                             persistent=False)
+        self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype]))
+        for name, tensor in init_sparse_state(optimizer.name, cursor, self.dim, "cpu").items():
+            self.register_buffer(name, tensor)
+        self._init_weights(seed)
+        self.to(device)
+        self._anchor = torch.zeros((), device=device, requires_grad=True)  # makes autograd call our backward
+        self.last_exchange_bytes = 0  # bytes this rank sent to other ranks in the last forward + backward
+
+    # ---- layout helpers -------------------------------------------------------------------------------
+    def local_global_rows(self, t: int) -> torch.Tensor:
+        """Rows of table t (table-local ids) that this rank stores, in local storage order."""
+        if self.local_count[t] == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        if bool(self.table_is_row[t]):
+            return torch.arange(self.rank, self.tables[t].num_embeddings, self.world_size)
+        return torch.arange(self.tables[t].num_embeddings)
+
+    def local_rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """Owner side: global keys this rank owns -> rows of its local storage."""
+        t = torch.searchsorted(self.table_offsets, keys, right=True) - 1
+        row = keys - self.table_offsets[t]
+        return self.local_base[t] + torch.where(self.table_is_row[t], row // self.world_size, row)
+
+    def _init_weights(self, seed: int) -> None:
+        """Uniform(+-sqrt(1/rows)) from a hash of (seed, table, row, d): same values under any plan."""
+        d = torch.arange(self.dim, dtype=torch.int64)
+        for t, table in enumerate(self.tables):
+            key = int(splitmix64(torch.tensor([seed * 1_000_003 + t + 1], dtype=torch.int64))[0])
+            bound = (1.0 / table.num_embeddings) ** 0.5
+            rows = self.local_global_rows(t)
+            base = int(self.local_base[t])
+            for start in range(0, rows.numel(), 1 << 16):  # chunks keep the int64 counters small
+                chunk = rows[start : start + (1 << 16)]
+                values = (2.0 * uniform((chunk[:, None] * self.dim + d) ^ key) - 1.0) * bound
+                self.weight[base + start : base + start + chunk.numel()] = values.to(self.weight.dtype)
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in init_sparse_state(self.optimizer.name, 0, self.dim, "cpu")}
+
+    def check_ids(self, kjt) -> None:
+        """Raise ValueError naming the feature, sample and id of the first out-of-range id."""
+        if list(kjt.keys) != self.features:
+            raise ValueError(f"batch features {list(kjt.keys)} do not match the tables' features {self.features}")
+        lengths = kjt.offsets[1:] - kjt.offsets[:-1]
+        limit = self.table_rows[self.feature_table].repeat_interleave(kjt.batch_size).repeat_interleave(lengths)
+        bad = (kjt.values < 0) | (kjt.values >= limit)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            bag = int(torch.searchsorted(kjt.offsets, torch.tensor(i), right=True)) - 1
+            f, b = divmod(bag, kjt.batch_size)
+            table = self.tables[int(self.feature_table[f])]
+            raise ValueError(f"feature {self.features[f]!r} (table {table.name!r}, {table.num_embeddings} rows): "
+                             f"sample {b} has id {int(kjt.values[i])} outside [0, {table.num_embeddings})")
+
+    # ---- phase 1: input_dist ----------------------------------------------------------------------------
+    def input_dist(self, kjt) -> SparseDist:
+        """Dedup the batch's keys, group them by owner, send each owner its keys (async).
+
+        Example, W=2, table-wise: table A (rows 0..9) on rank 0, table B (keys 10..19) on rank 1.
+            rank 0 batch keys [3, 3, 12]  -> unique [3 | 12], send_splits [1, 1]
+            rank 1 batch keys [12, 5, 12] -> unique [5 | 12], send_splits [1, 1]
+            rank 0 receives recv_keys [3, 5]   (recv_splits [1, 1])
+            rank 1 receives recv_keys [12, 12] (recv_splits [1, 1])
+        Call .wait() on the result (compute does) before using recv_keys.
+        """
+        self.check_ids(kjt)
+        lengths = kjt.offsets[1:] - kjt.offsets[:-1]
+        bag_offset = self.table_offsets[self.feature_table].repeat_interleave(kjt.batch_size)
+        keys = kjt.values + bag_offset.repeat_interleave(lengths)
+        unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size)
+        recv_counts = self.exchange.exchange_counts(send_counts.cpu() if not self.exchange.distributed else send_counts)
+        send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
+        recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
+        return SparseDist(kjt.batch_size, kjt.offsets, inverse, unique_keys, send_splits, recv_splits, recv_keys, work)
+
+    # ---- phase 2: compute ---------------------------------------------------------------------------------
+    def compute(self, sd: SparseDist) -> torch.Tensor:
+        """Owner: look up the rows of every received key.
+
+        Keys asked by several ranks are read once (deduplicated again across senders).
+        Example (rank 1 above): recv_keys [12, 12] -> local rows [2, 2] -> unique [2] -> rows [[w2], [w2]]
+        """
+        sd.wait()
+        local = self.local_rows(sd.recv_keys)
+        sd.owner_rows, sd.owner_inverse = torch.unique(local, return_inverse=True)
+        return lookup(self.weight, sd.owner_rows).index_select(0, sd.owner_inverse)
+
+    # ---- phase 3: output_dist ---------------------------------------------------------------------------
+    def output_dist(self, sd: SparseDist, served_rows: torch.Tensor) -> torch.Tensor:
+        """Send rows back to the requesters, then pool: [B, F, D].
+
+        Example (rank 0 above): gets rows for its unique [3 | 12] from ranks 0 and 1, then pools
+        bags [3], [3], [12] of its local batch (sum or mean per feature; empty bags give zeros).
+        """
+        rows = self.exchange.all_to_all(served_rows, sd.recv_splits, sd.send_splits)
+        return gather_pool(rows, sd.inverse, sd.offsets, sd.batch_size, self.feature_mean)
+
+    # ---- backward -------------------------------------------------------------------------------------------
+    def backward_and_update(self, sd: SparseDist, grad_pooled: torch.Tensor) -> None:
+        """pool_backward -> all-to-all grads to owners -> merge across senders -> fused sparse update."""
+        grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, sd.unique_keys.numel())
+        grad_unique = grad_unique * (1.0 / self.world_size)
+        received = self.exchange.all_to_all(grad_unique, sd.send_splits, sd.recv_splits)
+        rows = sd.owner_rows
+        grads = torch.zeros(rows.numel(), self.dim, dtype=torch.float32, device=received.device)
+        grads.index_add_(0, sd.owner_inverse, received)
+        if self.num_replicated_rows:
+            rows, grads = self._all_reduce_replicated(rows, grads)
+        o = self.optimizer
+        sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
+        self.last_exchange_bytes = self._exchange_bytes(sd)
+
+    def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor):
+        """Sum replicated tables' gradients over ranks (dense over the small replicated region)."""
+        n = self.num_replicated_rows
+        is_rep = rows < n
+        dense = torch.zeros(n, self.dim + 1, dtype=torch.float32, device=grads.device)
+        dense[rows[is_rep], : self.dim] = grads[is_rep]
+        dense[rows[is_rep], self.dim] = 1.0  # touched marker: lazy optimizers update the union of rows
+        self.exchange.all_reduce_(dense)
+        rep_rows = (dense[:, self.dim] > 0).nonzero().squeeze(1)
+        return (torch.cat([rep_rows, rows[~is_rep]]),
+                torch.cat([dense[rep_rows, : self.dim], grads[~is_rep]]))
+
+    def _exchange_bytes(self, sd: SparseDist) -> int:
+        """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (4 B x D)."""
+        keys_out = sum(sd.send_splits) - sd.send_splits[self.rank]
+        rows_out = sum(sd.recv_splits) - sd.recv_splits[self.rank]
+        counts = 8 * (self.world_size - 1)
+        replicated = 4 * (self.dim + 1) * self.num_replicated_rows * (self.world_size > 1)
+        return counts + 8 * keys_out + 4 * self.dim * (rows_out + keys_out) + replicated
+
+    # ---- module API -----------------------------------------------------------------------------------------
+    def forward(self, kjt_or_dist) -> torch.Tensor:
+        sd = kjt_or_dist if isinstance(kjt_or_dist, SparseDist) else self.input_dist(kjt_or_dist)
+        pooled = self.output_dist(sd, self.compute(sd))
+        if torch.is_grad_enabled():
+            return _ShardedLookup.apply(self._anchor, pooled, self, sd)
+        return pooled
+
+    def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every table's full weights and optimizer state (float32, CPU), on every rank (collective)."""
+        state = {"weight": self.weight, **self._state()}
+        mine = {}
+        for t, table in enumerate(self.tables):
+            if self.plan.placements[table.name].placement == "replicated" and self.rank != 0:
+                continue
+            base, n = int(self.local_base[t]), self.local_count[t]
+            if n:
+                mine[table.name] = (self.local_global_rows(t),
+                                    {k: v[base : base + n].detach().cpu().float() if k != "row_steps" else
+                                     v[base : base + n].detach().cpu() for k, v in state.items()})
+        parts = self.exchange.gather_objects(mine)
+        full = {}
+        for table in self.tables:
+            out = {k: torch.zeros(table.num_embeddings, *v.shape[1:], dtype=torch.float32 if k != "row_steps" else v.dtype)
+                   for k, v in state.items()}
+            for part in parts:
+                if table.name in part:
+                    rows, values = part[table.name]
+                    for k, v in values.items():
+                        out[k][rows] = v
+            full[table.name] = out
+        return full
+
+    def load_full_state_dict(self, full: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Take this rank's rows from full per-table state (from full_state_dict of any plan)."""
+        state = {"weight": self.weight, **self._state()}
+        for t, table in enumerate(self.tables):
+            if table.name not in full:
+                raise KeyError(f"embedding state has no table {table.name!r}")
+            rows = self.local_global_rows(t)
+            base = int(self.local_base[t])
+            for k, v in state.items():
+                if k not in full[table.name]:
+                    raise KeyError(f"embedding state of table {table.name!r} has no {k!r}")
+                src = full[table.name][k]
+                if src.shape[0] != table.num_embeddings:
+                    raise ValueError(f"table {table.name!r}: state {k!r} has {src.shape[0]} rows, "
+                                     f"expected {table.num_embeddings}")
+                v[base : base + rows.numel()] = src[rows].to(v.device, v.dtype)
+
+
+class _ShardedLookup(torch.autograd.Function):
+    """Identity on pooled in forward; backward runs the exchange and the in-place sparse update."""
+
+    @staticmethod
+    def forward(ctx, anchor, pooled, module, sd):
+        ctx.module, ctx.sd = module, sd
+        return pooled.clone()
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        ctx.module.backward_and_update(ctx.sd, grad_pooled.contiguous())
+        return None, None, None, None
+
+
+class EmbeddingCollection(ShardedEmbeddingCollection):
+    """Single-process collection: every table on this process, same code path as the sharded one."""
+
+    def __init__(self, tables: list[Table], optimizer: SparseOptimizerConfig, *, device="cpu", seed: int = 0,
+                 storage_dtype: str = "float32"):
+        plan = plan_sharding(tables, 1, storage_dtype=storage_dtype, optimizer=optimizer.name, default_placement="table")
+        super().__init__(tables, plan, optimizer, device=device, seed=seed, storage_dtype=storage_dtype)

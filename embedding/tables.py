@@ -1,0 +1,51 @@
+"""Resolved embedding tables: config rows scaled, features mapped to tables, fused row offsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.sparse_update import init_sparse_state
+
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    num_embeddings: int  # rows after scaling
+    dim: int
+    pooling: str  # "sum" or "mean"
+    features: tuple[str, ...]
+    placement: str = "auto"  # requested placement: auto, table, row, replicated
+    lookups_per_sample: float = 1.0  # expected ids per sample over all its features (planner)
+
+
+def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list[Table]:
+    """Tables from a config.EmbeddingConfig, rows multiplied by row_scale (at least 1 row)."""
+    tables = []
+    for t in emb_cfg.tables:
+        features = tuple(t.features) or (t.name,)
+        lookups = sum((bag_lengths or {}).get(f, 1.0) for f in features)
+        rows = max(1, int(round(t.num_embeddings * emb_cfg.row_scale)))
+        tables.append(Table(t.name, rows, emb_cfg.dim, t.pooling, features, t.placement, lookups))
+    seen: dict[str, str] = {}
+    for t in tables:
+        for f in t.features:
+            if f in seen:
+                raise ValueError(f"feature {f!r} is mapped to both table {seen[f]!r} and table {t.name!r}")
+            seen[f] = t.name
+    return tables
+
+
+def feature_names(tables: list[Table]) -> list[str]:
+    """Feature order of the pooled output [B, F, D]: tables in order, each table's features in order."""
+    return [f for t in tables for f in t.features]
+
+
+def row_bytes(dim: int, storage_dtype: str, optimizer: str) -> int:
+    """Bytes one row costs: its weights plus its sparse optimizer state."""
+    weight = dim * torch.empty(0, dtype=STORAGE_DTYPES[storage_dtype]).element_size()
+    state = sum(v.element_size() * max(v[0].numel(), 1) for v in init_sparse_state(optimizer, 1, dim, "cpu").values())
+    return weight + state

@@ -1,0 +1,213 @@
+"""RecFuse training entry point: config -> build -> train/eval loop -> report.
+
+    # CPU or GPU, one machine, N processes (gloo on CPU, nccl on GPUs, picked automatically)
+    torchrun --standalone --nproc_per_node=2 train.py --config configs/tiny.toml
+    # any config key can be overridden: --section.key value  or  --section.key=value
+    torchrun --standalone --nproc_per_node=4 train.py --config configs/tiny.toml --run.dir /tmp/x --train.steps 50
+    # single process without torchrun
+    python train.py --config configs/tiny.toml
+
+Embedding tables are sharded over ranks (embedding.ShardedEmbeddingCollection, rows exchanged
+with all-to-all); the dense network is replicated with DDP. Writes <run.dir>/metrics.jsonl
+(one line per log step) and <run.dir>/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from config import Config, load_config, to_dict
+from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
+from models import build_model
+from pipeline.metrics import StageTimer, auc, logloss, write_json_atomic
+from pipeline.synthetic import SyntheticData, SyntheticFeature
+from pipeline.train_pipeline import SparseDistPipeline
+
+
+# ---- distributed setup ----------------------------------------------------------------------------------
+def setup_distributed(cfg: Config):
+    """Rank, world size, device and the embedding exchange's process group (None when W = 1)."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    group = None
+    if world_size > 1:
+        backend = cfg.run.backend if cfg.run.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.train.timeout_s),
+                                device_id=device if use_cuda else None)
+        group = dist.new_group(backend=backend)  # embedding exchanges stay apart from DDP's all-reduces
+    return rank, world_size, device, group
+
+
+def log0(rank: int, *args) -> None:
+    if rank == 0:
+        print(*args, flush=True)
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+def synthetic_source(cfg: Config, tables) -> SyntheticData:
+    features = []
+    for t_index, (t_cfg, table) in enumerate(zip(cfg.embedding.tables, tables, strict=True)):
+        lo = t_cfg.bag_min if t_cfg.bag_min >= 0 else cfg.data.bag_min
+        hi = t_cfg.bag_max if t_cfg.bag_max >= 0 else cfg.data.bag_max
+        features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi) for f in table.features]
+    return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed)
+
+
+def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
+                  first_step: int = 0):
+    """Rank r's contiguous slice of each global batch: the sample stream ignores the world size."""
+    local = global_batch // world_size
+    for step in range(first_step, steps):
+        yield source.batch(step * global_batch + rank * local, local, stream)
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -> tuple[float, float]:
+    """AUC and logloss over cfg.eval.samples held-out samples, predictions gathered from all ranks."""
+    model.eval()
+    batch_size = max(cfg.eval.batch_size // world_size * world_size, world_size)
+    steps = max(cfg.eval.samples // batch_size, 1)
+    logits, labels = [], []
+    for batch in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL):
+        batch = batch.to(device)
+        logits.append(model(batch.dense, embeddings(batch.sparse)).float())
+        labels.append(batch.labels)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    if world_size > 1:
+        both = torch.stack([logits, labels])
+        gathered = [torch.empty_like(both) for _ in range(world_size)]
+        dist.all_gather(gathered, both)
+        logits, labels = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+    model.train()
+    return auc(logits.cpu(), labels.cpu()), logloss(logits.cpu(), labels.cpu())
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load_config(argv)
+    rank, world_size, device, group = setup_distributed(cfg)
+    if cfg.train.global_batch_size % world_size:
+        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by {world_size} ranks")
+    os.makedirs(cfg.run.dir, exist_ok=True)
+    torch.manual_seed(cfg.run.seed)
+
+    tables = resolve_tables(cfg.embedding)
+    o = cfg.optimizer
+    plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
+                         default_placement=cfg.embedding.sharding,
+                         replicate_below_bytes=cfg.embedding.replicate_below_bytes,
+                         memory_budget_bytes=cfg.embedding.memory_budget_bytes)
+    log0(rank, f"world_size={world_size} device={device}\n{plan.format(tables)}")
+    embeddings = ShardedEmbeddingCollection(
+        tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
+        rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
+        storage_dtype=cfg.embedding.storage_dtype)
+    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
+    model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model
+    dense_opt = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
+    opt_kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
+    if o.dense == "adam":
+        opt_kwargs["betas"] = (o.beta1, o.beta2)
+    optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
+
+    source = synthetic_source(cfg, tables)
+    batches = (b.to(device, non_blocking=True) for b in local_batches(
+        source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN))
+    pipeline = SparseDistPipeline(batches, embeddings.input_dist, pipelined=cfg.train.pipelined)
+
+    metrics_path = os.path.join(cfg.run.dir, "metrics.jsonl")
+    metrics_file = open(metrics_path, "w") if rank == 0 else None
+    timer = StageTimer(device)
+    window_losses: list[torch.Tensor] = []
+    window_start, window_bytes = time.perf_counter(), 0
+    measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
+    history = []
+
+    step = 0
+    data_start = time.perf_counter()
+    for step, (batch, sparse_dist) in enumerate(pipeline, start=1):
+        timer.add("data", (time.perf_counter() - data_start) * 1e3)
+        with timer.stage("embedding_fwd"):
+            pooled = embeddings(sparse_dist)
+        with timer.stage("dense_fwd"), autocast:
+            logits = model(batch.dense, pooled).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        with timer.stage("backward"):  # dense backward + DDP all-reduce + embedding exchange and sparse update
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer.stage("dense_optimizer"):
+            optimizer.step()
+        window_losses.append(loss.detach())
+        window_bytes += embeddings.last_exchange_bytes
+
+        if step == cfg.train.warmup_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            measured_start = time.perf_counter()
+        if step % cfg.run.log_every == 0 or step == cfg.train.steps:
+            losses = torch.stack(window_losses)
+            if world_size > 1:
+                dist.all_reduce(losses)
+                losses /= world_size
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - window_start
+            stages = timer.collect()
+            step_ms = elapsed * 1e3 / len(window_losses)
+            last_window_loss = float(losses.mean())
+            line = {"step": step, "loss": last_window_loss, "losses": losses.tolist(),
+                    "samples_per_sec": len(window_losses) * cfg.train.global_batch_size / elapsed,
+                    "step_ms": step_ms, "exchange_bytes_per_step": window_bytes / len(window_losses),
+                    "stage_ms": {k: v / len(window_losses) for k, v in stages.items()},
+                    "data_wait_pct": 100.0 * stages.get("data", 0.0) / len(window_losses) / step_ms}
+            history.append(line)
+            if metrics_file:
+                metrics_file.write(json.dumps(line) + "\n")
+                metrics_file.flush()
+            log0(rank, f"step {step:6d} | loss {line['loss']:.5f} | {line['samples_per_sec']:10.0f} samples/s | "
+                       f"{step_ms:7.2f} ms/step | a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
+                       f"data wait {line['data_wait_pct']:.1f}%")
+            window_losses, window_bytes, window_start = [], 0, time.perf_counter()
+        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+            eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+            log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
+        data_start = time.perf_counter()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    end = time.perf_counter()
+    measured_steps = step - cfg.train.warmup_steps
+    samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
+                       if measured_start is not None and measured_steps > 0 else float("nan"))
+    eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+    summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
+               "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,
+               "samples_per_sec": samples_per_sec, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else "cpu", "exchange_bytes_per_step": history[-1]["exchange_bytes_per_step"] if history else 0,
+               "plan": {t.name: plan.placements[t.name].placement for t in tables}, "config": to_dict(cfg)}
+    log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
+               f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")
+    if metrics_file:
+        metrics_file.close()
+        write_json_atomic(os.path.join(cfg.run.dir, "summary.json"), summary)
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
