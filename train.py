@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -72,6 +73,57 @@ def local_batches(source: SyntheticData, global_batch: int, rank: int, world_siz
         yield source.batch(step * global_batch + rank * local, local, stream)
 
 
+# ---- model ----------------------------------------------------------------------------------------------
+@dataclass
+class Parts:
+    tables: list
+    plan: object
+    embeddings: ShardedEmbeddingCollection
+    model: torch.nn.Module  # the dense network, in DDP when W > 1
+    optimizer: torch.optim.Optimizer  # dense optimizer; embeddings update themselves in backward
+    source: SyntheticData
+    autocast: object
+
+
+def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) -> Parts:
+    """Tables, sharding plan, sharded embeddings, dense model (DDP), dense optimizer, data source."""
+    tables = resolve_tables(cfg.embedding)
+    o = cfg.optimizer
+    plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
+                         default_placement=cfg.embedding.sharding,
+                         replicate_below_bytes=cfg.embedding.replicate_below_bytes,
+                         memory_budget_bytes=cfg.embedding.memory_budget_bytes)
+    embeddings = ShardedEmbeddingCollection(
+        tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
+        rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
+        storage_dtype=cfg.embedding.storage_dtype)
+    torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
+    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
+    model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model
+    dense_opt = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
+    opt_kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
+    if o.dense == "adam":
+        opt_kwargs["betas"] = (o.beta1, o.beta2)
+    optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
+    return Parts(tables, plan, embeddings, model, optimizer, synthetic_source(cfg, tables), autocast)
+
+
+def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer) -> torch.Tensor:
+    """One step on the local batch; returns the local mean loss (not synchronized)."""
+    with timer.stage("embedding_fwd"):
+        pooled = parts.embeddings(sparse_dist)
+    with timer.stage("dense_fwd"), parts.autocast:
+        logits = parts.model(batch.dense, pooled).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    with timer.stage("backward"):  # dense backward + DDP all-reduce + embedding exchange and sparse update
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with timer.stage("dense_optimizer"):
+        parts.optimizer.step()
+    return loss.detach()
+
+
 # ---- evaluation -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -> tuple[float, float]:
@@ -102,28 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by {world_size} ranks")
     os.makedirs(cfg.run.dir, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
-
-    tables = resolve_tables(cfg.embedding)
-    o = cfg.optimizer
-    plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
-                         default_placement=cfg.embedding.sharding,
-                         replicate_below_bytes=cfg.embedding.replicate_below_bytes,
-                         memory_budget_bytes=cfg.embedding.memory_budget_bytes)
+    parts = build(cfg, rank, world_size, device, group)
+    embeddings, model, tables, plan = parts.embeddings, parts.model, parts.tables, parts.plan
     log0(rank, f"world_size={world_size} device={device}\n{plan.format(tables)}")
-    embeddings = ShardedEmbeddingCollection(
-        tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
-        rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
-        storage_dtype=cfg.embedding.storage_dtype)
-    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
-    model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model
-    dense_opt = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
-    opt_kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
-    if o.dense == "adam":
-        opt_kwargs["betas"] = (o.beta1, o.beta2)
-    optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
-
-    source = synthetic_source(cfg, tables)
+    source = parts.source
     batches = (b.to(device, non_blocking=True) for b in local_batches(
         source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN))
     pipeline = SparseDistPipeline(batches, embeddings.input_dist, pipelined=cfg.train.pipelined)
@@ -140,16 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_start = time.perf_counter()
     for step, (batch, sparse_dist) in enumerate(pipeline, start=1):
         timer.add("data", (time.perf_counter() - data_start) * 1e3)
-        with timer.stage("embedding_fwd"):
-            pooled = embeddings(sparse_dist)
-        with timer.stage("dense_fwd"), autocast:
-            logits = model(batch.dense, pooled).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-        with timer.stage("backward"):  # dense backward + DDP all-reduce + embedding exchange and sparse update
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with timer.stage("dense_optimizer"):
-            optimizer.step()
+        loss = train_step(parts, batch, sparse_dist, timer)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
 

@@ -1,0 +1,132 @@
+"""The backbone test: W = 1, 2 and 4 ranks train the same function (losses, weights, states)."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import train
+from config import load_config
+from pipeline.batch import KeyedJagged
+from pipeline.metrics import StageTimer
+from pipeline.train_pipeline import SparseDistPipeline
+from tests.dist_utils import run_distributed
+
+TOML = """
+[data]
+num_dense = 4
+zipf_exponent = 1.6   # skewed: many duplicate ids inside a rank and across ranks
+bag_min = 0           # empty bags
+bag_max = 4
+[model]
+bottom_mlp = [8, 4]
+top_mlp = [8]
+[embedding]
+dim = 4
+replicate_below_bytes = 300
+[[embedding.tables]]
+name = "big"
+num_embeddings = 37
+pooling = "sum"
+[[embedding.tables]]
+name = "shared"
+num_embeddings = 23
+pooling = "mean"
+features = ["shared_a", "shared_b"]
+[[embedding.tables]]
+name = "small"
+num_embeddings = 5
+[[embedding.tables]]
+name = "pinned"
+num_embeddings = 29
+placement = "row"     # a pinned placement wins over embedding.sharding
+[[embedding.tables]]
+name = "odd"
+num_embeddings = 11
+pooling = "mean"
+[optimizer]
+dense = "adam"
+dense_lr = 0.01
+sparse_lr = 0.1
+[train]
+steps = 4
+global_batch_size = 16
+"""
+
+CASES = [(placement, opt) for placement in ("table", "row", "replicated", "auto") for opt in ("sgd", "adagrad", "adam")]
+
+
+def _train_cases(rank, world_size, group, toml_path, cases):
+    results = {}
+    for placement, opt in cases:
+        cfg = load_config(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
+                           "--train.pipelined", "true" if opt != "sgd" else "false"])
+        parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+        batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
+        losses = []
+        for batch, sparse_dist in SparseDistPipeline(batches, parts.embeddings.input_dist, cfg.train.pipelined):
+            loss = train.train_step(parts, batch, sparse_dist, StageTimer(torch.device("cpu")))
+            if world_size > 1:
+                dist.all_reduce(loss)
+                loss /= world_size
+            losses.append(float(loss))
+        dense = getattr(parts.model, "module", parts.model).state_dict()
+        plan = {name: p.placement for name, p in parts.plan.placements.items()}
+        results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense, plan)
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("equiv") / "equiv.toml"
+    path.write_text(TOML)
+    return {w: run_distributed(_train_cases, w, str(path), CASES) for w in (1, 2, 4)}
+
+
+def test_auto_plan_mixes_placements(runs):
+    plan = runs[4][("auto", "sgd")][3]
+    assert plan == {"big": "table", "shared": "table", "small": "replicated", "pinned": "row", "odd": "replicated"}
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("case", CASES, ids=[f"{p}-{o}" for p, o in CASES])
+def test_same_losses_weights_and_states(runs, case, world_size):
+    ref_losses, ref_tables, ref_dense, _ = runs[1][case]
+    losses, tables, dense, plan = runs[world_size][case]
+    if case[0] != "auto":
+        assert {p for name, p in plan.items() if name != "pinned"} == {case[0]} and plan["pinned"] == "row"
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    for name, ref_state in ref_tables.items():
+        for key, ref in ref_state.items():
+            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+    for key, ref in ref_dense.items():
+        torch.testing.assert_close(dense[key], ref, rtol=1e-5, atol=1e-5, msg=f"dense {key}")
+    assert ref_losses[0] != ref_losses[-1]  # training moved
+
+
+def _exchange_counts(rank, world_size, group):
+    """Rank r looks up ids with known duplicates; report what travelled."""
+    from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
+
+    tables = [Table("t0", 10, 2, "sum", ("t0",)), Table("t1", 10, 2, "sum", ("t1",))]
+    plan = plan_sharding(tables, world_size, default_placement="row")
+    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizerConfig("sgd", 0.1), rank=rank,
+                                    world_size=world_size, group=group)
+    # 12 ids, 4 distinct keys per rank: t0 {1, 2}, t1 {1, 4}; rank 1 shifts t0's ids by 1 -> {2, 3}
+    shift = rank
+    kjt = KeyedJagged.from_lists({"t0": [[1 + shift, 1 + shift, 2 + shift], [1 + shift, 2 + shift, 2 + shift]],
+                                  "t1": [[1, 1, 4], [4, 4, 1]]})
+    sd = ec.input_dist(kjt).wait()
+    ec(sd).sum().backward()
+    return {"send": sd.send_splits, "recv": sd.recv_splits, "keys": sd.unique_keys.tolist(),
+            "bytes": ec.last_exchange_bytes, "dim": ec.dim}
+
+
+def test_only_unique_keys_travel():
+    out = run_distributed(_exchange_counts, 2)
+    # rank 0 keys: t0 rows {1, 2} -> owners {1, 0}; t1 rows {1, 4} (keys 11, 14) -> owners {1, 0}
+    assert sorted(out["keys"]) == [1, 2, 11, 14]
+    assert out["send"] == [2, 2]  # 4 unique keys of 12 ids, 2 per owner
+    # rank 0 receives its own 2 and rank 1's keys owned by 0: t0 {2} and t1 {4} -> 2
+    assert out["recv"] == [2, 2]
+    # off-rank traffic: counts (8 B), 2 keys (8 B each), 2 rows served + 2 gradients (4 B x dim)
+    assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * (2 + 2)
