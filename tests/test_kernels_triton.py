@@ -32,8 +32,8 @@ HAS_CUDA = torch.cuda.is_available()
 
 needs_interpreter = pytest.mark.skipif(
     not INTERPRETED,
-    reason="kernels.triton_* was imported before TRITON_INTERPRET=1 was set and there is no GPU; "
-           "run this file alone or via tests/conftest.py",
+    reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
+           "kernels.triton_* was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
 )
 
 DIMS = (1, 3, 17, 128)
