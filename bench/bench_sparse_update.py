@@ -1,0 +1,71 @@
+"""Microbenchmark: fused sparse optimizer update vs the torch update on the touched rows.
+
+Bytes counted (minimum): rows 8K + grads K*D*4 + weight rows read and written 2*U*D*s, plus state
+read and written: adagrad 2*U*4, adam 2*(2*U*D*4 + U*8). Dedup/merge scratch is not counted.
+
+    python bench/bench_sparse_update.py                       # CPU: small, Triton interpreted
+    python bench/bench_sparse_update.py --size dlrm --dtype bf16
+"""
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench._common import SIZES, Report, bench, make_batch, setup_interpreter  # noqa: E402
+
+DEVICE = setup_interpreter()
+
+import torch  # noqa: E402
+
+from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update_reference  # noqa: E402
+from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# local storage rows per size: an owner's shard, not the whole 40M-row tables
+STORAGE_ROWS = {"small": 20_000, "medium": 1_000_000, "dlrm": 8_000_000}
+
+
+def state_bytes(optimizer: str, num_unique: int, dim: int) -> int:
+    if optimizer == "adagrad":
+        return 2 * num_unique * 4
+    if optimizer == "adam":
+        return 2 * (2 * num_unique * dim * 4 + num_unique * 8)
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight storage dtype")
+    parser.add_argument("--optimizer", choices=[*SPARSE_OPTIMIZERS, "all"], default="all")
+    parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
+    args = parser.parse_args()
+
+    batch = make_batch(args.size, DEVICE)
+    dim, num_rows = batch["dim"], STORAGE_ROWS[args.size]
+    dtype = DTYPES[args.dtype]
+    # the owner receives every key of the batch, already local rows (duplicates across senders kept)
+    rows = batch["keys"] % num_rows
+    gen = torch.Generator().manual_seed(0)
+    grads = (1e-3 * torch.randn(rows.numel(), dim, generator=gen)).to(DEVICE)
+    num_unique = torch.unique(rows).numel()
+    weight = torch.randn(num_rows, dim, generator=gen).to(dtype).to(DEVICE)
+    suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
+
+    report = Report("sparse_update", args.size, DEVICE)
+    optimizers = SPARSE_OPTIMIZERS if args.optimizer == "all" else (args.optimizer,)
+    for optimizer in optimizers:
+        num_bytes = (8 * rows.numel() + rows.numel() * dim * 4 + 2 * num_unique * dim * weight.element_size()
+                     + state_bytes(optimizer, num_unique, dim))
+        for impl, fn in ((f"{optimizer}: triton fused{suffix}", sparse_update_triton),
+                         (f"{optimizer}: torch on touched rows", sparse_update_reference)):
+            state = init_sparse_state(optimizer, num_rows, dim, DEVICE)
+            report.add(impl, bench(lambda fn=fn, state=state, opt=optimizer: fn(weight, rows, grads, state, opt, 0.01),
+                                   DEVICE, args.reps), num_bytes)
+    report.finish(f"| storage {num_rows}x{dim} {args.dtype}, K={rows.numel()} U={num_unique}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Triton forward of the embedding lookup: owner-side row gather and requester-side pooling.
+
+``_gather_pool_kernel`` fuses what the reference does in three passes (index_select of the
+rows, index_add into bags, scaling, feature-major -> sample-major transpose): one program per
+(bag, D-block) reads the bag's inverse indices, gathers those rows, accumulates in fp32 and
+writes pooled[b, f, :] once. Nothing of size N x D is ever materialized.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _lookup_kernel(
+    weight_ptr,      # [R, D] storage, any float dtype, rows strided by weight_stride
+    weight_stride,   # elements between consecutive rows of weight
+    rows_ptr,        # int64 [K] rows to read
+    out_ptr,         # float32 [K, D] out, contiguous
+    num_rows,        # K
+    dim,             # D
+    BLOCK_K: tl.constexpr,  # rows per program
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    pid_k = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    k_mask = k < num_rows
+    mask = k_mask[:, None] & (d < dim)[None, :]
+    row = tl.load(rows_ptr + k, mask=k_mask, other=0)
+    x = tl.load(weight_ptr + row[:, None] * weight_stride + d[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + k[:, None] * dim + d[None, :], x.to(tl.float32), mask=mask)
+
+
+@triton.jit
+def _gather_pool_kernel(
+    rows_ptr,      # [U, D] one row per unique key, any float dtype, contiguous
+    inverse_ptr,   # int64 [N] row of each value; values are grouped by bag, bags feature-major
+    offsets_ptr,   # int64 [F*B+1] bag boundaries into inverse
+    mean_ptr,      # int32 [F] 1 where feature f is mean-pooled
+    out_ptr,       # float32 [B, F, D] out, contiguous
+    batch_size,    # B
+    num_features,  # F
+    dim,           # D
+    BLOCK_V: tl.constexpr,  # values gathered per step: several row loads in flight at once
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    bag = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    f = bag // batch_size
+    b = bag % batch_size
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    start = tl.load(offsets_ptr + bag)
+    end = tl.load(offsets_ptr + bag + 1)
+
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for v0 in range(start, end, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        v_mask = v < end
+        idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
+        x = tl.load(rows_ptr + idx[:, None] * dim + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+        acc += tl.sum(x.to(tl.float32), axis=0)
+
+    length = end - start
+    is_mean = tl.load(mean_ptr + f) != 0
+    # empty bags stay zero whatever the pooling: acc is 0 and the scale stays 1
+    scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
+    out_row = b.to(tl.int64) * num_features + f
+    tl.store(out_ptr + out_row * dim + d, acc * scale, mask=d_mask)
+
+
+def _block_d(dim: int) -> int:
+    return min(triton.next_power_of_2(max(dim, 1)), 128)
+
+
+def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Same contract as kernels.gather_pool.lookup: weight [R, D] any float, rows int64 [K] -> f32 [K, D]."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor, got {weight.dtype} {tuple(weight.shape)}")
+    if weight.stride(1) != 1:
+        raise ValueError("weight rows must be contiguous (stride(1) == 1)")
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise ValueError(f"rows must be 1-D int64, got {rows.dtype} {tuple(rows.shape)}")
+    if rows.device != weight.device:
+        raise ValueError(f"rows on {rows.device}, weight on {weight.device}")
+    num_rows, dim = rows.numel(), weight.shape[1]
+    out = torch.empty(num_rows, dim, dtype=torch.float32, device=weight.device)
+    if num_rows == 0 or dim == 0:
+        return out
+    rows = rows.contiguous()
+    block_d = _block_d(dim)
+    block_k = max(1, 4096 // block_d)
+    grid = (triton.cdiv(num_rows, block_k), triton.cdiv(dim, block_d))
+    _lookup_kernel[grid](weight, weight.stride(0), rows, out, num_rows, dim, BLOCK_K=block_k, BLOCK_D=block_d)
+    return out
+
+
+def check_bags(inverse, offsets, batch_size, feature_mean, device):
+    """Shared argument checks of gather_pool / pool_backward; returns feature_mean as int32."""
+    if inverse.dim() != 1 or inverse.dtype != torch.int64:
+        raise ValueError(f"inverse must be 1-D int64, got {inverse.dtype} {tuple(inverse.shape)}")
+    if offsets.dim() != 1 or offsets.dtype != torch.int64:
+        raise ValueError(f"offsets must be 1-D int64, got {offsets.dtype} {tuple(offsets.shape)}")
+    num_features = feature_mean.numel()
+    if offsets.numel() != num_features * batch_size + 1:
+        raise ValueError(f"offsets has {offsets.numel()} entries, expected F*B+1 = {num_features * batch_size + 1}")
+    for name, t in (("inverse", inverse), ("offsets", offsets), ("feature_mean", feature_mean)):
+        if t.device != device:
+            raise ValueError(f"{name} on {t.device}, expected {device}")
+    return feature_mean.to(torch.int32).contiguous()
+
+
+def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor, batch_size: int,
+                       feature_mean: torch.Tensor) -> torch.Tensor:
+    """Same contract as kernels.gather_pool.gather_pool: -> float32 [B, F, D]."""
+    if rows.dim() != 2 or not rows.is_floating_point():
+        raise ValueError(f"rows must be a 2-D float tensor, got {rows.dtype} {tuple(rows.shape)}")
+    mean = check_bags(inverse, offsets, batch_size, feature_mean, rows.device)
+    num_features, dim = mean.numel(), rows.shape[1]
+    out = torch.empty(batch_size, num_features, dim, dtype=torch.float32, device=rows.device)
+    num_bags = num_features * batch_size
+    if num_bags == 0 or dim == 0:
+        return out
+    block_d = _block_d(dim)
+    grid = (num_bags, triton.cdiv(dim, block_d))
+    _gather_pool_kernel[grid](
+        rows.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out, batch_size, num_features, dim,
+        BLOCK_V=16, BLOCK_D=block_d,
+    )
+    return out

@@ -1,0 +1,76 @@
+"""Triton backward of gather_pool: gradient per unique key without a dense table gradient.
+
+One program per (bag, D-block) loads its bag's pooled gradient once, scales it (1/len for
+mean features) and atomically adds it into grad_unique[inverse[i]] for each value i of the
+bag. Work and traffic are O(N * D) with no sort and no [N, D] intermediate.
+
+Float atomics make the summation order depend on scheduling, so results are deterministic
+only up to fp32 round-off (a key used k times sees k! possible orders). The project's
+equivalence tests compare to fp32 round-off, which this satisfies.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_gather_pool import _block_d, check_bags
+
+
+@triton.jit
+def _pool_backward_kernel(
+    grad_ptr,      # [B, F, D] gradient of the pooled output, any float dtype, contiguous
+    inverse_ptr,   # int64 [N] unique row of each value; values grouped by bag, bags feature-major
+    offsets_ptr,   # int64 [F*B+1] bag boundaries into inverse
+    mean_ptr,      # int32 [F] 1 where feature f is mean-pooled
+    out_ptr,       # float32 [U, D] out, zero-initialized, accumulated with atomics
+    batch_size,    # B
+    num_features,  # F
+    dim,           # D
+    BLOCK_V: tl.constexpr,  # values scattered per step
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    bag = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    f = bag // batch_size
+    b = bag % batch_size
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    start = tl.load(offsets_ptr + bag)
+    end = tl.load(offsets_ptr + bag + 1)
+    length = end - start
+    is_mean = tl.load(mean_ptr + f) != 0
+    scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
+    grad_row = b.to(tl.int64) * num_features + f
+    g = tl.load(grad_ptr + grad_row * dim + d, mask=d_mask, other=0.0).to(tl.float32) * scale
+
+    for v0 in range(start, end, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        v_mask = v < end
+        idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
+        # a key repeated inside one bag hits the same address twice in this call: atomics
+        # serialize those, a plain store would drop one
+        tl.atomic_add(out_ptr + idx[:, None] * dim + d[None, :], tl.broadcast_to(g[None, :], (BLOCK_V, BLOCK_D)),
+                      mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
+
+
+def pool_backward_triton(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
+                         feature_mean: torch.Tensor, num_unique: int) -> torch.Tensor:
+    """Same contract as kernels.pool_backward.pool_backward: -> float32 [U, D]."""
+    if grad_pooled.dim() != 3 or not grad_pooled.is_floating_point():
+        raise ValueError(f"grad_pooled must be a 3-D float tensor [B, F, D], got {grad_pooled.dtype} "
+                         f"{tuple(grad_pooled.shape)}")
+    batch_size, num_features, dim = grad_pooled.shape
+    if feature_mean.numel() != num_features:
+        raise ValueError(f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}")
+    mean = check_bags(inverse, offsets, batch_size, feature_mean, grad_pooled.device)
+    out = torch.zeros(num_unique, dim, dtype=torch.float32, device=grad_pooled.device)
+    num_bags = num_features * batch_size
+    if num_bags == 0 or dim == 0 or num_unique == 0:
+        return out
+    block_d = _block_d(dim)
+    grid = (num_bags, triton.cdiv(dim, block_d))
+    _pool_backward_kernel[grid](
+        grad_pooled.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out,
+        batch_size, num_features, dim, BLOCK_V=16, BLOCK_D=block_d,
+    )
+    return out

@@ -1,0 +1,167 @@
+"""Triton owner-side sparse optimizer: merge duplicate rows, then one fused update kernel.
+
+1. Dedup the touched rows with the hash kernel of ``triton_unique_partition`` (one owner,
+   one table): no sort, one host sync to size the unique set.
+2. ``_merge_kernel`` sums the gradients of duplicate rows into grad_unique [U, D] with fp32
+   atomics (order-dependent to fp32 round-off only).
+3. ``_update_kernel`` applies SGD / row-wise Adagrad / lazy Adam to each unique row exactly
+   once: read weight row + state, fp32 math, write back in the storage dtype. One block
+   covers the whole row (BLOCK_D = next_power_of_2(D)) because row-wise Adagrad needs
+   mean_d(g^2) before it can touch any column.
+
+Math and state layout follow kernels.sparse_update (FBGEMM's fused table-batched embedding).
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_unique_partition import unique_partition_triton
+
+_OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
+# one program holds BLOCK_R x BLOCK_D fp32 values of each operand in registers
+_MAX_BLOCK_ELEMS = 4096
+
+
+@triton.jit
+def _merge_kernel(
+    grads_ptr,      # float [K, D] gradient per touched row (duplicates included), contiguous
+    inverse_ptr,    # int64 [K] unique index of each touched row
+    out_ptr,        # float32 [U, D] out, zero-initialized, accumulated with atomics
+    num_grads,      # K
+    dim,            # D
+    BLOCK_K: tl.constexpr,  # gradient rows per program
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    pid_k = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    k_mask = k < num_grads
+    mask = k_mask[:, None] & (d < dim)[None, :]
+    idx = tl.load(inverse_ptr + k, mask=k_mask, other=0)
+    g = tl.load(grads_ptr + k[:, None] * dim + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.atomic_add(out_ptr + idx[:, None] * dim + d[None, :], g, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _update_kernel(
+    weight_ptr,      # [R, D] storage (fp32 / bf16 / fp16), updated in place
+    weight_stride,   # elements between consecutive rows of weight
+    rows_ptr,        # int64 [U] unique local rows to update
+    grad_ptr,        # float32 [U, D] merged gradient per unique row, contiguous
+    m1_ptr,          # adagrad: float32 [R] row accumulator; adam: float32 [R, D] first moment
+    m2_ptr,          # adam: float32 [R, D] second moment (unused otherwise)
+    steps_ptr,       # adam: int64 [R] per-row step count (unused otherwise)
+    num_unique,      # U
+    dim,             # D
+    lr,              # learning rate
+    eps,             # denominator epsilon
+    beta1,           # adam first-moment decay
+    beta2,           # adam second-moment decay
+    one_minus_beta1,  # 1 - beta1, rounded once on the host in float64
+    one_minus_beta2,  # 1 - beta2, same
+    log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
+    log2_beta2,      # log2(beta2), same
+    OPTIMIZER: tl.constexpr,  # 0 sgd, 1 row-wise adagrad, 2 lazy adam
+    BLOCK_R: tl.constexpr,    # unique rows per program
+    BLOCK_D: tl.constexpr,    # >= D: the whole row in one block
+):
+    pid = tl.program_id(0)
+    u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_D)
+    u_mask = u < num_unique
+    d_mask = d < dim
+    mask = u_mask[:, None] & d_mask[None, :]
+    row = tl.load(rows_ptr + u, mask=u_mask, other=0)
+    w_ptrs = weight_ptr + row[:, None] * weight_stride + d[None, :]
+    w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(grad_ptr + u[:, None] * dim + d[None, :], mask=mask, other=0.0)
+
+    if OPTIMIZER == 0:
+        w = w - lr * g
+    elif OPTIMIZER == 1:
+        # masked columns load as 0, so the sum over BLOCK_D is the sum over D
+        acc = tl.load(m1_ptr + row, mask=u_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+        tl.store(m1_ptr + row, acc, mask=u_mask)
+        w = w - lr * g / (tl.sqrt(acc) + eps)[:, None]
+    else:
+        t = tl.load(steps_ptr + row, mask=u_mask, other=0) + 1
+        tl.store(steps_ptr + row, t, mask=u_mask)
+        state_off = row[:, None] * dim + d[None, :]
+        m1 = beta1 * tl.load(m1_ptr + state_off, mask=mask, other=0.0) + one_minus_beta1 * g
+        m2 = beta2 * tl.load(m2_ptr + state_off, mask=mask, other=0.0) + one_minus_beta2 * g * g
+        tl.store(m1_ptr + state_off, m1, mask=mask)
+        tl.store(m2_ptr + state_off, m2, mask=mask)
+        tf = t.to(tl.float32)
+        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
+        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
+        w = w - lr * (m1 / bias1[:, None]) / (tl.sqrt(m2 / bias2[:, None]) + eps)
+    tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_state(state, optimizer, weight):
+    num_rows, dim = weight.shape
+    expected = {
+        "sgd": {},
+        "adagrad": {"momentum1": ((num_rows,), torch.float32)},
+        "adam": {"momentum1": ((num_rows, dim), torch.float32), "momentum2": ((num_rows, dim), torch.float32),
+                 "row_steps": ((num_rows,), torch.int64)},
+    }[optimizer]
+    for name, (shape, dtype) in expected.items():
+        t = state.get(name)
+        if t is None:
+            raise ValueError(f"{optimizer} state is missing {name!r} (see kernels.sparse_update.init_sparse_state)")
+        if tuple(t.shape) != shape or t.dtype != dtype or t.device != weight.device or not t.is_contiguous():
+            raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} on "
+                             f"{weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
+                         state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
+                         beta1: float = 0.9, beta2: float = 0.999) -> None:
+    """Same contract as kernels.sparse_update.sparse_update (in place)."""
+    if optimizer not in _OPTIMIZER_ID:
+        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
+    if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}")
+    if weight.stride(1) != 1:
+        raise ValueError("weight rows must be contiguous (stride(1) == 1)")
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise ValueError(f"rows must be 1-D int64, got {rows.dtype} {tuple(rows.shape)}")
+    num_rows, dim = weight.shape
+    if grads.dim() != 2 or grads.shape != (rows.numel(), dim) or not grads.is_floating_point():
+        raise ValueError(f"grads must be float [K={rows.numel()}, D={dim}], got {grads.dtype} {tuple(grads.shape)}")
+    for name, t in (("rows", rows), ("grads", grads)):
+        if t.device != weight.device:
+            raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
+    _check_state(state, optimizer, weight)
+    if rows.numel() == 0 or dim == 0:
+        return
+
+    device = weight.device
+    one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
+    unique_rows, _, inverse = unique_partition_triton(
+        rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1)
+    num_unique = unique_rows.numel()
+
+    block_d = triton.next_power_of_2(dim)
+    grads = grads.contiguous()
+    merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
+    merge_d = min(block_d, 128)
+    merge_k = max(1, _MAX_BLOCK_ELEMS // merge_d)
+    _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, merge_d))](
+        grads, inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=merge_d)
+
+    block_r = max(1, _MAX_BLOCK_ELEMS // block_d)
+    m1 = state.get("momentum1", weight)
+    m2 = state.get("momentum2", weight)
+    steps = state.get("row_steps", weight)
+    _update_kernel[(triton.cdiv(num_unique, block_r),)](
+        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim,
+        lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2,
+        math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
+        OPTIMIZER=_OPTIMIZER_ID[optimizer], BLOCK_R=block_r, BLOCK_D=block_d,
+    )

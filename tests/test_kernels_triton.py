@@ -1,0 +1,313 @@
+"""Triton kernels against their torch references.
+
+On CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set below and in
+tests/conftest.py before any kernels.triton_* import); shapes stay small because every
+program instance is executed in Python. The launchers are called directly so that the
+dispatch flag RECFUSE_FORCE_TRITON is only set inside the one test that checks dispatch.
+"""
+
+import os
+
+import torch
+
+# torch does not import triton, so this still precedes triton's import when this file runs alone
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.gather_pool import gather_pool_reference, lookup_reference  # noqa: E402
+from kernels.pool_backward import pool_backward_reference  # noqa: E402
+from kernels.sparse_update import init_sparse_state, sparse_update_reference  # noqa: E402
+from kernels.triton_gather_pool import _gather_pool_kernel, gather_pool_triton, lookup_triton  # noqa: E402
+from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
+from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
+from kernels.triton_unique_partition import unique_partition_triton  # noqa: E402
+from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
+
+INTERPRETED = isinstance(_gather_pool_kernel, InterpretedFunction)
+HAS_CUDA = torch.cuda.is_available()
+
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETED,
+    reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
+           "kernels.triton_* was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
+)
+
+DIMS = (1, 3, 17, 128)
+WORLD_SIZES = (1, 2, 3, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# unique_partition
+
+def make_keys(pattern: str, n: int, gen: torch.Generator):
+    """Keys over three tables: table-wise (owner 1 or 0), row-wise, and a huge row-wise table."""
+    offsets = torch.tensor([0, 10, 50, 2**40], dtype=torch.int64)
+    if pattern == "all_duplicates":
+        keys = torch.full((n,), 37, dtype=torch.int64)
+    elif pattern == "all_distinct":
+        keys = torch.randperm(max(n, 60), generator=gen)[:n].to(torch.int64)
+    elif pattern == "random":
+        keys = torch.randint(0, 60, (n,), generator=gen, dtype=torch.int64)
+    elif pattern == "big":  # > 2^32: the hash and slots must be 64-bit clean
+        base = torch.randint(2**33, 2**33 + 40, (n,), generator=gen, dtype=torch.int64)
+        keys = torch.where(torch.rand(n, generator=gen) < 0.3, base % 50, base)
+    else:
+        raise AssertionError(pattern)
+    return keys, offsets
+
+
+def check_unique_partition(keys, offsets, owners, world_size, result):
+    unique, counts, inverse = (t.cpu() for t in result)
+    keys, offsets, owners = keys.cpu(), offsets.cpu(), owners.cpu()
+    ref_unique, ref_counts, _ = unique_partition_reference(keys, offsets, owners, world_size)
+    assert unique.dtype == counts.dtype == inverse.dtype == torch.int64
+    assert torch.equal(counts, ref_counts)
+    assert unique.numel() == ref_unique.numel() == int(counts.sum())
+    assert inverse.shape == keys.shape
+    assert torch.equal(unique[inverse], keys)
+    # contiguous owner groups, rank 0 first, each the same set as the oracle's group
+    owner = owner_of(unique, offsets, owners, world_size) if unique.numel() else unique
+    bounds = [0, *torch.cumsum(counts, 0).tolist()]
+    for rank in range(world_size):
+        group = unique[bounds[rank]:bounds[rank + 1]]
+        assert torch.all(owner[bounds[rank]:bounds[rank + 1]] == rank)
+        assert torch.equal(group.sort().values, ref_unique[bounds[rank]:bounds[rank + 1]].sort().values)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
+@pytest.mark.parametrize("pattern", ["all_duplicates", "all_distinct", "random", "big"])
+def test_unique_partition(pattern, n, world_size):
+    gen = torch.Generator().manual_seed(n * 31 + world_size)
+    keys, offsets = make_keys(pattern, n, gen)
+    owners = torch.tensor([min(1, world_size - 1), -1, -1], dtype=torch.int64)
+    result = unique_partition_triton(keys, offsets, owners, world_size)
+    check_unique_partition(keys, offsets, owners, world_size, result)
+
+
+@needs_interpreter
+def test_unique_partition_probe_overflow_falls_back():
+    # one probing round cannot place colliding keys: the launcher must rerun unbounded
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, 2**40, (400,), generator=gen, dtype=torch.int64)
+    keys = torch.cat([keys, keys[:100]])
+    offsets = torch.tensor([0, 2**20, 2**41], dtype=torch.int64)
+    owners = torch.tensor([2, -1], dtype=torch.int64)
+    result = unique_partition_triton(keys, offsets, owners, 3, max_probes=1)
+    check_unique_partition(keys, offsets, owners, 3, result)
+
+
+@needs_interpreter
+def test_unique_partition_single_table():
+    keys = torch.tensor([5, 1, 5, 0, 9, 1], dtype=torch.int64)
+    offsets = torch.tensor([0, 10], dtype=torch.int64)
+    owners = torch.tensor([-1], dtype=torch.int64)
+    check_unique_partition(keys, offsets, owners, 2, unique_partition_triton(keys, offsets, owners, 2))
+
+
+def test_unique_partition_rejects_bad_input():
+    offsets = torch.tensor([0, 10], dtype=torch.int64)
+    owners = torch.tensor([0], dtype=torch.int64)
+    with pytest.raises(ValueError, match="int64"):
+        unique_partition_triton(torch.zeros(3, dtype=torch.int32), offsets, owners, 1)
+    with pytest.raises(ValueError, match="offsets"):
+        unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets[:1], owners, 1)
+    with pytest.raises(ValueError, match="world_size"):
+        unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets, owners, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# gather_pool / lookup / pool_backward
+
+LAYOUTS = {
+    # name: (batch_size, bag lengths feature-major [F*B]); F = 2 everywhere
+    "irregular": (3, [0, 1, 3, 20, 2, 0]),  # empty bags, one-element bag, a bag longer than BLOCK_V
+    "one_element": (1, [1, 0]),
+    "all_empty": (2, [0, 0, 0, 0]),
+}
+POOLINGS = {"sum": [False, False], "mean": [True, True], "mixed": [True, False]}
+
+
+def make_bags(layout: str, pooling: str, num_unique: int, gen: torch.Generator):
+    batch_size, lengths = LAYOUTS[layout]
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    # few unique rows -> many duplicates, also inside one bag
+    inverse = torch.randint(0, num_unique, (int(lengths.sum()),), generator=gen, dtype=torch.int64)
+    return batch_size, inverse, offsets, torch.tensor(POOLINGS[pooling])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_gather_pool(layout, pooling, dim, dtype):
+    gen = torch.Generator().manual_seed(dim)
+    batch_size, inverse, offsets, feature_mean = make_bags(layout, pooling, 5, gen)
+    rows = torch.randn(5, dim, generator=gen).to(dtype)
+    out = gather_pool_triton(rows, inverse, offsets, batch_size, feature_mean)
+    assert out.dtype == torch.float32 and out.shape == (batch_size, 2, dim)
+    torch.testing.assert_close(out, gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pool_backward(layout, pooling, dim):
+    gen = torch.Generator().manual_seed(dim + 1)
+    batch_size, inverse, offsets, feature_mean = make_bags(layout, pooling, 5, gen)
+    grad = torch.randn(batch_size, 2, dim, generator=gen)
+    out = pool_backward_triton(grad, inverse, offsets, feature_mean, 5)
+    # atomics reorder the fp32 sums: equal to round-off, not bitwise
+    torch.testing.assert_close(out, pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("num_rows", [0, 1, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", DIMS)
+def test_lookup(dim, dtype, num_rows):
+    gen = torch.Generator().manual_seed(dim)
+    weight = torch.randn(6, dim, generator=gen).to(dtype)
+    rows = torch.randint(0, 6, (num_rows,), generator=gen, dtype=torch.int64)
+    out = lookup_triton(weight, rows)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, lookup_reference(weight, rows), rtol=0, atol=0)
+
+
+def test_gather_pool_rejects_bad_input():
+    rows = torch.zeros(3, 4)
+    offsets = torch.tensor([0, 1, 2], dtype=torch.int64)
+    with pytest.raises(ValueError, match="offsets"):
+        gather_pool_triton(rows, torch.zeros(2, dtype=torch.int64), offsets, 3, torch.tensor([True]))
+    with pytest.raises(ValueError, match="inverse"):
+        gather_pool_triton(rows, torch.zeros(2, dtype=torch.int32), offsets, 2, torch.tensor([True]))
+    with pytest.raises(ValueError, match="rows"):
+        lookup_triton(rows, torch.zeros(2, dtype=torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse_update
+
+ROW_PATTERNS = {"duplicates": [3, 3, 0, 9, 3, 5], "one": [4], "empty": []}
+
+
+def run_sparse_update(update, optimizer, dim, dtype, pattern, device="cpu"):
+    gen = torch.Generator().manual_seed(dim * 7 + len(pattern))
+    weight = torch.randn(10, dim, generator=gen).to(dtype).to(device)
+    state = init_sparse_state(optimizer, 10, dim, device)
+    rows = torch.tensor(ROW_PATTERNS[pattern], dtype=torch.int64, device=device)
+    for _ in range(2):  # the second step exercises non-zero state and adam's per-row steps
+        grads = torch.randn(rows.numel(), dim, generator=gen).to(device)
+        update(weight, rows, grads, state, optimizer, 0.1)
+    return weight, state
+
+
+def assert_same_update(got, want, dtype):
+    # the interpreter casts fp32 -> bf16 by truncation (GPUs round to nearest even), so bf16
+    # storage may differ by one bf16 ulp per step
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got[0], want[0], **tol)
+    assert got[1].keys() == want[1].keys()
+    for name in want[1]:
+        torch.testing.assert_close(got[1][name], want[1][name])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("pattern", list(ROW_PATTERNS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+def test_sparse_update(optimizer, dim, dtype, pattern):
+    got = run_sparse_update(sparse_update_triton, optimizer, dim, dtype, pattern)
+    want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, pattern)
+    assert_same_update(got, want, dtype)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_sparse_update_fp16(optimizer):
+    got = run_sparse_update(sparse_update_triton, optimizer, 17, torch.float16, "duplicates")
+    want = run_sparse_update(sparse_update_reference, optimizer, 17, torch.float16, "duplicates")
+    assert_same_update(got, want, torch.float16)
+
+
+def test_sparse_update_rejects_bad_input():
+    weight = torch.zeros(4, 3)
+    rows = torch.tensor([1], dtype=torch.int64)
+    with pytest.raises(ValueError, match="unknown sparse optimizer"):
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "rmsprop", 0.1)
+    with pytest.raises(ValueError, match="momentum1"):
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "adagrad", 0.1)
+    with pytest.raises(ValueError, match="grads"):
+        sparse_update_triton(weight, rows, torch.zeros(2, 3), {}, "sgd", 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch: the public functions route CPU tensors to Triton when forced
+
+@needs_interpreter
+def test_public_functions_dispatch_to_triton(monkeypatch):
+    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    keys = torch.tensor([7, 2, 7, 40, 2], dtype=torch.int64)
+    offsets = torch.tensor([0, 10, 50], dtype=torch.int64)
+    owners = torch.tensor([0, -1], dtype=torch.int64)
+    check_unique_partition(keys, offsets, owners, 2, kernels.unique_partition(keys, offsets, owners, 2))
+    gen = torch.Generator().manual_seed(0)
+    batch_size, inverse, offsets, feature_mean = make_bags("irregular", "mixed", 5, gen)
+    rows = torch.randn(5, 3, generator=gen)
+    torch.testing.assert_close(kernels.gather_pool(rows, inverse, offsets, batch_size, feature_mean),
+                               gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean))
+    grad = torch.randn(batch_size, 2, 3, generator=gen)
+    torch.testing.assert_close(kernels.pool_backward(grad, inverse, offsets, feature_mean, 5),
+                               pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
+    torch.testing.assert_close(kernels.lookup(rows, inverse), lookup_reference(rows, inverse))
+    assert_same_update(run_sparse_update(kernels.sparse_update, "adam", 3, torch.float32, "duplicates"),
+                       run_sparse_update(sparse_update_reference, "adam", 3, torch.float32, "duplicates"),
+                       torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernels on a GPU (larger shapes)
+
+@pytest.mark.parametrize("world_size", [1, 8])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA device and compiled Triton")
+def test_unique_partition_cuda(world_size):
+    gen = torch.Generator().manual_seed(1)
+    offsets = torch.tensor([0, 1000, 50_000, 2**40], dtype=torch.int64)
+    owners = torch.tensor([0, -1, -1], dtype=torch.int64)
+    keys = torch.randint(0, 60_000, (200_000,), generator=gen, dtype=torch.int64)
+    keys[::7] += 2**35
+    result = unique_partition_triton(keys.cuda(), offsets.cuda(), owners.cuda(), world_size)
+    check_unique_partition(keys, offsets, owners, world_size, result)
+
+
+@pytest.mark.parametrize("dim", [17, 128])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA device and compiled Triton")
+def test_pool_and_update_cuda(dim):
+    gen = torch.Generator().manual_seed(2)
+    batch_size, num_features, num_unique = 256, 4, 1000
+    lengths = torch.randint(0, 6, (num_features * batch_size,), generator=gen)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).cuda()
+    inverse = torch.randint(0, num_unique, (int(lengths.sum()),), generator=gen).cuda()
+    mean = torch.tensor([True, False, True, False]).cuda()
+    rows = torch.randn(num_unique, dim, generator=gen).cuda()
+    torch.testing.assert_close(gather_pool_triton(rows, inverse, offsets, batch_size, mean),
+                               gather_pool_reference(rows, inverse, offsets, batch_size, mean))
+    grad = torch.randn(batch_size, num_features, dim, generator=gen).cuda()
+    torch.testing.assert_close(pool_backward_triton(grad, inverse, offsets, mean, num_unique),
+                               pool_backward_reference(grad, inverse, offsets, mean, num_unique))
+    for optimizer in ("sgd", "adagrad", "adam"):
+        for dtype in (torch.float32, torch.bfloat16):
+            assert_same_update(run_sparse_update(sparse_update_triton, optimizer, dim, dtype, "duplicates", "cuda"),
+                               run_sparse_update(sparse_update_reference, optimizer, dim, dtype, "duplicates", "cuda"),
+                               dtype)
