@@ -1,0 +1,66 @@
+"""Config tree: TOML + CLI precedence and errors that name the key."""
+
+import pytest
+
+from config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_cli_over_toml_over_defaults(tmp_path):
+    path = write(tmp_path, "[train]\nsteps = 7\nglobal_batch_size = 64\n[model]\ntop_mlp = [5, 3]\n")
+    cfg = load_config(["--config", path, "--train.steps=9", "--model.bottom_mlp", "32,16"])
+    assert cfg.train.steps == 9  # CLI wins
+    assert cfg.train.global_batch_size == 64  # TOML wins over default
+    assert cfg.model.top_mlp == [5, 3]
+    assert cfg.model.bottom_mlp == [32, 16]
+    assert cfg.eval.samples == 8192  # default
+
+
+def test_tables_from_toml(tmp_path):
+    path = write(tmp_path, '[[embedding.tables]]\nname = "u"\nnum_embeddings = 10\nfeatures = ["u1", "u2"]\n')
+    cfg = load_config(["--config", path, "--train.bf16", "false"])
+    assert cfg.embedding.tables[0].features == ["u1", "u2"] and cfg.train.bf16 is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train.stepz", "3"], "unknown config key 'train.stepz'"),
+    (["--nosection.key", "3"], "unknown config key 'nosection.key'"),
+    (["--train.steps", "three"], "config key 'train.steps' expects int, got 'three'"),
+    (["--optimizer.sparse_lr", "fast"], "config key 'optimizer.sparse_lr' expects float"),
+    (["--train.bf16", "maybe"], "config key 'train.bf16' expects bool"),
+    (["--model.name", "bert"], "config key 'model.name' is 'bert'"),
+    (["--train", "3"], "config key 'train' is a section"),
+    (["--train.steps"], "option '--train.steps' needs a value"),
+    (["train.steps", "3"], "unexpected argument 'train.steps'"),
+    (["--embedding.tables", "x"], "config key 'embedding.tables' can only be set in the TOML file"),
+    (["--config", "/nonexistent.toml"], "does not exist"),
+])
+def test_cli_errors_name_the_key(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(argv)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[train]\nsteps = 'ten'\n", "config key 'train.steps' expects int, got 'ten'"),
+    ("[train]\nspeed = 1\n", "unknown config key 'train.speed'"),
+    ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\nrows = 4\n", r"unknown config key 'embedding.tables\[0\].rows'"),
+    ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 0\n", r"embedding.tables\[0\] \(t\): num_embeddings must be positive"),
+    ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\npooling = 'max'\n", "pooling is 'max'"),
+    ("[train\n", "not valid TOML"),
+])
+def test_toml_errors_name_the_key(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", write(tmp_path, toml)])
+
+
+def test_shipped_configs_load():
+    import glob
+
+    for path in glob.glob("configs/*.toml"):
+        cfg = load_config(["--config", path])
+        assert cfg.embedding.tables, path
