@@ -57,7 +57,8 @@ class ModelConfig:
     top_mlp: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes over the interaction; a 1-unit logit follows
     cross_layers: int = 3  # dcnv2: number of cross layers
     cross_low_rank: int = 0  # dcnv2: rank of the low-rank cross layers (0 = full rank)
-    deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm: deep part hidden sizes
+    dcn_structure: str = "stacked"  # dcnv2: "stacked" (cross -> top_mlp) or "parallel" (cross | deep_mlp -> top_mlp)
+    deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm deep part; dcnv2 "parallel" deep tower
 
 
 @dataclass
@@ -251,6 +252,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     choices = {
         "model.name": (cfg.model.name, ("dlrm", "dcnv2", "deepfm")),
+        "model.dcn_structure": (cfg.model.dcn_structure, ("stacked", "parallel")),
         "optimizer.dense": (cfg.optimizer.dense, ("sgd", "adagrad", "adam")),
         "optimizer.sparse": (cfg.optimizer.sparse, ("sgd", "adagrad", "adam")),
         "embedding.sharding": (cfg.embedding.sharding, ("auto", "table", "row", "replicated")),

@@ -1,0 +1,180 @@
+"""Project samples/s from one measured run to W GPUs on a node and across nodes (weak scaling).
+
+    python bench/scaling.py                            # the built-in example step (not a measurement)
+    python bench/scaling.py --measured runs/x/summary.json --alltoall-jsonl bench/results/alltoall.jsonl
+
+Model of one step (per-GPU batch fixed, so every local stage keeps its measured time):
+  step = data + input_dist + lookup + output_dist + optimizer + alltoall + dense_and_allreduce
+  alltoall   = exchange_bytes_per_rank * (n-1)/n / alltoall_busbw      (nccl-tests busbw definition)
+  allreduce  = 2(n-1)/n * allreduce_bytes / allreduce_busbw           (ring all-reduce)
+  dense_and_allreduce = max(dense_fwd_bwd, allreduce) with overlap (DDP buckets during backward),
+                        dense_fwd_bwd + allreduce without
+  samples/s  = n * local_batch / step
+The measured stage times must exclude communication (e.g. a 1-GPU run, where the exchanges are
+local copies): the exchanges are added back from bytes and bandwidth.
+
+Across nodes (G GPUs per node, one NIC of inter_node_bw per GPU): of each rank's all-to-all buffer,
+(G-1)/W stays on the node and (W-G)/W crosses the network, both at once, so the slower part sets the
+time; a ring all-reduce over all W ranks runs at its slowest link, min(intra busbw, NIC). NCCL's
+tree/NVLS algorithms can beat the ring, so the all-reduce projection is conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+STAGES = ("data", "input_dist", "lookup", "output_dist", "dense_fwd_bwd", "optimizer")
+
+# An illustrative DCN-v2 step on one GPU (NOT a measurement): replace it with --measured.
+EXAMPLE = {
+    "stage_ms": {"data": 1.0, "input_dist": 2.0, "lookup": 6.0, "output_dist": 3.0, "dense_fwd_bwd": 20.0, "optimizer": 4.0},
+    # local batch 8192, 26 features x 128 dims fp32 pooled rows out and gradients back, plus int64 ids
+    "exchange_bytes_per_rank": 2 * 8192 * 26 * 128 * 4 + 8192 * 26 * 8,
+    "allreduce_bytes": 16_044_545 * 4,  # MLPerf DCN-v2 dense parameters x fp32
+    "local_batch": 8192,
+}
+
+
+def alltoall_ms(exchange_bytes_per_rank: float, world_size: int, busbw: float) -> float:
+    """Time of all-to-alls moving that many send-buffer bytes per rank, from nccl-tests' busbw."""
+    if world_size <= 1:
+        return 0.0
+    return exchange_bytes_per_rank * (world_size - 1) / world_size / busbw * 1e3
+
+
+def allreduce_ms(allreduce_bytes: float, world_size: int, busbw: float) -> float:
+    """Ring all-reduce time: each rank sends and receives 2(n-1)/n of the buffer."""
+    if world_size <= 1:
+        return 0.0
+    return 2.0 * (world_size - 1) / world_size * allreduce_bytes / busbw * 1e3
+
+
+def project(
+    stage_ms: dict,
+    exchange_bytes_per_rank: float,
+    allreduce_bytes: float,
+    local_batch: int,
+    world_size: int,
+    alltoall_busbw: float,
+    allreduce_busbw: float,
+    overlap: bool,
+) -> dict:
+    """Projected step for ``world_size`` GPUs at a fixed per-GPU batch. Bandwidths in bytes/s.
+
+    Returns step_ms, samples_per_s (global), samples_per_s_per_gpu, scaling_efficiency (per-GPU
+    throughput relative to the same step with no communication, i.e. W = 1), and the pieces."""
+    missing = [s for s in STAGES if s not in stage_ms]
+    if missing:
+        raise ValueError(f"stage_ms lacks {missing} (expected {STAGES})")
+    a2a = alltoall_ms(exchange_bytes_per_rank, world_size, alltoall_busbw)
+    ar = allreduce_ms(allreduce_bytes, world_size, allreduce_busbw)
+    dense = stage_ms["dense_fwd_bwd"]
+    dense_and_allreduce = max(dense, ar) if overlap else dense + ar
+    local = sum(stage_ms[s] for s in STAGES)
+    step = local - dense + dense_and_allreduce + a2a
+    return {
+        "world_size": world_size,
+        "local_batch": local_batch,
+        "global_batch": local_batch * world_size,
+        "alltoall_ms": a2a,
+        "allreduce_ms": ar,
+        "exposed_allreduce_ms": dense_and_allreduce - dense,
+        "step_ms": step,
+        "samples_per_s": world_size * local_batch / step * 1e3,
+        "samples_per_s_per_gpu": local_batch / step * 1e3,
+        "scaling_efficiency": local / step,
+    }
+
+
+def cross_node_busbw(
+    gpus_per_node: int,
+    nodes: int,
+    intra_alltoall_busbw: float,
+    intra_allreduce_busbw: float,
+    inter_node_bw: float,
+) -> tuple[float, float]:
+    """Effective (all-to-all busbw, all-reduce busbw) for ``nodes`` x ``gpus_per_node`` GPUs, bytes/s.
+    ``inter_node_bw`` is each GPU's own network bandwidth (400 Gb/s NIC = 50e9 B/s)."""
+    world = gpus_per_node * nodes
+    if nodes <= 1:
+        return intra_alltoall_busbw, intra_allreduce_busbw
+    on_node = (gpus_per_node - 1) / world  # share of the send buffer going to other GPUs of the node
+    off_node = (world - gpus_per_node) / world
+    seconds_per_byte = max(on_node / intra_alltoall_busbw, off_node / inter_node_bw)
+    alltoall = (world - 1) / world / seconds_per_byte
+    return alltoall, min(intra_allreduce_busbw, inter_node_bw)
+
+
+def busbw_from_jsonl(path: str, nbytes: float) -> float:
+    """busbw (bytes/s) of the newest bench/alltoall.py run at the size nearest ``nbytes``."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} has no results")
+    newest = max((r["date"], r["git_commit"], r["world_size"]) for r in rows)
+    run = [r for r in rows if (r["date"], r["git_commit"], r["world_size"]) == newest]
+    nearest = min(run, key=lambda r: abs(r["bytes"] - nbytes))
+    return nearest["busbw_GBps"] * 1e9
+
+
+def load_measured(path: str) -> dict:
+    """A JSON file with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch (summary.json keys)."""
+    data = json.loads(Path(path).read_text())
+    keys = ("stage_ms", "exchange_bytes_per_rank", "allreduce_bytes", "local_batch")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}")
+    return {k: data[k] for k in keys}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--measured", default="", help="JSON with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--max-nodes", type=int, default=8)
+    p.add_argument("--alltoall-busbw", type=float, default=300.0, help="intra-node all-to-all busbw, GB/s")
+    p.add_argument("--alltoall-jsonl", default="", help="take the all-to-all busbw from bench/alltoall.py results instead")
+    p.add_argument("--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s")
+    p.add_argument("--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s")
+    p.add_argument("--no-overlap", action="store_true", help="all-reduce does not overlap dense backward")
+    args = p.parse_args(argv)
+
+    measured = load_measured(args.measured) if args.measured else EXAMPLE
+    exchange = measured["exchange_bytes_per_rank"]
+    a2a_bw = busbw_from_jsonl(args.alltoall_jsonl, exchange) if args.alltoall_jsonl else args.alltoall_busbw * 1e9
+    ar_bw = args.allreduce_busbw * 1e9
+    inter_bw = args.inter_node_gbps * 1e9 / 8
+    overlap = not args.no_overlap
+
+    print("Assumptions:")
+    print(f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}")
+    print("  stage ms (communication excluded): " + ", ".join(f"{k}={measured['stage_ms'][k]:g}" for k in STAGES))
+    print(f"  local batch {measured['local_batch']} per GPU, fixed (weak scaling)")
+    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.1f} MB", end="")
+    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.1f} MB")
+    print(f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)")
+    print(f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, {args.gpus_per_node} GPUs per node")
+    print(f"  all-reduce {'overlaps' if overlap else 'does not overlap'} dense forward/backward; other stages are serial")
+    print()
+    print(f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}", end="")
+    print(f" {'step ms':>8} {'samples/s':>12} {'eff':>6}")
+    worlds = [(1, w) for w in (1, 2, 4, 8) if w <= args.gpus_per_node]
+    nodes = 2
+    while nodes <= args.max_nodes:
+        worlds.append((nodes, args.gpus_per_node))
+        nodes *= 2
+    for n_nodes, per_node in worlds:
+        a2a, ar = cross_node_busbw(per_node, n_nodes, a2a_bw, ar_bw, inter_bw)
+        r = project(
+            measured["stage_ms"], exchange, measured["allreduce_bytes"], measured["local_batch"],
+            n_nodes * per_node, a2a, ar, overlap,
+        )
+        print(
+            f"{n_nodes:>5} {r['world_size']:>5} {a2a / 1e9:>9.1f} {ar / 1e9:>8.1f} {r['alltoall_ms']:>8.2f} "
+            f"{r['allreduce_ms']:>8.2f} {r['step_ms']:>8.2f} {r['samples_per_s']:>12.0f} {r['scaling_efficiency']:>6.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Dense models: shapes, gradient flow, and small cases computed by hand (numbers derived in comments)."""
+
+import pytest
+import torch
+from torch import nn
+
+from config import ConfigError, ModelConfig, load_config
+from models import CrossNetwork, DCNv2, DeepFM, DotInteraction, FactorizationMachine, build_model
+
+NUM_DENSE, NUM_FEATURES, DIM, BATCH = 13, 5, 16, 7
+
+CONFIGS = {
+    "dlrm": ModelConfig(name="dlrm", bottom_mlp=[32, 16], top_mlp=[32, 16]),
+    "dcnv2-full-stacked": ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=2),
+    "dcnv2-lowrank-stacked": ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=3, cross_low_rank=8),
+    "dcnv2-full-parallel": ModelConfig(
+        name="dcnv2", bottom_mlp=[32, 8], top_mlp=[], cross_layers=2, dcn_structure="parallel", deep_mlp=[32, 16]
+    ),
+    "dcnv2-lowrank-parallel": ModelConfig(
+        name="dcnv2", bottom_mlp=[], top_mlp=[16], cross_layers=1, cross_low_rank=4, dcn_structure="parallel", deep_mlp=[32]
+    ),
+    "deepfm": ModelConfig(name="deepfm", bottom_mlp=[32, 16], deep_mlp=[32, 16]),
+}
+
+
+def _inputs(batch=BATCH, num_features=NUM_FEATURES, dim=DIM):
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(batch, NUM_DENSE, generator=g)
+    pooled = torch.randn(batch, num_features, dim, generator=g, requires_grad=True)
+    return dense, pooled
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_model_returns_one_logit_per_sample(name):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name], NUM_DENSE, NUM_FEATURES, DIM)
+    dense, pooled = _inputs()
+    logits = model(dense, pooled)
+    assert logits.shape == (BATCH,)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_gradients_reach_every_parameter_and_the_embeddings(name):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name], NUM_DENSE, NUM_FEATURES, DIM)
+    dense, pooled = _inputs()
+    model(dense, pooled).square().mean().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{param_name} got no gradient"
+        assert param.grad.abs().sum() > 0, f"{param_name} got an all-zero gradient"
+    assert pooled.grad is not None and pooled.grad.abs().sum() > 0
+
+
+def test_build_model_dispatches_by_name():
+    assert isinstance(build_model(CONFIGS["dcnv2-full-stacked"], NUM_DENSE, NUM_FEATURES, DIM), DCNv2)
+    assert isinstance(build_model(CONFIGS["deepfm"], NUM_DENSE, NUM_FEATURES, DIM), DeepFM)
+    with pytest.raises(ValueError, match="not available"):
+        build_model(ModelConfig(name="wide_and_deep"), NUM_DENSE, NUM_FEATURES, DIM)
+
+
+def test_dcn_structure_is_checked():
+    with pytest.raises(ConfigError, match="dcn_structure"):
+        load_config(["--model.dcn_structure", "sideways"])
+    assert load_config(["--model.dcn_structure", "parallel"]).model.dcn_structure == "parallel"
+    with pytest.raises(ValueError, match="deep_mlp"):
+        DCNv2(NUM_DENSE, NUM_FEATURES, DIM, [16], [8], cross_layers=1, structure="parallel", deep_mlp=[])
+
+
+def test_dot_interaction_by_hand():
+    # dense [1, 2], embeddings e1 = [3, 0], e2 = [0, 1]
+    # pairs (dense, e1) = 1*3 + 2*0 = 3; (dense, e2) = 1*0 + 2*1 = 2; (e1, e2) = 0
+    out = DotInteraction(num_features=2)(torch.tensor([[1.0, 2.0]]), torch.tensor([[[3.0, 0.0], [0.0, 1.0]]]))
+    assert out.tolist() == [[1.0, 2.0, 3.0, 2.0, 0.0]]
+
+
+def test_fm_second_order_by_hand():
+    # v1 = [1, 2, 3], v2 = [4, 5, 6]: <v1, v2> = 4 + 10 + 18 = 32
+    # (formula: sum = [5, 7, 9] -> 25 + 49 + 81 = 155; squares 1+4+9+16+25+36 = 91; (155 - 91) / 2 = 32)
+    two = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])
+    assert FactorizationMachine()(two).tolist() == [[32.0]]
+    # add v3 = [1, 0, -1]: <v1, v3> = 1 - 3 = -2, <v2, v3> = 4 - 6 = -2 -> 32 - 4 = 28
+    three = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [1.0, 0.0, -1.0]]])
+    assert FactorizationMachine()(three).tolist() == [[28.0]]
+
+
+def _set(linear: nn.Linear, weight, bias=None):
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        if bias is not None:
+            linear.bias.copy_(torch.tensor(bias))
+
+
+def test_full_rank_cross_layers_by_hand():
+    # W = [[1, 2], [0, 1]], b = [1, -1], x0 = [2, 3]
+    # layer 1: W x0 + b = [2+6+1, 3-1] = [9, 2]; x0 * that = [18, 6]; + x0 = [20, 9]
+    # layer 2: W x1 + b = [20+18+1, 9-1] = [39, 8]; x0 * that = [78, 24]; + x1 = [98, 33]
+    cross = CrossNetwork(width=2, num_layers=2)
+    for layer in cross.layers:
+        _set(layer, [[1.0, 2.0], [0.0, 1.0]], [1.0, -1.0])
+    x0 = torch.tensor([[2.0, 3.0]])
+    assert cross(x0).tolist() == [[98.0, 33.0]]
+    cross.layers = cross.layers[:1]
+    assert cross(x0).tolist() == [[20.0, 9.0]]
+
+
+def test_low_rank_cross_layer_by_hand():
+    # W = U V^T with V = [1, 1]^T, U = [2, -1]^T (rank 1), b = [0, 1], x0 = [2, 3]
+    # V^T x0 = 5; U * 5 + b = [10, -4]; x0 * that = [20, -12]; + x0 = [22, -9]
+    cross = CrossNetwork(width=2, num_layers=1, low_rank=1)
+    project_down, project_up = cross.layers[0]
+    _set(project_down, [[1.0, 1.0]])
+    _set(project_up, [[2.0], [-1.0]], [0.0, 1.0])
+    assert cross(torch.tensor([[2.0, 3.0]])).tolist() == [[22.0, -9.0]]
+
+
+def test_deepfm_by_hand():
+    # one dense feature x = 1, D = 2, F = 2; bottom Linear(1 -> 2) with w = [1, 2], b = 0, then ReLU -> [1, 2]
+    # fields [1, 2], e1 = [3, 0], e2 = [0, 1]: FM = sum of pairwise dots = 3 + 2 + 0 = 5
+    # first order: dense 0.5 * 1 + 0.25 = 0.75; embeddings [1, 1, 1, -1] . [3, 0, 0, 1] = 3 - 1 = 2
+    # deep: last layer zeroed -> 0.   logit = 0.75 + 2 + 5 = 7.75
+    model = DeepFM(num_dense=1, num_features=2, dim=2, bottom_mlp=[2], deep_mlp=[4])
+    _set(model.bottom[0], [[1.0], [2.0]], [0.0, 0.0])
+    _set(model.dense_first_order, [[0.5]], [0.25])
+    _set(model.embedding_first_order, [[1.0, 1.0, 1.0, -1.0]])
+    deep_out = model.deep[-1]
+    _set(deep_out, torch.zeros_like(deep_out.weight).tolist(), [0.0])
+    logits = model(torch.tensor([[1.0]]), torch.tensor([[[3.0, 0.0], [0.0, 1.0]]]))
+    assert logits.tolist() == [7.75]
+
+
+def test_dcnv2_x0_is_bottom_output_then_flattened_embeddings():
+    # no bottom MLP, one full-rank cross layer with W = 0, b = 1: cross(x0) = x0 * 1 + x0 = 2 x0.
+    # top = one Linear with weights [1, 10, 100] and bias 0 over x0 = [dense, e1] = [1, 2, 3]
+    # -> 2 * (1 + 20 + 300) = 642
+    model = DCNv2(num_dense=1, num_features=1, dim=2, bottom_mlp=[], top_mlp=[], cross_layers=1)
+    _set(model.cross.layers[0], [[0.0] * 3] * 3, [1.0, 1.0, 1.0])
+    _set(model.top[0], [[1.0, 10.0, 100.0]], [0.0])
+    assert model(torch.tensor([[1.0]]), torch.tensor([[[2.0, 3.0]]])).tolist() == [642.0]
+
+
+def test_mlperf_dcnv2_is_expressible():
+    cfg = ModelConfig(
+        name="dcnv2", bottom_mlp=[512, 256, 128], top_mlp=[1024, 1024, 512, 256], cross_layers=3, cross_low_rank=512
+    )
+    model = build_model(cfg, num_dense=13, num_features=26, dim=128)
+    # bottom 13-512-256-128: 7168 + 131328 + 32896 = 171392
+    # cross over x0 = 128 + 26*128 = 3456, rank 512: 3 * (3456*512 + 512*3456 + 3456) = 10627200
+    # top 3456-1024-1024-512-256-1: 3539968 + 1049600 + 524800 + 131328 + 257 = 5245953
+    assert sum(p.numel() for p in model.parameters()) == 171392 + 10627200 + 5245953
+    dense = torch.randn(2, 13)
+    pooled = torch.randn(2, 26, 128)
+    assert model(dense, pooled).shape == (2,)
