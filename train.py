@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from config import Config, load_config, to_dict
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
 from models import build_model
+from models.flops import dense_flops_per_sample
+from models.peak import hbm_bandwidth, mfu, peak_memory_gib
 from pipeline.metrics import StageTimer, auc, logloss, write_json_atomic
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
@@ -166,7 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     metrics_file = open(metrics_path, "w") if rank == 0 else None
     timer = StageTimer(device)
     window_losses: list[torch.Tensor] = []
-    window_start, window_bytes = time.perf_counter(), 0
+    window_start, window_bytes, window_memory_bytes = time.perf_counter(), 0, 0
+    flops = dense_flops_per_sample(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim)
+    dtype = "bf16" if cfg.train.bf16 and device.type == "cuda" else "fp32"
+    hbm = hbm_bandwidth(device)
+    stage_totals: dict[str, float] = {}
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
     history = []
 
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss = train_step(parts, batch, sparse_dist, timer)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
+        window_memory_bytes += embeddings.last_memory_bytes
 
         if step == cfg.train.warmup_steps:
             if device.type == "cuda":
@@ -193,19 +200,29 @@ def main(argv: list[str] | None = None) -> dict:
             stages = timer.collect()
             step_ms = elapsed * 1e3 / len(window_losses)
             last_window_loss = float(losses.mean())
-            line = {"step": step, "loss": last_window_loss, "losses": losses.tolist(),
-                    "samples_per_sec": len(window_losses) * cfg.train.global_batch_size / elapsed,
-                    "step_ms": step_ms, "exchange_bytes_per_step": window_bytes / len(window_losses),
-                    "stage_ms": {k: v / len(window_losses) for k, v in stages.items()},
-                    "data_wait_pct": 100.0 * stages.get("data", 0.0) / len(window_losses) / step_ms}
+            n = len(window_losses)
+            if step > cfg.train.warmup_steps:
+                for k, v in stages.items():
+                    stage_totals[k] = stage_totals.get(k, 0.0) + v
+            sps = n * cfg.train.global_batch_size / elapsed
+            emb_bps = window_memory_bytes / elapsed  # this rank's embedding kernels
+            utilization = mfu(flops.training, sps / world_size, device, dtype)
+            line = {"step": step, "loss": last_window_loss, "losses": losses.tolist(), "samples_per_sec": sps,
+                    "step_ms": step_ms, "exchange_bytes_per_step": window_bytes / n,
+                    "stage_ms": {k: v / n for k, v in stages.items()},
+                    "data_wait_pct": 100.0 * stages.get("data", 0.0) / n / step_ms,
+                    "mfu_pct": 100.0 * utilization if utilization is not None else None,
+                    "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
+                    "peak_memory_gib": peak_memory_gib(device)}
             history.append(line)
             if metrics_file:
                 metrics_file.write(json.dumps(line) + "\n")
                 metrics_file.flush()
             log0(rank, f"step {step:6d} | loss {line['loss']:.5f} | {line['samples_per_sec']:10.0f} samples/s | "
                        f"{step_ms:7.2f} ms/step | a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
-                       f"data wait {line['data_wait_pct']:.1f}%")
-            window_losses, window_bytes, window_start = [], 0, time.perf_counter()
+                       f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
+                       f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB")
+            window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
@@ -218,11 +235,19 @@ def main(argv: list[str] | None = None) -> dict:
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+    utilization = mfu(flops.training, samples_per_sec / world_size, device, dtype)
     summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
                "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,
                "samples_per_sec": samples_per_sec, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else "cpu", "exchange_bytes_per_step": history[-1]["exchange_bytes_per_step"] if history else 0,
-               "plan": {t.name: plan.placements[t.name].placement for t in tables}, "config": to_dict(cfg)}
+               "plan": {t.name: plan.placements[t.name].placement for t in tables}, "config": to_dict(cfg),
+               "mfu_pct": 100.0 * utilization if utilization is not None else None, "dense_dtype": dtype,
+               "dense_flops_per_sample": flops.training, "peak_memory_gib": peak_memory_gib(device),
+               # inputs of bench/scaling.py: communication-inclusive stage times of the measured steps
+               "stage_ms": {k: v / max(measured_steps, 1) for k, v in stage_totals.items()},
+               "exchange_bytes_per_rank": history[-1]["exchange_bytes_per_step"] if history else 0,
+               "allreduce_bytes": 4 * sum(p.numel() for p in model.parameters()),
+               "local_batch": cfg.train.global_batch_size // world_size}
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")
     if metrics_file:

@@ -145,7 +145,7 @@ class Report:
         gbps = num_bytes / (median * 1e-3) / 1e9
         self.rows.append({
             "bench": self.bench_name, "impl": impl, "size": self.size, "device": self.name,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(), "ms_median": median, "ms_p20": p20, "ms_p80": p80, "bytes": num_bytes,
             "gb_per_s": gbps, "pct_peak": None if self.peak is None else 100 * gbps * 1e9 / self.peak,
             "pct_copy": 100 * gbps * 1e9 / self.copy, "note": note,

@@ -120,6 +120,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.to(device)
         self._anchor = torch.zeros((), device=device, requires_grad=True)  # makes autograd call our backward
         self.last_exchange_bytes = 0  # bytes this rank sent to other ranks in the last forward + backward
+        self.last_memory_bytes = 0  # device-memory bytes moved by the last forward + backward (estimate)
 
     # ---- layout helpers -------------------------------------------------------------------------------
     def local_global_rows(self, t: int) -> torch.Tensor:
@@ -224,6 +225,7 @@ class ShardedEmbeddingCollection(nn.Module):
         o = self.optimizer
         sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
         self.last_exchange_bytes = self._exchange_bytes(sd)
+        self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
 
     def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor):
         """Sum replicated tables' gradients over ranks (dense over the small replicated region)."""
@@ -244,6 +246,19 @@ class ShardedEmbeddingCollection(nn.Module):
         counts = 8 * (self.world_size - 1)
         replicated = 4 * (self.dim + 1) * self.num_replicated_rows * (self.world_size > 1)
         return counts + 8 * keys_out + 4 * self.dim * (rows_out + keys_out) + replicated
+
+    def _memory_bytes(self, sd: SparseDist, updated_rows: int) -> int:
+        """Device-memory bytes the step's embedding kernels must move at least (for achieved GB/s):
+        owner row reads, pooling reads/writes, pooled-gradient reads, and the read-modify-write of
+        updated rows and their optimizer state."""
+        row = self.dim * self.weight.element_size()
+        f32_row = 4 * self.dim
+        values = int(sd.inverse.numel())
+        bags_out = sd.batch_size * len(self.features) * f32_row
+        state = sum(v[:1].numel() * v.element_size() for v in self._state().values()) if self.num_local_rows else 0
+        forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
+        backward = bags_out + values * 8 + sd.unique_keys.numel() * f32_row + updated_rows * 2 * (row + state)
+        return forward + backward
 
     # ---- module API -----------------------------------------------------------------------------------------
     def forward(self, kjt_or_dist) -> torch.Tensor:

@@ -130,3 +130,20 @@ def test_only_unique_keys_travel():
     assert out["recv"] == [2, 2]
     # off-rank traffic: counts (8 B), 2 keys (8 B each), 2 rows served + 2 gradients (4 B x dim)
     assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * (2 + 2)
+
+
+def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
+    """The whole sharded step with every kernel on Triton (interpreter on CPU) at W=2."""
+    pytest.importorskip("triton")
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML.replace("steps = 4", "steps = 2"))
+    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    case = ("auto", "adam")
+    losses, tables, dense, _ = run_distributed(_train_cases, 2, str(path), [case])[case]
+    ref_losses, _, _, _ = runs[1][case]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses[:2]), rtol=1e-5, atol=1e-6)
+    monkeypatch.delenv("RECFUSE_FORCE_TRITON")
+    ref_losses2, ref_tables, ref_dense, _ = run_distributed(_train_cases, 1, str(path), [case])[case]
+    for name, ref_state in ref_tables.items():
+        for key, ref in ref_state.items():
+            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
