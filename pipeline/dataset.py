@@ -156,18 +156,18 @@ class BinaryDataset:
 
     # ---- batches -------------------------------------------------------------------------
 
-    def read_rows(self, segments: list[tuple[int, int]]) -> Batch:
-        """One Batch from source row slices, concatenated in order."""
+    def read_arrays(self, segments: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense, sparse, labels) numpy arrays of source row slices, concatenated in order."""
         def gather(array):
             parts = [array[a:b] for a, b in segments]
             return np.concatenate(parts) if len(parts) != 1 else np.array(parts[0])
 
-        dense, sparse, labels = gather(self.dense), gather(self.sparse), gather(self.labels)
-        b, f = sparse.shape
-        # feature-major: bag f*b + i is sample i of feature f, one id each (single-hot)
-        values = torch.from_numpy(np.ascontiguousarray(sparse.T).reshape(-1).astype(np.int64, copy=False))
-        kjt = KeyedJagged(values, torch.arange(f * b + 1, dtype=torch.int64), list(self.feature_names))
-        return Batch(dense=torch.from_numpy(dense), labels=torch.from_numpy(labels.astype(np.float32, copy=False)), sparse=kjt)
+        return gather(self.dense), gather(self.sparse), gather(self.labels)
+
+    def read_rows(self, segments: list[tuple[int, int]]) -> Batch:
+        """One Batch from source row slices, concatenated in order."""
+        dense, sparse, labels = (torch.from_numpy(a) for a in self.read_arrays(segments))
+        return batch_from_rows(dense, sparse, labels, self.feature_names)
 
     def _block_layout(self, start: int, end: int, block_size: int, seed: int | None, epoch: int):
         """(source start, length, epoch position) of every block, in this epoch's visiting order."""
@@ -185,7 +185,19 @@ class BinaryDataset:
 
     def train_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
                       shuffle_seed: int | None = 0, block_size: int = 8192, start_step: int = 0) -> Iterator[Batch]:
-        """This rank's share of every global batch for ``epochs`` passes, from global step ``start_step`` on.
+        """This rank's share of every global batch; see train_segments for the arguments."""
+        segments = self.train_segments(global_batch_size, rank, world_size, row_range, epochs, shuffle_seed, block_size,
+                                       start_step)
+        return map(self.read_rows, segments)
+
+    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None) -> Iterator[Batch]:
+        """This rank's eval batches in file order; see eval_segments."""
+        return map(self.read_rows, self.eval_segments(global_batch_size, rank, world_size, row_range))
+
+    def train_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
+                       shuffle_seed: int | None = 0, block_size: int = 8192,
+                       start_step: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """Source row slices of this rank's share of every global batch for ``epochs`` passes, from global step ``start_step`` on.
 
         shuffle_seed=None keeps the rows in file order. Step s of the whole run is epoch
         s // steps_per_epoch, so resuming at start_step gives exactly the batches an
@@ -203,9 +215,10 @@ class BinaryDataset:
             if in_epoch == 0 or step == start_step:
                 layout = self._block_layout(start, end, block_size, shuffle_seed, epoch)
             lo = in_epoch * global_batch_size + rank * local
-            yield self.read_rows(_segments(*layout, lo, lo + local))
+            yield _segments(*layout, lo, lo + local)
 
-    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None) -> Iterator[Batch]:
+    def eval_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1,
+                      row_range=None) -> Iterator[list[tuple[int, int]]]:
         """The eval range in file order, without shuffling.
 
         Every rank gets the same number of equally sized batches (collectives stay in step):
@@ -218,7 +231,7 @@ class BinaryDataset:
             size = min(global_batch_size, end - lo) // world_size
             if size == 0:
                 return
-            yield self.read_rows([(lo + rank * size, lo + (rank + 1) * size)])
+            yield [(lo + rank * size, lo + (rank + 1) * size)]
 
 
 def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int:
@@ -227,3 +240,12 @@ def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int
     if global_batch_size <= 0 or global_batch_size % world_size:
         raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}")
     return global_batch_size // world_size
+
+
+def batch_from_rows(dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor, keys: list[str]) -> Batch:
+    """A Batch from row-major [b, 13] dense, [b, F] single-hot ids and [b] labels (any device)."""
+    b, f = sparse.shape
+    # feature-major: bag f*b + i is sample i of feature f, one id each
+    values = sparse.t().contiguous().reshape(-1).to(torch.int64)
+    offsets = torch.arange(f * b + 1, dtype=torch.int64, device=sparse.device)
+    return Batch(dense=dense.float().contiguous(), labels=labels.float(), sparse=KeyedJagged(values, offsets, list(keys)))
