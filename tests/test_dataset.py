@@ -164,3 +164,18 @@ def test_checksum_and_meta_errors(dataset_dir, tmp_path):
         BinaryDataset(copy)
     with pytest.raises(DatasetError, match="does not exist"):
         BinaryDataset(tmp_path / "nope")
+
+
+def test_loaders_from_config(dataset_dir):
+    from config import DataConfig
+    from pipeline.loaders import eval_loader, open_dataset, train_loader
+
+    cfg = DataConfig(path=str(dataset_dir[0]), epochs=2, shuffle_block_rows=5, train_range="0:200", eval_range="100:")
+    ds = open_dataset(cfg)
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4) as loader:
+        got = [b.sparse.values for b in loader]
+    expected = [b.sparse.values for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)]
+    assert len(got) == 2 * 10 - 4 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
+        sizes = [b.batch_size for b in loader]
+    assert sizes == [8, 8, 4]
