@@ -322,7 +322,8 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
                 src.lines += len(chunk.lines)
                 src.bad_lines += len(parsed.bad_lines)
                 src.rows += int(parsed.labels.shape[0])
-                dense_w.write(dense_transform(parsed.dense_raw, xp))
+                # on the host even with cupy: a GPU log1p may round differently, and 13 columns are cheap
+                dense_w.write(dense_transform(to_numpy(parsed.dense_raw), np))
                 labels_w.write(parsed.labels)
                 if counter is None:
                     sparse_w.write(parsed.sparse_raw % hash_rows)
