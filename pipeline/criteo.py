@@ -49,6 +49,7 @@ from pipeline.criteo_parse import (
     parse_chunk,
     to_numpy,
 )
+from pipeline.criteo_vocab import ValueCounter, map_to_vocabulary, table_keys
 
 FORMAT_NAME = "recfuse-criteo-binary"
 FORMAT_VERSION = 1
@@ -166,64 +167,6 @@ class _BinaryFileWriter:
         return {"name": self.path.name, "dtype": self.dtype.name, "bytes": self.bytes, "sha256": self.sha.hexdigest()}
 
 
-# ids of all tables live in one sorted key space (table << 32 | hex value) so one unique/searchsorted serves 26 tables
-def _table_keys(sparse_raw, empty, xp):
-    tables = xp.arange(NUM_SPARSE, dtype=xp.int64)[None, :]
-    return ((tables << 32) | sparse_raw)[~empty]
-
-
-class _ValueCounter:
-    """Running (key, count) over all tables; chunk results are merged in batches to keep it near-linear."""
-
-    def __init__(self, xp):
-        self.xp = xp
-        self.keys = xp.zeros(0, dtype=xp.int64)
-        self.counts = xp.zeros(0, dtype=xp.int64)
-        self.pending: list = []
-        self.pending_size = 0
-
-    def add(self, keys) -> None:
-        uniq, counts = self.xp.unique(keys, return_counts=True)
-        self.pending.append((uniq, counts.astype(self.xp.int64)))
-        self.pending_size += uniq.size
-        if self.pending_size > max(self.keys.size, 1 << 22):
-            self._merge()
-
-    def _merge(self) -> None:
-        xp = self.xp
-        keys = xp.concatenate([self.keys] + [k for k, _ in self.pending])
-        counts = xp.concatenate([self.counts] + [c for _, c in self.pending])
-        self.keys, inverse = xp.unique(keys, return_inverse=True)
-        # float64 weights are exact up to 2**53 occurrences, far beyond any dataset
-        summed = xp.bincount(inverse.reshape(-1), weights=counts.astype(xp.float64), minlength=self.keys.size)
-        self.counts = summed.astype(xp.int64)
-        self.pending, self.pending_size = [], 0
-
-    def vocabulary(self, min_freq: int):
-        """(sorted kept keys, their 1-based ids, rows per table); ids follow decreasing count within a table."""
-        xp = self.xp
-        self._merge()
-        kept = self.counts >= min_freq
-        keys, counts = self.keys[kept], self.counts[kept]
-        table = keys >> 32
-        order = xp.lexsort(xp.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
-        table_sizes = xp.bincount(table, minlength=NUM_SPARSE)
-        table_start = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(table_sizes)[:-1]])
-        ids = xp.zeros(keys.size, dtype=xp.int64)
-        ids[order] = xp.arange(keys.size, dtype=xp.int64) - table_start[table[order]] + 1
-        return keys, ids, [int(n) + 1 for n in to_numpy(table_sizes)]
-
-
-def _map_to_vocabulary(sparse_raw, empty, vocab_keys, vocab_ids, xp):
-    tables = xp.arange(NUM_SPARSE, dtype=xp.int64)[None, :]
-    keys = (tables << 32) | sparse_raw
-    if vocab_keys.size == 0:
-        return xp.zeros(keys.shape, dtype=xp.int64)
-    pos = xp.minimum(xp.searchsorted(vocab_keys, keys), vocab_keys.size - 1)
-    found = (vocab_keys[pos] == keys) & ~empty
-    return xp.where(found, vocab_ids[pos], 0)
-
-
 def _array_module(opts: PreprocessOptions):
     if not opts.use_cupy:
         return np
@@ -310,7 +253,7 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
     dense_w = _BinaryFileWriter(partial / "dense.bin", "float32")
     labels_w = _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)
     sparse_w = _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype)
-    counter = _ValueCounter(xp) if opts.min_freq is not None else None
+    counter = ValueCounter(xp) if opts.min_freq is not None else None
     hash_rows = xp.asarray(np.array(opts.hash_rows or [1] * NUM_SPARSE, dtype=np.int64))[None, :]
 
     # pass 1: dense + labels; sparse too when hashing, value counts when building a vocabulary
@@ -328,7 +271,7 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
                 if counter is None:
                     sparse_w.write(parsed.sparse_raw % hash_rows)
                 else:
-                    counter.add(_table_keys(parsed.sparse_raw, parsed.sparse_empty, xp))
+                    counter.add(table_keys(parsed.sparse_raw, parsed.sparse_empty, xp))
     num_rows = sum(s.rows for s in sources)
 
     if counter is None:
@@ -340,7 +283,7 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
             for path in paths:
                 for chunk in _iter_chunks(path, opts.chunk_rows, bar):
                     parsed = _parse_checked(chunk, path, xp, opts, None)
-                    sparse_w.write(_map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab_keys, vocab_ids, xp))
+                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab_keys, vocab_ids, xp))
         if sparse_w.bytes != num_rows * NUM_SPARSE * np.dtype(opts.id_dtype).itemsize:
             raise RuntimeError("the input files changed between the counting and the mapping pass")
     if opts.id_dtype == "int32" and max(table_rows) > np.iinfo(np.int32).max:
