@@ -48,6 +48,9 @@ class DataConfig:
     eval_range: str = ""  # "start:end" rows used for evaluation ("" = default split)
     epochs: int = 1  # passes over the train range (datasets only)
     prefetch_depth: int = 2  # batches the pinned-memory prefetcher keeps in flight
+    shuffle: bool = True  # datasets: visit the train range in a new block order each epoch (seeded by run.seed)
+    shuffle_block_rows: int = 8192  # rows per shuffled block: larger reads more sequentially, smaller mixes better
+    reader: str = "memmap"  # datasets: "memmap" (numpy) or "dali" (needs the [dali] extra); same batches either way
 
 
 @dataclass
@@ -259,6 +262,7 @@ def validate(cfg: Config) -> None:
         "embedding.storage_dtype": (cfg.embedding.storage_dtype, ("float32", "bfloat16", "float16")),
         "run.backend": (cfg.run.backend, ("auto", "nccl", "gloo")),
         "run.device": (cfg.run.device, ("auto", "cuda", "cpu")),
+        "data.reader": (cfg.data.reader, ("memmap", "dali")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -279,6 +283,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: placement is {t.placement!r}; expected auto, table, row or replicated")
     if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
         raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
+    if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:
+        raise ConfigError("data.shuffle_block_rows and data.prefetch_depth must be positive")
     if not 0 <= cfg.data.bag_min <= cfg.data.bag_max:
         raise ConfigError(f"data.bag_min/bag_max must satisfy 0 <= min <= max, got {cfg.data.bag_min}, {cfg.data.bag_max}")
 

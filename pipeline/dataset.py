@@ -1,0 +1,251 @@
+"""Memory-mapped reader of the binary datasets written by ``python -m pipeline.criteo preprocess``.
+
+Batch order (training): the rows of the train range are cut into blocks of ``block_size``
+consecutive rows; each epoch visits the blocks in a permutation drawn from
+(shuffle_seed, epoch), rows inside a block stay in order (long sequential reads). The
+resulting row sequence is cut into global batches of ``global_batch_size``; rank r of W gets
+rows [r*B/W, (r+1)*B/W) of every global batch. The order depends only on the seed, so the
+union of the ranks' batches is the same for every world size. Each epoch drops its last
+incomplete global batch.
+
+Default split (no explicit range), following MLPerf DLRM ("train on all days but the last;
+validate on the first half of the last day"): with per-day row counts in meta.json
+(``--days`` / ``--files-are-days`` at preprocessing) those days are used; without them the
+rows are taken as 8 equal days: train = [0, 7R/8), eval = [7R/8, 15R/16) (1/16 of the rows),
+and the last 1/16 is left untouched as a test split. Boundaries are rounded down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.batch import Batch, KeyedJagged
+
+FORMAT_NAME = "recfuse-criteo-binary"
+_DEFAULT_DAYS = 8
+
+
+class DatasetError(ValueError):
+    """A dataset directory that is missing, incomplete or inconsistent with its meta.json."""
+
+
+def parse_range(text: str, num_rows: int) -> tuple[int, int]:
+    """Rows "start:end" (either side may be empty; negative counts from the end, as in Python slices)."""
+    start_text, colon, end_text = text.partition(":")
+    if not colon:
+        raise ValueError(f"row range {text!r} must look like 'start:end'")
+    try:
+        start = int(start_text) if start_text.strip() else 0
+        end = int(end_text) if end_text.strip() else num_rows
+    except ValueError:
+        raise ValueError(f"row range {text!r}: start and end must be integers") from None
+    start = start + num_rows if start < 0 else start
+    end = end + num_rows if end < 0 else end
+    if not 0 <= start < end <= num_rows:
+        raise ValueError(f"row range {text!r} is [{start}, {end}), which is empty or outside the {num_rows} rows")
+    return start, end
+
+
+def default_ranges(num_rows: int, days: list[int] | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(train, eval) row ranges by the MLPerf convention; see the module docstring."""
+    if days:
+        if sum(days) != num_rows or len(days) < 2:
+            raise DatasetError(f"meta.json 'days' {days} must list >= 2 day sizes summing to {num_rows} rows")
+        last_start = num_rows - days[-1]
+        return (0, last_start), (last_start, last_start + days[-1] // 2)
+    train_end = num_rows * (_DEFAULT_DAYS - 1) // _DEFAULT_DAYS
+    eval_end = num_rows * (2 * _DEFAULT_DAYS - 1) // (2 * _DEFAULT_DAYS)
+    return (0, train_end), (train_end, eval_end)
+
+
+def _check_file(directory: Path, entry: dict, dtype: np.dtype, shape: tuple[int, ...]) -> Path:
+    path = directory / entry["name"]
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if entry.get("bytes") != expected:
+        raise DatasetError(f"{directory / 'meta.json'}: {entry['name']} is listed with {entry.get('bytes')} bytes, "
+                           f"but shape {list(shape)} of {dtype.name} needs {expected}")
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing (meta.json lists it with {expected} bytes)")
+    actual = path.stat().st_size
+    if actual != expected:
+        raise DatasetError(f"{path} has {actual} bytes, expected {expected} from meta.json (truncated or overwritten?)")
+    return path
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Source row slices covering epoch positions [lo, hi), given blocks at ``positions`` in epoch order."""
+    first = int(np.searchsorted(positions, lo, side="right")) - 1
+    out = []
+    k = first
+    while lo < hi:
+        offset = lo - int(positions[k])
+        take = min(int(lengths[k]) - offset, hi - lo)
+        out.append((int(starts[k]) + offset, int(starts[k]) + offset + take))
+        lo += take
+        k += 1
+    return out
+
+
+class BinaryDataset:
+    """A preprocessed dataset directory; validates meta.json and file sizes on open."""
+
+    def __init__(self, path: str | os.PathLike, verify_checksums: bool = False):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise DatasetError(f"dataset directory {self.path} does not exist")
+        if not meta_path.is_file():
+            raise DatasetError(f"{self.path} has no meta.json: not a dataset, or its preprocessing did not finish")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+        self.meta = meta
+        self.num_rows = int(meta["num_rows"])
+        self.num_dense = int(meta["num_dense"])
+        self.feature_names: list[str] = list(meta["feature_names"])
+        self.table_rows: list[int] = [int(n) for n in meta["table_rows"]]
+        files = meta["files"]
+        num_sparse = len(self.feature_names)
+        layout = {"dense": (np.float32, (self.num_rows, self.num_dense)),
+                  "sparse": (files["sparse"]["dtype"], (self.num_rows, num_sparse)),
+                  "labels": (files["labels"]["dtype"], (self.num_rows,))}
+        arrays = {}
+        for key, (dtype, shape) in layout.items():
+            dtype = np.dtype(dtype)
+            file_path = _check_file(self.path, files[key], dtype, shape)
+            if verify_checksums:
+                self._verify_sha(file_path, files[key]["sha256"])
+            # np.memmap cannot map an empty file; a zero-row dataset gets empty arrays instead
+            arrays[key] = np.memmap(file_path, dtype=dtype, mode="r", shape=shape) if self.num_rows else np.zeros(shape, dtype)
+        self.dense, self.sparse, self.labels = arrays["dense"], arrays["sparse"], arrays["labels"]
+        self.default_train_range, self.default_eval_range = default_ranges(self.num_rows, meta.get("days"))
+
+    @staticmethod
+    def _verify_sha(path: Path, expected: str) -> None:
+        import hashlib
+
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                sha.update(block)
+        if sha.hexdigest() != expected:
+            raise DatasetError(f"{path}: sha256 {sha.hexdigest()} does not match meta.json ({expected})")
+
+    def __repr__(self) -> str:
+        return f"BinaryDataset({str(self.path)!r}, rows={self.num_rows}, tables={self.table_rows})"
+
+    def resolve_range(self, row_range: str | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
+        """A "start:end" string, a (start, end) tuple or None/"" (-> default), checked against the row count."""
+        if row_range is None or row_range == "":
+            return default
+        if isinstance(row_range, str):
+            return parse_range(row_range, self.num_rows)
+        start, end = (int(v) for v in row_range)
+        if not 0 <= start < end <= self.num_rows:
+            raise ValueError(f"row range {row_range} is empty or outside the {self.num_rows} rows")
+        return start, end
+
+    # ---- batches -------------------------------------------------------------------------
+
+    def read_arrays(self, segments: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense, sparse, labels) numpy arrays of source row slices, concatenated in order."""
+        def gather(array):
+            parts = [array[a:b] for a, b in segments]
+            return np.concatenate(parts) if len(parts) != 1 else np.array(parts[0])
+
+        return gather(self.dense), gather(self.sparse), gather(self.labels)
+
+    def read_rows(self, segments: list[tuple[int, int]]) -> Batch:
+        """One Batch from source row slices, concatenated in order."""
+        dense, sparse, labels = (torch.from_numpy(a) for a in self.read_arrays(segments))
+        return batch_from_rows(dense, sparse, labels, self.feature_names)
+
+    def _block_layout(self, start: int, end: int, block_size: int, seed: int | None, epoch: int):
+        """(source start, length, epoch position) of every block, in this epoch's visiting order."""
+        starts = np.arange(start, end, block_size, dtype=np.int64)
+        lengths = np.minimum(starts + block_size, end) - starts
+        if seed is not None:
+            order = np.random.default_rng([seed, epoch]).permutation(len(starts))
+            starts, lengths = starts[order], lengths[order]
+        positions = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return starts, lengths, positions
+
+    def steps_per_epoch(self, global_batch_size: int, row_range=None) -> int:
+        start, end = self.resolve_range(row_range, self.default_train_range)
+        return (end - start) // global_batch_size
+
+    def train_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
+                      shuffle_seed: int | None = 0, block_size: int = 8192, start_step: int = 0) -> Iterator[Batch]:
+        """This rank's share of every global batch; see train_segments for the arguments."""
+        segments = self.train_segments(global_batch_size, rank, world_size, row_range, epochs, shuffle_seed, block_size,
+                                       start_step)
+        return map(self.read_rows, segments)
+
+    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None) -> Iterator[Batch]:
+        """This rank's eval batches in file order; see eval_segments."""
+        return map(self.read_rows, self.eval_segments(global_batch_size, rank, world_size, row_range))
+
+    def train_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
+                       shuffle_seed: int | None = 0, block_size: int = 8192,
+                       start_step: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """Source row slices of this rank's share of every global batch for ``epochs`` passes, from global step ``start_step`` on.
+
+        shuffle_seed=None keeps the rows in file order. Step s of the whole run is epoch
+        s // steps_per_epoch, so resuming at start_step gives exactly the batches an
+        uninterrupted run would have seen next.
+        """
+        local = _local_batch_size(global_batch_size, rank, world_size)
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        start, end = self.resolve_range(row_range, self.default_train_range)
+        steps = (end - start) // global_batch_size
+        if steps == 0:
+            raise ValueError(f"train range [{start}, {end}) has fewer rows than one global batch of {global_batch_size}")
+        for step in range(start_step, epochs * steps):
+            epoch, in_epoch = divmod(step, steps)
+            if in_epoch == 0 or step == start_step:
+                layout = self._block_layout(start, end, block_size, shuffle_seed, epoch)
+            lo = in_epoch * global_batch_size + rank * local
+            yield _segments(*layout, lo, lo + local)
+
+    def eval_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1,
+                      row_range=None) -> Iterator[list[tuple[int, int]]]:
+        """The eval range in file order, without shuffling.
+
+        Every rank gets the same number of equally sized batches (collectives stay in step):
+        full global batches, then the remaining R rows cut to a multiple of world_size and
+        split evenly, so at most world_size - 1 rows at the very end are never evaluated.
+        """
+        _local_batch_size(global_batch_size, rank, world_size)
+        start, end = self.resolve_range(row_range, self.default_eval_range)
+        for lo in range(start, end, global_batch_size):
+            size = min(global_batch_size, end - lo) // world_size
+            if size == 0:
+                return
+            yield [(lo + rank * size, lo + (rank + 1) * size)]
+
+
+def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int:
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    if global_batch_size <= 0 or global_batch_size % world_size:
+        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}")
+    return global_batch_size // world_size
+
+
+def batch_from_rows(dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor, keys: list[str]) -> Batch:
+    """A Batch from row-major [b, 13] dense, [b, F] single-hot ids and [b] labels (any device)."""
+    b, f = sparse.shape
+    # feature-major: bag f*b + i is sample i of feature f, one id each
+    values = sparse.t().contiguous().reshape(-1).to(torch.int64)
+    offsets = torch.arange(f * b + 1, dtype=torch.int64, device=sparse.device)
+    return Batch(dense=dense.float().contiguous(), labels=labels.float(), sparse=KeyedJagged(values, offsets, list(keys)))

@@ -1,0 +1,181 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from criteo_reference import make_lines, reference, write_tsv
+
+from pipeline.criteo import PreprocessOptions, preprocess
+from pipeline.dataset import BinaryDataset, DatasetError, default_ranges, parse_range
+
+ROWS = 301
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ds")
+    lines = make_lines(ROWS, seed=5)
+    preprocess([write_tsv(tmp / "x.tsv", lines)], tmp / "out", PreprocessOptions(hash_rows=[97], progress=False))
+    return tmp / "out", reference(lines, hash_rows=97)
+
+
+def _rows_of(batch):
+    """Reconstruct the per-sample sparse rows [b, 26] from a feature-major single-hot KeyedJagged."""
+    b = batch.batch_size
+    return batch.sparse.values.view(len(batch.sparse.keys), b).T
+
+
+def test_metadata(dataset_dir):
+    ds = BinaryDataset(dataset_dir[0])
+    assert ds.feature_names == [f"C{i}" for i in range(1, 27)]
+    assert ds.table_rows == [97] * 26 and ds.num_dense == 13 and ds.num_rows == ROWS
+    assert ds.default_train_range == (0, ROWS * 7 // 8) and ds.default_eval_range == (ROWS * 7 // 8, ROWS * 15 // 16)
+
+
+def test_batch_layout_and_values(dataset_dir):
+    path, (dense, sparse, labels, _) = dataset_dir
+    ds = BinaryDataset(path)
+    batch = next(ds.eval_batches(16, row_range="10:50"))
+    batch.sparse.validate()
+    assert batch.dense.dtype == torch.float32 and batch.labels.dtype == torch.float32
+    assert batch.sparse.keys == ds.feature_names and batch.sparse.lengths().eq(1).all()
+    np.testing.assert_array_equal(batch.dense.numpy(), dense[10:26])
+    np.testing.assert_array_equal(batch.labels.numpy(), labels[10:26])
+    np.testing.assert_array_equal(_rows_of(batch).numpy(), sparse[10:26])
+
+
+def _global_batches(ds, world_size, **kw):
+    per_rank = [list(ds.train_batches(24, rank, world_size, **kw)) for rank in range(world_size)]
+    assert len({len(p) for p in per_rank}) == 1
+    return [torch.cat([_rows_of(p[s]) for p in per_rank]) for s in range(len(per_rank[0]))]
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_world_size_independent_order(dataset_dir, world_size):
+    ds = BinaryDataset(dataset_dir[0])
+    kw = dict(row_range="0:280", epochs=2, shuffle_seed=3, block_size=10)
+    single = _global_batches(ds, 1, **kw)
+    assert len(single) == 2 * (280 // 24)
+    for a, b in zip(single, _global_batches(ds, world_size, **kw), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_block_shuffle_is_deterministic_and_a_permutation(dataset_dir):
+    path, (_, sparse, _, _) = dataset_dir
+    ds = BinaryDataset(path)
+    kw = dict(row_range="0:240", shuffle_seed=7, block_size=7)
+    first = torch.cat(_global_batches(ds, 1, **kw))
+    assert torch.equal(first, torch.cat(_global_batches(BinaryDataset(path), 1, **kw)))
+    assert not torch.equal(first, torch.from_numpy(sparse[:240]))  # shuffled ...
+    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, sparse[:240].tolist()))  # ... but every row once
+    other_seed = torch.cat(_global_batches(ds, 1, row_range="0:240", shuffle_seed=8, block_size=7))
+    assert not torch.equal(first, other_seed)
+    epochs = _global_batches(ds, 1, row_range="0:240", shuffle_seed=7, block_size=7, epochs=2)
+    assert not torch.equal(torch.cat(epochs[:10]), torch.cat(epochs[10:]))  # a fresh order per epoch
+
+
+def test_unshuffled_and_drop_last(dataset_dir):
+    path, (_, sparse, _, _) = dataset_dir
+    ds = BinaryDataset(path)
+    batches = list(ds.train_batches(24, row_range="5:100", shuffle_seed=None))
+    assert len(batches) == 3  # 95 rows -> 3 full batches, 23 rows dropped
+    np.testing.assert_array_equal(torch.cat([_rows_of(b) for b in batches]).numpy(), sparse[5:77])
+
+
+def test_start_step_resumes_exactly(dataset_dir):
+    ds = BinaryDataset(dataset_dir[0])
+    kw = dict(row_range="0:200", epochs=3, shuffle_seed=1, block_size=9)
+    full = list(ds.train_batches(16, 1, 2, **kw))
+    resumed = list(ds.train_batches(16, 1, 2, start_step=17, **kw))
+    assert len(resumed) == len(full) - 17
+    for a, b in zip(full[17:], resumed, strict=True):
+        assert torch.equal(a.sparse.values, b.sparse.values) and torch.equal(a.dense, b.dense)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_batches(dataset_dir, world_size):
+    path, (_, sparse, labels, _) = dataset_dir
+    ds = BinaryDataset(path)
+    per_rank = [list(ds.eval_batches(12, r, world_size, row_range=(100, 150))) for r in range(world_size)]
+    assert len({len(p) for p in per_rank}) == 1
+    rows = [torch.cat([_rows_of(p[s]) for p in per_rank]) for s in range(len(per_rank[0]))]
+    covered = 48 + (2 // world_size) * world_size  # 4 full batches, then 2 rows split evenly (W=3: dropped)
+    np.testing.assert_array_equal(torch.cat(rows).numpy(), sparse[100:100 + covered])
+    assert ds.eval_batches(12).__next__().labels.numel() == 12
+
+
+def test_parse_range():
+    assert parse_range("10:20", 100) == (10, 20)
+    assert parse_range(":20", 100) == (0, 20) and parse_range("90:", 100) == (90, 100)
+    assert parse_range("-10:", 100) == (90, 100)
+    for bad in ["20:10", "0:101", "abc", "1:x", "5:5"]:
+        with pytest.raises(ValueError):
+            parse_range(bad, 100)
+
+
+def test_default_ranges_with_days():
+    assert default_ranges(100, [30, 30, 40]) == ((0, 60), (60, 80))
+    assert default_ranges(1600) == ((0, 1400), (1400, 1500))
+    with pytest.raises(DatasetError):
+        default_ranges(100, [50, 40])
+
+
+def test_bad_arguments(dataset_dir):
+    ds = BinaryDataset(dataset_dir[0])
+    with pytest.raises(ValueError, match="multiple of world size"):
+        next(ds.train_batches(10, 0, 3))
+    with pytest.raises(ValueError, match="fewer rows than one global batch"):
+        next(ds.train_batches(64, row_range="0:50"))
+
+
+def test_truncated_file_is_refused(dataset_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir[0], copy)
+    data = (copy / "sparse.bin").read_bytes()
+    (copy / "sparse.bin").write_bytes(data[:-100])
+    with pytest.raises(DatasetError, match=rf"sparse\.bin has {len(data) - 100} bytes, expected {len(data)}"):
+        BinaryDataset(copy)
+    (copy / "sparse.bin").write_bytes(data)
+    (copy / "labels.bin").unlink()
+    with pytest.raises(DatasetError, match=r"labels\.bin is missing"):
+        BinaryDataset(copy)
+
+
+def test_checksum_and_meta_errors(dataset_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir[0], copy)
+    BinaryDataset(copy, verify_checksums=True)
+    data = bytearray((copy / "dense.bin").read_bytes())
+    data[0] ^= 1
+    (copy / "dense.bin").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="sha256"):
+        BinaryDataset(copy, verify_checksums=True)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["num_rows"] += 1
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="listed with"):
+        BinaryDataset(copy)
+    (copy / "meta.json").write_text("{")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        BinaryDataset(copy)
+    with pytest.raises(DatasetError, match="does not exist"):
+        BinaryDataset(tmp_path / "nope")
+
+
+def test_loaders_from_config(dataset_dir):
+    from config import DataConfig
+    from pipeline.loaders import eval_loader, open_dataset, train_loader
+
+    cfg = DataConfig(path=str(dataset_dir[0]), epochs=2, shuffle_block_rows=5, train_range="0:200", eval_range="100:")
+    ds = open_dataset(cfg)
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4) as loader:
+        got = [b.sparse.values for b in loader]
+    expected = [b.sparse.values for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)]
+    assert len(got) == 2 * 10 - 4 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
+        sizes = [b.batch_size for b in loader]
+    assert sizes == [8, 8, 4]
