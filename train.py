@@ -24,12 +24,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from config import Config, load_config, to_dict
+from config import Config, TableConfig, load_config, to_dict
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
 from models import build_model
 from models.flops import dense_flops_per_sample
 from models.peak import hbm_bandwidth, mfu, peak_memory_gib
+from pipeline.loaders import eval_loader, open_dataset, train_loader
 from pipeline.metrics import StageTimer, auc, logloss, write_json_atomic
+from pipeline.prefetch import PrefetchLoader
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
 
@@ -67,6 +69,32 @@ def synthetic_source(cfg: Config, tables) -> SyntheticData:
     return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed)
 
 
+def use_dataset_tables(cfg: Config, dataset) -> None:
+    """With data.path the dataset defines the id space: one table per categorical feature sized from
+    the dataset (when the config lists no tables), or the listed tables resized to the dataset's rows."""
+    cfg.data.num_dense = dataset.num_dense
+    cfg.embedding.row_scale = 1.0
+    rows = dict(zip(dataset.feature_names, dataset.table_rows, strict=True))
+    if not cfg.embedding.tables:
+        cfg.embedding.tables = [TableConfig(name=f, num_embeddings=n) for f, n in rows.items()]
+        return
+    listed = [f for t in cfg.embedding.tables for f in (t.features or [t.name])]
+    if sorted(listed) != sorted(rows):
+        raise ValueError(f"dataset {cfg.data.path} has features {list(rows)} but the config's tables list {listed}; "
+                         "list no [[embedding.tables]] to take the dataset's")
+    for t in cfg.embedding.tables:
+        t.num_embeddings = max(rows[f] for f in (t.features or [t.name]))
+
+
+def train_batches(cfg: Config, source, rank: int, world_size: int, device, first_step: int = 0) -> PrefetchLoader:
+    """This rank's train batches, prefetched onto the device by a background thread."""
+    if isinstance(source, SyntheticData):
+        host = local_batches(source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN,
+                             first_step)
+        return PrefetchLoader(host, device, depth=cfg.data.prefetch_depth)
+    return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step)
+
+
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
                   first_step: int = 0):
     """Rank r's contiguous slice of each global batch: the sample stream ignores the world size."""
@@ -83,12 +111,17 @@ class Parts:
     embeddings: ShardedEmbeddingCollection
     model: torch.nn.Module  # the dense network, in DDP when W > 1
     optimizer: torch.optim.Optimizer  # dense optimizer; embeddings update themselves in backward
-    source: SyntheticData
+    source: object  # SyntheticData, or a pipeline.dataset.BinaryDataset when data.path is set
     autocast: object
 
 
 def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) -> Parts:
     """Tables, sharding plan, sharded embeddings, dense model (DDP), dense optimizer, data source."""
+    dataset = open_dataset(cfg.data) if cfg.data.path else None
+    if dataset is not None:
+        use_dataset_tables(cfg, dataset)
+        steps = cfg.data.epochs * dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
+        cfg.train.steps = min(cfg.train.steps, steps) if cfg.train.steps else steps
     tables = resolve_tables(cfg.embedding)
     o = cfg.optimizer
     plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
@@ -108,7 +141,8 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
         opt_kwargs["betas"] = (o.beta1, o.beta2)
     optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
-    return Parts(tables, plan, embeddings, model, optimizer, synthetic_source(cfg, tables), autocast)
+    source = dataset if dataset is not None else synthetic_source(cfg, tables)
+    return Parts(tables, plan, embeddings, model, optimizer, source, autocast)
 
 
 def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer) -> torch.Tensor:
@@ -134,8 +168,11 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
     batch_size = max(cfg.eval.batch_size // world_size * world_size, world_size)
     steps = max(cfg.eval.samples // batch_size, 1)
     logits, labels = [], []
-    for batch in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL):
-        batch = batch.to(device)
+    if isinstance(source, SyntheticData):
+        batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
+    else:
+        batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples)
+    for batch in batches:
         logits.append(model(batch.dense, embeddings(batch.sparse)).float())
         labels.append(batch.labels)
     logits, labels = torch.cat(logits), torch.cat(labels)
@@ -160,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     embeddings, model, tables, plan = parts.embeddings, parts.model, parts.tables, parts.plan
     log0(rank, f"world_size={world_size} device={device}\n{plan.format(tables)}")
     source = parts.source
-    batches = (b.to(device, non_blocking=True) for b in local_batches(
-        source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN))
+    batches = train_batches(cfg, source, rank, world_size, device)
     pipeline = SparseDistPipeline(batches, embeddings.input_dist, pipelined=cfg.train.pipelined)
 
     metrics_path = os.path.join(cfg.run.dir, "metrics.jsonl")
@@ -180,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_start = time.perf_counter()
     for step, (batch, sparse_dist) in enumerate(pipeline, start=1):
         timer.add("data", (time.perf_counter() - data_start) * 1e3)
+        timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
         loss = train_step(parts, batch, sparse_dist, timer)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
@@ -228,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         data_start = time.perf_counter()
 
+    batches.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     end = time.perf_counter()
