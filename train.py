@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 from config import Config, load_config, to_dict
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
 from models import build_model
@@ -149,36 +150,44 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
 # ---- main -----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(argv)
+    with checkpoint.explain_timeouts(cfg):
+        return run(cfg)
+
+
+def run(cfg: Config) -> dict:
     rank, world_size, device, group = setup_distributed(cfg)
     if cfg.train.global_batch_size % world_size:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by {world_size} ranks")
     os.makedirs(cfg.run.dir, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
     parts = build(cfg, rank, world_size, device, group)
+    ckpt = checkpoint.Checkpointer(cfg, parts, rank, world_size)
+    first_step = ckpt.restore()  # 0 on a fresh start
     embeddings, model, tables, plan = parts.embeddings, parts.model, parts.tables, parts.plan
     log0(rank, f"world_size={world_size} device={device}\n{plan.format(tables)}")
     source = parts.source
-    batches = (b.to(device, non_blocking=True) for b in local_batches(
-        source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN))
+    batches = (b.to(device, non_blocking=True) for b in checkpoint.checked_batches(local_batches(
+        source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN, first_step),
+        cfg.train.global_batch_size, rank, world_size, first_step))
     pipeline = SparseDistPipeline(batches, embeddings.input_dist, pipelined=cfg.train.pipelined)
 
     metrics_path = os.path.join(cfg.run.dir, "metrics.jsonl")
-    metrics_file = open(metrics_path, "w") if rank == 0 else None
+    metrics_file = open(metrics_path, "a" if first_step else "w") if rank == 0 else None
     timer = StageTimer(device)
     window_losses: list[torch.Tensor] = []
     window_start, window_bytes = time.perf_counter(), 0
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
     history = []
 
-    step = 0
+    step = first_step
     data_start = time.perf_counter()
-    for step, (batch, sparse_dist) in enumerate(pipeline, start=1):
+    for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
         timer.add("data", (time.perf_counter() - data_start) * 1e3)
         loss = train_step(parts, batch, sparse_dist, timer)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
 
-        if step == cfg.train.warmup_steps:
+        if step - first_step == cfg.train.warmup_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             measured_start = time.perf_counter()
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
             if world_size > 1:
                 dist.all_reduce(losses)
                 losses /= world_size
+            ckpt.check_losses(losses, step)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
@@ -209,12 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
+        ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
         data_start = time.perf_counter()
 
     if device.type == "cuda":
         torch.cuda.synchronize()
     end = time.perf_counter()
-    measured_steps = step - cfg.train.warmup_steps
+    measured_steps = step - first_step - cfg.train.warmup_steps
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
@@ -223,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
                "samples_per_sec": samples_per_sec, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else "cpu", "exchange_bytes_per_step": history[-1]["exchange_bytes_per_step"] if history else 0,
                "plan": {t.name: plan.placements[t.name].placement for t in tables}, "config": to_dict(cfg)}
+    ckpt.finish(summary)  # weights_digest, export
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")
     if metrics_file:
