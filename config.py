@@ -93,10 +93,13 @@ class TrainConfig:
     bf16: bool = True  # autocast dense layers to bf16 on CUDA (ignored on CPU)
     pipelined: bool = True  # overlap the next batch's id exchange with this batch's compute
     warmup_steps: int = 5  # steps excluded from samples/s
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (if checkpointing)
+    checkpoint_every: int = 0  # steps between checkpoints; checkpointing is on iff > 0 or resume is set, and then also at the end
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in run.dir, or a path
     keep_checkpoints: int = 2  # checkpoints kept on disk
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
+    fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
+    fail_rank: int = 0  # rank that fail_at_step kills
+    skip_nonfinite_loss: bool = False  # skip (all ranks) a step whose loss is NaN/inf instead of stopping (1 all-reduce/step)
 
 
 @dataclass
@@ -104,6 +107,15 @@ class EvalConfig:
     every: int = 0  # steps between evaluations; 0 = only at the end
     samples: int = 8192  # held-out samples per evaluation (global)
     batch_size: int = 1024  # global eval batch size
+
+
+@dataclass
+class ExportConfig:
+    """DeepRec-style embedding export at the end of training: <dir>/<table>/{keys,values,freq,last_step}.npy."""
+
+    enabled: bool = False  # export after training
+    dir: str = ""  # "" = <run.dir>/export
+    min_freq: int = 1  # drop rows looked up fewer than min_freq times (rows never looked up are always dropped)
 
 
 @dataclass
@@ -115,6 +127,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 class ConfigError(ValueError):

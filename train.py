@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 from config import Config, TableConfig, load_config, to_dict
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
 from models import build_model
@@ -91,7 +92,8 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
     if isinstance(source, SyntheticData):
         host = local_batches(source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, SyntheticData.TRAIN,
                              first_step)
-        return PrefetchLoader(host, device, depth=cfg.data.prefetch_depth)
+        checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
+        return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
     return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step)
 
 
@@ -188,20 +190,27 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
 # ---- main -----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(argv)
+    with checkpoint.explain_timeouts(cfg):
+        return run(cfg)
+
+
+def run(cfg: Config) -> dict:
     rank, world_size, device, group = setup_distributed(cfg)
     if cfg.train.global_batch_size % world_size:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by {world_size} ranks")
     os.makedirs(cfg.run.dir, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
     parts = build(cfg, rank, world_size, device, group)
+    ckpt = checkpoint.Checkpointer(cfg, parts, rank, world_size)
+    first_step = ckpt.restore()  # 0 on a fresh start
     embeddings, model, tables, plan = parts.embeddings, parts.model, parts.tables, parts.plan
     log0(rank, f"world_size={world_size} device={device}\n{plan.format(tables)}")
     source = parts.source
-    batches = train_batches(cfg, source, rank, world_size, device)
+    batches = train_batches(cfg, source, rank, world_size, device, first_step)
     pipeline = SparseDistPipeline(batches, embeddings.input_dist, pipelined=cfg.train.pipelined)
 
     metrics_path = os.path.join(cfg.run.dir, "metrics.jsonl")
-    metrics_file = open(metrics_path, "w") if rank == 0 else None
+    metrics_file = open(metrics_path, "a" if first_step else "w") if rank == 0 else None
     timer = StageTimer(device)
     window_losses: list[torch.Tensor] = []
     window_start, window_bytes, window_memory_bytes = time.perf_counter(), 0, 0
@@ -212,9 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
     history = []
 
-    step = 0
+    step = first_step
     data_start = time.perf_counter()
-    for step, (batch, sparse_dist) in enumerate(pipeline, start=1):
+    for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
         timer.add("data", (time.perf_counter() - data_start) * 1e3)
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
         loss = train_step(parts, batch, sparse_dist, timer)
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         window_bytes += embeddings.last_exchange_bytes
         window_memory_bytes += embeddings.last_memory_bytes
 
-        if step == cfg.train.warmup_steps:
+        if step - first_step == cfg.train.warmup_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             measured_start = time.perf_counter()
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
             if world_size > 1:
                 dist.all_reduce(losses)
                 losses /= world_size
+            ckpt.check_losses(losses, step)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
@@ -263,13 +273,14 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
+        ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
         data_start = time.perf_counter()
 
     batches.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     end = time.perf_counter()
-    measured_steps = step - cfg.train.warmup_steps
+    measured_steps = step - first_step - cfg.train.warmup_steps
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
@@ -286,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                "exchange_bytes_per_rank": history[-1]["exchange_bytes_per_step"] if history else 0,
                "allreduce_bytes": 4 * sum(p.numel() for p in model.parameters()),
                "local_batch": cfg.train.global_batch_size // world_size}
+    ckpt.finish(summary)  # weights_digest, export
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")
     if metrics_file:

@@ -116,6 +116,12 @@ class ShardedEmbeddingCollection(nn.Module):
         self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype]))
         for name, tensor in init_sparse_state(optimizer.name, cursor, self.dim, "cpu").items():
             self.register_buffer(name, tensor)
+        # access statistics (DeepRec EV export): lookups per row (every id occurrence in a bag counts,
+        # counted by the requester and sent with the gradients, so totals do not depend on W) and the
+        # training step (num_updates, 1-based) of the row's last update
+        self.register_buffer("freq", torch.zeros(cursor, dtype=torch.int64))
+        self.register_buffer("last_step", torch.zeros(cursor, dtype=torch.int64))
+        self.num_updates = 0  # sparse updates applied so far (= training steps); restored by checkpoints
         self._init_weights(seed)
         self.to(device)
         self._anchor = torch.zeros((), device=device, requires_grad=True)  # makes autograd call our backward
@@ -153,8 +159,15 @@ class ShardedEmbeddingCollection(nn.Module):
     def _state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in init_sparse_state(self.optimizer.name, 0, self.dim, "cpu")}
 
+    def _tracked(self) -> dict[str, torch.Tensor]:
+        """Everything stored per local row: weights, optimizer state, access statistics."""
+        return {"weight": self.weight, **self._state(), "freq": self.freq, "last_step": self.last_step}
+
     def check_ids(self, kjt) -> None:
         """Raise ValueError naming the feature, sample and id of the first out-of-range id."""
+        missing = [f for f in self.features if f not in kjt.keys]
+        if missing:
+            raise ValueError(f"batch is missing feature(s) {missing} (tables' features: {self.features})")
         if list(kjt.keys) != self.features:
             raise ValueError(f"batch features {list(kjt.keys)} do not match the tables' features {self.features}")
         lengths = kjt.offsets[1:] - kjt.offsets[:-1]
@@ -216,36 +229,42 @@ class ShardedEmbeddingCollection(nn.Module):
         """pool_backward -> all-to-all grads to owners -> merge across senders -> fused sparse update."""
         grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, sd.unique_keys.numel())
         grad_unique = grad_unique * (1.0 / self.world_size)
-        received = self.exchange.all_to_all(grad_unique, sd.send_splits, sd.recv_splits)
+        # lookups of each unique key ride along as a last column (exact in float32 below 2**24 per batch)
+        lookups = torch.bincount(sd.inverse, minlength=sd.unique_keys.numel()).to(grad_unique.dtype)
+        payload = torch.cat([grad_unique, lookups[:, None]], 1)
+        received = self.exchange.all_to_all(payload, sd.send_splits, sd.recv_splits)
         rows = sd.owner_rows
-        grads = torch.zeros(rows.numel(), self.dim, dtype=torch.float32, device=received.device)
+        grads = torch.zeros(rows.numel(), self.dim + 1, dtype=torch.float32, device=received.device)
         grads.index_add_(0, sd.owner_inverse, received)
         if self.num_replicated_rows:
             rows, grads = self._all_reduce_replicated(rows, grads)
+        counts, grads = grads[:, self.dim].round().long(), grads[:, : self.dim].contiguous()
+        self.num_updates += 1
+        self.freq.index_add_(0, rows, counts)
+        self.last_step[rows] = self.num_updates
         o = self.optimizer
         sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
         self.last_exchange_bytes = self._exchange_bytes(sd)
         self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
 
     def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor):
-        """Sum replicated tables' gradients over ranks (dense over the small replicated region)."""
+        """Sum replicated tables' gradients (and lookup counts, last column) over ranks, densely."""
         n = self.num_replicated_rows
         is_rep = rows < n
         dense = torch.zeros(n, self.dim + 1, dtype=torch.float32, device=grads.device)
-        dense[rows[is_rep], : self.dim] = grads[is_rep]
-        dense[rows[is_rep], self.dim] = 1.0  # touched marker: lazy optimizers update the union of rows
+        dense[rows[is_rep]] = grads[is_rep]  # count column >= 1 marks touched rows: lazy optimizers update the union
         self.exchange.all_reduce_(dense)
         rep_rows = (dense[:, self.dim] > 0).nonzero().squeeze(1)
         return (torch.cat([rep_rows, rows[~is_rep]]),
-                torch.cat([dense[rep_rows, : self.dim], grads[~is_rep]]))
+                torch.cat([dense[rep_rows], grads[~is_rep]]))
 
     def _exchange_bytes(self, sd: SparseDist) -> int:
-        """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (4 B x D)."""
+        """Off-rank bytes this rank sent: keys (8 B), served rows (4 B x D), key gradients + lookup count (4 B x (D+1))."""
         keys_out = sum(sd.send_splits) - sd.send_splits[self.rank]
         rows_out = sum(sd.recv_splits) - sd.recv_splits[self.rank]
         counts = 8 * (self.world_size - 1)
         replicated = 4 * (self.dim + 1) * self.num_replicated_rows * (self.world_size > 1)
-        return counts + 8 * keys_out + 4 * self.dim * (rows_out + keys_out) + replicated
+        return counts + 8 * keys_out + 4 * self.dim * rows_out + 4 * (self.dim + 1) * keys_out + replicated
 
     def _memory_bytes(self, sd: SparseDist, updated_rows: int) -> int:
         """Device-memory bytes the step's embedding kernels must move at least (for achieved GB/s):
@@ -269,8 +288,8 @@ class ShardedEmbeddingCollection(nn.Module):
         return pooled
 
     def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Every table's full weights and optimizer state (float32, CPU), on every rank (collective)."""
-        state = {"weight": self.weight, **self._state()}
+        """Every table's full weights, optimizer state (float32, CPU) and access statistics (int64), on every rank."""
+        state = self._tracked()
         mine = {}
         for t, table in enumerate(self.tables):
             if self.plan.placements[table.name].placement == "replicated" and self.rank != 0:
@@ -278,12 +297,12 @@ class ShardedEmbeddingCollection(nn.Module):
             base, n = int(self.local_base[t]), self.local_count[t]
             if n:
                 mine[table.name] = (self.local_global_rows(t),
-                                    {k: v[base : base + n].detach().cpu().float() if k != "row_steps" else
+                                    {k: v[base : base + n].detach().cpu().float() if v.is_floating_point() else
                                      v[base : base + n].detach().cpu() for k, v in state.items()})
         parts = self.exchange.gather_objects(mine)
         full = {}
         for table in self.tables:
-            out = {k: torch.zeros(table.num_embeddings, *v.shape[1:], dtype=torch.float32 if k != "row_steps" else v.dtype)
+            out = {k: torch.zeros(table.num_embeddings, *v.shape[1:], dtype=torch.float32 if v.is_floating_point() else v.dtype)
                    for k, v in state.items()}
             for part in parts:
                 if table.name in part:
@@ -294,14 +313,18 @@ class ShardedEmbeddingCollection(nn.Module):
         return full
 
     def load_full_state_dict(self, full: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Take this rank's rows from full per-table state (from full_state_dict of any plan)."""
-        state = {"weight": self.weight, **self._state()}
+        """Take this rank's rows from full per-table state (from full_state_dict of any plan).
+
+        Access statistics (freq, last_step) missing from the state are left as they are."""
+        state = self._tracked()
         for t, table in enumerate(self.tables):
             if table.name not in full:
                 raise KeyError(f"embedding state has no table {table.name!r}")
             rows = self.local_global_rows(t)
             base = int(self.local_base[t])
             for k, v in state.items():
+                if k not in full[table.name] and k in ("freq", "last_step"):
+                    continue
                 if k not in full[table.name]:
                     raise KeyError(f"embedding state of table {table.name!r} has no {k!r}")
                 src = full[table.name][k]

@@ -129,8 +129,9 @@ def test_only_unique_keys_travel():
     assert out["send"] == [2, 2]  # 4 unique keys of 12 ids, 2 per owner
     # rank 0 receives its own 2 and rank 1's keys owned by 0: t0 {2} and t1 {4} -> 2
     assert out["recv"] == [2, 2]
-    # off-rank traffic: counts (8 B), 2 keys (8 B each), 2 rows served + 2 gradients (4 B x dim)
-    assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * (2 + 2)
+    # off-rank traffic: counts (8 B), 2 keys (8 B each), 2 rows served (4 B x dim) + 2 gradients with their
+    # lookup count (4 B x (dim + 1))
+    assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * 2 + 4 * (out["dim"] + 1) * 2
 
 
 def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):

@@ -1,0 +1,347 @@
+"""Checkpoints, resume, resharding, embedding export, input checks and fault injection for train.py.
+
+Layout of one checkpoint, <run.dir>/checkpoints/step_<N>/ (N = steps done = next data step):
+    manifest.json        rank 0: step, world size, plan, table shapes, optimizer, config, files and sizes
+    dense.pt             rank 0: dense model state_dict and dense optimizer state (replicated by DDP)
+    shard_<rank>.pt      every rank, in parallel: per table its local rows' global row ids and their
+                         weight / sparse optimizer state / freq / last_step (replicated tables: rank 0
+                         only), the rank's RNG states and the embedding update counter
+Saving writes into .tmp_step_<N>/, then barrier, then rank 0 writes the manifest last and renames the
+directory into place: a directory without manifest.json is never a checkpoint, so a crash mid-save
+leaves the previous one intact. The last train.keep_checkpoints are kept.
+
+Loading (torch.load(weights_only=True)) reads the shard files and keeps the rows this rank owns under
+its *current* plan, so a checkpoint written at W ranks loads at any W' (resharding).
+
+Checkpointing is on iff train.checkpoint_every > 0 or train.resume is set; it then also saves at the
+end. Under torchrun, a restarted group (TORCHELASTIC_RESTART_COUNT > 0) resumes with "auto".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from config import Config, to_dict
+
+FORMAT = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def restart_count() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def resume_setting(cfg: Config) -> str:
+    """train.resume, or "auto" when torchrun restarted the group after a failure."""
+    return cfg.train.resume or ("auto" if restart_count() > 0 else "")
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def complete_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every complete checkpoint (has manifest.json) in run_dir, oldest first."""
+    root = checkpoint_root(run_dir)
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        m = _STEP_DIR.match(name)
+        if m and os.path.isfile(os.path.join(root, name, "manifest.json")):
+            found.append((int(m.group(1)), os.path.join(root, name)))
+    return sorted(found)
+
+
+def resolve_resume(cfg: Config) -> str | None:
+    """Checkpoint directory to resume from, or None for a fresh start."""
+    setting = resume_setting(cfg)
+    if not setting:
+        return None
+    if setting == "auto":
+        found = complete_checkpoints(cfg.run.dir)
+        return found[-1][1] if found else None
+    if not os.path.isfile(os.path.join(setting, "manifest.json")):
+        raise FileNotFoundError(f"train.resume={setting!r} is not a complete checkpoint (no manifest.json)")
+    return setting
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def _dense_module(model):
+    return getattr(model, "module", model)
+
+
+def _owned(embeddings, t: int, rows: torch.Tensor) -> torch.Tensor:
+    """Mask of the table-local rows that this rank stores under its plan."""
+    p = embeddings.plan.placements[embeddings.tables[t].name]
+    if p.placement == "row":
+        return rows % embeddings.world_size == embeddings.rank
+    if p.placement == "table":
+        return torch.full_like(rows, p.owner == embeddings.rank, dtype=torch.bool)
+    return torch.ones_like(rows, dtype=torch.bool)
+
+
+# ---- save -----------------------------------------------------------------------------------------------
+def save(cfg: Config, parts, step: int, rank: int, world_size: int) -> str:
+    """Collective: every rank writes its shard, rank 0 the dense state and manifest; returns the path."""
+    root = checkpoint_root(cfg.run.dir)
+    final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".tmp_step_{step}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _barrier(world_size)
+    emb = parts.embeddings
+    tables = {}
+    for t, table in enumerate(emb.tables):
+        if emb.local_count[t] == 0 or (emb.plan.placements[table.name].placement == "replicated" and rank != 0):
+            continue
+        base, n = int(emb.local_base[t]), emb.local_count[t]
+        tables[table.name] = {"rows": emb.local_global_rows(t),
+                              **{k: v[base : base + n].detach().cpu().clone() for k, v in emb._tracked().items()}}
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save({"step": step, "rank": rank, "world_size": world_size, "num_updates": emb.num_updates,
+                "rng": rng, "tables": tables}, os.path.join(tmp, f"shard_{rank:05d}.pt"))
+    if rank == 0:
+        torch.save({"model": _dense_module(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
+                   os.path.join(tmp, "dense.pt"))
+    _barrier(world_size)  # every shard is on disk
+    if rank == 0:
+        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        manifest = {"format": FORMAT, "step": step, "next_data_step": step, "world_size": world_size,
+                    "plan": {t.name: {"placement": emb.plan.placements[t.name].placement,
+                                      "owner": emb.plan.placements[t.name].owner} for t in emb.tables},
+                    "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
+                    "sparse_optimizer": emb.optimizer.name, "files": files, "config": to_dict(cfg)}
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune(cfg.run.dir, cfg.train.keep_checkpoints)
+    _barrier(world_size)
+    return final
+
+
+def prune(run_dir: str, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (keep <= 0 keeps all) and stale temporaries."""
+    root = checkpoint_root(run_dir)
+    found = complete_checkpoints(run_dir)
+    for _, path in found[: max(len(found) - keep, 0)] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    newest = found[-1][0] if found else -1
+    for name in os.listdir(root):
+        m = re.match(r"^\.tmp_step_(\d+)$", name)
+        if m and int(m.group(1)) <= newest:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+# ---- load -----------------------------------------------------------------------------------------------
+def load(path: str, parts, rank: int, world_size: int) -> int:
+    """Load a checkpoint written at any world size into this rank's parts; returns its step."""
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    emb = parts.embeddings
+    want = {t.name: [t.num_embeddings, t.dim] for t in emb.tables}
+    if manifest["tables"] != want:
+        raise ValueError(f"checkpoint {path} has tables {manifest['tables']}, the config has {want}")
+    if manifest["sparse_optimizer"] != emb.optimizer.name:
+        raise ValueError(f"checkpoint {path} was trained with sparse optimizer {manifest['sparse_optimizer']!r}, "
+                         f"the config has {emb.optimizer.name!r}")
+    shards = sorted(name for name in manifest["files"] if name.startswith("shard_"))
+    same_layout = manifest["world_size"] == world_size and all(
+        manifest["plan"][t.name] == {"placement": emb.plan.placements[t.name].placement,
+                                     "owner": emb.plan.placements[t.name].owner} for t in emb.tables)
+    if same_layout:  # own shard + rank 0's (replicated tables)
+        shards = sorted({f"shard_{rank:05d}.pt", "shard_00000.pt"})
+    index = {t.name: i for i, t in enumerate(emb.tables)}
+    buffers = emb._tracked()
+    own_rng = None
+    for name in shards:
+        shard = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True)
+        if shard["rank"] == rank or (own_rng is None and shard["rank"] == 0):
+            own_rng = shard["rng"]
+        for table_name, state in shard["tables"].items():
+            t = index[table_name]
+            rows = state["rows"]
+            mask = _owned(emb, t, rows)
+            if not bool(mask.any()):
+                continue
+            local = emb.local_rows((rows[mask] + emb.table_offsets[t].cpu()).to(emb.table_offsets.device))
+            for k, buf in buffers.items():
+                if k not in state:
+                    raise KeyError(f"checkpoint {path}/{name}: table {table_name!r} has no {k!r}")
+                buf[local] = state[k][mask].to(buf.device, buf.dtype)
+    dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
+    _dense_module(parts.model).load_state_dict(dense["model"])
+    parts.optimizer.load_state_dict(dense["optimizer"])
+    emb.num_updates = manifest["step"]
+    if own_rng is not None:
+        torch.set_rng_state(own_rng["torch"])
+        if "cuda" in own_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(own_rng["cuda"])
+    return int(manifest["step"])
+
+
+# ---- digest and export ----------------------------------------------------------------------------------
+def weights_digest(parts) -> str:
+    """sha256 over the dense state_dict (sorted keys) and every table's full weights (config order), float32 bytes.
+
+    Collective (full_state_dict); same value on every rank and at every world size."""
+    full = parts.embeddings.full_state_dict()
+    h = hashlib.sha256()
+    for key, value in sorted(_dense_module(parts.model).state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().float().contiguous().numpy().tobytes())
+    for table in parts.embeddings.tables:
+        h.update(table.name.encode())
+        h.update(full[table.name]["weight"].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def export_embeddings(parts, out_dir: str, min_freq: int, rank: int) -> dict[str, int]:
+    """Collective. Rank 0 writes <out_dir>/<table>/{keys,values,freq,last_step}.npy for rows looked up
+    at least max(min_freq, 1) times; returns {table: rows exported}."""
+    full = parts.embeddings.full_state_dict()
+    counts = {}
+    for table in parts.embeddings.tables:
+        state = full[table.name]
+        keys = (state["freq"] >= max(min_freq, 1)).nonzero().squeeze(1)
+        counts[table.name] = keys.numel()
+        if rank == 0:
+            d = os.path.join(out_dir, table.name)
+            os.makedirs(d, exist_ok=True)
+            for name, value in (("keys", keys), ("values", state["weight"][keys]), ("freq", state["freq"][keys]),
+                                ("last_step", state["last_step"][keys])):
+                np.save(os.path.join(d, f"{name}.npy"), value.numpy())
+    return counts
+
+
+def load_export(out_dir: str, table: str) -> dict[str, np.ndarray]:
+    return {name: np.load(os.path.join(out_dir, table, f"{name}.npy")) for name in ("keys", "values", "freq", "last_step")}
+
+
+# ---- input checks -----------------------------------------------------------------------------------------
+def check_batch(batch, step: int, first_sample: int):
+    """Raise ValueError naming step, global sample index and value for NaN/inf dense features or labels
+    outside [0, 1]. step is 1-based; first_sample is the global index of the batch's first sample."""
+    bad = ~torch.isfinite(batch.dense)
+    if bool(bad.any()):
+        b, j = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"step {step}: dense feature {j} of sample {first_sample + b} is {float(batch.dense[b, j])}")
+    bad = ~((batch.labels >= 0) & (batch.labels <= 1))  # NaN fails both comparisons
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"step {step}: label of sample {first_sample + b} is {float(batch.labels[b])}, "
+                         "expected a value in [0, 1]")
+    return batch
+
+
+def checked_batches(batches, global_batch: int, rank: int, world_size: int, first_step: int):
+    """Wrap local_batches(..., first_step): check every batch before it reaches the model."""
+    local = global_batch // world_size
+    for step, batch in enumerate(batches, start=first_step + 1):
+        yield check_batch(batch, step, (step - 1) * global_batch + rank * local)
+
+
+# ---- the training-loop hooks -----------------------------------------------------------------------------
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+class Checkpointer:
+    """What train.py calls: restore() before the loop, step_done() after every step, check_losses() with
+    the all-reduced window losses at log steps, finish() for the summary."""
+
+    def __init__(self, cfg: Config, parts, rank: int, world_size: int):
+        self.cfg, self.parts, self.rank, self.world_size = cfg, parts, rank, world_size
+        self.enabled = cfg.train.checkpoint_every > 0 or bool(resume_setting(cfg))
+        self.last_path: str | None = None
+        self.last_step_saved = -1
+        self.first_step = 0
+        device = parts.embeddings.weight.device
+        self._never = torch.tensor(2**62, dtype=torch.int64, device=device)
+        self._first_bad = self._never.clone()  # first local step with a non-finite loss (no host sync per step)
+
+    def restore(self) -> int:
+        path = resolve_resume(self.cfg)
+        if path is not None:
+            self.first_step = load(path, self.parts, self.rank, self.world_size)
+            self.last_path, self.last_step_saved = path, self.first_step
+            if self.rank == 0:
+                print(f"resumed from {path} at step {self.first_step}", flush=True)
+        return self.first_step
+
+    def _raise_nonfinite(self, step: int) -> None:
+        where = self.last_path or "none (nothing saved yet)"
+        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
+                            f"(set train.skip_nonfinite_loss=true to skip such steps)")
+
+    def check_losses(self, losses: torch.Tensor, step: int) -> None:
+        """losses: the all-reduced per-step losses of the window ending at step (same on every rank)."""
+        bad = (~torch.isfinite(losses)).nonzero()
+        if bad.numel():
+            self._raise_nonfinite(step - losses.numel() + 1 + int(bad[0]))
+        self._first_bad = self._never.clone()
+
+    def _check_collective(self) -> None:
+        first_bad = self._first_bad.clone()
+        if self.world_size > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        if int(first_bad) != int(self._never):
+            self._raise_nonfinite(int(first_bad))
+
+    def step_done(self, step: int, loss: torch.Tensor) -> None:
+        cfg = self.cfg
+        self._first_bad = torch.where(torch.isfinite(loss) | (self._first_bad != self._never), self._first_bad,
+                                      torch.tensor(step, device=self._first_bad.device))
+        if cfg.train.fail_at_step == step and cfg.train.fail_rank == self.rank and restart_count() == 0:
+            print(f"rank {self.rank}: injected failure at step {step} (train.fail_at_step)", flush=True)
+            os._exit(1)
+        every = cfg.train.checkpoint_every
+        if self.enabled and ((every > 0 and step % every == 0) or step == cfg.train.steps):
+            self.save(step)
+
+    def save(self, step: int) -> str:
+        self._check_collective()  # never write weights that a non-finite loss has touched
+        self.last_path = save(self.cfg, self.parts, step, self.rank, self.world_size)
+        self.last_step_saved = step
+        return self.last_path
+
+    def finish(self, summary: dict) -> dict:
+        """Collective: weights_digest (and the export when export.enabled) into the summary."""
+        summary["weights_digest"] = weights_digest(self.parts)
+        if self.cfg.export.enabled:
+            out_dir = self.cfg.export.dir or os.path.join(self.cfg.run.dir, "export")
+            summary["export"] = {"dir": out_dir,
+                                 "rows": export_embeddings(self.parts, out_dir, self.cfg.export.min_freq, self.rank)}
+        if self.last_path:
+            summary["checkpoint"] = self.last_path
+        return summary
+
+
+@contextlib.contextmanager
+def explain_timeouts(cfg: Config):
+    """Turn a collective timeout into an error that names the timeout and its config key."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+            raise RuntimeError(f"a collective did not complete within train.timeout_s={cfg.train.timeout_s:g} s: "
+                               f"a rank is hung or died (raise train.timeout_s if this is expected). {first}") from e
+        raise

@@ -1,0 +1,304 @@
+"""Checkpoints: exact resume (W=1, 2), resharding (2->4, 4->1), crash-safe saves, torchrun kill/restart,
+bad-input errors, lookup statistics and the embedding export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import checkpoint
+import train
+from config import load_config
+from pipeline.batch import Batch, KeyedJagged
+from pipeline.metrics import StageTimer
+from pipeline.train_pipeline import SparseDistPipeline
+from tests.dist_utils import run_distributed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TOML = """
+[run]
+log_every = 2
+[data]
+num_dense = 4
+zipf_exponent = 1.4
+bag_min = 0
+bag_max = 3
+[model]
+bottom_mlp = [8, 4]
+top_mlp = [8]
+[embedding]
+dim = 4
+replicate_below_bytes = 300
+[[embedding.tables]]
+name = "big"
+num_embeddings = 37
+[[embedding.tables]]
+name = "shared"
+num_embeddings = 23
+pooling = "mean"
+features = ["shared_a", "shared_b"]
+[[embedding.tables]]
+name = "small"
+num_embeddings = 5
+[[embedding.tables]]
+name = "pinned"
+num_embeddings = 29
+placement = "row"
+[optimizer]
+dense = "adam"
+dense_lr = 0.01
+sparse = "adam"
+sparse_lr = 0.1
+[train]
+steps = 6
+global_batch_size = 16
+warmup_steps = 1
+[eval]
+samples = 64
+batch_size = 32
+"""
+STEPS, SPLIT = 6, 3
+
+
+@pytest.fixture(scope="module")
+def toml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.toml"
+    path.write_text(TOML)
+    return str(path)
+
+
+def _run(rank, world_size, group, toml, run_dir, steps, extra=()):
+    """train.py's loop without eval/logging: returns ({step: global loss}, digest, full state, checkpointer)."""
+    cfg = load_config(["--config", toml, "--run.dir", run_dir, "--train.steps", str(steps), *extra])
+    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+    ckpt = checkpoint.Checkpointer(cfg, parts, rank, world_size)
+    first = ckpt.restore()
+    batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, steps, 0, first)
+    losses = {}
+    for step, (batch, sd) in enumerate(SparseDistPipeline(batches, parts.embeddings.input_dist), start=first + 1):
+        loss = train.train_step(parts, batch, sd, StageTimer(torch.device("cpu")))
+        reduced = loss.clone()
+        if world_size > 1:
+            dist.all_reduce(reduced)
+            reduced /= world_size
+        losses[step] = float(reduced)
+        ckpt.step_done(step, loss)
+    dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+    return losses, checkpoint.weights_digest(parts), parts.embeddings.full_state_dict(), dense
+
+
+def _resume_case(rank, world_size, group, toml, base):
+    """Uninterrupted run, then the same run stopped at SPLIT and resumed with auto."""
+    straight = _run(rank, world_size, group, toml, f"{base}/straight", STEPS)
+    first = _run(rank, world_size, group, toml, f"{base}/resumed", SPLIT, ["--train.checkpoint_every", str(SPLIT)])
+    resumed = _run(rank, world_size, group, toml, f"{base}/resumed", STEPS, ["--train.resume", "auto"])
+    return straight, first, resumed
+
+
+def _load_only(rank, world_size, group, toml, path):
+    cfg = load_config(["--config", toml])
+    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+    step = checkpoint.load(path, parts, rank, world_size)
+    dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+    plan = {n: p.placement for n, p in parts.plan.placements.items()}
+    return step, parts.embeddings.full_state_dict(), dense, plan, parts.embeddings.num_updates
+
+
+@pytest.fixture(scope="module")
+def runs(toml, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("runs"))
+    out = {w: run_distributed(_resume_case, w, toml, f"{base}/w{w}") for w in (1, 2)}
+    out["base"] = base
+    return out
+
+
+def _assert_same_state(a, b):
+    for name, state in a.items():
+        for key, value in state.items():
+            assert torch.equal(value, b[name][key]), f"table {name} {key}"
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_exact_resume(runs, world_size):
+    straight, first, resumed = runs[world_size]
+    assert sorted(first[0]) == list(range(1, SPLIT + 1)) and sorted(resumed[0]) == list(range(SPLIT + 1, STEPS + 1))
+    assert [straight[0][s] for s in range(SPLIT + 1, STEPS + 1)] == [resumed[0][s] for s in range(SPLIT + 1, STEPS + 1)]
+    assert resumed[1] == straight[1]  # weights_digest
+    _assert_same_state(straight[2], resumed[2])  # weights, optimizer state, freq, last_step
+
+
+def test_lookup_statistics_are_sharding_consistent(runs, toml):
+    full1, full2 = runs[1][0][2], runs[2][0][2]
+    cfg = load_config(["--config", toml])
+    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
+    expected = {t.name: torch.zeros(t.num_embeddings, dtype=torch.int64) for t in parts.tables}
+    feature_table = {f: t.name for t in parts.tables for f in t.features}
+    for batch in train.local_batches(parts.source, cfg.train.global_batch_size, 0, 1, STEPS, 0):
+        kjt = batch.sparse
+        for f, key in enumerate(kjt.keys):
+            lo, hi = int(kjt.offsets[f * kjt.batch_size]), int(kjt.offsets[(f + 1) * kjt.batch_size])
+            expected[feature_table[key]] += torch.bincount(kjt.values[lo:hi], minlength=len(expected[feature_table[key]]))
+    for name, counts in expected.items():
+        assert torch.equal(full1[name]["freq"], counts), name
+        assert torch.equal(full2[name]["freq"], counts), name
+        assert torch.equal(full1[name]["last_step"], full2[name]["last_step"])
+        assert int(full1[name]["last_step"].max()) == STEPS
+
+
+def test_resharding_2_to_4_to_1(runs, toml):
+    base = runs["base"]
+    _, first2, _ = runs[2]  # W=2 state after SPLIT steps, saved at step SPLIT
+    path2 = f"{base}/w2/resumed/checkpoints/step_{SPLIT}"
+    step, full4, dense4, plan4, updates = run_distributed(_load_only, 4, toml, path2)
+    assert step == SPLIT and updates == SPLIT
+    assert plan4["big"] == "table" and plan4["pinned"] == "row"
+    _assert_same_state(first2[2], full4)
+    for k, v in first2[3].items():
+        assert torch.equal(v, dense4[k]), k
+    # 4 -> 1: a checkpoint written at W=4 (different plan, 4 shard files) loads in one process
+    run4 = f"{base}/w4"
+    losses4 = run_distributed(_run, 4, toml, run4, SPLIT, ["--train.checkpoint_every", str(SPLIT)])
+    manifest = json.load(open(f"{run4}/checkpoints/step_{SPLIT}/manifest.json"))
+    assert manifest["world_size"] == 4 and len([f for f in manifest["files"] if f.startswith("shard_")]) == 4
+    step, full1, dense1, _, _ = _load_only(0, 1, None, toml, f"{run4}/checkpoints/step_{SPLIT}")
+    _assert_same_state(losses4[2], full1)
+    for k, v in losses4[3].items():
+        assert torch.equal(v, dense1[k]), k
+
+
+def test_crash_during_save_keeps_previous_checkpoint(toml, tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if "step_4" in str(path) and "dense" in str(path):
+            real_save({"half": torch.zeros(3)}, path)
+            raise OSError("disk full (injected)")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    with pytest.raises(OSError, match="injected"):
+        _run(0, 1, None, toml, str(tmp_path), 4, ["--train.checkpoint_every", "2", "--train.keep_checkpoints", "1"])
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
+    assert os.path.isdir(tmp_path / "checkpoints" / ".tmp_step_4")  # the half checkpoint is not a checkpoint
+    cfg = load_config(["--config", toml, "--run.dir", str(tmp_path), "--train.resume", "auto"])
+    assert checkpoint.resolve_resume(cfg).endswith("step_2")
+    losses, *_ = _run(0, 1, None, toml, str(tmp_path), 4, ["--train.resume", "auto"])
+    assert sorted(losses) == [3, 4]
+
+
+def test_keep_last_k(toml, tmp_path):
+    _run(0, 1, None, toml, str(tmp_path), 6, ["--train.checkpoint_every", "1", "--train.keep_checkpoints", "2"])
+    assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [5, 6]
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoint.resolve_resume(load_config(["--config", toml, "--train.resume", str(tmp_path)]))
+
+
+@pytest.mark.slow
+def test_torchrun_killed_rank_restarts_with_same_digest(toml, tmp_path, runs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "train.py", "--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2",
+           "--train.fail_at_step", "3", "--train.fail_rank", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "injected failure at step 3" in proc.stdout + proc.stderr
+    assert "resumed from" in proc.stdout and "step_2" in proc.stdout
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["steps"] == STEPS
+    assert summary["weights_digest"] == runs[2][0][1]  # the uninterrupted W=2 run
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+def _batch(dense=None, labels=None):
+    kjt = KeyedJagged.from_lists({"a": [[1], [2]]})
+    return Batch(torch.zeros(2, 3) if dense is None else dense, torch.zeros(2) if labels is None else labels, kjt)
+
+
+def test_bad_dense_and_labels_are_named():
+    dense = torch.zeros(2, 3)
+    dense[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"step 5: dense feature 2 of sample 33 is nan"):
+        checkpoint.check_batch(_batch(dense=dense), 5, 32)
+    dense[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"dense feature 2 of sample 33 is inf"):
+        checkpoint.check_batch(_batch(dense=dense), 5, 32)
+    with pytest.raises(ValueError, match=r"label of sample 0 is 1.5, expected a value in \[0, 1\]"):
+        checkpoint.check_batch(_batch(labels=torch.tensor([1.5, 0.0])), 1, 0)
+    with pytest.raises(ValueError, match=r"label of sample 1 is nan"):
+        checkpoint.check_batch(_batch(labels=torch.tensor([1.0, float("nan")])), 1, 0)
+
+
+def test_missing_feature_out_of_range_and_memory(toml):
+    cfg = load_config(["--config", toml])
+    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
+    good = next(train.local_batches(parts.source, 4, 0, 1, 1, 0)).sparse
+    f = good.keys.index("shared_a")
+    n = good.batch_size
+    lo, hi = int(good.offsets[f * n]), int(good.offsets[(f + 1) * n])
+    keys = [k for k in good.keys if k != "shared_a"]
+    values = torch.cat([good.values[:lo], good.values[hi:]])
+    lengths = torch.cat([good.lengths()[: f * n], good.lengths()[(f + 1) * n :]])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    with pytest.raises(ValueError, match=r"missing feature\(s\) \['shared_a'\]"):
+        parts.embeddings.input_dist(KeyedJagged(values, offsets, keys))
+    bad = KeyedJagged(good.values.clone(), good.offsets, good.keys)
+    bad.values[0] = 10**6
+    first_sample = int((good.lengths() > 0).nonzero()[0])  # value 0 sits in the first non-empty bag of 'big'
+    assert first_sample < n
+    with pytest.raises(ValueError, match=rf"feature 'big' \(table 'big', 37 rows\): sample {first_sample} has id 1000000"):
+        parts.embeddings.input_dist(bad)
+    with pytest.raises(Exception, match="(?i)memory|budget|fit"):
+        train.build(load_config(["--config", toml, "--embedding.memory_budget_bytes", "100"]), 0, 1,
+                    torch.device("cpu"), None)
+
+
+def test_nonfinite_loss_stops_naming_step_and_checkpoint(toml, tmp_path, monkeypatch):
+    real_step = train.train_step
+    calls = []
+
+    def nan_at_3(*args):
+        loss = real_step(*args)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train, "train_step", nan_at_3)
+    with pytest.raises(checkpoint.NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2"):
+        train.main(["--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2"])
+    assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
+
+
+def test_timeout_message_names_config_key(toml):
+    cfg = load_config(["--config", toml, "--train.timeout_s", "2"])
+    with pytest.raises(RuntimeError, match=r"train.timeout_s=2 s"):
+        with checkpoint.explain_timeouts(cfg):
+            raise RuntimeError("[gloo] Timed out waiting 2000ms for recv operation to complete")
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+def test_export_round_trip_and_min_freq(toml, tmp_path):
+    summary = train.main(["--config", toml, "--run.dir", str(tmp_path / "a"), "--export.enabled", "true"])
+    out = tmp_path / "a" / "export"
+    ckpt_free = summary["export"]["rows"]
+    cfg = load_config(["--config", toml])
+    for name, rows in ckpt_free.items():
+        e = checkpoint.load_export(str(out), name)
+        assert e["keys"].shape == (rows,) and e["values"].shape == (rows, cfg.embedding.dim)
+        assert e["keys"].dtype == np.int64 and e["values"].dtype == np.float32
+        assert (e["freq"] >= 1).all() and (e["last_step"] >= 1).all() and (e["last_step"] <= STEPS).all()
+        assert np.all(np.diff(e["keys"]) > 0)
+    summary = train.main(["--config", toml, "--run.dir", str(tmp_path / "b"), "--export.enabled", "true",
+                          "--export.min_freq", "3"])
+    assert summary["weights_digest"] == json.load(open(tmp_path / "a" / "summary.json"))["weights_digest"]
+    for name in ckpt_free:
+        full, kept = checkpoint.load_export(str(out), name), checkpoint.load_export(str(tmp_path / "b" / "export"), name)
+        mask = full["freq"] >= 3
+        assert mask.sum() < len(mask) or name == "small"
+        for key in ("keys", "values", "freq", "last_step"):
+            np.testing.assert_array_equal(kept[key], full[key][mask])
