@@ -224,7 +224,10 @@ def run(cfg: Config) -> dict:
     step = first_step
     data_start = time.perf_counter()
     for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
-        timer.add("data", (time.perf_counter() - data_start) * 1e3)
+        # next() ran the upcoming batch's input_dist too: only the loader's own wait is data wait
+        waited_ms = (time.perf_counter() - data_start) * 1e3
+        timer.add("data", min(batches.data_wait_ms, waited_ms))
+        timer.add("input_dist", max(waited_ms - batches.data_wait_ms, 0.0))
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
         loss = train_step(parts, batch, sparse_dist, timer)
         window_losses.append(loss.detach())

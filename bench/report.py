@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.scaling import busbw_from_jsonl, project  # noqa: E402
 
-STAGE_ORDER = ("data", "h2d", "embedding_fwd", "dense_fwd", "backward", "dense_optimizer")
+STAGE_ORDER = ("data", "h2d", "input_dist", "embedding_fwd", "dense_fwd", "backward", "dense_optimizer")
 
 
 def load(directory: str) -> list[dict]:
@@ -35,7 +35,7 @@ def load(directory: str) -> list[dict]:
 
 def scaling_stages(stage_ms: dict, shrink: float) -> dict:
     """Map train.py's stages to bench/scaling.py's; embedding backward is inside 'backward'."""
-    return {"data": stage_ms.get("data", 0.0) * shrink, "input_dist": 0.0,
+    return {"data": stage_ms.get("data", 0.0) * shrink, "input_dist": stage_ms.get("input_dist", 0.0) * shrink,
             "lookup": stage_ms.get("embedding_fwd", 0.0) * shrink, "output_dist": 0.0,
             "dense_fwd_bwd": (stage_ms.get("dense_fwd", 0.0) + stage_ms.get("backward", 0.0)) * shrink,
             "optimizer": stage_ms.get("dense_optimizer", 0.0) * shrink}
@@ -72,7 +72,7 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
                      f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
                      f"{r['git_commit'][:8]} |")
     notes = ["", "samples/s: global, after warm-up. Stage times are per step, summed over train.py's stages "
-             "(data, h2d, embedding_fwd, dense_fwd, backward incl. embedding exchange + sparse update, dense_optimizer).",
+             "(data, h2d, input_dist, embedding_fwd, dense_fwd, backward incl. exchange + sparse update, dense_optimizer).",
              "Projected: bench/scaling.py from the W=1 run's stage times divided by W (fixed global batch), plus "
              "all-to-all and all-reduce times at the measured all-to-all busbw, no overlap." if projected else ""]
     with open(path, "w") as f:
