@@ -287,8 +287,7 @@ class Checkpointer:
 
     def _raise_nonfinite(self, step: int) -> None:
         where = self.last_path or "none (nothing saved yet)"
-        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
-                            f"(set train.skip_nonfinite_loss=true to skip such steps)")
+        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where}")
 
     def check_losses(self, losses: torch.Tensor, step: int) -> None:
         """losses: the all-reduced per-step losses of the window ending at step (same on every rank)."""
