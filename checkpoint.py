@@ -287,8 +287,7 @@ class Checkpointer:
 
     def _raise_nonfinite(self, step: int) -> None:
         where = self.last_path or "none (nothing saved yet)"
-        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
-                            f"(set train.skip_nonfinite_loss=true to skip such steps)")
+        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where}")
 
     def check_losses(self, losses: torch.Tensor, step: int) -> None:
         """losses: the all-reduced per-step losses of the window ending at step (same on every rank)."""
@@ -333,6 +332,14 @@ class Checkpointer:
         return summary
 
 
+def init_process_group(backend: str, timeout, device_id=None) -> None:
+    """init_process_group whose store keys are prefixed by the torchrun attempt: a restarted group would
+    otherwise read the dead attempt's addresses from the agent's store (gloo: "connection refused")."""
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"recfuse_attempt_{restart_count()}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id)
+
+
 @contextlib.contextmanager
 def explain_timeouts(cfg: Config):
     """Turn a collective timeout into an error that names the timeout and its config key."""
@@ -340,7 +347,7 @@ def explain_timeouts(cfg: Config):
         yield
     except RuntimeError as e:
         text = str(e)
-        if "timed out" in text.lower() or "timeout" in text.lower():
+        if ("timed out" in text.lower() or "timeout" in text.lower()) and "connection refused" not in text.lower():
             first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
             raise RuntimeError(f"a collective did not complete within train.timeout_s={cfg.train.timeout_s:g} s: "
                                f"a rank is hung or died (raise train.timeout_s if this is expected). {first}") from e

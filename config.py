@@ -99,7 +99,6 @@ class TrainConfig:
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
     fail_rank: int = 0  # rank that fail_at_step kills
-    skip_nonfinite_loss: bool = False  # skip (all ranks) a step whose loss is NaN/inf instead of stopping (1 all-reduce/step)
 
 
 @dataclass

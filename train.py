@@ -49,8 +49,7 @@ def setup_distributed(cfg: Config):
     group = None
     if world_size > 1:
         backend = cfg.run.backend if cfg.run.backend != "auto" else ("nccl" if use_cuda else "gloo")
-        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.train.timeout_s),
-                                device_id=device if use_cuda else None)
+        checkpoint.init_process_group(backend, timedelta(seconds=cfg.train.timeout_s), device if use_cuda else None)
         group = dist.new_group(backend=backend)  # embedding exchanges stay apart from DDP's all-reduces
     return rank, world_size, device, group
 
