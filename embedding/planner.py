@@ -61,24 +61,24 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
     """Place every table; a table's own placement (if not auto) wins over default_placement.
 
     auto: replicated below replicate_below_bytes; row-wise if the table alone exceeds the
-    per-rank memory budget; otherwise table-wise, greedily placing the largest tables first on
-    the rank with the least (bytes share + lookups share) so far.
+    per-rank memory budget or an even share (the non-replicated tables' bytes / W), since
+    table-wise it would leave its owner above every other rank whatever the rest does;
+    otherwise table-wise, greedily placing the largest tables first on the rank with the least
+    (bytes share + lookups share) so far.
     Raises ValueError naming the tables that do not fit the budget and by how much.
     """
     plan = ShardingPlan(world_size)
     budget = memory_budget_bytes or float("inf")
     sizes = {t.name: t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer) for t in tables}
-    chosen = {}
+    chosen = {t.name: t.placement if t.placement != "auto" else default_placement for t in tables}
     for t in tables:
-        kind = t.placement if t.placement != "auto" else default_placement
-        if kind == "auto":
-            if sizes[t.name] < replicate_below_bytes:
-                kind = "replicated"
-            elif sizes[t.name] > budget:
-                kind = "row"
-            else:
-                kind = "table"
-        chosen[t.name] = kind
+        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
+            chosen[t.name] = "replicated"
+    even_share = sum(sizes[t.name] for t in tables if chosen[t.name] != "replicated") / world_size
+    for t in tables:
+        if chosen[t.name] == "auto":
+            too_big = world_size > 1 and sizes[t.name] > min(budget, even_share)
+            chosen[t.name] = "row" if too_big else "table"
 
     load_bytes = [0] * world_size
     load_lookups = [0.0] * world_size
