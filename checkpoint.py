@@ -235,17 +235,23 @@ def load_export(out_dir: str, table: str) -> dict[str, np.ndarray]:
 
 
 # ---- input checks -----------------------------------------------------------------------------------------
-def check_batch(batch, step: int, first_sample: int):
-    """Raise ValueError naming step, global sample index and value for NaN/inf dense features or labels
-    outside [0, 1]. step is 1-based; first_sample is the global index of the batch's first sample."""
+def sample_index(first_sample: int):
+    """where() for check_batch when samples have a global index (synthetic data): "sample <first + b>"."""
+    return lambda b, key, column=0: f"sample {first_sample + b}"
+
+
+def check_batch(batch, at: str, where):
+    """Raise ValueError naming `at` (e.g. "step 5"), the sample and the value for NaN/inf dense features
+    or labels outside [0, 1]. where(b, key, column) names the batch's b-th sample: sample_index() for
+    synthetic data, BinaryDataset.describe_rows() for a dataset (file, row and byte offset)."""
     bad = ~torch.isfinite(batch.dense)
     if bool(bad.any()):
         b, j = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(f"step {step}: dense feature {j} of sample {first_sample + b} is {float(batch.dense[b, j])}")
+        raise ValueError(f"{at}: dense feature {j} of {where(b, 'dense', j)} is {float(batch.dense[b, j])}")
     bad = ~((batch.labels >= 0) & (batch.labels <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
         b = int(bad.nonzero()[0])
-        raise ValueError(f"step {step}: label of sample {first_sample + b} is {float(batch.labels[b])}, "
+        raise ValueError(f"{at}: label of {where(b, 'labels', 0)} is {float(batch.labels[b])}, "
                          "expected a value in [0, 1]")
     return batch
 
@@ -254,7 +260,7 @@ def checked_batches(batches, global_batch: int, rank: int, world_size: int, firs
     """Wrap local_batches(..., first_step): check every batch before it reaches the model."""
     local = global_batch // world_size
     for step, batch in enumerate(batches, start=first_step + 1):
-        yield check_batch(batch, step, (step - 1) * global_batch + rank * local)
+        yield check_batch(batch, f"step {step}", sample_index((step - 1) * global_batch + rank * local))
 
 
 # ---- the training-loop hooks -----------------------------------------------------------------------------

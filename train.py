@@ -93,7 +93,8 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
                              first_step)
         checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
         return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
-    return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step)
+    return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step,
+                        check=checkpoint.check_batch)
 
 
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
@@ -172,7 +173,8 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
     if isinstance(source, SyntheticData):
         batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
     else:
-        batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples)
+        batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples,
+                              check=checkpoint.check_batch)
     for batch in batches:
         logits.append(model(batch.dense, embeddings(batch.sparse)).float())
         labels.append(batch.labels)

@@ -1,11 +1,14 @@
 """Bad input: the per-table out-of-range id policy ("error" / "modulo"), and dataset batches checked like
 synthetic ones (NaN/inf dense, labels outside [0, 1]) with the file, row and byte offset named."""
 
+import json
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import train
 from config import ConfigError, load_config
 from pipeline.batch import Batch, KeyedJagged
@@ -141,3 +144,123 @@ def test_modulo_trains_exactly_like_wrapped_ids(toml, world_size):
             assert torch.equal(full_m[name][key], value), (name, key)
     for key, value in dense_w.items():
         assert torch.equal(dense_m[key], value), key
+
+
+# ---- dataset batches ------------------------------------------------------------------------------------
+ROWS, DENSE = 64, 3
+
+
+def write_dataset(directory, dense=None, labels=None):
+    """A small binary dataset (the layout of pipeline.criteo): features f0 (11 rows) and f1 (7 rows); dense
+    column 0 holds the row number, so a test can tell which file row a batch sample came from."""
+    rng = np.random.default_rng(0)
+    if dense is None:
+        dense = rng.random((ROWS, DENSE), dtype=np.float32)
+        dense[:, 0] = np.arange(ROWS)
+    labels = (rng.random(ROWS) < 0.3).astype(np.float32) if labels is None else labels
+    sparse = np.stack([rng.integers(0, 11, ROWS), rng.integers(0, 7, ROWS)], 1).astype(np.int32)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, array in (("dense", dense), ("sparse", sparse), ("labels", labels)):
+        array.tofile(directory / f"{key}.bin")
+        files[key] = {"name": f"{key}.bin", "dtype": array.dtype.name, "bytes": array.nbytes}
+    meta = {"format": "recfuse-criteo-binary", "version": 1, "num_rows": ROWS, "num_dense": DENSE,
+            "feature_names": ["f0", "f1"], "table_rows": [11, 7], "files": files}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return dense, labels
+
+
+def _train_on(path, run_dir, *extra):
+    return train.main(["--data.path", str(path), "--run.dir", str(run_dir), "--train.global_batch_size", "16",
+                       "--model.bottom_mlp", "8,4", "--model.top_mlp", "8", "--embedding.dim", "4",
+                       "--data.shuffle_block_rows", "5", "--eval.samples", "8", "--eval.batch_size", "8", *extra])
+
+
+def test_dataset_nan_dense_and_bad_label_name_file_row_and_offset(tmp_path):
+    dense, labels = write_dataset(tmp_path / "good")
+    _train_on(tmp_path / "good", tmp_path / "run_good")  # 56 train rows: 3 steps, every batch checked
+    dense[41, 2] = np.nan
+    write_dataset(tmp_path / "nan", dense=dense)
+    path = tmp_path / "nan" / "dense.bin"
+    with pytest.raises(ValueError, match=rf"^step \d: dense feature 2 of row 41 of {path} \(byte offset "
+                                         rf"{(41 * DENSE + 2) * 4}\) is nan"):
+        _train_on(tmp_path / "nan", tmp_path / "run_nan")
+    labels[17] = 2.0
+    write_dataset(tmp_path / "label", labels=labels)
+    path = tmp_path / "label" / "labels.bin"
+    with pytest.raises(ValueError, match=rf"^step \d: label of row 17 of {path} \(byte offset {17 * 4}\) is 2.0, "
+                                         r"expected a value in \[0, 1\]"):
+        _train_on(tmp_path / "label", tmp_path / "run_label")
+
+
+def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path):
+    """where() maps every sample of shuffled, multi-segment, per-rank batches to its file row."""
+    from config import DataConfig
+    from pipeline.loaders import eval_loader, open_dataset, train_loader
+
+    dense, _ = write_dataset(tmp_path / "ds")
+    cfg = DataConfig(path=str(tmp_path / "ds"), epochs=2, shuffle_block_rows=3, train_range="0:50", eval_range="50:")
+    ds = open_dataset(cfg)
+    seen = []
+
+    def record(batch, at, where):
+        for b in range(batch.batch_size):
+            row = int(where(b, "dense", 0).split()[1])
+            assert where(b, "labels", 0).endswith(f"labels.bin (byte offset {4 * row})")
+            seen.append((at, row, float(batch.dense[b, 0])))
+        return batch
+
+    for rank in range(2):
+        with train_loader(ds, cfg, 16, rank, 2, "cpu", seed=3, start_step=1, check=record) as loader:
+            assert len(list(loader)) == 5
+    with eval_loader(ds, cfg, 8, 0, 2, "cpu", check=record) as loader:
+        list(loader)
+    assert all(row == value for _, row, value in seen)  # dense column 0 is the row number
+    assert {at for at, _, _ in seen} == {f"step {s}" for s in range(2, 7)} | {"eval batch 0", "eval batch 1"}
+    assert len({row for at, row, _ in seen if at.startswith("step")}) > 40  # shuffled blocks: many distinct rows
+    dense[55, 1] = np.inf
+    write_dataset(tmp_path / "bad_eval", dense=dense)
+    bad = open_dataset(DataConfig(path=str(tmp_path / "bad_eval"), eval_range="50:"))
+
+
+    with pytest.raises(ValueError, match=rf"^eval batch 0: dense feature 1 of row 55 of .*dense.bin \(byte offset "
+                                         rf"{(55 * DENSE + 1) * 4}\) is inf"):
+        with eval_loader(bad, cfg, 16, 0, 1, "cpu", check=checkpoint.check_batch) as loader:
+            list(loader)
+
+
+def test_truncated_file_and_bad_metadata_name_the_file(tmp_path):
+    from pipeline.dataset import BinaryDataset, DatasetError
+
+    write_dataset(tmp_path / "ds")
+    data = (tmp_path / "ds" / "dense.bin").read_bytes()
+    (tmp_path / "ds" / "dense.bin").write_bytes(data[:-20])  # 64 rows of 12 bytes, 20 short: row 62 is cut
+    with pytest.raises(DatasetError, match=rf"dense\.bin has {len(data) - 20} bytes, expected {len(data)} from meta\.json "
+                                           rf"\(truncated or overwritten\?\); row 62 \(byte offset {62 * 12}\) is the first"):
+        BinaryDataset(tmp_path / "ds")
+    write_dataset(tmp_path / "ds")
+    meta_path = tmp_path / "ds" / "meta.json"
+    good = json.loads(meta_path.read_text())
+    cases = [({"num_rows": "64"}, r"'num_rows' is '64', expected a JSON int"),
+             ({"num_rows": None}, r"'num_rows' is None, expected a JSON int"),
+             ({"format": "parquet"}, r"format is 'parquet', expected 'recfuse-criteo-binary'"),
+             ({"table_rows": [11]}, r"table_rows \[11\] must be one positive row count per feature"),
+             ({"table_rows": [11, 0]}, r"table_rows \[11, 0\] must be one positive"),
+             ({"files": {"dense": good["files"]["dense"], "sparse": good["files"]["sparse"]}}, r"files\.labels is None"),
+             ({"files": {**good["files"], "sparse": {**good["files"]["sparse"], "dtype": "int33"}}},
+              r"files\.sparse\.dtype 'int33' is not a numpy dtype"),
+             ({"num_rows": 65}, r"dense\.bin is listed with 768 bytes, but shape \[65, 3\] of float32 needs 780")]
+    for change, message in cases:
+        meta_path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DatasetError, match=rf"^{meta_path}: {message}"):
+            BinaryDataset(tmp_path / "ds")
+    del good["num_dense"]
+    meta_path.write_text(json.dumps(good))
+    with pytest.raises(DatasetError, match=rf"^{meta_path}: 'num_dense' is 'missing'"):
+        BinaryDataset(tmp_path / "ds")
+    meta_path.write_text('{"format": "recfuse-criteo-binary", "num_rows": 6')
+    with pytest.raises(DatasetError, match=rf"^{meta_path}: not valid JSON \(.*char 49\)"):
+        BinaryDataset(tmp_path / "ds")
+    meta_path.write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(DatasetError, match=rf"^{meta_path}: not UTF-8 text \(byte offset 12\)"):
+        BinaryDataset(tmp_path / "ds")
