@@ -104,6 +104,13 @@ class TrainConfig:
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
     fail_rank: int = 0  # rank that fail_at_step kills
+    hang_at_step: int = 0  # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
+    hang_rank: int = 0  # rank that hang_at_step hangs
+    # a step whose loss is NaN/inf on any rank is skipped on every rank (no dense or sparse update) and counted
+    # (skipped_steps in metrics.jsonl / summary.json); false: training stops naming the step and last checkpoint
+    skip_nonfinite_loss: bool = False
+    inject_nan_loss_step: int = 0  # fault injection: rank inject_nan_loss_rank's loss is NaN at this step; 0 = off
+    inject_nan_loss_rank: int = 0
 
 
 @dataclass
