@@ -193,13 +193,18 @@ def test_dataset_nan_dense_and_bad_label_name_file_row_and_offset(tmp_path):
         _train_on(tmp_path / "label", tmp_path / "run_label")
 
 
-def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path):
+@pytest.mark.parametrize("reader", ["memmap", "dali"])
+def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path, reader):
     """where() maps every sample of shuffled, multi-segment, per-rank batches to its file row."""
     from config import DataConfig
+    from pipeline.dali_reader import DALI_AVAILABLE
     from pipeline.loaders import eval_loader, open_dataset, train_loader
 
+    if reader == "dali" and not DALI_AVAILABLE:
+        pytest.skip("NVIDIA DALI is not installed (the [dali] extra)")
     dense, _ = write_dataset(tmp_path / "ds")
-    cfg = DataConfig(path=str(tmp_path / "ds"), epochs=2, shuffle_block_rows=3, train_range="0:50", eval_range="50:")
+    cfg = DataConfig(path=str(tmp_path / "ds"), epochs=2, shuffle_block_rows=3, train_range="0:50", eval_range="50:",
+                     reader=reader)
     ds = open_dataset(cfg)
     seen = []
 
