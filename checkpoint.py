@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def _owned(embeddings, t: int, rows: torch.Tensor) -> torch.Tensor:
 
 
 # ---- save -----------------------------------------------------------------------------------------------
-def save(cfg: Config, parts, step: int, rank: int, world_size: int) -> str:
+def save(cfg: Config, parts, step: int, rank: int, world_size: int, skipped_steps: int = 0) -> str:
     """Collective: every rank writes its shard, rank 0 the dense state and manifest; returns the path."""
     root = checkpoint_root(cfg.run.dir)
     final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".tmp_step_{step}")
@@ -124,7 +125,8 @@ def save(cfg: Config, parts, step: int, rank: int, world_size: int) -> str:
                     "plan": {t.name: {"placement": emb.plan.placements[t.name].placement,
                                       "owner": emb.plan.placements[t.name].owner} for t in emb.tables},
                     "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
-                    "sparse_optimizer": emb.optimizer.name, "files": files, "config": to_dict(cfg)}
+                    "sparse_optimizer": emb.optimizer.name, "skipped_steps": skipped_steps, "files": files,
+                    "config": to_dict(cfg)}
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -172,6 +174,7 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
     own_rng = None
     for name in shards:
         shard = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True)
+        emb.num_updates = int(shard["num_updates"])  # the same on every rank
         if shard["rank"] == rank or (own_rng is None and shard["rank"] == 0):
             own_rng = shard["rng"]
         for table_name, state in shard["tables"].items():
@@ -188,7 +191,6 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
     dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
     _dense_module(parts.model).load_state_dict(dense["model"])
     parts.optimizer.load_state_dict(dense["optimizer"])
-    emb.num_updates = manifest["step"]
     if own_rng is not None:
         torch.set_rng_state(own_rng["torch"])
         if "cuda" in own_rng and torch.cuda.is_available():
@@ -235,17 +237,23 @@ def load_export(out_dir: str, table: str) -> dict[str, np.ndarray]:
 
 
 # ---- input checks -----------------------------------------------------------------------------------------
-def check_batch(batch, step: int, first_sample: int):
-    """Raise ValueError naming step, global sample index and value for NaN/inf dense features or labels
-    outside [0, 1]. step is 1-based; first_sample is the global index of the batch's first sample."""
+def sample_index(first_sample: int):
+    """where() for check_batch when samples have a global index (synthetic data): "sample <first + b>"."""
+    return lambda b, key, column=0: f"sample {first_sample + b}"
+
+
+def check_batch(batch, at: str, where):
+    """Raise ValueError naming `at` (e.g. "step 5"), the sample and the value for NaN/inf dense features
+    or labels outside [0, 1]. where(b, key, column) names the batch's b-th sample: sample_index() for
+    synthetic data, BinaryDataset.describe_rows() for a dataset (file, row and byte offset)."""
     bad = ~torch.isfinite(batch.dense)
     if bool(bad.any()):
         b, j = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(f"step {step}: dense feature {j} of sample {first_sample + b} is {float(batch.dense[b, j])}")
+        raise ValueError(f"{at}: dense feature {j} of {where(b, 'dense', j)} is {float(batch.dense[b, j])}")
     bad = ~((batch.labels >= 0) & (batch.labels <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
         b = int(bad.nonzero()[0])
-        raise ValueError(f"step {step}: label of sample {first_sample + b} is {float(batch.labels[b])}, "
+        raise ValueError(f"{at}: label of {where(b, 'labels', 0)} is {float(batch.labels[b])}, "
                          "expected a value in [0, 1]")
     return batch
 
@@ -254,7 +262,7 @@ def checked_batches(batches, global_batch: int, rank: int, world_size: int, firs
     """Wrap local_batches(..., first_step): check every batch before it reaches the model."""
     local = global_batch // world_size
     for step, batch in enumerate(batches, start=first_step + 1):
-        yield check_batch(batch, step, (step - 1) * global_batch + rank * local)
+        yield check_batch(batch, f"step {step}", sample_index((step - 1) * global_batch + rank * local))
 
 
 # ---- the training-loop hooks -----------------------------------------------------------------------------
@@ -263,15 +271,17 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Checkpointer:
-    """What train.py calls: restore() before the loop, step_done() after every step, check_losses() with
-    the all-reduced window losses at log steps, finish() for the summary."""
+    """What train.py calls: restore() before the loop, before_backward() in every step, step_done() after
+    every step, check_losses() with the all-reduced window losses at log steps, finish() for the summary."""
 
     def __init__(self, cfg: Config, parts, rank: int, world_size: int):
         self.cfg, self.parts, self.rank, self.world_size = cfg, parts, rank, world_size
         self.enabled = cfg.train.checkpoint_every > 0 or bool(resume_setting(cfg))
         self.last_path: str | None = None
         self.last_step_saved = -1
-        self.first_step = 0
+        self.first_step = self.steps_done = 0
+        self.skipped_steps = 0  # steps skipped for a non-finite loss (train.skip_nonfinite_loss)
+        self.timings: dict[str, float] = {}  # checkpoint_save_ms / checkpoint_bytes / checkpoint_load_ms (rank 0)
         device = parts.embeddings.weight.device
         self._never = torch.tensor(2**62, dtype=torch.int64, device=device)
         self._first_bad = self._never.clone()  # first local step with a non-finite loss (no host sync per step)
@@ -279,22 +289,55 @@ class Checkpointer:
     def restore(self) -> int:
         path = resolve_resume(self.cfg)
         if path is not None:
-            self.first_step = load(path, self.parts, self.rank, self.world_size)
+            started = time.perf_counter()
+            self.first_step = self.steps_done = load(path, self.parts, self.rank, self.world_size)
+            _barrier(self.world_size)  # the group's load time, not just this rank's
+            self.timings["checkpoint_load_ms"] = (time.perf_counter() - started) * 1e3
+            with open(os.path.join(path, "manifest.json")) as f:
+                self.skipped_steps = json.load(f).get("skipped_steps", 0)
             self.last_path, self.last_step_saved = path, self.first_step
             if self.rank == 0:
-                print(f"resumed from {path} at step {self.first_step}", flush=True)
+                print(f"resumed from {path} at step {self.first_step} "
+                      f"(loaded in {self.timings['checkpoint_load_ms']:.0f} ms)", flush=True)
         return self.first_step
 
     def _raise_nonfinite(self, step: int) -> None:
         where = self.last_path or "none (nothing saved yet)"
-        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where}")
+        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
+                            "(train.skip_nonfinite_loss=true skips such steps instead)")
 
-    def check_losses(self, losses: torch.Tensor, step: int) -> None:
-        """losses: the all-reduced per-step losses of the window ending at step (same on every rank)."""
-        bad = (~torch.isfinite(losses)).nonzero()
+    def before_backward(self, loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(loss, skip): called between the loss and backward. With train.skip_nonfinite_loss, skip is True on
+        every rank when the loss is NaN/inf on any rank (one all-reduce of a flag and one host sync per step);
+        the sparse update runs inside backward, so this is the last point where a step can still be dropped.
+        Also the fault injection train.inject_nan_loss_step / inject_nan_loss_rank."""
+        t, step = self.cfg.train, self.steps_done + 1
+        if t.inject_nan_loss_step == step and t.inject_nan_loss_rank == self.rank:
+            loss = loss * float("nan")
+        if not t.skip_nonfinite_loss:
+            return loss, False
+        bad = (~torch.isfinite(loss.detach())).to(torch.int32).reshape(1)
+        if self.world_size > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bool(bad):
+            return loss, False
+        self.skipped_steps += 1
+        if self.rank == 0:
+            print(f"step {step}: loss is NaN/inf on a rank; step skipped on every rank (train.skip_nonfinite_loss), "
+                  f"{self.skipped_steps} skipped so far", flush=True)
+        return loss, True
+
+    def check_losses(self, losses: torch.Tensor, step: int) -> torch.Tensor:
+        """losses: the all-reduced per-step losses of the window ending at step (same on every rank).
+        Returns the losses of the steps that were applied (skipped steps' losses are NaN/inf)."""
+        finite = torch.isfinite(losses)
+        if self.cfg.train.skip_nonfinite_loss:
+            return losses[finite]
+        bad = (~finite).nonzero()
         if bad.numel():
             self._raise_nonfinite(step - losses.numel() + 1 + int(bad[0]))
         self._first_bad = self._never.clone()
+        return losses
 
     def _check_collective(self) -> None:
         first_bad = self._first_bad.clone()
@@ -305,31 +348,54 @@ class Checkpointer:
 
     def step_done(self, step: int, loss: torch.Tensor) -> None:
         cfg = self.cfg
-        self._first_bad = torch.where(torch.isfinite(loss) | (self._first_bad != self._never), self._first_bad,
-                                      torch.tensor(step, device=self._first_bad.device))
-        if cfg.train.fail_at_step == step and cfg.train.fail_rank == self.rank and restart_count() == 0:
-            print(f"rank {self.rank}: injected failure at step {step} (train.fail_at_step)", flush=True)
-            os._exit(1)
+        self.steps_done = step
+        if not cfg.train.skip_nonfinite_loss:  # skipped steps changed nothing: their loss is no reason to stop
+            self._first_bad = torch.where(torch.isfinite(loss) | (self._first_bad != self._never), self._first_bad,
+                                          torch.tensor(step, device=self._first_bad.device))
+        inject_fault(cfg, self.rank, step)
         every = cfg.train.checkpoint_every
         if self.enabled and ((every > 0 and step % every == 0) or step == cfg.train.steps):
             self.save(step)
 
     def save(self, step: int) -> str:
         self._check_collective()  # never write weights that a non-finite loss has touched
-        self.last_path = save(self.cfg, self.parts, step, self.rank, self.world_size)
+        started = time.perf_counter()
+        self.last_path = save(self.cfg, self.parts, step, self.rank, self.world_size, self.skipped_steps)
         self.last_step_saved = step
+        if self.rank == 0:  # save() ends with a barrier: this is the whole group's time
+            size = sum(os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path))
+            self.timings.update(checkpoint_save_ms=(time.perf_counter() - started) * 1e3, checkpoint_bytes=size)
+            print(f"step {step}: checkpoint {self.last_path} saved in {self.timings['checkpoint_save_ms']:.0f} ms "
+                  f"({size / 1e6:.2f} MB)", flush=True)
         return self.last_path
 
     def finish(self, summary: dict) -> dict:
         """Collective: weights_digest (and the export when export.enabled) into the summary."""
         summary["weights_digest"] = weights_digest(self.parts)
+        summary["skipped_steps"] = self.skipped_steps
         if self.cfg.export.enabled:
             out_dir = self.cfg.export.dir or os.path.join(self.cfg.run.dir, "export")
             summary["export"] = {"dir": out_dir,
                                  "rows": export_embeddings(self.parts, out_dir, self.cfg.export.min_freq, self.rank)}
         if self.last_path:
             summary["checkpoint"] = self.last_path
+        summary.update(self.timings)
         return summary
+
+
+def inject_fault(cfg: Config, rank: int, step: int) -> None:
+    """Test-only faults after `step`, on the first torchrun attempt: train.fail_at_step (rank exits
+    abruptly) and train.hang_at_step (rank stops entering collectives: the others must time out)."""
+    t = cfg.train
+    if restart_count() > 0:
+        return
+    if t.fail_at_step == step and t.fail_rank == rank:
+        print(f"rank {rank}: injected failure at step {step} (train.fail_at_step)", flush=True)
+        os._exit(1)
+    if t.hang_at_step == step and t.hang_rank == rank:
+        print(f"rank {rank}: injected hang at step {step} (train.hang_at_step), pid {os.getpid()}", flush=True)
+        time.sleep(max(100 * t.timeout_s, 600))
+        os._exit(1)
 
 
 def init_process_group(backend: str, timeout, device_id=None) -> None:

@@ -25,6 +25,10 @@ class TableConfig:
     placement: str = "auto"  # pin a sharding: "auto", "table", "row" or "replicated"
     bag_min: int = -1  # synthetic bag length range for this table's features; -1: use data.bag_min/bag_max
     bag_max: int = -1
+    # ids outside [0, num_embeddings): "error" stops with feature/table/sample/id named; "modulo" maps id to
+    # id % num_embeddings (raw or hashed ids folded into a smaller table). Negative ids are always an error.
+    # "" = embedding.out_of_range
+    out_of_range: str = ""
 
 
 @dataclass
@@ -73,6 +77,7 @@ class EmbeddingConfig:
     replicate_below_bytes: int = 1 << 20  # auto: tables smaller than this are replicated
     memory_budget_bytes: int = 0  # per-rank bytes for weights + optimizer state; 0 = unlimited
     storage_dtype: str = "float32"  # table storage: "float32", "bfloat16" or "float16" (optimizer math is fp32)
+    out_of_range: str = "error"  # policy of tables that set none: "error" or "modulo" (see TableConfig.out_of_range)
 
 
 @dataclass
@@ -99,6 +104,13 @@ class TrainConfig:
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
     fail_rank: int = 0  # rank that fail_at_step kills
+    hang_at_step: int = 0  # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
+    hang_rank: int = 0  # rank that hang_at_step hangs
+    # a step whose loss is NaN/inf on any rank is skipped on every rank (no dense or sparse update) and counted
+    # (skipped_steps in metrics.jsonl / summary.json); false: training stops naming the step and last checkpoint
+    skip_nonfinite_loss: bool = False
+    inject_nan_loss_step: int = 0  # fault injection: rank inject_nan_loss_rank's loss is NaN at this step; 0 = off
+    inject_nan_loss_rank: int = 0
 
 
 @dataclass
@@ -275,6 +287,7 @@ def validate(cfg: Config) -> None:
         "run.backend": (cfg.run.backend, ("auto", "nccl", "gloo")),
         "run.device": (cfg.run.device, ("auto", "cuda", "cpu")),
         "data.reader": (cfg.data.reader, ("memmap", "dali")),
+        "embedding.out_of_range": (cfg.embedding.out_of_range, ("error", "modulo")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -293,6 +306,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: pooling is {t.pooling!r}; expected 'sum' or 'mean'")
         if t.placement not in ("auto", "table", "row", "replicated"):
             raise ConfigError(f"{where}: placement is {t.placement!r}; expected auto, table, row or replicated")
+        if t.out_of_range not in ("", "error", "modulo"):
+            raise ConfigError(f"{where}: out_of_range is {t.out_of_range!r}; expected 'error' or 'modulo'")
     if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
         raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
     if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:

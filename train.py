@@ -50,7 +50,8 @@ def setup_distributed(cfg: Config):
     if world_size > 1:
         backend = cfg.run.backend if cfg.run.backend != "auto" else ("nccl" if use_cuda else "gloo")
         checkpoint.init_process_group(backend, timedelta(seconds=cfg.train.timeout_s), device if use_cuda else None)
-        group = dist.new_group(backend=backend)  # embedding exchanges stay apart from DDP's all-reduces
+        # embedding exchanges stay apart from DDP's all-reduces; new_group's timeout does not default to the world's
+        group = dist.new_group(backend=backend, timeout=timedelta(seconds=cfg.train.timeout_s))
     return rank, world_size, device, group
 
 
@@ -93,7 +94,8 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
                              first_step)
         checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
         return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
-    return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step)
+    return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step,
+                        check=checkpoint.check_batch)
 
 
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
@@ -146,13 +148,18 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
     return Parts(tables, plan, embeddings, model, optimizer, source, autocast)
 
 
-def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer) -> torch.Tensor:
-    """One step on the local batch; returns the local mean loss (not synchronized)."""
+def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backward=None) -> torch.Tensor:
+    """One step on the local batch; returns the local mean loss (not synchronized).
+    before_backward(loss) -> (loss, skip): checkpoint.Checkpointer.before_backward (skip_nonfinite_loss)."""
     with timer.stage("embedding_fwd"):
         pooled = parts.embeddings(sparse_dist)
     with timer.stage("dense_fwd"), parts.autocast:
         logits = parts.model(batch.dense, pooled).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    if before_backward is not None:
+        loss, skip = before_backward(loss)
+        if skip:  # no dense and no sparse update from this batch
+            return loss.detach()
     with timer.stage("backward"):  # dense backward + DDP all-reduce + embedding exchange and sparse update
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,7 +179,8 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
     if isinstance(source, SyntheticData):
         batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
     else:
-        batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples)
+        batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples,
+                              check=checkpoint.check_batch)
     for batch in batches:
         logits.append(model(batch.dense, embeddings(batch.sparse)).float())
         labels.append(batch.labels)
@@ -228,7 +236,7 @@ def run(cfg: Config) -> dict:
         timer.add("data", min(batches.data_wait_ms, waited_ms))
         timer.add("input_dist", max(waited_ms - batches.data_wait_ms, 0.0))
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
-        loss = train_step(parts, batch, sparse_dist, timer)
+        loss = train_step(parts, batch, sparse_dist, timer, ckpt.before_backward)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
         window_memory_bytes += embeddings.last_memory_bytes
@@ -242,7 +250,7 @@ def run(cfg: Config) -> dict:
             if world_size > 1:
                 dist.all_reduce(losses)
                 losses /= world_size
-            ckpt.check_losses(losses, step)
+            losses = ckpt.check_losses(losses, step)  # raises on NaN/inf, or drops skipped steps' losses
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
@@ -262,7 +270,7 @@ def run(cfg: Config) -> dict:
                     "data_wait_pct": 100.0 * stages.get("data", 0.0) / n / step_ms,
                     "mfu_pct": 100.0 * utilization if utilization is not None else None,
                     "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
-                    "peak_memory_gib": peak_memory_gib(device)}
+                    "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps}
             history.append(line)
             if metrics_file:
                 metrics_file.write(json.dumps(line) + "\n")

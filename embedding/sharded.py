@@ -16,6 +16,7 @@ table of raw ids can later sit behind the same compute phase.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,11 @@ class ShardedEmbeddingCollection(nn.Module):
         self.register_buffer("table_is_row", torch.tensor([k == "row" for k in kinds]), persistent=False)
         self.register_buffer("local_base", torch.tensor(local_base, dtype=torch.int64), persistent=False)
         self.register_buffer("feature_table", torch.tensor(feature_table, dtype=torch.int64), persistent=False)
+        policies = {t.name: t.out_of_range for t in tables if t.out_of_range not in ("error", "modulo")}
+        if policies:
+            raise ValueError(f"out_of_range must be 'error' or 'modulo', got {policies}")
+        self.any_modulo = any(t.out_of_range == "modulo" for t in tables)
+        self.register_buffer("table_modulo", torch.tensor([t.out_of_range == "modulo" for t in tables]), persistent=False)
         self.register_buffer("feature_mean", torch.tensor([t.pooling == "mean" for t in tables for _ in t.features]),
                              persistent=False)
         self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype]))
@@ -163,23 +169,35 @@ class ShardedEmbeddingCollection(nn.Module):
         """Everything stored per local row: weights, optimizer state, access statistics."""
         return {"weight": self.weight, **self._state(), "freq": self.freq, "last_step": self.last_step}
 
-    def check_ids(self, kjt) -> None:
-        """Raise ValueError naming the feature, sample and id of the first out-of-range id."""
+    def check_ids(self, kjt):
+        """The batch with every table's out-of-range policy applied: ids >= rows of a "modulo" table become
+        id % rows. Raises ValueError naming feature, table, sample and id of the first id still out of range
+        (any id of an "error" table outside [0, rows), any negative id). One host sync, as without modulo."""
         missing = [f for f in self.features if f not in kjt.keys]
         if missing:
             raise ValueError(f"batch is missing feature(s) {missing} (tables' features: {self.features})")
         if list(kjt.keys) != self.features:
             raise ValueError(f"batch features {list(kjt.keys)} do not match the tables' features {self.features}")
         lengths = kjt.offsets[1:] - kjt.offsets[:-1]
-        limit = self.table_rows[self.feature_table].repeat_interleave(kjt.batch_size).repeat_interleave(lengths)
-        bad = (kjt.values < 0) | (kjt.values >= limit)
+        # output_size: no host sync to size the result
+        value_table = self.feature_table.repeat_interleave(kjt.batch_size).repeat_interleave(
+            lengths, output_size=kjt.values.numel())
+        limit = self.table_rows[value_table]
+        values = kjt.values
+        if self.any_modulo:
+            values = torch.where(self.table_modulo[value_table] & (values >= limit), values % limit, values)
+        bad = (values < 0) | (values >= limit)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
-            bag = int(torch.searchsorted(kjt.offsets, torch.tensor(i), right=True)) - 1
+            bag = int(torch.searchsorted(kjt.offsets, torch.tensor(i, device=kjt.offsets.device), right=True)) - 1
             f, b = divmod(bag, kjt.batch_size)
             table = self.tables[int(self.feature_table[f])]
-            raise ValueError(f"feature {self.features[f]!r} (table {table.name!r}, {table.num_embeddings} rows): "
-                             f"sample {b} has id {int(kjt.values[i])} outside [0, {table.num_embeddings})")
+            where = f"feature {self.features[f]!r} (table {table.name!r}, {table.num_embeddings} rows): sample {b}"
+            if int(values[i]) < 0:
+                raise ValueError(f"{where} has negative id {int(values[i])} (an error under every out_of_range policy)")
+            raise ValueError(f"{where} has id {int(values[i])} outside [0, {table.num_embeddings}) "
+                             f"(out_of_range={table.out_of_range!r}; 'modulo' would map it to id % rows)")
+        return kjt if values is kjt.values else dataclasses.replace(kjt, values=values)
 
     # ---- phase 1: input_dist ----------------------------------------------------------------------------
     def input_dist(self, kjt) -> SparseDist:
@@ -192,7 +210,7 @@ class ShardedEmbeddingCollection(nn.Module):
             rank 1 receives recv_keys [12, 12] (recv_splits [1, 1])
         Call .wait() on the result (compute does) before using recv_keys.
         """
-        self.check_ids(kjt)
+        kjt = self.check_ids(kjt)
         lengths = kjt.offsets[1:] - kjt.offsets[:-1]
         bag_offset = self.table_offsets[self.feature_table].repeat_interleave(kjt.batch_size)
         keys = kjt.values + bag_offset.repeat_interleave(lengths)

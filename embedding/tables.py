@@ -20,6 +20,7 @@ class Table:
     features: tuple[str, ...]
     placement: str = "auto"  # requested placement: auto, table, row, replicated
     lookups_per_sample: float = 1.0  # expected ids per sample over all its features (planner)
+    out_of_range: str = "error"  # ids >= num_embeddings: "error" or "modulo" (id % num_embeddings)
 
 
 def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list[Table]:
@@ -29,7 +30,8 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
         features = tuple(t.features) or (t.name,)
         lookups = sum((bag_lengths or {}).get(f, 1.0) for f in features)
         rows = max(1, int(round(t.num_embeddings * emb_cfg.row_scale)))
-        tables.append(Table(t.name, rows, emb_cfg.dim, t.pooling, features, t.placement, lookups))
+        policy = t.out_of_range or getattr(emb_cfg, "out_of_range", "error")
+        tables.append(Table(t.name, rows, emb_cfg.dim, t.pooling, features, t.placement, lookups, policy))
     seen: dict[str, str] = {}
     for t in tables:
         for f in t.features:

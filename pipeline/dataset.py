@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,46 @@ def _check_file(directory: Path, entry: dict, dtype: np.dtype, shape: tuple[int,
         raise DatasetError(f"{path} is missing (meta.json lists it with {expected} bytes)")
     actual = path.stat().st_size
     if actual != expected:
-        raise DatasetError(f"{path} has {actual} bytes, expected {expected} from meta.json (truncated or overwritten?)")
+        where = ""
+        if actual < expected:  # so shape[0] > 0
+            row_bytes = expected // shape[0]
+            where = f"; row {actual // row_bytes} (byte offset {actual // row_bytes * row_bytes}) is the first incomplete one"
+        raise DatasetError(f"{path} has {actual} bytes, expected {expected} from meta.json "
+                           f"(truncated or overwritten?){where}")
     return path
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """meta.json, with every field BinaryDataset relies on present and consistent (else DatasetError naming it)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{meta_path}: not UTF-8 text (byte offset {e.start})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    kinds = {"num_rows": int, "num_dense": int, "feature_names": list, "table_rows": list, "files": dict}
+    for key, kind in kinds.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise DatasetError(f"{meta_path}: {key!r} is {meta.get(key, 'missing')!r}, expected a JSON {kind.__name__}")
+    if meta["num_rows"] < 0 or meta["num_dense"] < 0:
+        raise DatasetError(f"{meta_path}: num_rows {meta['num_rows']} and num_dense {meta['num_dense']} must be >= 0")
+    if len(meta["table_rows"]) != len(meta["feature_names"]) or not all(
+            isinstance(n, int) and n > 0 for n in meta["table_rows"]):
+        raise DatasetError(f"{meta_path}: table_rows {meta['table_rows']} must be one positive row count per feature "
+                           f"of feature_names ({len(meta['feature_names'])})")
+    for key in ("dense", "sparse", "labels"):
+        entry = meta["files"].get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise DatasetError(f"{meta_path}: files.{key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'")
+        try:
+            np.dtype(entry.get("dtype", "float32"))
+        except TypeError:
+            raise DatasetError(f"{meta_path}: files.{key}.dtype {entry.get('dtype')!r} is not a numpy dtype") from None
+    return meta
 
 
 def _segments(starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
@@ -102,12 +140,7 @@ class BinaryDataset:
             raise DatasetError(f"dataset directory {self.path} does not exist")
         if not meta_path.is_file():
             raise DatasetError(f"{self.path} has no meta.json: not a dataset, or its preprocessing did not finish")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT_NAME:
-            raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+        meta = _read_meta(meta_path)
         self.meta = meta
         self.num_rows = int(meta["num_rows"])
         self.num_dense = int(meta["num_dense"])
@@ -119,9 +152,11 @@ class BinaryDataset:
                   "sparse": (files["sparse"]["dtype"], (self.num_rows, num_sparse)),
                   "labels": (files["labels"]["dtype"], (self.num_rows,))}
         arrays = {}
+        self._files: dict[str, tuple[Path, np.dtype, int]] = {}  # key -> (path, dtype, values per row)
         for key, (dtype, shape) in layout.items():
             dtype = np.dtype(dtype)
             file_path = _check_file(self.path, files[key], dtype, shape)
+            self._files[key] = (file_path, dtype, int(np.prod(shape[1:])))
             if verify_checksums:
                 self._verify_sha(file_path, files[key]["sha256"])
             # np.memmap cannot map an empty file; a zero-row dataset gets empty arrays instead
@@ -168,6 +203,19 @@ class BinaryDataset:
         """One Batch from source row slices, concatenated in order."""
         dense, sparse, labels = (torch.from_numpy(a) for a in self.read_arrays(segments))
         return batch_from_rows(dense, sparse, labels, self.feature_names)
+
+    def describe_rows(self, segments: list[tuple[int, int]]) -> Callable[[int, str, int], str]:
+        """where(b, key, column) for a batch read from segments: "row R of <key's file> (byte offset O)",
+        R the file row of the batch's b-th sample, O the byte of its value in column (key: dense, sparse, labels)."""
+        starts = np.cumsum([0] + [end - start for start, end in segments])
+
+        def where(b: int, key: str, column: int = 0) -> str:
+            k = int(np.searchsorted(starts, b, side="right")) - 1
+            row = segments[k][0] + b - int(starts[k])
+            path, dtype, width = self._files[key]
+            return f"row {row} of {path} (byte offset {(row * width + column) * dtype.itemsize})"
+
+        return where
 
     def _block_layout(self, start: int, end: int, block_size: int, seed: int | None, epoch: int):
         """(source start, length, epoch position) of every block, in this epoch's visiting order."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -16,30 +17,54 @@ def open_dataset(data: DataConfig) -> BinaryDataset:
     return BinaryDataset(data.path)
 
 
-def _batches(dataset: BinaryDataset, data: DataConfig, segments) -> Iterator[Batch]:
+# check(batch, at, where) -> batch: raises on bad values; at is "step N" / "eval batch N", where(b, key, column)
+# names sample b's file, row and byte offset (checkpoint.check_batch)
+BatchCheck = Callable[[Batch, str, Callable[[int, str, int], str]], Batch]
+
+
+def _batches(dataset: BinaryDataset, data: DataConfig, segments, check: BatchCheck | None = None,
+             label: Callable[[int], str] = str) -> Iterator[Batch]:
+    if check is not None:
+        segments, described = itertools.tee(segments)
     if data.reader == "dali":
         from pipeline.dali_reader import DaliBatchReader  # only with the [dali] extra
 
-        return DaliBatchReader(dataset, segments, device="cpu")  # the prefetcher does the H2D copy as for memmap
-    return map(dataset.read_rows, segments)
+        batches = DaliBatchReader(dataset, segments, device="cpu")  # the prefetcher does the H2D copy as for memmap
+    else:
+        batches = map(dataset.read_rows, segments)
+    return batches if check is None else _checked(dataset, batches, described, check, label)
+
+
+def _checked(dataset: BinaryDataset, batches, segments, check: BatchCheck, label: Callable[[int], str]) -> Iterator[Batch]:
+    try:
+        for i, (batch, segs) in enumerate(zip(batches, segments, strict=True)):
+            yield check(batch, label(i), dataset.describe_rows(segs))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:  # as PrefetchLoader would have closed an unwrapped reader
+            close()
 
 
 def train_loader(dataset: BinaryDataset, data: DataConfig, global_batch_size: int, rank: int, world_size: int,
-                 device: torch.device | str, seed: int, start_step: int = 0) -> PrefetchLoader:
+                 device: torch.device | str, seed: int, start_step: int = 0, check: BatchCheck | None = None) -> PrefetchLoader:
     """This rank's train batches on ``device`` for data.epochs passes over data.train_range, from global step start_step.
 
     The run has ``data.epochs * dataset.steps_per_epoch(global_batch_size, data.train_range)`` steps in all.
+    check, if given, sees every host batch before the prefetcher copies it (labelled "step N", N 1-based).
     """
     segments = dataset.train_segments(global_batch_size, rank, world_size, data.train_range or None, data.epochs,
                                       seed if data.shuffle else None, data.shuffle_block_rows, start_step)
-    return PrefetchLoader(_batches(dataset, data, segments), device, depth=data.prefetch_depth)
+    batches = _batches(dataset, data, segments, check, lambda i: f"step {start_step + i + 1}")
+    return PrefetchLoader(batches, device, depth=data.prefetch_depth)
 
 
 def eval_loader(dataset: BinaryDataset, data: DataConfig, global_batch_size: int, rank: int, world_size: int,
-                device: torch.device | str, max_samples: int = 0) -> PrefetchLoader:
-    """This rank's eval batches (data.eval_range, in order), limited to its first max_samples rows when > 0."""
+                device: torch.device | str, max_samples: int = 0, check: BatchCheck | None = None) -> PrefetchLoader:
+    """This rank's eval batches (data.eval_range, in order), limited to its first max_samples rows when > 0;
+    check as for train_loader (labelled "eval batch N", N 0-based)."""
     start, end = dataset.resolve_range(data.eval_range or None, dataset.default_eval_range)
     if max_samples > 0:
         end = min(end, start + max_samples)
     segments = dataset.eval_segments(global_batch_size, rank, world_size, (start, end))
-    return PrefetchLoader(_batches(dataset, data, segments), device, depth=data.prefetch_depth)
+    return PrefetchLoader(_batches(dataset, data, segments, check, lambda i: f"eval batch {i}"), device,
+                          depth=data.prefetch_depth)

@@ -225,14 +225,18 @@ def test_bad_dense_and_labels_are_named():
     dense = torch.zeros(2, 3)
     dense[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"step 5: dense feature 2 of sample 33 is nan"):
-        checkpoint.check_batch(_batch(dense=dense), 5, 32)
+        checkpoint.check_batch(_batch(dense=dense), "step 5", checkpoint.sample_index(32))
     dense[1, 2] = float("inf")
     with pytest.raises(ValueError, match=r"dense feature 2 of sample 33 is inf"):
-        checkpoint.check_batch(_batch(dense=dense), 5, 32)
+        checkpoint.check_batch(_batch(dense=dense), "step 5", checkpoint.sample_index(32))
     with pytest.raises(ValueError, match=r"label of sample 0 is 1.5, expected a value in \[0, 1\]"):
-        checkpoint.check_batch(_batch(labels=torch.tensor([1.5, 0.0])), 1, 0)
+        checkpoint.check_batch(_batch(labels=torch.tensor([1.5, 0.0])), "step 1", checkpoint.sample_index(0))
     with pytest.raises(ValueError, match=r"label of sample 1 is nan"):
-        checkpoint.check_batch(_batch(labels=torch.tensor([1.0, float("nan")])), 1, 0)
+        checkpoint.check_batch(_batch(labels=torch.tensor([1.0, float("nan")])), "step 1", checkpoint.sample_index(0))
+    # synthetic batches go through the check with their global sample index (rank 1 of 2, global batch 8)
+    batches = [_batch(), _batch(labels=torch.tensor([0.0, -1.0]))]
+    with pytest.raises(ValueError, match=r"^step 4: label of sample 29 is -1.0"):
+        list(checkpoint.checked_batches(batches, 8, 1, 2, first_step=2))
 
 
 def test_missing_feature_out_of_range_and_memory(toml):

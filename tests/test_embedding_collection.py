@@ -124,7 +124,7 @@ def test_out_of_range_id_names_feature_sample_and_value():
     batch = {**BATCHES[0], "b2": [[6], [], [0, 7]]}
     with pytest.raises(ValueError, match=r"feature 'b2' \(table 'b', 7 rows\): sample 2 has id 7"):
         ec(KeyedJagged.from_lists(batch))
-    with pytest.raises(ValueError, match=r"feature 'a' .* sample 0 has id -1"):
+    with pytest.raises(ValueError, match=r"feature 'a' .* sample 0 has negative id -1"):
         ec(KeyedJagged.from_lists({**BATCHES[0], "a": [[-1], [], [1]]}))
 
 
