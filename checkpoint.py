@@ -113,11 +113,11 @@ def save(cfg: Config, parts, step: int, rank: int, world_size: int, skipped_step
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save({"step": step, "rank": rank, "world_size": world_size, "num_updates": emb.num_updates,
-                "rng": rng, "tables": tables}, os.path.join(tmp, f"shard_{rank:05d}.pt"))
+    _save_durably({"step": step, "rank": rank, "world_size": world_size, "num_updates": emb.num_updates,
+                   "rng": rng, "tables": tables}, os.path.join(tmp, f"shard_{rank:05d}.pt"))
     if rank == 0:
-        torch.save({"model": _dense_module(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
-                   os.path.join(tmp, "dense.pt"))
+        _save_durably({"model": _dense_module(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
+                      os.path.join(tmp, "dense.pt"))
     _barrier(world_size)  # every shard is on disk
     if rank == 0:
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
@@ -133,9 +133,27 @@ def save(cfg: Config, parts, step: int, rank: int, world_size: int, skipped_step
             os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        _fsync_dir(root)  # the rename itself survives a power loss
         prune(cfg.run.dir, cfg.train.keep_checkpoints)
     _barrier(world_size)
     return final
+
+
+def _save_durably(obj, path: str) -> None:
+    """torch.save, flushed to the disk: the manifest written after the barrier must not point at shard
+    bytes still in the page cache when the power goes."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def prune(run_dir: str, keep: int) -> None:
