@@ -213,7 +213,7 @@ class ShardedEmbeddingCollection(nn.Module):
         kjt = self.check_ids(kjt)
         lengths = kjt.offsets[1:] - kjt.offsets[:-1]
         bag_offset = self.table_offsets[self.feature_table].repeat_interleave(kjt.batch_size)
-        keys = kjt.values + bag_offset.repeat_interleave(lengths)
+        keys = kjt.values + bag_offset.repeat_interleave(lengths, output_size=kjt.values.numel())  # no host sync
         unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size)
         recv_counts = self.exchange.exchange_counts(send_counts.cpu() if not self.exchange.distributed else send_counts)
         send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
