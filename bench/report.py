@@ -91,6 +91,15 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
             p = projected[r["name"]]
             lines.append(_stage_row(f"{r['name']} projected", p["stage_ms"], [f"{p[k]:.2f}" for k in PROJECTED_EXTRA],
                                     p["exchange_ms"], p["step_ms"], "-"))
+    measured = {r["name"]: r["summary"]["stage_ms"] for r in runs}
+    compute = [k for k in STAGES if k not in EXCHANGE_STAGES and k not in ("data_wait", *OVERLAPPED_STAGES)]
+    for name, p in projected.items():
+        m = measured[name]
+        lines.append(f"\n{name}: exchange stages measured {sum(m[k] for k in EXCHANGE_STAGES):.2f} ms vs projected "
+                     f"{p['exchange_ms']:.2f} ms (local work {p['exchange_ms'] - p['alltoall_ms']:.2f} + all-to-all "
+                     f"{p['alltoall_ms']:.2f}); compute stages ({', '.join(compute)}) measured "
+                     f"{sum(m[k] for k in compute):.2f} ms vs projected {sum(p['stage_ms'][k] for k in compute):.2f} ms "
+                     f"+ all-reduce {p['exposed_allreduce_ms']:.2f} ms.")
     notes = ["", "samples/s: global, after warm-up; step ms: wall clock per step after warm-up; data wait %: "
              "data_wait / step ms. Stages are timed with CUDA events on GPU and the wall clock on CPU; dense_bwd is "
              "loss.backward() without grad_dist and sparse_update (with DDP it holds the exposed all-reduce).",
@@ -120,15 +129,16 @@ def plot(runs: list[dict], projected: dict, directory: str) -> None:
         if r["name"] in projected:
             p = projected[r["name"]]
             bars.append((f"{r['name']} proj.", {**p["stage_ms"], **{k: p[k] for k in PROJECTED_EXTRA}}))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [name for name, _ in bars]
     bottom = [0.0] * len(bars)
-    for stage in STAGES + PROJECTED_EXTRA:
+    for i, stage in enumerate(STAGES + PROJECTED_EXTRA):
         values = [stage_ms.get(stage, 0.0) for _, stage_ms in bars]
-        ax.bar(names, values, bottom=bottom, label=stage, hatch="//" if stage in PROJECTED_EXTRA else None)
+        ax.bar(names, values, bottom=bottom, label=stage, color=plt.cm.tab20(i),
+               hatch="//" if stage in PROJECTED_EXTRA else None)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set(ylabel="ms per step", title="Stage time per step (h2d: side stream, overlapped on GPU)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "stages.png"), dpi=120)
