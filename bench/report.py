@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.scaling import busbw_from_jsonl, project  # noqa: E402
+from bench.scaling import ALLTOALLS_PER_STEP, busbw_from_jsonl, project  # noqa: E402
 from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
 PROJECTED_EXTRA = ("alltoall_ms", "exposed_allreduce_ms")  # communication a projection adds to the stages
@@ -53,7 +53,7 @@ def projections(runs: list[dict], alltoall_jsonl: str | None) -> dict:
         if r["world_size"] == 1 or one is None:
             continue
         s, w = r["summary"], r["world_size"]
-        bw = busbw_from_jsonl(alltoall_jsonl, s["exchange_bytes_per_rank"] / 3 or 1)  # 3 all-to-alls per step
+        bw = busbw_from_jsonl(alltoall_jsonl, s["exchange_bytes_per_rank"] / ALLTOALLS_PER_STEP or 1)
         stages = {k: one["summary"]["stage_ms"][k] / w for k in STAGES}
         out[r["name"]] = {**project(stages, s["exchange_bytes_per_rank"], s["allreduce_bytes"], s["local_batch"], w, bw,
                                     bw, overlap=False), "stage_ms": stages}

@@ -34,6 +34,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
+# a step's exchange is this many all-to-alls (ids, rows, gradients): a measured busbw is read at 1/3 of its bytes
+ALLTOALLS_PER_STEP = 3
+
 # An illustrative DCN-v2 step on one GPU (NOT a measurement): replace it with --measured.
 EXAMPLE = {
     "stage_ms": {"data_wait": 0.5, "h2d": 0.5, "input_dist": 2.0, "lookup": 4.0, "output_dist": 3.0, "dense_fwd": 7.0,
@@ -152,11 +155,15 @@ def main(argv=None) -> None:
     p.add_argument("--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s")
     p.add_argument("--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s")
     p.add_argument("--no-overlap", action="store_true", help="all-reduce does not overlap dense backward")
+    p.add_argument("--exchange-bytes", type=float, default=None,
+                   help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
+                        "run's summary.json exchange_bytes_per_rank)")
     args = p.parse_args(argv)
 
     measured = load_measured(args.measured) if args.measured else EXAMPLE
-    exchange = measured["exchange_bytes_per_rank"]
-    a2a_bw = busbw_from_jsonl(args.alltoall_jsonl, exchange) if args.alltoall_jsonl else args.alltoall_busbw * 1e9
+    exchange = measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
+    a2a_bw = (busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP) if args.alltoall_jsonl
+              else args.alltoall_busbw * 1e9)
     ar_bw = args.allreduce_busbw * 1e9
     inter_bw = args.inter_node_gbps * 1e9 / 8
     overlap = not args.no_overlap
@@ -169,8 +176,10 @@ def main(argv=None) -> None:
               "hold communication, which the projection adds again; measure at W=1")
     print(f"  not counted (side stream, overlapped with the step on GPU): {', '.join(OVERLAPPED_STAGES)}")
     print(f"  local batch {measured['local_batch']} per GPU, fixed (weak scaling)")
-    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.1f} MB", end="")
-    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.1f} MB")
+    if exchange == 0:
+        print("  WARNING: no all-to-all bytes (a W=1 run sends none off-rank); give --exchange-bytes")
+    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.3f} MB", end="")
+    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.3f} MB")
     print(f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)")
     print(f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, {args.gpus_per_node} GPUs per node")
     print(f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial")

@@ -62,13 +62,21 @@ def test_measured_summary(tmp_path, capsys):
     path.write_text(json.dumps(summary))
     main(["--measured", str(path), "--max-nodes", "1", "--alltoall-busbw", "100", "--allreduce-busbw", "100"])
     out = capsys.readouterr().out
-    assert "WARNING" not in out
+    assert "WARNING" not in out and "400.000 MB" in out
     # 4 GPUs, overlapped all-reduce: 25 + 3 ms (the 4-GPU case above), 4000 samples / 28 ms
     assert [line.split()[-3:] for line in out.splitlines() if line.strip().startswith("1     4")] == \
         [["28.00", "142857", "89.3%"]]
     path.write_text(json.dumps({**summary, "world_size": 2}))
     main(["--measured", str(path), "--max-nodes", "1"])
     assert "WARNING: measured at W=2" in capsys.readouterr().out
+    path.write_text(json.dumps({**summary, "exchange_bytes_per_rank": 0}))
+    main(["--measured", str(path), "--max-nodes", "1", "--alltoall-busbw", "100", "--allreduce-busbw", "100",
+          "--exchange-bytes", "4e8"])
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and [line.split()[-3:] for line in out.splitlines() if line.startswith("    1     4")] \
+        == [["28.00", "142857", "89.3%"]]
+    main(["--measured", str(path), "--max-nodes", "1"])
+    assert "WARNING: no all-to-all bytes" in capsys.readouterr().out
     path.write_text(json.dumps({**summary, "stage_ms": {"data": 1.0}}))
     with pytest.raises(ValueError, match=f"{path}: stage_ms lacks .*'lookup'"):
         main(["--measured", str(path)])
