@@ -29,9 +29,9 @@ from config import Config, TableConfig, load_config, to_dict
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
 from models import build_model
 from models.flops import dense_flops_per_sample
-from models.peak import hbm_bandwidth, mfu, peak_memory_gib
+from models.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
 from pipeline.loaders import eval_loader, open_dataset, train_loader
-from pipeline.metrics import StageTimer, auc, logloss, write_json_atomic
+from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
 from pipeline.prefetch import PrefetchLoader
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
@@ -150,9 +150,9 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
 
 def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backward=None) -> torch.Tensor:
     """One step on the local batch; returns the local mean loss (not synchronized).
+    The embeddings time their own stages (lookup, output_dist, grad_dist, sparse_update) into the timer.
     before_backward(loss) -> (loss, skip): checkpoint.Checkpointer.before_backward (skip_nonfinite_loss)."""
-    with timer.stage("embedding_fwd"):
-        pooled = parts.embeddings(sparse_dist)
+    pooled = parts.embeddings(sparse_dist)
     with timer.stage("dense_fwd"), parts.autocast:
         logits = parts.model(batch.dense, pooled).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
@@ -160,7 +160,7 @@ def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backw
         loss, skip = before_backward(loss)
         if skip:  # no dense and no sparse update from this batch
             return loss.detach()
-    with timer.stage("backward"):  # dense backward + DDP all-reduce + embedding exchange and sparse update
+    with timer.stage("dense_bwd"):  # the timer takes the embeddings' grad_dist + sparse_update out of it
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with timer.stage("dense_optimizer"):
@@ -218,23 +218,23 @@ def run(cfg: Config) -> dict:
 
     metrics_path = os.path.join(cfg.run.dir, "metrics.jsonl")
     metrics_file = open(metrics_path, "a" if first_step else "w") if rank == 0 else None
-    timer = StageTimer(device)
+    timer = StageTimer(device)  # stage names: pipeline.metrics.STAGES
+    embeddings.timer = timer
     window_losses: list[torch.Tensor] = []
     window_start, window_bytes, window_memory_bytes = time.perf_counter(), 0, 0
     flops = dense_flops_per_sample(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim)
     dtype = "bf16" if cfg.train.bf16 and device.type == "cuda" else "fp32"
     hbm = hbm_bandwidth(device)
-    stage_totals: dict[str, float] = {}
+    peak_flops(device, dtype)  # on CPU a 0.2 s probe (cached): run it now, not inside the measured steps
+    stage_totals: dict[str, float] = {}  # over the measured steps (after warm-up), for summary.json
+    warmup_stages: dict[str, float] = {}
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
     history = []
 
     step = first_step
-    data_start = time.perf_counter()
     for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
-        # next() ran the upcoming batch's input_dist too: only the loader's own wait is data wait
-        waited_ms = (time.perf_counter() - data_start) * 1e3
-        timer.add("data", min(batches.data_wait_ms, waited_ms))
-        timer.add("input_dist", max(waited_ms - batches.data_wait_ms, 0.0))
+        # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is data wait
+        timer.add("data_wait", batches.data_wait_ms)
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
         loss = train_step(parts, batch, sparse_dist, timer, ckpt.before_backward)
         window_losses.append(loss.detach())
@@ -245,6 +245,7 @@ def run(cfg: Config) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             measured_start = time.perf_counter()
+            warmup_stages = timer.collect()  # kept apart: only this window's metrics line counts them
         if step % cfg.run.log_every == 0 or step == cfg.train.steps:
             losses = torch.stack(window_losses)
             if world_size > 1:
@@ -254,20 +255,21 @@ def run(cfg: Config) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
-            stages = timer.collect()
+            stages = timer.collect()  # since the last log line, or since warm-up ended
+            if measured_start is not None:
+                for k, v in stages.items():
+                    stage_totals[k] = stage_totals.get(k, 0.0) + v
+                stages = {k: stages.get(k, 0.0) + warmup_stages.pop(k, 0.0) for k in STAGES}
             step_ms = elapsed * 1e3 / len(window_losses)
             last_window_loss = float(losses.mean())
             n = len(window_losses)
-            if step > cfg.train.warmup_steps:
-                for k, v in stages.items():
-                    stage_totals[k] = stage_totals.get(k, 0.0) + v
             sps = n * cfg.train.global_batch_size / elapsed
             emb_bps = window_memory_bytes / elapsed  # this rank's embedding kernels
             utilization = mfu(flops.training, sps / world_size, device, dtype)
             line = {"step": step, "loss": last_window_loss, "losses": losses.tolist(), "samples_per_sec": sps,
                     "step_ms": step_ms, "exchange_bytes_per_step": window_bytes / n,
-                    "stage_ms": {k: v / n for k, v in stages.items()},
-                    "data_wait_pct": 100.0 * stages.get("data", 0.0) / n / step_ms,
+                    "stage_ms": {k: stages.get(k, 0.0) / n for k in STAGES},
+                    "data_wait_pct": 100.0 * stages.get("data_wait", 0.0) / n / step_ms,
                     "mfu_pct": 100.0 * utilization if utilization is not None else None,
                     "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
                     "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps}
@@ -284,7 +286,6 @@ def run(cfg: Config) -> dict:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
-        data_start = time.perf_counter()
 
     batches.close()
     if device.type == "cuda":
@@ -303,7 +304,7 @@ def run(cfg: Config) -> dict:
                "mfu_pct": 100.0 * utilization if utilization is not None else None, "dense_dtype": dtype,
                "dense_flops_per_sample": flops.training, "peak_memory_gib": peak_memory_gib(device),
                # inputs of bench/scaling.py: communication-inclusive stage times of the measured steps
-               "stage_ms": {k: v / max(measured_steps, 1) for k, v in stage_totals.items()},
+               "stage_ms": {k: stage_totals.get(k, 0.0) / max(measured_steps, 1) for k in STAGES},
                "exchange_bytes_per_rank": history[-1]["exchange_bytes_per_step"] if history else 0,
                "allreduce_bytes": 4 * sum(p.numel() for p in model.parameters()),
                "local_batch": cfg.train.global_batch_size // world_size}

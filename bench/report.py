@@ -2,9 +2,10 @@
 
     python bench/report.py bench/results/e2e_cpu [--alltoall-jsonl bench/results/alltoall.jsonl]
 
-Writes report.md, throughput.png (samples/s vs world size), stages.png (per-step stage times) and
-mfu.png. With an all-to-all bandwidth measurement, the report also projects W > 1 throughput from
-the W = 1 run (bench/scaling.py) beside the measured W > 1 runs.
+Writes report.md (throughput table and per-stage table), throughput.png (samples/s vs world size),
+stages.png (per-step stage times, pipeline.metrics.STAGES) and mfu.png. With an all-to-all bandwidth
+measurement, the report also projects each W > 1 run from the W = 1 run (bench/scaling.py), stage by
+stage, beside the measured W > 1 runs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.scaling import busbw_from_jsonl, project  # noqa: E402
+from bench.scaling import ALLTOALLS_PER_STEP, busbw_from_jsonl, project  # noqa: E402
+from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
-STAGE_ORDER = ("data", "h2d", "input_dist", "embedding_fwd", "dense_fwd", "backward", "dense_optimizer")
+PROJECTED_EXTRA = ("alltoall_ms", "exposed_allreduce_ms")  # communication a projection adds to the stages
 
 
 def load(directory: str) -> list[dict]:
@@ -33,16 +35,15 @@ def load(directory: str) -> list[dict]:
     return sorted(runs, key=lambda r: (r["config"], r["world_size"]))
 
 
-def scaling_stages(stage_ms: dict, shrink: float) -> dict:
-    """Map train.py's stages to bench/scaling.py's; embedding backward is inside 'backward'."""
-    return {"data": stage_ms.get("data", 0.0) * shrink, "input_dist": stage_ms.get("input_dist", 0.0) * shrink,
-            "lookup": stage_ms.get("embedding_fwd", 0.0) * shrink, "output_dist": 0.0,
-            "dense_fwd_bwd": (stage_ms.get("dense_fwd", 0.0) + stage_ms.get("backward", 0.0)) * shrink,
-            "optimizer": stage_ms.get("dense_optimizer", 0.0) * shrink}
+def step_ms(summary: dict) -> float:
+    """Wall-clock ms per step after warm-up."""
+    return 1e3 * summary["global_batch_size"] / summary["samples_per_sec"]
 
 
 def projections(runs: list[dict], alltoall_jsonl: str | None) -> dict:
-    """Strong-scaling projection of each W > 1 run from its config's W = 1 run (stage times / W)."""
+    """Strong-scaling projection of each W > 1 run from its config's W = 1 run: every stage time / W (fixed
+    global batch; at W = 1 the exchange stages hold only local work), plus the all-to-all of the run's measured
+    bytes and the all-reduce at the measured all-to-all busbw. Returns name -> project() result + "stage_ms"."""
     if not alltoall_jsonl or not os.path.exists(alltoall_jsonl):
         return {}
     base = {r["config"]: r for r in runs if r["world_size"] == 1}
@@ -52,10 +53,16 @@ def projections(runs: list[dict], alltoall_jsonl: str | None) -> dict:
         if r["world_size"] == 1 or one is None:
             continue
         s, w = r["summary"], r["world_size"]
-        bw = busbw_from_jsonl(alltoall_jsonl, s["exchange_bytes_per_rank"] / 3 or 1)
-        out[r["name"]] = project(scaling_stages(one["summary"]["stage_ms"], 1.0 / w), s["exchange_bytes_per_rank"],
-                                 s["allreduce_bytes"], s["local_batch"], w, bw, bw, overlap=False)
+        bw = busbw_from_jsonl(alltoall_jsonl, s["exchange_bytes_per_rank"] / ALLTOALLS_PER_STEP or 1)
+        stages = {k: one["summary"]["stage_ms"][k] / w for k in STAGES}
+        out[r["name"]] = {**project(stages, s["exchange_bytes_per_rank"], s["allreduce_bytes"], s["local_batch"], w, bw,
+                                    bw, overlap=False), "stage_ms": stages}
     return out
+
+
+def _stage_row(label: str, stage_ms: dict, communication: list[str], exchange: float, path: float, wall: str) -> str:
+    cells = [f"{stage_ms[k]:.2f}" for k in STAGES] + communication + [f"{exchange:.2f}", f"{path:.2f}", wall]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
@@ -67,19 +74,43 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
         proj = projected.get(r["name"], {}).get("samples_per_s")
         mfu = s.get("mfu_pct")
         lines.append(f"| {r['name']} | {r['device']} | {r['world_size']} | {s['samples_per_sec']:.0f} | "
-                     f"{f'{proj:.0f}' if proj else '-'} | {sum(s['stage_ms'].values()):.2f} | {last['data_wait_pct']:.1f} | "
+                     f"{f'{proj:.0f}' if proj else '-'} | {step_ms(s):.2f} | "
+                     f"{100 * s['stage_ms']['data_wait'] / step_ms(s):.1f} | "
                      f"{f'{mfu:.2f}' if mfu is not None else '-'} | {last['embedding_gbps']:.3f} | "
                      f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
                      f"{r['git_commit'][:8]} |")
-    notes = ["", "samples/s: global, after warm-up. Stage times are per step, summed over train.py's stages "
-             "(data, h2d, input_dist, embedding_fwd, dense_fwd, backward incl. exchange + sparse update, dense_optimizer).",
+    lines += ["", "Stage times, ms per step after warm-up (pipeline.metrics.STAGES; exchange = input_dist + "
+              "output_dist + grad_dist; path = stages without h2d, plus projected communication):", "",
+              "| run | " + " | ".join(STAGES) + " | a2a (proj.) | all-reduce (proj.) | exchange | path | wall |",
+              "|---" * (len(STAGES) + 5) + "|---|"]
+    for r in runs:
+        s = r["summary"]
+        lines.append(_stage_row(r["name"], s["stage_ms"], ["-", "-"], sum(s["stage_ms"][k] for k in EXCHANGE_STAGES),
+                                sum(s["stage_ms"][k] for k in STAGES if k not in OVERLAPPED_STAGES), f"{step_ms(s):.2f}"))
+        if r["name"] in projected:
+            p = projected[r["name"]]
+            lines.append(_stage_row(f"{r['name']} projected", p["stage_ms"], [f"{p[k]:.2f}" for k in PROJECTED_EXTRA],
+                                    p["exchange_ms"], p["step_ms"], "-"))
+    measured = {r["name"]: r["summary"]["stage_ms"] for r in runs}
+    compute = [k for k in STAGES if k not in EXCHANGE_STAGES and k not in ("data_wait", *OVERLAPPED_STAGES)]
+    for name, p in projected.items():
+        m = measured[name]
+        lines.append(f"\n{name}: exchange stages measured {sum(m[k] for k in EXCHANGE_STAGES):.2f} ms vs projected "
+                     f"{p['exchange_ms']:.2f} ms (local work {p['exchange_ms'] - p['alltoall_ms']:.2f} + all-to-all "
+                     f"{p['alltoall_ms']:.2f}); compute stages ({', '.join(compute)}) measured "
+                     f"{sum(m[k] for k in compute):.2f} ms vs projected {sum(p['stage_ms'][k] for k in compute):.2f} ms "
+                     f"+ all-reduce {p['exposed_allreduce_ms']:.2f} ms.")
+    notes = ["", "samples/s: global, after warm-up; step ms: wall clock per step after warm-up; data wait %: "
+             "data_wait / step ms. Stages are timed with CUDA events on GPU and the wall clock on CPU; dense_bwd is "
+             "loss.backward() without grad_dist and sparse_update (with DDP it holds the exposed all-reduce).",
              "Projected: bench/scaling.py from the W=1 run's stage times divided by W (fixed global batch), plus "
-             "all-to-all and all-reduce times at the measured all-to-all busbw, no overlap." if projected else ""]
+             "all-to-all and all-reduce times at the measured all-to-all busbw, no overlap; its exchange column "
+             "includes the projected all-to-all." if projected else ""]
     with open(path, "w") as f:
         f.write("\n".join(lines + notes) + "\n")
 
 
-def plot(runs: list[dict], directory: str) -> None:
+def plot(runs: list[dict], projected: dict, directory: str) -> None:
     configs = sorted({r["config"] for r in runs})
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in configs:
@@ -91,21 +122,29 @@ def plot(runs: list[dict], directory: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "throughput.png"), dpi=120)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = [r["name"] for r in runs]
-    bottom = [0.0] * len(runs)
-    for stage in STAGE_ORDER:
-        values = [r["summary"]["stage_ms"].get(stage, 0.0) for r in runs]
-        ax.bar(names, values, bottom=bottom, label=stage)
+    # measured runs, each W > 1 run followed by its projection (stages / W + projected communication)
+    bars = []
+    for r in runs:
+        bars.append((r["name"], r["summary"]["stage_ms"]))
+        if r["name"] in projected:
+            p = projected[r["name"]]
+            bars.append((f"{r['name']} proj.", {**p["stage_ms"], **{k: p[k] for k in PROJECTED_EXTRA}}))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = [name for name, _ in bars]
+    bottom = [0.0] * len(bars)
+    for i, stage in enumerate(STAGES + PROJECTED_EXTRA):
+        values = [stage_ms.get(stage, 0.0) for _, stage_ms in bars]
+        ax.bar(names, values, bottom=bottom, label=stage, color=plt.cm.tab20(i),
+               hatch="//" if stage in PROJECTED_EXTRA else None)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set(ylabel="ms per step", title="Stage time per step")
-    ax.legend(fontsize=8)
+    ax.set(ylabel="ms per step", title="Stage time per step (h2d: side stream, overlapped on GPU)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "stages.png"), dpi=120)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(names, [r["summary"].get("mfu_pct") or 0.0 for r in runs])
+    ax.bar([r["name"] for r in runs], [r["summary"].get("mfu_pct") or 0.0 for r in runs])
     ax.set(ylabel="dense MFU %", title="Model FLOPs utilization")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
@@ -119,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alltoall-jsonl", default=os.path.join(os.path.dirname(__file__), "results", "alltoall.jsonl"))
     args = parser.parse_args(argv)
     runs = load(args.directory)
-    write_markdown(runs, projections(runs, args.alltoall_jsonl), os.path.join(args.directory, "report.md"))
-    plot(runs, args.directory)
+    projected = projections(runs, args.alltoall_jsonl)
+    write_markdown(runs, projected, os.path.join(args.directory, "report.md"))
+    plot(runs, projected, args.directory)
     print(open(os.path.join(args.directory, "report.md")).read())
 
 

@@ -3,15 +3,19 @@
     python bench/scaling.py                            # the built-in example step (not a measurement)
     python bench/scaling.py --measured runs/x/summary.json --alltoall-jsonl bench/results/alltoall.jsonl
 
-Model of one step (per-GPU batch fixed, so every local stage keeps its measured time):
-  step = data + input_dist + lookup + output_dist + optimizer + alltoall + dense_and_allreduce
+Model of one step (per-GPU batch fixed, so every local stage keeps its measured time), over
+train.py's stages (pipeline.metrics.STAGES, the summary.json "stage_ms" keys):
+  step = local + alltoall + exposed allreduce
+  local      = every stage but h2d (a side-stream copy, overlapped on GPU)
   alltoall   = exchange_bytes_per_rank * (n-1)/n / alltoall_busbw      (nccl-tests busbw definition)
   allreduce  = 2(n-1)/n * allreduce_bytes / allreduce_busbw           (ring all-reduce)
-  dense_and_allreduce = max(dense_fwd_bwd, allreduce) with overlap (DDP buckets during backward),
-                        dense_fwd_bwd + allreduce without
+  exposed allreduce = max(dense_bwd, allreduce) - dense_bwd with overlap (DDP all-reduces buckets
+                      during the dense backward), allreduce without
   samples/s  = n * local_batch / step
-The measured stage times must exclude communication (e.g. a 1-GPU run, where the exchanges are
-local copies): the exchanges are added back from bytes and bandwidth.
+The measured stage times must exclude communication, i.e. come from a 1-GPU run: there the
+exchange stages (input_dist, output_dist, grad_dist) hold only their local work (dedup, pooling
+and its backward, merging) and dense_bwd no all-reduce; the exchanges are added back from bytes
+and bandwidth. From a W > 1 run they would be counted twice.
 
 Across nodes (G GPUs per node, one NIC of inter_node_bw per GPU): of each rank's all-to-all buffer,
 (G-1)/W stays on the node and (W-G)/W crosses the network, both at once, so the slower part sets the
@@ -23,13 +27,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
-STAGES = ("data", "input_dist", "lookup", "output_dist", "dense_fwd_bwd", "optimizer")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
+
+# a step's exchange is this many all-to-alls (ids, rows, gradients): a measured busbw is read at 1/3 of its bytes
+ALLTOALLS_PER_STEP = 3
 
 # An illustrative DCN-v2 step on one GPU (NOT a measurement): replace it with --measured.
 EXAMPLE = {
-    "stage_ms": {"data": 1.0, "input_dist": 2.0, "lookup": 6.0, "output_dist": 3.0, "dense_fwd_bwd": 20.0, "optimizer": 4.0},
+    "stage_ms": {"data_wait": 0.5, "h2d": 0.5, "input_dist": 2.0, "lookup": 4.0, "output_dist": 3.0, "dense_fwd": 7.0,
+                 "dense_bwd": 13.0, "grad_dist": 2.0, "sparse_update": 2.0, "dense_optimizer": 2.0},
     # local batch 8192, 26 features x 128 dims fp32 pooled rows out and gradients back, plus int64 ids
     "exchange_bytes_per_rank": 2 * 8192 * 26 * 128 * 4 + 8192 * 26 * 8,
     "allreduce_bytes": 16_044_545 * 4,  # MLPerf DCN-v2 dense parameters x fp32
@@ -70,17 +81,19 @@ def project(
         raise ValueError(f"stage_ms lacks {missing} (expected {STAGES})")
     a2a = alltoall_ms(exchange_bytes_per_rank, world_size, alltoall_busbw)
     ar = allreduce_ms(allreduce_bytes, world_size, allreduce_busbw)
-    dense = stage_ms["dense_fwd_bwd"]
-    dense_and_allreduce = max(dense, ar) if overlap else dense + ar
-    local = sum(stage_ms[s] for s in STAGES)
-    step = local - dense + dense_and_allreduce + a2a
+    dense_bwd = stage_ms["dense_bwd"]
+    exposed_ar = max(dense_bwd, ar) - dense_bwd if overlap else ar
+    local = sum(stage_ms[s] for s in STAGES if s not in OVERLAPPED_STAGES)
+    step = local + exposed_ar + a2a
     return {
         "world_size": world_size,
         "local_batch": local_batch,
         "global_batch": local_batch * world_size,
         "alltoall_ms": a2a,
         "allreduce_ms": ar,
-        "exposed_allreduce_ms": dense_and_allreduce - dense,
+        "exposed_allreduce_ms": exposed_ar,
+        # the exchange stages' projected time: their measured local work plus the all-to-alls
+        "exchange_ms": sum(stage_ms[s] for s in EXCHANGE_STAGES) + a2a,
         "step_ms": step,
         "samples_per_s": world_size * local_batch / step * 1e3,
         "samples_per_s_per_gpu": local_batch / step * 1e3,
@@ -119,13 +132,17 @@ def busbw_from_jsonl(path: str, nbytes: float) -> float:
 
 
 def load_measured(path: str) -> dict:
-    """A JSON file with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch (summary.json keys)."""
+    """A JSON file with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch (summary.json keys)
+    and optionally world_size."""
     data = json.loads(Path(path).read_text())
     keys = ("stage_ms", "exchange_bytes_per_rank", "allreduce_bytes", "local_batch")
     missing = [k for k in keys if k not in data]
     if missing:
         raise ValueError(f"{path} lacks {missing}")
-    return {k: data[k] for k in keys}
+    missing = [s for s in STAGES if s not in data["stage_ms"]]
+    if missing:
+        raise ValueError(f"{path}: stage_ms lacks {missing} (train.py's stages are {STAGES})")
+    return {k: data[k] for k in (*keys, "world_size") if k in data}
 
 
 def main(argv=None) -> None:
@@ -138,11 +155,15 @@ def main(argv=None) -> None:
     p.add_argument("--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s")
     p.add_argument("--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s")
     p.add_argument("--no-overlap", action="store_true", help="all-reduce does not overlap dense backward")
+    p.add_argument("--exchange-bytes", type=float, default=None,
+                   help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
+                        "run's summary.json exchange_bytes_per_rank)")
     args = p.parse_args(argv)
 
     measured = load_measured(args.measured) if args.measured else EXAMPLE
-    exchange = measured["exchange_bytes_per_rank"]
-    a2a_bw = busbw_from_jsonl(args.alltoall_jsonl, exchange) if args.alltoall_jsonl else args.alltoall_busbw * 1e9
+    exchange = measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
+    a2a_bw = (busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP) if args.alltoall_jsonl
+              else args.alltoall_busbw * 1e9)
     ar_bw = args.allreduce_busbw * 1e9
     inter_bw = args.inter_node_gbps * 1e9 / 8
     overlap = not args.no_overlap
@@ -150,12 +171,18 @@ def main(argv=None) -> None:
     print("Assumptions:")
     print(f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}")
     print("  stage ms (communication excluded): " + ", ".join(f"{k}={measured['stage_ms'][k]:g}" for k in STAGES))
+    if measured.get("world_size", 1) > 1:
+        print(f"  WARNING: measured at W={measured['world_size']}: its {', '.join(EXCHANGE_STAGES)} and dense_bwd already "
+              "hold communication, which the projection adds again; measure at W=1")
+    print(f"  not counted (side stream, overlapped with the step on GPU): {', '.join(OVERLAPPED_STAGES)}")
     print(f"  local batch {measured['local_batch']} per GPU, fixed (weak scaling)")
-    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.1f} MB", end="")
-    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.1f} MB")
+    if exchange == 0:
+        print("  WARNING: no all-to-all bytes (a W=1 run sends none off-rank); give --exchange-bytes")
+    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.3f} MB", end="")
+    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.3f} MB")
     print(f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)")
     print(f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, {args.gpus_per_node} GPUs per node")
-    print(f"  all-reduce {'overlaps' if overlap else 'does not overlap'} dense forward/backward; other stages are serial")
+    print(f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial")
     print()
     print(f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}", end="")
     print(f" {'step ms':>8} {'samples/s':>12} {'eff':>6}")

@@ -17,6 +17,7 @@ table of raw ids can later sit behind the same compute phase.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +134,9 @@ class ShardedEmbeddingCollection(nn.Module):
         self._anchor = torch.zeros((), device=device, requires_grad=True)  # makes autograd call our backward
         self.last_exchange_bytes = 0  # bytes this rank sent to other ranks in the last forward + backward
         self.last_memory_bytes = 0  # device-memory bytes moved by the last forward + backward (estimate)
+        # optional pipeline.metrics.StageTimer: training steps record input_dist, lookup, output_dist,
+        # grad_dist and sparse_update into it (evaluation, under no_grad, is not timed)
+        self.timer = None
 
     # ---- layout helpers -------------------------------------------------------------------------------
     def local_global_rows(self, t: int) -> torch.Tensor:
@@ -199,6 +203,10 @@ class ShardedEmbeddingCollection(nn.Module):
                              f"(out_of_range={table.out_of_range!r}; 'modulo' would map it to id % rows)")
         return kjt if values is kjt.values else dataclasses.replace(kjt, values=values)
 
+    def _stage(self, name: str, training: bool = True):
+        """The timer's stage ``name`` while timing a training step, else a no-op."""
+        return self.timer.stage(name) if self.timer is not None and training else nullcontext()
+
     # ---- phase 1: input_dist ----------------------------------------------------------------------------
     def input_dist(self, kjt) -> SparseDist:
         """Dedup the batch's keys, group them by owner, send each owner its keys (async).
@@ -210,6 +218,10 @@ class ShardedEmbeddingCollection(nn.Module):
             rank 1 receives recv_keys [12, 12] (recv_splits [1, 1])
         Call .wait() on the result (compute does) before using recv_keys.
         """
+        with self._stage("input_dist", torch.is_grad_enabled()):
+            return self._input_dist(kjt)
+
+    def _input_dist(self, kjt) -> SparseDist:
         kjt = self.check_ids(kjt)
         lengths = kjt.offsets[1:] - kjt.offsets[:-1]
         bag_offset = self.table_offsets[self.feature_table].repeat_interleave(kjt.batch_size)
@@ -245,6 +257,20 @@ class ShardedEmbeddingCollection(nn.Module):
     # ---- backward -------------------------------------------------------------------------------------------
     def backward_and_update(self, sd: SparseDist, grad_pooled: torch.Tensor) -> None:
         """pool_backward -> all-to-all grads to owners -> merge across senders -> fused sparse update."""
+        with self._stage("grad_dist"):
+            rows, grads = self._gradients_to_owners(sd, grad_pooled)
+        with self._stage("sparse_update"):
+            counts, grads = grads[:, self.dim].round().long(), grads[:, : self.dim].contiguous()
+            self.num_updates += 1
+            self.freq.index_add_(0, rows, counts)
+            self.last_step[rows] = self.num_updates
+            o = self.optimizer
+            sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
+        self.last_exchange_bytes = self._exchange_bytes(sd)
+        self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
+
+    def _gradients_to_owners(self, sd: SparseDist, grad_pooled: torch.Tensor):
+        """(local rows, [rows, D+1] summed gradients with lookup counts last) of the rows this rank owns."""
         grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, sd.unique_keys.numel())
         grad_unique = grad_unique * (1.0 / self.world_size)
         # lookups of each unique key ride along as a last column (exact in float32 below 2**24 per batch)
@@ -256,14 +282,7 @@ class ShardedEmbeddingCollection(nn.Module):
         grads.index_add_(0, sd.owner_inverse, received)
         if self.num_replicated_rows:
             rows, grads = self._all_reduce_replicated(rows, grads)
-        counts, grads = grads[:, self.dim].round().long(), grads[:, : self.dim].contiguous()
-        self.num_updates += 1
-        self.freq.index_add_(0, rows, counts)
-        self.last_step[rows] = self.num_updates
-        o = self.optimizer
-        sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
-        self.last_exchange_bytes = self._exchange_bytes(sd)
-        self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
+        return rows, grads
 
     def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor):
         """Sum replicated tables' gradients (and lookup counts, last column) over ranks, densely."""
@@ -300,10 +319,14 @@ class ShardedEmbeddingCollection(nn.Module):
     # ---- module API -----------------------------------------------------------------------------------------
     def forward(self, kjt_or_dist) -> torch.Tensor:
         sd = kjt_or_dist if isinstance(kjt_or_dist, SparseDist) else self.input_dist(kjt_or_dist)
-        pooled = self.output_dist(sd, self.compute(sd))
-        if torch.is_grad_enabled():
-            return _ShardedLookup.apply(self._anchor, pooled, self, sd)
-        return pooled
+        if not torch.is_grad_enabled():
+            return self.output_dist(sd, self.compute(sd))
+        with self._stage("input_dist"):
+            sd.wait()  # the ids' all-to-all (started by input_dist) is input_dist's time, not the lookup's
+        with self._stage("lookup"):
+            served_rows = self.compute(sd)
+        with self._stage("output_dist"):
+            return _ShardedLookup.apply(self._anchor, self.output_dist(sd, served_rows), self, sd)
 
     def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """Every table's full weights, optimizer state (float32, CPU) and access statistics (int64), on every rank."""

@@ -1,12 +1,14 @@
 """Criteo Kaggle / 1TB TSV -> RecFuse binary dataset.
 
-    python -m pipeline.criteo preprocess day_0.gz day_1.gz ... --out DIR (--hash-rows N | --min-freq T)
+    python -m pipeline.criteo preprocess day_0.gz day_1.gz ... --out DIR (--hash-rows N | --min-freq T | --vocab D)
 
 Output (all little-endian, row-major, no headers, R = rows kept):
     dense.bin   float32 [R, 13]  log(1 + max(x, 0)); an empty I field is 0 (so it stays 0)
     sparse.bin  int32/int64 [R, 26]  per-table row ids
     labels.bin  float32 or uint8 [R]
     meta.json   row count, table sizes, dtypes, options, sources, size + sha256 of every file
+    vocab/      with --min-freq or --vocab: the vocabulary, C1.npy .. C26.npy + vocab.json
+                (pipeline/criteo_vocab.py; C<t>.npy[i] is the raw hex value given id i + 1)
 
 Categorical ids, per table:
     --hash-rows N   id = int(hex, 16) % N. An empty field counts as hex 00000000, i.e. row 0
@@ -14,6 +16,10 @@ Categorical ids, per table:
     --min-freq T    two passes: count every value, then keep those seen >= T times. Kept values
                     get ids 1..V in order of decreasing count (ties: smaller hex value first), so
                     hot rows sit together; rarer values and empty fields share row 0.
+                    The vocabulary is saved in DIR/vocab.
+    --vocab D       one pass through the vocabulary saved in D (a dataset directory or its vocab/),
+                    e.g. for the test day of a dataset built with --min-freq: the same raw values get
+                    the same ids, values not in it and empty fields get row 0; the table sizes are D's.
 
 Everything is written under DIR's sibling ``.DIR.partial`` and renamed to DIR only after
 meta.json (written last) is complete, so an interrupted run never leaves a dataset that
@@ -49,7 +55,7 @@ from pipeline.criteo_parse import (
     parse_chunk,
     to_numpy,
 )
-from pipeline.criteo_vocab import ValueCounter, map_to_vocabulary, table_keys
+from pipeline.criteo_vocab import VOCAB_DIR, ValueCounter, load_vocabulary, map_to_vocabulary, save_vocabulary, table_keys
 
 FORMAT_NAME = "recfuse-criteo-binary"
 FORMAT_VERSION = 1
@@ -64,6 +70,7 @@ class CriteoFormatError(ValueError):
 class PreprocessOptions:
     hash_rows: list[int] | None = None  # one per table (a single value is repeated)
     min_freq: int | None = None
+    vocab: str | None = None  # map through the vocabulary saved in this dataset (or its vocab/ directory)
     skip_bad_lines: bool = False
     chunk_rows: int = 262_144  # lines parsed at once; memory is about 1 KiB per line
     id_dtype: str = "int32"
@@ -216,8 +223,9 @@ def _day_rows(opts: PreprocessOptions, sources: list[_SourceStats], num_rows: in
 
 def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOptions) -> dict:
     """Convert Criteo TSV files (plain or gzip) into a binary dataset at ``out``; returns its meta.json content."""
-    if (opts.hash_rows is None) == (opts.min_freq is None):
-        raise ValueError("give exactly one of hash_rows (hashing) or min_freq (frequency-threshold vocabulary)")
+    if [opts.hash_rows, opts.min_freq, opts.vocab].count(None) != 2:
+        raise ValueError("give exactly one of hash_rows (hashing), min_freq (build a frequency-threshold vocabulary) "
+                         "or vocab (map through a saved vocabulary)")
     if opts.hash_rows is not None:
         if len(opts.hash_rows) == 1:
             opts.hash_rows = opts.hash_rows * NUM_SPARSE
@@ -234,9 +242,10 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     out = Path(out)
     xp = _array_module(opts)
     started = time.perf_counter()
+    vocab = load_vocabulary(opts.vocab, xp) if opts.vocab is not None else None  # before any output exists
     partial = _prepare_output(out, opts.overwrite)
     try:
-        meta = _convert(paths, partial, opts, xp)
+        meta = _convert(paths, partial, opts, xp, vocab)
         meta["seconds"] = round(time.perf_counter() - started, 3)
         _write_meta(partial, meta)
         _publish(partial, out)
@@ -246,7 +255,7 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     return meta
 
 
-def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> dict:
+def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp, vocab) -> dict:
     sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
     total_bytes = sum(s.bytes for s in sources)
     bad = _BadLines()
@@ -256,7 +265,7 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
     counter = ValueCounter(xp) if opts.min_freq is not None else None
     hash_rows = xp.asarray(np.array(opts.hash_rows or [1] * NUM_SPARSE, dtype=np.int64))[None, :]
 
-    # pass 1: dense + labels; sparse too when hashing, value counts when building a vocabulary
+    # pass 1: dense + labels; sparse too when hashing or given a vocabulary, value counts when building one
     desc = "count + dense" if counter is not None else "preprocess"
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not opts.progress) as bar:
         for path, src in zip(paths, sources, strict=True):
@@ -268,24 +277,26 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
                 # on the host even with cupy: a GPU log1p may round differently, and 13 columns are cheap
                 dense_w.write(dense_transform(to_numpy(parsed.dense_raw), np))
                 labels_w.write(parsed.labels)
-                if counter is None:
-                    sparse_w.write(parsed.sparse_raw % hash_rows)
-                else:
+                if counter is not None:
                     counter.add(table_keys(parsed.sparse_raw, parsed.sparse_empty, xp))
+                elif vocab is not None:
+                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab, xp))
+                else:
+                    sparse_w.write(parsed.sparse_raw % hash_rows)
     num_rows = sum(s.rows for s in sources)
 
-    if counter is None:
-        table_rows = list(opts.hash_rows)
-    else:  # pass 2: map every value through the vocabulary
-        vocab_keys, vocab_ids, table_rows = counter.vocabulary(opts.min_freq)
+    if counter is not None:  # pass 2: map every value through the vocabulary just built
+        vocab = counter.vocabulary(opts.min_freq)
         del counter
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="map ids", disable=not opts.progress) as bar:
             for path in paths:
                 for chunk in _iter_chunks(path, opts.chunk_rows, bar):
                     parsed = _parse_checked(chunk, path, xp, opts, None)
-                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab_keys, vocab_ids, xp))
+                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab, xp))
         if sparse_w.bytes != num_rows * NUM_SPARSE * np.dtype(opts.id_dtype).itemsize:
             raise RuntimeError("the input files changed between the counting and the mapping pass")
+    table_rows = vocab.table_rows if vocab is not None else list(opts.hash_rows)
+    vocab_info = save_vocabulary(partial / VOCAB_DIR, vocab) if vocab is not None else None
     if opts.id_dtype == "int32" and max(table_rows) > np.iinfo(np.int32).max:
         raise ValueError(f"a table has {max(table_rows)} rows, too many for --id-dtype int32; use int64")
 
@@ -303,10 +314,13 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp) -> d
         "table_rows": table_rows,
         "days": _day_rows(opts, sources, num_rows),
         "files": files,
+        # the vocabulary in vocab/ (vocab/vocab.json describes it too); None when hashing
+        "vocabulary": {"dir": VOCAB_DIR, **vocab_info} if vocab_info is not None else None,
         "options": {
             "ids": "hash" if opts.hash_rows is not None else "vocabulary",
             "hash_rows": opts.hash_rows,
-            "min_freq": opts.min_freq,
+            "min_freq": vocab.min_freq if vocab is not None else None,
+            "vocab_from": str(Path(opts.vocab).resolve()) if opts.vocab is not None else None,
             "id_dtype": opts.id_dtype,
             "label_dtype": opts.label_dtype,
             "skip_bad_lines": opts.skip_bad_lines,
@@ -331,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--out", required=True, help="output directory (created; must not exist unless --overwrite)")
     ids = pre.add_mutually_exclusive_group(required=True)
     ids.add_argument("--hash-rows", type=_int_list, help="hash ids into N rows per table (or 26 comma-separated sizes)")
-    ids.add_argument("--min-freq", type=int, help="vocabulary of values seen >= T times; the rest share row 0")
+    ids.add_argument("--min-freq", type=int, help="vocabulary of values seen >= T times; the rest share row 0 "
+                     "(saved in OUT/vocab)")
+    ids.add_argument("--vocab", metavar="DIR_OR_DATASET", help="map through the vocabulary saved by an earlier "
+                     "--min-freq run (its dataset directory or vocab/ directory); unknown values share row 0")
     pre.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines (counted in meta.json)")
     pre.add_argument("--chunk-rows", type=int, default=PreprocessOptions.chunk_rows, help="lines parsed at once")
     pre.add_argument("--id-dtype", choices=["int32", "int64"], default="int32")
@@ -342,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--cupy", action="store_true", help="do the array work on the GPU with cupy")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
-    opts = PreprocessOptions(hash_rows=args.hash_rows, min_freq=args.min_freq, skip_bad_lines=args.skip_bad_lines,
+    opts = PreprocessOptions(hash_rows=args.hash_rows, min_freq=args.min_freq, vocab=args.vocab,
+                             skip_bad_lines=args.skip_bad_lines,
                              chunk_rows=args.chunk_rows, id_dtype=args.id_dtype, label_dtype=args.label_dtype,
                              days=args.days, files_are_days=args.files_are_days, use_cupy=args.cupy, overwrite=args.overwrite)
     try:

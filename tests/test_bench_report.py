@@ -3,6 +3,7 @@
 import json
 
 from bench import e2e, report
+from pipeline.metrics import STAGES
 
 
 def test_e2e_then_report(tmp_path):
@@ -16,5 +17,20 @@ def test_e2e_then_report(tmp_path):
     report.main([str(tmp_path), "--alltoall-jsonl", str(alltoall)])
     table = (tmp_path / "report.md").read_text()
     assert "| tiny_w1 | cpu | 1 |" in table
+    assert "| run | " + " | ".join(STAGES) + " |" in table
+    stage_ms = result["summary"]["stage_ms"]
+    assert set(stage_ms) == set(STAGES) and all(v >= 0 for v in stage_ms.values())
+    assert f"| tiny_w1 | {stage_ms['data_wait']:.2f} | {stage_ms['h2d']:.2f} | {stage_ms['input_dist']:.2f} |" in table
+
+    # a W=2 result (the W=1 run relabelled) is projected stage by stage from the W=1 run
+    w2 = {**result, "name": "tiny_w2", "world_size": 2,
+          "summary": {**result["summary"], "exchange_bytes_per_rank": 3e6, "allreduce_bytes": 1e6}}
+    (tmp_path / "e2e_tiny_w2.json").write_text(json.dumps(w2))
+    report.main([str(tmp_path), "--alltoall-jsonl", str(alltoall)])
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| tiny_w2 projected"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells[: len(STAGES)] == [f"{stage_ms[k] / 2:.2f}" for k in STAGES]
+    # all-to-all 3e6 B * 1/2 / 1 GB/s = 1.5 ms; all-reduce 2 * 1/2 * 1e6 B / 1 GB/s = 1 ms
+    assert cells[len(STAGES) : len(STAGES) + 2] == ["1.50", "1.00"]
     for png in ("throughput.png", "stages.png", "mfu.png"):
         assert (tmp_path / png).stat().st_size > 1000

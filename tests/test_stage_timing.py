@@ -1,0 +1,81 @@
+"""Per-stage step timing: StageTimer nesting and where the embedding collection's stages start and stop."""
+
+import time
+
+import pytest
+import torch
+
+import embedding.sharded
+from embedding import EmbeddingCollection, SparseOptimizerConfig
+from pipeline.batch import KeyedJagged
+from pipeline.metrics import EXCHANGE_STAGES, STAGES, StageTimer
+from tests.test_embedding_collection import BATCHES, TABLES
+
+
+def test_nested_stage_reported_without_its_inner_stages():
+    timer = StageTimer(torch.device("cpu"))
+    timer.add("dense_bwd", 10.0)  # measured around grad_dist and sparse_update
+    timer.add("grad_dist", 3.0)
+    timer.add("sparse_update", 2.0)
+    timer.add("dense_fwd", 4.0)
+    assert timer.collect() == {"dense_bwd": 5.0, "grad_dist": 3.0, "sparse_update": 2.0, "dense_fwd": 4.0}
+    assert timer.collect() == {}  # collect resets
+    assert set(EXCHANGE_STAGES) < set(STAGES)
+
+
+def _slowed(fn, seconds):
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def test_collection_attributes_each_phase_to_its_stage(monkeypatch):
+    # each phase's kernel made slower by its own amount: the time must show up in that phase's stage only
+    delays = {"unique_partition": ("input_dist", 0.05), "lookup": ("lookup", 0.10), "gather_pool": ("output_dist", 0.15),
+              "pool_backward": ("grad_dist", 0.20), "sparse_update": ("sparse_update", 0.25)}
+    for kernel, (_, seconds) in delays.items():
+        monkeypatch.setattr(embedding.sharded, kernel, _slowed(getattr(embedding.sharded, kernel), seconds))
+    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
+    untimed = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
+    timer = StageTimer(torch.device("cpu"))
+    ec.timer = timer
+    kjt = KeyedJagged.from_lists(BATCHES[0])
+
+    with torch.no_grad():
+        ec(kjt)  # evaluation is not timed
+    assert timer.collect() == {}
+
+    sd = ec.input_dist(kjt)  # as the train pipeline calls it, a batch ahead
+    pooled = ec(sd)
+    with timer.stage("dense_bwd"):
+        pooled.sum().backward()
+    stages = timer.collect()
+    assert set(stages) == {"input_dist", "lookup", "output_dist", "grad_dist", "sparse_update", "dense_bwd"}
+    for stage, seconds in delays.values():
+        assert seconds * 1e3 <= stages[stage] < seconds * 1e3 + 45, (stage, stages)
+    assert 0 <= stages["dense_bwd"] < 45  # backward minus the sparse stages
+
+    untimed(kjt).sum().backward()
+    assert torch.equal(ec.weight, untimed.weight)  # timing changes nothing
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_train_run_records_every_stage(tmp_path, pipelined):
+    import json
+
+    import train
+
+    summary = train.main(["--config", "configs/tiny.toml", "--run.dir", str(tmp_path), "--train.steps", "12",
+                          "--train.warmup_steps", "3", "--run.log_every", "5", "--eval.samples", "512",
+                          "--train.pipelined", str(pipelined).lower()])
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    for stage_ms, step_ms in [(line["stage_ms"], line["step_ms"]) for line in lines] + \
+            [(summary["stage_ms"], 1e3 * summary["global_batch_size"] / summary["samples_per_sec"])]:
+        assert list(stage_ms) == list(STAGES)
+        assert all(stage_ms[k] > 0 for k in STAGES if k not in ("data_wait", "h2d")), stage_ms
+        assert stage_ms["h2d"] == 0.0  # no copy on CPU
+        # the stages do not overlap: together at most the step (wall clock on CPU; how much of the step they
+        # cover depends on the machine's load, see bench/results/e2e_cpu/report.md for a measurement)
+        assert sum(stage_ms.values()) <= step_ms, (stage_ms, step_ms)
+    assert lines[-1]["data_wait_pct"] == pytest.approx(100 * lines[-1]["stage_ms"]["data_wait"] / lines[-1]["step_ms"])
