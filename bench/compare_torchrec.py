@@ -6,7 +6,7 @@
     python bench/compare_torchrec.py --world-sizes 1,2,4 --out /tmp/cmp.json -- --train.steps 100
 
 Arguments after ``--`` are RecFuse config overrides, applied to both systems. Per world size, one
-group of processes first runs ``train.run`` (RecFuse), then the same training with TorchRec:
+group of spawned processes runs ``train.run`` (RecFuse) and the same training with TorchRec:
 
 - same tables (rows, dim, features, pooling) in an EmbeddingBagCollection, same dense network
   (``models.build_model``, same seed), same initial table rows (RecFuse's are copied into TorchRec's
@@ -23,7 +23,7 @@ group of processes first runs ``train.run`` (RecFuse), then the same training wi
   there its planner picks among table/column-wise); "planner" lets TorchRec's planner choose;
 - TorchRec steps through its TrainPipelineSparseDist (next batch's input_dist overlapped, as RecFuse's
   pipeline does); samples/s counts the steps after train.warmup_steps for both, wall clock, CUDA
-  synchronized.
+  synchronized. Every repeat runs in freshly spawned processes, the two systems in alternating order.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 import train  # noqa: E402
 from bench._common import git_commit  # noqa: E402
 from config import Config, load_config  # noqa: E402
-from embedding import EmbeddingCollection, SparseOptimizerConfig, resolve_tables  # noqa: E402
+from embedding import EmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables  # noqa: E402
 from models import build_model  # noqa: E402
 from pipeline.metrics import write_json_atomic  # noqa: E402
 
@@ -286,9 +286,40 @@ class Options:
     device: str = "cpu"  # "cpu" (gloo) or "cuda" (nccl)
     plan: str = "mirror"  # TorchRec sharding: "mirror" RecFuse's placements, or "planner"
     pipelined: bool = True  # TorchRec through TrainPipelineSparseDist
-    repeats: int = 1  # alternating runs of each system; samples/s is their median
+    repeats: int = 1  # runs of each system, each in fresh processes; samples/s is their median
     threads: int = 1  # torch threads per rank
-    ports: tuple[int, ...] = ()  # one process-group port per run
+    ports: tuple[int, int] = (0, 0)  # process-group ports of the RecFuse and the TorchRec run
+
+
+def recfuse_placements(cfg: Config, world_size: int) -> dict[str, str]:
+    """{table: placement} of RecFuse's planner, with train.build's arguments."""
+    e = cfg.embedding
+    plan = plan_sharding(resolve_tables(e), world_size, storage_dtype=e.storage_dtype, optimizer=cfg.optimizer.sparse,
+                         default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,
+                         memory_budget_bytes=e.memory_budget_bytes)
+    return {name: p.placement for name, p in plan.placements.items()}
+
+
+def worker(rank: int, world_size: int, cfg: Config, opts: Options, repeat: int, out_dir: str) -> None:
+    """One run of each system on this rank (spawned); rank 0 saves both results."""
+    quiet_torchrec()
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(opts.ports[0]),  # train.run's env:// rendezvous
+                       "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(opts.threads)
+    device = torch.device("cuda", rank) if opts.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cfg = copy.deepcopy(cfg)
+    cfg.run.device = device.type
+    runs = {}
+    for system in ("recfuse", "torchrec") if repeat % 2 == 0 else ("torchrec", "recfuse"):  # no order bias
+        if system == "recfuse":
+            runs[system] = run_recfuse(cfg, os.path.join(out_dir, f"recfuse_{repeat}"))
+        else:
+            runs[system] = run_torchrec(cfg, recfuse_placements(cfg, world_size), rank, world_size, device,
+                                        opts.ports[1], opts.plan, opts.pipelined)
+    if rank == 0:
+        torch.save(runs, os.path.join(out_dir, f"run_{repeat}.pt"))
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -297,54 +328,23 @@ def summarize(runs: list[dict]) -> dict:
             "samples_per_sec_runs": [r["samples_per_sec"] for r in runs]}
 
 
-def worker(rank: int, world_size: int, cfg: Config, opts: Options, out_dir: str) -> dict | None:
-    """Both systems, alternating, on this rank. Rank 0 returns (and saves) the results."""
-    quiet_torchrec()
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "LOCAL_RANK": str(rank)})
-    torch.set_num_threads(opts.threads)
-    device = torch.device("cuda", rank) if opts.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    cfg = copy.deepcopy(cfg)
-    cfg.run.device = device.type
-    recfuse, torchrec = [], []
-    for i in range(opts.repeats):
-        os.environ["MASTER_PORT"] = str(opts.ports[2 * i])  # train.run rendezvous (env://)
-        recfuse.append(run_recfuse(cfg, os.path.join(out_dir, f"recfuse_{i}")))
-        torchrec.append(run_torchrec(cfg, recfuse[0]["plan"], rank, world_size, device, opts.ports[2 * i + 1], opts.plan,
-                                     opts.pipelined))
-    if rank != 0:
-        return None
-    recfuse, torchrec = summarize(recfuse), summarize(torchrec)
-    result = {"world_size": world_size, "threads_per_rank": opts.threads, "recfuse": recfuse, "torchrec": torchrec,
-              "ratio_recfuse_over_torchrec": recfuse["samples_per_sec"] / torchrec["samples_per_sec"]}
-    torch.save(result, os.path.join(out_dir, "result.pt"))
-    return result
-
-
-def _spawned(rank, world_size, cfg, opts, out_dir):
-    worker(rank, world_size, cfg, opts, out_dir)
-
-
 def compare(cfg: Config, world_size: int, opts: Options | None = None) -> dict:
-    """Run both systems at one world size; returns rank 0's result. W = 1 runs in this process."""
+    """Both systems at one world size, each repeat in a fresh group of spawned processes."""
+    import torch.multiprocessing as mp
     if cfg.data.path:
         raise ValueError(f"data.path={cfg.data.path!r}: the TorchRec comparison runs on synthetic data only (drop data.path)")
     opts = copy.copy(opts or Options())
     # all cores split over the ranks (torchrun's OMP_NUM_THREADS=1 on 2 cores at W=2), the same for both systems
     opts.threads = max(1, (os.cpu_count() or 1) // world_size) if opts.device == "cpu" else 1
-    opts.ports = tuple(free_port() for _ in range(2 * opts.repeats))
+    runs = []
     with tempfile.TemporaryDirectory() as out_dir:
-        if world_size == 1:
-            threads_before = torch.get_num_threads()
-            try:
-                return worker(0, 1, cfg, opts, out_dir)
-            finally:
-                torch.set_num_threads(threads_before)
-        import torch.multiprocessing as mp
-        mp.spawn(_spawned, args=(world_size, cfg, opts, out_dir), nprocs=world_size, join=True)
-        return torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)
+        for repeat in range(opts.repeats):
+            opts.ports = (free_port(), free_port())
+            mp.spawn(worker, args=(world_size, cfg, opts, repeat, out_dir), nprocs=world_size, join=True)
+            runs.append(torch.load(os.path.join(out_dir, f"run_{repeat}.pt"), weights_only=False))
+    recfuse, torchrec = summarize([r["recfuse"] for r in runs]), summarize([r["torchrec"] for r in runs])
+    return {"world_size": world_size, "threads_per_rank": opts.threads, "recfuse": recfuse, "torchrec": torchrec,
+            "ratio_recfuse_over_torchrec": recfuse["samples_per_sec"] / torchrec["samples_per_sec"]}
 
 
 # ---- report -----------------------------------------------------------------------------------------------
