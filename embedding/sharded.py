@@ -265,7 +265,8 @@ class ShardedEmbeddingCollection(nn.Module):
             self.freq.index_add_(0, rows, counts)
             self.last_step[rows] = self.num_updates
             o = self.optimizer
-            sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2)
+            sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2,
+                          rows_unique=True)  # merged across senders in _gradients_to_owners
         self.last_exchange_bytes = self._exchange_bytes(sd)
         self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
 

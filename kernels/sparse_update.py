@@ -42,10 +42,11 @@ def merge_duplicates(rows: torch.Tensor, grads: torch.Tensor):
     return unique_rows, merged
 
 
-def sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps=1e-8, beta1=0.9, beta2=0.999):
+def sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps=1e-8, beta1=0.9, beta2=0.999,
+                            rows_unique=False):
     if rows.numel() == 0:
         return
-    rows, g = merge_duplicates(rows, grads)
+    rows, g = (rows, grads.float()) if rows_unique else merge_duplicates(rows, grads)
     w = weight.index_select(0, rows).float()
     if optimizer == "sgd":
         w -= lr * g
@@ -71,7 +72,7 @@ def sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps=1e-8,
 
 def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
                   state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
-                  beta1: float = 0.9, beta2: float = 0.999) -> None:
+                  beta1: float = 0.9, beta2: float = 0.999, rows_unique: bool = False) -> None:
     """Apply one optimizer step to the touched rows of weight, in place.
 
     Args:
@@ -81,8 +82,10 @@ def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
         state: tensors from init_sparse_state, updated in place.
         optimizer: one of SPARSE_OPTIMIZERS.
         lr, eps, beta1, beta2: hyper-parameters (beta* for adam only).
+        rows_unique: the caller guarantees no duplicate rows (the sharded backward merges across
+            senders already), so the dedup + merge pass is skipped.
     """
     if use_triton(weight):
         from kernels.triton_sparse_update import sparse_update_triton
-        return sparse_update_triton(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2)
-    return sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2)
+        return sparse_update_triton(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)
+    return sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)

@@ -121,7 +121,7 @@ def _check_state(state, optimizer, weight):
 
 def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
                          state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
-                         beta1: float = 0.9, beta2: float = 0.999) -> None:
+                         beta1: float = 0.9, beta2: float = 0.999, rows_unique: bool = False) -> None:
     """Same contract as kernels.sparse_update.sparse_update (in place)."""
     if optimizer not in _OPTIMIZER_ID:
         raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
@@ -142,18 +142,19 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
         return
 
     device = weight.device
-    one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
-    unique_rows, _, inverse = unique_partition_triton(
-        rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1)
-    num_unique = unique_rows.numel()
-
     block_d = triton.next_power_of_2(dim)
-    grads = grads.contiguous()
-    merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
-    merge_d = min(block_d, 128)
-    merge_k = max(1, _MAX_BLOCK_ELEMS // merge_d)
-    _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, merge_d))](
-        grads, inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=merge_d)
+    if rows_unique:
+        unique_rows, merged, num_unique = rows, grads.float().contiguous(), rows.numel()
+    else:
+        one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
+        unique_rows, _, inverse = unique_partition_triton(
+            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1)
+        num_unique = unique_rows.numel()
+        merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
+        merge_d = min(block_d, 128)
+        merge_k = max(1, _MAX_BLOCK_ELEMS // merge_d)
+        _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, merge_d))](
+            grads.contiguous(), inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=merge_d)
 
     block_r = max(1, _MAX_BLOCK_ELEMS // block_d)
     m1 = state.get("momentum1", weight)

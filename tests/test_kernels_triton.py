@@ -6,6 +6,7 @@ program instance is executed in Python. The launchers are called directly so tha
 dispatch flag RECFUSE_FORCE_TRITON is only set inside the one test that checks dispatch.
 """
 
+import functools
 import os
 
 import torch
@@ -196,7 +197,7 @@ def test_gather_pool_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 # sparse_update
 
-ROW_PATTERNS = {"duplicates": [3, 3, 0, 9, 3, 5], "one": [4], "empty": []}
+ROW_PATTERNS = {"duplicates": [3, 3, 0, 9, 3, 5], "one": [4], "empty": [], "unique": [7, 0, 9, 2]}
 
 
 def run_sparse_update(update, optimizer, dim, dtype, pattern, device="cpu"):
@@ -229,6 +230,18 @@ def test_sparse_update(optimizer, dim, dtype, pattern):
     got = run_sparse_update(sparse_update_triton, optimizer, dim, dtype, pattern)
     want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, pattern)
     assert_same_update(got, want, dtype)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [1, 5, 32])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+def test_sparse_update_rows_unique_skips_the_merge(optimizer, dim, dtype):
+    """rows_unique=True on rows without duplicates: the same update as the merging path, both kernels."""
+    want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, "unique")
+    for update in (sparse_update_reference, sparse_update_triton):
+        unique_update = functools.partial(update, rows_unique=True)
+        assert_same_update(run_sparse_update(unique_update, optimizer, dim, dtype, "unique"), want, dtype)
 
 
 @needs_interpreter
