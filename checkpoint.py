@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -411,7 +412,9 @@ def inject_fault(cfg: Config, rank: int, step: int) -> None:
         print(f"rank {rank}: injected failure at step {step} (train.fail_at_step)", flush=True)
         os._exit(1)
     if t.hang_at_step == step and t.hang_rank == rank:
-        print(f"rank {rank}: injected hang at step {step} (train.hang_at_step), pid {os.getpid()}", flush=True)
+        # one write with its newline: other ranks' lines share the pipe
+        sys.stdout.write(f"rank {rank}: injected hang at step {step} (train.hang_at_step), pid {os.getpid()}\n")
+        sys.stdout.flush()
         time.sleep(max(100 * t.timeout_s, 600))
         os._exit(1)
 
