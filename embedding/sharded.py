@@ -177,6 +177,10 @@ class ShardedEmbeddingCollection(nn.Module):
         """The batch with every table's out-of-range policy applied: ids >= rows of a "modulo" table become
         id % rows. Raises ValueError naming feature, table, sample and id of the first id still out of range
         (any id of an "error" table outside [0, rows), any negative id). One host sync, as without modulo."""
+        return self._checked_ids(kjt)[0]
+
+    def _checked_ids(self, kjt):
+        """(check_ids(kjt), table index of every value): input_dist reuses the latter for the key offsets."""
         missing = [f for f in self.features if f not in kjt.keys]
         if missing:
             raise ValueError(f"batch is missing feature(s) {missing} (tables' features: {self.features})")
@@ -201,7 +205,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 raise ValueError(f"{where} has negative id {int(values[i])} (an error under every out_of_range policy)")
             raise ValueError(f"{where} has id {int(values[i])} outside [0, {table.num_embeddings}) "
                              f"(out_of_range={table.out_of_range!r}; 'modulo' would map it to id % rows)")
-        return kjt if values is kjt.values else dataclasses.replace(kjt, values=values)
+        return (kjt if values is kjt.values else dataclasses.replace(kjt, values=values)), value_table
 
     def _stage(self, name: str, training: bool = True):
         """The timer's stage ``name`` while timing a training step, else a no-op."""
@@ -222,10 +226,8 @@ class ShardedEmbeddingCollection(nn.Module):
             return self._input_dist(kjt)
 
     def _input_dist(self, kjt) -> SparseDist:
-        kjt = self.check_ids(kjt)
-        lengths = kjt.offsets[1:] - kjt.offsets[:-1]
-        bag_offset = self.table_offsets[self.feature_table].repeat_interleave(kjt.batch_size)
-        keys = kjt.values + bag_offset.repeat_interleave(lengths, output_size=kjt.values.numel())  # no host sync
+        kjt, value_table = self._checked_ids(kjt)
+        keys = kjt.values + self.table_offsets[value_table]  # fused key space: table offset + row
         unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size)
         recv_counts = self.exchange.exchange_counts(send_counts.cpu() if not self.exchange.distributed else send_counts)
         send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
