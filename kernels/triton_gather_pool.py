@@ -10,8 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_common import check_bags, column_block, column_mask, row_align
 
-@triton.jit
+# sizes that change per batch or per model are not value-specialized (kernels/triton_common.py)
+ROW_SIZES = ["weight_stride", "num_rows", "dim", "batch_size", "num_features"]
+
+
+@triton.jit(do_not_specialize=ROW_SIZES)
 def _lookup_kernel(
     weight_ptr,      # [R, D] storage, any float dtype, rows strided by weight_stride
     weight_stride,   # elements between consecutive rows of weight
@@ -20,20 +25,23 @@ def _lookup_kernel(
     num_rows,        # K
     dim,             # D
     BLOCK_K: tl.constexpr,  # rows per program
-    BLOCK_D: tl.constexpr,  # columns per program
+    BLOCK_D: tl.constexpr,  # columns per program (one of BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D and weight_stride (row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
     k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     k_mask = k < num_rows
-    mask = k_mask[:, None] & (d < dim)[None, :]
+    mask = k_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
     row = tl.load(rows_ptr + k, mask=k_mask, other=0)
-    x = tl.load(weight_ptr + row[:, None] * weight_stride + d[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + k[:, None] * dim + d[None, :], x.to(tl.float32), mask=mask)
+    src = tl.multiple_of(row * weight_stride, ALIGN)
+    x = tl.load(weight_ptr + src[:, None] + d[None, :], mask=mask, other=0.0)
+    dst = tl.multiple_of(k * dim, ALIGN)
+    tl.store(out_ptr + dst[:, None] + d[None, :], x.to(tl.float32), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=ROW_SIZES)
 def _gather_pool_kernel(
     rows_ptr,      # [U, D] one row per unique key, any float dtype, contiguous
     inverse_ptr,   # int64 [N] row of each value; values are grouped by bag, bags feature-major
@@ -44,14 +52,15 @@ def _gather_pool_kernel(
     num_features,  # F
     dim,           # D
     BLOCK_V: tl.constexpr,  # values gathered per step: several row loads in flight at once
-    BLOCK_D: tl.constexpr,  # columns per program
+    BLOCK_D: tl.constexpr,  # columns per program (one of BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (row_align)
 ):
     bag = tl.program_id(0)
     pid_d = tl.program_id(1)
     f = bag // batch_size
     b = bag % batch_size
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < dim
+    d_mask = column_mask(d, dim, ALIGN)
     start = tl.load(offsets_ptr + bag)
     end = tl.load(offsets_ptr + bag + 1)
 
@@ -60,19 +69,16 @@ def _gather_pool_kernel(
         v = v0 + tl.arange(0, BLOCK_V)
         v_mask = v < end
         idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
-        x = tl.load(rows_ptr + idx[:, None] * dim + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+        src = tl.multiple_of(idx * dim, ALIGN)
+        x = tl.load(rows_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32), axis=0)
 
     length = end - start
     is_mean = tl.load(mean_ptr + f) != 0
     # empty bags stay zero whatever the pooling: acc is 0 and the scale stays 1
     scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
-    out_row = b.to(tl.int64) * num_features + f
-    tl.store(out_ptr + out_row * dim + d, acc * scale, mask=d_mask)
-
-
-def _block_d(dim: int) -> int:
-    return min(triton.next_power_of_2(max(dim, 1)), 128)
+    dst = tl.multiple_of((b.to(tl.int64) * num_features + f) * dim, ALIGN)
+    tl.store(out_ptr + dst + d, acc * scale, mask=d_mask)
 
 
 def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -90,26 +96,12 @@ def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if num_rows == 0 or dim == 0:
         return out
     rows = rows.contiguous()
-    block_d = _block_d(dim)
+    block_d = column_block(dim)
     block_k = max(1, 4096 // block_d)
     grid = (triton.cdiv(num_rows, block_k), triton.cdiv(dim, block_d))
-    _lookup_kernel[grid](weight, weight.stride(0), rows, out, num_rows, dim, BLOCK_K=block_k, BLOCK_D=block_d)
+    _lookup_kernel[grid](weight, weight.stride(0), rows, out, num_rows, dim, BLOCK_K=block_k, BLOCK_D=block_d,
+                         ALIGN=row_align(dim, weight.stride(0)))
     return out
-
-
-def check_bags(inverse, offsets, batch_size, feature_mean, device):
-    """Shared argument checks of gather_pool / pool_backward; returns feature_mean as int32."""
-    if inverse.dim() != 1 or inverse.dtype != torch.int64:
-        raise ValueError(f"inverse must be 1-D int64, got {inverse.dtype} {tuple(inverse.shape)}")
-    if offsets.dim() != 1 or offsets.dtype != torch.int64:
-        raise ValueError(f"offsets must be 1-D int64, got {offsets.dtype} {tuple(offsets.shape)}")
-    num_features = feature_mean.numel()
-    if offsets.numel() != num_features * batch_size + 1:
-        raise ValueError(f"offsets has {offsets.numel()} entries, expected F*B+1 = {num_features * batch_size + 1}")
-    for name, t in (("inverse", inverse), ("offsets", offsets), ("feature_mean", feature_mean)):
-        if t.device != device:
-            raise ValueError(f"{name} on {t.device}, expected {device}")
-    return feature_mean.to(torch.int32).contiguous()
 
 
 def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor, batch_size: int,
@@ -123,10 +115,27 @@ def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch
     num_bags = num_features * batch_size
     if num_bags == 0 or dim == 0:
         return out
-    block_d = _block_d(dim)
+    block_d = column_block(dim)
     grid = (num_bags, triton.cdiv(dim, block_d))
     _gather_pool_kernel[grid](
         rows.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out, batch_size, num_features, dim,
-        BLOCK_V=16, BLOCK_D=block_d,
+        BLOCK_V=16, BLOCK_D=block_d, ALIGN=row_align(dim),
     )
     return out
+
+
+# dims that reach every (BLOCK_D, ALIGN) class of the launchers: <= 32 and wider, multiples of 8 and not
+COMPILE_DIMS = (3, 16, 100, 128)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compile_cases():
+    """Calls covering every specialization these launchers make (kernels.compile_check compiles them)."""
+    offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
+    inverse = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
+    mean = torch.tensor([True, False])
+    for dtype in FLOAT_DTYPES:
+        for dim in COMPILE_DIMS:
+            weight = torch.zeros(7, dim, dtype=dtype)
+            yield lambda w=weight: lookup_triton(w, inverse)
+            yield lambda w=weight: gather_pool_triton(w[:5], inverse, offsets, 2, mean)

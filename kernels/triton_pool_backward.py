@@ -13,10 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_gather_pool import _block_d, check_bags
+from kernels.triton_common import check_bags, column_block, column_mask, row_align
+from kernels.triton_gather_pool import ROW_SIZES
 
 
-@triton.jit
+@triton.jit(do_not_specialize=ROW_SIZES)
 def _pool_backward_kernel(
     grad_ptr,      # [B, F, D] gradient of the pooled output, any float dtype, contiguous
     inverse_ptr,   # int64 [N] unique row of each value; values grouped by bag, bags feature-major
@@ -27,21 +28,22 @@ def _pool_backward_kernel(
     num_features,  # F
     dim,           # D
     BLOCK_V: tl.constexpr,  # values scattered per step
-    BLOCK_D: tl.constexpr,  # columns per program
+    BLOCK_D: tl.constexpr,  # columns per program (one of triton_gather_pool.BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (row_align)
 ):
     bag = tl.program_id(0)
     pid_d = tl.program_id(1)
     f = bag // batch_size
     b = bag % batch_size
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < dim
+    d_mask = column_mask(d, dim, ALIGN)
     start = tl.load(offsets_ptr + bag)
     end = tl.load(offsets_ptr + bag + 1)
     length = end - start
     is_mean = tl.load(mean_ptr + f) != 0
     scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
     grad_row = b.to(tl.int64) * num_features + f
-    g = tl.load(grad_ptr + grad_row * dim + d, mask=d_mask, other=0.0).to(tl.float32) * scale
+    g = tl.load(grad_ptr + tl.multiple_of(grad_row * dim, ALIGN) + d, mask=d_mask, other=0.0).to(tl.float32) * scale
 
     for v0 in range(start, end, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
@@ -49,7 +51,8 @@ def _pool_backward_kernel(
         idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
         # a key repeated inside one bag hits the same address twice in this call: atomics
         # serialize those, a plain store would drop one
-        tl.atomic_add(out_ptr + idx[:, None] * dim + d[None, :], tl.broadcast_to(g[None, :], (BLOCK_V, BLOCK_D)),
+        dst = tl.multiple_of(idx * dim, ALIGN)
+        tl.atomic_add(out_ptr + dst[:, None] + d[None, :], tl.broadcast_to(g[None, :], (BLOCK_V, BLOCK_D)),
                       mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
 
 
@@ -67,10 +70,22 @@ def pool_backward_triton(grad_pooled: torch.Tensor, inverse: torch.Tensor, offse
     num_bags = num_features * batch_size
     if num_bags == 0 or dim == 0 or num_unique == 0:
         return out
-    block_d = _block_d(dim)
+    block_d = column_block(dim)
     grid = (num_bags, triton.cdiv(dim, block_d))
     _pool_backward_kernel[grid](
         grad_pooled.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out,
-        batch_size, num_features, dim, BLOCK_V=16, BLOCK_D=block_d,
+        batch_size, num_features, dim, BLOCK_V=16, BLOCK_D=block_d, ALIGN=row_align(dim),
     )
     return out
+
+
+def compile_cases():
+    """Calls covering every specialization this launcher makes (kernels.compile_check compiles them)."""
+    from kernels.triton_gather_pool import COMPILE_DIMS
+
+    offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
+    inverse = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
+    mean = torch.tensor([True, False])
+    for dtype in (torch.float32, torch.bfloat16):
+        for dim in COMPILE_DIMS:
+            yield lambda d=dim, t=dtype: pool_backward_triton(torch.zeros(2, 2, d, dtype=t), inverse, offsets, mean, 5)

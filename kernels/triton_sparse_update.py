@@ -5,11 +5,14 @@
 2. ``_merge_kernel`` sums the gradients of duplicate rows into grad_unique [U, D] with fp32
    atomics (order-dependent to fp32 round-off only).
 3. ``_update_kernel`` applies SGD / row-wise Adagrad / lazy Adam to each unique row exactly
-   once: read weight row + state, fp32 math, write back in the storage dtype. One block
-   covers the whole row (BLOCK_D = next_power_of_2(D)) because row-wise Adagrad needs
-   mean_d(g^2) before it can touch any column.
+   once: read weight row + state, fp32 math, write back in the storage dtype. Rows are walked
+   in BLOCK_D-column chunks; row-wise Adagrad first sums g^2 over the whole row (its mean
+   scales every column), then updates.
 
 Math and state layout follow kernels.sparse_update (FBGEMM's fused table-batched embedding).
+The optimizer is a runtime argument, not a constexpr: one compiled variant serves all three
+(the branch is uniform per program and the kernel is memory-bound), which keeps the number of
+variants kernels.compile_check must build small.
 """
 
 import math
@@ -18,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_common import column_block, column_mask, row_align
 from kernels.triton_unique_partition import unique_partition_triton
 
 _OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
@@ -25,7 +29,7 @@ _OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
 _MAX_BLOCK_ELEMS = 4096
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_grads", "dim"])
 def _merge_kernel(
     grads_ptr,      # float [K, D] gradient per touched row (duplicates included), contiguous
     inverse_ptr,    # int64 [K] unique index of each touched row
@@ -33,20 +37,23 @@ def _merge_kernel(
     num_grads,      # K
     dim,            # D
     BLOCK_K: tl.constexpr,  # gradient rows per program
-    BLOCK_D: tl.constexpr,  # columns per program
+    BLOCK_D: tl.constexpr,  # columns per program (one of triton_gather_pool.BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (triton_gather_pool.row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
     k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     k_mask = k < num_grads
-    mask = k_mask[:, None] & (d < dim)[None, :]
+    mask = k_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
     idx = tl.load(inverse_ptr + k, mask=k_mask, other=0)
-    g = tl.load(grads_ptr + k[:, None] * dim + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.atomic_add(out_ptr + idx[:, None] * dim + d[None, :], g, mask=mask, sem="relaxed")
+    src = tl.multiple_of(k * dim, ALIGN)
+    g = tl.load(grads_ptr + src[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    dst = tl.multiple_of(idx * dim, ALIGN)
+    tl.atomic_add(out_ptr + dst[:, None] + d[None, :], g, mask=mask, sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["weight_stride", "num_unique", "dim", "optimizer"])
 def _update_kernel(
     weight_ptr,      # [R, D] storage (fp32 / bf16 / fp16), updated in place
     weight_stride,   # elements between consecutive rows of weight
@@ -57,6 +64,7 @@ def _update_kernel(
     steps_ptr,       # adam: int64 [R] per-row step count (unused otherwise)
     num_unique,      # U
     dim,             # D
+    optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam (_OPTIMIZER_ID)
     lr,              # learning rate
     eps,             # denominator epsilon
     beta1,           # adam first-moment decay
@@ -65,41 +73,57 @@ def _update_kernel(
     one_minus_beta2,  # 1 - beta2, same
     log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
     log2_beta2,      # log2(beta2), same
-    OPTIMIZER: tl.constexpr,  # 0 sgd, 1 row-wise adagrad, 2 lazy adam
     BLOCK_R: tl.constexpr,    # unique rows per program
-    BLOCK_D: tl.constexpr,    # >= D: the whole row in one block
+    BLOCK_D: tl.constexpr,    # columns per step along the row (one of triton_gather_pool.BLOCK_DS)
+    ALIGN: tl.constexpr,      # divides D and weight_stride (triton_gather_pool.row_align)
 ):
     pid = tl.program_id(0)
     u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    d = tl.arange(0, BLOCK_D)
     u_mask = u < num_unique
-    d_mask = d < dim
-    mask = u_mask[:, None] & d_mask[None, :]
     row = tl.load(rows_ptr + u, mask=u_mask, other=0)
-    w_ptrs = weight_ptr + row[:, None] * weight_stride + d[None, :]
-    w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_ptr + u[:, None] * dim + d[None, :], mask=mask, other=0.0)
+    w_base = tl.multiple_of(row * weight_stride, ALIGN)  # row offsets in weight, the state and the gradient
+    s_base = tl.multiple_of(row * dim, ALIGN)
+    g_base = tl.multiple_of(u * dim, ALIGN)
 
-    if OPTIMIZER == 0:
-        w = w - lr * g
-    elif OPTIMIZER == 1:
-        # masked columns load as 0, so the sum over BLOCK_D is the sum over D
-        acc = tl.load(m1_ptr + row, mask=u_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+    # per-row factors, computed before any column is written
+    denom = tl.full([BLOCK_R], 1.0, tl.float32)
+    bias1 = tl.full([BLOCK_R], 1.0, tl.float32)
+    bias2 = tl.full([BLOCK_R], 1.0, tl.float32)
+    if optimizer == 1:
+        sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for d0 in range(0, dim, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
+            g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
+            sq += tl.sum(g * g, axis=1)  # masked columns load as 0
+        acc = tl.load(m1_ptr + row, mask=u_mask, other=0.0) + sq / dim
         tl.store(m1_ptr + row, acc, mask=u_mask)
-        w = w - lr * g / (tl.sqrt(acc) + eps)[:, None]
-    else:
+        denom = tl.sqrt(acc) + eps
+    elif optimizer == 2:
         t = tl.load(steps_ptr + row, mask=u_mask, other=0) + 1
         tl.store(steps_ptr + row, t, mask=u_mask)
-        state_off = row[:, None] * dim + d[None, :]
-        m1 = beta1 * tl.load(m1_ptr + state_off, mask=mask, other=0.0) + one_minus_beta1 * g
-        m2 = beta2 * tl.load(m2_ptr + state_off, mask=mask, other=0.0) + one_minus_beta2 * g * g
-        tl.store(m1_ptr + state_off, m1, mask=mask)
-        tl.store(m2_ptr + state_off, m2, mask=mask)
         tf = t.to(tl.float32)
         bias1 = 1.0 - tl.exp2(tf * log2_beta1)
         bias2 = 1.0 - tl.exp2(tf * log2_beta2)
-        w = w - lr * (m1 / bias1[:, None]) / (tl.sqrt(m2 / bias2[:, None]) + eps)
-    tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
+
+    for d0 in range(0, dim, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
+        w_ptrs = weight_ptr + w_base[:, None] + d[None, :]
+        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
+        if optimizer == 0:
+            w = w - lr * g
+        elif optimizer == 1:
+            w = w - lr * g / denom[:, None]
+        else:
+            state_off = s_base[:, None] + d[None, :]
+            m1 = beta1 * tl.load(m1_ptr + state_off, mask=mask, other=0.0) + one_minus_beta1 * g
+            m2 = beta2 * tl.load(m2_ptr + state_off, mask=mask, other=0.0) + one_minus_beta2 * g * g
+            tl.store(m1_ptr + state_off, m1, mask=mask)
+            tl.store(m2_ptr + state_off, m2, mask=mask)
+            w = w - lr * (m1 / bias1[:, None]) / (tl.sqrt(m2 / bias2[:, None]) + eps)
+        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
 
 
 def _check_state(state, optimizer, weight):
@@ -142,7 +166,7 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
         return
 
     device = weight.device
-    block_d = triton.next_power_of_2(dim)
+    block_d = column_block(dim)
     if rows_unique:
         unique_rows, merged, num_unique = rows, grads.float().contiguous(), rows.numel()
     else:
@@ -151,18 +175,38 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
             rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1)
         num_unique = unique_rows.numel()
         merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
-        merge_d = min(block_d, 128)
-        merge_k = max(1, _MAX_BLOCK_ELEMS // merge_d)
-        _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, merge_d))](
-            grads.contiguous(), inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=merge_d)
+        merge_k = _MAX_BLOCK_ELEMS // block_d
+        _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, block_d))](
+            grads.contiguous(), inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=block_d,
+            ALIGN=row_align(dim))
 
-    block_r = max(1, _MAX_BLOCK_ELEMS // block_d)
-    m1 = state.get("momentum1", weight)
-    m2 = state.get("momentum2", weight)
-    steps = state.get("row_steps", weight)
+    block_r = _MAX_BLOCK_ELEMS // block_d
+    # an optimizer without some state still passes tensors of the state's dtypes: the pointer types are
+    # part of the compiled signature, and the same variant then serves every optimizer
+    m1 = state.get("momentum1", rows.new_empty(1, dtype=torch.float32))
+    m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
+    steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
-        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim,
+        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, _OPTIMIZER_ID[optimizer],
         lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2,
         math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
-        OPTIMIZER=_OPTIMIZER_ID[optimizer], BLOCK_R=block_r, BLOCK_D=block_d,
+        BLOCK_R=block_r, BLOCK_D=block_d, ALIGN=row_align(dim, weight.stride(0)),
     )
+
+
+def compile_cases():
+    """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
+    each storage dtype x (BLOCK_D, ALIGN) class, every optimizer, merged or unique rows."""
+    from kernels.sparse_update import init_sparse_state
+
+    dims = (3, 16, 100, 128)  # every (BLOCK_D, ALIGN) class
+    rows = torch.tensor([3, 3, 0, 5], dtype=torch.int64)
+    for optimizer in _OPTIMIZER_ID:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dim in dims:
+                def case(o=optimizer, t=dtype, d=dim):
+                    weight = torch.zeros(8, d, dtype=t)
+                    state = init_sparse_state(o, 8, d, "cpu")
+                    sparse_update_triton(weight, rows, torch.zeros(4, d), state, o, 0.1)
+                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, 0.1, rows_unique=True)
+                yield case

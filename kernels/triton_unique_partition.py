@@ -22,22 +22,27 @@ import torch
 import triton
 import triton.language as tl
 
+# Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
+# does not, so only kernels.compile_check catches it).
 # keys are >= 0, so -1 can never be a real key: it marks an empty slot
-_EMPTY = -1
+_EMPTY = tl.constexpr(-1)
 # compare value for lanes that must not write: no slot ever holds -2, so the CAS is a read
-_NEVER = -2
+_NEVER = tl.constexpr(-2)
 # 2^64 / golden ratio as a signed int64: Fibonacci hashing spreads consecutive ids over the table
-_HASH_MUL = -7046029254386353131
+_HASH_MUL = tl.constexpr(-7046029254386353131)
 _DEFAULT_MAX_PROBES = 64
+# sizes that change from batch to batch are not specialized: Triton would otherwise compile a new
+# variant (about a second, mid-training) whenever one happens to be 1 or a multiple of 16
+_SIZES = ["n_keys", "slot_mask", "num_tables", "world_size", "max_probes", "search_steps"]
 
 
 @triton.jit
-def _owner_of(key, table_offsets, table_owner, num_tables, world_size, SEARCH_STEPS: tl.constexpr):
+def _owner_of(key, table_offsets, table_owner, num_tables, world_size, search_steps):
     # binary search for the last table t with table_offsets[t] <= key (searchsorted right - 1);
-    # SEARCH_STEPS = ceil(log2(T)) + 1 covers every T without a data-dependent loop
+    # search_steps = ceil(log2(T)) + 1 covers every T, the same count for every lane
     lo = tl.zeros_like(key)
     hi = tl.zeros_like(key) + (num_tables - 1)
-    for _ in tl.static_range(SEARCH_STEPS):
+    for _ in range(search_steps):
         mid = (lo + hi + 1) // 2
         start = tl.load(table_offsets + mid)
         ok = start <= key
@@ -49,7 +54,7 @@ def _owner_of(key, table_offsets, table_owner, num_tables, world_size, SEARCH_ST
     return tl.where(owner >= 0, owner, row % world_size)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _insert_kernel(
     keys_ptr,           # int64 [N] keys, all >= 0
     n_keys,             # N
@@ -65,9 +70,9 @@ def _insert_kernel(
     counts_ptr,         # int64 [W] out: unique keys per owner (zeroed by the launcher)
     overflow_ptr,       # int32 [1] out: set to 1 when some key found no slot within max_probes
     max_probes,         # bound on probing rounds
-    BLOCK: tl.constexpr,         # keys per program
-    W_BLOCK: tl.constexpr,       # next power of two >= W, width of the per-owner histogram
-    SEARCH_STEPS: tl.constexpr,  # binary-search steps over the T tables
+    search_steps,       # binary-search steps over the T tables: bit_length(T - 1) + 1
+    BLOCK: tl.constexpr,    # keys per program
+    W_BLOCK: tl.constexpr,  # >= W, width of the per-owner histogram (one of _W_BLOCKS)
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -97,7 +102,7 @@ def _insert_kernel(
     if n_pending > 0:
         tl.store(overflow_ptr, 1)
 
-    owner = _owner_of(key, table_offsets_ptr, table_owner_ptr, num_tables, world_size, SEARCH_STEPS)
+    owner = _owner_of(key, table_offsets_ptr, table_owner_ptr, num_tables, world_size, search_steps)
     # one atomic per (program, owner) instead of one per key: W counters are hot addresses,
     # so ranks inside the block come from a cumsum over a one-hot [BLOCK, W] matrix
     ranks = tl.arange(0, W_BLOCK)
@@ -115,7 +120,7 @@ def _insert_kernel(
     tl.store(slot_of_ptr + offs, tagged, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_keys", "world_size"])
 def _scatter_kernel(
     keys_ptr,        # int64 [N] keys
     n_keys,          # N
@@ -127,7 +132,7 @@ def _scatter_kernel(
     unique_ptr,      # int64 [U] out: unique keys grouped by owner
     inverse_ptr,     # int64 [N] out: position of each key in unique
     BLOCK: tl.constexpr,    # keys per program
-    W_BLOCK: tl.constexpr,  # next power of two >= W
+    W_BLOCK: tl.constexpr,  # >= W (one of _W_BLOCKS)
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -148,6 +153,16 @@ def _scatter_kernel(
     tl.store(unique_ptr + pos, key, mask=valid & first)
 
 
+# histogram widths: a few classes rather than next_power_of_2(W), so few variants get compiled
+_W_BLOCKS = (8, 64, 512, 4096)
+
+
+def _blocks(world_size: int) -> tuple[int, int]:
+    """(W_BLOCK, BLOCK) for W ranks: the [BLOCK, W_BLOCK] one-hot stays at 8K-16K elements in registers."""
+    w_block = next(w for w in _W_BLOCKS if w >= world_size)
+    return w_block, max(4, min(1024, 16384 // w_block))
+
+
 def _check(keys, table_offsets, table_owner, world_size):
     for name, t in (("keys", keys), ("table_offsets", table_offsets), ("table_owner", table_owner)):
         if t.dtype != torch.int64:
@@ -159,8 +174,8 @@ def _check(keys, table_offsets, table_owner, world_size):
     if table_offsets.numel() != table_owner.numel() + 1 or table_owner.numel() == 0:
         raise ValueError(f"need T >= 1 tables and T+1 offsets, got {table_owner.numel()} owners "
                          f"and {table_offsets.numel()} offsets")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 1 <= world_size <= _W_BLOCKS[-1]:
+        raise ValueError(f"world_size must be in [1, {_W_BLOCKS[-1]}], got {world_size}")
     if keys.numel() >= 2**30:
         raise ValueError(f"{keys.numel()} keys exceed the int32 slot indices of this kernel (< 2^30)")
 
@@ -182,9 +197,7 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     table_owner = table_owner.contiguous()
 
     capacity = triton.next_power_of_2(2 * n)
-    w_block = triton.next_power_of_2(world_size)
-    # keep the [BLOCK, W] one-hot in registers for large W
-    block = max(16, min(1024, 16384 // w_block))
+    w_block, block = _blocks(world_size)
     num_tables = table_owner.numel()
     search_steps = max(1, (num_tables - 1).bit_length()) + 1
     grid = (triton.cdiv(n, block),)
@@ -193,14 +206,14 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     slot_rank = torch.empty(capacity, dtype=torch.int32, device=device)
     slot_of = torch.empty(n, dtype=torch.int32, device=device)
     for probes in (max_probes, capacity + 1):
-        slot_keys = torch.full((capacity,), _EMPTY, dtype=torch.int64, device=device)
+        slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
         status = torch.zeros(world_size + 1, dtype=torch.int64, device=device)
         counts = status[:world_size]
         overflow = torch.zeros(1, dtype=torch.int32, device=device)
         _insert_kernel[grid](
             keys, n, slot_keys, capacity - 1, slot_owner, slot_rank, slot_of,
-            table_offsets, table_owner, num_tables, world_size, counts, overflow, probes,
-            BLOCK=block, W_BLOCK=w_block, SEARCH_STEPS=search_steps,
+            table_offsets, table_owner, num_tables, world_size, counts, overflow, probes, search_steps,
+            BLOCK=block, W_BLOCK=w_block,
         )
         # counts and the overflow flag come back in one sync
         status[world_size] = overflow[0].to(torch.int64)
@@ -219,3 +232,19 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
         BLOCK=block, W_BLOCK=w_block,
     )
     return unique, counts, inverse
+
+
+def compile_cases():
+    """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
+    each W_BLOCK class (world sizes up to 1024), one table and several, single keys, the unbounded retry."""
+    offsets = torch.tensor([0, 10, 50, 2**40], dtype=torch.int64)
+    keys = torch.arange(300, dtype=torch.int64) * 7 % 60
+    for world_size in (1, 9, 65, 513):  # one per W_BLOCK class
+        owners = torch.tensor([0, -1, -1], dtype=torch.int64)
+        yield lambda w=world_size, o=owners: unique_partition_triton(keys, offsets, o, w)
+    one_table = torch.tensor([0, 100], dtype=torch.int64)
+    for world_size in (1, 2):
+        yield lambda w=world_size: unique_partition_triton(keys[:1], one_table, torch.zeros(1, dtype=torch.int64), w)
+    # the overflow retry probes without bound (max_probes = capacity + 1, odd)
+    yield lambda: unique_partition_triton(keys, offsets, torch.tensor([0, -1, -1], dtype=torch.int64), 2,
+                                          max_probes=1025)

@@ -1,0 +1,246 @@
+"""Compile every Triton kernel specialization for real GPU targets, on a machine without a GPU.
+
+    python -m kernels.compile_check                     # sm_90 and sm_80, every launcher's cases
+    python -m kernels.compile_check --arch 90 --ptx-dir /tmp/ptx --resources   # keep PTX, ptxas registers/spills
+
+Why: the Triton interpreter (how the kernels are tested on CPU) accepts code the compiler
+rejects, e.g. a kernel reading a plain module-level int. ``triton.compile`` runs the whole
+pipeline (ttir -> ttgir -> llir -> ptx -> cubin) for a ``GPUTarget`` without a device.
+
+What gets compiled is not a hand-written list: each ``kernels/triton_*.py`` module has
+``compile_cases()``, which calls its own launchers over the inputs they accept (dtypes, dims
+and block sizes, world sizes, optimizers, poolings, sizes equal to 1, unaligned dims). The
+launchers run on small CPU tensors with a stand-in Triton driver whose JIT cache hook records
+each specialization exactly as Triton's binder derives it from the arguments (signature,
+constexprs, divisibility attributes) and skips the launch. The recorded specializations are
+then compiled for every target in a process pool. Kernels are never executed here, so a
+launcher that reads a kernel's output sees zeros; that only changes which later launches it
+makes, and every case is chosen so that all of its kernels are launched anyway.
+
+Must run in a process where TRITON_INTERPRET is unset (tests run it as a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+MODULES = ("kernels.triton_unique_partition", "kernels.triton_gather_pool", "kernels.triton_pool_backward",
+           "kernels.triton_sparse_update")
+DEFAULT_ARCHES = (90, 80)
+
+
+@dataclass(frozen=True)
+class Specialization:
+    module: str  # module that defines the kernel
+    kernel: str  # kernel function name
+    signature: tuple  # ((arg, triton type or "constexpr"), ...)
+    constexprs: tuple  # ((arg index path, value), ...)
+    attrs: tuple  # ((arg index path, [[attr, value], ...]), ...)
+    num_warps: int
+    num_stages: int
+
+    def describe(self) -> str:
+        names = [name for name, _ in self.signature]
+        consts = ", ".join(f"{names[path[0]]}={value}" for path, value in self.constexprs)
+        # the data pointers' element types tell variants apart (index pointers are always int64/int32)
+        dtypes = "/".join(t[1:] for _, t in self.signature if t.startswith("*") and t[1:] in ("fp32", "bf16", "fp16"))
+        return f"{self.kernel}[{consts}]({dtypes})"
+
+
+class _RecordingDriver:
+    """The parts of a Triton driver that JITFunction.run touches before compiling."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        import torch
+        return torch.device("cpu")
+
+
+def record(modules=MODULES) -> list[Specialization]:
+    """Run every module's compile_cases() with launches intercepted; returns the distinct specializations."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset")
+    import importlib
+
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+
+    seen: dict[Specialization, None] = {}
+
+    def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):  # noqa: A002 - Triton's keyword names
+        jit = fn.jit_function
+        spec = Specialization(
+            module=jit.fn.__module__, kernel=jit.fn.__name__,
+            signature=tuple(compile["signature"].items()),
+            constexprs=tuple(sorted((tuple(k), _plain(v)) for k, v in compile["constants"].items())),
+            attrs=tuple(sorted((tuple(k), tuple(tuple(a) for a in v)) for k, v in compile["configs"][0].items())),
+            num_warps=compile["num_warps"], num_stages=compile["num_stages"])
+        seen[spec] = None
+        return True  # handled: Triton neither compiles nor launches
+
+    # reset_active() would build the real driver, which fails without a GPU: put the old one back as it was
+    previous_driver, previous_hook = driver._active, knobs.runtime.jit_cache_hook
+    driver.set_active(_RecordingDriver(GPUTarget("cuda", 90, 32)))
+    knobs.runtime.jit_cache_hook = hook
+    try:
+        for name in modules:
+            module = importlib.import_module(name)
+            for case in module.compile_cases():
+                case()
+    finally:
+        knobs.runtime.jit_cache_hook = previous_hook
+        driver._active = previous_driver
+    return list(seen)
+
+
+def _plain(value):
+    return getattr(value, "value", value)
+
+
+@dataclass
+class CompileResult:
+    spec: Specialization
+    arch: int
+    seconds: float
+    error: str | None = None
+    vector_ops: dict | None = None  # global loads/stores in the PTX by width: {"ld.v4": n, ..., "st.scalar": n}
+    registers: int | None = None
+    spill_bytes: int | None = None
+    ptx_path: str | None = None
+
+
+# ld.global[.cache hints][.v2|.v4|.v8].b32 etc.; atomics are red/atom, not counted
+_MEMORY_OP = re.compile(r"\b(ld|st)\.global(?:\.[\w:]+?)*?(?:\.(v[248]))?\.[bfsu]\d+\b")
+
+
+def ptx_memory_ops(ptx: str) -> dict[str, int]:
+    """Global loads and stores in PTX by vector width: {"ld.v4": n, "ld.scalar": n, "st.v4": n, ...}."""
+    counts: dict[str, int] = {}
+    for m in _MEMORY_OP.finditer(ptx):
+        key = f"{m.group(1)}.{m.group(2) or 'scalar'}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None, resources: bool) -> CompileResult:
+    import importlib
+
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(spec.module), spec.kernel)
+    started = time.perf_counter()
+    result = CompileResult(spec, arch, 0.0)
+    log = io.StringIO()
+    try:
+        knobs.nvidia.dump_ptxas_log = resources  # ptxas -v: registers and spills, printed to stdout
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(
+                ASTSource(kernel, dict(spec.signature), dict(spec.constexprs), {k: [list(a) for a in v] for k, v in spec.attrs}),
+                target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    except Exception as e:  # the compiler's own message names the kernel line
+        result.error = f"{type(e).__name__}: {e}"
+        result.seconds = time.perf_counter() - started
+        return result
+    result.seconds = time.perf_counter() - started
+    ptx = compiled.asm["ptx"]
+    result.vector_ops = ptx_memory_ops(ptx)
+    text = log.getvalue()
+    if m := re.search(r"Used (\d+) registers", text):
+        result.registers = int(m.group(1))
+    if m := re.search(r"(\d+) bytes spill stores", text):
+        result.spill_bytes = int(m.group(1))
+    if ptx_dir:
+        os.makedirs(ptx_dir, exist_ok=True)
+        tag = "_".join(f"{v}" for _, v in spec.constexprs)
+        digest = abs(hash(spec)) % 10**8
+        result.ptx_path = os.path.join(ptx_dir, f"{spec.kernel}_sm{arch}_{tag}_{digest}.ptx")
+        with open(result.ptx_path, "w") as f:
+            f.write(ptx)
+    return result
+
+
+def compile_all(specs: list[Specialization], arches=DEFAULT_ARCHES, workers: int | None = None,
+                ptx_dir: str | None = None, resources: bool = False, progress: bool = True) -> list[CompileResult]:
+    """Compile every (specialization, arch) in a process pool; failures are returned, not raised."""
+    jobs = [(spec, arch) for spec in specs for arch in arches]
+    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    results = []
+    # fresh processes: the parent has the recording driver installed
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_compile_one, spec, arch, ptx_dir, resources) for spec, arch in jobs]
+        for f in tqdm(futures, desc="compile", unit="kernel", disable=not progress):
+            results.append(f.result())
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default=",".join(map(str, DEFAULT_ARCHES)), help="compute capabilities, e.g. 90,80")
+    parser.add_argument("--workers", type=int, default=0, help="compile processes (0 = all cores)")
+    parser.add_argument("--ptx-dir", default="", help="write each specialization's PTX here")
+    parser.add_argument("--resources", action="store_true", help="report ptxas registers and spill bytes")
+    parser.add_argument("--module", action="append", help="only these kernel modules (default: all)")
+    parser.add_argument("--quiet", action="store_true", help="print failures and the totals only")
+    parser.add_argument("--json", default="", help="write one record per compiled (specialization, arch) here")
+    args = parser.parse_args(argv)
+    arches = [int(a) for a in args.arch.split(",") if a]
+    started = time.perf_counter()
+    specs = record(tuple(args.module) if args.module else MODULES)
+    results = compile_all(specs, arches, args.workers or None, args.ptx_dir or None, args.resources,
+                          progress=not args.quiet)
+    failed = [r for r in results if r.error]
+    if not args.quiet:
+        print(f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
+              f"{'regs':>5} {'spill':>5}")
+        for r in sorted(results, key=lambda r: (r.spec.describe(), r.arch)):
+            if r.error:
+                continue
+            ops = r.vector_ops
+            ld, st = ("/".join(str(ops.get(f"{op}.{w}", 0)) for w in ("v4", "v2", "scalar")) for op in ("ld", "st"))
+            regs = "-" if r.registers is None else str(r.registers)
+            spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
+            print(f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}")
+    if args.json:
+        records = [{"kernel": r.spec.kernel, "module": r.spec.module, "specialization": r.spec.describe(),
+                    "constexprs": {dict(r.spec.signature and [(i, n) for i, (n, _) in enumerate(r.spec.signature)])[p[0]]: v
+                                   for p, v in r.spec.constexprs},
+                    "arch": r.arch, "seconds": r.seconds, "error": r.error, "memory_ops": r.vector_ops,
+                    "registers": r.registers, "spill_bytes": r.spill_bytes} for r in results]
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    for r in failed:
+        print(f"FAILED {r.spec.module}.{r.spec.describe()} for sm_{r.arch}:\n{r.error}\n", file=sys.stderr)
+    print(f"{len(specs)} specializations x {len(arches)} targets: {len(results) - len(failed)} compiled, "
+          f"{len(failed)} failed in {time.perf_counter() - started:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
