@@ -1,7 +1,7 @@
-"""Microbenchmark: fused hash unique + partition-by-owner vs torch.unique + argsort.
+"""Microbenchmark: Triton unique + partition-by-owner (direct map and hash table) vs torch.unique + argsort.
 
 Bytes counted (minimum the op must move): keys read (8N) + inverse written (8N) + unique keys
-written (8U). The hash table traffic of the Triton kernel is overhead, not counted.
+written (8U). The map / hash table traffic of the Triton kernels is overhead, not counted.
 
     python bench/bench_unique_partition.py                 # CPU: small, Triton interpreted
     python bench/bench_unique_partition.py --size dlrm     # GPU: MLPerf DLRM-DCNv2 global batch
@@ -44,9 +44,12 @@ def main():
     num_bytes = 8 * n + 8 * n + 8 * num_unique
 
     report = Report("unique_partition", args.size, DEVICE)
-    triton_impl = "triton hash (interpreter)" if DEVICE.type == "cpu" else "triton hash"
-    report.add(triton_impl, bench(lambda: unique_partition_triton(keys, offsets, owners, args.world_size),
-                                  DEVICE, args.reps), num_bytes)
+    suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
+    key_space = sum(SIZES[args.size]["rows"])
+    report.add(f"triton direct map{suffix}", bench(lambda: unique_partition_triton(
+        keys, offsets, owners, args.world_size, key_space=key_space), DEVICE, args.reps), num_bytes)
+    report.add(f"triton hash table{suffix}", bench(lambda: unique_partition_triton(keys, offsets, owners, args.world_size),
+                                                 DEVICE, args.reps), num_bytes)
     report.add("torch.unique + argsort by owner",
                bench(lambda: unique_partition_reference(keys, offsets, owners, args.world_size), DEVICE, args.reps),
                num_bytes)

@@ -107,6 +107,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.num_replicated_rows = sum(local_count[i] for i in range(len(tables)) if kinds[i] == "replicated")
         self.local_count = local_count
 
+        self.num_keys = int(offsets[-1])  # size of the fused key space (host copy: no sync to read it)
         self.register_buffer("table_offsets", offsets, persistent=False)
         self.register_buffer("table_rows", rows, persistent=False)
         self.register_buffer("table_owner", torch.tensor(owner, dtype=torch.int64), persistent=False)
@@ -228,7 +229,8 @@ class ShardedEmbeddingCollection(nn.Module):
     def _input_dist(self, kjt) -> SparseDist:
         kjt, value_table = self._checked_ids(kjt)
         keys = kjt.values + self.table_offsets[value_table]  # fused key space: table offset + row
-        unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size)
+        unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size,
+                                                             key_space=self.num_keys)
         recv_counts = self.exchange.exchange_counts(send_counts.cpu() if not self.exchange.distributed else send_counts)
         send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)

@@ -13,9 +13,10 @@ and block sizes, world sizes, optimizers, poolings, sizes equal to 1, unaligned 
 launchers run on small CPU tensors with a stand-in Triton driver whose JIT cache hook records
 each specialization exactly as Triton's binder derives it from the arguments (signature,
 constexprs, divisibility attributes) and skips the launch. The recorded specializations are
-then compiled for every target in a process pool. Kernels are never executed here, so a
-launcher that reads a kernel's output sees zeros; that only changes which later launches it
-makes, and every case is chosen so that all of its kernels are launched anyway.
+then compiled for every target in a process pool. Kernels are never executed here: a pre-run
+hook zeroes every tensor a launch is given, so host code reading a kernel's output sees zeros;
+that only changes which later launches a launcher makes, and every case is chosen so that all
+of its kernels are launched anyway.
 
 Must run in a process where TRITON_INTERPRET is unset (tests run it as a subprocess).
 """
@@ -85,9 +86,11 @@ def record(modules=MODULES) -> list[Specialization]:
         raise RuntimeError("kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset")
     import importlib
 
+    import torch
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
 
     seen: dict[Specialization, None] = {}
 
@@ -106,9 +109,19 @@ def record(modules=MODULES) -> list[Specialization]:
     previous_driver, previous_hook = driver._active, knobs.runtime.jit_cache_hook
     driver.set_active(_RecordingDriver(GPUTarget("cuda", 90, 32)))
     knobs.runtime.jit_cache_hook = hook
+    def zero_tensors(*args, **kwargs):
+        # kernels do not run here: their outputs would be uninitialized memory, which the host code after
+        # a launch may use as indices; zeros keep every launcher on a valid path
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+
     try:
         for name in modules:
             module = importlib.import_module(name)
+            for kernel in vars(module).values():
+                if isinstance(kernel, JITFunction) and zero_tensors not in kernel.pre_run_hooks:
+                    kernel.add_pre_run_hook(zero_tensors)
             for case in module.compile_cases():
                 case()
     finally:

@@ -1,7 +1,7 @@
 """Triton owner-side sparse optimizer: merge duplicate rows, then one fused update kernel.
 
-1. Dedup the touched rows with the hash kernel of ``triton_unique_partition`` (one owner,
-   one table): no sort, one host sync to size the unique set.
+1. Dedup the touched rows with ``triton_unique_partition`` (one owner, one table, the direct
+   map over the local rows): no sort, one host sync to size the unique set.
 2. ``_merge_kernel`` sums the gradients of duplicate rows into grad_unique [U, D] with fp32
    atomics (order-dependent to fp32 round-off only).
 3. ``_update_kernel`` applies SGD / row-wise Adagrad / lazy Adam to each unique row exactly
@@ -172,7 +172,7 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     else:
         one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
         unique_rows, _, inverse = unique_partition_triton(
-            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1)
+            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows)
         num_unique = unique_rows.numel()
         merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
         merge_k = _MAX_BLOCK_ELEMS // block_d

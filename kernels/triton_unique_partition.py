@@ -1,21 +1,27 @@
-"""Triton unique + partition-by-owner of embedding keys, hash based (no sort).
+"""Triton unique + partition-by-owner of embedding keys: deterministic, no sort of the keys.
 
-Pass 1 (``_insert_kernel``) inserts every key into an open-addressing hash table with
-``tl.atomic_cas`` on the key slots (linear probing, table size a power of two >= 2N, so the
-load factor stays <= 0.5 and probe chains stay short). The lane whose CAS turned the empty
-sentinel into its key is the *first* occurrence: it alone computes the key's owner rank,
-reserves a rank-local index with one ``atomic_add`` per (program, owner) and records
-(owner, index) in the slot. Every lane records the slot it resolved to.
+The unique keys come out in order of first occurrence (then grouped by owner, stably), which
+is also what the torch reference returns, so both paths give identical outputs.
 
-Pass 2 (``_scatter_kernel``) turns (owner, index) into a position in the grouped output
-(exclusive cumsum of the W counts, done in-register) and writes ``inverse`` for every key
-and ``unique_keys`` once per distinct key. Order inside an owner group depends on atomic
-timing and is free by contract.
+Every position i gets its key's representative rep[i] = the first position holding that key,
+found one of two ways:
 
-Probing is bounded by ``max_probes`` rounds; a program that still has unresolved lanes
-raises a flag, and the launcher reruns with an unbounded probe count (always terminates:
-the table has more free slots than keys), so a pathological key set costs time, never
-correctness.
+- direct (``key_space`` given and <= DIRECT_MAX_KEYS, static tables): a persistent int64 array
+  over the key space holds ``tag << 32 | position``; one ``atomic_min`` per position leaves each
+  key's first position. Each call uses a smaller tag than the previous one, so entries left by
+  earlier calls lose every comparison and the array is never cleared (8 bytes per possible key,
+  allocated once per device and stream).
+- hash (any non-negative int64 key, e.g. a huge key space): an open-addressing table built per
+  call with ``tl.atomic_cas`` on the key slots (linear probing, capacity a power of two >= 2N),
+  then ``atomic_min`` of positions per slot. Probing is bounded by ``max_probes`` rounds; a
+  program with unresolved lanes raises a flag and the launcher reruns without bound (always
+  terminates: the table has more free slots than keys), so a pathological key set costs time,
+  never correctness.
+
+Then ``first[i] = rep[i] == i``; an exclusive cumsum of ``first`` numbers the unique keys;
+``_scatter_kernel`` writes ``inverse[i] = number[rep[i]]`` and each unique key once. With W > 1
+the unique keys are grouped by owner with a stable sort of their owner ranks. One host sync:
+the W counts (which also size the output).
 """
 
 import torch
@@ -30,60 +36,66 @@ _EMPTY = tl.constexpr(-1)
 _NEVER = tl.constexpr(-2)
 # 2^64 / golden ratio as a signed int64: Fibonacci hashing spreads consecutive ids over the table
 _HASH_MUL = tl.constexpr(-7046029254386353131)
+_POSITION_MASK = tl.constexpr(0xFFFFFFFF)
 _DEFAULT_MAX_PROBES = 64
-# sizes that change from batch to batch are not specialized: Triton would otherwise compile a new
-# variant (about a second, mid-training) whenever one happens to be 1 or a multiple of 16
-_SIZES = ["n_keys", "slot_mask", "num_tables", "world_size", "max_probes", "search_steps"]
+BLOCK = 1024  # positions per program in every kernel here
+DIRECT_MAX_KEYS = 1 << 28  # largest key space served by the direct map (2 GiB of int64)
+_TAG_START = (1 << 31) - 1  # tags count down from here; the map is refilled when they run out
 
 
-@triton.jit
-def _owner_of(key, table_offsets, table_owner, num_tables, world_size, search_steps):
-    # binary search for the last table t with table_offsets[t] <= key (searchsorted right - 1);
-    # search_steps = ceil(log2(T)) + 1 covers every T, the same count for every lane
-    lo = tl.zeros_like(key)
-    hi = tl.zeros_like(key) + (num_tables - 1)
-    for _ in range(search_steps):
-        mid = (lo + hi + 1) // 2
-        start = tl.load(table_offsets + mid)
-        ok = start <= key
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid - 1)
-    row = key - tl.load(table_offsets + lo)
-    owner = tl.load(table_owner + lo)
-    # table_owner < 0 marks a row-wise table: rows are dealt round-robin over the ranks
-    return tl.where(owner >= 0, owner, row % world_size)
-
-
-@triton.jit(do_not_specialize=_SIZES)
-def _insert_kernel(
-    keys_ptr,           # int64 [N] keys, all >= 0
-    n_keys,             # N
-    slot_keys_ptr,      # int64 [C] hash table key slots, pre-filled with _EMPTY; C a power of two
-    slot_mask,          # C - 1
-    slot_owner_ptr,     # int32 [C] owner rank of the key in each slot (written by its first lane)
-    slot_rank_ptr,      # int32 [C] index of that key inside its owner's group
-    slot_of_ptr,        # int32 [N] out: slot of each key, as ~slot (negative) on the first occurrence
-    table_offsets_ptr,  # int64 [T+1] first fused row of each table
-    table_owner_ptr,    # int64 [T] owner rank per table, -1 for row-wise
-    num_tables,         # T
-    world_size,         # W
-    counts_ptr,         # int64 [W] out: unique keys per owner (zeroed by the launcher)
-    overflow_ptr,       # int32 [1] out: set to 1 when some key found no slot within max_probes
-    max_probes,         # bound on probing rounds
-    search_steps,       # binary-search steps over the T tables: bit_length(T - 1) + 1
-    BLOCK: tl.constexpr,    # keys per program
-    W_BLOCK: tl.constexpr,  # >= W, width of the per-owner histogram (one of _W_BLOCKS)
+@triton.jit(do_not_specialize=["n_keys", "key_space", "tag"])
+def _first_direct_kernel(
+    keys_ptr,   # int64 [N] keys, 0 <= key < key_space
+    n_keys,     # N
+    key_space,  # keys outside [0, key_space) break the contract; they are skipped, not written out of bounds
+    first_ptr,  # int64 [>= key_space] persistent map: tag << 32 | first position, atomically min-ed
+    tag,        # this call's tag, smaller than every earlier call's
+    BLOCK: tl.constexpr,  # positions per program
 ):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    key = tl.load(keys_ptr + offs, mask=offs < n_keys, other=0)
+    valid = (offs < n_keys) & (key >= 0) & (key < key_space)
+    tl.atomic_min(first_ptr + key, (tag.to(tl.int64) << 32) | offs, mask=valid, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["n_keys", "key_space"])
+def _rep_direct_kernel(
+    keys_ptr,   # int64 [N] keys
+    n_keys,     # N
+    key_space,  # as for _first_direct_kernel
+    first_ptr,  # int64 map filled by _first_direct_kernel in this call
+    rep_ptr,    # int32 [N] out: first position holding the same key
+    first_flag_ptr,  # int32 [N] out: 1 where rep == position
+    BLOCK: tl.constexpr,  # positions per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
+    in_space = valid & (key >= 0) & (key < key_space)
+    rep = (tl.load(first_ptr + key, mask=in_space, other=0) & _POSITION_MASK).to(tl.int32)
+    tl.store(rep_ptr + offs, rep, mask=valid)
+    tl.store(first_flag_ptr + offs, (rep == offs).to(tl.int32), mask=valid)
 
+
+@triton.jit(do_not_specialize=["n_keys", "slot_mask", "max_probes"])
+def _insert_hash_kernel(
+    keys_ptr,       # int64 [N] keys, all >= 0
+    n_keys,         # N
+    slot_keys_ptr,  # int64 [C] key slots, pre-filled with _EMPTY; C a power of two
+    slot_mask,      # C - 1
+    slot_pos_ptr,   # int32 [C] first position of each slot's key, pre-filled with N, atomically min-ed
+    slot_of_ptr,    # int32 [N] out: slot of each position's key
+    overflow_ptr,   # int32 [1] out: set to 1 when some key found no slot within max_probes
+    max_probes,     # bound on probing rounds
+    BLOCK: tl.constexpr,  # positions per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n_keys
+    key = tl.load(keys_ptr + offs, mask=valid, other=0)
     h = key * _HASH_MUL
     h = h ^ (h >> 29)
     slot = h & slot_mask
     pending = valid
-    first = tl.zeros([BLOCK], dtype=tl.int1)
     n_pending = tl.sum(pending.to(tl.int32))
     probes = 0
     while (n_pending > 0) & (probes < max_probes):
@@ -91,76 +103,78 @@ def _insert_kernel(
         # holds, which turns their CAS into a harmless read
         cmp = tl.where(pending, _EMPTY, _NEVER).to(tl.int64)
         old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
-        inserted = pending & (old == _EMPTY)
-        found = pending & (old == key)
-        first = first | inserted
-        pending = pending & ~(inserted | found)
+        pending = pending & (old != _EMPTY) & (old != key)
         # linear probing keeps the next candidate in the same cache line most of the time
         slot = tl.where(pending, (slot + 1) & slot_mask, slot)
         n_pending = tl.sum(pending.to(tl.int32))
         probes += 1
     if n_pending > 0:
         tl.store(overflow_ptr, 1)
-
-    owner = _owner_of(key, table_offsets_ptr, table_owner_ptr, num_tables, world_size, search_steps)
-    # one atomic per (program, owner) instead of one per key: W counters are hot addresses,
-    # so ranks inside the block come from a cumsum over a one-hot [BLOCK, W] matrix
-    ranks = tl.arange(0, W_BLOCK)
-    onehot = (owner[:, None] == ranks[None, :]) & first[:, None]
-    onehot_i = onehot.to(tl.int32)
-    block_counts = tl.sum(onehot_i, axis=0)
-    rank_in_block = tl.cumsum(onehot_i, axis=0) - onehot_i
-    base = tl.atomic_add(counts_ptr + ranks, block_counts.to(tl.int64), mask=ranks < world_size)
-    rank = tl.sum(tl.where(onehot, rank_in_block + base[None, :].to(tl.int32), 0), axis=1)
-
-    tl.store(slot_owner_ptr + slot, owner.to(tl.int32), mask=first)
-    tl.store(slot_rank_ptr + slot, rank, mask=first)
-    # the sign carries "first occurrence" to pass 2 for free (~slot = -slot - 1 < 0)
-    tagged = tl.where(first, ~slot, slot).to(tl.int32)
-    tl.store(slot_of_ptr + offs, tagged, mask=valid)
+    resolved = valid & ~pending
+    tl.atomic_min(slot_pos_ptr + slot, offs.to(tl.int32), mask=resolved, sem="relaxed")
+    tl.store(slot_of_ptr + offs, slot.to(tl.int32), mask=valid)
 
 
-@triton.jit(do_not_specialize=["n_keys", "world_size"])
+@triton.jit(do_not_specialize=["n_keys"])
+def _rep_hash_kernel(
+    slot_of_ptr,     # int32 [N] slot of each position's key
+    n_keys,          # N
+    slot_pos_ptr,    # int32 [C] first position of each slot's key
+    rep_ptr,         # int32 [N] out: first position holding the same key
+    first_flag_ptr,  # int32 [N] out: 1 where rep == position
+    BLOCK: tl.constexpr,  # positions per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n_keys
+    slot = tl.load(slot_of_ptr + offs, mask=valid, other=0)
+    rep = tl.load(slot_pos_ptr + slot, mask=valid, other=0)
+    tl.store(rep_ptr + offs, rep, mask=valid)
+    tl.store(first_flag_ptr + offs, (rep == offs).to(tl.int32), mask=valid)
+
+
+@triton.jit(do_not_specialize=["n_keys"])
 def _scatter_kernel(
     keys_ptr,        # int64 [N] keys
     n_keys,          # N
-    slot_of_ptr,     # int32 [N] slot of each key from pass 1 (~slot on first occurrences)
-    slot_owner_ptr,  # int32 [C] owner per slot
-    slot_rank_ptr,   # int32 [C] index inside the owner group per slot
-    counts_ptr,      # int64 [W] unique keys per owner
-    world_size,      # W
-    unique_ptr,      # int64 [U] out: unique keys grouped by owner
-    inverse_ptr,     # int64 [N] out: position of each key in unique
-    BLOCK: tl.constexpr,    # keys per program
-    W_BLOCK: tl.constexpr,  # >= W (one of _W_BLOCKS)
+    rep_ptr,         # int32 [N] first position holding the same key
+    number_ptr,      # int32 [N] exclusive cumsum of the first-occurrence flags: the unique key's number
+    unique_ptr,      # int64 [>= U] out: unique keys in order of first occurrence
+    inverse_ptr,     # int64 [N] out: number of each position's key
+    BLOCK: tl.constexpr,  # positions per program
 ):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
-    tagged = tl.load(slot_of_ptr + offs, mask=valid, other=0)
-    first = tagged < 0
-    slot = tl.where(first, ~tagged, tagged)
-    owner = tl.load(slot_owner_ptr + slot, mask=valid, other=0)
-    rank = tl.load(slot_rank_ptr + slot, mask=valid, other=0)
-
-    # exclusive cumsum of W counts recomputed per program: W is tiny and this saves a launch
-    ranks = tl.arange(0, W_BLOCK)
-    counts = tl.load(counts_ptr + ranks, mask=ranks < world_size, other=0)
-    group_start = tl.sum(tl.where(ranks[None, :] < owner[:, None], counts[None, :], 0), axis=1)
-    pos = group_start + rank
-    tl.store(inverse_ptr + offs, pos, mask=valid)
-    key = tl.load(keys_ptr + offs, mask=valid & first, other=0)
-    tl.store(unique_ptr + pos, key, mask=valid & first)
+    rep = tl.load(rep_ptr + offs, mask=valid, other=0)
+    number = tl.load(number_ptr + rep, mask=valid, other=0)
+    tl.store(inverse_ptr + offs, number.to(tl.int64), mask=valid)
+    first = valid & (rep == offs)
+    key = tl.load(keys_ptr + offs, mask=first, other=0)
+    tl.store(unique_ptr + number, key, mask=first)
 
 
-# histogram widths: a few classes rather than next_power_of_2(W), so few variants get compiled
-_W_BLOCKS = (8, 64, 512, 4096)
+class _DirectMap:
+    """The persistent first-position map of one (device, stream)."""
+
+    def __init__(self):
+        self.first = None
+        self.tag = _TAG_START
+
+    def next_tag(self, key_space: int, device) -> tuple[torch.Tensor, int]:
+        fresh = self.first is None or self.first.numel() < key_space or self.tag <= 1
+        if fresh:  # every entry must be above every tag this map will hand out
+            size = max(key_space, 0 if self.first is None else self.first.numel())
+            self.first = torch.full((size,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+            self.tag = _TAG_START
+        self.tag -= 1
+        return self.first, self.tag
 
 
-def _blocks(world_size: int) -> tuple[int, int]:
-    """(W_BLOCK, BLOCK) for W ranks: the [BLOCK, W_BLOCK] one-hot stays at 8K-16K elements in registers."""
-    w_block = next(w for w in _W_BLOCKS if w >= world_size)
-    return w_block, max(4, min(1024, 16384 // w_block))
+_DIRECT_MAPS: dict[tuple, _DirectMap] = {}
+
+
+def _direct_map(device: torch.device) -> _DirectMap:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return _DIRECT_MAPS.setdefault((str(device), stream), _DirectMap())
 
 
 def _check(keys, table_offsets, table_owner, world_size):
@@ -174,77 +188,82 @@ def _check(keys, table_offsets, table_owner, world_size):
     if table_offsets.numel() != table_owner.numel() + 1 or table_owner.numel() == 0:
         raise ValueError(f"need T >= 1 tables and T+1 offsets, got {table_owner.numel()} owners "
                          f"and {table_offsets.numel()} offsets")
-    if not 1 <= world_size <= _W_BLOCKS[-1]:
-        raise ValueError(f"world_size must be in [1, {_W_BLOCKS[-1]}], got {world_size}")
-    if keys.numel() >= 2**30:
-        raise ValueError(f"{keys.numel()} keys exceed the int32 slot indices of this kernel (< 2^30)")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if keys.numel() >= 2**31 - 1:
+        raise ValueError(f"{keys.numel()} keys exceed the int32 positions of this kernel (< 2^31 - 1)")
 
 
-def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-                            world_size: int, max_probes: int = _DEFAULT_MAX_PROBES):
-    """Same contract as kernels.unique_partition.unique_partition (order inside a group free).
-
-    One host sync: the W counts, needed to size unique_keys.
-    """
-    _check(keys, table_offsets, table_owner, world_size)
-    device = keys.device
-    n = keys.numel()
-    counts = torch.zeros(world_size, dtype=torch.int64, device=device)
-    if n == 0:
-        return keys.new_empty(0), counts, keys.new_empty(0)
-    keys = keys.contiguous()
-    table_offsets = table_offsets.contiguous()
-    table_owner = table_owner.contiguous()
-
+def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int):
+    """(rep int32 [N], first int32 [N]) by the direct map or the hash table."""
+    n, device = keys.numel(), keys.device
+    grid = (triton.cdiv(n, BLOCK),)
+    rep = torch.empty(n, dtype=torch.int32, device=device)
+    first = torch.empty(n, dtype=torch.int32, device=device)
+    if key_space is not None and key_space <= DIRECT_MAX_KEYS:
+        first_map, tag = _direct_map(device).next_tag(key_space, device)
+        _first_direct_kernel[grid](keys, n, key_space, first_map, tag, BLOCK=BLOCK)
+        _rep_direct_kernel[grid](keys, n, key_space, first_map, rep, first, BLOCK=BLOCK)
+        return rep, first
     capacity = triton.next_power_of_2(2 * n)
-    w_block, block = _blocks(world_size)
-    num_tables = table_owner.numel()
-    search_steps = max(1, (num_tables - 1).bit_length()) + 1
-    grid = (triton.cdiv(n, block),)
-
-    slot_owner = torch.empty(capacity, dtype=torch.int32, device=device)
-    slot_rank = torch.empty(capacity, dtype=torch.int32, device=device)
     slot_of = torch.empty(n, dtype=torch.int32, device=device)
     for probes in (max_probes, capacity + 1):
         slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
-        status = torch.zeros(world_size + 1, dtype=torch.int64, device=device)
-        counts = status[:world_size]
+        slot_pos = torch.full((capacity,), n, dtype=torch.int32, device=device)
         overflow = torch.zeros(1, dtype=torch.int32, device=device)
-        _insert_kernel[grid](
-            keys, n, slot_keys, capacity - 1, slot_owner, slot_rank, slot_of,
-            table_offsets, table_owner, num_tables, world_size, counts, overflow, probes, search_steps,
-            BLOCK=block, W_BLOCK=w_block,
-        )
-        # counts and the overflow flag come back in one sync
-        status[world_size] = overflow[0].to(torch.int64)
-        host = status.tolist()
-        if host[world_size] == 0:
+        _insert_hash_kernel[grid](keys, n, slot_keys, capacity - 1, slot_pos, slot_of, overflow, probes, BLOCK=BLOCK)
+        # a sync only to learn whether the bounded probing sufficed; the first attempt almost always does
+        if int(overflow) == 0:
             break
     else:  # pragma: no cover - unbounded probing always resolves (capacity > n)
         raise RuntimeError("unique_partition_triton: hash table overflow even with unbounded probing")
-    num_unique = sum(host[:world_size])
-    counts = counts.clone()
+    _rep_hash_kernel[grid](slot_of, n, slot_pos, rep, first, BLOCK=BLOCK)
+    return rep, first
 
-    unique = torch.empty(num_unique, dtype=torch.int64, device=device)
+
+def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
+                            world_size: int, key_space: int | None = None, max_probes: int = _DEFAULT_MAX_PROBES):
+    """Same contract and outputs as kernels.unique_partition.unique_partition.
+
+    key_space: an exclusive bound of the keys known on the host (e.g. total rows of all tables), which
+    selects the direct map when <= DIRECT_MAX_KEYS; None (or a larger one) selects the hash table.
+    """
+    from kernels.unique_partition import owner_of
+
+    _check(keys, table_offsets, table_owner, world_size)
+    device = keys.device
+    n = keys.numel()
+    if n == 0:
+        return keys.new_empty(0), torch.zeros(world_size, dtype=torch.int64, device=device), keys.new_empty(0)
+    keys = keys.contiguous()
+    rep, first = _representatives(keys, key_space, max_probes)
+    number = torch.cumsum(first, 0, dtype=torch.int32) - first
+    # the first U entries get written; zeros elsewhere keep owner_of below in range
+    unique = torch.zeros(n, dtype=torch.int64, device=device)
     inverse = torch.empty(n, dtype=torch.int64, device=device)
-    _scatter_kernel[grid](
-        keys, n, slot_of, slot_owner, slot_rank, counts, world_size, unique, inverse,
-        BLOCK=block, W_BLOCK=w_block,
-    )
-    return unique, counts, inverse
+    _scatter_kernel[(triton.cdiv(n, BLOCK),)](keys, n, rep, number, unique, inverse, BLOCK=BLOCK)
+
+    num_unique = (number[-1] + first[-1]).to(torch.int64)
+    if world_size == 1:
+        counts = num_unique.reshape(1)
+        return unique[: int(num_unique)], counts, inverse  # the one host sync
+    # owner of each unique key; unused slots (>= U) go to a last bucket W, which the stable sort puts last
+    owner = owner_of(unique, table_offsets, table_owner, world_size)
+    owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
+    counts = torch.bincount(owner, minlength=world_size + 1)[:world_size]
+    order = torch.sort(owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True).indices
+    position = torch.empty_like(order)
+    position[order] = torch.arange(n, device=device)
+    u = int(counts.sum())  # the one host sync
+    return unique[order[:u]], counts, position[inverse]
 
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
-    each W_BLOCK class (world sizes up to 1024), one table and several, single keys, the unbounded retry."""
+    the direct map and the hash table (bounded and unbounded probing), one owner and several."""
     offsets = torch.tensor([0, 10, 50, 2**40], dtype=torch.int64)
+    owners = torch.tensor([0, -1, -1], dtype=torch.int64)
     keys = torch.arange(300, dtype=torch.int64) * 7 % 60
-    for world_size in (1, 9, 65, 513):  # one per W_BLOCK class
-        owners = torch.tensor([0, -1, -1], dtype=torch.int64)
-        yield lambda w=world_size, o=owners: unique_partition_triton(keys, offsets, o, w)
-    one_table = torch.tensor([0, 100], dtype=torch.int64)
-    for world_size in (1, 2):
-        yield lambda w=world_size: unique_partition_triton(keys[:1], one_table, torch.zeros(1, dtype=torch.int64), w)
-    # the overflow retry probes without bound (max_probes = capacity + 1, odd)
-    yield lambda: unique_partition_triton(keys, offsets, torch.tensor([0, -1, -1], dtype=torch.int64), 2,
-                                          max_probes=1025)
+    for world_size in (1, 3):
+        yield lambda w=world_size: unique_partition_triton(keys, offsets, owners, w, key_space=60)
+        yield lambda w=world_size: unique_partition_triton(keys, offsets, owners, w)

@@ -20,14 +20,17 @@ def owner_of(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch
 
 
 def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
-                               table_owner: torch.Tensor, world_size: int):
-    """Pure-torch oracle: sorted unique, then a stable sort by owner."""
+                               table_owner: torch.Tensor, world_size: int, key_space: int | None = None):
+    """Pure-torch oracle: unique keys in order of first occurrence, then stably grouped by owner."""
     if keys.numel() == 0:
         return (keys.new_empty(0), torch.zeros(world_size, dtype=torch.int64, device=keys.device),
                 keys.new_empty(0))
     uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    owner = owner_of(uniq, table_offsets, table_owner, world_size)
-    order = torch.argsort(owner, stable=True)
+    positions = torch.arange(keys.numel(), device=keys.device)
+    first = torch.full_like(uniq, keys.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    order = torch.argsort(first)  # first occurrences are distinct positions: no ties
+    owner = owner_of(uniq[order], table_offsets, table_owner, world_size)
+    order = order[torch.argsort(owner, stable=True)]
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=keys.device)
     counts = torch.bincount(owner, minlength=world_size)
@@ -35,7 +38,7 @@ def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
 
 
 def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-                     world_size: int):
+                     world_size: int, key_space: int | None = None):
     """Deduplicate keys and group the unique ones by owner rank.
 
     Args:
@@ -43,12 +46,15 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
         table_offsets: int64 [T+1] first fused row of each table, then the total row count.
         table_owner: int64 [T] owner rank per table, -1 for row-wise tables.
         world_size: number of ranks W.
+        key_space: an exclusive bound of the keys known on the host (the total row count), or None.
+            Only a hint for the kernel's strategy (kernels/triton_unique_partition.py); results are the same.
     Returns:
-        unique_keys int64 [U] grouped by owner (rank 0's first); order inside a group is free.
+        unique_keys int64 [U]: in order of first occurrence in keys, then stably grouped by owner (rank 0's first).
         counts int64 [W] number of unique keys per owner.
         inverse int64 [N] with unique_keys[inverse] == keys.
+    The Triton kernel and this reference return identical tensors.
     """
     if use_triton(keys):
         from kernels.triton_unique_partition import unique_partition_triton
-        return unique_partition_triton(keys, table_offsets, table_owner, world_size)
+        return unique_partition_triton(keys, table_offsets, table_owner, world_size, key_space)
     return unique_partition_reference(keys, table_offsets, table_owner, world_size)
