@@ -219,17 +219,19 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
 
 # ---- digest and export ----------------------------------------------------------------------------------
 def weights_digest(parts) -> str:
-    """sha256 over the dense state_dict (sorted keys) and every table's full weights (config order), float32 bytes.
+    """sha256 over the dense state_dict (sorted keys, float32 bytes of this rank's replica) and every table's
+    64-bit digest (ShardedEmbeddingCollection.table_digests, computed on the device shard by shard).
 
-    Collective (full_state_dict); same value on every rank and at every world size."""
-    full = parts.embeddings.full_state_dict()
+    Collective; same value on every rank and at every world size and plan. Tables are never gathered: the
+    host holds at most the dense model, and the device one chunk of one shard at a time."""
+    table_digests = parts.embeddings.table_digests()
     h = hashlib.sha256()
     for key, value in sorted(_dense_module(parts.model).state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().float().contiguous().numpy().tobytes())
-    for table in parts.embeddings.tables:
+    for table, digest in zip(parts.embeddings.tables, table_digests, strict=True):
         h.update(table.name.encode())
-        h.update(full[table.name]["weight"].float().contiguous().numpy().tobytes())
+        h.update(digest.to_bytes(8, "little"))
     return h.hexdigest()
 
 

@@ -30,6 +30,11 @@ from kernels import gather_pool, init_sparse_state, lookup, pool_backward, spars
 from kernels.hashing import splitmix64, uniform
 
 
+# odd multipliers of the weights digest (table_digests): odd, so multiplying by them is a bijection mod 2^64
+_DIGEST_K1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+_DIGEST_K2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+
+
 @dataclass
 class SparseOptimizerConfig:
     name: str = "adagrad"  # sgd, adagrad (row-wise) or adam (lazy)
@@ -332,6 +337,39 @@ class ShardedEmbeddingCollection(nn.Module):
             served_rows = self.compute(sd)
         with self._stage("output_dist"):
             return _ShardedLookup.apply(self._anchor, self.output_dist(sd, served_rows), self, sd)
+
+    def table_digests(self, chunk_elems: int = 1 << 22) -> list[int]:
+        """A 64-bit digest of every table's weights, the same under any plan and world size (collective).
+
+        Each element contributes splitmix64(global position * K1 ^ float32 bits * K2 ^ table key): a
+        bijection of its bits at a fixed position, so changing any one value changes the digest. The
+        contributions are summed mod 2^64 (order-free), shard by shard on the device in chunks of
+        chunk_elems, then over ranks by one all-reduce of 2 x T int64 (32-bit halves, so the sums
+        cannot overflow). Replicated tables count once (rank 0's copy)."""
+        device = self.weight.device
+        sums = torch.zeros(len(self.tables), 2, dtype=torch.int64, device=device)  # low, high 32-bit halves
+        columns = torch.arange(self.dim, dtype=torch.int64, device=device)
+        low = (1 << 32) - 1
+        for t, table in enumerate(self.tables):
+            placement = self.plan.placements[table.name].placement
+            if self.local_count[t] == 0 or (placement == "replicated" and self.rank != 0):
+                continue
+            key = int(splitmix64(torch.tensor([t + 0x5EED], dtype=torch.int64))[0])
+            # local row i of this table is global row first + i * step (row-wise: rank + i * W)
+            first, step = (self.rank, self.world_size) if placement == "row" else (0, 1)
+            base, rows_per_chunk = int(self.local_base[t]), max(1, chunk_elems // max(self.dim, 1))
+            for start in range(0, self.local_count[t], rows_per_chunk):
+                block = self.weight[base + start : base + min(start + rows_per_chunk, self.local_count[t])]
+                bits = block.float().view(torch.int32).to(torch.int64) & low
+                rows = first + (start + torch.arange(block.shape[0], dtype=torch.int64, device=device)) * step
+                h = splitmix64((rows[:, None] * self.dim + columns) * _DIGEST_K1 ^ bits * _DIGEST_K2 ^ key)
+                sums[t, 0] += (h & low).sum()
+                sums[t, 1] += ((h >> 32) & low).sum()
+                sums[t, 1] += sums[t, 0] >> 32  # carry, so neither half outgrows int64 over many chunks
+                sums[t, 0] &= low
+                sums[t, 1] &= low
+        self.exchange.all_reduce_(sums)
+        return [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in sums.tolist()]
 
     def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """Every table's full weights, optimizer state (float32, CPU) and access statistics (int64), on every rank."""
