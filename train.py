@@ -38,18 +38,43 @@ from pipeline.train_pipeline import SparseDistPipeline
 
 
 # ---- distributed setup ----------------------------------------------------------------------------------
+def pick_device(cfg: Config, local_rank: int, local_world: int, gpus: int) -> tuple[str, torch.device, str]:
+    """(backend, device, note) for local rank r of local_world ranks on a node with `gpus` CUDA devices.
+
+    Rank r uses GPU r % gpus. NCCL needs a GPU per rank; with fewer GPUs than local ranks run.backend "auto"
+    falls back to gloo (it takes CUDA tensors for all-reduce, all-to-all and DDP), so W ranks can share one
+    GPU for tests and debugging; an explicit "nccl" is then an error that says so."""
+    use_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and gpus > 0)
+    backend = cfg.run.backend if cfg.run.backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        return backend, torch.device("cpu"), ""
+    if gpus == 0:
+        raise RuntimeError("run.device=cuda but torch sees no CUDA device")
+    note = ""
+    if local_world > gpus and backend == "nccl":
+        if cfg.run.backend == "nccl":
+            raise ValueError(f"run.backend=nccl needs one GPU per rank, but this node runs {local_world} ranks on "
+                             f"{gpus} GPU(s); use --run.backend gloo to share GPUs")
+        backend, note = "gloo", f"{local_world} ranks on {gpus} GPU(s): backend gloo (NCCL needs one GPU per rank)"
+    return backend, torch.device("cuda", local_rank % gpus), note
+
+
 def setup_distributed(cfg: Config):
     """Rank, world size, device and the embedding exchange's process group (None when W = 1)."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend, device, note = pick_device(cfg, local_rank, local_world, gpus)
+    if note:
+        log0(rank, note)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     group = None
     if world_size > 1:
-        backend = cfg.run.backend if cfg.run.backend != "auto" else ("nccl" if use_cuda else "gloo")
-        checkpoint.init_process_group(backend, timedelta(seconds=cfg.train.timeout_s), device if use_cuda else None)
+        # nccl binds the group to this rank's GPU; gloo sharing a GPU must not (device_id is nccl's)
+        checkpoint.init_process_group(backend, timedelta(seconds=cfg.train.timeout_s),
+                                      device if backend == "nccl" else None)
         # embedding exchanges stay apart from DDP's all-reduces; new_group's timeout does not default to the world's
         group = dist.new_group(backend=backend, timeout=timedelta(seconds=cfg.train.timeout_s))
     return rank, world_size, device, group
@@ -187,6 +212,8 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
     logits, labels = torch.cat(logits), torch.cat(labels)
     if world_size > 1:
         both = torch.stack([logits, labels])
+        if dist.get_backend() != "nccl":  # gloo all-gathers host tensors only (all-reduce and all-to-all take CUDA ones)
+            both = both.cpu()
         gathered = [torch.empty_like(both) for _ in range(world_size)]
         dist.all_gather(gathered, both)
         logits, labels = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])

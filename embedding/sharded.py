@@ -29,7 +29,6 @@ from embedding.tables import STORAGE_DTYPES, Table, feature_names
 from kernels import gather_pool, init_sparse_state, lookup, pool_backward, sparse_update, unique_partition
 from kernels.hashing import splitmix64, uniform
 
-
 # odd multipliers of the weights digest (table_digests): odd, so multiplying by them is a bijection mod 2^64
 _DIGEST_K1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 _DIGEST_K2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64

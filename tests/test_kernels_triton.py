@@ -1,9 +1,11 @@
 """Triton kernels against their torch references.
 
-On CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set below and in
+Without a GPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set below and in
 tests/conftest.py before any kernels.triton_* import); shapes stay small because every
-program instance is executed in Python. The launchers are called directly so that the
-dispatch flag RECFUSE_FORCE_TRITON is only set inside the one test that checks dispatch.
+program instance is executed in Python. With a GPU the same parametrization runs compiled on
+CUDA (inputs are made on the CPU and moved to DEVICE; the reference runs on the CPU copies).
+The launchers are called directly so that the dispatch flag RECFUSE_FORCE_TRITON is only set
+inside the one test that checks dispatch.
 """
 
 import functools
@@ -30,12 +32,20 @@ from kernels.unique_partition import owner_of, unique_partition_reference  # noq
 
 INTERPRETED = isinstance(_gather_pool_kernel, InterpretedFunction)
 HAS_CUDA = torch.cuda.is_available()
+# where the Triton kernels run: compiled on a GPU, or interpreted on the CPU
+DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("cuda")
 
-needs_interpreter = pytest.mark.skipif(
-    not INTERPRETED,
+needs_triton = pytest.mark.skipif(
+    not INTERPRETED and not HAS_CUDA,
     reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
            "kernels.triton_* was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
 )
+
+
+def on(*tensors):
+    """The tensors on DEVICE (the Triton side of a comparison)."""
+    moved = tuple(t.to(DEVICE) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
 
 DIMS = (1, 3, 17, 128)
 WORLD_SIZES = (1, 2, 3, 8)
@@ -78,7 +88,7 @@ def check_unique_partition(keys, offsets, owners, world_size, result):
         assert torch.all(owner[bounds[rank]:bounds[rank + 1]] == rank)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
 @pytest.mark.parametrize("path,pattern", [("direct", p) for p in ("all_duplicates", "all_distinct", "random")] +
@@ -88,11 +98,11 @@ def test_unique_partition(path, pattern, n, world_size):
     keys, offsets = make_keys(pattern, n, gen)
     owners = torch.tensor([min(1, world_size - 1), -1, -1], dtype=torch.int64)
     key_space = max(60, n) if path == "direct" else None  # keys < max(60, n) but for "big"
-    result = unique_partition_triton(keys, offsets, owners, world_size, key_space=key_space)
+    result = unique_partition_triton(*on(keys, offsets, owners), world_size, key_space=key_space)
     check_unique_partition(keys, offsets, owners, world_size, result)
 
 
-@needs_interpreter
+@needs_triton
 def test_unique_partition_probe_overflow_falls_back():
     # one probing round cannot place colliding keys: the launcher must rerun unbounded
     gen = torch.Generator().manual_seed(0)
@@ -100,11 +110,11 @@ def test_unique_partition_probe_overflow_falls_back():
     keys = torch.cat([keys, keys[:100]])
     offsets = torch.tensor([0, 2**20, 2**41], dtype=torch.int64)
     owners = torch.tensor([2, -1], dtype=torch.int64)
-    result = unique_partition_triton(keys, offsets, owners, 3, max_probes=1)
+    result = unique_partition_triton(*on(keys, offsets, owners), 3, max_probes=1)
     check_unique_partition(keys, offsets, owners, 3, result)
 
 
-@needs_interpreter
+@needs_triton
 def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
     """The persistent map is never cleared: each call's smaller tag must beat what earlier calls left,
     also when the key space grows and when the tags run out (the map is refilled)."""
@@ -119,16 +129,17 @@ def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
             next(iter(up._DIRECT_MAPS.values())).tag = 2
         space = 60 if call < 4 else 100
         keys = torch.randint(0, space, (50 + call,), generator=gen, dtype=torch.int64)
-        check_unique_partition(keys, offsets, owners, 2, unique_partition_triton(keys, offsets, owners, 2, key_space=space))
+        check_unique_partition(keys, offsets, owners, 2, unique_partition_triton(*on(keys, offsets, owners), 2,
+                                                                                 key_space=space))
 
 
-@needs_interpreter
+@needs_triton
 def test_unique_partition_single_table():
     keys = torch.tensor([5, 1, 5, 0, 9, 1], dtype=torch.int64)
     offsets = torch.tensor([0, 10], dtype=torch.int64)
     owners = torch.tensor([-1], dtype=torch.int64)
     for key_space in (10, None):
-        result = unique_partition_triton(keys, offsets, owners, 2, key_space=key_space)
+        result = unique_partition_triton(*on(keys, offsets, owners), 2, key_space=key_space)
         check_unique_partition(keys, offsets, owners, 2, result)
     # first occurrence order, grouped by owner (row % 2): even rows [0] then odd rows [5, 1, 9]
     unique, counts, inverse = unique_partition_reference(keys, offsets, owners, 2)
@@ -167,7 +178,7 @@ def make_bags(layout: str, pooling: str, num_unique: int, gen: torch.Generator):
     return batch_size, inverse, offsets, torch.tensor(POOLINGS[pooling])
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("pooling", list(POOLINGS))
@@ -176,12 +187,12 @@ def test_gather_pool(layout, pooling, dim, dtype):
     gen = torch.Generator().manual_seed(dim)
     batch_size, inverse, offsets, feature_mean = make_bags(layout, pooling, 5, gen)
     rows = torch.randn(5, dim, generator=gen).to(dtype)
-    out = gather_pool_triton(rows, inverse, offsets, batch_size, feature_mean)
+    out = gather_pool_triton(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu()
     assert out.dtype == torch.float32 and out.shape == (batch_size, 2, dim)
     torch.testing.assert_close(out, gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean))
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("pooling", list(POOLINGS))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -189,12 +200,12 @@ def test_pool_backward(layout, pooling, dim):
     gen = torch.Generator().manual_seed(dim + 1)
     batch_size, inverse, offsets, feature_mean = make_bags(layout, pooling, 5, gen)
     grad = torch.randn(batch_size, 2, dim, generator=gen)
-    out = pool_backward_triton(grad, inverse, offsets, feature_mean, 5)
+    out = pool_backward_triton(*on(grad, inverse, offsets, feature_mean), 5).cpu()
     # atomics reorder the fp32 sums: equal to round-off, not bitwise
     torch.testing.assert_close(out, pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("num_rows", [0, 1, 9])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", DIMS)
@@ -202,7 +213,7 @@ def test_lookup(dim, dtype, num_rows):
     gen = torch.Generator().manual_seed(dim)
     weight = torch.randn(6, dim, generator=gen).to(dtype)
     rows = torch.randint(0, 6, (num_rows,), generator=gen, dtype=torch.int64)
-    out = lookup_triton(weight, rows)
+    out = lookup_triton(*on(weight, rows)).cpu()
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, lookup_reference(weight, rows), rtol=0, atol=0)
 
@@ -232,7 +243,7 @@ def run_sparse_update(update, optimizer, dim, dtype, pattern, device="cpu"):
     for _ in range(2):  # the second step exercises non-zero state and adam's per-row steps
         grads = torch.randn(rows.numel(), dim, generator=gen).to(device)
         update(weight, rows, grads, state, optimizer, 0.1)
-    return weight, state
+    return weight.cpu(), {k: v.cpu() for k, v in state.items()}
 
 
 def assert_same_update(got, want, dtype):
@@ -245,33 +256,33 @@ def assert_same_update(got, want, dtype):
         torch.testing.assert_close(got[1][name], want[1][name])
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("pattern", list(ROW_PATTERNS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_sparse_update(optimizer, dim, dtype, pattern):
-    got = run_sparse_update(sparse_update_triton, optimizer, dim, dtype, pattern)
+    got = run_sparse_update(sparse_update_triton, optimizer, dim, dtype, pattern, DEVICE)
     want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, pattern)
     assert_same_update(got, want, dtype)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", [1, 5, 32])
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_sparse_update_rows_unique_skips_the_merge(optimizer, dim, dtype):
     """rows_unique=True on rows without duplicates: the same update as the merging path, both kernels."""
     want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, "unique")
-    for update in (sparse_update_reference, sparse_update_triton):
+    for update, device in ((sparse_update_reference, "cpu"), (sparse_update_triton, DEVICE)):
         unique_update = functools.partial(update, rows_unique=True)
-        assert_same_update(run_sparse_update(unique_update, optimizer, dim, dtype, "unique"), want, dtype)
+        assert_same_update(run_sparse_update(unique_update, optimizer, dim, dtype, "unique", device), want, dtype)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 def test_sparse_update_fp16(optimizer):
-    got = run_sparse_update(sparse_update_triton, optimizer, 17, torch.float16, "duplicates")
+    got = run_sparse_update(sparse_update_triton, optimizer, 17, torch.float16, "duplicates", DEVICE)
     want = run_sparse_update(sparse_update_reference, optimizer, 17, torch.float16, "duplicates")
     assert_same_update(got, want, torch.float16)
 
@@ -290,23 +301,25 @@ def test_sparse_update_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 # dispatch: the public functions route CPU tensors to Triton when forced
 
-@needs_interpreter
+@needs_triton
 def test_public_functions_dispatch_to_triton(monkeypatch):
-    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    """kernels.* route CUDA tensors to Triton; CPU tensors only when forced (how the interpreter runs them)."""
+    if INTERPRETED:
+        monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
     keys = torch.tensor([7, 2, 7, 40, 2], dtype=torch.int64)
     offsets = torch.tensor([0, 10, 50], dtype=torch.int64)
     owners = torch.tensor([0, -1], dtype=torch.int64)
-    check_unique_partition(keys, offsets, owners, 2, kernels.unique_partition(keys, offsets, owners, 2))
+    check_unique_partition(keys, offsets, owners, 2, kernels.unique_partition(*on(keys, offsets, owners), 2))
     gen = torch.Generator().manual_seed(0)
     batch_size, inverse, offsets, feature_mean = make_bags("irregular", "mixed", 5, gen)
     rows = torch.randn(5, 3, generator=gen)
-    torch.testing.assert_close(kernels.gather_pool(rows, inverse, offsets, batch_size, feature_mean),
+    torch.testing.assert_close(kernels.gather_pool(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu(),
                                gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean))
     grad = torch.randn(batch_size, 2, 3, generator=gen)
-    torch.testing.assert_close(kernels.pool_backward(grad, inverse, offsets, feature_mean, 5),
+    torch.testing.assert_close(kernels.pool_backward(*on(grad, inverse, offsets, feature_mean), 5).cpu(),
                                pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
-    torch.testing.assert_close(kernels.lookup(rows, inverse), lookup_reference(rows, inverse))
-    assert_same_update(run_sparse_update(kernels.sparse_update, "adam", 3, torch.float32, "duplicates"),
+    torch.testing.assert_close(kernels.lookup(*on(rows, inverse)).cpu(), lookup_reference(rows, inverse))
+    assert_same_update(run_sparse_update(kernels.sparse_update, "adam", 3, torch.float32, "duplicates", DEVICE),
                        run_sparse_update(sparse_update_reference, "adam", 3, torch.float32, "duplicates"),
                        torch.float32)
 

@@ -1,5 +1,7 @@
 """The backbone test: W = 1, 2 and 4 ranks train the same function (losses, weights, states)."""
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,22 +57,24 @@ global_batch_size = 16
 CASES = [(placement, opt) for placement in ("table", "row", "replicated", "auto") for opt in ("sgd", "adagrad", "adam")]
 
 
-def _train_cases(rank, world_size, group, toml_path, cases, pipelined=None):
+def _train_cases(rank, world_size, group, toml_path, cases, pipelined=None, device="cpu"):
     results = {}
+    device = torch.device(device)
     for placement, opt in cases:
         pipelined_case = pipelined if pipelined is not None else opt != "sgd"  # both paths covered
         cfg = load_config(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
                            "--train.pipelined", str(pipelined_case)])
-        parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+        parts = train.build(cfg, rank, world_size, device, group)
         batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
         losses = []
+        batches = (b.to(device) for b in batches)
         for batch, sparse_dist in SparseDistPipeline(batches, parts.embeddings.input_dist, cfg.train.pipelined):
-            loss = train.train_step(parts, batch, sparse_dist, StageTimer(torch.device("cpu")))
+            loss = train.train_step(parts, batch, sparse_dist, StageTimer(device))
             if world_size > 1:
                 dist.all_reduce(loss)
                 loss /= world_size
             losses.append(float(loss))
-        dense = getattr(parts.model, "module", parts.model).state_dict()
+        dense = {k: v.cpu() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
         plan = {name: p.placement for name, p in parts.plan.placements.items()}
         results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense, plan)
     return results
@@ -137,6 +141,9 @@ def test_only_unique_keys_travel():
     assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * 2 + 4 * (out["dim"] + 1) * 2
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="forces Triton on CPU tensors, which only the interpreter runs; with a GPU "
+                           "test_two_ranks_on_one_gpu_match_one_rank covers the compiled Triton path")
 def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     """The whole sharded step with every kernel on Triton (interpreter on CPU) at W=2."""
     pytest.importorskip("triton")
@@ -164,3 +171,23 @@ def test_pipelined_equals_not_pipelined(runs, tmp_path):
     for name, state in plain[1].items():
         for key, value in state.items():
             assert torch.equal(value, piped[1][name][key]), f"{name} {key}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_ranks_on_one_gpu_match_one_rank(runs, tmp_path):
+    """W=2 (gloo, both ranks on cuda:0) against W=1 on the same GPU: the multi-rank GPU path (owners, exchange,
+    compiled Triton kernels with W > 1) on any one-GPU machine. Also against the CPU W=1 reference."""
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML)
+    cases = [("auto", "adagrad"), ("row", "adam"), ("table", "sgd")]
+    one = run_distributed(_train_cases, 1, str(path), cases, None, "cuda")
+    two = run_distributed(_train_cases, 2, str(path), cases, None, "cuda")
+    for case in cases:
+        for got in (two[case], runs[1][case]):
+            torch.testing.assert_close(torch.tensor(got[0]), torch.tensor(one[case][0]), rtol=1e-5, atol=1e-6)
+            for name, ref_state in one[case][1].items():
+                for key, ref in ref_state.items():
+                    torch.testing.assert_close(got[1][name][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} {name} {key}")
+            for key, ref in one[case][2].items():
+                torch.testing.assert_close(got[2][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} dense {key}")

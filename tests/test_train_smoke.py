@@ -58,3 +58,28 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     assert summary["steps"] == 20  # 2 epochs x 2560 / 256
     assert sorted(summary["plan"]) == sorted(f"C{i}" for i in range(1, 27))
     assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0
+
+
+@pytest.mark.parametrize("backend,device,local_world,gpus,want", [
+    ("auto", "auto", 2, 0, ("gloo", "cpu", False)),
+    ("auto", "auto", 2, 2, ("nccl", "cuda:1", False)),   # one GPU per rank: nccl, rank 1 on cuda:1
+    ("auto", "auto", 2, 1, ("gloo", "cuda:0", True)),    # two ranks share one GPU: gloo, and it says so
+    ("gloo", "auto", 4, 1, ("gloo", "cuda:0", False)),
+    ("auto", "cpu", 2, 8, ("gloo", "cpu", False)),
+    ("auto", "auto", 3, 2, ("gloo", "cuda:1", True)),    # local rank 1 of 3 on 2 GPUs
+])
+def test_pick_device(backend, device, local_world, gpus, want):
+    from config import load_config
+
+    cfg = load_config(["--run.backend", backend, "--run.device", device])
+    got_backend, got_device, note = train.pick_device(cfg, 1, local_world, gpus)
+    assert (got_backend, str(got_device), bool(note)) == want
+
+
+def test_pick_device_refuses_nccl_without_a_gpu_per_rank():
+    from config import load_config
+
+    with pytest.raises(ValueError, match="nccl needs one GPU per rank.*--run.backend gloo"):
+        train.pick_device(load_config(["--run.backend", "nccl"]), 0, 2, 1)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        train.pick_device(load_config(["--run.device", "cuda"]), 0, 1, 0)
