@@ -61,13 +61,14 @@ def log0(rank: int, *args) -> None:
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def synthetic_source(cfg: Config, tables) -> SyntheticData:
+def synthetic_source(cfg: Config, tables, device: torch.device | str = "cpu") -> SyntheticData:
+    """Synthetic samples made on `device` (the training device: the host cannot keep up with a GPU)."""
     features = []
     for t_index, (t_cfg, table) in enumerate(zip(cfg.embedding.tables, tables, strict=True)):
         lo = t_cfg.bag_min if t_cfg.bag_min >= 0 else cfg.data.bag_min
         hi = t_cfg.bag_max if t_cfg.bag_max >= 0 else cfg.data.bag_max
         features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi) for f in table.features]
-    return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed)
+    return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed, device)
 
 
 def use_dataset_tables(cfg: Config, dataset) -> None:
@@ -144,7 +145,7 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
         opt_kwargs["betas"] = (o.beta1, o.beta2)
     optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
-    source = dataset if dataset is not None else synthetic_source(cfg, tables)
+    source = dataset if dataset is not None else synthetic_source(cfg, tables, device)
     return Parts(tables, plan, embeddings, model, optimizer, source, autocast)
 
 
@@ -176,7 +177,7 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
     batch_size = max(cfg.eval.batch_size // world_size * world_size, world_size)
     steps = max(cfg.eval.samples // batch_size, 1)
     logits, labels = [], []
-    if isinstance(source, SyntheticData):
+    if isinstance(source, SyntheticData):  # made on the device, as the train batches
         batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
     else:
         batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples,
