@@ -96,7 +96,7 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
         checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
         return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
     return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step,
-                        check=checkpoint.check_batch)
+                        check=checkpoint.check_batch, last_step=cfg.train.steps)
 
 
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,

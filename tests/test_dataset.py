@@ -176,6 +176,9 @@ def test_loaders_from_config(dataset_dir):
         got = [b.sparse.values for b in loader]
     expected = [b.sparse.values for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)]
     assert len(got) == 2 * 10 - 4 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4, last_step=7) as loader:  # train.steps = 7
+        got = [b.sparse.values for b in loader]
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected[:3], strict=False))
     with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
         sizes = [b.batch_size for b in loader]
     assert sizes == [8, 8, 4]
