@@ -32,6 +32,7 @@ from models.flops import dense_flops_per_sample
 from models.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
 from pipeline.loaders import eval_loader, open_dataset, train_loader
 from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
+from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
@@ -79,13 +80,13 @@ def use_dataset_tables(cfg: Config, dataset) -> None:
     rows = dict(zip(dataset.feature_names, dataset.table_rows, strict=True))
     if not cfg.embedding.tables:
         cfg.embedding.tables = [TableConfig(name=f, num_embeddings=n) for f, n in rows.items()]
-        return
     listed = [f for t in cfg.embedding.tables for f in (t.features or [t.name])]
     if sorted(listed) != sorted(rows):
         raise ValueError(f"dataset {cfg.data.path} has features {list(rows)} but the config's tables list {listed}; "
                          "list no [[embedding.tables]] to take the dataset's")
     for t in cfg.embedding.tables:
         t.num_embeddings = max(rows[f] for f in (t.features or [t.name]))
+    multi_hot_from_config(cfg)  # one size per table: a wrong count fails here, naming data.multi_hot_sizes
 
 
 def train_batches(cfg: Config, source, rank: int, world_size: int, device, first_step: int = 0) -> PrefetchLoader:
@@ -96,7 +97,7 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
         checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
         return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
     return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step,
-                        check=checkpoint.check_batch, last_step=cfg.train.steps)
+                        check=checkpoint.check_batch, transform=multi_hot_from_config(cfg), last_step=cfg.train.steps)
 
 
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
@@ -181,7 +182,7 @@ def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -
         batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
     else:
         batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples,
-                              check=checkpoint.check_batch)
+                              check=checkpoint.check_batch, transform=multi_hot_from_config(cfg))
     for batch in batches:
         logits.append(model(batch.dense, embeddings(batch.sparse)).float())
         labels.append(batch.labels)
