@@ -59,6 +59,9 @@ class DataConfig:
     # order; with no tables listed, the dataset's features); [] = one-hot. Synthetic data ignores it (bag_min/bag_max)
     multi_hot_sizes: list[int] = field(default_factory=list)
     multi_hot_distribution: str = "uniform"  # the multi-hot bags' extra ids: "uniform" or "pareto" (as MLPerf's)
+    # a second preprocessed dataset (same features and table sizes, e.g. made with --vocab) to evaluate on; then
+    # all of data.path (or data.train_range) trains and data.eval_range selects rows of eval_path ("" = all)
+    eval_path: str = ""
 
 
 @dataclass
@@ -327,6 +330,8 @@ def validate(cfg: Config) -> None:
     if sizes and tables and len(sizes) != len(tables):  # with no tables listed, the dataset's are checked when opened
         raise ConfigError(f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but embedding.tables lists "
                           f"{len(tables)} tables; give one size per table")
+    if cfg.data.eval_path and not cfg.data.path:
+        raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
 
 
 def to_dict(cfg) -> dict:

@@ -30,7 +30,7 @@ from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sh
 from models import build_model
 from models.flops import dense_flops_per_sample
 from models.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
-from pipeline.loaders import eval_loader, open_dataset, train_loader
+from pipeline.loaders import eval_loader, open_dataset, open_eval_dataset, train_loader
 from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
 from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
@@ -118,11 +118,13 @@ class Parts:
     optimizer: torch.optim.Optimizer  # dense optimizer; embeddings update themselves in backward
     source: object  # SyntheticData, or a pipeline.dataset.BinaryDataset when data.path is set
     autocast: object
+    eval_source: object = None  # what evaluate() reads: data.eval_path's dataset, else source
 
 
 def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) -> Parts:
     """Tables, sharding plan, sharded embeddings, dense model (DDP), dense optimizer, data source."""
     dataset = open_dataset(cfg.data) if cfg.data.path else None
+    eval_dataset = open_eval_dataset(cfg.data, dataset) if cfg.data.eval_path else None
     if dataset is not None:
         use_dataset_tables(cfg, dataset)
         steps = cfg.data.epochs * dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
@@ -147,7 +149,7 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
     optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
     source = dataset if dataset is not None else synthetic_source(cfg, tables, device)
-    return Parts(tables, plan, embeddings, model, optimizer, source, autocast)
+    return Parts(tables, plan, embeddings, model, optimizer, source, autocast, eval_dataset or source)
 
 
 def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backward=None) -> torch.Tensor:
@@ -173,7 +175,8 @@ def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backw
 # ---- evaluation -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -> tuple[float, float]:
-    """AUC and logloss over cfg.eval.samples held-out samples, predictions gathered from all ranks."""
+    """AUC and logloss over cfg.eval.samples held-out samples (source: Parts.eval_source), predictions gathered
+    from all ranks."""
     model.eval()
     batch_size = max(cfg.eval.batch_size // world_size * world_size, world_size)
     steps = max(cfg.eval.samples // batch_size, 1)
@@ -285,7 +288,7 @@ def run(cfg: Config) -> dict:
                        f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB")
             window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-            eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+            eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
 
@@ -296,7 +299,7 @@ def run(cfg: Config) -> dict:
     measured_steps = step - first_step - cfg.train.warmup_steps
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
-    eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+    eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
     utilization = mfu(flops.training, samples_per_sec / world_size, device, dtype)
     summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
                "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,

@@ -9,12 +9,24 @@ import torch
 
 from config import DataConfig
 from pipeline.batch import Batch
-from pipeline.dataset import BinaryDataset
+from pipeline.dataset import BinaryDataset, check_same_tables
 from pipeline.prefetch import PrefetchLoader
 
 
 def open_dataset(data: DataConfig) -> BinaryDataset:
-    return BinaryDataset(data.path)
+    dataset = BinaryDataset(data.path)
+    if data.eval_path:  # evaluation reads another dataset: every row of this one may train
+        dataset.default_train_range = (0, dataset.num_rows)
+    return dataset
+
+
+def open_eval_dataset(data: DataConfig, train_dataset: BinaryDataset) -> BinaryDataset:
+    """data.eval_path, checked against the train dataset (same features, table sizes and dense width);
+    its default eval range is all of its rows."""
+    dataset = BinaryDataset(data.eval_path)
+    check_same_tables(train_dataset, dataset)
+    dataset.default_eval_range = (0, dataset.num_rows)
+    return dataset
 
 
 # check(batch, at, where) -> batch: raises on bad values; at is "step N" / "eval batch N", where(b, key, column)

@@ -142,7 +142,7 @@ def _train(rank, world_size, group, data_dir, toml):
                     dist.all_reduce(loss)
                     loss /= world_size
                 losses.append(float(loss))
-        evaluation = train.evaluate(cfg, parts.model, parts.embeddings, parts.source, rank, world_size,
+        evaluation = train.evaluate(cfg, parts.model, parts.embeddings, parts.eval_source, rank, world_size,
                                     torch.device("cpu"))
         if world_size > 1:  # the global batch: the ranks' slices in rank order
             gathered = [None] * world_size
