@@ -14,6 +14,7 @@ bench/results/synthetic.jsonl with device, date and commit.
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -71,10 +72,11 @@ def main():
            "device": device_name(device), "threads": torch.get_num_threads(),
            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": git_commit(),
            "ms_median": median, "ms_p20": p20, "ms_p80": p80, "samples_per_s": args.batch / (median * 1e-3),
-           "cpu_ms_median": cpu_median}
+           "cpu_ms_median": cpu_median, "load_avg_1m": os.getloadavg()[0]}  # other processes on a shared machine
     print(f"synthetic [{args.impl}] {args.config} batch {args.batch} ({ids} ids) on {row['device']}, "
           f"{row['threads']} threads: {median:.1f} ms (p20 {p20:.1f}, p80 {p80:.1f}), {row['samples_per_s']:,.0f} samples/s"
-          + (f", process CPU time {cpu_median:.1f} ms" if cpu_median is not None else ""))
+          + (f", process CPU time {cpu_median:.1f} ms" if cpu_median is not None else "")
+          + f" (load average {row['load_avg_1m']:.1f})")
     if args.record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:

@@ -144,15 +144,15 @@ class SyntheticData:
         self._dense_weights = self.dense_weights.to(device)
         # a device tensor, not a Python float: CUDA would multiply by the reciprocal of a host scalar
         self._norm = tensor(math.sqrt(1.0 + 0.25 * len(feats)), torch.float32)
-        # runs of adjacent features with equal bag_max: (first column, first feature, features, bag_max)
-        self._runs: list[tuple[int, int, int, int]] = []
+        # runs of adjacent features with equal bag_max: (first column, features, bag_max)
+        self._runs: list[tuple[int, int, int]] = []
         column = 0
-        for f, w in enumerate(widths):
-            if self._runs and self._runs[-1][3] == w:
-                c, first, n, _ = self._runs[-1]
-                self._runs[-1] = (c, first, n + 1, w)
+        for w in widths:
+            if self._runs and self._runs[-1][2] == w:
+                c, n, _ = self._runs[-1]
+                self._runs[-1] = (c, n + 1, w)
             else:
-                self._runs.append((column, f, 1, w))
+                self._runs.append((column, 1, w))
             column += w
         self._width = column
         if self.device.type == "cuda":  # batches are made on another thread's stream, which must see these
@@ -196,7 +196,7 @@ class SyntheticData:
             present = self._col_position[None, :] < length[:, self._col_feature]
             effect = effect * present
         # bag sums over [B, n, w] views: every bag is summed as one contiguous row, as .sum(1) did per feature
-        sums = torch.cat([effect[:, c:c + n * w].view(count, n, w).sum(-1) for c, _, n, w in self._runs], 1) \
+        sums = torch.cat([effect[:, c:c + n * w].view(count, n, w).sum(-1) for c, n, w in self._runs], 1) \
             if num_features else effect.new_zeros(count, 0)
         contribution = 1.5 * (sums / length.clamp(min=1)).float()  # [B, F]
         for f in range(num_features):  # float32 adds in feature order, as before
@@ -216,6 +216,6 @@ class SyntheticData:
     def _feature_major(self, matrix: torch.Tensor, count: int) -> torch.Tensor:
         """[B, S] columns -> flat feature-major bags: feature f's [B, bag_max_f] block, row-major, then f + 1."""
         out = matrix.new_empty(count * self._width)
-        for c, _, n, w in self._runs:
+        for c, n, w in self._runs:
             out[c * count:(c + n * w) * count].view(n, count, w).copy_(matrix[:, c:c + n * w].view(count, n, w).transpose(0, 1))
         return out
