@@ -55,6 +55,13 @@ class DataConfig:
     shuffle: bool = True  # datasets: visit the train range in a new block order each epoch (seeded by run.seed)
     shuffle_block_rows: int = 8192  # rows per shuffled block: larger reads more sequentially, smaller mixes better
     reader: str = "memmap"  # datasets: "memmap" (numpy) or "dali" (needs the [dali] extra); same batches either way
+    # datasets: MLPerf DLRM-DCNv2 multi-hot expansion of the one-hot ids, one bag size per table (embedding.tables
+    # order; with no tables listed, the dataset's features); [] = one-hot. Synthetic data ignores it (bag_min/bag_max)
+    multi_hot_sizes: list[int] = field(default_factory=list)
+    multi_hot_distribution: str = "uniform"  # the multi-hot bags' extra ids: "uniform" or "pareto" (as MLPerf's)
+    # a second preprocessed dataset (same features and table sizes, e.g. made with --vocab) to evaluate on; then
+    # all of data.path (or data.train_range) trains and data.eval_range selects rows of eval_path ("" = all)
+    eval_path: str = ""
 
 
 @dataclass
@@ -287,6 +294,7 @@ def validate(cfg: Config) -> None:
         "run.backend": (cfg.run.backend, ("auto", "nccl", "gloo")),
         "run.device": (cfg.run.device, ("auto", "cuda", "cpu")),
         "data.reader": (cfg.data.reader, ("memmap", "dali")),
+        "data.multi_hot_distribution": (cfg.data.multi_hot_distribution, ("uniform", "pareto")),
         "embedding.out_of_range": (cfg.embedding.out_of_range, ("error", "modulo")),
     }
     for key, (value, allowed) in choices.items():
@@ -314,6 +322,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.shuffle_block_rows and data.prefetch_depth must be positive")
     if not 0 <= cfg.data.bag_min <= cfg.data.bag_max:
         raise ConfigError(f"data.bag_min/bag_max must satisfy 0 <= min <= max, got {cfg.data.bag_min}, {cfg.data.bag_max}")
+    sizes, tables = cfg.data.multi_hot_sizes, cfg.embedding.tables
+    for i, size in enumerate(sizes):
+        if size < 1:
+            where = f" (table {tables[i].name})" if i < len(tables) else ""
+            raise ConfigError(f"config key 'data.multi_hot_sizes' has {size} at position {i}{where}; sizes must be >= 1")
+    if sizes and tables and len(sizes) != len(tables):  # with no tables listed, the dataset's are checked when opened
+        raise ConfigError(f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but embedding.tables lists "
+                          f"{len(tables)} tables; give one size per table")
+    if cfg.data.eval_path and not cfg.data.path:
+        raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
 
 
 def to_dict(cfg) -> dict:

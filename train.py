@@ -30,8 +30,9 @@ from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sh
 from models import build_model
 from models.flops import dense_flops_per_sample
 from models.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
-from pipeline.loaders import eval_loader, open_dataset, train_loader
+from pipeline.loaders import eval_loader, open_dataset, open_eval_dataset, train_loader
 from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
+from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
@@ -86,13 +87,14 @@ def log0(rank: int, *args) -> None:
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def synthetic_source(cfg: Config, tables) -> SyntheticData:
+def synthetic_source(cfg: Config, tables, device: torch.device | str = "cpu") -> SyntheticData:
+    """Synthetic samples made on `device` (the training device: the host cannot keep up with a GPU)."""
     features = []
     for t_index, (t_cfg, table) in enumerate(zip(cfg.embedding.tables, tables, strict=True)):
         lo = t_cfg.bag_min if t_cfg.bag_min >= 0 else cfg.data.bag_min
         hi = t_cfg.bag_max if t_cfg.bag_max >= 0 else cfg.data.bag_max
         features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi) for f in table.features]
-    return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed)
+    return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed, device)
 
 
 def use_dataset_tables(cfg: Config, dataset) -> None:
@@ -103,13 +105,13 @@ def use_dataset_tables(cfg: Config, dataset) -> None:
     rows = dict(zip(dataset.feature_names, dataset.table_rows, strict=True))
     if not cfg.embedding.tables:
         cfg.embedding.tables = [TableConfig(name=f, num_embeddings=n) for f, n in rows.items()]
-        return
     listed = [f for t in cfg.embedding.tables for f in (t.features or [t.name])]
     if sorted(listed) != sorted(rows):
         raise ValueError(f"dataset {cfg.data.path} has features {list(rows)} but the config's tables list {listed}; "
                          "list no [[embedding.tables]] to take the dataset's")
     for t in cfg.embedding.tables:
         t.num_embeddings = max(rows[f] for f in (t.features or [t.name]))
+    multi_hot_from_config(cfg)  # one size per table: a wrong count fails here, naming data.multi_hot_sizes
 
 
 def train_batches(cfg: Config, source, rank: int, world_size: int, device, first_step: int = 0) -> PrefetchLoader:
@@ -120,7 +122,7 @@ def train_batches(cfg: Config, source, rank: int, world_size: int, device, first
         checked = checkpoint.checked_batches(host, cfg.train.global_batch_size, rank, world_size, first_step)
         return PrefetchLoader(checked, device, depth=cfg.data.prefetch_depth)
     return train_loader(source, cfg.data, cfg.train.global_batch_size, rank, world_size, device, cfg.run.seed, first_step,
-                        check=checkpoint.check_batch)
+                        check=checkpoint.check_batch, transform=multi_hot_from_config(cfg), last_step=cfg.train.steps)
 
 
 def local_batches(source: SyntheticData, global_batch: int, rank: int, world_size: int, steps: int, stream: int,
@@ -141,11 +143,13 @@ class Parts:
     optimizer: torch.optim.Optimizer  # dense optimizer; embeddings update themselves in backward
     source: object  # SyntheticData, or a pipeline.dataset.BinaryDataset when data.path is set
     autocast: object
+    eval_source: object = None  # what evaluate() reads: data.eval_path's dataset, else source
 
 
 def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) -> Parts:
     """Tables, sharding plan, sharded embeddings, dense model (DDP), dense optimizer, data source."""
     dataset = open_dataset(cfg.data) if cfg.data.path else None
+    eval_dataset = open_eval_dataset(cfg.data, dataset) if cfg.data.eval_path else None
     if dataset is not None:
         use_dataset_tables(cfg, dataset)
         steps = cfg.data.epochs * dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
@@ -169,8 +173,8 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
         opt_kwargs["betas"] = (o.beta1, o.beta2)
     optimizer = dense_opt(model.parameters(), lr=o.dense_lr, **opt_kwargs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
-    source = dataset if dataset is not None else synthetic_source(cfg, tables)
-    return Parts(tables, plan, embeddings, model, optimizer, source, autocast)
+    source = dataset if dataset is not None else synthetic_source(cfg, tables, device)
+    return Parts(tables, plan, embeddings, model, optimizer, source, autocast, eval_dataset or source)
 
 
 def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backward=None) -> torch.Tensor:
@@ -196,16 +200,17 @@ def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer, before_backw
 # ---- evaluation -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(cfg: Config, model, embeddings, source, rank, world_size, device) -> tuple[float, float]:
-    """AUC and logloss over cfg.eval.samples held-out samples, predictions gathered from all ranks."""
+    """AUC and logloss over cfg.eval.samples held-out samples (source: Parts.eval_source), predictions gathered
+    from all ranks."""
     model.eval()
     batch_size = max(cfg.eval.batch_size // world_size * world_size, world_size)
     steps = max(cfg.eval.samples // batch_size, 1)
     logits, labels = [], []
-    if isinstance(source, SyntheticData):
+    if isinstance(source, SyntheticData):  # made on the device, as the train batches
         batches = (b.to(device) for b in local_batches(source, batch_size, rank, world_size, steps, SyntheticData.EVAL))
     else:
         batches = eval_loader(source, cfg.data, batch_size, rank, world_size, device, cfg.eval.samples,
-                              check=checkpoint.check_batch)
+                              check=checkpoint.check_batch, transform=multi_hot_from_config(cfg))
     for batch in batches:
         logits.append(model(batch.dense, embeddings(batch.sparse)).float())
         labels.append(batch.labels)
@@ -310,7 +315,7 @@ def run(cfg: Config) -> dict:
                        f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB")
             window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-            eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+            eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
 
@@ -321,7 +326,7 @@ def run(cfg: Config) -> dict:
     measured_steps = step - first_step - cfg.train.warmup_steps
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
-    eval_auc, eval_logloss = evaluate(cfg, model, embeddings, source, rank, world_size, device)
+    eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
     utilization = mfu(flops.training, samples_per_sec / world_size, device, dtype)
     summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
                "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,

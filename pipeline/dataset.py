@@ -282,6 +282,23 @@ class BinaryDataset:
             yield [(lo + rank * size, lo + (rank + 1) * size)]
 
 
+def check_same_tables(train: BinaryDataset, other: BinaryDataset) -> None:
+    """DatasetError naming both datasets and the first difference unless ``other`` can be read by a model
+    trained on ``train``: the same features in the same order, table sizes and number of dense features."""
+    mismatch = f"eval dataset {other.path} does not match train dataset {train.path}"
+    for i in range(max(len(train.feature_names), len(other.feature_names))):
+        mine = train.feature_names[i] if i < len(train.feature_names) else None
+        theirs = other.feature_names[i] if i < len(other.feature_names) else None
+        if mine != theirs:
+            raise DatasetError(f"{mismatch}: its categorical feature {i} is {theirs!r}, the train dataset's is {mine!r}")
+    for name, mine, theirs in zip(train.feature_names, train.table_rows, other.table_rows, strict=True):
+        if mine != theirs:
+            raise DatasetError(f"{mismatch}: table {name} has {mine} rows in {train.path} and {theirs} rows in {other.path} "
+                               f"(preprocess the eval files with --vocab {train.path} to share its vocabulary)")
+    if train.num_dense != other.num_dense:
+        raise DatasetError(f"{mismatch}: {other.num_dense} dense features, the train dataset has {train.num_dense}")
+
+
 def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int:
     if world_size <= 0 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size}")

@@ -47,7 +47,7 @@ def write_json_atomic(path: str, obj) -> None:
 # The stages of one training step, in step order; metrics.jsonl "stage_ms" and summary.json "stage_ms" use
 # these names (per-step milliseconds), bench/scaling.py and bench/report.py read them.
 #   data_wait      the train loop blocked on the prefetch loader for the batch (host wall clock)
-#   h2d            host-to-device copy of the batch; on GPU on a side stream, overlapped with compute
+#   h2d            host-to-device copy of the batch (+ its multi-hot expansion); on GPU on a side stream, overlapped
 #   input_dist     dedup + group ids by owner, id counts and id all-to-all, waiting for the ids to arrive
 #                  (runs one batch ahead when the train pipeline is on)
 #   lookup         owners read the requested rows (ShardedEmbeddingCollection.compute)

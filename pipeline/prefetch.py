@@ -12,6 +12,11 @@ overlaps the previous step's compute) and calls record_stream on the delivered t
 the caching allocator does not hand their memory back to the side stream while the
 consumer's stream may still use it. A pinned buffer is refilled only after the event of
 its previous copy has completed. On CPU it is plain thread prefetching.
+
+The source is iterated on the side stream too, so a source that makes its batches on the
+device (pipeline.synthetic) runs its kernels there, beside the step: its tensors are not
+copied again, and the event covers them. ``transform(batch)`` (e.g. pipeline.multihot) runs
+in the producer after the copy, on the side stream, on the device batch.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _copy_to_device(item, device: torch.device, stream: torch.cuda.Stream, slot: _PinnedSlot) -> _Delivery:
+def _copy_to_device(item, device: torch.device, stream: torch.cuda.Stream, slot: _PinnedSlot, transform) -> _Delivery:
     if slot.copy_done is not None:
         slot.copy_done.synchronize()  # its previous batch's copy must finish before the buffers are overwritten
     counter = iter(range(1 << 30))
@@ -112,24 +117,30 @@ def _copy_to_device(item, device: torch.device, stream: torch.cuda.Stream, slot:
     with torch.cuda.stream(stream):
         started.record(stream)
         moved = map_tensors(item, copy)
+        if transform is not None:
+            moved = transform(moved)
         ready.record(stream)
     slot.copy_done = ready
     return _Delivery(moved, ready, started)
 
 
-def _produce(source, out: queue.Queue, stop: threading.Event, device: torch.device, stream, ring_size: int) -> None:
+def _produce(source, out: queue.Queue, stop: threading.Event, device: torch.device, stream, ring_size: int,
+             transform) -> None:
     """Thread body. Holds no reference to the PrefetchLoader, so dropping the loader triggers its __del__."""
     ring = [_PinnedSlot() for _ in range(ring_size)] if stream is not None else []
     try:
         if stream is not None:
             torch.cuda.set_device(device)
+            # the thread's current stream: a source making batches on the device must not use the default stream
+            torch.cuda.set_stream(stream)
         for step, item in enumerate(source):
             if stop.is_set():
                 return
             if stream is None:
-                delivery = _Delivery(map_tensors(item, lambda t: t.to(device)))
+                moved = map_tensors(item, lambda t: t.to(device))
+                delivery = _Delivery(transform(moved) if transform is not None else moved)
             else:
-                delivery = _copy_to_device(item, device, stream, ring[step % ring_size])
+                delivery = _copy_to_device(item, device, stream, ring[step % ring_size], transform)
             if not _put(out, delivery, stop):
                 return
         _put(out, _END, stop)
@@ -144,15 +155,18 @@ def _produce(source, out: queue.Queue, stop: threading.Event, device: torch.devi
 class PrefetchLoader:
     """Iterate ``iterable`` (of Batch or any tensor tree) with up to ``depth`` batches prepared ahead on ``device``.
 
+    ``transform(batch) -> batch``, if given, runs in the producer thread on each batch once it is
+    on ``device`` (on CUDA on the side stream, inside the copy's events).
     Attributes for metrics: ``data_wait_ms`` (how long the consumer blocked for the batch it
-    just took), ``h2d_ms`` (GPU time of the most recent copy already finished; copies are
+    just took), ``h2d_ms`` (GPU time of the most recent copy (+ transform) already finished; copies are
     timed with CUDA events once they complete, so this may trail by a batch or two; 0 on
     CPU), running totals ``total_data_wait_ms`` / ``total_h2d_ms`` and ``batches``.
     An exception raised by the source is re-raised by ``__next__``: the same exception
     object, its traceback still showing where it happened in the producer thread.
     """
 
-    def __init__(self, iterable: Iterable, device: torch.device | str, depth: int = 2):
+    def __init__(self, iterable: Iterable, device: torch.device | str, depth: int = 2,
+                 transform: Callable | None = None):
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.device = torch.device(device)
@@ -171,7 +185,8 @@ class PrefetchLoader:
         stream = torch.cuda.Stream(self.device) if self.use_cuda else None
         # ring: `depth` batches queued, one being filled, one spare so a refill rarely waits on a copy
         self._thread = threading.Thread(target=_produce, name="PrefetchLoader", daemon=True,
-                                        args=(iter(iterable), self._queue, self._stop, self.device, stream, depth + 2))
+                                        args=(iter(iterable), self._queue, self._stop, self.device, stream, depth + 2,
+                                              transform))
         self._thread.start()
 
     def __iter__(self) -> PrefetchLoader:

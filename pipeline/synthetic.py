@@ -8,6 +8,30 @@ W=1, 2, 4 be compared exactly.
 The labels come from a hidden logistic model: every (table, id) has a fixed effect in
 [-1, 1] and every dense feature a fixed weight; a model that learns them reaches an AUC
 well above 0.5 (frequent ids are learnable, rare ones are noise, as in real CTR data).
+
+Batches are made on ``device`` (the training GPU: one host thread cannot keep up with it),
+by the same torch ops on CPU and CUDA. The stream is the one the original host generator
+(frozen in tests/synthetic_reference.py) made: on CPU ids, offsets, dense values and labels
+are bit-identical to it. All features are generated in one pass over a [B, sum of bag_max]
+matrix; each element goes through the same float64 ops, with the same scalar constants, as
+it did in the per-feature loop, so only the layout changed. With fixed bag lengths
+(bag_min == bag_max everywhere) a batch needs no host sync; variable bags need one (the
+masked select of the present ids).
+
+On CUDA, what is exact and what may differ from CPU in the last ulp:
+- exact: the integer hashing (so every uniform draw, dense value and bag length), the
+  hidden per-id effects, the bag sums of up to 2 ids and every elementwise + - * / (the
+  normalising division uses a device tensor, as CUDA turns division by a host scalar into a
+  multiplication by its reciprocal);
+- may differ: pow/exp of the Zipf inverse CDF (an id changes only when the last ulp moves
+  the value across an integer), the float32 matrix-vector product of the dense logit and
+  the float64 sums of bags of 3+ ids (both are reduction-order dependent; a fixed-order
+  elementwise accumulation would pin them, but it does not reproduce the CPU BLAS result
+  for 13 dense features, so the CPU stream is kept) and the sigmoid of the labels (a label
+  flips only when its uniform draw is within that ulp of the probability).
+Even on CPU the dense matrix-vector product's rounding depends on the number of rows (the
+batch slice), as it did before: labels are the same whatever the slice except with a
+probability of about 1e-8 per sample.
 """
 
 from __future__ import annotations
@@ -17,8 +41,24 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.hashing import splitmix64, uniform
+from kernels.hashing import _GOLDEN, _MIX1, _MIX2, splitmix64, uniform
 from pipeline.batch import Batch, KeyedJagged
+
+
+def _uniform_(z: torch.Tensor) -> torch.Tensor:
+    """kernels.hashing.uniform(z), bit for bit, hashing the int64 z in place.
+
+    The same integer ops with one temporary instead of one per op: on CPU every fresh large
+    tensor costs page faults, and this makes the hashing ~2.5x faster there.
+    """
+    t = torch.empty_like(z)
+    z.add_(_GOLDEN)
+    for shift, mix in ((30, _MIX1), (27, _MIX2)):
+        torch.bitwise_right_shift(z, shift, out=t).bitwise_and_((1 << (64 - shift)) - 1)
+        z.bitwise_xor_(t).mul_(mix)
+    torch.bitwise_right_shift(z, 31, out=t).bitwise_and_((1 << 33) - 1)
+    z.bitwise_xor_(t).bitwise_right_shift_(11).bitwise_and_((1 << 53) - 1)
+    return z.double().mul_(2.0**-53)
 
 
 def zipf_ids(u: torch.Tensor, num_rows: int, exponent: float) -> torch.Tensor:
@@ -50,12 +90,12 @@ _SLOT_IDS = 512  # + feature index * max_bag + position
 
 
 class SyntheticData:
-    """Deterministic synthetic samples; ``batch(start, count)`` returns samples start..start+count-1."""
+    """Deterministic synthetic samples; ``batch(start, count)`` returns samples start..start+count-1 on ``device``."""
 
     TRAIN, EVAL = 0, 1  # streams: disjoint sample sequences from the same hidden model
 
     def __init__(self, features: list[SyntheticFeature], num_dense: int, zipf_exponent: float = 1.05,
-                 signal: float = 1.0, seed: int = 0):
+                 signal: float = 1.0, seed: int = 0, device: torch.device | str = "cpu"):
         if num_dense >= 255 or len(features) >= 256:
             raise ValueError("synthetic data supports < 255 dense and < 256 sparse features")
         self.features = features
@@ -63,6 +103,7 @@ class SyntheticData:
         self.zipf_exponent = zipf_exponent
         self.signal = signal
         self.seed = seed
+        self.device = torch.device(device)
         self.max_bag = max((f.bag_max for f in features), default=0)
         if _SLOT_IDS + len(features) * self.max_bag >= _SLOTS:
             raise ValueError("synthetic data: too many features x bag length for the counter layout")
@@ -71,6 +112,51 @@ class SyntheticData:
         g = uniform(self._model_key ^ torch.arange(num_dense, dtype=torch.int64) * 7919)
         self.dense_weights = (2.0 * g - 1.0).float()
         self._stream_keys = [int(splitmix64(seed_t + 1 + s)[0]) for s in range(2)]
+        self.fixed_bags = all(f.bag_min == f.bag_max for f in features)
+        self._columns(device)
+
+    def _columns(self, device) -> None:
+        """Per-column constants of the [B, sum of bag_max] id matrix (columns in feature order), on the device."""
+        feats = self.features
+        widths = [f.bag_max for f in feats]
+        col_feature = [f for f, w in enumerate(widths) for _ in range(w)]
+        col_position = [j for w in widths for j in range(w)]
+        exact_exp = abs(self.zipf_exponent - 1.0) < 1e-9
+        p = 1.0 - self.zipf_exponent
+        # the scalars zipf_ids computes per feature, as float64 columns (x * scalar == x * column, bit for bit)
+        scale = [math.log(float(f.num_rows + 1)) if exact_exp else float(f.num_rows + 1) ** p - 1.0 for f in feats]
+
+        def tensor(values, dtype):
+            return torch.tensor(values, dtype=dtype).to(device)
+
+        self._col_slot = tensor([_SLOT_IDS + f * self.max_bag + j for f, j in zip(col_feature, col_position, strict=True)],
+                                torch.int64)
+        self._col_scale = tensor([scale[f] for f in col_feature], torch.float64)
+        self._col_max_id = tensor([feats[f].num_rows - 1 for f in col_feature], torch.int64)
+        self._col_table = tensor([(feats[f].table_index + 1) * (1 << 40) for f in col_feature], torch.int64)
+        self._col_feature = tensor(col_feature, torch.int64)
+        self._col_position = tensor(col_position, torch.int64)
+        self._length_slot = tensor([_SLOT_LENGTH + f for f in range(len(feats))], torch.int64)
+        self._span = tensor([float(f.bag_max - f.bag_min + 1) for f in feats], torch.float64)
+        self._span_max = tensor([f.bag_max - f.bag_min for f in feats], torch.int64)
+        self._bag_min = tensor([f.bag_min for f in feats], torch.int64)
+        self._dense_slots = torch.arange(self.num_dense, dtype=torch.int64, device=device) + _SLOT_DENSE
+        self._dense_weights = self.dense_weights.to(device)
+        # a device tensor, not a Python float: CUDA would multiply by the reciprocal of a host scalar
+        self._norm = tensor(math.sqrt(1.0 + 0.25 * len(feats)), torch.float32)
+        # runs of adjacent features with equal bag_max: (first column, features, bag_max)
+        self._runs: list[tuple[int, int, int]] = []
+        column = 0
+        for w in widths:
+            if self._runs and self._runs[-1][2] == w:
+                c, n, _ = self._runs[-1]
+                self._runs[-1] = (c, n + 1, w)
+            else:
+                self._runs.append((column, 1, w))
+            column += w
+        self._width = column
+        if self.device.type == "cuda":  # batches are made on another thread's stream, which must see these
+            torch.cuda.current_stream(self.device).synchronize()
 
     def id_effect(self, table_index: int, ids: torch.Tensor) -> torch.Tensor:
         """The hidden per-id effect in [-1, 1] (float64)."""
@@ -85,31 +171,51 @@ class SyntheticData:
         return self._generate(start, count, stream)[1]
 
     def _generate(self, start: int, count: int, stream: int) -> tuple[Batch, torch.Tensor]:
+        device, num_features = self.device, len(self.features)
         key = self._stream_keys[stream]
-        base = (torch.arange(start, start + count, dtype=torch.int64) * _SLOTS) ^ key  # [B]
+        base = (torch.arange(start, start + count, dtype=torch.int64, device=device) * _SLOTS) ^ key  # [B]
 
-        dense_slots = torch.arange(self.num_dense, dtype=torch.int64) + _SLOT_DENSE
-        dense = uniform(base[:, None] + dense_slots[None, :]).float()  # [B, Dd] in [0, 1)
+        dense = _uniform_(base[:, None] + self._dense_slots[None, :]).float()  # [B, Dd] in [0, 1)
+        logit = (dense - 0.5) @ self._dense_weights * 2.0
 
-        num_features = len(self.features)
-        values, lengths, logit = [], [], (dense - 0.5) @ self.dense_weights * 2.0
-        positions = torch.arange(self.max_bag, dtype=torch.int64)
-        for f, feat in enumerate(self.features):
-            span = feat.bag_max - feat.bag_min + 1
-            length = feat.bag_min + (uniform(base + _SLOT_LENGTH + f) * span).long().clamp_(max=span - 1)
-            u = uniform(base[:, None] + (_SLOT_IDS + f * self.max_bag) + positions[None, : feat.bag_max])
-            ids = zipf_ids(u, feat.num_rows, self.zipf_exponent)  # [B, bag_max]
-            present = positions[None, : feat.bag_max] < length[:, None]
-            values.append(ids[present])
-            lengths.append(length)
-            effect = (self.id_effect(feat.table_index, ids) * present).sum(1) / length.clamp(min=1)
-            logit = logit + 1.5 * effect.float()
-        logit = self.signal * logit / math.sqrt(1.0 + 0.25 * num_features)
-        labels = (uniform(base + _SLOT_LABEL) < torch.sigmoid(logit.double())).float()
+        if self.fixed_bags:  # the drawn length would be bag_min whatever the draw: skip it
+            length = self._bag_min.expand(count, num_features)
+        else:
+            drawn = _uniform_(base[:, None] + self._length_slot[None, :]).mul_(self._span).long()
+            length = self._bag_min + torch.minimum(drawn, self._span_max)  # [B, F]
 
-        offsets = torch.zeros(num_features * count + 1, dtype=torch.int64)
+        x = _uniform_(base[:, None] + self._col_slot[None, :])  # [B, S]: every feature's bag_max slots
+        if abs(self.zipf_exponent - 1.0) < 1e-9:
+            x = x.mul_(self._col_scale).exp_()
+        else:
+            x = x.mul_(self._col_scale).add_(1.0).pow_(1.0 / (1.0 - self.zipf_exponent))
+        ids = torch.minimum(x.floor_().long().sub_(1).clamp_(min=0), self._col_max_id)  # zipf_ids, column-wise
+        effect = _uniform_((ids * 4099).add_(self._col_table).bitwise_xor_(self._model_key)).mul_(2.0).sub_(1.0)
+        present = None
+        if not self.fixed_bags:
+            present = self._col_position[None, :] < length[:, self._col_feature]
+            effect = effect * present
+        # bag sums over [B, n, w] views: every bag is summed as one contiguous row, as .sum(1) did per feature
+        sums = torch.cat([effect[:, c:c + n * w].view(count, n, w).sum(-1) for c, n, w in self._runs], 1) \
+            if num_features else effect.new_zeros(count, 0)
+        contribution = 1.5 * (sums / length.clamp(min=1)).float()  # [B, F]
+        for f in range(num_features):  # float32 adds in feature order, as before
+            logit = logit + contribution[:, f]
+        logit = self.signal * logit / self._norm
+        labels = (_uniform_(base + _SLOT_LABEL) < torch.sigmoid(logit.double())).float()
+
+        offsets = torch.zeros(num_features * count + 1, dtype=torch.int64, device=device)
         if num_features:
-            offsets[1:] = torch.cumsum(torch.cat(lengths), 0)
-        flat = torch.cat(values) if values else torch.zeros(0, dtype=torch.int64)
-        sparse = KeyedJagged(flat, offsets, [f.name for f in self.features])
+            offsets[1:] = torch.cumsum(length.t().reshape(-1), 0)
+        values = self._feature_major(ids, count)
+        if present is not None:
+            values = values[self._feature_major(present, count)]  # the one host sync (variable bag lengths)
+        sparse = KeyedJagged(values, offsets, [f.name for f in self.features])
         return Batch(dense=dense.contiguous(), labels=labels, sparse=sparse), logit
+
+    def _feature_major(self, matrix: torch.Tensor, count: int) -> torch.Tensor:
+        """[B, S] columns -> flat feature-major bags: feature f's [B, bag_max_f] block, row-major, then f + 1."""
+        out = matrix.new_empty(count * self._width)
+        for c, n, w in self._runs:
+            out[c * count:(c + n * w) * count].view(n, count, w).copy_(matrix[:, c:c + n * w].view(count, n, w).transpose(0, 1))
+        return out

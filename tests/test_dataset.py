@@ -176,6 +176,82 @@ def test_loaders_from_config(dataset_dir):
         got = [b.sparse.values for b in loader]
     expected = [b.sparse.values for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)]
     assert len(got) == 2 * 10 - 4 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4, last_step=7) as loader:  # train.steps = 7
+        got = [b.sparse.values for b in loader]
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected[:3], strict=False))
     with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
         sizes = [b.batch_size for b in loader]
     assert sizes == [8, 8, 4]
+
+
+# ---- data.eval_path: evaluate on a second dataset ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_and_eval_dirs(tmp_path_factory):
+    """A train dataset with a vocabulary, a later "day" mapped through it (--vocab), and one hashed on its own."""
+    tmp = tmp_path_factory.mktemp("eval_path")
+    preprocess([write_tsv(tmp / "train.tsv", make_lines(200, seed=11))], tmp / "train",
+               PreprocessOptions(min_freq=2, progress=False))
+    preprocess([write_tsv(tmp / "test.tsv", make_lines(90, seed=12))], tmp / "test",
+               PreprocessOptions(vocab=str(tmp / "train"), progress=False))
+    preprocess([tmp / "test.tsv"], tmp / "hashed", PreprocessOptions(hash_rows=[50], progress=False))
+    return tmp
+
+
+def test_eval_path_trains_on_every_train_row_and_evaluates_the_other(train_and_eval_dirs):
+    from config import DataConfig
+    from pipeline.loaders import eval_loader, open_dataset, open_eval_dataset
+
+    tmp = train_and_eval_dirs
+    data = DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "test"))
+    train_ds = open_dataset(data)
+    eval_ds = open_eval_dataset(data, train_ds)
+    assert train_ds.default_train_range == (0, 200) and train_ds.steps_per_epoch(20) == 10
+    assert eval_ds.default_eval_range == (0, 90) and eval_ds.table_rows == train_ds.table_rows
+    for eval_range, rows in [("", (0, 90)), ("10:40", (10, 40))]:
+        data.eval_range = eval_range
+        with eval_loader(eval_ds, data, 16, 0, 1, "cpu") as loader:
+            got = torch.cat([_rows_of(b) for b in loader])
+        np.testing.assert_array_equal(got.numpy(), eval_ds.sparse[rows[0]:rows[1]])
+    assert open_dataset(DataConfig(path=str(tmp / "train"))).default_train_range == (0, 175)  # without: 7/8
+
+
+def test_eval_path_in_the_trainer(train_and_eval_dirs):
+    import train
+    from config import load_config
+
+    tmp = train_and_eval_dirs
+    base = ["--embedding.dim", "4", "--model.bottom_mlp", "8,4", "--model.top_mlp", "8", "--train.global_batch_size", "20",
+            "--eval.samples", "90", "--eval.batch_size", "30"]
+    cfg = load_config([*base, "--data.path", str(tmp / "train"), "--data.eval_path", str(tmp / "test")])
+    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
+    assert cfg.train.steps == 10 and parts.eval_source.path == tmp / "test" and parts.source.path == tmp / "train"
+    # the same (seeded, untrained) model on the test dataset read as data.path with an explicit eval range
+    same = load_config([*base, "--data.path", str(tmp / "test"), "--data.eval_range", "0:90"])
+    other = train.build(same, 0, 1, torch.device("cpu"), None)
+    args = (0, 1, torch.device("cpu"))
+    assert train.evaluate(cfg, parts.model, parts.embeddings, parts.eval_source, *args) == \
+        train.evaluate(same, other.model, other.embeddings, other.eval_source, *args)
+
+
+def test_eval_path_mismatch_names_both_datasets_and_the_table(train_and_eval_dirs, tmp_path):
+    import shutil
+
+    from config import ConfigError, DataConfig, load_config
+    from pipeline.loaders import open_dataset, open_eval_dataset
+
+    tmp = train_and_eval_dirs
+    train_ds = open_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")))
+    first = train_ds.feature_names[0]
+    with pytest.raises(DatasetError, match=rf"eval dataset {tmp / 'hashed'} does not match train dataset {tmp / 'train'}: "
+                                           rf"table {first} has {train_ds.table_rows[0]} rows in {tmp / 'train'} and 50 rows "
+                                           rf"in {tmp / 'hashed'}"):
+        open_eval_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")), train_ds)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tmp / "test", renamed)
+    meta = json.loads((renamed / "meta.json").read_text())
+    meta["feature_names"][3] = "D4"
+    (renamed / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"its categorical feature 3 is 'D4', the train dataset's is 'C4'"):
+        open_eval_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(renamed)), train_ds)
+    with pytest.raises(ConfigError, match=r"'data.eval_path' needs data.path"):
+        load_config(["--data.eval_path", str(tmp / "test")])

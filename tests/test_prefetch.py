@@ -124,3 +124,52 @@ def test_cuda_copies_match_and_reuse_pinned_buffers():
             torch.cuda.current_stream().synchronize()
             assert torch.equal(got.dense.cpu(), ref.dense) and torch.equal(got.sparse.values.cpu(), ref.sparse.values)
         assert loader.total_h2d_ms >= 0.0
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_transform_runs_in_the_producer_on_the_device_batch(depth):
+    seen = []
+
+    def double_ids(batch):
+        seen.append(threading.current_thread().name)
+        return Batch(batch.dense, batch.labels, KeyedJagged(batch.sparse.values * 2, batch.sparse.offsets, batch.sparse.keys))
+
+    with PrefetchLoader((_batch(i) for i in range(7)), "cpu", depth=depth, transform=double_ids) as loader:
+        got = list(loader)
+    assert [b.sparse.values.tolist() for b in got] == [[2 * i, 2 * i + 2, 2 * i + 4] for i in range(7)]
+    assert seen == ["PrefetchLoader"] * 7
+
+
+def test_batches_already_on_the_device_are_not_copied():
+    batches = [_batch(i) for i in range(4)]
+    with PrefetchLoader(iter(batches), "cpu") as loader:
+        for ref, got in zip(batches, loader, strict=True):
+            assert got.dense.data_ptr() == ref.dense.data_ptr()
+            assert got.sparse.values.data_ptr() == ref.sparse.values.data_ptr()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_source_runs_on_the_side_stream_and_is_not_copied():
+    device = torch.device("cuda")
+    made, streams = [], []
+
+    def on_device():
+        for i in range(6):
+            streams.append(torch.cuda.current_stream(device))
+            b = Batch(torch.full((2, 4), float(i), device=device), torch.zeros(2, device=device),
+                      KeyedJagged(torch.arange(i, i + 3, device=device), torch.tensor([0, 1, 3], device=device), ["a"]))
+            made.append(b.dense.data_ptr())
+            yield b
+
+    def plus_one(batch):
+        return Batch(batch.dense + 1, batch.labels, batch.sparse)
+
+    main_stream = torch.cuda.current_stream(device)
+    with PrefetchLoader(on_device(), device, depth=2) as loader:
+        for i, got in enumerate(loader):
+            assert got.dense.data_ptr() == made[i]  # delivered as made, no copy
+            assert torch.equal(got.dense.cpu(), torch.full((2, 4), float(i)))
+    assert all(s != main_stream for s in streams)  # made on the loader's side stream, not the default one
+    with PrefetchLoader(on_device(), device, transform=plus_one) as loader:
+        assert [float(b.dense[0, 0]) for b in loader] == [i + 1.0 for i in range(6)]
