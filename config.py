@@ -38,6 +38,9 @@ class RunConfig:
     log_every: int = 10  # steps between metrics lines
     backend: str = "auto"  # process-group backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"
     device: str = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
+    # CUDA: profile this many steps right after train.warmup_steps (torch.profiler) and put device->host syncs and
+    # kernel launches per step into summary.json ("profile"); the measured samples/s start after them. 0 = off
+    profile_steps: int = 0
 
 
 @dataclass

@@ -34,6 +34,7 @@ from pipeline.loaders import eval_loader, open_dataset, open_eval_dataset, train
 from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
 from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
+from pipeline.profiling import StepProfiler
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
 
@@ -263,8 +264,13 @@ def run(cfg: Config) -> dict:
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
     history = []
 
+    # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
+    unmeasured = cfg.train.warmup_steps + (cfg.run.profile_steps if device.type == "cuda" else 0)
+    profiler = StepProfiler(device, first_step + cfg.train.warmup_steps + 1, cfg.run.profile_steps)
+    measured_memory_bytes = 0
     step = first_step
     for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
+        profiler.before_step(step)
         # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is data wait
         timer.add("data_wait", batches.data_wait_ms)
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
@@ -272,8 +278,11 @@ def run(cfg: Config) -> dict:
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
         window_memory_bytes += embeddings.last_memory_bytes
+        profiler.after_step(step)
+        if measured_start is not None:
+            measured_memory_bytes += embeddings.last_memory_bytes
 
-        if step - first_step == cfg.train.warmup_steps:
+        if step - first_step == unmeasured:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             measured_start = time.perf_counter()
@@ -323,7 +332,7 @@ def run(cfg: Config) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     end = time.perf_counter()
-    measured_steps = step - first_step - cfg.train.warmup_steps
+    measured_steps = step - first_step - unmeasured
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
@@ -339,7 +348,10 @@ def run(cfg: Config) -> dict:
                "stage_ms": {k: stage_totals.get(k, 0.0) / max(measured_steps, 1) for k in STAGES},
                "exchange_bytes_per_rank": history[-1]["exchange_bytes_per_step"] if history else 0,
                "allreduce_bytes": 4 * sum(p.numel() for p in model.parameters()),
-               "local_batch": cfg.train.global_batch_size // world_size}
+               "local_batch": cfg.train.global_batch_size // world_size,
+               "embedding_gbps": measured_memory_bytes / (end - measured_start) / 1e9 if measured_start else None,
+               "data_wait_pct": 100.0 * stage_totals.get("data_wait", 0.0) / 1e3 / (end - measured_start)
+               if measured_start else None, "profile": profiler.result}
     ckpt.finish(summary)  # weights_digest, export
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")

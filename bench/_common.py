@@ -19,7 +19,8 @@ import time
 
 import torch
 
-RESULTS = pathlib.Path(__file__).parent / "results" / "kernels.jsonl"
+# where Report appends its rows; bench/gpu_check.py points it into its own result directory
+RESULTS = pathlib.Path(os.environ.get("RECFUSE_BENCH_RESULTS") or pathlib.Path(__file__).parent / "results" / "kernels.jsonl")
 
 # spec HBM bandwidth, bytes/s, by device-name substring (first match wins)
 PEAK_BYTES_PER_S = (

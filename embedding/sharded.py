@@ -125,14 +125,15 @@ class ShardedEmbeddingCollection(nn.Module):
         self.register_buffer("table_modulo", torch.tensor([t.out_of_range == "modulo" for t in tables]), persistent=False)
         self.register_buffer("feature_mean", torch.tensor([t.pooling == "mean" for t in tables for _ in t.features]),
                              persistent=False)
-        self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype]))
-        for name, tensor in init_sparse_state(optimizer.name, cursor, self.dim, "cpu").items():
+        # the tables are made on the device: a host copy of 10s of GB would be slow and may not fit
+        self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype], device=device))
+        for name, tensor in init_sparse_state(optimizer.name, cursor, self.dim, device).items():
             self.register_buffer(name, tensor)
         # access statistics (DeepRec EV export): lookups per row (every id occurrence in a bag counts,
         # counted by the requester and sent with the gradients, so totals do not depend on W) and the
         # training step (num_updates, 1-based) of the row's last update
-        self.register_buffer("freq", torch.zeros(cursor, dtype=torch.int64))
-        self.register_buffer("last_step", torch.zeros(cursor, dtype=torch.int64))
+        self.register_buffer("freq", torch.zeros(cursor, dtype=torch.int64, device=device))
+        self.register_buffer("last_step", torch.zeros(cursor, dtype=torch.int64, device=device))
         self.num_updates = 0  # sparse updates applied so far (= training steps); restored by checkpoints
         self._init_weights(seed)
         self.to(device)
@@ -159,15 +160,18 @@ class ShardedEmbeddingCollection(nn.Module):
         return self.local_base[t] + torch.where(self.table_is_row[t], row // self.world_size, row)
 
     def _init_weights(self, seed: int) -> None:
-        """Uniform(+-sqrt(1/rows)) from a hash of (seed, table, row, d): same values under any plan."""
-        d = torch.arange(self.dim, dtype=torch.int64)
+        """Uniform(+-sqrt(1/rows)) from a hash of (seed, table, row, d): same values under any plan, and on any
+        device (integer hashing and IEEE float64 arithmetic only), computed where the weights live."""
+        device = self.weight.device
+        d = torch.arange(self.dim, dtype=torch.int64, device=device)
+        chunk_rows = max(1, (1 << 24 if device.type == "cuda" else 1 << 20) // max(self.dim, 1))  # bounds temporaries
         for t, table in enumerate(self.tables):
             key = int(splitmix64(torch.tensor([seed * 1_000_003 + t + 1], dtype=torch.int64))[0])
             bound = (1.0 / table.num_embeddings) ** 0.5
-            rows = self.local_global_rows(t)
+            rows = self.local_global_rows(t).to(device)
             base = int(self.local_base[t])
-            for start in range(0, rows.numel(), 1 << 16):  # chunks keep the int64 counters small
-                chunk = rows[start : start + (1 << 16)]
+            for start in range(0, rows.numel(), chunk_rows):
+                chunk = rows[start : start + chunk_rows]
                 values = (2.0 * uniform((chunk[:, None] * self.dim + d) ^ key) - 1.0) * bound
                 self.weight[base + start : base + start + chunk.numel()] = values.to(self.weight.dtype)
 

@@ -314,3 +314,37 @@ def batch_from_rows(dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Ten
     values = sparse.t().contiguous().reshape(-1).to(torch.int64)
     offsets = torch.arange(f * b + 1, dtype=torch.int64, device=sparse.device)
     return Batch(dense=dense.float().contiguous(), labels=labels.float(), sparse=KeyedJagged(values, offsets, list(keys)))
+
+
+def write_dataset(directory: str | os.PathLike, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray,
+                  feature_names: list[str], table_rows: list[int], days: list[int] | None = None) -> dict:
+    """Write arrays as a dataset BinaryDataset reads (generated data, tests, benchmarks); returns meta.json's content.
+
+    dense float32 [R, Dd], sparse int32/int64 [R, F] ids in [0, table_rows[f]), labels float32/uint8 [R]. Written
+    under ``.NAME.partial`` beside the directory and renamed when complete, like the Criteo preprocessing."""
+    import hashlib
+    import shutil
+
+    directory = Path(directory)
+    rows = dense.shape[0]
+    if sparse.shape != (rows, len(feature_names)) or labels.shape != (rows,) or len(table_rows) != len(feature_names):
+        raise ValueError(f"inconsistent shapes: dense {dense.shape}, sparse {sparse.shape}, labels {labels.shape}, "
+                         f"{len(feature_names)} features, {len(table_rows)} table sizes")
+    if rows and (sparse.min() < 0 or bool((sparse.max(axis=0) >= np.asarray(table_rows)).any())):
+        raise ValueError(f"sparse ids outside [0, table_rows) (max per feature {sparse.max(axis=0).tolist()})")
+    partial = directory.parent / f".{directory.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    files = {}
+    for key, array in (("dense", dense.astype(np.float32, copy=False)), ("sparse", sparse), ("labels", labels)):
+        data = np.ascontiguousarray(array).tobytes()
+        (partial / f"{key}.bin").write_bytes(data)
+        files[key] = {"name": f"{key}.bin", "dtype": array.dtype.name, "bytes": len(data), "shape": list(array.shape),
+                      "sha256": hashlib.sha256(data).hexdigest()}
+    meta = {"format": FORMAT_NAME, "version": 1, "num_rows": rows, "num_dense": dense.shape[1],
+            "feature_names": list(feature_names), "table_rows": [int(n) for n in table_rows], "days": days,
+            "files": files, "options": {"ids": "written by pipeline.dataset.write_dataset"}}
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(partial, directory)
+    return meta
