@@ -26,7 +26,15 @@ from torch import nn
 from embedding.comm import Exchange
 from embedding.planner import ShardingPlan, plan_sharding
 from embedding.tables import STORAGE_DTYPES, Table, feature_names
-from kernels import gather_pool, init_sparse_state, lookup, pool_backward, sparse_update, unique_partition
+from kernels import (
+    gather_pool,
+    init_sparse_state,
+    lookup,
+    pool_backward,
+    pool_backward_update,
+    sparse_update,
+    unique_partition,
+)
 from kernels.hashing import splitmix64, uniform
 
 # odd multipliers of the weights digest (table_digests): odd, so multiplying by them is a bijection mod 2^64
@@ -55,6 +63,7 @@ class SparseDist:
     recv_splits: list[int]  # keys received from each rank
     recv_keys: torch.Tensor | None = None  # [sum(recv_splits)] keys this rank must serve
     _work: object = None  # pending all-to-all of the keys
+    value_rows: torch.Tensor | None = None  # W = 1 only: [N] local row read by each value (no dedup, no exchange)
 
     def wait(self) -> SparseDist:
         if self._work is not None:
@@ -112,6 +121,8 @@ class ShardedEmbeddingCollection(nn.Module):
         self.local_count = local_count
 
         self.num_keys = int(offsets[-1])  # size of the fused key space (host copy: no sync to read it)
+        # one rank owns every row: values read the table directly and the backward is one fused pass
+        self.single_rank = world_size == 1
         self.register_buffer("table_offsets", offsets, persistent=False)
         self.register_buffer("table_rows", rows, persistent=False)
         self.register_buffer("table_owner", torch.tensor(owner, dtype=torch.int64), persistent=False)
@@ -236,6 +247,9 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def _input_dist(self, kjt) -> SparseDist:
         kjt, value_table = self._checked_ids(kjt)
+        if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
+            rows = kjt.values + self.local_base[value_table]
+            return SparseDist(kjt.batch_size, kjt.offsets, rows, rows[:0], [0], [0], value_rows=rows)
         keys = kjt.values + self.table_offsets[value_table]  # fused key space: table offset + row
         unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size,
                                                              key_space=self.num_keys)
@@ -252,6 +266,8 @@ class ShardedEmbeddingCollection(nn.Module):
         Example (rank 1 above): recv_keys [12, 12] -> local rows [2, 2] -> unique [2] -> rows [[w2], [w2]]
         """
         sd.wait()
+        if sd.value_rows is not None:  # single rank: output_dist pools straight from the table
+            return None
         local = self.local_rows(sd.recv_keys)
         sd.owner_rows, sd.owner_inverse = torch.unique(local, return_inverse=True)
         return lookup(self.weight, sd.owner_rows).index_select(0, sd.owner_inverse)
@@ -263,12 +279,26 @@ class ShardedEmbeddingCollection(nn.Module):
         Example (rank 0 above): gets rows for its unique [3 | 12] from ranks 0 and 1, then pools
         bags [3], [3], [12] of its local batch (sum or mean per feature; empty bags give zeros).
         """
+        if sd.value_rows is not None:
+            return gather_pool(self.weight, sd.value_rows, sd.offsets, sd.batch_size, self.feature_mean)
         rows = self.exchange.all_to_all(served_rows, sd.recv_splits, sd.send_splits)
         return gather_pool(rows, sd.inverse, sd.offsets, sd.batch_size, self.feature_mean)
 
     # ---- backward -------------------------------------------------------------------------------------------
     def backward_and_update(self, sd: SparseDist, grad_pooled: torch.Tensor) -> None:
-        """pool_backward -> all-to-all grads to owners -> merge across senders -> fused sparse update."""
+        """pool_backward -> all-to-all grads to owners -> merge across senders -> fused sparse update.
+
+        Single rank: kernels.pool_backward_update does it all in one pass (the sparse_update stage)."""
+        o = self.optimizer
+        if sd.value_rows is not None:
+            with self._stage("sparse_update"):
+                self.num_updates += 1
+                updated = pool_backward_update(self.weight, self._state(), self.freq, self.last_step, self.num_updates,
+                                               sd.value_rows, sd.offsets, grad_pooled, self.feature_mean, o.name, o.lr,
+                                               o.eps, o.beta1, o.beta2)
+            self.last_exchange_bytes = 0
+            self.last_memory_bytes = self._memory_bytes(sd, updated)
+            return
         with self._stage("grad_dist"):
             rows, grads = self._gradients_to_owners(sd, grad_pooled)
         with self._stage("sparse_update"):
@@ -276,7 +306,6 @@ class ShardedEmbeddingCollection(nn.Module):
             self.num_updates += 1
             self.freq.index_add_(0, rows, counts)
             self.last_step[rows] = self.num_updates
-            o = self.optimizer
             sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2,
                           rows_unique=True)  # merged across senders in _gradients_to_owners
         self.last_exchange_bytes = self._exchange_bytes(sd)
@@ -325,6 +354,9 @@ class ShardedEmbeddingCollection(nn.Module):
         values = int(sd.inverse.numel())
         bags_out = sd.batch_size * len(self.features) * f32_row
         state = sum(v[:1].numel() * v.element_size() for v in self._state().values()) if self.num_local_rows else 0
+        if sd.value_rows is not None:  # rows read per value in both passes (pooling, then the fused backward)
+            update = updated_rows * (2 * (row + state) + 16)  # + the lookup count and last step
+            return values * (8 + row) + bags_out + values * (4 + 4 + f32_row) + update
         forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
         backward = bags_out + values * 8 + sd.unique_keys.numel() * f32_row + updated_rows * 2 * (row + state)
         return forward + backward

@@ -10,6 +10,7 @@ This package imports nothing else of the project.
 
 from kernels.gather_pool import gather_pool, lookup
 from kernels.pool_backward import pool_backward
+from kernels.pool_backward_update import pool_backward_update
 from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update
 from kernels.unique_partition import unique_partition
 
@@ -19,6 +20,7 @@ __all__ = [
     "init_sparse_state",
     "lookup",
     "pool_backward",
+    "pool_backward_update",
     "sparse_update",
     "unique_partition",
 ]

@@ -35,7 +35,7 @@ def gather_pool_reference(rows: torch.Tensor, inverse: torch.Tensor, offsets: to
     dim = rows.shape[1]
     bag_of_value, _, scale = bag_layout(offsets, batch_size, feature_mean)
     pooled = torch.zeros(num_features * batch_size, dim, dtype=torch.float32, device=rows.device)
-    pooled.index_add_(0, bag_of_value, rows.float().index_select(0, inverse))
+    pooled.index_add_(0, bag_of_value, rows.index_select(0, inverse).float())  # rows may be a whole table
     pooled *= scale[:, None]
     # bags are feature-major (f * B + b); the output is sample-major [B, F, D]
     return pooled.view(num_features, batch_size, dim).transpose(0, 1).contiguous()

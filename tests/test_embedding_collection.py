@@ -132,3 +132,23 @@ def test_dims_must_match():
     with pytest.raises(ValueError, match="share one embedding dim"):
         EmbeddingCollection([Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))],
                             SparseOptimizerConfig())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+def test_single_rank_path_equals_the_exchange_path(optimizer):
+    """One rank pools straight from the table and fuses pooling backward with the optimizer; the general path
+    (dedup, exchange, pool_backward, sparse_update) on one rank computes the same thing, to the bit on CPU."""
+    results = []
+    for single_rank in (True, False):
+        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2)
+        ec.single_rank = single_rank
+        pooled = []
+        for batch in BATCHES * 2:
+            out = ec(KeyedJagged.from_lists(batch))
+            (out * torch.arange(out.numel()).view(out.shape).sin()).sum().backward()
+            pooled.append(out.detach())
+        results.append((pooled, {k: v.clone() for k, v in ec._tracked().items()}))
+    (pooled_a, state_a), (pooled_b, state_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(pooled_a, pooled_b, strict=True))
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
