@@ -2,8 +2,10 @@
 
 ``_gather_pool_kernel`` fuses what the reference does in three passes (index_select of the
 rows, index_add into bags, scaling, feature-major -> sample-major transpose): one program per
-(bag, D-block) reads the bag's inverse indices, gathers those rows, accumulates in fp32 and
-writes pooled[b, f, :] once. Nothing of size N x D is ever materialized.
+(BAGS consecutive bags, D-block) walks the bags' values in step, gathering one row per bag per
+step into a [BAGS, BLOCK_D] tile (a bag of one value, the Kaggle case, no longer costs a whole
+program), accumulates in fp32 in value order (the reference's order: the same sums, bit for
+bit) and writes pooled[b, f, :] once. Nothing of size N x D is ever materialized.
 """
 
 import torch
@@ -43,7 +45,7 @@ def _lookup_kernel(
 
 @triton.jit(do_not_specialize=ROW_SIZES)
 def _gather_pool_kernel(
-    rows_ptr,      # [U, D] one row per unique key, any float dtype, contiguous
+    rows_ptr,      # [R, D] rows (the unique keys' rows, or a whole table), any float dtype, contiguous
     inverse_ptr,   # int64 [N] row of each value; values are grouped by bag, bags feature-major
     offsets_ptr,   # int64 [F*B+1] bag boundaries into inverse
     mean_ptr,      # int32 [F] 1 where feature f is mean-pooled
@@ -51,34 +53,39 @@ def _gather_pool_kernel(
     batch_size,    # B
     num_features,  # F
     dim,           # D
-    BLOCK_V: tl.constexpr,  # values gathered per step: several row loads in flight at once
+    BAGS: tl.constexpr,     # bags per program (bags_per_program)
     BLOCK_D: tl.constexpr,  # columns per program (one of BLOCK_DS)
     ALIGN: tl.constexpr,    # divides D (row_align)
 ):
-    bag = tl.program_id(0)
+    pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
-    f = bag // batch_size
-    b = bag % batch_size
+    bag = pid_b.to(tl.int64) * BAGS + tl.arange(0, BAGS)
+    bag_mask = bag < batch_size * num_features
+    start = tl.load(offsets_ptr + bag, mask=bag_mask, other=0)
+    length = tl.load(offsets_ptr + bag + 1, mask=bag_mask, other=0) - start
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = column_mask(d, dim, ALIGN)
-    start = tl.load(offsets_ptr + bag)
-    end = tl.load(offsets_ptr + bag + 1)
 
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for v0 in range(start, end, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        v_mask = v < end
-        idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
+    acc = tl.zeros([BAGS, BLOCK_D], dtype=tl.float32)
+    for j in range(0, tl.max(length)):  # the bags of a program mostly share one feature, so one length
+        v_mask = j < length
+        idx = tl.load(inverse_ptr + start + j, mask=v_mask, other=0)
         src = tl.multiple_of(idx * dim, ALIGN)
         x = tl.load(rows_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32), axis=0)
+        acc += x.to(tl.float32)
 
-    length = end - start
-    is_mean = tl.load(mean_ptr + f) != 0
+    f = bag // batch_size
+    b = bag % batch_size
+    is_mean = tl.load(mean_ptr + f, mask=bag_mask, other=0) != 0
     # empty bags stay zero whatever the pooling: acc is 0 and the scale stays 1
     scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
-    dst = tl.multiple_of((b.to(tl.int64) * num_features + f) * dim, ALIGN)
-    tl.store(out_ptr + dst + d, acc * scale, mask=d_mask)
+    dst = tl.multiple_of((b * num_features + f) * dim, ALIGN)
+    tl.store(out_ptr + dst[:, None] + d[None, :], acc * scale[:, None], mask=bag_mask[:, None] & d_mask[None, :])
+
+
+def bags_per_program(block_d: int) -> int:
+    """BAGS of the pooling kernels: a [BAGS, BLOCK_D] tile of 1024 values (8 per thread of 4 warps)."""
+    return 1024 // block_d
 
 
 def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -116,10 +123,11 @@ def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch
     if num_bags == 0 or dim == 0:
         return out
     block_d = column_block(dim)
-    grid = (num_bags, triton.cdiv(dim, block_d))
+    bags = bags_per_program(block_d)
+    grid = (triton.cdiv(num_bags, bags), triton.cdiv(dim, block_d))
     _gather_pool_kernel[grid](
         rows.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out, batch_size, num_features, dim,
-        BLOCK_V=16, BLOCK_D=block_d, ALIGN=row_align(dim),
+        BAGS=bags, BLOCK_D=block_d, ALIGN=row_align(dim),
     )
     return out
 

@@ -1,8 +1,9 @@
 """Triton backward of gather_pool: gradient per unique key without a dense table gradient.
 
-One program per (bag, D-block) loads its bag's pooled gradient once, scales it (1/len for
-mean features) and atomically adds it into grad_unique[inverse[i]] for each value i of the
-bag. Work and traffic are O(N * D) with no sort and no [N, D] intermediate.
+One program per (BAGS consecutive bags, D-block) loads the bags' pooled gradients once, scales
+them (1/len for mean features) and atomically adds them into grad_unique[inverse[i]] for each
+value i, one value per bag per step. Work and traffic are O(N * D) with no sort and no [N, D]
+intermediate. (One rank uses kernels/triton_pool_backward_update.py instead: no atomics.)
 
 Float atomics make the summation order depend on scheduling, so results are deterministic
 only up to fp32 round-off (a key used k times sees k! possible orders). The project's
@@ -14,7 +15,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_common import check_bags, column_block, column_mask, row_align
-from kernels.triton_gather_pool import ROW_SIZES
+from kernels.triton_gather_pool import ROW_SIZES, bags_per_program
 
 
 @triton.jit(do_not_specialize=ROW_SIZES)
@@ -27,33 +28,32 @@ def _pool_backward_kernel(
     batch_size,    # B
     num_features,  # F
     dim,           # D
-    BLOCK_V: tl.constexpr,  # values scattered per step
-    BLOCK_D: tl.constexpr,  # columns per program (one of triton_gather_pool.BLOCK_DS)
+    BAGS: tl.constexpr,     # bags per program (triton_gather_pool.bags_per_program)
+    BLOCK_D: tl.constexpr,  # columns per program (one of triton_common.BLOCK_DS)
     ALIGN: tl.constexpr,    # divides D (row_align)
 ):
-    bag = tl.program_id(0)
+    pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
+    bag = pid_b.to(tl.int64) * BAGS + tl.arange(0, BAGS)
+    bag_mask = bag < batch_size * num_features
+    start = tl.load(offsets_ptr + bag, mask=bag_mask, other=0)
+    length = tl.load(offsets_ptr + bag + 1, mask=bag_mask, other=0) - start
     f = bag // batch_size
     b = bag % batch_size
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = column_mask(d, dim, ALIGN)
-    start = tl.load(offsets_ptr + bag)
-    end = tl.load(offsets_ptr + bag + 1)
-    length = end - start
-    is_mean = tl.load(mean_ptr + f) != 0
+    is_mean = tl.load(mean_ptr + f, mask=bag_mask, other=0) != 0
     scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
-    grad_row = b.to(tl.int64) * num_features + f
-    g = tl.load(grad_ptr + tl.multiple_of(grad_row * dim, ALIGN) + d, mask=d_mask, other=0.0).to(tl.float32) * scale
+    src = tl.multiple_of((b * num_features + f) * dim, ALIGN)
+    g = tl.load(grad_ptr + src[:, None] + d[None, :], mask=bag_mask[:, None] & d_mask[None, :], other=0.0)
+    g = g.to(tl.float32) * scale[:, None]
 
-    for v0 in range(start, end, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        v_mask = v < end
-        idx = tl.load(inverse_ptr + v, mask=v_mask, other=0)
-        # a key repeated inside one bag hits the same address twice in this call: atomics
-        # serialize those, a plain store would drop one
+    for j in range(0, tl.max(length)):
+        v_mask = j < length
+        idx = tl.load(inverse_ptr + start + j, mask=v_mask, other=0)
+        # a key repeated in one bag or in two bags of the program hits one address twice: atomics add both
         dst = tl.multiple_of(idx * dim, ALIGN)
-        tl.atomic_add(out_ptr + dst[:, None] + d[None, :], tl.broadcast_to(g[None, :], (BLOCK_V, BLOCK_D)),
-                      mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
+        tl.atomic_add(out_ptr + dst[:, None] + d[None, :], g, mask=v_mask[:, None] & d_mask[None, :], sem="relaxed")
 
 
 def pool_backward_triton(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
@@ -71,10 +71,11 @@ def pool_backward_triton(grad_pooled: torch.Tensor, inverse: torch.Tensor, offse
     if num_bags == 0 or dim == 0 or num_unique == 0:
         return out
     block_d = column_block(dim)
-    grid = (num_bags, triton.cdiv(dim, block_d))
+    bags = bags_per_program(block_d)
+    grid = (triton.cdiv(num_bags, bags), triton.cdiv(dim, block_d))
     _pool_backward_kernel[grid](
         grad_pooled.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out,
-        batch_size, num_features, dim, BLOCK_V=16, BLOCK_D=block_d, ALIGN=row_align(dim),
+        batch_size, num_features, dim, BAGS=bags, BLOCK_D=block_d, ALIGN=row_align(dim),
     )
     return out
 
