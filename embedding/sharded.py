@@ -124,6 +124,8 @@ class ShardedEmbeddingCollection(nn.Module):
         # one rank owns every row: values read the table directly and the backward is one fused pass
         self.single_rank = world_size == 1
         self.register_buffer("table_offsets", offsets, persistent=False)
+        self.register_buffer("local_space", torch.tensor([0, max(cursor, 1)]), persistent=False)  # local rows as one table
+        self.register_buffer("local_owner", torch.zeros(1, dtype=torch.int64), persistent=False)
         self.register_buffer("table_rows", rows, persistent=False)
         self.register_buffer("table_owner", torch.tensor(owner, dtype=torch.int64), persistent=False)
         self.register_buffer("table_is_row", torch.tensor([k == "row" for k in kinds]), persistent=False)
@@ -269,7 +271,9 @@ class ShardedEmbeddingCollection(nn.Module):
         if sd.value_rows is not None:  # single rank: output_dist pools straight from the table
             return None
         local = self.local_rows(sd.recv_keys)
-        sd.owner_rows, sd.owner_inverse = torch.unique(local, return_inverse=True)
+        # the sort-free dedup of input_dist, over the local rows (one table, one owner) instead of torch.unique
+        sd.owner_rows, _, sd.owner_inverse = unique_partition(local, self.local_space, self.local_owner, 1,
+                                                              key_space=max(self.num_local_rows, 1))
         return lookup(self.weight, sd.owner_rows).index_select(0, sd.owner_inverse)
 
     # ---- phase 3: output_dist ---------------------------------------------------------------------------

@@ -83,3 +83,18 @@ def test_pick_device_refuses_nccl_without_a_gpu_per_rank():
         train.pick_device(load_config(["--run.backend", "nccl"]), 0, 2, 1)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         train.pick_device(load_config(["--run.device", "cuda"]), 0, 1, 0)
+
+
+@pytest.mark.slow
+def test_compiled_dense_network_trains_the_same(tmp_path):
+    """model.compile on (torch.compile, CPU inductor here) and off give the same losses and weights digest
+    to round-off; the compiled model is only used for training steps."""
+    args = ["--config", "configs/tiny.toml", "--train.steps", "6", "--train.warmup_steps", "1", "--run.log_every", "2",
+            "--eval.samples", "512", "--model.bottom_mlp", "[16]", "--model.top_mlp", "[8]"]
+    eager = train.main([*args, "--run.dir", str(tmp_path / "eager"), "--model.compile", "off"])
+    compiled = train.main([*args, "--run.dir", str(tmp_path / "compiled"), "--model.compile", "on"])
+    lines = [[json.loads(x)["losses"] for x in open(tmp_path / d / "metrics.jsonl")] for d in ("eager", "compiled")]
+    assert lines[0] and len(lines[0]) == len(lines[1])
+    for a, b in zip(lines[0], lines[1], strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert compiled["eval_auc"] == pytest.approx(eager["eval_auc"], abs=1e-4)
