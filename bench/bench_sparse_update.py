@@ -1,7 +1,10 @@
-"""Microbenchmark: fused sparse optimizer update vs the torch update on the touched rows.
+"""Microbenchmark: fused sparse optimizer update vs the torch update on the touched rows, and the
+single-rank backward (pooling backward fused with the update) vs pool_backward + sparse_update.
 
 Bytes counted (minimum): rows 8K + grads K*D*4 + weight rows read and written 2*U*D*s, plus state
 read and written: adagrad 2*U*4, adam 2*(2*U*D*4 + U*8). Dedup/merge scratch is not counted.
+Single-rank backward (FBGEMM's convention, every use of a row is one read): value rows 8N + offsets
+8(FB+1) + pooled-gradient rows N*D*4 + the same weight and state read-modify-write.
 
     python bench/bench_sparse_update.py                       # CPU: small, Triton interpreted
     python bench/bench_sparse_update.py --size dlrm --dtype bf16
@@ -19,7 +22,10 @@ DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
+from kernels.pool_backward_update import pool_backward_update_reference  # noqa: E402
 from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update_reference  # noqa: E402
+from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
+from kernels.triton_pool_backward_update import pool_backward_update_triton  # noqa: E402
 from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,6 +70,28 @@ def main():
             state = init_sparse_state(optimizer, num_rows, dim, DEVICE)
             report.add(impl, bench(lambda fn=fn, state=state, opt=optimizer: fn(weight, rows, grads, state, opt, 0.01),
                                    DEVICE, args.reps), num_bytes)
+    # single rank: the batch's values read rows of one local storage; backward = pooling backward + update
+    batch_size, num_features, offsets = batch["batch"], batch["num_features"], batch["offsets"]
+    grad_pooled = (1e-3 * torch.randn(batch_size, num_features, dim, generator=gen)).to(DEVICE)
+    mean = (torch.arange(num_features) % 2 == 1).to(DEVICE)
+    unique_rows, inverse = torch.unique(rows, return_inverse=True)  # the two-pass path's dedup, not timed
+    counters = [torch.zeros(num_rows, dtype=torch.int64, device=DEVICE) for _ in range(2)]
+
+    def two_pass(state, opt):
+        grad_unique = pool_backward_triton(grad_pooled, inverse, offsets, mean, num_unique)
+        sparse_update_triton(weight, unique_rows, grad_unique, state, opt, 0.01, rows_unique=True)
+
+    for optimizer in optimizers:
+        num_bytes = (8 * rows.numel() + 8 * (offsets.numel()) + rows.numel() * dim * 4
+                     + 2 * num_unique * dim * weight.element_size() + state_bytes(optimizer, num_unique, dim))
+        for impl, fn in ((f"W=1 backward {optimizer}: triton fused{suffix}",
+                          lambda st, opt: pool_backward_update_triton(weight, st, *counters, 1, rows, offsets, grad_pooled,
+                                                                      mean, opt, 0.01)),
+                         (f"W=1 backward {optimizer}: pool_backward + sparse_update{suffix}", two_pass),
+                         (f"W=1 backward {optimizer}: torch", lambda st, opt: pool_backward_update_reference(
+                             weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt, 0.01))):
+            state = init_sparse_state(optimizer, num_rows, dim, DEVICE)
+            report.add(impl, bench(lambda fn=fn, state=state, opt=optimizer: fn(state, opt), DEVICE, args.reps), num_bytes)
     report.finish(f"| storage {num_rows}x{dim} {args.dtype}, K={rows.numel()} U={num_unique}")
 
 
