@@ -90,6 +90,9 @@ class EmbeddingConfig:
     memory_budget_bytes: int = 0  # per-rank bytes for weights + optimizer state; 0 = unlimited
     storage_dtype: str = "float32"  # table storage: "float32", "bfloat16" or "float16" (optimizer math is fp32)
     out_of_range: str = "error"  # policy of tables that set none: "error" or "modulo" (see TableConfig.out_of_range)
+    # rows (forward) and gradients (backward) in the all-to-all: "fp32", "bf16" or "fp16" (fp16 gradients carry one
+    # power-of-two scale per message so small ones do not flush to zero). Half the bytes; one rank exchanges nothing
+    exchange_dtype: str = "fp32"
 
 
 @dataclass
@@ -302,6 +305,7 @@ def validate(cfg: Config) -> None:
         "data.reader": (cfg.data.reader, ("memmap", "dali")),
         "data.multi_hot_distribution": (cfg.data.multi_hot_distribution, ("uniform", "pareto")),
         "embedding.out_of_range": (cfg.embedding.out_of_range, ("error", "modulo")),
+        "embedding.exchange_dtype": (cfg.embedding.exchange_dtype, ("fp32", "bf16", "fp16")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

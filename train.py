@@ -170,7 +170,7 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
     embeddings = ShardedEmbeddingCollection(
         tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
         rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
-        storage_dtype=cfg.embedding.storage_dtype)
+        storage_dtype=cfg.embedding.storage_dtype, exchange_dtype=cfg.embedding.exchange_dtype)
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
     dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
     model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model

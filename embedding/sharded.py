@@ -82,7 +82,7 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizerConfig, *,
                  rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
-                 storage_dtype: str = "float32"):
+                 storage_dtype: str = "float32", exchange_dtype: str = "fp32"):
         super().__init__()
         dims = {t.dim for t in tables}
         if len(dims) != 1:
@@ -92,7 +92,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.dim = dims.pop()
         self.optimizer = optimizer
         self.rank, self.world_size = rank, world_size
-        self.exchange = Exchange(group, rank, world_size)
+        self.exchange = Exchange(group, rank, world_size, exchange_dtype)  # rows and gradients on the wire
         self.features = feature_names(tables)
         table_index = {t.name: i for i, t in enumerate(tables)}
         feature_table = [table_index[t.name] for t in tables for _ in t.features]
@@ -285,7 +285,7 @@ class ShardedEmbeddingCollection(nn.Module):
         """
         if sd.value_rows is not None:
             return gather_pool(self.weight, sd.value_rows, sd.offsets, sd.batch_size, self.feature_mean)
-        rows = self.exchange.all_to_all(served_rows, sd.recv_splits, sd.send_splits)
+        rows = self.exchange.rows(served_rows, sd.recv_splits, sd.send_splits)
         return gather_pool(rows, sd.inverse, sd.offsets, sd.batch_size, self.feature_mean)
 
     # ---- backward -------------------------------------------------------------------------------------------
@@ -304,9 +304,8 @@ class ShardedEmbeddingCollection(nn.Module):
             self.last_memory_bytes = self._memory_bytes(sd, updated)
             return
         with self._stage("grad_dist"):
-            rows, grads = self._gradients_to_owners(sd, grad_pooled)
+            rows, grads, counts = self._gradients_to_owners(sd, grad_pooled)
         with self._stage("sparse_update"):
-            counts, grads = grads[:, self.dim].round().long(), grads[:, : self.dim].contiguous()
             self.num_updates += 1
             self.freq.index_add_(0, rows, counts)
             self.last_step[rows] = self.num_updates
@@ -316,38 +315,47 @@ class ShardedEmbeddingCollection(nn.Module):
         self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
 
     def _gradients_to_owners(self, sd: SparseDist, grad_pooled: torch.Tensor):
-        """(local rows, [rows, D+1] summed gradients with lookup counts last) of the rows this rank owns."""
-        grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, sd.unique_keys.numel())
+        """(local rows, [rows, D] summed gradients, [rows] lookup counts) of the rows this rank owns."""
+        num_unique = sd.unique_keys.numel()
+        grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, num_unique)
         grad_unique = grad_unique * (1.0 / self.world_size)
-        # lookups of each unique key ride along as a last column (exact in float32 below 2**24 per batch)
-        lookups = torch.bincount(sd.inverse, minlength=sd.unique_keys.numel()).to(grad_unique.dtype)
-        payload = torch.cat([grad_unique, lookups[:, None]], 1)
-        received = self.exchange.all_to_all(payload, sd.send_splits, sd.recv_splits)
+        # lookups of each unique key travel beside the gradients, exact (index_add_: unlike bincount, no sync)
+        lookups = torch.zeros(num_unique, dtype=torch.int32, device=grad_unique.device).index_add_(
+            0, sd.inverse, torch.ones_like(sd.inverse, dtype=torch.int32))
+        received_lookups = self.exchange.all_to_all(lookups, sd.send_splits, sd.recv_splits)
+        received = self.exchange.gradients(grad_unique, sd.send_splits, sd.recv_splits)
         rows = sd.owner_rows
-        grads = torch.zeros(rows.numel(), self.dim + 1, dtype=torch.float32, device=received.device)
+        grads = torch.zeros(rows.numel(), self.dim, dtype=torch.float32, device=received.device)
         grads.index_add_(0, sd.owner_inverse, received)
+        counts = torch.zeros(rows.numel(), dtype=torch.int64, device=received.device)
+        counts.index_add_(0, sd.owner_inverse, received_lookups.long())
         if self.num_replicated_rows:
-            rows, grads = self._all_reduce_replicated(rows, grads)
-        return rows, grads
+            rows, grads, counts = self._all_reduce_replicated(rows, grads, counts)
+        return rows, grads, counts
 
-    def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor):
-        """Sum replicated tables' gradients (and lookup counts, last column) over ranks, densely."""
+    def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
+        """Sum replicated tables' gradients and lookup counts over ranks, densely (one float32 all-reduce:
+        counts are exact below 2^24 per batch)."""
         n = self.num_replicated_rows
         is_rep = rows < n
         dense = torch.zeros(n, self.dim + 1, dtype=torch.float32, device=grads.device)
-        dense[rows[is_rep]] = grads[is_rep]  # count column >= 1 marks touched rows: lazy optimizers update the union
+        dense[rows[is_rep], : self.dim] = grads[is_rep]
+        dense[rows[is_rep], self.dim] = counts[is_rep].float()  # >= 1 marks touched rows: lazy optimizers update the union
         self.exchange.all_reduce_(dense)
         rep_rows = (dense[:, self.dim] > 0).nonzero().squeeze(1)
-        return (torch.cat([rep_rows, rows[~is_rep]]),
-                torch.cat([dense[rep_rows], grads[~is_rep]]))
+        return (torch.cat([rep_rows, rows[~is_rep]]), torch.cat([dense[rep_rows, : self.dim], grads[~is_rep]]),
+                torch.cat([dense[rep_rows, self.dim].round().long(), counts[~is_rep]]))
 
     def _exchange_bytes(self, sd: SparseDist) -> int:
-        """Off-rank bytes this rank sent: keys (8 B), served rows (4 B x D), key gradients + lookup count (4 B x (D+1))."""
+        """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of the exchange
+        dtype), lookup counts (4 B), split counts (8 B) and fp16 scales (4 B) per peer, replicated tables' all-reduce."""
         keys_out = sum(sd.send_splits) - sd.send_splits[self.rank]
         rows_out = sum(sd.recv_splits) - sd.recv_splits[self.rank]
-        counts = 8 * (self.world_size - 1)
+        peers = self.world_size - 1
+        per_peer = 8 + (4 if self.exchange.dtype == torch.float16 else 0)
+        element = self.exchange.element_size()
         replicated = 4 * (self.dim + 1) * self.num_replicated_rows * (self.world_size > 1)
-        return counts + 8 * keys_out + 4 * self.dim * rows_out + 4 * (self.dim + 1) * keys_out + replicated
+        return per_peer * peers + 8 * keys_out + element * self.dim * (rows_out + keys_out) + 4 * keys_out + replicated
 
     def _memory_bytes(self, sd: SparseDist, updated_rows: int) -> int:
         """Device-memory bytes the step's embedding kernels must move at least (for achieved GB/s):
