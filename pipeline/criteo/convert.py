@@ -8,7 +8,7 @@ Output (all little-endian, row-major, no headers, R = rows kept):
     labels.bin  float32 or uint8 [R]
     meta.json   row count, table sizes, dtypes, options, sources, size + sha256 of every file
     vocab/      with --min-freq or --vocab: the vocabulary, C1.npy .. C26.npy + vocab.json
-                (pipeline/criteo_vocab.py; C<t>.npy[i] is the raw hex value given id i + 1)
+                (pipeline/criteo/vocab.py; C<t>.npy[i] is the raw hex value given id i + 1)
 
 Categorical ids, per table:
     --hash-rows N   id = int(hex, 16) % N. An empty field counts as hex 00000000, i.e. row 0
@@ -28,7 +28,6 @@ BinaryDataset would accept.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -36,7 +35,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.criteo_parse import (
+from pipeline.criteo.parse import (
     DENSE_NAMES,
     NUM_DENSE,
     NUM_SPARSE,
@@ -55,7 +53,7 @@ from pipeline.criteo_parse import (
     parse_chunk,
     to_numpy,
 )
-from pipeline.criteo_vocab import VOCAB_DIR, ValueCounter, load_vocabulary, map_to_vocabulary, save_vocabulary, table_keys
+from pipeline.criteo.vocab import VOCAB_DIR, ValueCounter, load_vocabulary, map_to_vocabulary, save_vocabulary, table_keys
 
 FORMAT_NAME = "recfuse-criteo-binary"
 FORMAT_VERSION = 1
@@ -331,48 +329,3 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp, voca
         "sources": [vars(s) for s in sources],
         "bad_lines": {"count": bad.count, "examples": bad.examples},
     }
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.criteo", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("preprocess", help="convert Criteo TSV (.gz accepted) into a binary dataset")
-    pre.add_argument("inputs", nargs="+", help="TSV files in order (e.g. day_0 ... day_23, or Kaggle train.txt)")
-    pre.add_argument("--out", required=True, help="output directory (created; must not exist unless --overwrite)")
-    ids = pre.add_mutually_exclusive_group(required=True)
-    ids.add_argument("--hash-rows", type=_int_list, help="hash ids into N rows per table (or 26 comma-separated sizes)")
-    ids.add_argument("--min-freq", type=int, help="vocabulary of values seen >= T times; the rest share row 0 "
-                     "(saved in OUT/vocab)")
-    ids.add_argument("--vocab", metavar="DIR_OR_DATASET", help="map through the vocabulary saved by an earlier "
-                     "--min-freq run (its dataset directory or vocab/ directory); unknown values share row 0")
-    pre.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines (counted in meta.json)")
-    pre.add_argument("--chunk-rows", type=int, default=PreprocessOptions.chunk_rows, help="lines parsed at once")
-    pre.add_argument("--id-dtype", choices=["int32", "int64"], default="int32")
-    pre.add_argument("--label-dtype", choices=["float32", "uint8"], default="float32")
-    days = pre.add_mutually_exclusive_group()
-    days.add_argument("--days", type=int, default=0, help="record the rows as N equal days (Kaggle: 7)")
-    days.add_argument("--files-are-days", action="store_true", help="each input file is one day (Criteo 1TB)")
-    pre.add_argument("--cupy", action="store_true", help="do the array work on the GPU with cupy")
-    pre.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    args = parser.parse_args(argv)
-    opts = PreprocessOptions(hash_rows=args.hash_rows, min_freq=args.min_freq, vocab=args.vocab,
-                             skip_bad_lines=args.skip_bad_lines,
-                             chunk_rows=args.chunk_rows, id_dtype=args.id_dtype, label_dtype=args.label_dtype,
-                             days=args.days, files_are_days=args.files_are_days, use_cupy=args.cupy, overwrite=args.overwrite)
-    try:
-        meta = preprocess(args.inputs, args.out, opts)
-    except (CriteoFormatError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    rate = meta["num_rows"] / max(meta["seconds"], 1e-9)
-    print(f"wrote {meta['num_rows']} rows to {args.out} in {meta['seconds']:.1f} s ({rate:,.0f} rows/s); "
-          f"{meta['bad_lines']['count']} bad lines skipped; table rows {meta['table_rows']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.criteo_parse import NUM_SPARSE, SPARSE_NAMES, to_numpy
+from pipeline.criteo.parse import NUM_SPARSE, SPARSE_NAMES, to_numpy
 
 VOCAB_FORMAT = "recfuse-criteo-vocabulary"
 VOCAB_DIR = "vocab"

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.criteo.cli import main
+
+sys.exit(main())
