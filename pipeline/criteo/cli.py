@@ -32,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     days = pre.add_mutually_exclusive_group()
     days.add_argument("--days", type=int, default=0, help="record the rows as N equal days (Kaggle: 7)")
     days.add_argument("--files-are-days", action="store_true", help="each input file is one day (Criteo 1TB)")
-    pre.add_argument("--cupy", action="store_true", help="do the array work on the GPU with cupy")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
     opts = PreprocessOptions(hash_rows=args.hash_rows, min_freq=args.min_freq, vocab=args.vocab,
                              skip_bad_lines=args.skip_bad_lines,
                              chunk_rows=args.chunk_rows, id_dtype=args.id_dtype, label_dtype=args.label_dtype,
-                             days=args.days, files_are_days=args.files_are_days, use_cupy=args.cupy, overwrite=args.overwrite)
+                             days=args.days, files_are_days=args.files_are_days, overwrite=args.overwrite)
     try:
         meta = preprocess(args.inputs, args.out, opts)
     except (CriteoFormatError, FileExistsError, FileNotFoundError, ValueError) as e:

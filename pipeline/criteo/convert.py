@@ -51,7 +51,6 @@ from pipeline.criteo.parse import (
     dense_transform,
     describe_bad_line,
     parse_chunk,
-    to_numpy,
 )
 from pipeline.criteo.vocab import VOCAB_DIR, ValueCounter, load_vocabulary, map_to_vocabulary, save_vocabulary, table_keys
 
@@ -75,7 +74,6 @@ class PreprocessOptions:
     label_dtype: str = "float32"
     days: int = 0  # > 0: record the rows as that many equal "days" (for the MLPerf-style eval split)
     files_are_days: bool = False  # record one "day" per input file (Criteo 1TB day_0 .. day_23)
-    use_cupy: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -133,9 +131,9 @@ def _iter_chunks(path: Path, chunk_rows: int, bar: tqdm | None) -> Iterator[_Chu
                 progress_pos = pos
 
 
-def _parse_checked(chunk: _Chunk, path: Path, xp, opts: PreprocessOptions, bad: _BadLines | None):
+def _parse_checked(chunk: _Chunk, path: Path, opts: PreprocessOptions, bad: _BadLines | None):
     """Parse a chunk; raise on the first malformed line unless skipping (then count it into ``bad``)."""
-    parsed = parse_chunk(chunk.data, xp)
+    parsed = parse_chunk(chunk.data)
     if len(parsed.bad_lines):
         line_offsets = np.concatenate([[0], np.cumsum([len(line) for line in chunk.lines])])
     for i in parsed.bad_lines.tolist():
@@ -161,7 +159,7 @@ class _BinaryFileWriter:
         self.bytes = 0
 
     def write(self, array) -> None:
-        data = np.ascontiguousarray(to_numpy(array).astype(self.dtype, copy=False))
+        data = np.ascontiguousarray(np.asarray(array).astype(self.dtype, copy=False))
         view = memoryview(data).cast("B")
         self.sha.update(view)
         self.file.write(view)
@@ -170,16 +168,6 @@ class _BinaryFileWriter:
     def close(self) -> dict:
         self.file.close()
         return {"name": self.path.name, "dtype": self.dtype.name, "bytes": self.bytes, "sha256": self.sha.hexdigest()}
-
-
-def _array_module(opts: PreprocessOptions):
-    if not opts.use_cupy:
-        return np
-    try:
-        import cupy
-    except ImportError:
-        raise SystemExit("--cupy was given but cupy is not importable; install the [cupy] extra or drop the flag") from None
-    return cupy
 
 
 def _prepare_output(out: Path, overwrite: bool) -> Path:
@@ -238,12 +226,11 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
         if not p.is_file():
             raise FileNotFoundError(f"input file {p} does not exist")
     out = Path(out)
-    xp = _array_module(opts)
     started = time.perf_counter()
-    vocab = load_vocabulary(opts.vocab, xp) if opts.vocab is not None else None  # before any output exists
+    vocab = load_vocabulary(opts.vocab) if opts.vocab is not None else None  # before any output exists
     partial = _prepare_output(out, opts.overwrite)
     try:
-        meta = _convert(paths, partial, opts, xp, vocab)
+        meta = _convert(paths, partial, opts, vocab)
         meta["seconds"] = round(time.perf_counter() - started, 3)
         _write_meta(partial, meta)
         _publish(partial, out)
@@ -253,32 +240,31 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     return meta
 
 
-def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp, vocab) -> dict:
+def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab) -> dict:
     sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
     total_bytes = sum(s.bytes for s in sources)
     bad = _BadLines()
     dense_w = _BinaryFileWriter(partial / "dense.bin", "float32")
     labels_w = _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)
     sparse_w = _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype)
-    counter = ValueCounter(xp) if opts.min_freq is not None else None
-    hash_rows = xp.asarray(np.array(opts.hash_rows or [1] * NUM_SPARSE, dtype=np.int64))[None, :]
+    counter = ValueCounter() if opts.min_freq is not None else None
+    hash_rows = np.array(opts.hash_rows or [1] * NUM_SPARSE, dtype=np.int64)[None, :]
 
     # pass 1: dense + labels; sparse too when hashing or given a vocabulary, value counts when building one
     desc = "count + dense" if counter is not None else "preprocess"
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not opts.progress) as bar:
         for path, src in zip(paths, sources, strict=True):
             for chunk in _iter_chunks(path, opts.chunk_rows, bar):
-                parsed = _parse_checked(chunk, path, xp, opts, bad)
+                parsed = _parse_checked(chunk, path, opts, bad)
                 src.lines += len(chunk.lines)
                 src.bad_lines += len(parsed.bad_lines)
                 src.rows += int(parsed.labels.shape[0])
-                # on the host even with cupy: a GPU log1p may round differently, and 13 columns are cheap
-                dense_w.write(dense_transform(to_numpy(parsed.dense_raw), np))
+                dense_w.write(dense_transform(parsed.dense_raw))
                 labels_w.write(parsed.labels)
                 if counter is not None:
-                    counter.add(table_keys(parsed.sparse_raw, parsed.sparse_empty, xp))
+                    counter.add(table_keys(parsed.sparse_raw, parsed.sparse_empty))
                 elif vocab is not None:
-                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab, xp))
+                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab))
                 else:
                     sparse_w.write(parsed.sparse_raw % hash_rows)
     num_rows = sum(s.rows for s in sources)
@@ -289,8 +275,8 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp, voca
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="map ids", disable=not opts.progress) as bar:
             for path in paths:
                 for chunk in _iter_chunks(path, opts.chunk_rows, bar):
-                    parsed = _parse_checked(chunk, path, xp, opts, None)
-                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab, xp))
+                    parsed = _parse_checked(chunk, path, opts, None)
+                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab))
         if sparse_w.bytes != num_rows * NUM_SPARSE * np.dtype(opts.id_dtype).itemsize:
             raise RuntimeError("the input files changed between the counting and the mapping pass")
     table_rows = vocab.table_rows if vocab is not None else list(opts.hash_rows)
@@ -323,7 +309,6 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, xp, voca
             "label_dtype": opts.label_dtype,
             "skip_bad_lines": opts.skip_bad_lines,
             "chunk_rows": opts.chunk_rows,
-            "array_module": xp.__name__,
             "dense_transform": "log(1 + max(x, 0)), empty -> 0",
         },
         "sources": [vars(s) for s in sources],
