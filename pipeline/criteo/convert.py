@@ -24,39 +24,58 @@ Categorical ids, per table:
 Everything is written under DIR's sibling ``.DIR.partial`` and renamed to DIR only after
 meta.json (written last) is complete, so an interrupted run never leaves a dataset that
 BinaryDataset would accept.
+
+Parallelism (--workers N, default os.cpu_count()): the input is cut into pieces of about
+--chunk-rows lines at line boundaries (pipeline/criteo/work.py: byte ranges of plain files, read
+by the workers themselves; gzip files are decompressed here and handed out in pieces), N worker
+processes parse them (pipeline/criteo/pool.py), and this process writes their arrays in input order.
+Why the writing stays here rather than workers writing into their place in preallocated files or
+into part files concatenated at the end: meta.json holds the sha256 of each whole file, so one
+process must read every output byte in order anyway; receiving the arrays through a pipe costs that
+process one more copy of them (160 bytes a row with int32 ids; the workers read ~220-240 bytes of text
+a row), while writing in place needs every range's
+row count before the first write (an extra counting pass over the input, or holes where bad lines
+are skipped), and part files write and read everything twice. Results are consumed in input order
+within a bounded window, so memory stays a few chunks per worker.
+--min-freq is two parallel passes: each worker counts the values of its pieces; the counters are
+written as hash partitions and merged one partition per worker; the kept values make the
+vocabulary (ids do not depend on how the counting was split); then the mapping pass, which is also
+what --vocab runs. The output is byte-identical for any number of workers: same files, same
+meta.json but for "seconds" and "workers".
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.criteo.parse import (
-    DENSE_NAMES,
-    NUM_DENSE,
-    NUM_SPARSE,
-    SPARSE_NAMES,
-    dense_transform,
-    describe_bad_line,
-    parse_chunk,
+from pipeline.criteo.parse import DENSE_NAMES, NUM_DENSE, NUM_SPARSE, SPARSE_NAMES
+from pipeline.criteo.pool import make_pool
+from pipeline.criteo.vocab import VOCAB_DIR, Vocabulary, build_vocabulary, load_vocabulary, save_vocabulary
+from pipeline.criteo.work import (
+    MAX_BAD_EXAMPLES,
+    Job,
+    Result,
+    flush_counts,
+    iter_tasks,
+    merge_partition,
+    release,
+    run_task,
+    vocab_files,
 )
-from pipeline.criteo.vocab import VOCAB_DIR, ValueCounter, load_vocabulary, map_to_vocabulary, save_vocabulary, table_keys
 
 FORMAT_NAME = "recfuse-criteo-binary"
 FORMAT_VERSION = 1
-_MAX_BAD_EXAMPLES = 20
+_WORK_DIR = ".work"  # scratch space inside the .partial directory, removed before it is published
 
 
 class CriteoFormatError(ValueError):
@@ -69,21 +88,14 @@ class PreprocessOptions:
     min_freq: int | None = None
     vocab: str | None = None  # map through the vocabulary saved in this dataset (or its vocab/ directory)
     skip_bad_lines: bool = False
-    chunk_rows: int = 262_144  # lines parsed at once; memory is about 1 KiB per line
+    chunk_rows: int = 65_536  # lines per piece of work; memory is about 1 KiB per line, for ~3 pieces per worker
     id_dtype: str = "int32"
     label_dtype: str = "float32"
     days: int = 0  # > 0: record the rows as that many equal "days" (for the MLPerf-style eval split)
     files_are_days: bool = False  # record one "day" per input file (Criteo 1TB day_0 .. day_23)
+    workers: int | None = None  # parsing processes; None: os.cpu_count(); 1: everything in this process
     overwrite: bool = False
     progress: bool = True
-
-
-@dataclass
-class _Chunk:
-    data: bytes
-    lines: list[bytes]
-    first_line: int  # 1-based line number of lines[0]
-    byte_offset: int  # offset of lines[0] in the (decompressed) file
 
 
 @dataclass
@@ -101,54 +113,6 @@ class _BadLines:
     examples: list[str] = field(default_factory=list)
 
 
-def _open_text_bytes(path: Path) -> tuple[io.BufferedReader, object]:
-    """(line reader, raw file) for a plain or gzip file; gzip is recognised by its magic bytes, not its name."""
-    raw = open(path, "rb")
-    magic = raw.read(2)
-    raw.seek(0)
-    if magic == b"\x1f\x8b":
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20), raw
-    return io.BufferedReader(raw, buffer_size=1 << 20), raw
-
-
-def _iter_chunks(path: Path, chunk_rows: int, bar: tqdm | None) -> Iterator[_Chunk]:
-    reader, raw = _open_text_bytes(path)
-    line_no, offset, progress_pos = 1, 0, 0
-    with reader, raw:
-        while True:
-            lines = list(itertools.islice(reader, chunk_rows))
-            if not lines:
-                break
-            data = b"".join(lines)
-            if not data.endswith(b"\n"):  # last line of a file without a final newline
-                data += b"\n"
-            yield _Chunk(data, lines, line_no, offset)
-            line_no += len(lines)
-            offset += sum(map(len, lines))
-            if bar is not None:
-                pos = raw.tell()  # compressed position for .gz, so the bar matches the file size
-                bar.update(pos - progress_pos)
-                progress_pos = pos
-
-
-def _parse_checked(chunk: _Chunk, path: Path, opts: PreprocessOptions, bad: _BadLines | None):
-    """Parse a chunk; raise on the first malformed line unless skipping (then count it into ``bad``)."""
-    parsed = parse_chunk(chunk.data)
-    if len(parsed.bad_lines):
-        line_offsets = np.concatenate([[0], np.cumsum([len(line) for line in chunk.lines])])
-    for i in parsed.bad_lines.tolist():
-        line = chunk.lines[i]
-        where = f"{path}:{chunk.first_line + i} (byte offset {chunk.byte_offset + int(line_offsets[i])})"
-        reason = describe_bad_line(line)
-        if not opts.skip_bad_lines:
-            raise CriteoFormatError(f"{where}: {reason}; pass --skip-bad-lines to skip such lines")
-        if bad is not None:
-            bad.count += 1
-            if len(bad.examples) < _MAX_BAD_EXAMPLES:
-                bad.examples.append(f"{where}: {reason}")
-    return parsed
-
-
 class _BinaryFileWriter:
     """Appends arrays to one raw binary file, keeping its size and sha256 as it goes."""
 
@@ -158,8 +122,8 @@ class _BinaryFileWriter:
         self.sha = hashlib.sha256()
         self.bytes = 0
 
-    def write(self, array) -> None:
-        data = np.ascontiguousarray(np.asarray(array).astype(self.dtype, copy=False))
+    def write(self, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array.astype(self.dtype, copy=False))
         view = memoryview(data).cast("B")
         self.sha.update(view)
         self.file.write(view)
@@ -221,6 +185,9 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
         raise ValueError(f"min_freq must be >= 1, got {opts.min_freq}")
     if opts.id_dtype not in ("int32", "int64") or opts.label_dtype not in ("float32", "uint8"):
         raise ValueError(f"id_dtype must be int32/int64 and label_dtype float32/uint8, got {opts.id_dtype}, {opts.label_dtype}")
+    workers = opts.workers if opts.workers is not None else os.cpu_count() or 1
+    if workers < 1 or opts.chunk_rows < 1:
+        raise ValueError(f"workers and chunk_rows must be >= 1, got {workers} and {opts.chunk_rows}")
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.is_file():
@@ -230,8 +197,10 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     vocab = load_vocabulary(opts.vocab) if opts.vocab is not None else None  # before any output exists
     partial = _prepare_output(out, opts.overwrite)
     try:
-        meta = _convert(paths, partial, opts, vocab)
+        with make_pool(workers) as pool:
+            meta = _convert(paths, partial, opts, vocab, pool)
         meta["seconds"] = round(time.perf_counter() - started, 3)
+        meta["workers"] = workers
         _write_meta(partial, meta)
         _publish(partial, out)
     except BaseException:
@@ -240,51 +209,81 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     return meta
 
 
-def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab) -> dict:
-    sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
-    total_bytes = sum(s.bytes for s in sources)
-    bad = _BadLines()
-    dense_w = _BinaryFileWriter(partial / "dense.bin", "float32")
-    labels_w = _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)
-    sparse_w = _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype)
-    counter = ValueCounter() if opts.min_freq is not None else None
-    hash_rows = np.array(opts.hash_rows or [1] * NUM_SPARSE, dtype=np.int64)[None, :]
+def _check_bad_lines(result: Result, path: Path, first_line: int, opts: PreprocessOptions, bad: _BadLines | None):
+    """Raise on a task's first malformed line unless skipping (then count its lines into ``bad``)."""
+    for index, offset, reason in result.bad:
+        where = f"{path}:{first_line + index} (byte offset {offset})"
+        if not opts.skip_bad_lines:
+            raise CriteoFormatError(f"{where}: {reason}; pass --skip-bad-lines to skip such lines")
+        if bad is not None and len(bad.examples) < MAX_BAD_EXAMPLES:
+            bad.examples.append(f"{where}: {reason}")
+    if bad is not None:
+        bad.count += result.bad_count
 
-    # pass 1: dense + labels; sparse too when hashing or given a vocabulary, value counts when building one
-    desc = "count + dense" if counter is not None else "preprocess"
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not opts.progress) as bar:
-        for path, src in zip(paths, sources, strict=True):
-            for chunk in _iter_chunks(path, opts.chunk_rows, bar):
-                parsed = _parse_checked(chunk, path, opts, bad)
-                src.lines += len(chunk.lines)
-                src.bad_lines += len(parsed.bad_lines)
-                src.rows += int(parsed.labels.shape[0])
-                dense_w.write(dense_transform(parsed.dense_raw))
-                labels_w.write(parsed.labels)
-                if counter is not None:
-                    counter.add(table_keys(parsed.sparse_raw, parsed.sparse_empty))
-                elif vocab is not None:
-                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab))
-                else:
-                    sparse_w.write(parsed.sparse_raw % hash_rows)
+
+def _run_pass(pool, job: Job, paths: list[Path], opts: PreprocessOptions, desc: str,
+              bad: _BadLines | None, writers: dict[str, _BinaryFileWriter] | None) -> list[_SourceStats]:
+    """One pass over the input: pieces out to the workers, results back in input order, arrays into ``writers``."""
+    sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
+    with tqdm(total=sum(s.bytes for s in sources), unit="B", unit_scale=True, desc=desc,
+              disable=not opts.progress) as bar:
+        for result in pool.imap(run_task, job, iter_tasks(paths, opts.chunk_rows), window=2 * pool.workers):
+            src = sources[result.source]
+            _check_bad_lines(result, paths[result.source], src.lines + 1, opts, bad)
+            src.lines += result.lines
+            src.rows += result.rows
+            src.bad_lines += result.bad_count
+            if writers is not None and result.dense is not None:  # None: an empty piece (e.g. the end of a gzip file)
+                writers["dense"].write(result.dense)
+                writers["labels"].write(result.labels)
+                writers["sparse"].write(result.sparse)
+            bar.update(result.progress)
+    return sources
+
+
+def _count_vocabulary(pool, job: Job, min_freq: int) -> Vocabulary:
+    """Merge the workers' counters (after a "count" pass) into the vocabulary of values seen >= min_freq times."""
+    pool.broadcast(flush_counts, job)
+    parts = list(pool.imap(merge_partition, job, range(job.parts), window=job.parts))
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    order = np.argsort(keys, kind="stable")  # partitions are hash-spread; the vocabulary wants one sorted key list
+    return build_vocabulary(keys[order], counts[order], min_freq)
+
+
+def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: Vocabulary | None, pool) -> dict:
+    work = (partial / _WORK_DIR).resolve()
+    work.mkdir()
+    job = Job(run_id=uuid.uuid4().hex, mode="hash", hash_rows=tuple(opts.hash_rows or ()), id_dtype=opts.id_dtype,
+              label_dtype=opts.label_dtype, skip_bad_lines=opts.skip_bad_lines, work_dir=str(work),
+              parts=pool.workers, min_freq=opts.min_freq or 1)
+    bad = _BadLines()
+    counted = None
+    if opts.min_freq is not None:  # pass 1: count every value (and find the bad lines)
+        count_job = replace(job, mode="count")
+        counted = _run_pass(pool, count_job, paths, opts, "count", bad, None)
+        vocab = _count_vocabulary(pool, count_job, opts.min_freq)
+    if vocab is not None:  # the workers map through a copy they memory-map
+        for path, array in zip(vocab_files(str(work)), (vocab.keys, vocab.ids), strict=True):
+            np.save(path, array)
+        job = replace(job, mode="vocab")
+    writers = {"dense": _BinaryFileWriter(partial / "dense.bin", "float32"),
+               "sparse": _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype),
+               "labels": _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)}
+    desc = "map ids" if counted is not None else "preprocess"
+    sources = _run_pass(pool, job, paths, opts, desc, bad if counted is None else None, writers)
+    if counted is not None and [s.rows for s in sources] != [s.rows for s in counted]:
+        raise RuntimeError("the input files changed between the counting and the mapping pass")
+    pool.broadcast(release, job)  # the memory-mapped vocabulary copy, before its file goes
+    shutil.rmtree(work)
     num_rows = sum(s.rows for s in sources)
 
-    if counter is not None:  # pass 2: map every value through the vocabulary just built
-        vocab = counter.vocabulary(opts.min_freq)
-        del counter
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="map ids", disable=not opts.progress) as bar:
-            for path in paths:
-                for chunk in _iter_chunks(path, opts.chunk_rows, bar):
-                    parsed = _parse_checked(chunk, path, opts, None)
-                    sparse_w.write(map_to_vocabulary(parsed.sparse_raw, parsed.sparse_empty, vocab))
-        if sparse_w.bytes != num_rows * NUM_SPARSE * np.dtype(opts.id_dtype).itemsize:
-            raise RuntimeError("the input files changed between the counting and the mapping pass")
     table_rows = vocab.table_rows if vocab is not None else list(opts.hash_rows)
     vocab_info = save_vocabulary(partial / VOCAB_DIR, vocab) if vocab is not None else None
     if opts.id_dtype == "int32" and max(table_rows) > np.iinfo(np.int32).max:
         raise ValueError(f"a table has {max(table_rows)} rows, too many for --id-dtype int32; use int64")
 
-    files = {"dense": dense_w.close(), "sparse": sparse_w.close(), "labels": labels_w.close()}
+    files = {name: writer.close() for name, writer in writers.items()}
     files["dense"]["shape"] = [num_rows, NUM_DENSE]
     files["sparse"]["shape"] = [num_rows, NUM_SPARSE]
     files["labels"]["shape"] = [num_rows]
@@ -311,6 +310,6 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab) -
             "chunk_rows": opts.chunk_rows,
             "dense_transform": "log(1 + max(x, 0)), empty -> 0",
         },
-        "sources": [vars(s) for s in sources],
+        "sources": [vars(s) for s in counted or sources],
         "bad_lines": {"count": bad.count, "examples": bad.examples},
     }

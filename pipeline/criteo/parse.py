@@ -39,6 +39,7 @@ class ParsedChunk:
     sparse_raw: np.ndarray  # int64 [R, 26] the hex value; empty fields are 0
     sparse_empty: np.ndarray  # bool [R, 26]
     bad_lines: np.ndarray  # int64, 0-based index within the chunk of each malformed line
+    num_lines: int  # lines in the chunk, good and bad
 
 
 def split_lines(data: bytes):
@@ -107,7 +108,8 @@ def parse_chunk(data: bytes) -> ParsedChunk:
     bad_lines = np.sort(np.concatenate([np.flatnonzero(~line_ok), ok_lines[row_bad]]))
     good = ~row_bad
     return ParsedChunk(labels=labels[good], dense_raw=ints[good, 1:], sparse_raw=hexes[good],
-                       sparse_empty=empty[good], bad_lines=bad_lines.astype(np.int64))
+                       sparse_empty=empty[good], bad_lines=bad_lines.astype(np.int64),
+                       num_lines=int(line_ok.size))
 
 
 def dense_transform(dense_raw):

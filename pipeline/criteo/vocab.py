@@ -41,6 +41,16 @@ def table_keys(sparse_raw, empty):
     return ((tables << 32) | sparse_raw)[~empty]
 
 
+def merge_counts(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, int64 summed counts) of (key, count) pairs in any order, keys repeated or not."""
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order].astype(np.int64, copy=False)
+    if keys.size == 0:
+        return keys, counts
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return keys[starts], np.add.reduceat(counts, starts)
+
+
 class ValueCounter:
     """Running (key, count) over all tables; chunk results are merged in batches to keep it near-linear."""
 
@@ -58,26 +68,30 @@ class ValueCounter:
             self._merge()
 
     def _merge(self) -> None:
-        keys = np.concatenate([self.keys] + [k for k, _ in self.pending])
-        counts = np.concatenate([self.counts] + [c for _, c in self.pending])
-        self.keys, inverse = np.unique(keys, return_inverse=True)
-        # float64 weights are exact up to 2**53 occurrences, far beyond any dataset
-        summed = np.bincount(inverse.reshape(-1), weights=counts.astype(np.float64), minlength=self.keys.size)
-        self.counts = summed.astype(np.int64)
+        if self.pending:
+            self.keys, self.counts = merge_counts(np.concatenate([self.keys] + [k for k, _ in self.pending]),
+                                                  np.concatenate([self.counts] + [c for _, c in self.pending]))
         self.pending, self.pending_size = [], 0
 
-    def vocabulary(self, min_freq: int) -> Vocabulary:
-        """Values seen >= min_freq times; ids follow decreasing count within a table (ties: smaller value first)."""
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique keys, their counts) of everything added."""
         self._merge()
-        kept = self.counts >= min_freq
-        keys, counts = self.keys[kept], self.counts[kept]
-        table = keys >> 32
-        order = np.lexsort(np.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
-        table_sizes = np.bincount(table, minlength=NUM_SPARSE)
-        table_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(table_sizes)[:-1]])
-        ids = np.zeros(keys.size, dtype=np.int64)
-        ids[order] = np.arange(keys.size, dtype=np.int64) - table_start[table[order]] + 1
-        return Vocabulary(keys, ids, [int(n) + 1 for n in table_sizes], min_freq)
+        return self.keys, self.counts
+
+
+def build_vocabulary(keys: np.ndarray, counts: np.ndarray, min_freq: int) -> Vocabulary:
+    """The vocabulary of the kept values (sorted unique ``keys``, each seen ``counts`` >= min_freq times).
+
+    Ids follow decreasing count within a table, ties broken by the smaller value, so they do not depend
+    on the order in which the counts were gathered (how many workers, how the input was cut).
+    """
+    table = keys >> 32
+    order = np.lexsort(np.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
+    table_sizes = np.bincount(table, minlength=NUM_SPARSE)
+    table_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(table_sizes)[:-1]])
+    ids = np.zeros(keys.size, dtype=np.int64)
+    ids[order] = np.arange(keys.size, dtype=np.int64) - table_start[table[order]] + 1
+    return Vocabulary(keys, ids, [int(n) + 1 for n in table_sizes], min_freq)
 
 
 def map_to_vocabulary(sparse_raw, empty, vocab: Vocabulary):
