@@ -4,6 +4,8 @@ import gzip
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
 from pipeline.criteo import CriteoFormatError, PreprocessOptions, convert, preprocess
+from pipeline.criteo import pool as pool_module
 from pipeline.criteo.pool import ProcessPool, WorkerDied
 from pipeline.criteo.work import iter_tasks
 
@@ -43,6 +46,13 @@ def inputs(tmp_path_factory):
     lines[230] = lines[230].replace("\t", "\t1.5", 1)
     return [write_tsv(tmp / "day_0", lines[:150]), write_tsv(tmp / "day_1", lines[150:200], final_newline=False),
             write_tsv(tmp / "day_2.gz", lines[200:], gz=True)], lines
+
+
+@pytest.fixture(params=["forkserver", "fork"])
+def start_method(request, monkeypatch):
+    """Both ways the workers can start (the command line forks; a process with threads uses the forkserver)."""
+    monkeypatch.setattr(pool_module, "start_method", lambda: request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("mode", ["hash", "min_freq", "vocab"])
@@ -153,8 +163,15 @@ def _fail(job, arg):
     return arg * 10
 
 
-def test_pool_reports_worker_errors_and_deaths():
+def test_fork_path_gives_identical_output(tmp_path, inputs, start_method):
+    paths, _ = inputs
+    one = _run(paths, tmp_path / "w1", 1, min_freq=2, skip_bad_lines=True)
+    assert _run(paths, tmp_path / "w2", 2, min_freq=2, skip_bad_lines=True) == one
+
+
+def test_pool_reports_worker_errors_and_deaths(start_method):
     with ProcessPool(2) as pool:
+        assert pool.start_method == start_method
         assert pool.broadcast(_fail, "job") == [0, 10]  # worker i gets i
         assert list(pool.imap(_fail, "job", [4, 1, 3, 0, 5], window=2)) == [40, 10, 30, 0, 50]  # in input order
         with pytest.raises(ValueError, match="item 2 of job"):  # raised in the parent, with the worker's message
@@ -163,6 +180,15 @@ def test_pool_reports_worker_errors_and_deaths():
         with ProcessPool(2) as pool:
             list(pool.imap(_fail, "job", [1, "exit", 3], window=2))
     assert not multiprocessing.active_children()
+
+
+def test_start_method_forks_only_a_single_threaded_process():
+    code = ("import os, threading, time; os.environ['OPENBLAS_NUM_THREADS'] = '1'; import numpy; "
+            "from pipeline.criteo.pool import start_method; print(start_method()); "
+            "threading.Thread(target=time.sleep, args=(0.1,)).start(); print(start_method())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["fork", "forkserver"]
 
 
 def test_cli_workers(tmp_path, capsys):

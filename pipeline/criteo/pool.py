@@ -7,11 +7,12 @@ order with a bound on how many are held (``imap``'s window), which Pool.imap doe
 (it queues every task at once and buffers any number of finished results).
 
 Processes, not threads: the parsing is numpy plus Python glue and holds the GIL much of the time.
-They are started by a ``forkserver``: a clean process started once per parent process, which has
-imported only numpy and the parser (work.py) and forks a worker on request. Not plain ``fork``: the
-caller may have threads (torch's, tqdm's monitor) whose locks a forked child would inherit half-way.
-Not ``spawn``: every worker would import numpy again, ~0.3-0.5 s of CPU each per run on the 2-core
-machine, while a fork of the server takes ~20 ms (and a second run in the same process reuses it).
+How they start (``start_method``): by plain ``fork`` when this process has a single thread, i.e. when
+nothing can be inherited half-way (the command line: pipeline/criteo/__main__.py keeps numpy's BLAS
+thread pool from starting); otherwise (a caller with threads: torch's, tqdm's monitor, BLAS) by a
+``forkserver``, a clean process started once per parent process that has imported only numpy and the
+parser and forks the workers. A fork takes ~10 ms; the forkserver's start ~0.3 s once (the 2-core
+machine), ``spawn`` would cost every worker its own interpreter and numpy import.
 Workers share nothing mutable with the parent: every message is pickled through a pipe.
 
 ``InlinePool`` runs the same calls in the calling process (``--workers 1``): no processes, no pickling.
@@ -20,10 +21,20 @@ Workers share nothing mutable with the parent: every message is pickled through 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
+
+
+def start_method() -> str:
+    """"fork" if this process has one thread (Linux: /proc/self/task), else "forkserver"."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc: assume threads
+        threads = 0
+    return "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "forkserver"
 
 
 def _serve(conn, index: int) -> None:
@@ -54,9 +65,10 @@ class WorkerDied(RuntimeError):
 
 class ProcessPool:
     def __init__(self, workers: int):
-        ctx = multiprocessing.get_context("forkserver")
-        # the server imports numpy and the parser once per parent process; each worker is then a cheap fork of it
-        ctx.set_forkserver_preload(["pipeline.criteo.work"])
+        self.start_method = start_method()
+        ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":  # the server imports numpy and the parser once per parent process
+            ctx.set_forkserver_preload(["pipeline.criteo.work"])
         self.workers = workers
         self._conns, self._procs = [], []
         self._broken = False
