@@ -199,3 +199,17 @@ def test_cli_workers(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["workers"] == 2
     assert criteo.main(["preprocess", str(path), "--out", str(tmp_path / "o2"), "--hash-rows", "9", "--workers", "0"]) == 1
     assert "workers and chunk_rows must be >= 1" in capsys.readouterr().err
+
+
+def test_gzip_members_and_truncation(tmp_path, capsys):
+    lines = make_lines(60, seed=12)
+    first, second = (gzip.compress(("\n".join(part) + "\n").encode()) for part in (lines[:25], lines[25:]))
+    (tmp_path / "two.gz").write_bytes(first + second)  # concatenated members, as `cat a.gz b.gz` makes
+    meta = preprocess([tmp_path / "two.gz"], tmp_path / "out", PreprocessOptions(hash_rows=[10], chunk_rows=4,
+                                                                               workers=2, progress=False))
+    assert meta["num_rows"] == 60
+    (tmp_path / "cut.gz").write_bytes((first + second)[:-30])
+    assert criteo.main(["preprocess", str(tmp_path / "cut.gz"), "--out", str(tmp_path / "o2"), "--hash-rows", "9",
+                        "--workers", "2"]) == 1
+    assert "cut.gz: the gzip data ends before its end marker (truncated file?)" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / ".o2.partial").exists()

