@@ -36,6 +36,7 @@ def test_small_run_appends_one_line_per_point(tmp_path, capsys):
     for r in rows:
         assert r["rows"] == 2000 and r["mode"] == "hash" and r["chunk_rows"] == 300 and r["cores"] >= 1
         assert r["rows_per_s"] == round(2000 / r["seconds"]) and r["commit"] and r["date"] and "cpu" in r["device"]
+        assert r["own_cpu_s"] > 0 and r["other_cpu_s"] >= 0 and len(r["all_seconds"]) == 1
     assert rows[0]["speedup_vs_1"] == 1.0
     table = capsys.readouterr().out
     assert "preprocess, 2,000 rows" in table and "speed-up" in table
