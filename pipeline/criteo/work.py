@@ -4,8 +4,9 @@ Cutting (in the parent, ``iter_tasks``): a plain file is cut into byte ranges th
 line start, of about ``chunk_rows`` lines (the mean line length is taken from the file's first MiB);
 the parent reads only a few bytes around each cut and every worker reads its own range. A gzip
 stream cannot be entered in the middle, so the parent decompresses it and hands out pieces of whole
-lines: one decompressor feeding the parsers (measured ~140-190 MB/s of text on the 2-core machine,
-i.e. several hundred thousand rows/s, so with many gzip files and many cores it becomes the limit).
+lines: one decompressor feeding the parsers. It gives ~220 MB/s of text on the 2-core machine
+(1.0 CPU-s for the 1M-row, 222 MB benchmark file), so with many cores it becomes the limit for gzip
+input; several gzip files could be decompressed side by side, which this does not do yet.
 
 A task knows the byte offset of its first line but not its line number (that would need every
 earlier line counted): the worker reports bad lines by their index within the task and the parent,
