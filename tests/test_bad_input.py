@@ -151,7 +151,7 @@ ROWS, DENSE = 64, 3
 
 
 def write_dataset(directory, dense=None, labels=None):
-    """A small binary dataset (the layout of pipeline.criteo): features f0 (11 rows) and f1 (7 rows); dense
+    """A small binary dataset (the layout pipeline.criteo writes): features f0 (11 rows) and f1 (7 rows); dense
     column 0 holds the row number, so a test can tell which file row a batch sample came from."""
     rng = np.random.default_rng(0)
     if dense is None:

@@ -5,7 +5,7 @@ import pytest
 from criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
-from pipeline.criteo import CriteoFormatError, PreprocessOptions, preprocess
+from pipeline.criteo import CriteoFormatError, PreprocessOptions, convert, preprocess
 from pipeline.dataset import BinaryDataset, DatasetError
 
 
@@ -117,7 +117,7 @@ def test_interrupted_publish_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(criteo, "_publish", fail)
+    monkeypatch.setattr(convert, "_publish", fail)
     with pytest.raises(KeyboardInterrupt):
         preprocess([path], out, PreprocessOptions(hash_rows=[10], progress=False))
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
@@ -126,8 +126,8 @@ def test_interrupted_publish_leaves_nothing(tmp_path, monkeypatch):
 def test_killed_before_meta_is_refused_by_reader(tmp_path, monkeypatch):
     """A hard kill cannot clean up: the partial directory it leaves has no meta.json and is refused."""
     path = write_tsv(tmp_path / "x.tsv", make_lines(20))
-    monkeypatch.setattr(criteo.shutil, "rmtree", lambda *a, **k: None)
-    monkeypatch.setattr(criteo, "_write_meta", lambda *a: (_ for _ in ()).throw(SystemExit("killed")))
+    monkeypatch.setattr(convert.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(convert, "_write_meta", lambda *a: (_ for _ in ()).throw(SystemExit("killed")))
     with pytest.raises(SystemExit):
         preprocess([path], tmp_path / "out", PreprocessOptions(hash_rows=[10], progress=False))
     partial = tmp_path / ".out.partial"

@@ -7,8 +7,7 @@ import pytest
 from criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
-from pipeline.criteo import PreprocessOptions, preprocess
-from pipeline.criteo_vocab import VocabularyError
+from pipeline.criteo import PreprocessOptions, VocabularyError, preprocess
 from pipeline.dataset import BinaryDataset
 
 

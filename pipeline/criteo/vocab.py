@@ -1,4 +1,4 @@
-"""Frequency-threshold vocabularies over the 26 Criteo tables, written over an array module ``xp`` (numpy or cupy).
+"""Frequency-threshold vocabularies over the 26 Criteo tables.
 
 A vocabulary is (sorted keys, their ids, rows per table), keys being ``table << 32 | hex value``.
 Saved (save_vocabulary) into a dataset's ``vocab/`` directory:
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.criteo_parse import NUM_SPARSE, SPARSE_NAMES, to_numpy
+from pipeline.criteo.parse import NUM_SPARSE, SPARSE_NAMES
 
 VOCAB_FORMAT = "recfuse-criteo-vocabulary"
 VOCAB_DIR = "vocab"
@@ -29,69 +29,80 @@ class VocabularyError(ValueError):
 
 @dataclass
 class Vocabulary:
-    keys: object  # xp int64, sorted: table << 32 | hex value of every kept value
-    ids: object  # xp int64, the row id of each key (1..V within its table)
+    keys: np.ndarray  # int64, sorted: table << 32 | hex value of every kept value
+    ids: np.ndarray  # int64, the row id of each key (1..V within its table)
     table_rows: list[int]  # V + 1 per table (row 0: low-frequency, unseen and empty values)
     min_freq: int  # the threshold it was built with
 
 
 # ids of all tables live in one sorted key space (table << 32 | hex value) so one unique/searchsorted serves 26 tables
-def table_keys(sparse_raw, empty, xp):
-    tables = xp.arange(NUM_SPARSE, dtype=xp.int64)[None, :]
+def table_keys(sparse_raw, empty):
+    tables = np.arange(NUM_SPARSE, dtype=np.int64)[None, :]
     return ((tables << 32) | sparse_raw)[~empty]
+
+
+def merge_counts(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, int64 summed counts) of (key, count) pairs in any order, keys repeated or not."""
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order].astype(np.int64, copy=False)
+    if keys.size == 0:
+        return keys, counts
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return keys[starts], np.add.reduceat(counts, starts)
 
 
 class ValueCounter:
     """Running (key, count) over all tables; chunk results are merged in batches to keep it near-linear."""
 
-    def __init__(self, xp):
-        self.xp = xp
-        self.keys = xp.zeros(0, dtype=xp.int64)
-        self.counts = xp.zeros(0, dtype=xp.int64)
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
         self.pending: list = []
         self.pending_size = 0
 
     def add(self, keys) -> None:
-        uniq, counts = self.xp.unique(keys, return_counts=True)
-        self.pending.append((uniq, counts.astype(self.xp.int64)))
+        uniq, counts = np.unique(keys, return_counts=True)
+        self.pending.append((uniq, counts.astype(np.int64)))
         self.pending_size += uniq.size
         if self.pending_size > max(self.keys.size, 1 << 22):
             self._merge()
 
     def _merge(self) -> None:
-        xp = self.xp
-        keys = xp.concatenate([self.keys] + [k for k, _ in self.pending])
-        counts = xp.concatenate([self.counts] + [c for _, c in self.pending])
-        self.keys, inverse = xp.unique(keys, return_inverse=True)
-        # float64 weights are exact up to 2**53 occurrences, far beyond any dataset
-        summed = xp.bincount(inverse.reshape(-1), weights=counts.astype(xp.float64), minlength=self.keys.size)
-        self.counts = summed.astype(xp.int64)
+        if self.pending:
+            self.keys, self.counts = merge_counts(np.concatenate([self.keys] + [k for k, _ in self.pending]),
+                                                  np.concatenate([self.counts] + [c for _, c in self.pending]))
         self.pending, self.pending_size = [], 0
 
-    def vocabulary(self, min_freq: int) -> Vocabulary:
-        """Values seen >= min_freq times; ids follow decreasing count within a table (ties: smaller value first)."""
-        xp = self.xp
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique keys, their counts) of everything added."""
         self._merge()
-        kept = self.counts >= min_freq
-        keys, counts = self.keys[kept], self.counts[kept]
-        table = keys >> 32
-        order = xp.lexsort(xp.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
-        table_sizes = xp.bincount(table, minlength=NUM_SPARSE)
-        table_start = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(table_sizes)[:-1]])
-        ids = xp.zeros(keys.size, dtype=xp.int64)
-        ids[order] = xp.arange(keys.size, dtype=xp.int64) - table_start[table[order]] + 1
-        return Vocabulary(keys, ids, [int(n) + 1 for n in to_numpy(table_sizes)], min_freq)
+        return self.keys, self.counts
 
 
-def map_to_vocabulary(sparse_raw, empty, vocab: Vocabulary, xp):
+def build_vocabulary(keys: np.ndarray, counts: np.ndarray, min_freq: int) -> Vocabulary:
+    """The vocabulary of the kept values (sorted unique ``keys``, each seen ``counts`` >= min_freq times).
+
+    Ids follow decreasing count within a table, ties broken by the smaller value, so they do not depend
+    on the order in which the counts were gathered (how many workers, how the input was cut).
+    """
+    table = keys >> 32
+    order = np.lexsort(np.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
+    table_sizes = np.bincount(table, minlength=NUM_SPARSE)
+    table_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(table_sizes)[:-1]])
+    ids = np.zeros(keys.size, dtype=np.int64)
+    ids[order] = np.arange(keys.size, dtype=np.int64) - table_start[table[order]] + 1
+    return Vocabulary(keys, ids, [int(n) + 1 for n in table_sizes], min_freq)
+
+
+def map_to_vocabulary(sparse_raw, empty, vocab: Vocabulary):
     """Row ids [R, 26]: a value's id in the vocabulary, 0 for values not in it and empty fields."""
-    tables = xp.arange(NUM_SPARSE, dtype=xp.int64)[None, :]
+    tables = np.arange(NUM_SPARSE, dtype=np.int64)[None, :]
     keys = (tables << 32) | sparse_raw
     if vocab.keys.size == 0:
-        return xp.zeros(keys.shape, dtype=xp.int64)
-    pos = xp.minimum(xp.searchsorted(vocab.keys, keys), vocab.keys.size - 1)
+        return np.zeros(keys.shape, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(vocab.keys, keys), vocab.keys.size - 1)
     found = (vocab.keys[pos] == keys) & ~empty
-    return xp.where(found, vocab.ids[pos], 0)
+    return np.where(found, vocab.ids[pos], 0)
 
 
 def _sha256(path: Path) -> str:
@@ -106,7 +117,7 @@ def save_vocabulary(directory: Path, vocab: Vocabulary) -> dict:
     """Write the vocabulary into ``directory`` (created; the caller renames it into place) and return its
     description (also written as vocab.json)."""
     directory.mkdir(parents=True, exist_ok=True)
-    keys, ids = to_numpy(vocab.keys), to_numpy(vocab.ids)
+    keys, ids = vocab.keys, vocab.ids
     table = keys >> 32
     files = {}
     for t, name in enumerate(SPARSE_NAMES):
@@ -141,7 +152,7 @@ def _read_values(path: Path, entry: dict):
     return values
 
 
-def load_vocabulary(path: str | Path, xp) -> Vocabulary:
+def load_vocabulary(path: str | Path) -> Vocabulary:
     """A vocabulary saved by save_vocabulary; ``path`` is its directory or the dataset directory holding it."""
     path = Path(path)
     if (path / VOCAB_DIR / "vocab.json").is_file() or (path / "meta.json").is_file():
@@ -174,4 +185,4 @@ def load_vocabulary(path: str | Path, xp) -> Vocabulary:
         key = int(keys[repeated[0]])
         raise VocabularyError(f"vocabulary file {path / info['files'][SPARSE_NAMES[key >> 32]]['name']} lists value "
                               f"{key & 0xFFFFFFFF:08x} twice")
-    return Vocabulary(xp.asarray(keys), xp.asarray(ids), [int(n) for n in info["table_rows"]], int(info["min_freq"]))
+    return Vocabulary(keys, ids, [int(n) for n in info["table_rows"]], int(info["min_freq"]))

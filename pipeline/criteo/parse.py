@@ -1,4 +1,4 @@
-"""Vectorized parsing of Criteo TSV chunks, written once over an array module ``xp`` (numpy or cupy).
+"""Vectorized parsing of Criteo TSV chunks with numpy.
 
 A chunk is the raw bytes of whole lines. Instead of splitting every line in Python we look
 at the bytes as one uint8 array: tab and newline positions give every field's start and
@@ -32,93 +32,89 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX_LUT[_c] = 10 + _i  # Criteo writes lowercase; uppercase is accepted since it means the same number
 
 
-def to_numpy(a) -> np.ndarray:
-    """Host copy of a numpy or cupy array."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
 @dataclass
 class ParsedChunk:
-    labels: object  # xp int64 [R] (0 or 1)
-    dense_raw: object  # xp int64 [R, 13]; empty fields are 0
-    sparse_raw: object  # xp int64 [R, 26] the hex value; empty fields are 0
-    sparse_empty: object  # xp bool [R, 26]
-    bad_lines: np.ndarray  # host int64, 0-based index within the chunk of each malformed line
+    labels: np.ndarray  # int64 [R] (0 or 1)
+    dense_raw: np.ndarray  # int64 [R, 13]; empty fields are 0
+    sparse_raw: np.ndarray  # int64 [R, 26] the hex value; empty fields are 0
+    sparse_empty: np.ndarray  # bool [R, 26]
+    bad_lines: np.ndarray  # int64, 0-based index within the chunk of each malformed line
+    num_lines: int  # lines in the chunk, good and bad
 
 
-def split_lines(data: bytes, xp):
+def split_lines(data: bytes):
     """Line and field boundaries of a chunk that ends with a newline.
 
     Returns (buf, starts, ends, line_ok): field byte ranges [starts, ends) of the lines that
     have exactly 40 fields ([n_ok, 40]) and a bool mask over all lines.
     """
-    buf = xp.asarray(np.frombuffer(data, dtype=np.uint8))
+    buf = np.frombuffer(data, dtype=np.uint8)
     is_newline = buf == 10
     is_sep = is_newline | (buf == 9)
-    sep_pos = xp.flatnonzero(is_sep)
+    sep_pos = np.flatnonzero(is_sep)
     sep_is_newline = is_newline[sep_pos]
     num_lines = int(sep_is_newline.sum())
     # a separator belongs to the line it ends; the newline itself is that line's last separator
-    line_of_sep = xp.cumsum(sep_is_newline) - sep_is_newline
-    seps_per_line = xp.bincount(line_of_sep, minlength=num_lines)
+    line_of_sep = np.cumsum(sep_is_newline) - sep_is_newline
+    seps_per_line = np.bincount(line_of_sep, minlength=num_lines)
     line_ok = seps_per_line == NUM_FIELDS
     # a field starts right after the separator before it (the first field after the previous newline)
-    field_start = xp.concatenate([xp.zeros(1, dtype=sep_pos.dtype), sep_pos[:-1] + 1])
+    field_start = np.concatenate([np.zeros(1, dtype=sep_pos.dtype), sep_pos[:-1] + 1])
     keep = line_ok[line_of_sep]
     ends = sep_pos[keep].reshape(-1, NUM_FIELDS)
     starts = field_start[keep].reshape(-1, NUM_FIELDS)
     return buf, starts, ends, line_ok
 
 
-def _decode_decimal(buf, starts, lengths, xp):
+def _decode_decimal(buf, starts, lengths):
     """int64 values of decimal fields (optional leading '-'); empty fields give 0. Returns (values, bad)."""
     last = buf.shape[0] - 1
-    first = buf[xp.minimum(starts, last)]
+    first = buf[np.minimum(starts, last)]
     negative = (first == ord("-")) & (lengths > 0)
     digits = lengths - negative
     bad = (digits > _MAX_INT_DIGITS) | (negative & (digits == 0))
-    value = xp.zeros(starts.shape, dtype=xp.int64)
+    value = np.zeros(starts.shape, dtype=np.int64)
     width = int(min(int(lengths.max()) if lengths.size else 0, _MAX_INT_DIGITS + 1))
     for k in range(width):
         in_digits = (k < lengths) & ~((k == 0) & negative)
-        d = buf[xp.minimum(starts + k, last)].astype(xp.int64) - ord("0")
+        d = buf[np.minimum(starts + k, last)].astype(np.int64) - ord("0")
         bad |= in_digits & ((d < 0) | (d > 9))
-        value = xp.where(in_digits, value * 10 + d, value)
-    return xp.where(negative, -value, value), bad
+        value = np.where(in_digits, value * 10 + d, value)
+    return np.where(negative, -value, value), bad
 
 
-def _decode_hex(buf, starts, lengths, xp):
+def _decode_hex(buf, starts, lengths):
     """Values of 8-hex-digit fields; empty fields give 0. Returns (values, empty, bad)."""
     last = buf.shape[0] - 1
-    lut = xp.asarray(_HEX_LUT)
     empty = lengths == 0
     bad = ~empty & (lengths != _HEX_DIGITS)
-    value = xp.zeros(starts.shape, dtype=xp.int64)
+    value = np.zeros(starts.shape, dtype=np.int64)
     for k in range(_HEX_DIGITS):
-        d = lut[buf[xp.minimum(starts + k, last)]]
+        d = _HEX_LUT[buf[np.minimum(starts + k, last)]]
         bad |= ~empty & (d < 0)
-        value = value * 16 + xp.maximum(d, 0)
-    return xp.where(empty, 0, value), empty, bad
+        value = value * 16 + np.maximum(d, 0)
+    return np.where(empty, 0, value), empty, bad
 
 
-def parse_chunk(data: bytes, xp=np) -> ParsedChunk:
+def parse_chunk(data: bytes) -> ParsedChunk:
     """Parse whole lines (``data`` must end with b"\\n"). Malformed lines are listed, not raised."""
-    buf, starts, ends, line_ok = split_lines(data, xp)
+    buf, starts, ends, line_ok = split_lines(data)
     lengths = ends - starts
-    ints, ints_bad = _decode_decimal(buf, starts[:, : 1 + NUM_DENSE], lengths[:, : 1 + NUM_DENSE], xp)
-    hexes, empty, hex_bad = _decode_hex(buf, starts[:, 1 + NUM_DENSE :], lengths[:, 1 + NUM_DENSE :], xp)
+    ints, ints_bad = _decode_decimal(buf, starts[:, : 1 + NUM_DENSE], lengths[:, : 1 + NUM_DENSE])
+    hexes, empty, hex_bad = _decode_hex(buf, starts[:, 1 + NUM_DENSE :], lengths[:, 1 + NUM_DENSE :])
     labels = ints[:, 0]
     row_bad = ints_bad.any(1) | hex_bad.any(1) | (lengths[:, 0] == 0) | ((labels != 0) & (labels != 1))
-    ok_lines = xp.flatnonzero(line_ok)
-    bad_lines = np.sort(np.concatenate([to_numpy(xp.flatnonzero(~line_ok)), to_numpy(ok_lines[row_bad])]))
+    ok_lines = np.flatnonzero(line_ok)
+    bad_lines = np.sort(np.concatenate([np.flatnonzero(~line_ok), ok_lines[row_bad]]))
     good = ~row_bad
     return ParsedChunk(labels=labels[good], dense_raw=ints[good, 1:], sparse_raw=hexes[good],
-                       sparse_empty=empty[good], bad_lines=bad_lines.astype(np.int64))
+                       sparse_empty=empty[good], bad_lines=bad_lines.astype(np.int64),
+                       num_lines=int(line_ok.size))
 
 
-def dense_transform(dense_raw, xp=np):
+def dense_transform(dense_raw):
     """float32 log(1 + max(x, 0)): negative counts (I2 has -1, -2, ...) and empty fields become 0."""
-    return xp.log1p(xp.maximum(dense_raw, 0).astype(xp.float64)).astype(xp.float32)
+    return np.log1p(np.maximum(dense_raw, 0).astype(np.float64)).astype(np.float32)
 
 
 def describe_bad_line(line: bytes) -> str:

@@ -1,0 +1,315 @@
+"""Criteo Kaggle / 1TB TSV -> RecFuse binary dataset.
+
+    python -m pipeline.criteo preprocess day_0.gz day_1.gz ... --out DIR (--hash-rows N | --min-freq T | --vocab D)
+
+Output (all little-endian, row-major, no headers, R = rows kept):
+    dense.bin   float32 [R, 13]  log(1 + max(x, 0)); an empty I field is 0 (so it stays 0)
+    sparse.bin  int32/int64 [R, 26]  per-table row ids
+    labels.bin  float32 or uint8 [R]
+    meta.json   row count, table sizes, dtypes, options, sources, size + sha256 of every file
+    vocab/      with --min-freq or --vocab: the vocabulary, C1.npy .. C26.npy + vocab.json
+                (pipeline/criteo/vocab.py; C<t>.npy[i] is the raw hex value given id i + 1)
+
+Categorical ids, per table:
+    --hash-rows N   id = int(hex, 16) % N. An empty field counts as hex 00000000, i.e. row 0
+                    (shared with the values that hash to 0, as in the DLRM/TorchRec scripts).
+    --min-freq T    two passes: count every value, then keep those seen >= T times. Kept values
+                    get ids 1..V in order of decreasing count (ties: smaller hex value first), so
+                    hot rows sit together; rarer values and empty fields share row 0.
+                    The vocabulary is saved in DIR/vocab.
+    --vocab D       one pass through the vocabulary saved in D (a dataset directory or its vocab/),
+                    e.g. for the test day of a dataset built with --min-freq: the same raw values get
+                    the same ids, values not in it and empty fields get row 0; the table sizes are D's.
+
+Everything is written under DIR's sibling ``.DIR.partial`` and renamed to DIR only after
+meta.json (written last) is complete, so an interrupted run never leaves a dataset that
+BinaryDataset would accept.
+
+Parallelism (--workers N, default os.cpu_count()): the input is cut into pieces of about
+--chunk-rows lines at line boundaries (pipeline/criteo/work.py: byte ranges of plain files, read
+by the workers themselves; gzip files are decompressed here and handed out in pieces), N worker
+processes parse them (pipeline/criteo/pool.py), and this process writes their arrays in input order.
+Why the writing stays here rather than workers writing into their place in preallocated files or
+into part files concatenated at the end: meta.json holds the sha256 of each whole file, so one
+process must read every output byte in order anyway; receiving the arrays through a pipe costs that
+process one more copy of them (160 bytes a row with int32 ids; the workers read ~220-240 bytes of text
+a row), while writing in place needs every range's
+row count before the first write (an extra counting pass over the input, or holes where bad lines
+are skipped), and part files write and read everything twice. Results are consumed in input order
+within a bounded window, so memory stays a few chunks per worker.
+--min-freq is two parallel passes: each worker counts the values of its pieces; the counters are
+written as hash partitions and merged one partition per worker; the kept values make the
+vocabulary (ids do not depend on how the counting was split); then the mapping pass, which is also
+what --vocab runs. The output is byte-identical for any number of workers: same files, same
+meta.json but for "seconds" and "workers".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.criteo.parse import DENSE_NAMES, NUM_DENSE, NUM_SPARSE, SPARSE_NAMES
+from pipeline.criteo.pool import make_pool
+from pipeline.criteo.vocab import VOCAB_DIR, Vocabulary, build_vocabulary, load_vocabulary, save_vocabulary
+from pipeline.criteo.work import (
+    MAX_BAD_EXAMPLES,
+    Job,
+    Result,
+    flush_counts,
+    iter_tasks,
+    merge_partition,
+    release,
+    run_task,
+    vocab_files,
+)
+
+FORMAT_NAME = "recfuse-criteo-binary"
+FORMAT_VERSION = 1
+_WORK_DIR = ".work"  # scratch space inside the .partial directory, removed before it is published
+
+
+class CriteoFormatError(ValueError):
+    """A malformed input line; the message names file, line number and byte offset."""
+
+
+@dataclass
+class PreprocessOptions:
+    hash_rows: list[int] | None = None  # one per table (a single value is repeated)
+    min_freq: int | None = None
+    vocab: str | None = None  # map through the vocabulary saved in this dataset (or its vocab/ directory)
+    skip_bad_lines: bool = False
+    chunk_rows: int = 65_536  # lines per piece of work; memory is about 1 KiB per line, for ~3 pieces per worker
+    id_dtype: str = "int32"
+    label_dtype: str = "float32"
+    days: int = 0  # > 0: record the rows as that many equal "days" (for the MLPerf-style eval split)
+    files_are_days: bool = False  # record one "day" per input file (Criteo 1TB day_0 .. day_23)
+    workers: int | None = None  # parsing processes; None: os.cpu_count(); 1: everything in this process
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class _SourceStats:
+    path: str
+    bytes: int
+    lines: int = 0
+    rows: int = 0
+    bad_lines: int = 0
+
+
+@dataclass
+class _BadLines:
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+class _BinaryFileWriter:
+    """Appends arrays to one raw binary file, keeping its size and sha256 as it goes."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.file = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array.astype(self.dtype, copy=False))
+        view = memoryview(data).cast("B")
+        self.sha.update(view)
+        self.file.write(view)
+        self.bytes += view.nbytes
+
+    def close(self) -> dict:
+        self.file.close()
+        return {"name": self.path.name, "dtype": self.dtype.name, "bytes": self.bytes, "sha256": self.sha.hexdigest()}
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():  # left by an earlier run that was killed
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    tmp = directory / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, directory / "meta.json")
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Move the finished dataset into place; an old one (with --overwrite) is moved aside first."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, out)
+
+
+def _day_rows(opts: PreprocessOptions, sources: list[_SourceStats], num_rows: int) -> list[int] | None:
+    if opts.files_are_days:
+        return [s.rows for s in sources]
+    if opts.days > 0:
+        return [len(part) for part in np.array_split(np.arange(num_rows), opts.days)]
+    return None
+
+
+def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOptions) -> dict:
+    """Convert Criteo TSV files (plain or gzip) into a binary dataset at ``out``; returns its meta.json content."""
+    if [opts.hash_rows, opts.min_freq, opts.vocab].count(None) != 2:
+        raise ValueError("give exactly one of hash_rows (hashing), min_freq (build a frequency-threshold vocabulary) "
+                         "or vocab (map through a saved vocabulary)")
+    if opts.hash_rows is not None:
+        if len(opts.hash_rows) == 1:
+            opts.hash_rows = opts.hash_rows * NUM_SPARSE
+        if len(opts.hash_rows) != NUM_SPARSE or min(opts.hash_rows) <= 0:
+            raise ValueError(f"hash_rows needs 1 or {NUM_SPARSE} positive values, got {opts.hash_rows}")
+    if opts.min_freq is not None and opts.min_freq < 1:
+        raise ValueError(f"min_freq must be >= 1, got {opts.min_freq}")
+    if opts.id_dtype not in ("int32", "int64") or opts.label_dtype not in ("float32", "uint8"):
+        raise ValueError(f"id_dtype must be int32/int64 and label_dtype float32/uint8, got {opts.id_dtype}, {opts.label_dtype}")
+    workers = opts.workers if opts.workers is not None else os.cpu_count() or 1
+    if workers < 1 or opts.chunk_rows < 1:
+        raise ValueError(f"workers and chunk_rows must be >= 1, got {workers} and {opts.chunk_rows}")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"input file {p} does not exist")
+    out = Path(out)
+    started = time.perf_counter()
+    vocab = load_vocabulary(opts.vocab) if opts.vocab is not None else None  # before any output exists
+    partial = _prepare_output(out, opts.overwrite)
+    try:
+        with make_pool(workers) as pool:
+            meta = _convert(paths, partial, opts, vocab, pool)
+        meta["seconds"] = round(time.perf_counter() - started, 3)
+        meta["workers"] = workers
+        _write_meta(partial, meta)
+        _publish(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return meta
+
+
+def _check_bad_lines(result: Result, path: Path, first_line: int, opts: PreprocessOptions, bad: _BadLines | None):
+    """Raise on a task's first malformed line unless skipping (then count its lines into ``bad``)."""
+    for index, offset, reason in result.bad:
+        where = f"{path}:{first_line + index} (byte offset {offset})"
+        if not opts.skip_bad_lines:
+            raise CriteoFormatError(f"{where}: {reason}; pass --skip-bad-lines to skip such lines")
+        if bad is not None and len(bad.examples) < MAX_BAD_EXAMPLES:
+            bad.examples.append(f"{where}: {reason}")
+    if bad is not None:
+        bad.count += result.bad_count
+
+
+def _run_pass(pool, job: Job, paths: list[Path], opts: PreprocessOptions, desc: str,
+              bad: _BadLines | None, writers: dict[str, _BinaryFileWriter] | None) -> list[_SourceStats]:
+    """One pass over the input: pieces out to the workers, results back in input order, arrays into ``writers``."""
+    sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
+    with tqdm(total=sum(s.bytes for s in sources), unit="B", unit_scale=True, desc=desc,
+              disable=not opts.progress) as bar:
+        for result in pool.imap(run_task, job, iter_tasks(paths, opts.chunk_rows), window=2 * pool.workers):
+            src = sources[result.source]
+            _check_bad_lines(result, paths[result.source], src.lines + 1, opts, bad)
+            src.lines += result.lines
+            src.rows += result.rows
+            src.bad_lines += result.bad_count
+            if writers is not None and result.dense is not None:  # None: an empty piece (e.g. the end of a gzip file)
+                writers["dense"].write(result.dense)
+                writers["labels"].write(result.labels)
+                writers["sparse"].write(result.sparse)
+            bar.update(result.progress)
+    return sources
+
+
+def _count_vocabulary(pool, job: Job, min_freq: int) -> Vocabulary:
+    """Merge the workers' counters (after a "count" pass) into the vocabulary of values seen >= min_freq times."""
+    pool.broadcast(flush_counts, job)
+    parts = list(pool.imap(merge_partition, job, range(job.parts), window=job.parts))
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    order = np.argsort(keys, kind="stable")  # partitions are hash-spread; the vocabulary wants one sorted key list
+    return build_vocabulary(keys[order], counts[order], min_freq)
+
+
+def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: Vocabulary | None, pool) -> dict:
+    work = (partial / _WORK_DIR).resolve()
+    work.mkdir()
+    job = Job(run_id=uuid.uuid4().hex, mode="hash", hash_rows=tuple(opts.hash_rows or ()), id_dtype=opts.id_dtype,
+              label_dtype=opts.label_dtype, skip_bad_lines=opts.skip_bad_lines, work_dir=str(work),
+              parts=pool.workers, min_freq=opts.min_freq or 1)
+    bad = _BadLines()
+    counted = None
+    if opts.min_freq is not None:  # pass 1: count every value (and find the bad lines)
+        count_job = replace(job, mode="count")
+        counted = _run_pass(pool, count_job, paths, opts, "count", bad, None)
+        vocab = _count_vocabulary(pool, count_job, opts.min_freq)
+    if vocab is not None:  # the workers map through a copy they memory-map
+        for path, array in zip(vocab_files(str(work)), (vocab.keys, vocab.ids), strict=True):
+            np.save(path, array)
+        job = replace(job, mode="vocab")
+    writers = {"dense": _BinaryFileWriter(partial / "dense.bin", "float32"),
+               "sparse": _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype),
+               "labels": _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)}
+    desc = "map ids" if counted is not None else "preprocess"
+    sources = _run_pass(pool, job, paths, opts, desc, bad if counted is None else None, writers)
+    if counted is not None and [s.rows for s in sources] != [s.rows for s in counted]:
+        raise RuntimeError("the input files changed between the counting and the mapping pass")
+    pool.broadcast(release, job)  # the memory-mapped vocabulary copy, before its file goes
+    shutil.rmtree(work)
+    num_rows = sum(s.rows for s in sources)
+
+    table_rows = vocab.table_rows if vocab is not None else list(opts.hash_rows)
+    vocab_info = save_vocabulary(partial / VOCAB_DIR, vocab) if vocab is not None else None
+    if opts.id_dtype == "int32" and max(table_rows) > np.iinfo(np.int32).max:
+        raise ValueError(f"a table has {max(table_rows)} rows, too many for --id-dtype int32; use int64")
+
+    files = {name: writer.close() for name, writer in writers.items()}
+    files["dense"]["shape"] = [num_rows, NUM_DENSE]
+    files["sparse"]["shape"] = [num_rows, NUM_SPARSE]
+    files["labels"]["shape"] = [num_rows]
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "num_rows": num_rows,
+        "num_dense": NUM_DENSE,
+        "dense_names": DENSE_NAMES,
+        "feature_names": SPARSE_NAMES,
+        "table_rows": table_rows,
+        "days": _day_rows(opts, sources, num_rows),
+        "files": files,
+        # the vocabulary in vocab/ (vocab/vocab.json describes it too); None when hashing
+        "vocabulary": {"dir": VOCAB_DIR, **vocab_info} if vocab_info is not None else None,
+        "options": {
+            "ids": "hash" if opts.hash_rows is not None else "vocabulary",
+            "hash_rows": opts.hash_rows,
+            "min_freq": vocab.min_freq if vocab is not None else None,
+            "vocab_from": str(Path(opts.vocab).resolve()) if opts.vocab is not None else None,
+            "id_dtype": opts.id_dtype,
+            "label_dtype": opts.label_dtype,
+            "skip_bad_lines": opts.skip_bad_lines,
+            "chunk_rows": opts.chunk_rows,
+            "dense_transform": "log(1 + max(x, 0)), empty -> 0",
+        },
+        "sources": [vars(s) for s in counted or sources],
+        "bad_lines": {"count": bad.count, "examples": bad.examples},
+    }
