@@ -99,6 +99,25 @@ class OptimizerConfig:
     eps: float = 1e-8  # adagrad/adam epsilon (dense and sparse)
     beta1: float = 0.9  # adam first-moment decay
     beta2: float = 0.999  # adam second-moment decay
+    # Learning-rate schedule, one function of the step (pipeline/schedule.py lr_at) for dense_lr and sparse_lr
+    # alike, so a resumed run recomputes it exactly. For step s = 1, 2, ... and each base rate lr:
+    #   s < warmup_steps                        lr * s / warmup_steps        (linear warm-up from 0)
+    #   otherwise, before decay_start or with decay_steps = 0: lr
+    #   decay_start <= s < decay_start + D      lr_end + (lr - lr_end) * ((decay_start + D - s) / D) ** 2
+    #   s >= decay_start + D                    lr_end                       (D = decay_steps)
+    # This is facebookresearch/dlrm's LRPolicyScheduler, which the MLPerf DLRM-DCNv2 reference (torchrec_dlrm,
+    # dlrm_main.py) steps once per iteration: the same warm-up, power-2 decay and step numbering. Where it differs:
+    # it decays to 0 (floored at 1e-7) and then holds its last decay value, lr / D**2, where this holds lr_end;
+    # and with a decay configured it holds its last warm-up value, lr * (W-1)/W, between warm-up and decay, where
+    # this holds lr (MLPerf's rules define the base rate as the rate after warm-up and before decay).
+    warmup_steps: int = 0  # LR warm-up steps (train.warmup_steps is the unrelated samples/s warm-up)
+    decay_start: int = 0  # first step of the polynomial decay; needs decay_steps > 0 and >= warmup_steps
+    decay_steps: int = 0  # length of the decay; 0 = no decay
+    lr_end: float = 0.0  # rate reached at decay_start + decay_steps, for dense and sparse; <= dense_lr and sparse_lr
+    # linear scaling rule: every rate above (dense_lr, sparse_lr, lr_end) times
+    # train.global_batch_size / reference_batch_size, so a config tuned at one batch keeps its per-sample step
+    scale_lr_with_batch: bool = False
+    reference_batch_size: int = 0  # the global batch dense_lr and sparse_lr were tuned at; needed by scale_lr_with_batch
 
 
 @dataclass
@@ -335,6 +354,29 @@ def validate(cfg: Config) -> None:
                           f"{len(tables)} tables; give one size per table")
     if cfg.data.eval_path and not cfg.data.path:
         raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
+    validate_schedule(cfg.optimizer)
+
+
+def validate_schedule(o: OptimizerConfig) -> None:
+    for key in ("warmup_steps", "decay_start", "decay_steps", "reference_batch_size"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"config key 'optimizer.{key}' is {getattr(o, key)}; it must be >= 0")
+    if o.decay_steps == 0 and (o.decay_start or o.lr_end):
+        key = "decay_start" if o.decay_start else "lr_end"
+        raise ConfigError(f"config key 'optimizer.{key}' sets a decay but optimizer.decay_steps is 0; "
+                          "set optimizer.decay_steps (the decay's length)")
+    if o.decay_steps and o.decay_start < o.warmup_steps:
+        raise ConfigError(f"config key 'optimizer.decay_start' is {o.decay_start}, before the warm-up ends "
+                          f"(optimizer.warmup_steps={o.warmup_steps}); the decay must start after the warm-up")
+    if o.lr_end < 0:
+        raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}; it must be >= 0")
+    for key in ("dense_lr", "sparse_lr"):
+        if o.lr_end > getattr(o, key):
+            raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}, above optimizer.{key}={getattr(o, key)}; "
+                              "the decay goes down to lr_end")
+    if o.scale_lr_with_batch and o.reference_batch_size <= 0:
+        raise ConfigError("config key 'optimizer.reference_batch_size' must be > 0 with optimizer.scale_lr_with_batch "
+                          "(the global batch the learning rates were tuned at)")
 
 
 def to_dict(cfg) -> dict:

@@ -35,6 +35,7 @@ from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
 from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
 from pipeline.profiling import StepProfiler
+from pipeline.schedule import apply_lr
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
 
@@ -274,6 +275,7 @@ def run(cfg: Config) -> dict:
         # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is data wait
         timer.add("data_wait", batches.data_wait_ms)
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
+        dense_lr, sparse_lr = apply_lr(step, cfg, parts.optimizer, embeddings)  # before backward: the sparse update
         loss = train_step(parts, batch, sparse_dist, timer, ckpt.before_backward)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
@@ -313,7 +315,8 @@ def run(cfg: Config) -> dict:
                     "data_wait_pct": 100.0 * stages.get("data_wait", 0.0) / n / step_ms,
                     "mfu_pct": 100.0 * utilization if utilization is not None else None,
                     "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
-                    "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps}
+                    "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps,
+                    "dense_lr": dense_lr, "sparse_lr": sparse_lr}
             history.append(line)
             if metrics_file:
                 metrics_file.write(json.dumps(line) + "\n")
@@ -321,7 +324,8 @@ def run(cfg: Config) -> dict:
             log0(rank, f"step {step:6d} | loss {line['loss']:.5f} | {line['samples_per_sec']:10.0f} samples/s | "
                        f"{step_ms:7.2f} ms/step | a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
                        f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
-                       f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB")
+                       f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB | "
+                       f"lr {dense_lr:.3g}/{sparse_lr:.3g}")
             window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
