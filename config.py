@@ -76,6 +76,12 @@ class ModelConfig:
     cross_low_rank: int = 0  # dcnv2: rank of the low-rank cross layers (0 = full rank)
     dcn_structure: str = "stacked"  # dcnv2: "stacked" (cross -> top_mlp) or "parallel" (cross | deep_mlp -> top_mlp)
     deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm deep part; dcnv2 "parallel" deep tower
+    # dense weights at start: "torch" (nn.Linear's default), or "dlrm" as facebookresearch/dlrm: every Linear's
+    # weight ~ N(0, sqrt(2 / (fan_in + fan_out))), bias ~ N(0, sqrt(1 / fan_out)); DCN-v2 cross layers take the
+    # same weights (Xavier normal, as torchrec's LowRankCrossNet) and zero biases (models/init.py says why).
+    # Drawn from a generator seeded by run.seed, so every rank and world size starts from the same weights.
+    # Embedding rows are uniform +-sqrt(1/rows) under both (dlrm's own embedding init)
+    init: str = "torch"
 
 
 @dataclass
@@ -309,6 +315,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "model.name": (cfg.model.name, ("dlrm", "dcnv2", "deepfm")),
         "model.dcn_structure": (cfg.model.dcn_structure, ("stacked", "parallel")),
+        "model.init": (cfg.model.init, ("torch", "dlrm")),
         "optimizer.dense": (cfg.optimizer.dense, ("sgd", "adagrad", "adam")),
         "optimizer.sparse": (cfg.optimizer.sparse, ("sgd", "adagrad", "adam")),
         "embedding.sharding": (cfg.embedding.sharding, ("auto", "table", "row", "replicated")),

@@ -167,7 +167,8 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
         rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
         storage_dtype=cfg.embedding.storage_dtype)
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
-    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
+    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim,
+                              seed=cfg.run.seed).to(device)
     model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model
     dense_opt = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
     opt_kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
