@@ -150,9 +150,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # steps between evaluations; 0 = only at the end
+    every: int = 0  # steps between evaluations (each one listed in summary.json "evals"); 0 = only at the end
     samples: int = 8192  # held-out samples per evaluation (global)
     batch_size: int = 1024  # global eval batch size
+    every_epoch: bool = False  # datasets: evaluate after every epoch (sets eval.every to the steps per epoch)
 
 
 @dataclass
@@ -361,6 +362,9 @@ def validate(cfg: Config) -> None:
                           f"{len(tables)} tables; give one size per table")
     if cfg.data.eval_path and not cfg.data.path:
         raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
+    if cfg.eval.every_epoch and (not cfg.data.path or cfg.eval.every):
+        raise ConfigError("config key 'eval.every_epoch' needs data.path (synthetic data has no epochs) and eval.every = 0; "
+                          f"got data.path={cfg.data.path!r}, eval.every={cfg.eval.every}")
     validate_schedule(cfg.optimizer)
 
 

@@ -154,8 +154,10 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
     eval_dataset = open_eval_dataset(cfg.data, dataset) if cfg.data.eval_path else None
     if dataset is not None:
         use_dataset_tables(cfg, dataset)
-        steps = cfg.data.epochs * dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
-        cfg.train.steps = min(cfg.train.steps, steps) if cfg.train.steps else steps
+        per_epoch = dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
+        cfg.train.steps = min(cfg.train.steps, cfg.data.epochs * per_epoch) if cfg.train.steps else cfg.data.epochs * per_epoch
+        if cfg.eval.every_epoch:
+            cfg.eval.every = per_epoch
     tables = resolve_tables(cfg.embedding)
     o = cfg.optimizer
     plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
@@ -264,7 +266,7 @@ def run(cfg: Config) -> dict:
     stage_totals: dict[str, float] = {}  # over the measured steps (after warm-up), for summary.json
     warmup_stages: dict[str, float] = {}
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
-    history = []
+    history, evals = [], []  # evals: every evaluation this process made, for summary.json
 
     # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
     unmeasured = cfg.train.warmup_steps + (cfg.run.profile_steps if device.type == "cuda" else 0)
@@ -330,6 +332,7 @@ def run(cfg: Config) -> dict:
             window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
+            evals.append({"step": step, "auc": eval_auc, "logloss": eval_logloss})
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
 
@@ -341,6 +344,7 @@ def run(cfg: Config) -> dict:
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
+    evals.append({"step": step, "auc": eval_auc, "logloss": eval_logloss})
     utilization = mfu(flops.training, samples_per_sec / world_size, device, dtype)
     summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
                "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,
@@ -356,7 +360,7 @@ def run(cfg: Config) -> dict:
                "local_batch": cfg.train.global_batch_size // world_size,
                "embedding_gbps": measured_memory_bytes / (end - measured_start) / 1e9 if measured_start else None,
                "data_wait_pct": 100.0 * stage_totals.get("data_wait", 0.0) / 1e3 / (end - measured_start)
-               if measured_start else None, "profile": profiler.result}
+               if measured_start else None, "profile": profiler.result, "evals": evals}
     ckpt.finish(summary)  # weights_digest, export
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")

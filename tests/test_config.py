@@ -51,6 +51,8 @@ def test_tables_from_toml(tmp_path):
       "0.005"], "config key 'optimizer.lr_end' is 0.01, above optimizer.sparse_lr=0.005"),
     (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "-0.1"], "config key 'optimizer.lr_end' is -0.1; it must be >= 0"),
     (["--optimizer.scale_lr_with_batch", "true"], "config key 'optimizer.reference_batch_size' must be > 0"),
+    (["--eval.every_epoch", "true"], "config key 'eval.every_epoch' needs data.path"),
+    (["--eval.every_epoch", "true", "--data.path", "d", "--eval.every", "5"], r"eval.every = 0; got data.path='d', eval.every=5"),
 ])
 def test_cli_errors_name_the_key(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
