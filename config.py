@@ -78,6 +78,12 @@ class ModelConfig:
     deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm deep part; dcnv2 "parallel" deep tower
     # torch.compile the dense network for training steps: "auto" (on CUDA, where it was measured to win), "on", "off"
     compile: str = "auto"
+    # dense weights at start: "torch" (nn.Linear's default), or "dlrm" as facebookresearch/dlrm: every Linear's
+    # weight ~ N(0, sqrt(2 / (fan_in + fan_out))), bias ~ N(0, sqrt(1 / fan_out)); DCN-v2 cross layers take the
+    # same weights (Xavier normal, as torchrec's LowRankCrossNet) and zero biases (models/init.py says why).
+    # Drawn from a generator seeded by run.seed, so every rank and world size starts from the same weights.
+    # Embedding rows are uniform +-sqrt(1/rows) under both (dlrm's own embedding init)
+    init: str = "torch"
 
 
 @dataclass
@@ -104,6 +110,25 @@ class OptimizerConfig:
     eps: float = 1e-8  # adagrad/adam epsilon (dense and sparse)
     beta1: float = 0.9  # adam first-moment decay
     beta2: float = 0.999  # adam second-moment decay
+    # Learning-rate schedule, one function of the step (pipeline/schedule.py lr_at) for dense_lr and sparse_lr
+    # alike, so a resumed run recomputes it exactly. For step s = 1, 2, ... and each base rate lr:
+    #   s < warmup_steps                        lr * s / warmup_steps        (linear warm-up from 0)
+    #   otherwise, before decay_start or with decay_steps = 0: lr
+    #   decay_start <= s < decay_start + D      lr_end + (lr - lr_end) * ((decay_start + D - s) / D) ** 2
+    #   s >= decay_start + D                    lr_end                       (D = decay_steps)
+    # This is facebookresearch/dlrm's LRPolicyScheduler, which the MLPerf DLRM-DCNv2 reference (torchrec_dlrm,
+    # dlrm_main.py) steps once per iteration: the same warm-up, power-2 decay and step numbering. Where it differs:
+    # it decays to 0 (floored at 1e-7) and then holds its last decay value, lr / D**2, where this holds lr_end;
+    # and with a decay configured it holds its last warm-up value, lr * (W-1)/W, between warm-up and decay, where
+    # this holds lr (MLPerf's rules define the base rate as the rate after warm-up and before decay).
+    warmup_steps: int = 0  # LR warm-up steps (train.warmup_steps is the unrelated samples/s warm-up)
+    decay_start: int = 0  # first step of the polynomial decay; needs decay_steps > 0 and >= warmup_steps
+    decay_steps: int = 0  # length of the decay; 0 = no decay
+    lr_end: float = 0.0  # rate reached at decay_start + decay_steps, for dense and sparse; <= dense_lr and sparse_lr
+    # linear scaling rule: every rate above (dense_lr, sparse_lr, lr_end) times
+    # train.global_batch_size / reference_batch_size, so a config tuned at one batch keeps its per-sample step
+    scale_lr_with_batch: bool = False
+    reference_batch_size: int = 0  # the global batch dense_lr and sparse_lr were tuned at; needed by scale_lr_with_batch
 
 
 @dataclass
@@ -130,9 +155,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # steps between evaluations; 0 = only at the end
+    every: int = 0  # steps between evaluations (each one listed in summary.json "evals"); 0 = only at the end
     samples: int = 8192  # held-out samples per evaluation (global)
     batch_size: int = 1024  # global eval batch size
+    every_epoch: bool = False  # datasets: evaluate after every epoch (sets eval.every to the steps per epoch)
 
 
 @dataclass
@@ -296,6 +322,7 @@ def validate(cfg: Config) -> None:
         "model.name": (cfg.model.name, ("dlrm", "dcnv2", "deepfm")),
         "model.dcn_structure": (cfg.model.dcn_structure, ("stacked", "parallel")),
         "model.compile": (cfg.model.compile, ("auto", "on", "off")),
+        "model.init": (cfg.model.init, ("torch", "dlrm")),
         "optimizer.dense": (cfg.optimizer.dense, ("sgd", "adagrad", "adam")),
         "optimizer.sparse": (cfg.optimizer.sparse, ("sgd", "adagrad", "adam")),
         "embedding.sharding": (cfg.embedding.sharding, ("auto", "table", "row", "replicated")),
@@ -342,6 +369,32 @@ def validate(cfg: Config) -> None:
                           f"{len(tables)} tables; give one size per table")
     if cfg.data.eval_path and not cfg.data.path:
         raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
+    if cfg.eval.every_epoch and (not cfg.data.path or cfg.eval.every):
+        raise ConfigError("config key 'eval.every_epoch' needs data.path (synthetic data has no epochs) and eval.every = 0; "
+                          f"got data.path={cfg.data.path!r}, eval.every={cfg.eval.every}")
+    validate_schedule(cfg.optimizer)
+
+
+def validate_schedule(o: OptimizerConfig) -> None:
+    for key in ("warmup_steps", "decay_start", "decay_steps", "reference_batch_size"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"config key 'optimizer.{key}' is {getattr(o, key)}; it must be >= 0")
+    if o.decay_steps == 0 and (o.decay_start or o.lr_end):
+        key = "decay_start" if o.decay_start else "lr_end"
+        raise ConfigError(f"config key 'optimizer.{key}' sets a decay but optimizer.decay_steps is 0; "
+                          "set optimizer.decay_steps (the decay's length)")
+    if o.decay_steps and o.decay_start < o.warmup_steps:
+        raise ConfigError(f"config key 'optimizer.decay_start' is {o.decay_start}, before the warm-up ends "
+                          f"(optimizer.warmup_steps={o.warmup_steps}); the decay must start after the warm-up")
+    if o.lr_end < 0:
+        raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}; it must be >= 0")
+    for key in ("dense_lr", "sparse_lr"):
+        if o.lr_end > getattr(o, key):
+            raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}, above optimizer.{key}={getattr(o, key)}; "
+                              "the decay goes down to lr_end")
+    if o.scale_lr_with_batch and o.reference_batch_size <= 0:
+        raise ConfigError("config key 'optimizer.reference_batch_size' must be > 0 with optimizer.scale_lr_with_batch "
+                          "(the global batch the learning rates were tuned at)")
 
 
 def to_dict(cfg) -> dict:

@@ -35,6 +35,7 @@ from pipeline.metrics import STAGES, StageTimer, auc, logloss, write_json_atomic
 from pipeline.multihot import multi_hot_from_config
 from pipeline.prefetch import PrefetchLoader
 from pipeline.profiling import StepProfiler
+from pipeline.schedule import apply_lr
 from pipeline.synthetic import SyntheticData, SyntheticFeature
 from pipeline.train_pipeline import SparseDistPipeline
 
@@ -159,8 +160,10 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
     eval_dataset = open_eval_dataset(cfg.data, dataset) if cfg.data.eval_path else None
     if dataset is not None:
         use_dataset_tables(cfg, dataset)
-        steps = cfg.data.epochs * dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
-        cfg.train.steps = min(cfg.train.steps, steps) if cfg.train.steps else steps
+        per_epoch = dataset.steps_per_epoch(cfg.train.global_batch_size, cfg.data.train_range or None)
+        cfg.train.steps = min(cfg.train.steps, cfg.data.epochs * per_epoch) if cfg.train.steps else cfg.data.epochs * per_epoch
+        if cfg.eval.every_epoch:
+            cfg.eval.every = per_epoch
     tables = resolve_tables(cfg.embedding)
     o = cfg.optimizer
     plan = plan_sharding(tables, world_size, storage_dtype=cfg.embedding.storage_dtype, optimizer=o.sparse,
@@ -172,7 +175,8 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
         rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
         storage_dtype=cfg.embedding.storage_dtype, exchange_dtype=cfg.embedding.exchange_dtype)
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
-    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim).to(device)
+    dense_model = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), cfg.embedding.dim,
+                              seed=cfg.run.seed).to(device)
     model = DDP(dense_model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else dense_model
     dense_opt = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
     opt_kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
@@ -275,7 +279,7 @@ def run(cfg: Config) -> dict:
     stage_totals: dict[str, float] = {}  # over the measured steps (after warm-up), for summary.json
     warmup_stages: dict[str, float] = {}
     measured_start, last_window_loss, eval_auc, eval_logloss = None, float("nan"), float("nan"), float("nan")
-    history = []
+    history, evals = [], []  # evals: every evaluation this process made, for summary.json
 
     # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
     unmeasured = cfg.train.warmup_steps + (cfg.run.profile_steps if device.type == "cuda" else 0)
@@ -287,6 +291,7 @@ def run(cfg: Config) -> dict:
         # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is data wait
         timer.add("data_wait", batches.data_wait_ms)
         timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
+        dense_lr, sparse_lr = apply_lr(step, cfg, parts.optimizer, embeddings)  # before backward: the sparse update
         loss = train_step(parts, batch, sparse_dist, timer, ckpt.before_backward)
         window_losses.append(loss.detach())
         window_bytes += embeddings.last_exchange_bytes
@@ -326,7 +331,8 @@ def run(cfg: Config) -> dict:
                     "data_wait_pct": 100.0 * stages.get("data_wait", 0.0) / n / step_ms,
                     "mfu_pct": 100.0 * utilization if utilization is not None else None,
                     "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
-                    "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps}
+                    "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps,
+                    "dense_lr": dense_lr, "sparse_lr": sparse_lr}
             history.append(line)
             if metrics_file:
                 metrics_file.write(json.dumps(line) + "\n")
@@ -334,10 +340,12 @@ def run(cfg: Config) -> dict:
             log0(rank, f"step {step:6d} | loss {line['loss']:.5f} | {line['samples_per_sec']:10.0f} samples/s | "
                        f"{step_ms:7.2f} ms/step | a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
                        f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
-                       f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB")
+                       f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB | "
+                       f"lr {dense_lr:.3g}/{sparse_lr:.3g}")
             window_losses, window_bytes, window_memory_bytes, window_start = [], 0, 0, time.perf_counter()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
+            evals.append({"step": step, "auc": eval_auc, "logloss": eval_logloss})
             log0(rank, f"step {step:6d} | eval auc {eval_auc:.5f} | eval logloss {eval_logloss:.5f}")
         ckpt.step_done(step, loss)  # checkpoint every train.checkpoint_every steps, fault injection
 
@@ -349,6 +357,7 @@ def run(cfg: Config) -> dict:
     samples_per_sec = (measured_steps * cfg.train.global_batch_size / (end - measured_start)
                        if measured_start is not None and measured_steps > 0 else float("nan"))
     eval_auc, eval_logloss = evaluate(cfg, model, embeddings, parts.eval_source, rank, world_size, device)
+    evals.append({"step": step, "auc": eval_auc, "logloss": eval_logloss})
     utilization = mfu(flops.training, samples_per_sec / world_size, device, dtype)
     summary = {"world_size": world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
                "final_loss": last_window_loss, "eval_auc": eval_auc, "eval_logloss": eval_logloss,
@@ -364,7 +373,7 @@ def run(cfg: Config) -> dict:
                "local_batch": cfg.train.global_batch_size // world_size,
                "embedding_gbps": measured_memory_bytes / (end - measured_start) / 1e9 if measured_start else None,
                "data_wait_pct": 100.0 * stage_totals.get("data_wait", 0.0) / 1e3 / (end - measured_start)
-               if measured_start else None, "profile": profiler.result}
+               if measured_start else None, "profile": profiler.result, "evals": evals}
     ckpt.finish(summary)  # weights_digest, export
     log0(rank, f"done: {step} steps | final loss {last_window_loss:.5f} | eval auc {eval_auc:.5f} | "
                f"eval logloss {eval_logloss:.5f} | {samples_per_sec:.0f} samples/s after warm-up")

@@ -192,7 +192,7 @@ def build_torchrec(cfg: Config, recfuse_plan: dict, world_size: int, device: tor
                                                kernel_config=KernelConfig(compute_device=device.type))
     sharders = [EmbeddingBagCollectionSharder()]
     torch.manual_seed(cfg.run.seed)  # the dense init of train.build
-    dense = build_model(cfg.model, cfg.data.num_dense, len(features), cfg.embedding.dim).to(device)
+    dense = build_model(cfg.model, cfg.data.num_dense, len(features), cfg.embedding.dim, seed=cfg.run.seed).to(device)
     model = TorchRecRanker(ebc, dense, features, cfg.train.bf16 and device.type == "cuda")
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
         model, sharders, dist.GroupMember.WORLD)

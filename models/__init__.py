@@ -6,12 +6,17 @@ from torch import nn
 from models.dcnv2 import DCNv2
 from models.deepfm import DeepFM
 from models.dlrm import DLRM
+from models.init import init_weights_
 from models.interactions import CrossNetwork, DotInteraction, FactorizationMachine
 from models.mlp import MLP
 
 
-def build_model(cfg, num_dense: int, num_features: int, dim: int) -> nn.Module:
-    """The dense network named by cfg.name (a config.ModelConfig)."""
+def build_model(cfg, num_dense: int, num_features: int, dim: int, seed: int = 0) -> nn.Module:
+    """The dense network named by cfg.name (a config.ModelConfig), initialised by cfg.init (seed: run.seed)."""
+    return init_weights_(_architecture(cfg, num_dense, num_features, dim), cfg.init, seed)
+
+
+def _architecture(cfg, num_dense: int, num_features: int, dim: int) -> nn.Module:
     if cfg.name == "dlrm":
         return DLRM(num_dense, num_features, dim, cfg.bottom_mlp, cfg.top_mlp)
     if cfg.name == "dcnv2":

@@ -39,6 +39,20 @@ def test_tables_from_toml(tmp_path):
     (["train.steps", "3"], "unexpected argument 'train.steps'"),
     (["--embedding.tables", "x"], "config key 'embedding.tables' can only be set in the TOML file"),
     (["--config", "/nonexistent.toml"], "does not exist"),
+    (["--optimizer.warmup_steps", "-1"], "config key 'optimizer.warmup_steps' is -1; it must be >= 0"),
+    (["--optimizer.decay_steps", "-5"], "config key 'optimizer.decay_steps' is -5"),
+    (["--optimizer.decay_start", "10"], "config key 'optimizer.decay_start' sets a decay but optimizer.decay_steps is 0"),
+    (["--optimizer.lr_end", "0.0001"], "config key 'optimizer.lr_end' sets a decay but optimizer.decay_steps is 0"),
+    (["--optimizer.decay_steps", "5", "--optimizer.warmup_steps", "10", "--optimizer.decay_start", "4"],
+     "config key 'optimizer.decay_start' is 4, before the warm-up ends (optimizer.warmup_steps=10)"),
+    (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "0.01"],
+     "config key 'optimizer.lr_end' is 0.01, above optimizer.dense_lr=0.001"),
+    (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "0.01", "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr",
+      "0.005"], "config key 'optimizer.lr_end' is 0.01, above optimizer.sparse_lr=0.005"),
+    (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "-0.1"], "config key 'optimizer.lr_end' is -0.1; it must be >= 0"),
+    (["--optimizer.scale_lr_with_batch", "true"], "config key 'optimizer.reference_batch_size' must be > 0"),
+    (["--eval.every_epoch", "true"], "config key 'eval.every_epoch' needs data.path"),
+    (["--eval.every_epoch", "true", "--data.path", "d", "--eval.every", "5"], r"eval.every = 0; got data.path='d', eval.every=5"),
 ])
 def test_cli_errors_name_the_key(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

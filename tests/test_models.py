@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import train
 from config import ConfigError, ModelConfig, load_config
 from models import CrossNetwork, DCNv2, DeepFM, DotInteraction, FactorizationMachine, build_model
 
@@ -152,3 +153,115 @@ def test_mlperf_dcnv2_is_expressible():
     dense = torch.randn(2, 13)
     pooled = torch.randn(2, 26, 128)
     assert model(dense, pooled).shape == (2,)
+
+
+# ---- model.init = "dlrm" (models/init.py) ----------------------------------------------------------------------
+def _moments(x: torch.Tensor) -> tuple[float, float, float]:
+    """Sample mean, std and kurtosis E[(x - mean)^4] / std^4 (3 for a normal, 1.8 for a uniform)."""
+    x = x.detach().double().flatten()
+    mean, std = float(x.mean()), float(x.std())
+    return mean, std, float(((x - mean) ** 4).mean()) / std**4
+
+
+def _linears(model):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def test_dlrm_init_weight_of_a_1024x1024_layer_matches_the_formula():
+    cfg = ModelConfig(name="dlrm", bottom_mlp=[1024, 1024, 16], top_mlp=[16], init="dlrm")
+    layer = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=3).bottom[2]
+    assert tuple(layer.weight.shape) == (1024, 1024)
+    mean, std, kurtosis = _moments(layer.weight)
+    # N(0, sqrt(2 / (1024 + 1024))) = N(0, 1/32). n = 2^20 values: standard errors sigma / sqrt(n) (mean),
+    # sigma / sqrt(2n) (std), sqrt((E z^8 - (E z^4)^2) / n) = sqrt(96 / n) (4th moment); tolerances: 5 of them
+    sigma, n = (2 / 2048) ** 0.5, 2**20
+    assert abs(mean) < 5 * sigma / n**0.5
+    assert abs(std - sigma) < 5 * sigma / (2 * n) ** 0.5
+    assert abs(kurtosis - 3.0) < 5 * (96 / n) ** 0.5  # normal, not uniform (torch's default: 1.8, std 1/sqrt(3 * 1024))
+
+
+def test_dlrm_init_bias_std_is_sqrt_one_over_fan_out():
+    cfg = ModelConfig(name="dlrm", bottom_mlp=[65536, 16], top_mlp=[16], init="dlrm")
+    bias = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=0).bottom[0].bias
+    mean, std, _ = _moments(bias)
+    # N(0, sqrt(1 / 65536)) = N(0, 1/256) over 65536 biases: standard errors sigma / 256 (mean), sigma / 362 (std)
+    sigma = 1 / 256
+    assert abs(mean) < 5 * sigma / 256
+    assert abs(std - sigma) < 5 * sigma / 362
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_dlrm_init_covers_every_linear(name):
+    cfg = ModelConfig(**{**CONFIGS[name].__dict__, "init": "dlrm"})
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=7)
+    torch.manual_seed(1)  # a different global RNG: nothing of the model may come from it
+    again = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=7)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), f"{key} was not re-drawn from the seed"
+    assert not torch.equal(model.state_dict()[_linears(model)[0][0] + ".weight"],
+                           build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=8).state_dict()[_linears(model)[0][0] + ".weight"])
+    z = []
+    for layer_name, layer in _linears(model):
+        fan_out, fan_in = layer.weight.shape
+        z.append(layer.weight.flatten() / (2 / (fan_in + fan_out)) ** 0.5)
+        if layer.bias is None:
+            continue
+        if layer_name.startswith("cross."):  # cross layers: zero bias (models/init.py)
+            assert torch.equal(layer.bias, torch.zeros_like(layer.bias)), layer_name
+        else:
+            assert (layer.bias != 0).all(), layer_name
+            z.append(layer.bias / (1 / fan_out) ** 0.5)
+    _, std, _ = _moments(torch.cat(z))  # every value scaled by its own formula's sigma: N(0, 1) as a whole
+    assert abs(std - 1) < 5 / (2 * sum(v.numel() for v in z)) ** 0.5, std
+    assert sum(p.numel() for _, layer in _linears(model) for p in layer.parameters()) == \
+        sum(p.numel() for p in model.parameters())  # every parameter lives in a Linear: all were covered
+
+
+def test_torch_init_is_the_default_and_unchanged():
+    cfg = CONFIGS["dcnv2-lowrank-stacked"]
+    assert cfg.init == "torch"
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=5)
+    torch.manual_seed(0)
+    plain = DCNv2(NUM_DENSE, NUM_FEATURES, DIM, cfg.bottom_mlp, cfg.top_mlp, cross_layers=cfg.cross_layers,
+                  cross_low_rank=cfg.cross_low_rank)  # nn.Linear's own init, as before model.init existed
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[key]), key
+
+
+def _dense_init(rank, world_size, group, toml):
+    cfg = load_config(["--config", toml, "--model.init", "dlrm", "--run.seed", "11"])
+    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+    return {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+
+
+def test_dlrm_init_same_weights_at_w1_and_w2(tmp_path):
+    from tests.dist_utils import run_distributed
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nname = "dcnv2"\nbottom_mlp = [8, 4]\ntop_mlp = [8]\ncross_low_rank = 3\n[embedding]\ndim = 4\n'
+                    '[[embedding.tables]]\nname = "a"\nnum_embeddings = 20\n'
+                    '[[embedding.tables]]\nname = "b"\nnum_embeddings = 7\n')
+    one, two = _dense_init(0, 1, None, str(toml)), run_distributed(_dense_init, 2, str(toml))
+    assert one.keys() == two.keys() and any(k.startswith("cross.") for k in one)
+    for key, value in one.items():
+        assert torch.equal(value, two[key]), key
+
+
+def test_embedding_init_is_dlrms_uniform():
+    # facebookresearch/dlrm: rows ~ U(-sqrt(1/rows), +sqrt(1/rows)); RecFuse's hash-based init already is that law
+    from embedding import EmbeddingCollection, SparseOptimizerConfig, Table
+
+    rows, dim = 65536, 16
+    weight = EmbeddingCollection([Table("t", rows, dim, "sum", ("t",))], SparseOptimizerConfig("sgd", 0.1)).weight
+    bound = (1 / rows) ** 0.5
+    mean, std, kurtosis = _moments(weight)
+    # U(-b, b): std b / sqrt(3), kurtosis 1.8. n = 2^20 values: standard errors b / sqrt(3n) (mean), b / sqrt(15n)
+    # (std: sqrt(Var x^2) / (2 sigma sqrt(n)) with Var x^2 = b^4 (1/5 - 1/9)), sqrt((9 - 1.8^2) / n) = 2.4 / sqrt(n)
+    # (4th moment of z = x / sigma, uniform on +-sqrt(3)); tolerances: 5 of them
+    n = rows * dim
+    assert bound * 0.999 < float(weight.abs().max()) <= bound
+    assert abs(mean) < 5 * bound / (3 * n) ** 0.5
+    assert abs(std - bound / 3**0.5) < 5 * bound / (15 * n) ** 0.5
+    assert abs(kurtosis - 1.8) < 5 * 2.4 / n**0.5

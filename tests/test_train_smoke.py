@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_single_process_run_writes_metrics(tmp_path):
     summary = train.main(["--config", "configs/tiny.toml", "--run.dir", str(tmp_path), "--train.steps", "30",
-                          "--run.log_every", "10", "--eval.samples", "2048"])
+                          "--run.log_every", "10", "--eval.samples", "2048", "--eval.every", "10"])
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [line["step"] for line in lines] == [10, 20, 30]
     assert {"loss", "samples_per_sec", "stage_ms", "data_wait_pct", "exchange_bytes_per_step"} <= set(lines[0])
@@ -22,6 +22,10 @@ def test_single_process_run_writes_metrics(tmp_path):
     assert on_disk["steps"] == 30 and on_disk["world_size"] == 1
     assert on_disk["final_loss"] == pytest.approx(lines[-1]["loss"]) == pytest.approx(summary["final_loss"])
     assert on_disk["samples_per_sec"] > 0
+    assert [e["step"] for e in on_disk["evals"]] == [10, 20, 30]  # every eval.every, then the final one
+    assert on_disk["evals"][-1] == {"step": 30, "auc": on_disk["eval_auc"], "logloss": on_disk["eval_logloss"]}
+    assert on_disk["evals"][0]["auc"] != on_disk["evals"][-1]["auc"]
+    assert [line["dense_lr"] for line in lines] == [0.002] * 3 and [line["sparse_lr"] for line in lines] == [0.05] * 3
 
 
 @pytest.mark.slow
@@ -50,7 +54,7 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     preprocess([tsv], data_dir, PreprocessOptions(hash_rows=[500], progress=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            "--config", str(config), "--run.dir", str(tmp_path / "run"), "--data.path", str(data_dir),
-           "--data.train_range", "0:2560", "--data.eval_range", "2560:3000", "--data.epochs", "2",
+           "--data.train_range", "0:2560", "--data.eval_range", "2560:3000", "--data.epochs", "2", "--eval.every_epoch", "true",
            "--train.global_batch_size", "256", "--train.warmup_steps", "2", "--run.log_every", "5"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,6 +62,7 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     assert summary["steps"] == 20  # 2 epochs x 2560 / 256
     assert sorted(summary["plan"]) == sorted(f"C{i}" for i in range(1, 27))
     assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0
+    assert [e["step"] for e in summary["evals"]] == [10, 20]  # after each epoch
 
 
 @pytest.mark.parametrize("backend,device,local_world,gpus,want", [
