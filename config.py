@@ -30,8 +30,8 @@ class TableConfig:
     # "" = embedding.out_of_range
     out_of_range: str = ""
     # dynamic table (README "Dynamic tables"): keys are any non-negative int64 (raw ids, 64-bit hashes), rows are
-    # allocated as keys are admitted, sharded by key; num_embeddings then only sizes synthetic ids. The fields below
-    # apply to dynamic tables only
+    # allocated as keys are admitted, sharded by key; num_embeddings is then the expected vocabulary (it scales the
+    # initial rows, +-sqrt(1/num_embeddings), and the synthetic ids' range). The fields below apply to dynamic tables
     dynamic: bool = False
     capacity: int = 0  # initial rows of the whole table (split over ranks); required for a dynamic table
     # rows the table may grow to (0 = no limit, = capacity: no growth); a rank whose share is full stops the run

@@ -116,7 +116,9 @@ class DynamicShard:
         else:
             self.pool = max(1, math.ceil(spec.capacity * share))
             self.max_pool = math.ceil(spec.max_capacity * share) if spec.max_capacity else None
-        self.bound = (1.0 / spec.capacity) ** 0.5  # initial rows: uniform(+-sqrt(1/capacity)), as static tables'
+        # initial rows: uniform(+-sqrt(1/num_embeddings)) as for static tables; num_embeddings is the expected
+        # vocabulary, capacity only memory, so growing or resizing a table never changes its values
+        self.bound = (1.0 / table.num_embeddings) ** 0.5
         self._new_index(_pow2_at_least(self.pool / spec.load_factor))
         # the free list: rows [0, top) of the stack are free, the last entry takes writes that must go nowhere
         self.free = torch.empty(self.pool + 1, dtype=torch.int64, device=self.device)
