@@ -203,7 +203,7 @@ class EmbeddingStateMixin:
         _, _, new_rows = shard.allocate(prepared)  # rows for the live keys, in their order
         shard.take_counters(count=False)  # restoring is not admitting
         target, mine_live = new_rows + self.region[t], mine[: keys.numel()]
-        for k, buf in tracked.items():
+        for k, buf in self._tracked().items():  # after _reserve: a growth reallocated the storage
             buf[target] = state[k].to(device)[mine_live].to(buf.dtype) if k in state else 0
 
     def export_rows(self, t: int, min_freq: int, since_step: int) -> tuple[torch.Tensor, ...] | None:
