@@ -1,6 +1,8 @@
 """Dynamic tables at W = 1, 2 and 4 (gloo): the same keys admitted and evicted at the same steps, the same losses,
 tables compared by key, and dense weights, to fp32 round-off. One spawn per world size, cases looped inside."""
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -127,3 +129,24 @@ def test_pipelined_equals_not_pipelined(runs):
     for name, state in plain[3].items():
         for key, value in state.items():
             assert torch.equal(value, piped[3][name][key]), f"{name} {key}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="forces Triton on CPU tensors, which only the interpreter runs")
+def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
+    """The whole W = 2 step with every kernel on Triton (find_or_insert, unique_partition, pooling, updates), as on
+    a GPU: the same keys, losses and tables as the torch reference path."""
+    pytest.importorskip("triton")
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML.replace("steps = 8", "steps = 3"))
+    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    case = ("adam", True)
+    losses, keys, counters, tables, _ = run_distributed(_train, 2, str(path), [case])[case]
+    ref_losses, ref_keys, _, _, _ = runs[2][case]
+    assert keys == ref_keys[:3]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses[:3]), rtol=1e-5, atol=1e-6)
+    monkeypatch.delenv("RECFUSE_FORCE_TRITON")
+    ref_tables = run_distributed(_train, 2, str(path), [case])[case][3]
+    for name, ref_state in ref_tables.items():
+        for key, ref in ref_state.items():
+            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
