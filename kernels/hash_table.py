@@ -15,7 +15,8 @@ Returns (slot int64 [K], inserted bool [K]): the slot holding each key after the
 insert=False, or no free slot at all), and whether this call inserted it.
 
 Which free slot a new key lands in depends on the order in which lanes claim slots: the reference
-resolves contention by lane order (lowest lane first), the GPU kernel by whichever CAS lands first.
+resolves contention by lane order (lowest lane first, the others go on probing), the GPU kernel by
+whichever CAS lands first.
 Everything the callers derive is keyed by the key, never by the slot, so both give the same results:
 the same found slots for existing keys, the same inserted keys, the same set of keys in the table.
 """
@@ -27,6 +28,7 @@ from kernels.hashing import splitmix64
 
 EMPTY = -1  # keys are >= 0: a free slot that ends every probe sequence through it
 TOMBSTONE = -2  # a removed key: lookups probe past it, inserts may reuse it
+WINDOW = 8  # slots the reference reads per key and round
 
 
 def home_slot(keys: torch.Tensor, slot_mask: int) -> torch.Tensor:
@@ -35,7 +37,8 @@ def home_slot(keys: torch.Tensor, slot_mask: int) -> torch.Tensor:
 
 
 def find_or_insert_reference(slot_keys: torch.Tensor, keys: torch.Tensor, insert: bool = True):
-    """Pure-torch open addressing, vectorized over keys: one probing round per loop iteration."""
+    """Pure-torch open addressing, vectorized over the keys still probing: each round reads a window of WINDOW
+    consecutive slots per key (fewer rounds, and host syncs, than one slot per round)."""
     capacity = slot_keys.numel()
     mask = capacity - 1
     device = keys.device
@@ -43,34 +46,45 @@ def find_or_insert_reference(slot_keys: torch.Tensor, keys: torch.Tensor, insert
     inserted = torch.zeros(keys.numel(), dtype=torch.bool, device=device)
     if keys.numel() == 0:
         return slots, inserted
+    window = torch.arange(min(WINDOW, capacity), device=device)
     home = home_slot(keys, mask)
-    slot, pending = home.clone(), torch.ones_like(inserted)
-    for _ in range(capacity):
-        if not bool(pending.any()):
+    # phase 1: the key, or EMPTY, whichever comes first in probe order ends the search
+    lane, start = torch.arange(keys.numel(), device=device), home
+    for _ in range(0, capacity, window.numel()):
+        if lane.numel() == 0:
             break
-        current = slot_keys[slot]
-        hit = pending & (current == keys)
-        slots = torch.where(hit, slot, slots)
-        pending = pending & (current != keys) & (current != EMPTY)
-        slot = torch.where(pending, (slot + 1) & mask, slot)
+        probed = (start[:, None] + window) & mask
+        current = slot_keys[probed]
+        stop = (current == keys[lane, None]) | (current == EMPTY)
+        first = stop.int().argmax(1)
+        hit = stop.any(1) & (current.gather(1, first[:, None]).squeeze(1) == keys[lane])
+        slots[lane[hit]] = probed.gather(1, first[:, None]).squeeze(1)[hit]
+        going = ~stop.any(1)
+        lane, start = lane[going], (start[going] + window.numel()) & mask
     if not insert:
         return slots, inserted
-    lane = torch.arange(keys.numel(), device=device)
-    slot, pending = home, slots < 0
+    # phase 2: claim the first EMPTY or TOMBSTONE slot; keys reaching one slot in the same round: the lowest lane
+    # takes it, the others go on from the slot after it
+    lane = (slots < 0).nonzero().squeeze(1)
+    start, probes = home[lane], torch.zeros_like(lane)
     for _ in range(capacity):
-        if not bool(pending.any()):
+        if lane.numel() == 0:
             break
-        current = slot_keys[slot]
-        free = pending & ((current == EMPTY) | (current == TOMBSTONE))
-        # several lanes may reach one free slot in the same round: the lowest lane takes it
+        probed = (start[:, None] + window) & mask
+        current = slot_keys[probed]
+        free = (current == EMPTY) | (current == TOMBSTONE)
+        has_free = free.any(1)
+        first = free.int().argmax(1)
+        candidate = probed.gather(1, first[:, None]).squeeze(1)
         claim = torch.full((capacity,), keys.numel(), dtype=torch.int64, device=device)
-        claim.scatter_reduce_(0, slot[free], lane[free], "amin")
-        won = free & (claim[slot] == lane)
-        slot_keys[slot[won]] = keys[won]
-        inserted |= won
-        slots = torch.where(won, slot, slots)
-        pending = pending & ~won
-        slot = torch.where(pending, (slot + 1) & mask, slot)
+        claim.scatter_reduce_(0, candidate[has_free], lane[has_free], "amin")
+        won = has_free & (claim[candidate] == lane)
+        slot_keys[candidate[won]] = keys[lane[won]]
+        slots[lane[won]], inserted[lane[won]] = candidate[won], True
+        probes = probes + torch.where(has_free, first + 1, window.numel())
+        start = torch.where(has_free, candidate + 1, start + window.numel()) & mask
+        going = ~won & (probes < capacity)  # a key that went round the whole table finds no room: slot -1
+        lane, start, probes = lane[going], start[going], probes[going]
     return slots, inserted
 
 
