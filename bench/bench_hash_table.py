@@ -15,6 +15,7 @@ Bytes counted (the minimum a find-or-insert moves): keys read (8K), one slot rea
 (8K), inserted flags (1K). keys/s = K / time.
 
     python bench/bench_hash_table.py                  # CPU: small, Triton interpreted
+    python bench/bench_hash_table.py --size medium --no-triton   # CPU: the reference (the CPU path) at size
     python bench/bench_hash_table.py --size large     # GPU
 """
 
@@ -52,6 +53,7 @@ def main():
     parser.add_argument("--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "large")
     parser.add_argument("--hit", type=float, default=0.9, help="fraction of the batch's keys already held")
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
+    parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernel (CPU: the interpreter is slow)")
     args = parser.parse_args()
     slots, num_keys = SIZES[args.size]
     table, keys, held = workload(slots, num_keys, args.hit, DEVICE)
@@ -70,8 +72,8 @@ def main():
     report = Report("hash_table", args.size, DEVICE)
     num_bytes = 8 * num_keys * 3 + num_keys
     suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
-    rows = [(f"triton find_or_insert{suffix}", round_trip(find_or_insert_triton)),
-            ("torch reference (probing rounds)", round_trip(find_or_insert_reference)),
+    rows = [] if args.no_triton else [(f"triton find_or_insert{suffix}", round_trip(find_or_insert_triton))]
+    rows += [("torch reference (probing rounds)", round_trip(find_or_insert_reference)),
             ("torch.unique(table keys + batch keys)", unique_baseline)]
     for name, fn in rows:
         times = bench(fn, DEVICE, args.reps)
