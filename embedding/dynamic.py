@@ -2,9 +2,12 @@
 
 Key encoding. A dynamic table is its own key space: its ids are never added to the fused row space of
 the static tables (table offset + id), they are deduplicated per table and travel in a segment of their
-own (embedding.keyed_dist: one all-to-all carries every segment, counts per segment). So (table, raw id)
+own (embedding.dynamic_dist: one all-to-all carries every segment, counts per segment). So (table, raw id)
 pairs are deduplicated exactly, with no collision between tables or ids and no bits taken from the id:
-any non-negative int64 is a key. The cost is one dedup pass (and its host sync) per dynamic table.
+any non-negative int64 is a key. The alternatives cost more: the table index in the key's high bits takes
+bits from 64-bit ids (hashes use all of them), a 64-bit hash of (table, id) collides, and deduplicating
+(table, id) pairs in one hash table needs a two-word key that one 64-bit CAS cannot claim. The cost here
+is one dedup pass (and its host sync) per dynamic table.
 
 Ownership. Key k of table T lives in key shard s = splitmix64(k ^ salt(T)) mod key_shards (salt from the
 table's name) on rank s % W. Everything per key (its row, lookup count, last step seen) depends only on
@@ -34,7 +37,7 @@ Host syncs. A training step with dynamic tables makes one extra device->host syn
 together (DynamicShard.prepare returns a few counters: keys inserted, rows to admit, keys expired and,
 under evict_when_full, each key shard's overflow), which decides growth, the capacity policy and the
 metrics. The per-table dedup of input_dist and compute syncs once per table too (for its unique count).
-Evaluation only looks keys up: no sync, no admission.
+Evaluation only looks keys up: no admission, no sync beyond input_dist's.
 """
 
 from __future__ import annotations
