@@ -62,18 +62,19 @@ global_batch_size = 16
 CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]  # sparse optimizer, pipelined
 
 
-def _train(rank, world_size, group, toml_path, cases, extra=()):
+def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
     """Per case: losses, per-step dynamic keys and counters, final tables (dynamic: by key) and dense weights."""
-    results = {}
+    results, device = {}, torch.device(device)
     for optimizer, pipelined in cases:
         cfg = load_config(["--config", toml_path, "--optimizer.sparse", optimizer, "--train.pipelined", str(pipelined),
                            *extra])
-        parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
+        parts = train.build(cfg, rank, world_size, device, group)
         emb = parts.embeddings
         batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
+        batches = (b.to(device) for b in batches)
         losses, keys, counters = [], [], []
         for batch, sd in SparseDistPipeline(batches, emb.input_dist, cfg.train.pipelined):
-            loss = train.train_step(parts, batch, sd, StageTimer(torch.device("cpu")))
+            loss = train.train_step(parts, batch, sd, StageTimer(device))
             if world_size > 1:
                 dist.all_reduce(loss)
                 loss /= world_size
@@ -81,7 +82,7 @@ def _train(rank, world_size, group, toml_path, cases, extra=()):
             full = emb.full_state_dict()
             keys.append({t.name: full[t.name]["keys"].tolist() for t in emb.tables if t.dynamic})
             counters.append(emb.dynamic_metrics())
-        dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+        dense = {k: v.cpu() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
         results[(optimizer, pipelined)] = (losses, keys, counters, emb.full_state_dict(), dense)
     return results
 
@@ -150,3 +151,22 @@ def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     for name, ref_state in ref_tables.items():
         for key, ref in ref_state.items():
             torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_ranks_on_one_gpu_match_the_cpu_reference(runs, tmp_path):
+    """W = 2 (gloo, both ranks on cuda:0: compiled find_or_insert and the other Triton kernels) against W = 1 on the
+    CPU reference: the same keys at every step, losses and tables to round-off."""
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML)
+    cases = [("adagrad", True), ("adam", True)]
+    gpu = run_distributed(_train, 2, str(path), cases, (), "cuda")
+    for case in cases:
+        losses, keys, _, tables, _ = gpu[case]
+        ref_losses, ref_keys, _, ref_tables, _ = runs[1][case]
+        assert keys == ref_keys
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
+        for name, ref_state in ref_tables.items():
+            for key, ref in ref_state.items():
+                torch.testing.assert_close(tables[name][key], ref, rtol=1e-4, atol=1e-4, msg=f"{case} {name} {key}")
