@@ -5,13 +5,16 @@ Layout of one checkpoint, <run.dir>/checkpoints/step_<N>/ (N = steps done = next
     dense.pt             rank 0: dense model state_dict and dense optimizer state (replicated by DDP)
     shard_<rank>.pt      every rank, in parallel: per table its local rows' global row ids and their
                          weight / sparse optimizer state / freq / last_step (replicated tables: rank 0
-                         only), the rank's RNG states and the embedding update counter
+                         only; dynamic tables: the keys the rank owns, their rows and state, last step
+                         seen, and the keys still counted for admission), the rank's RNG states and
+                         the embedding update counter
 Saving writes into .tmp_step_<N>/, then barrier, then rank 0 writes the manifest last and renames the
 directory into place: a directory without manifest.json is never a checkpoint, so a crash mid-save
 leaves the previous one intact. The last train.keep_checkpoints are kept.
 
 Loading (torch.load(weights_only=True)) reads the shard files and keeps the rows this rank owns under
-its *current* plan, so a checkpoint written at W ranks loads at any W' (resharding).
+its *current* plan, so a checkpoint written at W ranks loads at any W' (resharding); dynamic tables'
+keys are re-inserted under the new owner function (embedding.state.load_table_state).
 
 Checkpointing is on iff train.checkpoint_every > 0 or train.resume is set; it then also saves at the
 end. Under torchrun, a restarted group (TORCHELASTIC_RESTART_COUNT > 0) resumes with "auto".
@@ -84,14 +87,9 @@ def _dense_module(model):
     return getattr(model, "module", model)
 
 
-def _owned(embeddings, t: int, rows: torch.Tensor) -> torch.Tensor:
-    """Mask of the table-local rows that this rank stores under its plan."""
-    p = embeddings.plan.placements[embeddings.tables[t].name]
-    if p.placement == "row":
-        return rows % embeddings.world_size == embeddings.rank
-    if p.placement == "table":
-        return torch.full_like(rows, p.owner == embeddings.rank, dtype=torch.bool)
-    return torch.ones_like(rows, dtype=torch.bool)
+def table_kinds(emb) -> dict[str, dict]:
+    """The manifest's record of the dynamic tables (owner function: key_shards; W-free otherwise)."""
+    return {t.name: {"key_shards": t.dynamic.key_shards} for t in emb.tables if t.dynamic}
 
 
 # ---- save -----------------------------------------------------------------------------------------------
@@ -104,13 +102,7 @@ def save(cfg: Config, parts, step: int, rank: int, world_size: int, skipped_step
         os.makedirs(tmp)
     _barrier(world_size)
     emb = parts.embeddings
-    tables = {}
-    for t, table in enumerate(emb.tables):
-        if emb.local_count[t] == 0 or (emb.plan.placements[table.name].placement == "replicated" and rank != 0):
-            continue
-        base, n = int(emb.local_base[t]), emb.local_count[t]
-        tables[table.name] = {"rows": emb.local_global_rows(t),
-                              **{k: v[base : base + n].detach().cpu().clone() for k, v in emb._tracked().items()}}
+    tables = emb.shard_tables()
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -125,7 +117,7 @@ def save(cfg: Config, parts, step: int, rank: int, world_size: int, skipped_step
         manifest = {"format": FORMAT, "step": step, "next_data_step": step, "world_size": world_size,
                     "plan": {t.name: {"placement": emb.plan.placements[t.name].placement,
                                       "owner": emb.plan.placements[t.name].owner} for t in emb.tables},
-                    "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
+                    "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables}, "dynamic": table_kinds(emb),
                     "sparse_optimizer": emb.optimizer.name, "skipped_steps": skipped_steps, "files": files,
                     "config": to_dict(cfg)}
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -179,6 +171,9 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
     want = {t.name: [t.num_embeddings, t.dim] for t in emb.tables}
     if manifest["tables"] != want:
         raise ValueError(f"checkpoint {path} has tables {manifest['tables']}, the config has {want}")
+    if manifest.get("dynamic", {}) != table_kinds(emb):
+        raise ValueError(f"checkpoint {path} has dynamic tables {manifest.get('dynamic', {})}, the config has "
+                         f"{table_kinds(emb)} (--train.init_from starts from a run with other tables)")
     if manifest["sparse_optimizer"] != emb.optimizer.name:
         raise ValueError(f"checkpoint {path} was trained with sparse optimizer {manifest['sparse_optimizer']!r}, "
                          f"the config has {emb.optimizer.name!r}")
@@ -189,7 +184,6 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
     if same_layout:  # own shard + rank 0's (replicated tables)
         shards = sorted({f"shard_{rank:05d}.pt", "shard_00000.pt"})
     index = {t.name: i for i, t in enumerate(emb.tables)}
-    buffers = emb._tracked()
     own_rng = None
     for name in shards:
         shard = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True)
@@ -197,16 +191,7 @@ def load(path: str, parts, rank: int, world_size: int) -> int:
         if shard["rank"] == rank or (own_rng is None and shard["rank"] == 0):
             own_rng = shard["rng"]
         for table_name, state in shard["tables"].items():
-            t = index[table_name]
-            rows = state["rows"]
-            mask = _owned(emb, t, rows)
-            if not bool(mask.any()):
-                continue
-            local = emb.local_rows((rows[mask] + emb.table_offsets[t].cpu()).to(emb.table_offsets.device))
-            for k, buf in buffers.items():
-                if k not in state:
-                    raise KeyError(f"checkpoint {path}/{name}: table {table_name!r} has no {k!r}")
-                buf[local] = state[k][mask].to(buf.device, buf.dtype)
+            emb.load_table_state(index[table_name], state, f"checkpoint {path}/{name}")
     dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
     _dense_module(parts.model).load_state_dict(dense["model"])
     parts.optimizer.load_state_dict(dense["optimizer"])
@@ -235,26 +220,37 @@ def weights_digest(parts) -> str:
     return h.hexdigest()
 
 
-def export_embeddings(parts, out_dir: str, min_freq: int, rank: int) -> dict[str, int]:
-    """Collective. Rank 0 writes <out_dir>/<table>/{keys,values,freq,last_step}.npy for rows looked up
-    at least max(min_freq, 1) times; returns {table: rows exported}."""
-    full = parts.embeddings.full_state_dict()
-    counts = {}
-    for table in parts.embeddings.tables:
-        state = full[table.name]
-        keys = (state["freq"] >= max(min_freq, 1)).nonzero().squeeze(1)
+def export_embeddings(parts, out_dir: str, min_freq: int, rank: int, since_step: int = 0) -> dict[str, int]:
+    """Collective. Rank 0 writes <out_dir>/<table>/{keys,values,freq,last_step}.npy (sorted by key: row ids of static
+    tables, raw keys of dynamic ones) for rows looked up at least max(min_freq, 1) times and updated after
+    since_step (incremental export), and <out_dir>/meta.json (step, the filters, each table's dim, kind and rows).
+    Only the exported rows are gathered, one table at a time. Returns {table: rows exported}."""
+    emb = parts.embeddings
+    counts, tables = {}, {}
+    for t, table in enumerate(emb.tables):
+        parts_ = [p for p in emb.exchange.gather_objects(emb.export_rows(t, min_freq, since_step)) if p is not None]
+        keys = torch.cat([p[0] for p in parts_])
         counts[table.name] = keys.numel()
+        tables[table.name] = {"dim": table.dim, "dynamic": table.dynamic is not None, "rows": keys.numel(),
+                              "num_embeddings": table.num_embeddings}
         if rank == 0:
+            order = torch.argsort(keys)
             d = os.path.join(out_dir, table.name)
             os.makedirs(d, exist_ok=True)
-            for name, value in (("keys", keys), ("values", state["weight"][keys]), ("freq", state["freq"][keys]),
-                                ("last_step", state["last_step"][keys])):
-                np.save(os.path.join(d, f"{name}.npy"), value.numpy())
+            for i, name in enumerate(EXPORT_FILES):
+                np.save(os.path.join(d, f"{name}.npy"), torch.cat([p[i] for p in parts_])[order].numpy())
+    if rank == 0:
+        meta = {"step": emb.num_updates, "since_step": since_step, "min_freq": min_freq, "tables": tables}
+        with open(os.path.join(out_dir, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
     return counts
 
 
+EXPORT_FILES = ("keys", "values", "freq", "last_step")
+
+
 def load_export(out_dir: str, table: str) -> dict[str, np.ndarray]:
-    return {name: np.load(os.path.join(out_dir, table, f"{name}.npy")) for name in ("keys", "values", "freq", "last_step")}
+    return {name: np.load(os.path.join(out_dir, table, f"{name}.npy")) for name in EXPORT_FILES}
 
 
 # ---- input checks -----------------------------------------------------------------------------------------
@@ -309,6 +305,9 @@ class Checkpointer:
 
     def restore(self) -> int:
         path = resolve_resume(self.cfg)
+        if path is None and self.cfg.train.init_from:  # a new run from another run's tables (warm_start.py)
+            from warm_start import warm_start
+            self.timings["warm_start"] = warm_start(self.cfg.train.init_from, self.parts, self.rank)
         if path is not None:
             started = time.perf_counter()
             self.first_step = self.steps_done = load(path, self.parts, self.rank, self.world_size)
@@ -393,11 +392,13 @@ class Checkpointer:
     def finish(self, summary: dict) -> dict:
         """Collective: weights_digest (and the export when export.enabled) into the summary."""
         summary["weights_digest"] = weights_digest(self.parts)
+        if self.parts.embeddings.dynamic:  # collective
+            summary["dynamic"] = self.parts.embeddings.dynamic_metrics()
         summary["skipped_steps"] = self.skipped_steps
         if self.cfg.export.enabled:
             out_dir = self.cfg.export.dir or os.path.join(self.cfg.run.dir, "export")
-            summary["export"] = {"dir": out_dir,
-                                 "rows": export_embeddings(self.parts, out_dir, self.cfg.export.min_freq, self.rank)}
+            summary["export"] = {"dir": out_dir, "rows": export_embeddings(self.parts, out_dir, self.cfg.export.min_freq,
+                                                                           self.rank, self.cfg.export.since_step)}
         if self.last_path:
             summary["checkpoint"] = self.last_path
         summary.update(self.timings)

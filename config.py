@@ -29,6 +29,22 @@ class TableConfig:
     # id % num_embeddings (raw or hashed ids folded into a smaller table). Negative ids are always an error.
     # "" = embedding.out_of_range
     out_of_range: str = ""
+    # dynamic table (README "Dynamic tables"): keys are any non-negative int64 (raw ids, 64-bit hashes), rows are
+    # allocated as keys are admitted, sharded by key; num_embeddings is then the expected vocabulary (it scales the
+    # initial rows, +-sqrt(1/num_embeddings), and the synthetic ids' range). The fields below apply to dynamic tables
+    dynamic: bool = False
+    capacity: int = 0  # initial rows of the whole table (split over ranks); required for a dynamic table
+    # rows the table may grow to (0 = no limit, = capacity: no growth); a rank whose share is full stops the run
+    max_capacity: int = 0
+    load_factor: float = 0.5  # largest fraction of hash-index slots in use (keys + removed keys) before a rehash
+    admit_min_freq: int = 1  # a key gets a trainable row once seen this many times; before, it reads zeros, no update
+    evict_after_steps: int = 0  # free the rows (and forget the counts) of keys not seen for this many steps; 0 = never
+    # at capacity, evict the least recently seen keys of the key shard instead of growing (capacity stays fixed)
+    evict_when_full: bool = False
+    # keys hash to this many shards, owner rank = shard % W (>= the world size; a multiple of it balances memory);
+    # capacity is split evenly over them and evict_when_full acts per shard, so neither depends on W
+    key_shards: int = 64
+    hash_ids: bool = False  # synthetic data: each Zipf id becomes splitmix64(id) as a 63-bit id (raw ids > 2^32)
 
 
 @dataclass
@@ -140,6 +156,9 @@ class TrainConfig:
     warmup_steps: int = 5  # steps excluded from samples/s
     checkpoint_every: int = 0  # steps between checkpoints; checkpointing is on iff > 0 or resume is set, and then also at the end
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in run.dir, or a path
+    # warm start (when not resuming): embeddings and matching dense weights from a checkpoint or export directory whose
+    # tables may differ (new tables and keys start fresh; a same-name table of another dim or kind is an error)
+    init_from: str = ""
     keep_checkpoints: int = 2  # checkpoints kept on disk
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
@@ -168,6 +187,7 @@ class ExportConfig:
     enabled: bool = False  # export after training
     dir: str = ""  # "" = <run.dir>/export
     min_freq: int = 1  # drop rows looked up fewer than min_freq times (rows never looked up are always dropped)
+    since_step: int = 0  # only rows updated after this step (incremental export for online serving); 0 = all
 
 
 @dataclass
@@ -353,6 +373,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: placement is {t.placement!r}; expected auto, table, row or replicated")
         if t.out_of_range not in ("", "error", "modulo"):
             raise ConfigError(f"{where}: out_of_range is {t.out_of_range!r}; expected 'error' or 'modulo'")
+        _validate_dynamic(t, where, t.out_of_range or cfg.embedding.out_of_range)
     if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
         raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
     if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:
@@ -373,6 +394,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'eval.every_epoch' needs data.path (synthetic data has no epochs) and eval.every = 0; "
                           f"got data.path={cfg.data.path!r}, eval.every={cfg.eval.every}")
     validate_schedule(cfg.optimizer)
+    if cfg.export.since_step < 0:
+        raise ConfigError(f"config key 'export.since_step' must be >= 0, got {cfg.export.since_step}")
+    if cfg.train.init_from and cfg.train.resume:
+        raise ConfigError("config keys 'train.init_from' and 'train.resume' exclude each other (resume continues a run, "
+                          "init_from starts a new one from another run's tables)")
 
 
 def validate_schedule(o: OptimizerConfig) -> None:
@@ -395,6 +421,33 @@ def validate_schedule(o: OptimizerConfig) -> None:
     if o.scale_lr_with_batch and o.reference_batch_size <= 0:
         raise ConfigError("config key 'optimizer.reference_batch_size' must be > 0 with optimizer.scale_lr_with_batch "
                           "(the global batch the learning rates were tuned at)")
+
+
+def _validate_dynamic(t: TableConfig, where: str, out_of_range: str) -> None:
+    """The dynamic-table fields of one [[embedding.tables]] entry."""
+    if t.hash_ids and not t.dynamic and out_of_range != "modulo":
+        raise ConfigError(f"{where}: hash_ids makes 63-bit ids, which only a dynamic table (dynamic = true) or "
+                          "out_of_range = 'modulo' accepts")
+    if not t.dynamic:
+        defaults = TableConfig()
+        for key in ("capacity", "max_capacity", "load_factor", "admit_min_freq", "evict_after_steps", "evict_when_full",
+                    "key_shards"):
+            if getattr(t, key) != getattr(defaults, key):
+                raise ConfigError(f"{where}: '{key}' applies to dynamic tables only (set dynamic = true)")
+        return
+    if t.capacity <= 0:
+        raise ConfigError(f"{where}: a dynamic table needs 'capacity' > 0 (its initial rows), got {t.capacity}")
+    if t.max_capacity and t.max_capacity < t.capacity:
+        raise ConfigError(f"{where}: 'max_capacity' ({t.max_capacity}) is below 'capacity' ({t.capacity})")
+    if t.max_capacity and t.evict_when_full:
+        raise ConfigError(f"{where}: 'evict_when_full' keeps the capacity fixed; 'max_capacity' only limits growth")
+    if not 0.0 < t.load_factor <= 0.9:
+        raise ConfigError(f"{where}: 'load_factor' must be in (0, 0.9], got {t.load_factor}")
+    if t.admit_min_freq < 1 or t.evict_after_steps < 0 or t.key_shards < 1:
+        raise ConfigError(f"{where}: need 'admit_min_freq' >= 1, 'evict_after_steps' >= 0 and 'key_shards' >= 1, got "
+                          f"{t.admit_min_freq}, {t.evict_after_steps}, {t.key_shards}")
+    if t.placement != "auto":
+        raise ConfigError(f"{where}: a dynamic table is sharded by key; 'placement' must be 'auto', got {t.placement!r}")
 
 
 def to_dict(cfg) -> dict:

@@ -95,7 +95,7 @@ def synthetic_source(cfg: Config, tables, device: torch.device | str = "cpu") ->
     for t_index, (t_cfg, table) in enumerate(zip(cfg.embedding.tables, tables, strict=True)):
         lo = t_cfg.bag_min if t_cfg.bag_min >= 0 else cfg.data.bag_min
         hi = t_cfg.bag_max if t_cfg.bag_max >= 0 else cfg.data.bag_max
-        features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi) for f in table.features]
+        features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi, t_cfg.hash_ids) for f in table.features]
     return SyntheticData(features, cfg.data.num_dense, cfg.data.zipf_exponent, cfg.data.signal, cfg.run.seed, device)
 
 
@@ -333,6 +333,8 @@ def run(cfg: Config) -> dict:
                     "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / hbm if hbm else None,
                     "peak_memory_gib": peak_memory_gib(device), "skipped_steps": ckpt.skipped_steps,
                     "dense_lr": dense_lr, "sparse_lr": sparse_lr}
+            if embeddings.dynamic:  # collective: live / pending keys, admissions and evictions per dynamic table
+                line["dynamic"] = embeddings.dynamic_metrics()
             history.append(line)
             if metrics_file:
                 metrics_file.write(json.dumps(line) + "\n")

@@ -40,7 +40,7 @@ from bench._common import copy_bandwidth, device_name, git_commit  # noqa: E402
 from pipeline.metrics import STAGES  # noqa: E402
 
 PARTS = ("tests", "kernels", "runs")
-KERNEL_BENCHES = ("bench_unique_partition.py", "bench_gather_pool.py", "bench_sparse_update.py")
+KERNEL_BENCHES = ("bench_unique_partition.py", "bench_gather_pool.py", "bench_sparse_update.py", "bench_hash_table.py")
 KAGGLE_HASH_ROWS = 1_000_000  # tables of the generated dataset: Kaggle cardinalities capped here, as --hash-rows would
 QUICK_HASH_ROWS = 2_000
 

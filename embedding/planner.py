@@ -8,19 +8,21 @@ Placements
   evenly over ranks, where contiguous blocks would pile them on rank 0.
 - ``replicated``: a copy on every rank, looked up locally; its gradients are all-reduced so the
   copies stay identical. Cheaper than all-to-all for tiny tables.
+- ``key``: dynamic tables (embedding.dynamic), always: keys spread over all ranks by a hash of the key.
+  Their bytes are the initial capacity's rows plus the hash index (they may grow later).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from embedding.tables import Table, row_bytes
+from embedding.tables import Table, dynamic_bytes, row_bytes
 
 
 @dataclass
 class TablePlacement:
-    placement: str  # table, row or replicated
-    owner: int  # rank for table-wise; -1 for row-wise and replicated
+    placement: str  # table, row, replicated or key (dynamic tables)
+    owner: int  # rank for table-wise; -1 otherwise
     bytes_per_rank: list[int]
 
 
@@ -40,7 +42,8 @@ class ShardingPlan:
             p = self.placements[t.name]
             ranks = str(p.owner) if p.placement == "table" else f"0-{self.world_size - 1}"
             nonzero = [b for b in p.bytes_per_rank if b]
-            lines.append(f"{t.name:<16} {t.num_embeddings:>12,} {t.dim:>5} {p.placement:<11} {ranks:<12} "
+            rows = f"{t.dynamic.capacity:,}+" if t.dynamic else f"{t.num_embeddings:,}"  # dynamic: capacity, may grow
+            lines.append(f"{t.name:<16} {rows:>12} {t.dim:>5} {p.placement:<11} {ranks:<12} "
                          f"{_human(max(nonzero) if nonzero else 0):>12}")
         lines.append("-" * len(header))
         lines.append("total per rank: " + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes())))
@@ -69,8 +72,9 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
     """
     plan = ShardingPlan(world_size)
     budget = memory_budget_bytes or float("inf")
-    sizes = {t.name: t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer) for t in tables}
-    chosen = {t.name: t.placement if t.placement != "auto" else default_placement for t in tables}
+    sizes = {t.name: (dynamic_bytes(t, storage_dtype, optimizer) if t.dynamic else
+                      t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer)) for t in tables}
+    chosen = {t.name: "key" if t.dynamic else t.placement if t.placement != "auto" else default_placement for t in tables}
     for t in tables:
         if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
             chosen[t.name] = "replicated"
@@ -92,6 +96,13 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
                 load_bytes[r] += per[r]
                 load_lookups[r] += t.lookups_per_sample / world_size
             plan.placements[t.name] = TablePlacement("row", -1, per)
+        elif chosen[t.name] == "key":  # an even split: keys hash uniformly over the key shards
+            per = [sizes[t.name] * len(range(r, t.dynamic.key_shards, world_size)) // t.dynamic.key_shards
+                   for r in range(world_size)]
+            for r in range(world_size):
+                load_bytes[r] += per[r]
+                load_lookups[r] += t.lookups_per_sample / world_size
+            plan.placements[t.name] = TablePlacement("key", -1, per)
         elif chosen[t.name] == "replicated":
             for r in range(world_size):
                 load_bytes[r] += size

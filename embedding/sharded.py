@@ -10,8 +10,9 @@ replicated -> the local rank (every rank holds a copy).
 Local storage. One [local_rows, D] tensor per rank: replicated tables first (same layout on
 every rank, so their gradients can be all-reduced densely), then the rank's table-wise tables,
 then its row-wise shards (row r of a row-wise table is local row r // W on rank r % W).
-The owner side maps keys -> local rows (``local_rows``), not a fixed row range, so a hash
-table of raw ids can later sit behind the same compute phase.
+The owner side maps keys -> local rows (``local_rows``), not a fixed row range: dynamic tables
+(raw int64 ids, rows allocated on admission: embedding.dynamic) sit behind the same compute phase,
+their keys in segments of their own (embedding.dynamic_dist); their rows follow the static ones.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 from torch import nn
 
 from embedding.comm import Exchange
+from embedding.dynamic_dist import DynamicDistMixin
 from embedding.planner import ShardingPlan, plan_sharding
+from embedding.state import _DIGEST_K1, _DIGEST_K2, EmbeddingStateMixin  # noqa: F401 - the digest's constants live here too
 from embedding.tables import STORAGE_DTYPES, Table, feature_names
 from kernels import (
     gather_pool,
@@ -36,10 +39,6 @@ from kernels import (
     unique_partition,
 )
 from kernels.hashing import splitmix64, uniform
-
-# odd multipliers of the weights digest (table_digests): odd, so multiplying by them is a bijection mod 2^64
-_DIGEST_K1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-_DIGEST_K2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
 
 
 @dataclass
@@ -64,15 +63,22 @@ class SparseDist:
     recv_keys: torch.Tensor | None = None  # [sum(recv_splits)] keys this rank must serve
     _work: object = None  # pending all-to-all of the keys
     value_rows: torch.Tensor | None = None  # W = 1 only: [N] local row read by each value (no dedup, no exchange)
+    # with dynamic tables (embedding.dynamic_dist): received keys per sender and segment, their lookup counts;
+    # W = 1: per dynamic table (table, value positions, distinct keys, inverse, lookups)
+    segments: list[list[int]] | None = None
+    recv_lookups: torch.Tensor | None = None
+    _lookups_work: object = None
+    dynamic: list | None = None
 
     def wait(self) -> SparseDist:
-        if self._work is not None:
-            self._work.wait()
-            self._work = None
+        for name in ("_work", "_lookups_work"):
+            if getattr(self, name) is not None:
+                getattr(self, name).wait()
+                setattr(self, name, None)
         return self
 
 
-class ShardedEmbeddingCollection(nn.Module):
+class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Module):
     """Pooled embedding lookups over tables sharded by a ShardingPlan.
 
     forward(kjt) -> pooled [B, F, D] float32 for the local batch, F in ``self.features`` order.
@@ -96,7 +102,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.features = feature_names(tables)
         table_index = {t.name: i for i, t in enumerate(tables)}
         feature_table = [table_index[t.name] for t in tables for _ in t.features]
-        rows = torch.tensor([t.num_embeddings for t in tables], dtype=torch.int64)
+        rows = torch.tensor([0 if t.dynamic else t.num_embeddings for t in tables], dtype=torch.int64)  # fused key space
         offsets = torch.zeros(len(tables) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(rows, 0)
 
@@ -110,12 +116,14 @@ class ShardedEmbeddingCollection(nn.Module):
             else:
                 local_count.append(t.num_embeddings if o == rank else 0)
         # replicated first, then table-wise, then row-wise shards
-        order = sorted(range(len(tables)), key=lambda i: ({"replicated": 0, "table": 1, "row": 2}[kinds[i]], i))
+        order = sorted(range(len(tables)), key=lambda i: ({"replicated": 0, "table": 1, "row": 2, "key": 3}[kinds[i]], i))
         local_base = [0] * len(tables)
         cursor = 0
         for i in order:
             local_base[i] = cursor
             cursor += local_count[i]
+        self.seed = seed
+        cursor = self._setup_dynamic(local_base, cursor, device)  # null row, scratch row, dynamic regions
         self.num_local_rows = cursor
         self.num_replicated_rows = sum(local_count[i] for i in range(len(tables)) if kinds[i] == "replicated")
         self.local_count = local_count
@@ -135,7 +143,9 @@ class ShardedEmbeddingCollection(nn.Module):
         if policies:
             raise ValueError(f"out_of_range must be 'error' or 'modulo', got {policies}")
         self.any_modulo = any(t.out_of_range == "modulo" for t in tables)
-        self.register_buffer("table_modulo", torch.tensor([t.out_of_range == "modulo" for t in tables]), persistent=False)
+        self.register_buffer("table_modulo", torch.tensor([t.out_of_range == "modulo" and not t.dynamic for t in tables]),
+                             persistent=False)
+        self.register_buffer("table_dynamic", torch.tensor([t.dynamic is not None for t in tables]), persistent=False)
         self.register_buffer("feature_mean", torch.tensor([t.pooling == "mean" for t in tables for _ in t.features]),
                              persistent=False)
         # the tables are made on the device: a host copy of 10s of GB would be slow and may not fit
@@ -149,6 +159,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.register_buffer("last_step", torch.zeros(cursor, dtype=torch.int64, device=device))
         self.num_updates = 0  # sparse updates applied so far (= training steps); restored by checkpoints
         self._init_weights(seed)
+        self.weight[self.num_static_rows :] = 0  # the null row reads zeros; dynamic rows are set on admission
         self.to(device)
         self._anchor = torch.zeros((), device=device, requires_grad=True)  # makes autograd call our backward
         self.last_exchange_bytes = 0  # bytes this rank sent to other ranks in the last forward + backward
@@ -217,12 +228,15 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.any_modulo:
             values = torch.where(self.table_modulo[value_table] & (values >= limit), values % limit, values)
         bad = (values < 0) | (values >= limit)
+        if self.dynamic:  # any non-negative int64 is a dynamic table's key
+            bad = (values < 0) | ((values >= limit) & ~self.table_dynamic[value_table])
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
             bag = int(torch.searchsorted(kjt.offsets, torch.tensor(i, device=kjt.offsets.device), right=True)) - 1
             f, b = divmod(bag, kjt.batch_size)
             table = self.tables[int(self.feature_table[f])]
-            where = f"feature {self.features[f]!r} (table {table.name!r}, {table.num_embeddings} rows): sample {b}"
+            size = "dynamic" if table.dynamic else f"{table.num_embeddings} rows"
+            where = f"feature {self.features[f]!r} (table {table.name!r}, {size}): sample {b}"
             if int(values[i]) < 0:
                 raise ValueError(f"{where} has negative id {int(values[i])} (an error under every out_of_range policy)")
             raise ValueError(f"{where} has id {int(values[i])} outside [0, {table.num_embeddings}) "
@@ -249,6 +263,8 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def _input_dist(self, kjt) -> SparseDist:
         kjt, value_table = self._checked_ids(kjt)
+        if self.dynamic:
+            return self._dynamic_input_dist(kjt, value_table, SparseDist)
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = kjt.values + self.local_base[value_table]
             return SparseDist(kjt.batch_size, kjt.offsets, rows, rows[:0], [0], [0], value_rows=rows)
@@ -269,8 +285,10 @@ class ShardedEmbeddingCollection(nn.Module):
         """
         sd.wait()
         if sd.value_rows is not None:  # single rank: output_dist pools straight from the table
+            if sd.dynamic:
+                self._fill_value_rows(sd)
             return None
-        local = self.local_rows(sd.recv_keys)
+        local = self._dynamic_local_rows(sd) if self.dynamic else self.local_rows(sd.recv_keys)
         # the sort-free dedup of input_dist, over the local rows (one table, one owner) instead of torch.unique
         sd.owner_rows, _, sd.owner_inverse = unique_partition(local, self.local_space, self.local_owner, 1,
                                                               key_space=max(self.num_local_rows, 1))
@@ -300,6 +318,8 @@ class ShardedEmbeddingCollection(nn.Module):
                 updated = pool_backward_update(self.weight, self._state(), self.freq, self.last_step, self.num_updates,
                                                sd.value_rows, sd.offsets, grad_pooled, self.feature_mean, o.name, o.lr,
                                                o.eps, o.beta1, o.beta2)
+                if self.dynamic:
+                    self._reset_null_row()
             self.last_exchange_bytes = 0
             self.last_memory_bytes = self._memory_bytes(sd, updated)
             return
@@ -311,6 +331,8 @@ class ShardedEmbeddingCollection(nn.Module):
             self.last_step[rows] = self.num_updates
             sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2,
                           rows_unique=True)  # merged across senders in _gradients_to_owners
+            if self.dynamic:
+                self._reset_null_row()
         self.last_exchange_bytes = self._exchange_bytes(sd)
         self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
 
@@ -319,10 +341,13 @@ class ShardedEmbeddingCollection(nn.Module):
         num_unique = sd.unique_keys.numel()
         grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean, num_unique)
         grad_unique = grad_unique * (1.0 / self.world_size)
-        # lookups of each unique key travel beside the gradients, exact (index_add_: unlike bincount, no sync)
-        lookups = torch.zeros(num_unique, dtype=torch.int32, device=grad_unique.device).index_add_(
-            0, sd.inverse, torch.ones_like(sd.inverse, dtype=torch.int32))
-        received_lookups = self.exchange.all_to_all(lookups, sd.send_splits, sd.recv_splits)
+        # lookups of each unique key travel beside the gradients, exact (index_add_: unlike bincount, no sync);
+        # with dynamic tables they travelled with the keys already
+        received_lookups = sd.recv_lookups
+        if received_lookups is None:
+            lookups = torch.zeros(num_unique, dtype=torch.int32, device=grad_unique.device).index_add_(
+                0, sd.inverse, torch.ones_like(sd.inverse, dtype=torch.int32))
+            received_lookups = self.exchange.all_to_all(lookups, sd.send_splits, sd.recv_splits)
         received = self.exchange.gradients(grad_unique, sd.send_splits, sd.recv_splits)
         rows = sd.owner_rows
         grads = torch.zeros(rows.numel(), self.dim, dtype=torch.float32, device=received.device)
@@ -348,11 +373,12 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def _exchange_bytes(self, sd: SparseDist) -> int:
         """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of the exchange
-        dtype), lookup counts (4 B), split counts (8 B) and fp16 scales (4 B) per peer, replicated tables' all-reduce."""
+        dtype), lookup counts (4 B), split counts (8 B per key segment) and fp16 scales (4 B) per peer, replicated
+        tables' all-reduce."""
         keys_out = sum(sd.send_splits) - sd.send_splits[self.rank]
         rows_out = sum(sd.recv_splits) - sd.recv_splits[self.rank]
         peers = self.world_size - 1
-        per_peer = 8 + (4 if self.exchange.dtype == torch.float16 else 0)
+        per_peer = 8 * (1 + len(self.dynamic)) + (4 if self.exchange.dtype == torch.float16 else 0)
         element = self.exchange.element_size()
         replicated = 4 * (self.dim + 1) * self.num_replicated_rows * (self.world_size > 1)
         return per_peer * peers + 8 * keys_out + element * self.dim * (rows_out + keys_out) + 4 * keys_out + replicated
@@ -384,85 +410,6 @@ class ShardedEmbeddingCollection(nn.Module):
             served_rows = self.compute(sd)
         with self._stage("output_dist"):
             return _ShardedLookup.apply(self._anchor, self.output_dist(sd, served_rows), self, sd)
-
-    def table_digests(self, chunk_elems: int = 1 << 22) -> list[int]:
-        """A 64-bit digest of every table's weights, the same under any plan and world size (collective).
-
-        Each element contributes splitmix64(global position * K1 ^ float32 bits * K2 ^ table key): a
-        bijection of its bits at a fixed position, so changing any one value changes the digest. The
-        contributions are summed mod 2^64 (order-free), shard by shard on the device in chunks of
-        chunk_elems, then over ranks by one all-reduce of 2 x T int64 (32-bit halves, so the sums
-        cannot overflow). Replicated tables count once (rank 0's copy)."""
-        device = self.weight.device
-        sums = torch.zeros(len(self.tables), 2, dtype=torch.int64, device=device)  # low, high 32-bit halves
-        columns = torch.arange(self.dim, dtype=torch.int64, device=device)
-        low = (1 << 32) - 1
-        for t, table in enumerate(self.tables):
-            placement = self.plan.placements[table.name].placement
-            if self.local_count[t] == 0 or (placement == "replicated" and self.rank != 0):
-                continue
-            key = int(splitmix64(torch.tensor([t + 0x5EED], dtype=torch.int64))[0])
-            # local row i of this table is global row first + i * step (row-wise: rank + i * W)
-            first, step = (self.rank, self.world_size) if placement == "row" else (0, 1)
-            base, rows_per_chunk = int(self.local_base[t]), max(1, chunk_elems // max(self.dim, 1))
-            for start in range(0, self.local_count[t], rows_per_chunk):
-                block = self.weight[base + start : base + min(start + rows_per_chunk, self.local_count[t])]
-                bits = block.float().view(torch.int32).to(torch.int64) & low
-                rows = first + (start + torch.arange(block.shape[0], dtype=torch.int64, device=device)) * step
-                h = splitmix64((rows[:, None] * self.dim + columns) * _DIGEST_K1 ^ bits * _DIGEST_K2 ^ key)
-                sums[t, 0] += (h & low).sum()
-                sums[t, 1] += ((h >> 32) & low).sum()
-                sums[t, 1] += sums[t, 0] >> 32  # carry, so neither half outgrows int64 over many chunks
-                sums[t, 0] &= low
-                sums[t, 1] &= low
-        self.exchange.all_reduce_(sums)
-        return [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in sums.tolist()]
-
-    def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Every table's full weights, optimizer state (float32, CPU) and access statistics (int64), on every rank."""
-        state = self._tracked()
-        mine = {}
-        for t, table in enumerate(self.tables):
-            if self.plan.placements[table.name].placement == "replicated" and self.rank != 0:
-                continue
-            base, n = int(self.local_base[t]), self.local_count[t]
-            if n:
-                mine[table.name] = (self.local_global_rows(t),
-                                    {k: v[base : base + n].detach().cpu().float() if v.is_floating_point() else
-                                     v[base : base + n].detach().cpu() for k, v in state.items()})
-        parts = self.exchange.gather_objects(mine)
-        full = {}
-        for table in self.tables:
-            out = {k: torch.zeros(table.num_embeddings, *v.shape[1:], dtype=torch.float32 if v.is_floating_point() else v.dtype)
-                   for k, v in state.items()}
-            for part in parts:
-                if table.name in part:
-                    rows, values = part[table.name]
-                    for k, v in values.items():
-                        out[k][rows] = v
-            full[table.name] = out
-        return full
-
-    def load_full_state_dict(self, full: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Take this rank's rows from full per-table state (from full_state_dict of any plan).
-
-        Access statistics (freq, last_step) missing from the state are left as they are."""
-        state = self._tracked()
-        for t, table in enumerate(self.tables):
-            if table.name not in full:
-                raise KeyError(f"embedding state has no table {table.name!r}")
-            rows = self.local_global_rows(t)
-            base = int(self.local_base[t])
-            for k, v in state.items():
-                if k not in full[table.name] and k in ("freq", "last_step"):
-                    continue
-                if k not in full[table.name]:
-                    raise KeyError(f"embedding state of table {table.name!r} has no {k!r}")
-                src = full[table.name][k]
-                if src.shape[0] != table.num_embeddings:
-                    raise ValueError(f"table {table.name!r}: state {k!r} has {src.shape[0]} rows, "
-                                     f"expected {table.num_embeddings}")
-                v[base : base + rows.numel()] = src[rows].to(v.device, v.dtype)
 
 
 class _ShardedLookup(torch.autograd.Function):

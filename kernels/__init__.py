@@ -9,6 +9,7 @@ This package imports nothing else of the project.
 """
 
 from kernels.gather_pool import gather_pool, lookup
+from kernels.hash_table import find_or_insert
 from kernels.pool_backward import pool_backward
 from kernels.pool_backward_update import pool_backward_update
 from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update
@@ -16,6 +17,7 @@ from kernels.unique_partition import unique_partition
 
 __all__ = [
     "SPARSE_OPTIMIZERS",
+    "find_or_insert",
     "gather_pool",
     "init_sparse_state",
     "lookup",

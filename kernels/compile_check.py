@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 MODULES = ("kernels.triton_unique_partition", "kernels.triton_gather_pool", "kernels.triton_pool_backward",
-           "kernels.triton_sparse_update", "kernels.triton_pool_backward_update")
+           "kernels.triton_sparse_update", "kernels.triton_pool_backward_update", "kernels.triton_hash_table")
 DEFAULT_ARCHES = (90, 80)
 
 

@@ -29,7 +29,8 @@ def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
     positions = torch.arange(keys.numel(), device=keys.device)
     first = torch.full_like(uniq, keys.numel()).scatter_reduce_(0, inverse, positions, "amin")
     order = torch.argsort(first)  # first occurrences are distinct positions: no ties
-    owner = owner_of(uniq[order], table_offsets, table_owner, world_size)
+    # one owner: nothing to look up (and keys up to 2^63 - 1, past any offsets table, are fine)
+    owner = owner_of(uniq[order], table_offsets, table_owner, world_size) if world_size > 1 else torch.zeros_like(order)
     order = order[torch.argsort(owner, stable=True)]
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=keys.device)

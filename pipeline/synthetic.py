@@ -9,6 +9,11 @@ The labels come from a hidden logistic model: every (table, id) has a fixed effe
 [-1, 1] and every dense feature a fixed weight; a model that learns them reaches an AUC
 well above 0.5 (frequent ids are learnable, rare ones are noise, as in real CTR data).
 
+A feature with ``hash_ids`` emits raw 64-bit ids, as logs of a dynamic table would: each Zipf id i
+becomes splitmix64(i + table salt) with the sign bit cleared (a 63-bit id; two ids of one table
+collide with probability ~n^2 / 2^64). Labels and effects still come from i, so the stream is the
+same as without hash_ids but for the id values.
+
 Batches are made on ``device`` (the training GPU: one host thread cannot keep up with it),
 by the same torch ops on CPU and CUDA. The stream is the one the original host generator
 (frozen in tests/synthetic_reference.py) made: on CPU ids, offsets, dense values and labels
@@ -79,8 +84,10 @@ class SyntheticFeature:
     num_rows: int
     bag_min: int
     bag_max: int
+    hash_ids: bool = False  # emit splitmix64(id + salt) as a 63-bit id instead of the Zipf id
 
 
+_ID_MASK = (1 << 63) - 1  # hashed ids: the sign bit cleared, so they are non-negative int64
 # slot layout inside one sample's counter space (sample index * _SLOTS + slot)
 _SLOTS = 1 << 16
 _SLOT_LABEL = 0
@@ -135,6 +142,8 @@ class SyntheticData:
         self._col_max_id = tensor([feats[f].num_rows - 1 for f in col_feature], torch.int64)
         self._col_table = tensor([(feats[f].table_index + 1) * (1 << 40) for f in col_feature], torch.int64)
         self._col_feature = tensor(col_feature, torch.int64)
+        self._col_hash = tensor([feats[f].hash_ids for f in col_feature], torch.bool)
+        self._any_hash = any(f.hash_ids for f in feats)
         self._col_position = tensor(col_position, torch.int64)
         self._length_slot = tensor([_SLOT_LENGTH + f for f in range(len(feats))], torch.int64)
         self._span = tensor([float(f.bag_max - f.bag_min + 1) for f in feats], torch.float64)
@@ -199,6 +208,8 @@ class SyntheticData:
         sums = torch.cat([effect[:, c:c + n * w].view(count, n, w).sum(-1) for c, n, w in self._runs], 1) \
             if num_features else effect.new_zeros(count, 0)
         contribution = 1.5 * (sums / length.clamp(min=1)).float()  # [B, F]
+        if self._any_hash:  # after the effects: they, and so the labels, come from the Zipf ids
+            ids = torch.where(self._col_hash, splitmix64(ids + self._col_table) & _ID_MASK, ids)
         for f in range(num_features):  # float32 adds in feature order, as before
             logit = logit + contribution[:, f]
         logit = self.signal * logit / self._norm

@@ -66,6 +66,22 @@ def test_cli_errors_name_the_key(argv, message):
     ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 0\n", r"embedding.tables\[0\] \(t\): num_embeddings must be positive"),
     ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\npooling = 'max'\n", "pooling is 'max'"),
     ("[train\n", "not valid TOML"),
+    # dynamic tables: each bad field named with its table
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\n", r"\(u\): a dynamic table needs 'capacity'"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ncapacity = 8\n", r"\(u\): 'capacity' applies to dynamic tables"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\ncapacity = 8\nmax_capacity = 4\n",
+     r"'max_capacity' \(4\) is below 'capacity' \(8\)"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\ncapacity = 8\nload_factor = 1.0\n",
+     r"\(u\): 'load_factor' must be in"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\ncapacity = 8\nadmit_min_freq = 0\n",
+     r"\(u\): need 'admit_min_freq' >= 1"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\ncapacity = 8\nplacement = 'row'\n",
+     r"\(u\): a dynamic table is sharded by key"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\ncapacity = 8\nevict_when_full = true\n"
+     "max_capacity = 16\n", r"\(u\): 'evict_when_full' keeps the capacity fixed"),
+    ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\nhash_ids = true\n", r"\(u\): hash_ids makes 63-bit ids"),
+    ("[export]\nsince_step = -1\n", "config key 'export.since_step' must be >= 0"),
+    ("[train]\ninit_from = 'a'\nresume = 'auto'\n", "'train.init_from' and 'train.resume' exclude each other"),
 ])
 def test_toml_errors_name_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=message):

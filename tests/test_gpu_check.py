@@ -44,7 +44,7 @@ def test_quick_gpu_check_writes_the_report(tmp_path):
         assert summary["device"] == "cpu" and summary.get("profile") is None  # nothing to count on a CPU
     assert "| run | " + " | ".join(STAGES) + " |" in report
     kernels = [json.loads(line) for line in open(tmp_path / "kernels.jsonl")]
-    assert {k["bench"] for k in kernels} >= {"unique_partition", "gather_pool", "sparse_update"}
+    assert {k["bench"] for k in kernels} >= {"unique_partition", "gather_pool", "sparse_update", "hash_table"}
     assert "Measured copy bandwidth" in report and "## Tests" in report
     assert not list(tmp_path.glob("dataset_*"))  # generated data is removed
 

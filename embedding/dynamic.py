@@ -1,0 +1,324 @@
+"""Dynamic embedding tables: rows allocated as raw int64 keys arrive, frequency admission, eviction (issue 14).
+
+Key encoding. A dynamic table is its own key space: its ids are never added to the fused row space of
+the static tables (table offset + id), they are deduplicated per table and travel in a segment of their
+own (embedding.dynamic_dist: one all-to-all carries every segment, counts per segment). So (table, raw id)
+pairs are deduplicated exactly, with no collision between tables or ids and no bits taken from the id:
+any non-negative int64 is a key. The alternatives cost more: the table index in the key's high bits takes
+bits from 64-bit ids (hashes use all of them), a 64-bit hash of (table, id) collides, and deduplicating
+(table, id) pairs in one hash table needs a two-word key that one 64-bit CAS cannot claim. The cost here
+is one dedup pass (and its host sync) per dynamic table.
+
+Ownership. Key k of table T lives in key shard s = splitmix64(k ^ salt(T)) mod key_shards (salt from the
+table's name) on rank s % W. Everything per key (its row, lookup count, last step seen) depends only on
+the keys of its shard, never on W or on where a key sits in memory, so W = 1, 2 and 4 admit and evict
+the same keys at the same steps.
+
+Per rank and dynamic table, a DynamicShard holds
+- the hash index: open addressing over int64 slots (kernels.find_or_insert), and per slot the key's row
+  in the table's region of the collection's storage (-1: none yet), its lookup count before admission
+  and the last step it was seen;
+- a pool of rows with a free list (a stack). Rows of evicted keys go back to it.
+
+Admission (admit_min_freq = N). The index counts a key's lookups exactly (a counting hash table, not a
+sketch: no error, no false admission; the price is one index slot, 32 bytes / load_factor, per key seen
+and not yet admitted or evicted). In the step where its count reaches N the key gets a row, initialized
+from a hash of (seed, table, key, column) (init_rows), and is trained from that step on; before, its
+lookups read the collection's null row (zeros) and its gradient is dropped. The row's freq starts at the
+lookups counted before the step, so freq is every lookup since the key was (last) first seen.
+
+Eviction. evict_after_steps = K: at each training step, keys whose last sighting is more than K steps
+old are forgotten (row freed, count dropped). Capacity: with evict_when_full the table keeps
+capacity / key_shards rows per key shard, and a shard that would exceed it frees the rows of its least
+recently seen keys (ties: smaller key first; keys seen in this step are never evicted). Otherwise a rank's
+pool doubles when full, up to its share of max_capacity, beyond which the run stops naming the table.
+
+Host syncs. A training step with dynamic tables makes one extra device->host sync for all of them
+together (DynamicShard.prepare returns a few counters: keys inserted, rows to admit, keys expired and,
+under evict_when_full, each key shard's overflow), which decides growth, the capacity policy and the
+metrics. The per-table dedup of input_dist and compute syncs once per table too (for its unique count).
+Evaluation only looks keys up: no admission, no sync beyond input_dist's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from embedding.tables import Table
+from kernels import find_or_insert
+from kernels.hash_table import EMPTY, TOMBSTONE
+from kernels.hashing import splitmix64, uniform
+
+MIN_SLOTS = 16
+
+
+def table_salt(name: str) -> int:
+    """A 64-bit constant per table name (signed int64): key shards and initial rows use it, so they stay the same
+    when other tables are added or reordered (warm starts)."""
+    value = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def init_rows(keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype) -> torch.Tensor:
+    """Initial rows of keys: uniform(+-bound) from a hash of (seed, table, key, column), like the static tables'
+    rows (sharded.ShardedEmbeddingCollection._init_weights): the same on any rank, slot and device."""
+    table_key = int(splitmix64(torch.tensor([seed * 1_000_003 ^ salt], dtype=torch.int64))[0])
+    d = torch.arange(dim, dtype=torch.int64, device=keys.device)
+    base = splitmix64(keys ^ table_key)
+    return ((2.0 * uniform(base[:, None] * dim + d) - 1.0) * bound).to(dtype)
+
+
+def compact(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the count True entries of mask, in order, without a host sync (count is known)."""
+    position = torch.cumsum(mask, 0) - 1
+    out = torch.empty(count + 1, dtype=torch.int64, device=mask.device)
+    out.scatter_(0, torch.where(mask, position, count), torch.arange(mask.numel(), device=mask.device))
+    return out[:count]
+
+
+def _pow2_at_least(n: float) -> int:
+    return max(MIN_SLOTS, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclass
+class Prepared:
+    """One table's training step between DynamicShard.prepare and allocate."""
+
+    keys: torch.Tensor  # [U] distinct keys of the step
+    counts: torch.Tensor  # [U] their lookups in the step
+    slots: torch.Tensor  # [U] their index slots
+    need: torch.Tensor  # [U] bool: admitted in this step
+    stats: torch.Tensor  # int64 counters read by the step's one host sync
+    num_need: int = 0
+
+
+class DynamicTableFull(RuntimeError):
+    """A dynamic table has no room left under its capacity policy."""
+
+
+class DynamicShard:
+    """This rank's part of one dynamic table: hash index, row pool, admission and eviction (module docstring)."""
+
+    def __init__(self, table: Table, rank: int, world_size: int, device):
+        spec = table.dynamic
+        self.name, self.spec, self.rank, self.world_size = table.name, spec, rank, world_size
+        self.device = torch.device(device)
+        self.salt = table_salt(table.name)
+        self.local_shards = len(range(rank, spec.key_shards, world_size))
+        if self.local_shards == 0:
+            raise ValueError(f"dynamic table {table.name!r}: key_shards={spec.key_shards} is below the world size "
+                             f"{world_size}, so rank {rank} would own no keys; raise key_shards")
+        self.shard_capacity = math.ceil(spec.capacity / spec.key_shards)  # evict_when_full: rows per key shard
+        share = self.local_shards / spec.key_shards
+        if spec.evict_when_full:
+            self.pool = self.max_pool = self.shard_capacity * self.local_shards
+        else:
+            self.pool = max(1, math.ceil(spec.capacity * share))
+            self.max_pool = math.ceil(spec.max_capacity * share) if spec.max_capacity else None
+        # initial rows: uniform(+-sqrt(1/num_embeddings)) as for static tables; num_embeddings is the expected
+        # vocabulary, capacity only memory, so growing or resizing a table never changes its values
+        self.bound = (1.0 / table.num_embeddings) ** 0.5
+        self._new_index(_pow2_at_least(self.pool / spec.load_factor))
+        # the free list: rows [0, top) of the stack are free, the last entry takes writes that must go nowhere
+        self.free = torch.empty(self.pool + 1, dtype=torch.int64, device=self.device)
+        self.free[: self.pool] = torch.arange(self.pool - 1, -1, -1, device=self.device)  # row 0 is handed out first
+        self.top = self.pool
+        # index slots holding a key or a tombstone: an upper bound (a key that reuses a tombstone counts again),
+        # exact after a rehash; it only decides when to rehash
+        self.used = 0
+        self.entries = 0  # keys in the index, admitted or pending
+        self.shard_live = torch.zeros(self.local_shards, dtype=torch.int64, device=self.device)
+        self.admitted = self.evicted = 0  # rows admitted / freed since the counters were last read
+        self.admitted_total = self.evicted_total = 0  # ... since this process started (restores not counted)
+
+    # ---- index --------------------------------------------------------------------------------------------------
+    def _new_index(self, slots: int) -> None:
+        self.slot_keys = torch.full((slots,), EMPTY, dtype=torch.int64, device=self.device)
+        self.slot_row = torch.full((slots,), -1, dtype=torch.int64, device=self.device)
+        self.slot_count = torch.zeros(slots, dtype=torch.int64, device=self.device)
+        self.slot_seen = torch.zeros(slots, dtype=torch.int64, device=self.device)
+
+    @property
+    def live(self) -> int:
+        return self.pool - self.top
+
+    def shard_of(self, keys: torch.Tensor) -> torch.Tensor:
+        return torch.remainder(splitmix64(keys ^ self.salt), self.spec.key_shards)
+
+    def owner(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.shard_of(keys) % self.world_size
+
+    def _local_shard(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.shard_of(keys) // self.world_size
+
+    def _ensure_slots(self, incoming: int) -> None:
+        """Rehash when up to `incoming` new keys could push the index past its load factor: into a table sized for
+        the keys held plus the incoming ones at half the load factor (tombstones dropped). Rare: it syncs."""
+        size = self.slot_keys.numel()
+        if self.used + incoming <= self.spec.load_factor * size:
+            return
+        held = (self.slot_keys >= 0).nonzero().squeeze(1)
+        old = (self.slot_keys[held], self.slot_row[held], self.slot_count[held], self.slot_seen[held])
+        self._new_index(max(size, _pow2_at_least(2 * (held.numel() + incoming) / self.spec.load_factor)))
+        slots, _ = find_or_insert(self.slot_keys, old[0], True)
+        self.slot_row[slots], self.slot_count[slots], self.slot_seen[slots] = old[1], old[2], old[3]
+        self.used = self.entries = held.numel()
+
+    def find_rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """Rows (in the table's region; -1: none) of keys, which may repeat. Looks up only (evaluation)."""
+        slots, _ = find_or_insert(self.slot_keys, keys, False)
+        return torch.where(slots >= 0, self.slot_row[slots.clamp(min=0)], -1)
+
+    # ---- one training step: prepare -> (the collection's one sync) -> absorb -> [grow storage] -> allocate ----------
+    def prepare(self, keys: torch.Tensor, counts: torch.Tensor, step: int) -> Prepared:
+        """Expire stale keys, insert the step's distinct keys, count their lookups, mark the ones to admit."""
+        self._ensure_slots(keys.numel())  # first: a rehash recounts the keys held, expired ones included
+        expired_keys, expired_rows = self._expire(step)
+        slots, inserted = find_or_insert(self.slot_keys, keys, True)
+        count = self.slot_count[slots] + counts
+        self.slot_count[slots] = count
+        self.slot_seen[slots] = step
+        need = (self.slot_row[slots] < 0) & (count >= self.spec.admit_min_freq)
+        stats = [inserted.sum(), need.sum(), expired_keys, expired_rows]
+        if self.spec.evict_when_full:  # each local key shard's rows beyond its capacity after admission
+            admitting = torch.zeros_like(self.shard_live).index_add_(0, self._local_shard(keys), need.long())
+            stats.append(self.shard_live + admitting - self.shard_capacity)
+        return Prepared(keys, counts, slots, need, torch.cat([torch.stack(stats[:4]), *stats[4:]]))
+
+    def absorb(self, prepared: Prepared, stats: list[int], step: int) -> int:
+        """Take the synced counters; apply the capacity policy. Returns the rows the pool must have (to grow to)."""
+        inserted, prepared.num_need, expired_keys, expired_rows = stats[:4]
+        self.used += inserted
+        self.entries += inserted - expired_keys
+        self.top += expired_rows
+        self.evicted += expired_rows
+        if self.spec.evict_when_full:
+            over = stats[4:]
+            if any(o > 0 for o in over):
+                self._evict_least_recent(over, step)
+            return self.pool
+        needed = self.live + prepared.num_need
+        if needed <= self.pool:
+            return self.pool
+        if self.max_pool is not None and needed > self.max_pool:
+            raise DynamicTableFull(
+                f"dynamic table {self.name!r} is full on rank {self.rank}: max_capacity={self.spec.max_capacity} rows "
+                f"({self.max_pool} on this rank, its {self.local_shards} of {self.spec.key_shards} key shards) hold "
+                f"{self.live} live keys and this step admits {prepared.num_need} more; raise max_capacity (0 = no "
+                "limit), or set evict_when_full = true to evict the least recently seen keys")
+        return min(max(2 * self.pool, needed), self.max_pool or needed * 2)
+
+    def allocate(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Give the admitted keys rows. Returns (row of every key of the step, -1 if none; positions of the admitted
+        keys among them; their new rows), rows relative to the table's region."""
+        n = prepared.num_need
+        picked = compact(prepared.need, n)
+        new_rows = self.free[self.top - n : self.top].flip(0)
+        self.top -= n
+        self.admitted += n
+        self.slot_row[prepared.slots[picked]] = new_rows
+        if self.spec.evict_when_full:
+            self.shard_live.index_add_(0, self._local_shard(prepared.keys[picked]), torch.ones_like(new_rows))
+        return self.slot_row[prepared.slots], picked, new_rows
+
+    def grow(self, pool: int) -> None:
+        """Make the pool `pool` rows (the collection has grown the storage region): the new rows join the free list
+        below the free ones, so the lower rows are handed out first."""
+        added = pool - self.pool
+        free = torch.empty(pool + 1, dtype=torch.int64, device=self.device)
+        free[:added] = torch.arange(pool - 1, self.pool - 1, -1, device=self.device)
+        free[added : added + self.top] = self.free[: self.top]
+        self.free, self.pool, self.top = free, pool, self.top + added
+
+    # ---- eviction -------------------------------------------------------------------------------------------------
+    def _expire(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forget keys not seen for more than evict_after_steps steps, on the device: (keys, rows) freed, as tensors."""
+        zero = torch.zeros((), dtype=torch.int64, device=self.device)
+        if not self.spec.evict_after_steps:
+            return zero, zero
+        stale = (self.slot_keys >= 0) & (step - self.slot_seen > self.spec.evict_after_steps)
+        return stale.sum(), self._remove(stale)
+
+    def _remove(self, mask: torch.Tensor) -> torch.Tensor:
+        """Drop the keys of the masked slots: their rows go back on the free list (at positions top, top + 1, ... as
+        they come); returns the number of rows freed (a device tensor: the caller counts it after the sync)."""
+        has_row = mask & (self.slot_row >= 0)
+        position = self.top + torch.cumsum(has_row, 0) - 1
+        self.free.scatter_(0, torch.where(has_row, position, self.pool), self.slot_row)
+        if self.spec.evict_when_full:
+            shards = self._local_shard(self.slot_keys.clamp(min=0))
+            self.shard_live.index_add_(0, shards, -has_row.long())
+        self.slot_keys.masked_fill_(mask, TOMBSTONE)
+        self.slot_row.masked_fill_(mask, -1)
+        self.slot_count.masked_fill_(mask, 0)
+        self.slot_seen.masked_fill_(mask, 0)
+        return has_row.sum()
+
+    def _evict_least_recent(self, over: list[int], step: int) -> None:
+        """Free over[s] rows of each local key shard s: its least recently seen keys (then the smallest keys), never
+        keys seen in this step. Raises naming the table when a shard cannot free enough."""
+        candidates = ((self.slot_row >= 0) & (self.slot_seen < step)).nonzero().squeeze(1)
+        keys, seen = self.slot_keys[candidates], self.slot_seen[candidates]
+        order = torch.argsort(keys, stable=True)
+        order = order[torch.argsort(seen[order], stable=True)]
+        shard = self._local_shard(keys)[order]
+        order = order[torch.argsort(shard, stable=True)]
+        shard = self._local_shard(keys[order])
+        available = torch.bincount(shard, minlength=self.local_shards).tolist()
+        for s, (o, a) in enumerate(zip(over, available, strict=True)):
+            if o > a:
+                raise DynamicTableFull(
+                    f"dynamic table {self.name!r}: key shard {self.rank + s * self.world_size} of {self.spec.key_shards} "
+                    f"holds {self.shard_capacity} rows (capacity={self.spec.capacity} / key_shards) and this step needs "
+                    f"{o} more than it can free ({a} keys not seen in this step; {self.live} live keys on rank "
+                    f"{self.rank}); raise capacity")
+        first = torch.searchsorted(shard, torch.arange(self.local_shards, device=self.device))
+        rank_in_shard = torch.arange(shard.numel(), device=self.device) - first[shard]
+        limit = torch.tensor(over, device=self.device).clamp(min=0)
+        victims = torch.zeros_like(self.slot_keys, dtype=torch.bool)
+        victims[candidates[order[rank_in_shard < limit[shard]]]] = True
+        freed = int(self._remove(victims))
+        self.top += freed
+        self.evicted += freed
+        self.entries -= freed
+
+    # ---- state ----------------------------------------------------------------------------------------------------
+    def entries_state(self) -> dict[str, torch.Tensor]:
+        """Every key held, sorted: keys, row (-1: pending), count (lookups before admission), seen (last step)."""
+        held = (self.slot_keys >= 0).nonzero().squeeze(1)
+        keys = self.slot_keys[held]
+        order = torch.argsort(keys)
+        held = held[order]
+        return {"keys": keys[order], "row": self.slot_row[held], "count": self.slot_count[held],
+                "seen": self.slot_seen[held]}
+
+    def insert_entries(self, keys: torch.Tensor, count: torch.Tensor, seen: torch.Tensor,
+                       admitted: torch.Tensor) -> Prepared:
+        """Restore keys (checkpoint, warm start): as a step's prepare, with the admission decided by the caller."""
+        self._ensure_slots(keys.numel())
+        slots, inserted = find_or_insert(self.slot_keys, keys, True)
+        if not bool(inserted.all()):
+            raise ValueError(f"dynamic table {self.name!r}: restored keys are already held (duplicates in the source)")
+        self.slot_count[slots], self.slot_seen[slots] = count, seen
+        self.used += keys.numel()
+        self.entries += keys.numel()
+        num = int(admitted.sum())
+        if self.spec.evict_when_full:
+            per_shard = torch.bincount(self._local_shard(keys[admitted]), minlength=self.local_shards)
+            if bool((self.shard_live + per_shard > self.shard_capacity).any()):
+                raise DynamicTableFull(f"dynamic table {self.name!r}: the restored keys exceed capacity="
+                                       f"{self.spec.capacity} ({self.shard_capacity} rows per key shard)")
+        return Prepared(keys, count, slots, admitted, torch.zeros(0), num)
+
+    def take_counters(self, count: bool = True) -> tuple[int, int]:
+        """(rows admitted, rows evicted) since the last call; count=False leaves them out of the totals."""
+        out = (self.admitted, self.evicted)
+        if count:
+            self.admitted_total += self.admitted
+            self.evicted_total += self.evicted
+        self.admitted = self.evicted = 0
+        return out

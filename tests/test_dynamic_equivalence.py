@@ -1,0 +1,172 @@
+"""Dynamic tables at W = 1, 2 and 4 (gloo): the same keys admitted and evicted at the same steps, the same losses,
+tables compared by key, and dense weights, to fp32 round-off. One spawn per world size, cases looped inside."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import train
+from config import load_config
+from pipeline.metrics import StageTimer
+from pipeline.train_pipeline import SparseDistPipeline
+from tests.dist_utils import run_distributed
+
+TOML = """
+[data]
+num_dense = 4
+zipf_exponent = 1.3
+bag_min = 0
+bag_max = 3
+[model]
+bottom_mlp = [8, 4]
+top_mlp = [8]
+[embedding]
+dim = 4
+replicate_below_bytes = 300
+[[embedding.tables]]
+name = "static"
+num_embeddings = 37
+[[embedding.tables]]
+name = "users"          # admission, age eviction, growth from a tiny capacity
+num_embeddings = 300
+hash_ids = true         # raw 63-bit ids
+dynamic = true
+capacity = 8
+admit_min_freq = 2
+evict_after_steps = 3
+key_shards = 4
+[[embedding.tables]]
+name = "items"          # two features, mean pooling, LRU at a fixed capacity
+num_embeddings = 200
+features = ["items_a", "items_b"]
+pooling = "mean"
+hash_ids = true
+dynamic = true
+capacity = 48            # 12 rows per key shard
+evict_when_full = true
+key_shards = 4
+[[embedding.tables]]
+name = "small"
+num_embeddings = 5
+[optimizer]
+dense = "adam"
+dense_lr = 0.01
+sparse_lr = 0.1
+[train]
+steps = 8
+global_batch_size = 16
+"""
+
+CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]  # sparse optimizer, pipelined
+
+
+def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
+    """Per case: losses, per-step dynamic keys and counters, final tables (dynamic: by key) and dense weights."""
+    results, device = {}, torch.device(device)
+    for optimizer, pipelined in cases:
+        cfg = load_config(["--config", toml_path, "--optimizer.sparse", optimizer, "--train.pipelined", str(pipelined),
+                           *extra])
+        parts = train.build(cfg, rank, world_size, device, group)
+        emb = parts.embeddings
+        batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
+        batches = (b.to(device) for b in batches)
+        losses, keys, counters = [], [], []
+        for batch, sd in SparseDistPipeline(batches, emb.input_dist, cfg.train.pipelined):
+            loss = train.train_step(parts, batch, sd, StageTimer(device))
+            if world_size > 1:
+                dist.all_reduce(loss)
+                loss /= world_size
+            losses.append(float(loss))
+            full = emb.full_state_dict()
+            keys.append({t.name: full[t.name]["keys"].tolist() for t in emb.tables if t.dynamic})
+            counters.append(emb.dynamic_metrics())
+        dense = {k: v.cpu() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+        results[(optimizer, pipelined)] = (losses, keys, counters, emb.full_state_dict(), dense)
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dyn_equiv") / "equiv.toml"
+    path.write_text(TOML)
+    return {w: run_distributed(_train, w, str(path), CASES) for w in (1, 2, 4)}
+
+
+def test_the_case_exercises_admission_eviction_and_growth(runs):
+    counters = runs[1][CASES[0]][2]
+    users = [c["users"] for c in counters]
+    items = [c["items"] for c in counters]
+    assert any(c["pending"] for c in users) and sum(c["evicted"] for c in users) > 0  # admission filter, expiry
+    assert max(c["rows_allocated"] for c in users) > 8  # grew past its capacity
+    assert sum(c["evicted"] for c in items) > 0 and max(c["live"] for c in items) == 48  # LRU at capacity
+    assert max(k for step in runs[1][CASES[0]][1] for k in step["users"]) > 2**32  # raw 63-bit keys
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("case", CASES, ids=[f"{o}-{'pipelined' if p else 'plain'}" for o, p in CASES])
+def test_same_keys_losses_and_tables(runs, case, world_size):
+    ref_losses, ref_keys, ref_counters, ref_tables, ref_dense = runs[1][case]
+    losses, keys, counters, tables, dense = runs[world_size][case]
+    assert keys == ref_keys  # the same keys hold rows after every step
+    def logical(steps):  # rows_allocated is memory: each rank grows its own pool, so it depends on W
+        return [{t: {k: v for k, v in c.items() if k != "rows_allocated"} for t, c in step.items()} for step in steps]
+
+    assert logical(counters) == logical(ref_counters)  # live, pending, admitted, evicted after every step
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    for name, ref_state in ref_tables.items():
+        for key, ref in ref_state.items():
+            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+    for key, ref in ref_dense.items():
+        torch.testing.assert_close(dense[key], ref, rtol=1e-5, atol=1e-5, msg=f"dense {key}")
+    assert ref_losses[0] != ref_losses[-1]
+
+
+def test_pipelined_equals_not_pipelined(runs):
+    """input_dist one batch ahead (before the previous step's admissions and updates) changes nothing."""
+    piped, plain = runs[2][("adagrad", True)], runs[2][("adagrad", False)]
+    assert plain[0] == piped[0] and plain[1] == piped[1]  # identical losses and keys, not merely close
+    for name, state in plain[3].items():
+        for key, value in state.items():
+            assert torch.equal(value, piped[3][name][key]), f"{name} {key}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="forces Triton on CPU tensors, which only the interpreter runs")
+def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
+    """The whole W = 2 step with every kernel on Triton (find_or_insert, unique_partition, pooling, updates), as on
+    a GPU: the same keys, losses and tables as the torch reference path."""
+    pytest.importorskip("triton")
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML.replace("steps = 8", "steps = 3"))
+    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    case = ("adam", True)
+    losses, keys, counters, tables, _ = run_distributed(_train, 2, str(path), [case])[case]
+    ref_losses, ref_keys, _, _, _ = runs[2][case]
+    assert keys == ref_keys[:3]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses[:3]), rtol=1e-5, atol=1e-6)
+    monkeypatch.delenv("RECFUSE_FORCE_TRITON")
+    ref_tables = run_distributed(_train, 2, str(path), [case])[case][3]
+    for name, ref_state in ref_tables.items():
+        for key, ref in ref_state.items():
+            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_ranks_on_one_gpu_match_the_cpu_reference(runs, tmp_path):
+    """W = 2 (gloo, both ranks on cuda:0: compiled find_or_insert and the other Triton kernels) against W = 1 on the
+    CPU reference: the same keys at every step, losses and tables to round-off."""
+    path = tmp_path / "equiv.toml"
+    path.write_text(TOML)
+    cases = [("adagrad", True), ("adam", True)]
+    gpu = run_distributed(_train, 2, str(path), cases, (), "cuda")
+    for case in cases:
+        losses, keys, _, tables, _ = gpu[case]
+        ref_losses, ref_keys, _, ref_tables, _ = runs[1][case]
+        assert keys == ref_keys
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
+        for name, ref_state in ref_tables.items():
+            for key, ref in ref_state.items():
+                torch.testing.assert_close(tables[name][key], ref, rtol=1e-4, atol=1e-4, msg=f"{case} {name} {key}")
