@@ -54,8 +54,9 @@ class RunConfig:
     log_every: int = 10  # steps between metrics lines
     backend: str = "auto"  # process-group backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"
     device: str = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
-    # CUDA: profile this many steps right after train.warmup_steps (torch.profiler) and put device->host syncs and
-    # kernel launches per step into summary.json ("profile"); the measured samples/s start after them. 0 = off
+    # profile this many steps right after train.warmup_steps and put into summary.json ("profile") the torch calls
+    # that sync with a CUDA device, per line of code (on CPU: those the step would make on a GPU) and, on CUDA,
+    # the runtime's syncs and kernel launches per step (torch.profiler); samples/s start after them. 0 = off
     profile_steps: int = 0
 
 

@@ -282,7 +282,7 @@ def run(cfg: Config) -> dict:
     history, evals = [], []  # evals: every evaluation this process made, for summary.json
 
     # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
-    unmeasured = cfg.train.warmup_steps + (cfg.run.profile_steps if device.type == "cuda" else 0)
+    unmeasured = cfg.train.warmup_steps + cfg.run.profile_steps
     profiler = StepProfiler(device, first_step + cfg.train.warmup_steps + 1, cfg.run.profile_steps)
     measured_memory_bytes = 0
     step = first_step

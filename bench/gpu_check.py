@@ -184,7 +184,7 @@ def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: 
                 f"| {spec['name']} | {spec['batch']} | {spec['data']} | {_fmt(s['samples_per_sec'], 0)} | {_fmt(step, 2)} | "
                 f"{_fmt(s.get('data_wait_pct'))} | {_fmt(s.get('mfu_pct'), 2)} | {_fmt(gbps)} | "
                 f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
-                f"{_fmt(prof.get('syncs_per_step'))} | {_fmt(prof.get('launches_per_step'), 0)} |")
+                f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |")
         lines += ["", "Per-stage ms per step (pipeline.metrics.STAGES, after warm-up):", "",
                   "| run | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
         lines += ["| " + r["spec"]["name"] + " | " + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES) + " |"
@@ -196,13 +196,22 @@ def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: 
     return text
 
 
+def _sync_cell(profile: dict) -> str:
+    """Measured syncs per step on CUDA; on CPU the census's prediction, marked as such."""
+    if "syncs_per_step" in profile:
+        return _fmt(profile["syncs_per_step"])
+    predicted = profile.get("predicted_syncs_per_step")
+    return f"{_fmt(predicted)} (predicted)" if predicted is not None else _fmt(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, CPU unless --device cuda")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="", help="result directory (default bench/results/gpu_<device>_<date>)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--profile-steps", type=int, default=5, help="steps profiled for syncs and launches")
+    parser.add_argument("--profile-steps", type=int, default=None,
+                        help="steps profiled for syncs and launches (default 5; 2 with --quick)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
@@ -231,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = spec["batch"] * (steps + 8)  # the default split evaluates on the last 1/16
                 dataset = make_kaggle_dataset(os.path.join(out, f"dataset_{spec['batch']}"), rows, spec["config"],
                                               QUICK_HASH_ROWS if args.quick else KAGGLE_HASH_ROWS)
-            runs.append(run_training(out, spec, device, dataset, args.profile_steps))
+            profile_steps = args.profile_steps if args.profile_steps is not None else (2 if args.quick else 5)
+            runs.append(run_training(out, spec, device, dataset, profile_steps))
             r = runs[-1]
             tqdm.write(f"{spec['name']}: " + (f"{r['summary']['samples_per_sec']:,.0f} samples/s" if "summary" in r
                                               else "FAILED"))

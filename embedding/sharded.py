@@ -271,8 +271,9 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
         keys = kjt.values + self.table_offsets[value_table]  # fused key space: table offset + row
         unique_keys, send_counts, inverse = unique_partition(keys, self.table_offsets, self.table_owner, self.world_size,
                                                              key_space=self.num_keys)
-        recv_counts = self.exchange.exchange_counts(send_counts.cpu() if not self.exchange.distributed else send_counts)
-        send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
+        recv_counts = self.exchange.exchange_counts(send_counts)
+        splits = torch.cat([send_counts, recv_counts]).tolist()  # one host sync for both
+        send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
         return SparseDist(kjt.batch_size, kjt.offsets, inverse, unique_keys, send_splits, recv_splits, recv_keys, work)
 
@@ -360,16 +361,20 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
 
     def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
         """Sum replicated tables' gradients and lookup counts over ranks, densely (one float32 all-reduce:
-        counts are exact below 2^24 per batch)."""
+        counts are exact below 2^24 per batch). One host sync: no boolean-mask indexing (each is a nonzero)."""
         n = self.num_replicated_rows
         is_rep = rows < n
-        dense = torch.zeros(n, self.dim + 1, dtype=torch.float32, device=grads.device)
-        dense[rows[is_rep], : self.dim] = grads[is_rep]
-        dense[rows[is_rep], self.dim] = counts[is_rep].float()  # >= 1 marks touched rows: lazy optimizers update the union
+        # other tables' rows are written to a scratch row n, dropped before the all-reduce
+        scratch = torch.zeros(n + 1, self.dim + 1, dtype=torch.float32, device=grads.device)
+        scratch.index_put_((torch.where(is_rep, rows, n),), torch.cat([grads, counts.float().unsqueeze(1)], 1))
+        dense = scratch[:n]  # column dim >= 1 marks touched rows: lazy optimizers update the union
         self.exchange.all_reduce_(dense)
-        rep_rows = (dense[:, self.dim] > 0).nonzero().squeeze(1)
-        return (torch.cat([rep_rows, rows[~is_rep]]), torch.cat([dense[rep_rows, : self.dim], grads[~is_rep]]),
-                torch.cat([dense[rep_rows, self.dim].round().long(), counts[~is_rep]]))
+        touched = dense[:, self.dim] > 0
+        num_touched, num_other = torch.stack([touched.sum(), (~is_rep).sum()]).tolist()
+        rep_rows = torch.nonzero_static(touched, size=num_touched).squeeze(1)
+        other = torch.nonzero_static(~is_rep, size=num_other).squeeze(1)
+        return (torch.cat([rep_rows, rows[other]]), torch.cat([dense[rep_rows, : self.dim], grads[other]]),
+                torch.cat([dense[rep_rows, self.dim].round().long(), counts[other]]))
 
     def _exchange_bytes(self, sd: SparseDist) -> int:
         """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of the exchange

@@ -250,7 +250,9 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     # owner of each unique key; unused slots (>= U) go to a last bucket W, which the stable sort puts last
     owner = owner_of(unique, table_offsets, table_owner, world_size)
     owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
-    counts = torch.bincount(owner, minlength=world_size + 1)[:world_size]
+    # index_add_, not bincount: bincount reads the largest value back to size its output (a host sync on CUDA)
+    counts = torch.zeros(world_size + 1, dtype=torch.int64, device=device).index_add_(
+        0, owner, torch.ones_like(owner))[:world_size]
     order = torch.sort(owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True).indices
     position = torch.empty_like(order)
     position[order] = torch.arange(n, device=device)
