@@ -185,6 +185,9 @@ def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: 
                 f"{_fmt(s.get('data_wait_pct'))} | {_fmt(s.get('mfu_pct'), 2)} | {_fmt(gbps)} | "
                 f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
                 f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |")
+        if any("predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs):
+            lines += ["", "syncs/step (predicted): no device to count on, so pipeline.profiling.HostSyncCensus counts the "
+                          "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels)."]
         lines += ["", "Per-stage ms per step (pipeline.metrics.STAGES, after warm-up):", "",
                   "| run | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
         lines += ["| " + r["spec"]["name"] + " | " + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES) + " |"
