@@ -42,6 +42,7 @@ Evaluation only looks keys up: no admission, no sync beyond input_dist's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -63,10 +64,16 @@ def table_salt(name: str) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+@functools.cache
+def _table_key(seed: int, salt: int) -> int:
+    """The hash key of a table's initial rows: once per table, not on every admitting step."""
+    return int(splitmix64(torch.tensor([seed * 1_000_003 ^ salt], dtype=torch.int64))[0])
+
+
 def init_rows(keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype) -> torch.Tensor:
     """Initial rows of keys: uniform(+-bound) from a hash of (seed, table, key, column), like the static tables'
     rows (sharded.ShardedEmbeddingCollection._init_weights): the same on any rank, slot and device."""
-    table_key = int(splitmix64(torch.tensor([seed * 1_000_003 ^ salt], dtype=torch.int64))[0])
+    table_key = _table_key(seed, salt)
     d = torch.arange(dim, dtype=torch.int64, device=keys.device)
     base = splitmix64(keys ^ table_key)
     return ((2.0 * uniform(base[:, None] * dim + d) - 1.0) * bound).to(dtype)

@@ -22,18 +22,25 @@ the scratch row takes writes that must land nowhere; a dynamic region grows by r
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from embedding.dynamic import DynamicShard, DynamicTableFull, init_rows
 from kernels import unique_partition
 
-_ONE_TABLE = torch.tensor([0, 2**63 - 1], dtype=torch.int64)  # any non-negative key, one owner: dedup only
-_ONE_OWNER = torch.zeros(1, dtype=torch.int64)
+
+@functools.cache
+def _one_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table_offsets, table_owner) of a single table taking any non-negative key, owned by rank 0: dedup only.
+    Made once per device, not copied there on every step."""
+    return (torch.tensor([0, 2**63 - 1], dtype=torch.int64, device=device),
+            torch.zeros(1, dtype=torch.int64, device=device))
 
 
 def dedup(keys: torch.Tensor):
     """(distinct keys in order of first occurrence, inverse) of raw int64 keys (kernels.unique_partition, hashed)."""
-    unique, _, inverse = unique_partition(keys, _ONE_TABLE.to(keys.device), _ONE_OWNER.to(keys.device), 1)
+    unique, _, inverse = unique_partition(keys, *_one_table(keys.device), 1)
     return unique, inverse
 
 
