@@ -5,7 +5,7 @@
     python bench/bench_synthetic.py --config configs/dlrm_criteo_kaggle.toml --device cuda --batch 65536
 
 ``--impl device`` is SyntheticData on ``--device``; ``--impl reference`` is the frozen
-original host generator (tests/synthetic_reference.py, CPU only), the "before" of the change.
+original host generator (tests/support/synthetic_reference.py, CPU only), the "before" of the change.
 Reports median / p20 / p80 wall ms per batch (CPU: perf_counter after a warm-up call; CUDA:
 triton.testing.do_bench), samples/s and, on CPU, the median process CPU time per batch; ``--record`` appends the row to
 bench/results/synthetic.jsonl with device, date and commit.
@@ -50,7 +50,7 @@ def main():
     cfg = load_config(["--config", args.config])
     source = train.synthetic_source(cfg, resolve_tables(cfg.embedding), device)
     if args.impl == "reference":
-        from tests.synthetic_reference import ReferenceSyntheticData
+        from tests.support.synthetic_reference import ReferenceSyntheticData
 
         if device.type != "cpu":
             parser.error("--impl reference runs on the host only (--device cpu)")

@@ -16,7 +16,7 @@ same as without hash_ids but for the id values.
 
 Batches are made on ``device`` (the training GPU: one host thread cannot keep up with it),
 by the same torch ops on CPU and CUDA. The stream is the one the original host generator
-(frozen in tests/synthetic_reference.py) made: on CPU ids, offsets, dense values and labels
+(frozen in tests/support/synthetic_reference.py) made: on CPU ids, offsets, dense values and labels
 are bit-identical to it. All features are generated in one pass over a [B, sum of bag_max]
 matrix; each element goes through the same float64 ops, with the same scalar constants, as
 it did in the per-feature loop, so only the layout changed. With fixed bag lengths

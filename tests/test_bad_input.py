@@ -14,7 +14,7 @@ from config import ConfigError, load_config
 from pipeline.batch import Batch, KeyedJagged
 from pipeline.metrics import StageTimer
 from pipeline.train_pipeline import SparseDistPipeline
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 
 TOML = """
 [data]

@@ -3,7 +3,7 @@
 import json
 
 import numpy as np
-from criteo_reference import reference
+from tests.support.criteo_reference import reference
 
 from bench import bench_preprocess
 from pipeline.criteo import PreprocessOptions, preprocess

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from criteo_reference import make_lines, reference, write_tsv
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
 from pipeline.criteo import CriteoFormatError, PreprocessOptions, convert, preprocess

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from criteo_reference import make_lines, write_tsv
+from tests.support.criteo_reference import make_lines, write_tsv
 
 from pipeline.criteo import PreprocessOptions, preprocess
 from pipeline.dali_reader import DALI_AVAILABLE, DaliBatchReader

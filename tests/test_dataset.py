@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from criteo_reference import make_lines, reference, write_tsv
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline.criteo import PreprocessOptions, preprocess
 from pipeline.dataset import BinaryDataset, DatasetError, default_ranges, parse_range

@@ -15,7 +15,7 @@ import checkpoint
 import train
 from config import load_config
 from embedding.dynamic import DynamicTableFull
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 from tests.test_checkpoint import ROOT, _run
 from tests.test_dynamic_equivalence import TOML as EQUIV_TOML
 

@@ -11,7 +11,7 @@ import train
 from config import load_config
 from pipeline.metrics import StageTimer
 from pipeline.train_pipeline import SparseDistPipeline
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 
 TOML = """
 [data]

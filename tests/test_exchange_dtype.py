@@ -6,7 +6,7 @@ import torch
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
 from embedding.comm import Exchange
 from pipeline.batch import KeyedJagged
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 from tests.test_sharded_equivalence import TOML, _train_cases
 
 

@@ -20,7 +20,7 @@ import train
 from config import load_config
 from pipeline.metrics import StageTimer
 from pipeline.train_pipeline import SparseDistPipeline
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 from tests.test_checkpoint import TOML
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

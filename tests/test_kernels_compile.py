@@ -56,10 +56,10 @@ def test_aligned_rows_use_vector_loads(compiled):
 
 
 def test_check_catches_code_only_the_interpreter_accepts(tmp_path):
-    proc = run_compile_check(tmp_path, "--module", "tests.interpreter_only_kernel")
+    proc = run_compile_check(tmp_path, "--module", "tests.support.interpreter_only_kernel")
     assert proc.returncode == 1
     assert "Cannot access global variable _SCALE" in proc.stderr
     assert "1 specializations x 2 targets: 0 compiled, 2 failed" in proc.stdout
     if os.environ.get("TRITON_INTERPRET") == "1":  # the very same kernel runs fine under the interpreter
-        from tests.interpreter_only_kernel import scale
+        from tests.support.interpreter_only_kernel import scale
         assert torch.equal(scale(torch.ones(100)), torch.full((100,), 3.0))

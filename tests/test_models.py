@@ -237,7 +237,7 @@ def _dense_init(rank, world_size, group, toml):
 
 
 def test_dlrm_init_same_weights_at_w1_and_w2(tmp_path):
-    from tests.dist_utils import run_distributed
+    from tests.support.dist_utils import run_distributed
 
     toml = tmp_path / "c.toml"
     toml.write_text('[model]\nname = "dcnv2"\nbottom_mlp = [8, 4]\ntop_mlp = [8]\ncross_low_rank = 3\n[embedding]\ndim = 4\n'

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from synthetic_reference import ReferenceSyntheticData
+from tests.support.synthetic_reference import ReferenceSyntheticData
 
 import train
 from config import load_config
@@ -69,7 +69,7 @@ def test_hidden_model_gives_learnable_signal():
     assert 0.2 < float(batch.labels.mean()) < 0.8
 
 
-# ---- the device generator against the frozen host generator (tests/synthetic_reference.py) -------------------
+# ---- the device generator against the frozen host generator (tests/support/synthetic_reference.py) -------------------
 ORACLE_FEATURES = {
     # one id per bag, two features on one hidden table
     "one-hot": [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 7, 1, 1), SyntheticFeature("c", 1, 7, 1, 1)],

@@ -45,7 +45,7 @@ def test_torchrun_two_ranks_learns(tmp_path):
 @pytest.mark.slow
 def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     from pipeline.criteo import PreprocessOptions, preprocess
-    from tests.criteo_reference import make_lines, write_tsv
+    from tests.support.criteo_reference import make_lines, write_tsv
 
     tsv = write_tsv(tmp_path / "day_0", make_lines(3000, seed=1), gz=True)
     data_dir = tmp_path / "data"

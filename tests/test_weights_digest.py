@@ -6,7 +6,7 @@ import torch
 
 from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
 from kernels.hashing import splitmix64
-from tests.dist_utils import run_distributed
+from tests.support.dist_utils import run_distributed
 
 TABLES = [Table("big", 37, 6, "sum", ("big",)), Table("small", 5, 6, "sum", ("small",)),
           Table("odd", 11, 6, "mean", ("odd",))]
