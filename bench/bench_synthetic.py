@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
 from bench._common import bench, device_name, git_commit  # noqa: E402
-from config import load_config  # noqa: E402
-from embedding import resolve_tables  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.data import SyntheticSource  # noqa: E402
+from training.distributed import DistContext  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "synthetic.jsonl"
 
@@ -48,7 +48,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(["--config", args.config])
-    source = train.synthetic_source(cfg, resolve_tables(cfg.embedding), device)
+    source = SyntheticSource(cfg, DistContext(device=device)).generator
     if args.impl == "reference":
         from tests.support.synthetic_reference import ReferenceSyntheticData
 

@@ -10,8 +10,8 @@ group of spawned processes runs ``train.run`` (RecFuse) and the same training wi
 
 - same tables (rows, dim, features, pooling) in an EmbeddingBagCollection, same dense network
   (``models.build_model``, same seed), same initial table rows (RecFuse's are copied into TorchRec's
-  shards), same batches (``train.train_batches``: synthetic stream, prefetch thread; converted to
-  KeyedJaggedTensor), same eval samples and metric (``train.evaluate``, ``pipeline.metrics.auc``);
+  shards), same batches (``training.data.SyntheticSource``: synthetic stream, prefetch thread; converted to
+  KeyedJaggedTensor), same eval samples and metric (``training.evaluate``);
 - sparse optimizer fused into TorchRec's backward (``apply_optimizer_in_backward``: row-wise Adagrad
   or SGD, same lr/eps); dense layers with the same torch optimizer; data-parallel tables, which
   TorchRec updates outside its fused kernels, with ``torchrec.optim.RowWiseAdagrad``/SGD;
@@ -40,6 +40,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -50,10 +51,13 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from bench._common import git_commit  # noqa: E402
-from config import Config, load_config  # noqa: E402
 from embedding import EmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables  # noqa: E402
 from models import build_model  # noqa: E402
-from pipeline.metrics import write_json_atomic  # noqa: E402
+from training.config import Config, load_config  # noqa: E402
+from training.data import SyntheticSource  # noqa: E402
+from training.distributed import DistContext  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.metrics import write_json_atomic  # noqa: E402
 
 INSTALL = ("pip install --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 "
            "pyre-extensions==0.0.32 typing-inspect==0.9.0 mypy-extensions==1.2.0 cloudpickle==3.1.2\n"
@@ -108,7 +112,7 @@ def to_torchrec(batch):
 
 
 class _EvalAdapter:
-    """Lets train.evaluate drive the DMP model: evaluate calls model(dense, embeddings(sparse))."""
+    """Lets training.evaluate drive the DMP model: evaluate calls model(dense, embeddings(sparse))."""
 
     def __init__(self, dmp):
         self.dmp = dmp
@@ -135,7 +139,7 @@ def sparse_optimizer(name: str):
 
 
 def dense_optimizer_factory(o):
-    """Same dense optimizer as train.build."""
+    """Same dense optimizer as training.build."""
     cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[o.dense]
     kwargs = {"lr": o.dense_lr, **({"eps": o.eps} if o.dense != "sgd" else {})}
     if o.dense == "adam":
@@ -191,7 +195,7 @@ def build_torchrec(cfg: Config, recfuse_plan: dict, world_size: int, device: tor
     topology = TopologyFactory.create_topology(TrainerConfig(world_size=world_size, local_world_size=world_size),
                                                kernel_config=KernelConfig(compute_device=device.type))
     sharders = [EmbeddingBagCollectionSharder()]
-    torch.manual_seed(cfg.run.seed)  # the dense init of train.build
+    torch.manual_seed(cfg.run.seed)  # the dense init of training.build
     dense = build_model(cfg.model, cfg.data.num_dense, len(features), cfg.embedding.dim, seed=cfg.run.seed).to(device)
     model = TorchRecRanker(ebc, dense, features, cfg.train.bf16 and device.type == "cuda")
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
@@ -223,8 +227,9 @@ def run_torchrec(cfg: Config, recfuse_plan: dict, rank: int, world_size: int, de
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         dmp, optimizer, torchrec_plan = build_torchrec(cfg, recfuse_plan, world_size, device, plan_mode)
-        source = train.synthetic_source(cfg, resolve_tables(cfg.embedding))
-        loader = train.train_batches(cfg, source, rank, world_size, device)
+        env = DistContext(rank, world_size, device)
+        source = SyntheticSource(cfg, env)
+        loader = source.train_batches()
         batches = (to_torchrec(b) for b in loader)
         pipeline = TrainPipelineSparseDist(dmp, optimizer, device) if pipelined else None
         window, losses, measured_start = [], [], None
@@ -253,7 +258,8 @@ def run_torchrec(cfg: Config, recfuse_plan: dict, rank: int, world_size: int, de
         if pipeline is not None:
             pipeline.detach()  # restores the model's own forward for evaluation
         measured = cfg.train.steps - cfg.train.warmup_steps
-        eval_auc, eval_logloss = train.evaluate(cfg, _EvalAdapter(dmp), lambda kj: kj, source, rank, world_size, device)
+        parts = SimpleNamespace(model=_EvalAdapter(dmp), embeddings=lambda kj: kj, data=source)
+        eval_auc, eval_logloss = evaluate(cfg, parts, env)
         flat = [x for w in losses for x in w]
         return {"samples_per_sec": measured * cfg.train.global_batch_size / elapsed, "eval_auc": eval_auc,
                 "eval_logloss": eval_logloss, "final_loss": sum(losses[-1]) / len(losses[-1]), "losses": flat,
@@ -292,7 +298,7 @@ class Options:
 
 
 def recfuse_placements(cfg: Config, world_size: int) -> dict[str, str]:
-    """{table: placement} of RecFuse's planner, with train.build's arguments."""
+    """{table: placement} of RecFuse's planner, with training.build's arguments."""
     e = cfg.embedding
     plan = plan_sharding(resolve_tables(e), world_size, storage_dtype=e.storage_dtype, optimizer=cfg.optimizer.sparse,
                          default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,

@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from bench._common import copy_bandwidth, device_name, git_commit  # noqa: E402
-from pipeline.metrics import STAGES  # noqa: E402
+from training.stages import STAGES  # noqa: E402
 
 PARTS = ("tests", "kernels", "runs")
 KERNEL_BENCHES = ("bench_unique_partition.py", "bench_gather_pool.py", "bench_sparse_update.py", "bench_hash_table.py")
@@ -113,8 +113,8 @@ def run_kernels(out: str, quick: bool) -> list[dict]:
 def make_kaggle_dataset(directory: str, rows: int, config: str, max_rows: int, seed: int = 0) -> str:
     """A preprocessed dataset of the Kaggle shape: 13 dense, 26 categorical (cardinalities capped at max_rows,
     as --hash-rows would), skewed ids, labels from a hidden rule so that training has something to learn."""
-    from config import load_config
     from pipeline.dataset import write_dataset
+    from training.config import load_config
 
     if os.path.exists(os.path.join(directory, "meta.json")):
         return directory
@@ -186,9 +186,9 @@ def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: 
                 f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
                 f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |")
         if any("predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs):
-            lines += ["", "syncs/step (predicted): no device to count on, so pipeline.profiling.HostSyncCensus counts the "
+            lines += ["", "syncs/step (predicted): no device to count on, so training.profiling.HostSyncCensus counts the "
                           "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels)."]
-        lines += ["", "Per-stage ms per step (pipeline.metrics.STAGES, after warm-up):", "",
+        lines += ["", "Per-stage ms per step (training.stages.STAGES, after warm-up):", "",
                   "| run | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
         lines += ["| " + r["spec"]["name"] + " | " + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES) + " |"
                   for r in runs if "summary" in r]

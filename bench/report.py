@@ -3,7 +3,7 @@
     python bench/report.py bench/results/e2e_cpu [--alltoall-jsonl bench/results/alltoall.jsonl]
 
 Writes report.md (throughput table and per-stage table), throughput.png (samples/s vs world size),
-stages.png (per-step stage times, pipeline.metrics.STAGES) and mfu.png. With an all-to-all bandwidth
+stages.png (per-step stage times, training.stages.STAGES) and mfu.png. With an all-to-all bandwidth
 measurement, the report also projects each W > 1 run from the W = 1 run (bench/scaling.py), stage by
 stage, beside the measured W > 1 runs.
 """
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.scaling import ALLTOALLS_PER_STEP, busbw_from_jsonl, project  # noqa: E402
-from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
+from training.stages import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
 PROJECTED_EXTRA = ("alltoall_ms", "exposed_allreduce_ms")  # communication a projection adds to the stages
 
@@ -79,7 +79,7 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
                      f"{f'{mfu:.2f}' if mfu is not None else '-'} | {last['embedding_gbps']:.3f} | "
                      f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
                      f"{r['git_commit'][:8]} |")
-    lines += ["", "Stage times, ms per step after warm-up (pipeline.metrics.STAGES; exchange = input_dist + "
+    lines += ["", "Stage times, ms per step after warm-up (training.stages.STAGES; exchange = input_dist + "
               "output_dist + grad_dist; path = stages without h2d, plus projected communication):", "",
               "| run | " + " | ".join(STAGES) + " | a2a (proj.) | all-reduce (proj.) | exchange | path | wall |",
               "|---" * (len(STAGES) + 5) + "|---|"]

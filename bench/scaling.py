@@ -4,7 +4,7 @@
     python bench/scaling.py --measured runs/x/summary.json --alltoall-jsonl bench/results/alltoall.jsonl
 
 Model of one step (per-GPU batch fixed, so every local stage keeps its measured time), over
-train.py's stages (pipeline.metrics.STAGES, the summary.json "stage_ms" keys):
+train.py's stages (training.stages.STAGES, the summary.json "stage_ms" keys):
   step = local + alltoall + exposed allreduce
   local      = every stage but h2d (a side-stream copy, overlapped on GPU)
   alltoall   = exchange_bytes_per_rank * (n-1)/n / alltoall_busbw      (nccl-tests busbw definition)
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.metrics import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
+from training.stages import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
 # a step's exchange is this many all-to-alls (ids, rows, gradients): a measured busbw is read at 1/3 of its bytes
 ALLTOALLS_PER_STEP = 3

@@ -199,6 +199,9 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
                 values = (2.0 * uniform((chunk[:, None] * self.dim + d) ^ key) - 1.0) * bound
                 self.weight[base + start : base + start + chunk.numel()] = values.to(self.weight.dtype)
 
+    def optimizer_state_names(self) -> tuple[str, ...]:
+        return tuple(self._state())
+
     def _state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in init_sparse_state(self.optimizer.name, 0, self.dim, "cpu")}
 

@@ -12,7 +12,7 @@ from models.mlp import MLP
 
 
 def build_model(cfg, num_dense: int, num_features: int, dim: int, seed: int = 0) -> nn.Module:
-    """The dense network named by cfg.name (a config.ModelConfig), initialised by cfg.init (seed: run.seed)."""
+    """The dense network named by cfg.name (a training.config.ModelConfig), initialised by cfg.init (seed: run.seed)."""
     return init_weights_(_architecture(cfg, num_dense, num_features, dim), cfg.init, seed)
 
 

@@ -1,7 +1,7 @@
 """DCN-v2 (Wang et al. 2021): a cross network over [bottom_mlp(dense), embeddings], with a deep MLP
 either after it (stacked) or beside it (parallel).
 
-Config mapping (config.ModelConfig):
+Config mapping (training.config.ModelConfig):
   bottom_mlp      dense tower; its output joins the embeddings in x0 (any width; [] feeds raw dense)
   cross_layers    number of cross layers L
   cross_low_rank  r of W = U V^T; 0 = full-rank W

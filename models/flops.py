@@ -1,4 +1,4 @@
-"""Analytic dense FLOPs per sample, for MFU (DESIGN.md "Reports").
+"""Analytic dense FLOPs per sample, for MFU (training.peak.mfu, the metrics line's mfu_pct).
 
 Conventions:
 - A multiply-add is 2 FLOPs. A Linear(i -> o) costs 2*i*o per sample; its bias add is not counted
@@ -109,7 +109,7 @@ def deepfm_flops(num_dense: int, num_features: int, dim: int, bottom_mlp: list[i
 
 
 def dense_flops_per_sample(cfg, num_dense: int, num_features: int, dim: int) -> DenseFlops:
-    """FLOPs of the dense network that models.build_model(cfg, ...) builds (cfg: config.ModelConfig)."""
+    """FLOPs of the dense network that models.build_model(cfg, ...) builds (cfg: training.config.ModelConfig)."""
     if cfg.name == "dlrm":
         return dlrm_flops(num_dense, num_features, dim, cfg.bottom_mlp, cfg.top_mlp)
     if cfg.name == "dcnv2":

@@ -1,6 +1,5 @@
 """Multi-layer perceptron used by every model's towers."""
 
-import torch
 from torch import nn
 
 
@@ -16,11 +15,3 @@ class MLP(nn.Sequential):
             in_features = size
         super().__init__(*layers)
         self.out_features = in_features
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        for layer in self:
-            if isinstance(layer, nn.Linear):
-                bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5  # Xavier-uniform, like DLRM
-                with torch.no_grad():
-                    layer.weight.uniform_(-bound, bound, generator=generator)
-                    layer.bias.zero_()

@@ -78,3 +78,14 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         return Batch(self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory())
+
+
+def rank_slice(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(first, count): rank r's samples of a global batch are first .. first + count - 1 of it, a contiguous
+    slice, so the samples a run trains on do not depend on the world size."""
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    if global_batch_size <= 0 or global_batch_size % world_size:
+        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}")
+    local = global_batch_size // world_size
+    return rank * local, local

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.batch import Batch, KeyedJagged
+from pipeline.batch import Batch, KeyedJagged, rank_slice
 
 FORMAT_NAME = "recfuse-criteo-binary"
 _DEFAULT_DAYS = 8
@@ -251,7 +251,7 @@ class BinaryDataset:
         s // steps_per_epoch, so resuming at start_step gives exactly the batches an
         uninterrupted run would have seen next.
         """
-        local = _local_batch_size(global_batch_size, rank, world_size)
+        first, local = rank_slice(global_batch_size, rank, world_size)
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         start, end = self.resolve_range(row_range, self.default_train_range)
@@ -262,7 +262,7 @@ class BinaryDataset:
             epoch, in_epoch = divmod(step, steps)
             if in_epoch == 0 or step == start_step:
                 layout = self._block_layout(start, end, block_size, shuffle_seed, epoch)
-            lo = in_epoch * global_batch_size + rank * local
+            lo = in_epoch * global_batch_size + first
             yield _segments(*layout, lo, lo + local)
 
     def eval_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1,
@@ -273,7 +273,7 @@ class BinaryDataset:
         full global batches, then the remaining R rows cut to a multiple of world_size and
         split evenly, so at most world_size - 1 rows at the very end are never evaluated.
         """
-        _local_batch_size(global_batch_size, rank, world_size)
+        rank_slice(global_batch_size, rank, world_size)  # checks the arguments
         start, end = self.resolve_range(row_range, self.default_eval_range)
         for lo in range(start, end, global_batch_size):
             size = min(global_batch_size, end - lo) // world_size
@@ -297,14 +297,6 @@ def check_same_tables(train: BinaryDataset, other: BinaryDataset) -> None:
                                f"(preprocess the eval files with --vocab {train.path} to share its vocabulary)")
     if train.num_dense != other.num_dense:
         raise DatasetError(f"{mismatch}: {other.num_dense} dense features, the train dataset has {train.num_dense}")
-
-
-def _local_batch_size(global_batch_size: int, rank: int, world_size: int) -> int:
-    if world_size <= 0 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in a world of {world_size}")
-    if global_batch_size <= 0 or global_batch_size % world_size:
-        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}")
-    return global_batch_size // world_size
 
 
 def batch_from_rows(dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor, keys: list[str]) -> Batch:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from config import Config, ConfigError
 from kernels.hashing import splitmix64, uniform
 from pipeline.batch import Batch, KeyedJagged
 
@@ -105,22 +104,3 @@ class MultiHot:
             drawn = torch.where(lomax >= 2.0**31, _INT32_MIN, lomax.clamp(max=2.0**31).long())
             drawn = torch.remainder(drawn, rows_i[feature])
         return torch.where(position == 0, original, drawn)
-
-
-def multi_hot_from_config(cfg: Config) -> MultiHot | None:
-    """data.multi_hot_sizes (one per embedding.tables entry) as a MultiHot over the tables' features; None if []."""
-    sizes = cfg.data.multi_hot_sizes
-    if not sizes:
-        return None
-    tables = cfg.embedding.tables
-    if len(sizes) != len(tables):
-        raise ConfigError(f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but there are {len(tables)} tables "
-                          f"({', '.join(t.name for t in tables)}): give one size per table")
-    keys, per_feature, rows, table_of = [], [], [], []
-    for t_index, (t, size) in enumerate(zip(tables, sizes, strict=True)):
-        for f in t.features or [t.name]:
-            keys.append(f)
-            per_feature.append(size)
-            rows.append(t.num_embeddings)
-            table_of.append(t_index)
-    return MultiHot(keys, per_feature, rows, table_of, cfg.data.multi_hot_distribution, cfg.run.seed)

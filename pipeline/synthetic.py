@@ -42,12 +42,13 @@ probability of about 1e-8 per sample.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from kernels.hashing import _GOLDEN, _MIX1, _MIX2, splitmix64, uniform
-from pipeline.batch import Batch, KeyedJagged
+from pipeline.batch import Batch, KeyedJagged, rank_slice
 
 
 def _uniform_(z: torch.Tensor) -> torch.Tensor:
@@ -175,6 +176,13 @@ class SyntheticData:
     def batch(self, start: int, count: int, stream: int = TRAIN) -> Batch:
         return self._generate(start, count, stream)[0]
 
+    def local_batches(self, global_batch_size: int, rank: int, world_size: int, steps: int, stream: int = TRAIN,
+                      first_step: int = 0) -> Iterator[Batch]:
+        """Rank r's slice of global batches first_step + 1 .. steps (pipeline.batch.rank_slice)."""
+        first, local = rank_slice(global_batch_size, rank, world_size)
+        for step in range(first_step, steps):
+            yield self.batch(step * global_batch_size + first, local, stream)
+
     def true_logits(self, start: int, count: int, stream: int = TRAIN) -> torch.Tensor:
         """The hidden model's logit of each sample (tests: the best achievable ranking)."""
         return self._generate(start, count, stream)[1]
@@ -210,7 +218,7 @@ class SyntheticData:
         contribution = 1.5 * (sums / length.clamp(min=1)).float()  # [B, F]
         if self._any_hash:  # after the effects: they, and so the labels, come from the Zipf ids
             ids = torch.where(self._col_hash, splitmix64(ids + self._col_table) & _ID_MASK, ids)
-        for f in range(num_features):  # float32 adds in feature order, as before
+        for f in range(num_features):  # float32 adds in feature order: the frozen host generator's order
             logit = logit + contribution[:, f]
         logit = self.signal * logit / self._norm
         labels = (_uniform_(base + _SLOT_LABEL) < torch.sigmoid(logit.double())).float()

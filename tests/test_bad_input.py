@@ -6,15 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
-import checkpoint
 import train
-from config import ConfigError, load_config
 from pipeline.batch import Batch, KeyedJagged
-from pipeline.metrics import StageTimer
-from pipeline.train_pipeline import SparseDistPipeline
+from pipeline.checks import check_batch
 from tests.support.dist_utils import run_distributed
+from tests.support.training import dense_state, host_batches, load_parts, train_losses
+from training.config import ConfigError, load_config
 
 TOML = """
 [data]
@@ -62,8 +60,7 @@ def toml(tmp_path_factory):
 
 
 def _parts(toml, extra=(), rank=0, world_size=1, group=None):
-    cfg = load_config(["--config", toml, *extra])
-    return cfg, train.build(cfg, rank, world_size, torch.device("cpu"), group)
+    return load_parts(["--config", toml, *extra], rank, world_size, group)
 
 
 def _raw_ids(kjt: KeyedJagged, rows: dict[str, int], features: set[str], seed: int) -> KeyedJagged:
@@ -114,22 +111,16 @@ def _modulo_case(rank, world_size, group, toml, steps):
     for extra, raw in ((["--embedding.out_of_range", "modulo"], True), ([], False)):
         cfg, parts = _parts(toml, extra, rank, world_size, group)
         rows = {f: t.num_embeddings for t in parts.tables for f in t.features}
-        host = list(train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, steps + 1, 0))
+        host = list(host_batches(cfg, rank, world_size, steps=steps + 1))
         if raw:
             host = [Batch(b.dense, b.labels, _raw_ids(b.sparse, rows, set(rows), seed=step * 16 + rank))
                     for step, b in enumerate(host)]
             assert any(bool((b.sparse.values >= 23).any()) for b in host)  # really out of range
-        train_batches, eval_batch = host[:steps], host[steps]
-        losses = []
-        for batch, sd in SparseDistPipeline(train_batches, parts.embeddings.input_dist):
-            loss = train.train_step(parts, batch, sd, StageTimer(torch.device("cpu")))
-            if world_size > 1:
-                dist.all_reduce(loss)
-            losses.append(float(loss))
+        cfg.train.steps = steps
+        losses = list(train_losses(cfg, parts, world_size, batches=host[:steps]).values())
         with torch.no_grad():  # eval goes through the same input path
-            pooled = parts.embeddings(eval_batch.sparse)
-        dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
-        runs.append((losses, parts.embeddings.full_state_dict(), dense, pooled))
+            pooled = parts.embeddings(host[steps].sparse)
+        runs.append((losses, parts.embeddings.full_state_dict(), dense_state(parts), pooled))
     return runs
 
 
@@ -196,16 +187,17 @@ def test_dataset_nan_dense_and_bad_label_name_file_row_and_offset(tmp_path):
 @pytest.mark.parametrize("reader", ["memmap", "dali"])
 def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path, reader):
     """where() maps every sample of shuffled, multi-segment, per-rank batches to its file row."""
-    from config import DataConfig
     from pipeline.dali_reader import DALI_AVAILABLE
-    from pipeline.loaders import eval_loader, open_dataset, train_loader
+    from pipeline.dataset import BinaryDataset
+    from training.config import DataConfig
+    from training.data import eval_loader, train_loader
 
     if reader == "dali" and not DALI_AVAILABLE:
         pytest.skip("NVIDIA DALI is not installed (the [dali] extra)")
     dense, _ = write_dataset(tmp_path / "ds")
     cfg = DataConfig(path=str(tmp_path / "ds"), epochs=2, shuffle_block_rows=3, train_range="0:50", eval_range="50:",
                      reader=reader)
-    ds = open_dataset(cfg)
+    ds = BinaryDataset(cfg.path)
     seen = []
 
     def record(batch, at, where):
@@ -225,12 +217,12 @@ def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path, r
     assert len({row for at, row, _ in seen if at.startswith("step")}) > 40  # shuffled blocks: many distinct rows
     dense[55, 1] = np.inf
     write_dataset(tmp_path / "bad_eval", dense=dense)
-    bad = open_dataset(DataConfig(path=str(tmp_path / "bad_eval"), eval_range="50:"))
+    bad = BinaryDataset(tmp_path / "bad_eval")
 
 
     with pytest.raises(ValueError, match=rf"^eval batch 0: dense feature 1 of row 55 of .*dense.bin \(byte offset "
                                          rf"{(55 * DENSE + 1) * 4}\) is inf"):
-        with eval_loader(bad, cfg, 16, 0, 1, "cpu", check=checkpoint.check_batch) as loader:
+        with eval_loader(bad, cfg, 16, 0, 1, "cpu", check=check_batch) as loader:
             list(loader)
 
 

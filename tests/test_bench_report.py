@@ -3,7 +3,7 @@
 import json
 
 from bench import e2e, report
-from pipeline.metrics import STAGES
+from training.stages import STAGES
 
 
 def test_e2e_then_report(tmp_path):

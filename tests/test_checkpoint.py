@@ -9,15 +9,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
-import checkpoint
 import train
-from config import load_config
+import training.loop
 from pipeline.batch import Batch, KeyedJagged
-from pipeline.metrics import StageTimer
-from pipeline.train_pipeline import SparseDistPipeline
+from pipeline.checks import check_batch, checked_batches, sample_index
 from tests.support.dist_utils import run_distributed
+from tests.support.training import build_parts, context, dense_state, host_batches, load_parts, train_losses
+from training import checkpoint
+from training.config import load_config
+from training.digest import weights_digest
+from training.distributed import explain_timeouts
+from training.export import load_export
+from training.guards import LossGuard, NonFiniteLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,24 +77,28 @@ def toml(tmp_path_factory):
     return str(path)
 
 
-def _run(rank, world_size, group, toml, run_dir, steps, extra=()):
-    """train.py's loop without eval/logging: returns ({step: global loss}, digest, full state, checkpointer)."""
-    cfg = load_config(["--config", toml, "--run.dir", run_dir, "--train.steps", str(steps), *extra])
-    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-    ckpt = checkpoint.Checkpointer(cfg, parts, rank, world_size)
+def train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra=()):
+    """train.py's loop without eval/logging: ({step: global loss}, parts)."""
+    cfg, parts = load_parts(["--config", toml, "--run.dir", run_dir, "--train.steps", str(steps), *extra], rank,
+                            world_size, group)
+    env = context(rank, world_size, group)
+    ckpt = checkpoint.Checkpointer(cfg, parts, env)
     first = ckpt.restore()
-    batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, steps, 0, first)
-    losses = {}
-    for step, (batch, sd) in enumerate(SparseDistPipeline(batches, parts.embeddings.input_dist), start=first + 1):
-        loss = train.train_step(parts, batch, sd, StageTimer(torch.device("cpu")))
-        reduced = loss.clone()
-        if world_size > 1:
-            dist.all_reduce(reduced)
-            reduced /= world_size
-        losses[step] = float(reduced)
-        ckpt.step_done(step, loss)
-    dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
-    return losses, checkpoint.weights_digest(parts), parts.embeddings.full_state_dict(), dense
+    guard = LossGuard(cfg, env, lambda: ckpt.last_path, first, ckpt.skipped_steps)
+
+    def after_step(result):
+        guard.step_done(result.step, result.loss)
+        if ckpt.due(result.step):
+            guard.check_before_save()
+            ckpt.save(result.step, guard.skipped_steps)
+
+    return train_losses(cfg, parts, world_size, first, after_step=after_step), parts
+
+
+def _run(rank, world_size, group, toml, run_dir, steps, extra=()):
+    """({step: global loss}, digest, full state, dense state)."""
+    losses, parts = train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra)
+    return losses, weights_digest(parts), parts.embeddings.full_state_dict(), dense_state(parts)
 
 
 def _resume_case(rank, world_size, group, toml, base):
@@ -102,12 +110,10 @@ def _resume_case(rank, world_size, group, toml, base):
 
 
 def _load_only(rank, world_size, group, toml, path):
-    cfg = load_config(["--config", toml])
-    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-    step = checkpoint.load(path, parts, rank, world_size)
-    dense = {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+    _, parts = load_parts(["--config", toml], rank, world_size, group)
+    step = checkpoint.load(path, parts, context(rank, world_size, group))
     plan = {n: p.placement for n, p in parts.plan.placements.items()}
-    return step, parts.embeddings.full_state_dict(), dense, plan, parts.embeddings.num_updates
+    return step, parts.embeddings.full_state_dict(), dense_state(parts), plan, parts.embeddings.num_updates
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +141,10 @@ def test_exact_resume(runs, world_size):
 
 def test_lookup_statistics_are_sharding_consistent(runs, toml):
     full1, full2 = runs[1][0][2], runs[2][0][2]
-    cfg = load_config(["--config", toml])
-    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
+    cfg, parts = load_parts(["--config", toml])
     expected = {t.name: torch.zeros(t.num_embeddings, dtype=torch.int64) for t in parts.tables}
     feature_table = {f: t.name for t in parts.tables for f in t.features}
-    for batch in train.local_batches(parts.source, cfg.train.global_batch_size, 0, 1, STEPS, 0):
+    for batch in host_batches(cfg, steps=STEPS):
         kjt = batch.sparse
         for f, key in enumerate(kjt.keys):
             lo, hi = int(kjt.offsets[f * kjt.batch_size]), int(kjt.offsets[(f + 1) * kjt.batch_size])
@@ -225,24 +230,23 @@ def test_bad_dense_and_labels_are_named():
     dense = torch.zeros(2, 3)
     dense[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"step 5: dense feature 2 of sample 33 is nan"):
-        checkpoint.check_batch(_batch(dense=dense), "step 5", checkpoint.sample_index(32))
+        check_batch(_batch(dense=dense), "step 5", sample_index(32))
     dense[1, 2] = float("inf")
     with pytest.raises(ValueError, match=r"dense feature 2 of sample 33 is inf"):
-        checkpoint.check_batch(_batch(dense=dense), "step 5", checkpoint.sample_index(32))
+        check_batch(_batch(dense=dense), "step 5", sample_index(32))
     with pytest.raises(ValueError, match=r"label of sample 0 is 1.5, expected a value in \[0, 1\]"):
-        checkpoint.check_batch(_batch(labels=torch.tensor([1.5, 0.0])), "step 1", checkpoint.sample_index(0))
+        check_batch(_batch(labels=torch.tensor([1.5, 0.0])), "step 1", sample_index(0))
     with pytest.raises(ValueError, match=r"label of sample 1 is nan"):
-        checkpoint.check_batch(_batch(labels=torch.tensor([1.0, float("nan")])), "step 1", checkpoint.sample_index(0))
+        check_batch(_batch(labels=torch.tensor([1.0, float("nan")])), "step 1", sample_index(0))
     # synthetic batches go through the check with their global sample index (rank 1 of 2, global batch 8)
     batches = [_batch(), _batch(labels=torch.tensor([0.0, -1.0]))]
     with pytest.raises(ValueError, match=r"^step 4: label of sample 29 is -1.0"):
-        list(checkpoint.checked_batches(batches, 8, 1, 2, first_step=2))
+        list(checked_batches(batches, 8, 1, 2, first_step=2))
 
 
 def test_missing_feature_out_of_range_and_memory(toml):
-    cfg = load_config(["--config", toml])
-    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
-    good = next(train.local_batches(parts.source, 4, 0, 1, 1, 0)).sparse
+    cfg, parts = load_parts(["--config", toml])
+    good = next(parts.data.generator.local_batches(4, 0, 1, 1)).sparse
     f = good.keys.index("shared_a")
     n = good.batch_size
     lo, hi = int(good.offsets[f * n]), int(good.offsets[(f + 1) * n])
@@ -257,12 +261,11 @@ def test_missing_feature_out_of_range_and_memory(toml):
     with pytest.raises(ValueError, match=r"feature 'big' \(table 'big', 37 rows\): sample \d+ has id 1000000 outside \[0, 37\)"):
         parts.embeddings.input_dist(bad)
     with pytest.raises(Exception, match="(?i)memory|budget|fit"):
-        train.build(load_config(["--config", toml, "--embedding.memory_budget_bytes", "100"]), 0, 1,
-                    torch.device("cpu"), None)
+        build_parts(load_config(["--config", toml, "--embedding.memory_budget_bytes", "100"]))
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(toml, tmp_path, monkeypatch):
-    real_step = train.train_step
+    real_step = training.loop.train_step
     calls = []
 
     def nan_at_3(*args):
@@ -270,8 +273,8 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(toml, tmp_path, monkeyp
         calls.append(1)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(train, "train_step", nan_at_3)
-    with pytest.raises(checkpoint.NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2"):
+    monkeypatch.setattr(training.loop, "train_step", nan_at_3)
+    with pytest.raises(NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2"):
         train.main(["--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2"])
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
 
@@ -279,7 +282,7 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(toml, tmp_path, monkeyp
 def test_timeout_message_names_config_key(toml):
     cfg = load_config(["--config", toml, "--train.timeout_s", "2"])
     with pytest.raises(RuntimeError, match=r"train.timeout_s=2 s"):
-        with checkpoint.explain_timeouts(cfg):
+        with explain_timeouts(cfg):
             raise RuntimeError("[gloo] Timed out waiting 2000ms for recv operation to complete")
 
 
@@ -290,7 +293,7 @@ def test_export_round_trip_and_min_freq(toml, tmp_path):
     ckpt_free = summary["export"]["rows"]
     cfg = load_config(["--config", toml])
     for name, rows in ckpt_free.items():
-        e = checkpoint.load_export(str(out), name)
+        e = load_export(str(out), name)
         assert e["keys"].shape == (rows,) and e["values"].shape == (rows, cfg.embedding.dim)
         assert e["keys"].dtype == np.int64 and e["values"].dtype == np.float32
         assert (e["freq"] >= 1).all() and (e["last_step"] >= 1).all() and (e["last_step"] <= STEPS).all()
@@ -299,7 +302,7 @@ def test_export_round_trip_and_min_freq(toml, tmp_path):
                           "--export.min_freq", "3"])
     assert summary["weights_digest"] == json.load(open(tmp_path / "a" / "summary.json"))["weights_digest"]
     for name in ckpt_free:
-        full, kept = checkpoint.load_export(str(out), name), checkpoint.load_export(str(tmp_path / "b" / "export"), name)
+        full, kept = load_export(str(out), name), load_export(str(tmp_path / "b" / "export"), name)
         mask = full["freq"] >= 3
         assert mask.sum() < len(mask) or name == "small"
         for key in ("keys", "values", "freq", "last_step"):

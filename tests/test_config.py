@@ -2,7 +2,7 @@
 
 import pytest
 
-from config import ConfigError, load_config
+from training.config import ConfigError, load_config
 
 
 def write(tmp_path, text):
@@ -39,12 +39,13 @@ def test_tables_from_toml(tmp_path):
     (["train.steps", "3"], "unexpected argument 'train.steps'"),
     (["--embedding.tables", "x"], "config key 'embedding.tables' can only be set in the TOML file"),
     (["--config", "/nonexistent.toml"], "does not exist"),
-    (["--optimizer.warmup_steps", "-1"], "config key 'optimizer.warmup_steps' is -1; it must be >= 0"),
+    (["--optimizer.lr_warmup_steps", "-1"], "config key 'optimizer.lr_warmup_steps' is -1; it must be >= 0"),
+    (["--optimizer.warmup_steps", "5"], "config key 'optimizer.warmup_steps' is now called 'optimizer.lr_warmup_steps'"),
     (["--optimizer.decay_steps", "-5"], "config key 'optimizer.decay_steps' is -5"),
     (["--optimizer.decay_start", "10"], "config key 'optimizer.decay_start' sets a decay but optimizer.decay_steps is 0"),
     (["--optimizer.lr_end", "0.0001"], "config key 'optimizer.lr_end' sets a decay but optimizer.decay_steps is 0"),
-    (["--optimizer.decay_steps", "5", "--optimizer.warmup_steps", "10", "--optimizer.decay_start", "4"],
-     "config key 'optimizer.decay_start' is 4, before the warm-up ends (optimizer.warmup_steps=10)"),
+    (["--optimizer.decay_steps", "5", "--optimizer.lr_warmup_steps", "10", "--optimizer.decay_start", "4"],
+     "config key 'optimizer.decay_start' is 4, before the warm-up ends (optimizer.lr_warmup_steps=10)"),
     (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "0.01"],
      "config key 'optimizer.lr_end' is 0.01, above optimizer.dense_lr=0.001"),
     (["--optimizer.decay_steps", "5", "--optimizer.lr_end", "0.01", "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr",
@@ -64,7 +65,9 @@ def test_cli_errors_name_the_key(argv, message):
     ("[train]\nspeed = 1\n", "unknown config key 'train.speed'"),
     ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\nrows = 4\n", r"unknown config key 'embedding.tables\[0\].rows'"),
     ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 0\n", r"embedding.tables\[0\] \(t\): num_embeddings must be positive"),
-    ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\npooling = 'max'\n", "pooling is 'max'"),
+    ("[[embedding.tables]]\nname = 't'\nnum_embeddings = 3\npooling = 'max'\n",
+     r"config key 'embedding.tables\[0\].pooling' is 'max'; expected one of \('sum', 'mean'\)"),
+    ("[optimizer]\nwarmup_steps = 3\n", "config key 'optimizer.warmup_steps' is now called 'optimizer.lr_warmup_steps'"),
     ("[train\n", "not valid TOML"),
     # dynamic tables: each bad field named with its table
     ("[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ndynamic = true\n", r"\(u\): a dynamic table needs 'capacity'"),

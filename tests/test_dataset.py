@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline.criteo import PreprocessOptions, preprocess
 from pipeline.dataset import BinaryDataset, DatasetError, default_ranges, parse_range
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 ROWS = 301
 
@@ -167,8 +167,8 @@ def test_checksum_and_meta_errors(dataset_dir, tmp_path):
 
 
 def test_loaders_from_config(dataset_dir):
-    from config import DataConfig
-    from pipeline.loaders import eval_loader, open_dataset, train_loader
+    from training.config import DataConfig
+    from training.data import eval_loader, open_dataset, train_loader
 
     cfg = DataConfig(path=str(dataset_dir[0]), epochs=2, shuffle_block_rows=5, train_range="0:200", eval_range="100:")
     ds = open_dataset(cfg)
@@ -198,8 +198,8 @@ def train_and_eval_dirs(tmp_path_factory):
 
 
 def test_eval_path_trains_on_every_train_row_and_evaluates_the_other(train_and_eval_dirs):
-    from config import DataConfig
-    from pipeline.loaders import eval_loader, open_dataset, open_eval_dataset
+    from training.config import DataConfig
+    from training.data import eval_loader, open_dataset, open_eval_dataset
 
     tmp = train_and_eval_dirs
     data = DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "test"))
@@ -216,28 +216,27 @@ def test_eval_path_trains_on_every_train_row_and_evaluates_the_other(train_and_e
 
 
 def test_eval_path_in_the_trainer(train_and_eval_dirs):
-    import train
-    from config import load_config
+    from tests.support.training import build_parts, context
+    from training.config import load_config
+    from training.evaluate import evaluate
 
     tmp = train_and_eval_dirs
     base = ["--embedding.dim", "4", "--model.bottom_mlp", "8,4", "--model.top_mlp", "8", "--train.global_batch_size", "20",
             "--eval.samples", "90", "--eval.batch_size", "30"]
     cfg = load_config([*base, "--data.path", str(tmp / "train"), "--data.eval_path", str(tmp / "test")])
-    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
-    assert cfg.train.steps == 10 and parts.eval_source.path == tmp / "test" and parts.source.path == tmp / "train"
+    parts = build_parts(cfg)
+    assert cfg.train.steps == 10 and parts.data.eval_dataset.path == tmp / "test" and parts.data.dataset.path == tmp / "train"
     # the same (seeded, untrained) model on the test dataset read as data.path with an explicit eval range
     same = load_config([*base, "--data.path", str(tmp / "test"), "--data.eval_range", "0:90"])
-    other = train.build(same, 0, 1, torch.device("cpu"), None)
-    args = (0, 1, torch.device("cpu"))
-    assert train.evaluate(cfg, parts.model, parts.embeddings, parts.eval_source, *args) == \
-        train.evaluate(same, other.model, other.embeddings, other.eval_source, *args)
+    other = build_parts(same)
+    assert evaluate(cfg, parts, context()) == evaluate(same, other, context())
 
 
 def test_eval_path_mismatch_names_both_datasets_and_the_table(train_and_eval_dirs, tmp_path):
     import shutil
 
-    from config import ConfigError, DataConfig, load_config
-    from pipeline.loaders import open_dataset, open_eval_dataset
+    from training.config import ConfigError, DataConfig, load_config
+    from training.data import open_dataset, open_eval_dataset
 
     tmp = train_and_eval_dirs
     train_ds = open_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")))

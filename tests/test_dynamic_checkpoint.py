@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import train
-from config import load_config
 from embedding.dynamic import DynamicTableFull
 from tests.support.dist_utils import run_distributed
-from tests.test_checkpoint import ROOT, _run
+from tests.support.training import context, load_parts
+from tests.test_checkpoint import ROOT, dense_state, train_with_checkpoints
 from tests.test_dynamic_equivalence import TOML as EQUIV_TOML
+from training import checkpoint
+from training.config import load_config
+from training.digest import weights_digest
+from training.export import load_export
+from training.warm_start import resume_or_warm_start
 
 TOML = EQUIV_TOML.replace("[train]\n", "[run]\nlog_every = 2\n[train]\nwarmup_steps = 1\n").replace(
     "steps = 8", "steps = 6") + "[eval]\nsamples = 64\nbatch_size = 32\n"
@@ -44,20 +48,10 @@ def _entries(emb):
 
 
 def _run_with_entries(rank, world_size, group, toml, run_dir, steps, extra=()):
-    """tests.test_checkpoint._run (losses, digest, full state, dense) plus the dynamic tables' entries."""
-    captured = {}
-    real_build = train.build
-
-    def build(*args, **kwargs):
-        captured["parts"] = real_build(*args, **kwargs)
-        return captured["parts"]
-
-    train.build = build
-    try:
-        out = _run(rank, world_size, group, toml, run_dir, steps, extra)
-    finally:
-        train.build = real_build
-    return (*out, _entries(captured["parts"].embeddings))
+    """(losses, digest, full state, dense state, the dynamic tables' entries)."""
+    losses, parts = train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra)
+    return (losses, weights_digest(parts), parts.embeddings.full_state_dict(), dense_state(parts),
+            _entries(parts.embeddings))
 
 
 def _resume_case(rank, world_size, group, toml, base):
@@ -96,10 +90,9 @@ def test_exact_resume(runs, world_size):
 def _reshard_case(rank, world_size, group, toml, base):
     """Load W=2's step-SPLIT checkpoint at W=4 (digest, entries); then resume from it at W=4 to STEPS."""
     path = f"{base}/w2/resumed/checkpoints/step_{SPLIT}"
-    cfg = load_config(["--config", toml])
-    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-    checkpoint.load(path, parts, rank, world_size)
-    loaded = (checkpoint.weights_digest(parts), _entries(parts.embeddings))
+    _, parts = load_parts(["--config", toml], rank, world_size, group)
+    checkpoint.load(path, parts, context(rank, world_size, group))
+    loaded = (weights_digest(parts), _entries(parts.embeddings))
     return loaded, _run_with_entries(rank, world_size, group, toml, f"{base}/w4", STEPS, ["--train.resume", path])
 
 
@@ -114,10 +107,9 @@ def test_resharding_2_to_4_to_1(runs, toml):
                                torch.tensor([straight2[0][s] for s in range(SPLIT + 1, STEPS + 1)]), rtol=1e-5, atol=1e-6)
     _assert_equal_entries(straight2[4], run4[4], exact=False)
     # 4 -> 1: W = 4's final checkpoint in one process
-    cfg = load_config(["--config", toml])
-    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
-    assert checkpoint.load(f"{base}/w4/checkpoints/step_{STEPS}", parts, 0, 1) == STEPS
-    assert checkpoint.weights_digest(parts) == run4[1]
+    _, parts = load_parts(["--config", toml])
+    assert checkpoint.load(f"{base}/w4/checkpoints/step_{STEPS}", parts, context()) == STEPS
+    assert weights_digest(parts) == run4[1]
     _assert_equal_entries(run4[4], _entries(parts.embeddings))
 
 
@@ -128,7 +120,7 @@ def test_export_of_live_keys_and_since_step(toml, tmp_path):
     assert meta["step"] == STEPS and meta["tables"]["users"]["dynamic"] and not meta["tables"]["static"]["dynamic"]
     cfg = load_config(["--config", toml])
     for name in ("users", "items"):
-        e = checkpoint.load_export(str(full_dir), name)
+        e = load_export(str(full_dir), name)
         assert summary["export"]["rows"][name] == len(e["keys"]) > 0
         assert e["keys"].dtype == np.int64 and e["keys"].max() > 2**32 and np.all(np.diff(e["keys"]) > 0)
         assert e["values"].shape == (len(e["keys"]), cfg.embedding.dim) and (e["freq"] >= 1).all()
@@ -137,7 +129,7 @@ def test_export_of_live_keys_and_since_step(toml, tmp_path):
     train.main(["--config", toml, "--run.dir", str(tmp_path / "b"), "--export.enabled", "true",
                 "--export.since_step", str(since)])
     for name in ("users", "items", "static"):
-        full, recent = checkpoint.load_export(str(full_dir), name), checkpoint.load_export(str(tmp_path / "b/export"), name)
+        full, recent = load_export(str(full_dir), name), load_export(str(tmp_path / "b/export"), name)
         mask = full["last_step"] > since
         assert 0 < mask.sum() < len(mask), name  # an incremental export: only rows updated after step `since`
         for key in ("keys", "values", "freq", "last_step"):
@@ -168,18 +160,16 @@ def source(toml, tmp_path_factory):
 
 
 def _started(config_path, init_from, *extra):
-    cfg = load_config(["--config", config_path, "--train.init_from", init_from, *extra])
-    parts = train.build(cfg, 0, 1, torch.device("cpu"), None)
-    checkpoint.Checkpointer(cfg, parts, 0, 1).restore()
+    cfg, parts = load_parts(["--config", config_path, "--train.init_from", init_from, *extra])
+    resume_or_warm_start(cfg, parts, context(), checkpoint.Checkpointer(cfg, parts, context()))
     return parts
 
 
 def test_warm_start_from_a_checkpoint_with_new_tables(source, toml, tmp_path):
     grown = tmp_path / "grown.toml"
     grown.write_text(GROWN)
-    src_cfg = load_config(["--config", toml])
-    src = train.build(src_cfg, 0, 1, torch.device("cpu"), None)
-    checkpoint.load(f"{source}/checkpoints/step_{STEPS}", src, 0, 1)
+    _, src = load_parts(["--config", toml])
+    checkpoint.load(f"{source}/checkpoints/step_{STEPS}", src, context())
     parts = _started(str(grown), f"{source}/checkpoints/step_{STEPS}")
     emb = parts.embeddings
     assert emb.num_updates == STEPS  # the step counter continues: last_step, eviction, since_step line up
@@ -204,7 +194,7 @@ def test_warm_start_from_an_export(source, toml):
     assert emb.num_updates == STEPS
     got = emb.full_state_dict()
     for name in ("users", "items", "static"):
-        e = checkpoint.load_export(f"{source}/export", name)
+        e = load_export(f"{source}/export", name)
         if name == "static":  # row ids: the exported rows hold their values, the others their initial ones
             rows = torch.from_numpy(e["keys"])
             assert torch.equal(got[name]["weight"][rows], torch.from_numpy(e["values"]))

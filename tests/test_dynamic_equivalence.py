@@ -5,13 +5,9 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 
-import train
-from config import load_config
-from pipeline.metrics import StageTimer
-from pipeline.train_pipeline import SparseDistPipeline
 from tests.support.dist_utils import run_distributed
+from tests.support.training import dense_state, host_batches, load_parts, train_losses
 
 TOML = """
 [data]
@@ -64,26 +60,22 @@ CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]  
 
 def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
     """Per case: losses, per-step dynamic keys and counters, final tables (dynamic: by key) and dense weights."""
-    results, device = {}, torch.device(device)
+    results = {}
     for optimizer, pipelined in cases:
-        cfg = load_config(["--config", toml_path, "--optimizer.sparse", optimizer, "--train.pipelined", str(pipelined),
-                           *extra])
-        parts = train.build(cfg, rank, world_size, device, group)
+        cfg, parts = load_parts(["--config", toml_path, "--optimizer.sparse", optimizer, "--train.pipelined",
+                                 str(pipelined), *extra], rank, world_size, group, device)
         emb = parts.embeddings
-        batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
-        batches = (b.to(device) for b in batches)
-        losses, keys, counters = [], [], []
-        for batch, sd in SparseDistPipeline(batches, emb.input_dist, cfg.train.pipelined):
-            loss = train.train_step(parts, batch, sd, StageTimer(device))
-            if world_size > 1:
-                dist.all_reduce(loss)
-                loss /= world_size
-            losses.append(float(loss))
+        keys, counters = [], []
+
+        def after_step(result, emb=emb, keys=keys, counters=counters):
             full = emb.full_state_dict()
             keys.append({t.name: full[t.name]["keys"].tolist() for t in emb.tables if t.dynamic})
             counters.append(emb.dynamic_metrics())
-        dense = {k: v.cpu() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
-        results[(optimizer, pipelined)] = (losses, keys, counters, emb.full_state_dict(), dense)
+
+        # host-made batches: the device's synthetic stream may differ from the host's in the last ulp
+        losses = train_losses(cfg, parts, world_size, batches=host_batches(cfg, rank, world_size), after_step=after_step)
+        results[(optimizer, pipelined)] = (list(losses.values()), keys, counters, emb.full_state_dict(),
+                                           dense_state(parts))
     return results
 
 

@@ -15,13 +15,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import checkpoint
 import train
-from config import load_config
-from pipeline.metrics import StageTimer
-from pipeline.train_pipeline import SparseDistPipeline
 from tests.support.dist_utils import run_distributed
+from tests.support.training import host_batches, load_parts, train_losses
 from tests.test_checkpoint import TOML
+from training.config import load_config
+from training.digest import weights_digest
+from training.distributed import explain_timeouts, setup_distributed
+from training.export import load_export
+from training.guards import NonFiniteLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, NAN_STEP = 6, 3
@@ -61,13 +63,10 @@ def _digests_without_step(rank, world_size, group, toml, steps, dropped):
     """weights_digest after training on every batch, and after training with batch `dropped` left out."""
     out = []
     for skip in (None, dropped):
-        cfg = load_config(["--config", toml, "--train.steps", str(steps)])
-        parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-        host = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, steps, 0)
-        batches = [b for step, b in enumerate(host, start=1) if step != skip]
-        for batch, sd in SparseDistPipeline(batches, parts.embeddings.input_dist):
-            train.train_step(parts, batch, sd, StageTimer(torch.device("cpu")))
-        out.append(checkpoint.weights_digest(parts))
+        cfg, parts = load_parts(["--config", toml, "--train.steps", str(steps)], rank, world_size, group)
+        batches = [b for step, b in enumerate(host_batches(cfg, rank, world_size), start=1) if step != skip]
+        train_losses(cfg, parts, world_size, batches=batches)
+        out.append(weights_digest(parts))
     return out
 
 
@@ -87,7 +86,7 @@ def test_nan_loss_on_one_rank_is_skipped_on_both(toml, tmp_path):
 
 
 def test_nan_loss_stops_without_the_flag(toml, tmp_path):
-    with pytest.raises(checkpoint.NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2 "
+    with pytest.raises(NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2 "
                                                        r"\(train.skip_nonfinite_loss=true skips"):
         train.main(["--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2",
                     "--train.inject_nan_loss_step", "3"])
@@ -102,7 +101,7 @@ def test_skipped_steps_survive_resume(toml, tmp_path):
     assert straight["skipped_steps"] == resumed["skipped_steps"] == 1
     assert straight["weights_digest"] == resumed["weights_digest"]
     for run in ("a", "b"):  # 5 sparse updates applied: the last one is update 5 (restored, not the step number)
-        assert max(int(checkpoint.load_export(str(tmp_path / run / "export"), t)["last_step"].max())
+        assert max(int(load_export(str(tmp_path / run / "export"), t)["last_step"].max())
                    for t in straight["export"]["rows"]) == STEPS - 1
 
 
@@ -128,7 +127,7 @@ def _collectives_under_timeout(rank, port, result_path, done_path):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     cfg = load_config(["--train.timeout_s", "1", "--run.device", "cpu"])
-    _, _, _, embedding_group = train.setup_distributed(cfg)
+    embedding_group = setup_distributed(cfg).group
     # a timed-out gloo group closes its connections (later ops fail at once), so every other type gets a fresh
     # group with the same timeout; the first two ops check the groups train.py itself creates
     timeout = datetime.timedelta(seconds=cfg.train.timeout_s)
@@ -151,7 +150,7 @@ def _collectives_under_timeout(rank, port, result_path, done_path):
     for name, op in ops.items():
         started = time.monotonic()
         try:
-            with checkpoint.explain_timeouts(cfg):
+            with explain_timeouts(cfg):
                 op(fresh[name]) if name in fresh else op()
             results[name] = (time.monotonic() - started, "returned")
         except RuntimeError as e:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from config import ModelConfig
 from models import build_model
 from models.flops import dense_flops_per_sample
+from training.config import ModelConfig
 
 TOLERANCE = 0.02
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.dataset import BinaryDataset, write_dataset
-from pipeline.metrics import STAGES
+from training.stages import STAGES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ def test_quick_gpu_check_writes_the_report(tmp_path):
 def test_step_profiler_counts_syncs_and_launches():
     import torch
 
-    from pipeline.profiling import StepProfiler
+    from training.profiling import StepProfiler
 
     x = torch.ones(1000, device="cuda")
     profiler = StepProfiler(torch.device("cuda"), first_step=2, steps=3)

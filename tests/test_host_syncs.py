@@ -1,7 +1,7 @@
-"""Device->host syncs of the training step, predicted on CPU (pipeline.profiling.HostSyncCensus).
+"""Device->host syncs of the training step, predicted on CPU (training.profiling.HostSyncCensus).
 
-A GPU step that waits for the device is host-bound (issue "Step performance": <= 3 syncs per step for the
-Kaggle shape at W=1). On a GPU run.profile_steps counts the runtime's syncs; on CPU the census lists the calls
+A GPU step that waits for the device is host-bound (the budget: <= 3 syncs per step for the Kaggle shape at
+W=1). On a GPU run.profile_steps counts the runtime's syncs; on CPU the census lists the calls
 that would sync there, per line, so a change that adds one fails here, on any machine.
 """
 
@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.profiling import HostSyncCensus
+from training.profiling import HostSyncCensus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIS = "tests/test_host_syncs.py"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-import train
-from config import ConfigError, ModelConfig, load_config
 from models import CrossNetwork, DCNv2, DeepFM, DotInteraction, FactorizationMachine, build_model
+from tests.support.training import dense_state, load_parts
+from training.config import ConfigError, ModelConfig, load_config
 
 NUM_DENSE, NUM_FEATURES, DIM, BATCH = 13, 5, 16, 7
 
@@ -225,15 +225,14 @@ def test_torch_init_is_the_default_and_unchanged():
     model = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=5)
     torch.manual_seed(0)
     plain = DCNv2(NUM_DENSE, NUM_FEATURES, DIM, cfg.bottom_mlp, cfg.top_mlp, cross_layers=cfg.cross_layers,
-                  cross_low_rank=cfg.cross_low_rank)  # nn.Linear's own init, as before model.init existed
+                  cross_low_rank=cfg.cross_low_rank)  # nn.Linear's own init
     for key, value in model.state_dict().items():
         assert torch.equal(value, plain.state_dict()[key]), key
 
 
 def _dense_init(rank, world_size, group, toml):
-    cfg = load_config(["--config", toml, "--model.init", "dlrm", "--run.seed", "11"])
-    parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-    return {k: v.clone() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+    _, parts = load_parts(["--config", toml, "--model.init", "dlrm", "--run.seed", "11"], rank, world_size, group)
+    return dense_state(parts)
 
 
 def test_dlrm_init_same_weights_at_w1_and_w2(tmp_path):

@@ -4,15 +4,14 @@ training at W = 1, 2 and 4, and config errors that name the key."""
 import pytest
 import torch
 import torch.distributed as dist
-from tests.support.criteo_reference import make_lines, write_tsv
 
-import train
-from config import ConfigError, load_config
 from pipeline.batch import Batch, KeyedJagged
-from pipeline.metrics import StageTimer
 from pipeline.multihot import MultiHot
-from pipeline.train_pipeline import SparseDistPipeline
+from tests.support.criteo_reference import make_lines, write_tsv
 from tests.support.dist_utils import run_distributed
+from tests.support.training import build_parts, context, train_losses
+from training.config import ConfigError, load_config
+from training.evaluate import evaluate
 
 MLPERF_SIZES = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
 _M = (1 << 64) - 1
@@ -132,18 +131,11 @@ def _train(rank, world_size, group, data_dir, toml):
         cfg = load_config(["--config", toml, "--data.path", data_dir, "--data.train_range", "0:192",
                            "--data.eval_range", "200:232", "--data.multi_hot_sizes", ",".join(map(str, MLPERF_SIZES)),
                            "--data.multi_hot_distribution", distribution])
-        parts = train.build(cfg, rank, world_size, torch.device("cpu"), group)
-        bags, losses = [], []
-        with train.train_batches(cfg, parts.source, rank, world_size, torch.device("cpu")) as loader:
-            for batch, sparse_dist in SparseDistPipeline(loader, parts.embeddings.input_dist):
-                bags.append(_bags(batch))
-                loss = train.train_step(parts, batch, sparse_dist, StageTimer(torch.device("cpu")))
-                if world_size > 1:
-                    dist.all_reduce(loss)
-                    loss /= world_size
-                losses.append(float(loss))
-        evaluation = train.evaluate(cfg, parts.model, parts.embeddings, parts.eval_source, rank, world_size,
-                                    torch.device("cpu"))
+        parts = build_parts(cfg, rank, world_size, group)
+        with parts.data.train_batches() as loader:  # the bags the run below trains on
+            bags = [_bags(batch) for batch in loader]
+        losses = list(train_losses(cfg, parts, world_size).values())
+        evaluation = evaluate(cfg, parts, context(rank, world_size, group))
         if world_size > 1:  # the global batch: the ranks' slices in rank order
             gathered = [None] * world_size
             dist.all_gather_object(gathered, bags)
@@ -192,4 +184,4 @@ def test_wrong_count_for_the_dataset_tables_names_the_key(dataset):
     data_dir, toml = dataset
     cfg = load_config(["--config", toml, "--data.path", data_dir, "--data.multi_hot_sizes", "3,2,1"])
     with pytest.raises(ConfigError, match=r"'data.multi_hot_sizes' has 3 sizes but there are 26 tables \(C1, C2"):
-        train.build(cfg, 0, 1, torch.device("cpu"), None)
+        build_parts(cfg)

@@ -1,12 +1,10 @@
-"""models.peak: device table lookup, MFU arithmetic, CPU probe, peak memory."""
+"""training.peak: device table lookup, MFU arithmetic, CPU probe, peak memory."""
 
-import ast
-from pathlib import Path
 
 import pytest
 import torch
 
-from models import peak
+from training import peak
 
 
 @pytest.mark.parametrize(
@@ -44,12 +42,3 @@ def test_cpu_mfu_uses_the_measured_probe():
     # running exactly at the probe's rate is 100%
     assert peak.mfu(probe / 1000, 1000, "cpu", "fp32") == pytest.approx(1.0)
     assert peak.peak_memory_gib("cpu") > 0
-
-
-def test_models_never_import_embedding():
-    for path in Path(peak.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            assert not any(n == "embedding" or n.startswith("embedding.") for n in names), f"{path.name} imports embedding"

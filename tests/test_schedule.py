@@ -1,4 +1,4 @@
-"""LR schedule (pipeline/schedule.py): the formula, MLPerf's scheduler where they agree, batch scaling, both
+"""LR schedule (training/lr_schedule.py): the formula, MLPerf's scheduler where they agree, batch scaling, both
 optimizers set, and a resumed run that recomputes the same rates and ends with the same weights."""
 
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train
-from config import OptimizerConfig
 from embedding import SparseOptimizerConfig
-from pipeline.schedule import apply_lr, lr_at
+from training.config import OptimizerConfig
+from training.lr_schedule import apply_lr, lr_at
 
 TOML = """
 [run]
@@ -36,7 +36,7 @@ dense = "adagrad"
 dense_lr = 0.04
 sparse = "adagrad"
 sparse_lr = 0.2
-warmup_steps = 3
+lr_warmup_steps = 3
 decay_start = 4
 decay_steps = 3
 lr_end = 0.01
@@ -53,7 +53,7 @@ batch_size = 32
 def test_formula_phase_by_phase():
     # warm-up 4, decay from step 6 over 4 steps to 0.2, lr 1:
     # 1/4, 2/4, 3/4, then 1 (steps 4, 5), decay 0.2 + 0.8 * ((10 - s) / 4)^2 for s = 6..9, then 0.2
-    o = OptimizerConfig(warmup_steps=4, decay_start=6, decay_steps=4, lr_end=0.2)
+    o = OptimizerConfig(lr_warmup_steps=4, decay_start=6, decay_steps=4, lr_end=0.2)
     got = [lr_at(s, 1.0, o, 256) for s in range(1, 12)]
     want = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.2 + 0.8 * 9 / 16, 0.2 + 0.8 * 4 / 16, 0.2 + 0.8 / 16, 0.2, 0.2]
     assert got == pytest.approx(want, rel=1e-15)
@@ -62,7 +62,7 @@ def test_formula_phase_by_phase():
 
 def test_linear_scaling_scales_every_rate():
     # global 1024 / reference 256 = 4: lr 0.5 -> 2, lr_end 0.1 -> 0.4
-    o = OptimizerConfig(warmup_steps=2, decay_start=2, decay_steps=2, lr_end=0.1, scale_lr_with_batch=True,
+    o = OptimizerConfig(lr_warmup_steps=2, decay_start=2, decay_steps=2, lr_end=0.1, scale_lr_with_batch=True,
                         reference_batch_size=256)
     assert [lr_at(s, 0.5, o, 1024) for s in (1, 2, 3, 4)] == pytest.approx([1.0, 2.0, 0.4 + 1.6 / 4, 0.4])
     o.scale_lr_with_batch = False
@@ -105,9 +105,9 @@ def test_matches_mlperf_scheduler_warmup_and_decay():
     base = 0.005
     # warm-up only: identical at every step
     ref = _reference_lrs(base, 5, 0, 0, 12)
-    assert [lr_at(s, base, OptimizerConfig(warmup_steps=5), 65536) for s in range(1, 13)] == pytest.approx(ref, rel=1e-15)
+    assert [lr_at(s, base, OptimizerConfig(lr_warmup_steps=5), 65536) for s in range(1, 13)] == pytest.approx(ref, rel=1e-15)
     # warm-up 5 then decay over 10 steps from step 5: identical through the decay window (steps 1..14)
-    o = OptimizerConfig(warmup_steps=5, decay_start=5, decay_steps=10)
+    o = OptimizerConfig(lr_warmup_steps=5, decay_start=5, decay_steps=10)
     ref = _reference_lrs(base, 5, 5, 10, 16)
     ours = [lr_at(s, base, o, 65536) for s in range(1, 17)]
     assert ours[:14] == pytest.approx(ref[:14], rel=1e-15)
@@ -116,7 +116,7 @@ def test_matches_mlperf_scheduler_warmup_and_decay():
 
 
 def test_apply_lr_sets_both_optimizers():
-    cfg = types.SimpleNamespace(optimizer=OptimizerConfig(dense_lr=0.1, sparse_lr=0.3, warmup_steps=4),
+    cfg = types.SimpleNamespace(optimizer=OptimizerConfig(dense_lr=0.1, sparse_lr=0.3, lr_warmup_steps=4),
                                 train=types.SimpleNamespace(global_batch_size=64))
     dense = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     embeddings = types.SimpleNamespace(optimizer=SparseOptimizerConfig("adagrad", 0.3))
@@ -134,11 +134,11 @@ def test_warmup_reaches_dense_and_sparse_updates(tmp_path):
     sgd = ["--optimizer.dense", "sgd", "--optimizer.sparse", "sgd", "--train.steps", "1", "--optimizer.decay_steps", "0",
            "--optimizer.decay_start", "0", "--optimizer.lr_end", "0"]
     warm = _digest(tmp_path, "warm", *sgd, "--optimizer.dense_lr", "0.4", "--optimizer.sparse_lr", "0.4",
-                   "--optimizer.warmup_steps", "4")
+                   "--optimizer.lr_warmup_steps", "4")
     flat = _digest(tmp_path, "flat", *sgd, "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr", "0.1",
-                   "--optimizer.warmup_steps", "0")
+                   "--optimizer.lr_warmup_steps", "0")
     unscaled = _digest(tmp_path, "unscaled", *sgd, "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr", "0.4",
-                       "--optimizer.warmup_steps", "0")
+                       "--optimizer.lr_warmup_steps", "0")
     assert warm == flat and unscaled != flat  # the sparse rate alone changes the result
 
 
@@ -147,7 +147,7 @@ def test_resume_restores_the_schedule_exactly(tmp_path):
     straight_digest = _digest(tmp_path, "straight")
     _digest(tmp_path, "resumed", "--train.steps", "5", "--train.checkpoint_every", "5")
     resumed_digest = _digest(tmp_path, "resumed", "--train.resume", "auto")
-    o = OptimizerConfig(dense_lr=0.04, sparse_lr=0.2, warmup_steps=3, decay_start=4, decay_steps=3, lr_end=0.01)
+    o = OptimizerConfig(dense_lr=0.04, sparse_lr=0.2, lr_warmup_steps=3, decay_start=4, decay_steps=3, lr_end=0.01)
     lines = {}
     for name in ("straight", "resumed"):
         lines[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]

@@ -4,14 +4,10 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 
-import train
-from config import load_config
 from pipeline.batch import KeyedJagged
-from pipeline.metrics import StageTimer
-from pipeline.train_pipeline import SparseDistPipeline
 from tests.support.dist_utils import run_distributed
+from tests.support.training import dense_state, host_batches, load_parts, train_losses
 
 TOML = """
 [data]
@@ -59,24 +55,14 @@ CASES = [(placement, opt) for placement in ("table", "row", "replicated", "auto"
 
 def _train_cases(rank, world_size, group, toml_path, cases, pipelined=None, device="cpu"):
     results = {}
-    device = torch.device(device)
     for placement, opt in cases:
         pipelined_case = pipelined if pipelined is not None else opt != "sgd"  # both paths covered
-        cfg = load_config(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
-                           "--train.pipelined", str(pipelined_case)])
-        parts = train.build(cfg, rank, world_size, device, group)
-        batches = train.local_batches(parts.source, cfg.train.global_batch_size, rank, world_size, cfg.train.steps, 0)
-        losses = []
-        batches = (b.to(device) for b in batches)
-        for batch, sparse_dist in SparseDistPipeline(batches, parts.embeddings.input_dist, cfg.train.pipelined):
-            loss = train.train_step(parts, batch, sparse_dist, StageTimer(device))
-            if world_size > 1:
-                dist.all_reduce(loss)
-                loss /= world_size
-            losses.append(float(loss))
-        dense = {k: v.cpu() for k, v in getattr(parts.model, "module", parts.model).state_dict().items()}
+        cfg, parts = load_parts(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
+                                 "--train.pipelined", str(pipelined_case)], rank, world_size, group, device)
+        # host-made batches: the device's synthetic stream may differ from the host's in the last ulp
+        losses = list(train_losses(cfg, parts, world_size, batches=host_batches(cfg, rank, world_size)).values())
         plan = {name: p.placement for name, p in parts.plan.placements.items()}
-        results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense, plan)
+        results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense_state(parts), plan)
     return results
 
 

@@ -8,8 +8,8 @@ import torch
 import embedding.sharded
 from embedding import EmbeddingCollection, SparseOptimizerConfig
 from pipeline.batch import KeyedJagged
-from pipeline.metrics import EXCHANGE_STAGES, STAGES, StageTimer
 from tests.test_embedding_collection import BATCHES, TABLES
+from training.stages import EXCHANGE_STAGES, STAGES, StageTimer
 
 
 def test_nested_stage_reported_without_its_inner_stages():

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from tests.support.synthetic_reference import ReferenceSyntheticData
 
-import train
-from config import load_config
-from pipeline.metrics import auc
 from pipeline.synthetic import SyntheticData, SyntheticFeature, zipf_ids
+from tests.support.synthetic_reference import ReferenceSyntheticData
+from training.config import load_config
+from training.data import SyntheticSource
+from training.distributed import DistContext
+from training.evaluate import auc
 
 FEATURES = [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 1000, 0, 4), SyntheticFeature("c", 1, 1000, 2, 2)]
 
@@ -36,9 +37,9 @@ def test_samples_depend_only_on_global_index():
 
 def test_world_size_split_equals_single_rank():
     data = SyntheticData(FEATURES, num_dense=3, seed=1)
-    single = [unpack(b) for b in train.local_batches(data, 24, 0, 1, 3, SyntheticData.TRAIN)]
+    single = [unpack(b) for b in data.local_batches(24, 0, 1, 3, SyntheticData.TRAIN)]
     for world in (2, 4):
-        per_rank = [list(train.local_batches(data, 24, r, world, 3, SyntheticData.TRAIN)) for r in range(world)]
+        per_rank = [list(data.local_batches(24, r, world, 3, SyntheticData.TRAIN)) for r in range(world)]
         for step in range(3):
             assert sum((unpack(per_rank[r][step]) for r in range(world)), []) == single[step]
 
@@ -61,8 +62,7 @@ def test_zipf_is_skewed_and_bounded():
 
 def test_hidden_model_gives_learnable_signal():
     cfg = load_config(["--config", "configs/tiny.toml"])
-    tables = train.resolve_tables(cfg.embedding)
-    data = train.synthetic_source(cfg, tables)
+    data = SyntheticSource(cfg, DistContext()).generator
     batch = data.batch(0, 20000, SyntheticData.EVAL)
     best = auc(data.true_logits(0, 20000, SyntheticData.EVAL), batch.labels)
     assert best > 0.85  # a model that learns the hidden effects can beat the 0.70 bar
@@ -114,8 +114,8 @@ def test_world_size_slices_match_the_host_generator(shape, world_size):
     args = (ORACLE_FEATURES[shape], 13, 1.05, 1.0, 2)
     new, ref = SyntheticData(*args), ReferenceSyntheticData(*args)
     for rank in range(world_size):
-        got = list(train.local_batches(new, 16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
-        want = list(train.local_batches(ref, 16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
+        got = list(new.local_batches(16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
+        want = list(SyntheticData.local_batches(ref, 16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
         assert len(got) == len(want) == 2
         for a, b in zip(got, want, strict=True):
             assert_same_batch(a, b)

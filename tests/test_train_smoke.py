@@ -74,20 +74,22 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     ("auto", "auto", 3, 2, ("gloo", "cuda:1", True)),    # local rank 1 of 3 on 2 GPUs
 ])
 def test_pick_device(backend, device, local_world, gpus, want):
-    from config import load_config
+    from training.config import load_config
+    from training.distributed import pick_device
 
     cfg = load_config(["--run.backend", backend, "--run.device", device])
-    got_backend, got_device, note = train.pick_device(cfg, 1, local_world, gpus)
+    got_backend, got_device, note = pick_device(cfg, 1, local_world, gpus)
     assert (got_backend, str(got_device), bool(note)) == want
 
 
 def test_pick_device_refuses_nccl_without_a_gpu_per_rank():
-    from config import load_config
+    from training.config import load_config
+    from training.distributed import pick_device
 
     with pytest.raises(ValueError, match="nccl needs one GPU per rank.*--run.backend gloo"):
-        train.pick_device(load_config(["--run.backend", "nccl"]), 0, 2, 1)
+        pick_device(load_config(["--run.backend", "nccl"]), 0, 2, 1)
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        train.pick_device(load_config(["--run.device", "cuda"]), 0, 1, 0)
+        pick_device(load_config(["--run.device", "cuda"]), 0, 1, 0)
 
 
 @pytest.mark.slow

@@ -1,51 +1,14 @@
-"""Evaluation metrics, per-stage step timing and the run's metrics files."""
+"""The stages of a training step and their timer (metrics.jsonl and summary.json "stage_ms")."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
 
 import torch
 
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC via the Mann-Whitney U statistic; tied scores get their average rank."""
-    scores = scores.double().flatten()
-    labels = labels.flatten() > 0.5
-    positives = int(labels.sum())
-    negatives = labels.numel() - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    sorted_scores, order = torch.sort(scores)
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    ranks[order] = mean_rank[inverse]
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()))
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write to a temporary name then rename, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # The stages of one training step, in step order; metrics.jsonl "stage_ms" and summary.json "stage_ms" use
-# these names (per-step milliseconds), bench/scaling.py and bench/report.py read them.
+# these names (per-step milliseconds); bench/scaling.py and bench/report.py read them.
 #   data_wait      the train loop blocked on the prefetch loader for the batch (host wall clock)
 #   h2d            host-to-device copy of the batch (+ its multi-hot expansion); on GPU on a side stream, overlapped
 #   input_dist     dedup + group ids by owner, id counts and id all-to-all, waiting for the ids to arrive

@@ -1,0 +1,81 @@
+"""The training loop: one step (sparse forward, dense forward, loss, backward with the in-place sparse
+update, dense optimizer step), and the loop over a run's batches that train.py and the tests share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.batch import Batch
+from pipeline.prefetch import PrefetchLoader
+from pipeline.train_pipeline import SparseDistPipeline
+from training.build import Parts
+from training.config import Config
+from training.lr_schedule import apply_lr
+from training.profiling import StepProfiler
+from training.stages import StageTimer
+
+# before_backward(loss) -> (loss, skip): the last point where a step can be dropped (training.guards.LossGuard)
+BeforeBackward = Callable[[torch.Tensor], tuple[torch.Tensor, bool]]
+
+
+@dataclass
+class StepResult:
+    step: int  # 1-based global step
+    loss: torch.Tensor  # this rank's mean loss, detached and not synchronized (no host sync per step)
+    dense_lr: float  # the learning rates the step used
+    sparse_lr: float
+
+
+def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer,
+               before_backward: BeforeBackward | None = None) -> torch.Tensor:
+    """One step on the local batch; returns the local mean loss. The embeddings time their own stages
+    (lookup, output_dist, grad_dist, sparse_update) into the timer."""
+    pooled = parts.embeddings(sparse_dist)
+    with timer.stage("dense_fwd"), parts.autocast:
+        logits = parts.step_model(batch.dense, pooled).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    if before_backward is not None:
+        loss, skip = before_backward(loss)
+        if skip:  # no dense and no sparse update from this batch
+            return loss.detach()
+    with timer.stage("dense_bwd"):  # the timer takes the embeddings' grad_dist + sparse_update out of it
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with timer.stage("dense_optimizer"):
+        parts.optimizer.step()
+    return loss.detach()
+
+
+def train_loop(cfg: Config, parts: Parts, first_step: int = 0, timer: StageTimer | None = None,
+               before_backward: BeforeBackward | None = None, profiler: StepProfiler | None = None,
+               batches: Iterable[Batch] | None = None) -> Iterator[StepResult]:
+    """Train steps first_step + 1 .. train.steps on parts.data's batches (or the given host batches, this rank's
+    slices of steps first_step + 1, ...), yielding each step's result.
+
+    The next batch's input_dist runs before this one's step (train.pipelined: the id exchange overlaps the
+    step); the learning rates are set for every step before its backward, which applies the sparse update."""
+    if batches is None:
+        batches = parts.data.train_batches(first_step)
+    else:
+        batches = PrefetchLoader(batches, next(parts.model.parameters()).device, depth=cfg.data.prefetch_depth)
+    timer = timer or StageTimer(next(parts.model.parameters()).device)
+    parts.embeddings.timer = timer
+    pipeline = SparseDistPipeline(batches, parts.embeddings.input_dist, pipelined=cfg.train.pipelined)
+    try:
+        for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
+            if profiler is not None:
+                profiler.before_step(step)
+            # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is
+            # data wait
+            timer.add("data_wait", batches.data_wait_ms)
+            timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
+            dense_lr, sparse_lr = apply_lr(step, cfg, parts.optimizer, parts.embeddings)
+            loss = train_step(parts, batch, sparse_dist, timer, before_backward)
+            if profiler is not None:
+                profiler.after_step(step)
+            yield StepResult(step, loss, dense_lr, sparse_lr)
+    finally:
+        batches.close()
