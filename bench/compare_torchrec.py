@@ -51,8 +51,9 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from bench._common import git_commit  # noqa: E402
-from embedding import EmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables  # noqa: E402
+from embedding import EmbeddingCollection, SparseOptimizerConfig, resolve_tables  # noqa: E402
 from models import build_model  # noqa: E402
+from training.build import sharding_plan  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
 from training.data import SyntheticSource  # noqa: E402
 from training.distributed import DistContext  # noqa: E402
@@ -298,11 +299,8 @@ class Options:
 
 
 def recfuse_placements(cfg: Config, world_size: int) -> dict[str, str]:
-    """{table: placement} of RecFuse's planner, with training.build's arguments."""
-    e = cfg.embedding
-    plan = plan_sharding(resolve_tables(e), world_size, storage_dtype=e.storage_dtype, optimizer=cfg.optimizer.sparse,
-                         default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,
-                         memory_budget_bytes=e.memory_budget_bytes)
+    """{table: placement} of RecFuse's planner."""
+    plan = sharding_plan(cfg, resolve_tables(cfg.embedding), world_size)
     return {name: p.placement for name, p in plan.placements.items()}
 
 

@@ -46,6 +46,14 @@ def _dense_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) 
     return DENSE_OPTIMIZERS[o.dense](model.parameters(), lr=o.dense_lr, **kwargs)
 
 
+def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> ShardingPlan:
+    """Where each table lives at this world size (embedding.plan_sharding with the config's settings)."""
+    e = cfg.embedding
+    return plan_sharding(tables, world_size, storage_dtype=e.storage_dtype, optimizer=cfg.optimizer.sparse,
+                         default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,
+                         memory_budget_bytes=e.memory_budget_bytes)
+
+
 def build(cfg: Config, env: DistContext) -> Parts:
     """The run's parts. A dataset (data.path) first sets the tables, dense width and steps in cfg."""
     if cfg.train.global_batch_size % env.world_size:
@@ -54,9 +62,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     data = open_source(cfg, env)
     tables = resolve_tables(cfg.embedding)
     o, e = cfg.optimizer, cfg.embedding
-    plan = plan_sharding(tables, env.world_size, storage_dtype=e.storage_dtype, optimizer=o.sparse,
-                         default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,
-                         memory_budget_bytes=e.memory_budget_bytes)
+    plan = sharding_plan(cfg, tables, env.world_size)
     embeddings = ShardedEmbeddingCollection(
         tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2), rank=env.rank,
         world_size=env.world_size, group=env.group, device=env.device, seed=cfg.run.seed,
