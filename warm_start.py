@@ -65,7 +65,7 @@ def compatible_tables(source: dict[str, dict], emb, where: str) -> list[int]:
 def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
     """Load what fits from a checkpoint or export directory (module docstring); returns what was loaded and skipped."""
     emb, where = parts.embeddings, f"train.init_from={path!r}"
-    optional = ("freq", "last_step", *emb._state())  # state tensors missing from the source start at zero
+    optional = ("freq", "last_step", *emb.optimizer_state_names())  # state tensors missing from the source start at zero
     if os.path.isfile(os.path.join(path, "manifest.json")):
         with open(os.path.join(path, "manifest.json")) as f:
             manifest = json.load(f)
@@ -77,7 +77,7 @@ def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
             for table_name, state in shard["tables"].items():
                 if table_name in load:
                     if not same_optimizer:  # another optimizer's state has other shapes: keep weights and statistics
-                        state = {k: v for k, v in state.items() if k not in emb._state()}
+                        state = {k: v for k, v in state.items() if k not in emb.optimizer_state_names()}
                     emb.load_table_state(load[table_name], state, f"{where} ({name})", optional)
         emb.num_updates = int(manifest["step"])
         dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)["model"]

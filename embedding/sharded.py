@@ -88,7 +88,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
 
     def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizerConfig, *,
                  rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
-                 storage_dtype: str = "float32", exchange_dtype: str = "fp32"):
+                 storage_dtype: str = "float32", exchange_dtype: str = "fp32", always_exchange: bool = False):
         super().__init__()
         dims = {t.dim for t in tables}
         if len(dims) != 1:
@@ -130,7 +130,8 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
 
         self.num_keys = int(offsets[-1])  # size of the fused key space (host copy: no sync to read it)
         # one rank owns every row: values read the table directly and the backward is one fused pass
-        self.single_rank = world_size == 1
+        # (always_exchange: the exchange path anyway, which tests compare with it)
+        self.single_rank = world_size == 1 and not always_exchange
         self.register_buffer("table_offsets", offsets, persistent=False)
         self.register_buffer("local_space", torch.tensor([0, max(cursor, 1)]), persistent=False)  # local rows as one table
         self.register_buffer("local_owner", torch.zeros(1, dtype=torch.int64), persistent=False)
@@ -201,6 +202,10 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in init_sparse_state(self.optimizer.name, 0, self.dim, "cpu")}
+
+    def optimizer_state_names(self) -> tuple[str, ...]:
+        """The sparse optimizer's per-row state tensors, as named in shard_tables' tables."""
+        return tuple(self._state())
 
     def _tracked(self) -> dict[str, torch.Tensor]:
         """Everything stored per local row: weights, optimizer state, access statistics."""
@@ -435,6 +440,7 @@ class EmbeddingCollection(ShardedEmbeddingCollection):
     """Single-process collection: every table on this process, same code path as the sharded one."""
 
     def __init__(self, tables: list[Table], optimizer: SparseOptimizerConfig, *, device="cpu", seed: int = 0,
-                 storage_dtype: str = "float32"):
+                 storage_dtype: str = "float32", always_exchange: bool = False):
         plan = plan_sharding(tables, 1, storage_dtype=storage_dtype, optimizer=optimizer.name, default_placement="table")
-        super().__init__(tables, plan, optimizer, device=device, seed=seed, storage_dtype=storage_dtype)
+        super().__init__(tables, plan, optimizer, device=device, seed=seed, storage_dtype=storage_dtype,
+                         always_exchange=always_exchange)

@@ -16,8 +16,8 @@ def dynamic(name, features=None, pooling="sum", **spec):
     return Table(name, 100, 4, pooling, tuple(features or (name,)), dynamic=DynamicSpec(**spec))
 
 
-def collection(tables, optimizer="sgd", lr=0.5, seed=1):
-    return EmbeddingCollection(tables, SparseOptimizerConfig(optimizer, lr), seed=seed)
+def collection(tables, optimizer="sgd", lr=0.5, seed=1, always_exchange=False):
+    return EmbeddingCollection(tables, SparseOptimizerConfig(optimizer, lr), seed=seed, always_exchange=always_exchange)
 
 
 def step(ec, bags, upstream=None):
@@ -148,8 +148,7 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
                {"s": [[], [2]], "s2": [[1], [1]], "d": [[BIG], []], "e": [[1], [2**50, 7]]}]
     results = []
     for single_rank in (True, False):
-        ec = collection(tables, optimizer=optimizer, lr=0.1)
-        ec.single_rank = single_rank
+        ec = collection(tables, optimizer=optimizer, lr=0.1, always_exchange=not single_rank)
         outs = [step(ec, b, torch.arange(8.0).view(2, 2, 2).repeat(1, 2, 2).sin()) for b in batches * 3]
         results.append((outs, {t: state_by_key(ec, t) for t in ("d", "e")}, ec.full_state_dict()["s"]))
     (a_out, a_dyn, a_static), (b_out, b_dyn, b_static) = results

@@ -140,8 +140,7 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
     (dedup, exchange, pool_backward, sparse_update) on one rank computes the same thing, to the bit on CPU."""
     results = []
     for single_rank in (True, False):
-        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2)
-        ec.single_rank = single_rank
+        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2, always_exchange=not single_rank)
         pooled = []
         for batch in BATCHES * 2:
             out = ec(KeyedJagged.from_lists(batch))
