@@ -1,8 +1,8 @@
-"""Dynamic embedding tables: rows allocated as raw int64 keys arrive, frequency admission, eviction (issue 14).
+"""Dynamic embedding tables: rows allocated as raw int64 keys arrive, frequency admission, eviction.
 
 Key encoding. A dynamic table is its own key space: its ids are never added to the fused row space of
 the static tables (table offset + id), they are deduplicated per table and travel in a segment of their
-own (embedding.dynamic_dist: one all-to-all carries every segment, counts per segment). So (table, raw id)
+own (embedding.dynamic_tables: one all-to-all carries every segment, counts per segment). So (table, raw id)
 pairs are deduplicated exactly, with no collision between tables or ids and no bits taken from the id:
 any non-negative int64 is a key. The alternatives cost more: the table index in the key's high bits takes
 bits from 64-bit ids (hashes use all of them), a 64-bit hash of (table, id) collides, and deduplicating
@@ -72,7 +72,7 @@ def _table_key(seed: int, salt: int) -> int:
 
 def init_rows(keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype) -> torch.Tensor:
     """Initial rows of keys: uniform(+-bound) from a hash of (seed, table, key, column), like the static tables'
-    rows (sharded.ShardedEmbeddingCollection._init_weights): the same on any rank, slot and device."""
+    rows (storage.RowStorage.init_weights): the same on any rank, slot and device."""
     table_key = _table_key(seed, salt)
     d = torch.arange(dim, dtype=torch.int64, device=keys.device)
     base = splitmix64(keys ^ table_key)
