@@ -3,10 +3,10 @@
 import json
 
 import numpy as np
-from tests.support.criteo_reference import reference
 
 from bench import bench_preprocess
 from pipeline.criteo import PreprocessOptions, preprocess
+from tests.support.criteo_reference import reference
 
 
 def test_generated_lines_parse_like_the_reference(tmp_path):

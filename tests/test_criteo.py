@@ -2,11 +2,11 @@ import json
 
 import numpy as np
 import pytest
-from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
 from pipeline.criteo import CriteoFormatError, PreprocessOptions, convert, preprocess
 from pipeline.dataset import BinaryDataset, DatasetError
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 
 def _three_files(tmp_path, lines):

@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
 from pipeline.criteo import CriteoFormatError, PreprocessOptions, convert, preprocess
 from pipeline.criteo import pool as pool_module
 from pipeline.criteo.pool import ProcessPool, WorkerDied
 from pipeline.criteo.work import iter_tasks
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 CHUNK = 16  # lines per piece: every input below is cut into many pieces
 

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline import criteo
 from pipeline.criteo import PreprocessOptions, VocabularyError, preprocess
 from pipeline.dataset import BinaryDataset
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 
 def _sparse(out):

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from tests.support.criteo_reference import make_lines, write_tsv
 
 from pipeline.criteo import PreprocessOptions, preprocess
 from pipeline.dali_reader import DALI_AVAILABLE, DaliBatchReader
 from pipeline.dataset import BinaryDataset
+from tests.support.criteo_reference import make_lines, write_tsv
 
 pytestmark = pytest.mark.skipif(not DALI_AVAILABLE, reason="NVIDIA DALI is not installed (the [dali] extra)")
 

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 from pipeline.criteo import PreprocessOptions, preprocess
 from pipeline.dataset import BinaryDataset, DatasetError, default_ranges, parse_range
+from tests.support.criteo_reference import make_lines, reference, write_tsv
 
 ROWS = 301
 

@@ -4,7 +4,6 @@ training at W = 1, 2 and 4, and config errors that name the key."""
 import pytest
 import torch
 import torch.distributed as dist
-from tests.support.criteo_reference import make_lines, write_tsv
 
 import train
 from config import ConfigError, load_config
@@ -12,6 +11,7 @@ from pipeline.batch import Batch, KeyedJagged
 from pipeline.metrics import StageTimer
 from pipeline.multihot import MultiHot
 from pipeline.train_pipeline import SparseDistPipeline
+from tests.support.criteo_reference import make_lines, write_tsv
 from tests.support.dist_utils import run_distributed
 
 MLPERF_SIZES = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tests.support.synthetic_reference import ReferenceSyntheticData
 
 import train
 from config import load_config
 from pipeline.metrics import auc
 from pipeline.synthetic import SyntheticData, SyntheticFeature, zipf_ids
+from tests.support.synthetic_reference import ReferenceSyntheticData
 
 FEATURES = [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 1000, 0, 4), SyntheticFeature("c", 1, 1000, 2, 2)]
 
