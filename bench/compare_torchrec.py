@@ -151,7 +151,7 @@ def dense_optimizer_factory(o):
 def copy_initial_rows(dmp, tables, seed: int) -> None:
     """Overwrite TorchRec's random init with RecFuse's: both start from the same tables."""
     ref = EmbeddingCollection(tables, SparseOptimizerConfig("sgd"), seed=seed)  # every table, this process
-    full = {t.name: ref.weight[int(ref.local_base[i]) : int(ref.local_base[i]) + t.num_embeddings]
+    full = {t.name: ref.weight[ref.layout.base[i] : ref.layout.base[i] + t.num_embeddings]
             for i, t in enumerate(tables)}
     copied = set()
     with torch.no_grad():

@@ -1,7 +1,8 @@
 """Embedding tables: resolution, sharding plan, the (sharded) embedding collection."""
 
 from embedding.planner import ShardingPlan, TablePlacement, plan_sharding
-from embedding.sharded import EmbeddingCollection, ShardedEmbeddingCollection, SparseDist, SparseOptimizerConfig
+from embedding.sharded import EmbeddingCollection, ShardedEmbeddingCollection, SparseOptimizerConfig
+from embedding.sparse_dist import SparseDist
 from embedding.tables import Table, feature_names, resolve_tables
 
 __all__ = [

@@ -1,43 +1,26 @@
-"""Dynamic embedding tables: rows allocated as raw int64 keys arrive, frequency admission, eviction (issue 14).
+"""DynamicShard: this rank's part of one dynamic table (raw int64 keys, rows given on admission).
 
-Key encoding. A dynamic table is its own key space: its ids are never added to the fused row space of
-the static tables (table offset + id), they are deduplicated per table and travel in a segment of their
-own (embedding.dynamic_dist: one all-to-all carries every segment, counts per segment). So (table, raw id)
-pairs are deduplicated exactly, with no collision between tables or ids and no bits taken from the id:
-any non-negative int64 is a key. The alternatives cost more: the table index in the key's high bits takes
-bits from 64-bit ids (hashes use all of them), a 64-bit hash of (table, id) collides, and deduplicating
-(table, id) pairs in one hash table needs a two-word key that one 64-bit CAS cannot claim. The cost here
-is one dedup pass (and its host sync) per dynamic table.
+Ownership. Key k of table T lives in key shard s = splitmix64(k ^ salt(T)) mod key_shards on rank
+s % W. Everything about a key (row, lookup count, last step seen) depends only on the keys of its
+shard, never on W or memory, so W = 1, 2 and 4 admit and evict the same keys at the same steps.
 
-Ownership. Key k of table T lives in key shard s = splitmix64(k ^ salt(T)) mod key_shards (salt from the
-table's name) on rank s % W. Everything per key (its row, lookup count, last step seen) depends only on
-the keys of its shard, never on W or on where a key sits in memory, so W = 1, 2 and 4 admit and evict
-the same keys at the same steps.
+A DynamicShard holds the hash index (open addressing over int64 slots, kernels.find_or_insert;
+per slot the key's row in the table's storage region, -1 for none yet, its lookup count and the
+last step it was seen) and a pool of rows with a free list (a stack) that evicted keys' rows go
+back to.
 
-Per rank and dynamic table, a DynamicShard holds
-- the hash index: open addressing over int64 slots (kernels.find_or_insert), and per slot the key's row
-  in the table's region of the collection's storage (-1: none yet), its lookup count before admission
-  and the last step it was seen;
-- a pool of rows with a free list (a stack). Rows of evicted keys go back to it.
+Admission (admit_min_freq = N). Lookups are counted exactly in the index (a counting hash table,
+not a sketch). In the step where a key's count reaches N it gets a row (init_rows) and trains from
+that step on; before, it reads the null row (zeros) and gets no update. Its freq starts at the
+lookups counted before that step.
 
-Admission (admit_min_freq = N). The index counts a key's lookups exactly (a counting hash table, not a
-sketch: no error, no false admission; the price is one index slot, 32 bytes / load_factor, per key seen
-and not yet admitted or evicted). In the step where its count reaches N the key gets a row, initialized
-from a hash of (seed, table, key, column) (init_rows), and is trained from that step on; before, its
-lookups read the collection's null row (zeros) and its gradient is dropped. The row's freq starts at the
-lookups counted before the step, so freq is every lookup since the key was (last) first seen.
+Eviction. Keys not seen for more than evict_after_steps steps are forgotten. With evict_when_full
+a key shard keeps capacity / key_shards rows and frees the rows of its least recently seen keys
+(ties: smaller key first; never keys seen in this step); otherwise a rank's pool doubles when
+full, up to its share of max_capacity, beyond which the run stops naming the table.
 
-Eviction. evict_after_steps = K: at each training step, keys whose last sighting is more than K steps
-old are forgotten (row freed, count dropped). Capacity: with evict_when_full the table keeps
-capacity / key_shards rows per key shard, and a shard that would exceed it frees the rows of its least
-recently seen keys (ties: smaller key first; keys seen in this step are never evicted). Otherwise a rank's
-pool doubles when full, up to its share of max_capacity, beyond which the run stops naming the table.
-
-Host syncs. A training step with dynamic tables makes one extra device->host sync for all of them
-together (DynamicShard.prepare returns a few counters: keys inserted, rows to admit, keys expired and,
-under evict_when_full, each key shard's overflow), which decides growth, the capacity policy and the
-metrics. The per-table dedup of input_dist and compute syncs once per table too (for its unique count).
-Evaluation only looks keys up: no admission, no sync beyond input_dist's.
+A training step: prepare -> one host sync for all tables (the counters of Prepared.stats) ->
+absorb -> [the storage grows] -> allocate. Evaluation only looks keys up (find_rows).
 """
 
 from __future__ import annotations
@@ -72,7 +55,7 @@ def _table_key(seed: int, salt: int) -> int:
 
 def init_rows(keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype) -> torch.Tensor:
     """Initial rows of keys: uniform(+-bound) from a hash of (seed, table, key, column), like the static tables'
-    rows (sharded.ShardedEmbeddingCollection._init_weights): the same on any rank, slot and device."""
+    rows (storage.RowStorage.init_weights): the same on any rank, slot and device."""
     table_key = _table_key(seed, salt)
     d = torch.arange(dim, dtype=torch.int64, device=keys.device)
     base = splitmix64(keys ^ table_key)

@@ -74,16 +74,7 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
     budget = memory_budget_bytes or float("inf")
     sizes = {t.name: (dynamic_bytes(t, storage_dtype, optimizer) if t.dynamic else
                       t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer)) for t in tables}
-    chosen = {t.name: "key" if t.dynamic else t.placement if t.placement != "auto" else default_placement for t in tables}
-    for t in tables:
-        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
-            chosen[t.name] = "replicated"
-    even_share = sum(sizes[t.name] for t in tables if chosen[t.name] != "replicated") / world_size
-    for t in tables:
-        if chosen[t.name] == "auto":
-            too_big = world_size > 1 and sizes[t.name] > min(budget, even_share)
-            chosen[t.name] = "row" if too_big else "table"
-
+    chosen = _choose(tables, world_size, sizes, default_placement, replicate_below_bytes, budget)
     load_bytes = [0] * world_size
     load_lookups = [0.0] * world_size
     for t in tables:
@@ -120,6 +111,29 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
         plan.placements[t.name] = TablePlacement("table", owner, per)
     plan.placements = {t.name: plan.placements[t.name] for t in tables}
 
+    _check_budget(plan, tables, sizes, chosen, budget)
+    return plan
+
+
+def _choose(tables: list[Table], world_size: int, sizes: dict[str, int], default_placement: str,
+            replicate_below_bytes: int, budget: float) -> dict[str, str]:
+    """Every table's placement kind (plan_sharding's rules for auto)."""
+    chosen = {t.name: "key" if t.dynamic else t.placement if t.placement != "auto" else default_placement
+              for t in tables}
+    for t in tables:
+        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
+            chosen[t.name] = "replicated"
+    even_share = sum(sizes[t.name] for t in tables if chosen[t.name] != "replicated") / world_size
+    for t in tables:
+        if chosen[t.name] == "auto":
+            too_big = world_size > 1 and sizes[t.name] > min(budget, even_share)
+            chosen[t.name] = "row" if too_big else "table"
+    return chosen
+
+
+def _check_budget(plan: ShardingPlan, tables: list[Table], sizes: dict[str, int], chosen: dict[str, str],
+                  budget: float) -> None:
+    """Raise ValueError naming the ranks over budget (by how much) and the largest tables."""
     over = [(r, b) for r, b in enumerate(plan.rank_bytes()) if b > budget]
     if over:
         culprits = ", ".join(f"{t.name} ({_human(sizes[t.name])}, {chosen[t.name]})"
@@ -127,4 +141,3 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
         worst = ", ".join(f"rank {r} needs {_human(b)}, over by {_human(b - budget)}" for r, b in over)
         raise ValueError(f"sharding plan does not fit embedding.memory_budget_bytes={_human(budget)}: {worst}; "
                          f"largest tables: {culprits}")
-    return plan

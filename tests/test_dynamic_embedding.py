@@ -16,8 +16,8 @@ def dynamic(name, features=None, pooling="sum", **spec):
     return Table(name, 100, 4, pooling, tuple(features or (name,)), dynamic=DynamicSpec(**spec))
 
 
-def collection(tables, optimizer="sgd", lr=0.5, seed=1):
-    return EmbeddingCollection(tables, SparseOptimizerConfig(optimizer, lr), seed=seed)
+def collection(tables, optimizer="sgd", lr=0.5, seed=1, always_exchange=False):
+    return EmbeddingCollection(tables, SparseOptimizerConfig(optimizer, lr), seed=seed, always_exchange=always_exchange)
 
 
 def step(ec, bags, upstream=None):
@@ -29,7 +29,7 @@ def step(ec, bags, upstream=None):
 
 def initial(ec, name, keys):
     """The row a key gets when admitted: a hash of (seed, table, key, column)."""
-    shard = next(s for s in ec.dynamic.values() if s.name == name)
+    shard = next(s for s in ec.dynamic.shards.values() if s.name == name)
     return init_rows(torch.tensor(keys), ec.seed, table_salt(name), ec.dim, shard.bound, torch.float32)
 
 
@@ -52,8 +52,8 @@ def test_admission_reads_zeros_until_the_nth_lookup_then_trains():
     assert int(rows[k]["freq"]) == 3 and int(rows[k]["last_step"]) == 3  # freq counts the lookups before admission
     metrics = ec.dynamic_metrics()["d"]
     assert (metrics["live"], metrics["pending"], metrics["admitted"]) == (1, 1, 1)
-    for value in ec._tracked().values():  # the zero row the pending key read got no update, no state
-        assert not value[ec.null_row].any()
+    for value in ec.storage.tracked().values():  # the zero row the pending key read got no update, no state
+        assert not value[ec.layout.null_row].any()
 
 
 def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
@@ -67,7 +67,7 @@ def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
     assert ec.dynamic_metrics()["d"]["evicted_total"] == 1
     out = step(ec, {"d": [[1]]})  # back: a fresh row, initialized as the first time (no trace of its training)
     torch.testing.assert_close(out[0, 0], initial(ec, "d", [1])[0], rtol=0, atol=0)
-    assert ec.dynamic[0].pool == 8  # freed rows were reused, nothing grew
+    assert ec.dynamic.shards[0].pool == 8  # freed rows were reused, nothing grew
 
 
 def test_evict_when_full_frees_the_least_recently_seen_key_of_the_shard():
@@ -97,7 +97,7 @@ def test_growth_and_rehash_do_not_change_results():
         ec = collection([dynamic("d", capacity=capacity, load_factor=load_factor, admit_min_freq=2, evict_after_steps=3)],
                         optimizer="adagrad")
         outs = [step(ec, {"d": [keys[i : i + 7], keys[i + 3 : i + 5]]}) for i in range(0, 50, 4)]
-        results.append((outs, state_by_key(ec, "d"), ec.dynamic[0].pool))
+        results.append((outs, state_by_key(ec, "d"), ec.dynamic.shards[0].pool))
     (small_out, small_state, small_pool), (big_out, big_state, _) = results
     assert small_pool > 2  # it grew (and the index, at load factor 0.25, was rehashed on the way)
     assert all(torch.equal(a, b) for a, b in zip(small_out, big_out, strict=True))
@@ -129,13 +129,13 @@ def test_table_and_raw_id_pairs_are_separate_keys():
 def test_evaluation_looks_up_only():
     ec = collection([dynamic("d")])
     step(ec, {"d": [[1, 2]]})
-    before = {k: v.clone() for k, v in ec._tracked().items()}
+    before = {k: v.clone() for k, v in ec.storage.tracked().items()}
     with torch.no_grad():
         out = ec(KeyedJagged.from_lists({"d": [[1], [3, BIG]]}))
     torch.testing.assert_close(out[0, 0], state_by_key(ec, "d")[1]["weight"])
     assert torch.equal(out[1, 0], torch.zeros(4))  # unseen keys: zeros, and no insertion
-    assert sorted(state_by_key(ec, "d")) == [1, 2] and ec.dynamic[0].entries == 2
-    assert all(torch.equal(v, before[k]) for k, v in ec._tracked().items())
+    assert sorted(state_by_key(ec, "d")) == [1, 2] and ec.dynamic.shards[0].entries == 2
+    assert all(torch.equal(v, before[k]) for k, v in ec.storage.tracked().items())
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
@@ -148,8 +148,7 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
                {"s": [[], [2]], "s2": [[1], [1]], "d": [[BIG], []], "e": [[1], [2**50, 7]]}]
     results = []
     for single_rank in (True, False):
-        ec = collection(tables, optimizer=optimizer, lr=0.1)
-        ec.single_rank = single_rank
+        ec = collection(tables, optimizer=optimizer, lr=0.1, always_exchange=not single_rank)
         outs = [step(ec, b, torch.arange(8.0).view(2, 2, 2).repeat(1, 2, 2).sin()) for b in batches * 3]
         results.append((outs, {t: state_by_key(ec, t) for t in ("d", "e")}, ec.full_state_dict()["s"]))
     (a_out, a_dyn, a_static), (b_out, b_dyn, b_static) = results
@@ -168,8 +167,8 @@ def test_digest_depends_on_keys_and_values_not_on_slots_or_rows():
     step(a, {"d": [keys]}, torch.zeros(1, 1, 4))
     for key in reversed(keys):
         step(b, {"d": [[key]]}, torch.zeros(1, 1, 4))
-    assert a.dynamic[0].slot_row.tolist() != b.dynamic[0].slot_row.tolist()
+    assert a.dynamic.shards[0].slot_row.tolist() != b.dynamic.shards[0].slot_row.tolist()
     assert a.table_digests() == b.table_digests()
-    row = int(a.dynamic[0].find_rows(torch.tensor([BIG]))[0]) + a.region[0]
+    row = int(a.dynamic.shards[0].find_rows(torch.tensor([BIG]))[0]) + a.layout.base[0]
     a.weight[row, 2] = torch.nextafter(a.weight[row, 2], torch.tensor(1.0))
     assert a.table_digests() != b.table_digests()

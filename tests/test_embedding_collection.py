@@ -116,7 +116,7 @@ def test_bf16_storage_keeps_fp32_math_close():
         ec32(kjt).sum().backward()
         ec16(kjt).sum().backward()
     torch.testing.assert_close(ec16.weight.float(), ec32.weight, atol=2e-2, rtol=2e-2)
-    assert ec16.weight.dtype == torch.bfloat16 and ec16.momentum1.dtype == torch.float32
+    assert ec16.weight.dtype == torch.bfloat16 and ec16.storage.state["momentum1"].dtype == torch.float32
 
 
 def test_out_of_range_id_names_feature_sample_and_value():
@@ -140,14 +140,13 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
     (dedup, exchange, pool_backward, sparse_update) on one rank computes the same thing, to the bit on CPU."""
     results = []
     for single_rank in (True, False):
-        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2)
-        ec.single_rank = single_rank
+        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2, always_exchange=not single_rank)
         pooled = []
         for batch in BATCHES * 2:
             out = ec(KeyedJagged.from_lists(batch))
             (out * torch.arange(out.numel()).view(out.shape).sin()).sum().backward()
             pooled.append(out.detach())
-        results.append((pooled, {k: v.clone() for k, v in ec._tracked().items()}))
+        results.append((pooled, {k: v.clone() for k, v in ec.storage.tracked().items()}))
     (pooled_a, state_a), (pooled_b, state_b) = results
     assert all(torch.equal(a, b) for a, b in zip(pooled_a, pooled_b, strict=True))
     for key in state_a:

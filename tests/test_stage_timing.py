@@ -44,9 +44,9 @@ def test_collection_attributes_each_phase_to_its_stage(monkeypatch, path):
     delays = DELAYS[path]
     for kernel, (_, seconds) in delays.items():
         monkeypatch.setattr(embedding.sharded, kernel, _slowed(getattr(embedding.sharded, kernel), seconds))
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
-    untimed = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
-    ec.single_rank = untimed.single_rank = path == "single_rank"  # the exchange path also runs on one rank
+    exchange = path == "exchange"  # the exchange path also runs on one rank
+    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1, always_exchange=exchange)
+    untimed = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1, always_exchange=exchange)
     timer = StageTimer(torch.device("cpu"))
     ec.timer = timer
     kjt = KeyedJagged.from_lists(BATCHES[0])

@@ -15,12 +15,12 @@ MASK64 = (1 << 64) - 1
 
 def reference_digest(t: int, weight: torch.Tensor) -> int:
     """The same definition written out on the host over a table's full weights (rows in global order)."""
-    from embedding.sharded import _DIGEST_K1, _DIGEST_K2
+    from embedding.state import DIGEST_K1, DIGEST_K2
 
     key = int(splitmix64(torch.tensor([t + 0x5EED], dtype=torch.int64))[0])
     bits = weight.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     positions = torch.arange(weight.numel(), dtype=torch.int64).view(weight.shape)
-    h = splitmix64(positions * _DIGEST_K1 ^ bits * _DIGEST_K2 ^ key)
+    h = splitmix64(positions * DIGEST_K1 ^ bits * DIGEST_K2 ^ key)
     return sum(int(x) & MASK64 for x in h.flatten()) & MASK64
 
 
