@@ -4,7 +4,7 @@ Keys. Id i of static table t is the key ``table_offsets[t] + i`` of the fused ke
 table-wise -> the table's rank; row-wise -> i % W; replicated -> every rank (each counts itself).
 
 Storage rows on this rank:
-    [replicated | table-wise | row-wise shards | null | scratch | dynamic table regions]
+    [replicated | table-wise | row-wise shards | null | dynamic table regions]
 Replicated tables come first, the same on every rank, so their gradients can be all-reduced densely.
 Row i of a row-wise table is local row i // W on rank i % W. Dynamic tables (embedding.dynamic) have
 no keys here, only a region each, which grows (place_dynamic).
@@ -18,7 +18,7 @@ from embedding.planner import ShardingPlan
 from embedding.tables import Table
 from kernels.unique_partition import owner_of
 
-# storage order of the regions by placement ("key": dynamic tables, after the null and scratch rows)
+# storage order of the regions by placement ("key": dynamic tables, after the null row)
 _REGION_ORDER = {"replicated": 0, "table": 1, "row": 2, "key": 3}
 
 
@@ -61,10 +61,8 @@ class ShardLayout:
         self.num_replicated_rows = sum(n for n, k in zip(self.count, self.kinds, strict=True)
                                        if k == "replicated")
         # with dynamic tables: the null row reads zeros for keys without a row (updates to it are
-        # undone), the scratch row takes writes that must land nowhere
-        self.null_row = self.scratch_row = None
-        if dynamic_rows:
-            self.null_row, self.scratch_row = cursor, cursor + 1
+        # undone)
+        self.null_row = cursor if dynamic_rows else None
         self.num_keys = int(offsets[-1])  # size of the fused key space
         self.num_local_rows, _ = self._place(dynamic_rows)
         self._host_offsets, self._host_owner = offsets, torch.tensor(owner, dtype=torch.int64)
@@ -78,10 +76,10 @@ class ShardLayout:
         self.local_owner = torch.zeros(1, dtype=torch.int64, device=device)
 
     def _place(self, rows: dict[int, int]) -> tuple[int, list[tuple[int, int, int]]]:
-        """Regions of rows[t] rows for the dynamic tables, in table order after the scratch row
+        """Regions of rows[t] rows for the dynamic tables, in table order after the null row
         (host lists only). Returns the storage rows and the copies (old start, new start, rows)
         that keep what is stored."""
-        keep = self.num_static_rows + (2 if rows else 0)
+        keep = self.num_static_rows + (1 if rows else 0)
         moves, cursor = [(0, 0, keep)], keep
         for t, n in rows.items():
             moves.append((self.base[t], cursor, self.count[t]))

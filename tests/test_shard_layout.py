@@ -31,15 +31,15 @@ def test_every_row_has_one_owner_and_one_storage_row(world_size, placement):
         assert [layout.primary(t) for layout in layouts] == [r == 0 or not replicated for r in range(world_size)]
 
 
-def test_replicated_tables_come_first_and_dynamic_regions_grow_after_null_and_scratch():
+def test_replicated_tables_come_first_and_dynamic_regions_grow_after_the_null_row():
     tables = [*TABLES[:3], Table("k", 100, 4, "sum", ("k",), dynamic=DynamicSpec(8, key_shards=4)), TABLES[3]]
     plan = plan_sharding(tables, 2, default_placement="row", replicate_below_bytes=0)
     layout = ShardLayout(tables, plan, 1, 2, "cpu", {3: 4})
     static = layout.num_static_rows
     assert (layout.base[4], layout.count[4]) == (0, 5)  # replicated
     assert [layout.count[t] for t in range(3)] == [5, 3, 1] and static == 5 + 5 + 3 + 1
-    assert (layout.null_row, layout.scratch_row, layout.base[3]) == (static, static + 1, static + 2)
-    assert layout.num_local_rows == static + 2 + 4 and layout.num_keys == 11 + 7 + 3 + 5
-    assert layout.place_dynamic({3: 9}) == [(0, 0, static + 2), (static + 2, static + 2, 4)]
-    assert layout.count[3] == 9 and layout.num_local_rows == static + 2 + 9 == int(layout.local_space[1])
+    assert (layout.null_row, layout.base[3]) == (static, static + 1)
+    assert layout.num_local_rows == static + 1 + 4 and layout.num_keys == 11 + 7 + 3 + 5
+    assert layout.place_dynamic({3: 9}) == [(0, 0, static + 1), (static + 1, static + 1, 4)]
+    assert layout.count[3] == 9 and layout.num_local_rows == static + 1 + 9 == int(layout.local_space[1])
     assert int(layout.local_base[3]) == layout.base[3]
