@@ -91,7 +91,7 @@ class ShardedEmbeddingCollection(nn.Module):
         # last forward + backward
         self.last_exchange_bytes = 0
         self.last_memory_bytes = 0
-        # optional pipeline.metrics.StageTimer: training steps record input_dist, lookup,
+        # optional training.stages.StageTimer: training steps record input_dist, lookup,
         # output_dist, grad_dist and sparse_update into it (evaluation, under no_grad, is not timed)
         self.timer = None
 

@@ -50,7 +50,7 @@ class HostSyncCensus:
 
         with HostSyncCensus() as census:
             step()
-        census.sites   # Counter({"embedding/sharded.py:233 _local_scalar_dense": 1, ...})
+        census.sites   # Counter({"embedding/ids.py:56 _local_scalar_dense": 1, ...})
 
     An upper bound: every tensor counts as a device tensor, except the step counters torch.optim keeps on
     the host. Triton's own calls (its CPU interpreter copies each argument) are not counted. For CPU runs
