@@ -22,11 +22,11 @@ DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
+from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
 from kernels.pool_backward_update import pool_backward_update_reference  # noqa: E402
+from kernels.pool_backward_update_triton import pool_backward_update_triton  # noqa: E402
 from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update_reference  # noqa: E402
-from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
-from kernels.triton_pool_backward_update import pool_backward_update_triton  # noqa: E402
-from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
+from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # local storage rows per size: an owner's shard, not the whole 40M-row tables

@@ -7,7 +7,7 @@ Why: the Triton interpreter (how the kernels are tested on CPU) accepts code the
 rejects, e.g. a kernel reading a plain module-level int. ``triton.compile`` runs the whole
 pipeline (ttir -> ttgir -> llir -> ptx -> cubin) for a ``GPUTarget`` without a device.
 
-What gets compiled is not a hand-written list: each ``kernels/triton_*.py`` module has
+What gets compiled is not a hand-written list: each ``kernels/*_triton.py`` module has
 ``compile_cases()``, which calls its own launchers over the inputs they accept (dtypes, dims
 and block sizes, world sizes, optimizers, poolings, sizes equal to 1, unaligned dims). The
 launchers run on small CPU tensors with a stand-in Triton driver whose JIT cache hook records
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-MODULES = ("kernels.triton_unique_partition", "kernels.triton_gather_pool", "kernels.triton_pool_backward",
-           "kernels.triton_sparse_update", "kernels.triton_pool_backward_update", "kernels.triton_hash_table")
+MODULES = ("kernels.unique_partition_triton", "kernels.gather_pool_triton", "kernels.pool_backward_triton",
+           "kernels.sparse_update_triton", "kernels.pool_backward_update_triton", "kernels.hash_table_triton")
 DEFAULT_ARCHES = (90, 80)
 
 

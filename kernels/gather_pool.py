@@ -13,7 +13,7 @@ def lookup(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows of the owner's local storage: weight [R, D] (any float dtype), rows int64 [K]
     -> float32 [K, D]."""
     if use_triton(weight):
-        from kernels.triton_gather_pool import lookup_triton
+        from kernels.gather_pool_triton import lookup_triton
         return lookup_triton(weight, rows)
     return lookup_reference(weight, rows)
 
@@ -55,6 +55,6 @@ def gather_pool(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor
         float32 [B, F, D]; empty bags give zeros.
     """
     if use_triton(rows):
-        from kernels.triton_gather_pool import gather_pool_triton
+        from kernels.gather_pool_triton import gather_pool_triton
         return gather_pool_triton(rows, inverse, offsets, batch_size, feature_mean)
     return gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean)

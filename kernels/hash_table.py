@@ -111,6 +111,6 @@ def find_or_insert(slot_keys: torch.Tensor, keys: torch.Tensor, insert: bool = T
     """
     _check(slot_keys, keys)
     if use_triton(slot_keys):
-        from kernels.triton_hash_table import find_or_insert_triton
+        from kernels.hash_table_triton import find_or_insert_triton
         return find_or_insert_triton(slot_keys, keys, insert)
     return find_or_insert_reference(slot_keys, keys, insert)

@@ -29,6 +29,6 @@ def pool_backward(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: tor
         (times 1/len for mean-pooled bags).
     """
     if use_triton(grad_pooled):
-        from kernels.triton_pool_backward import pool_backward_triton
+        from kernels.pool_backward_triton import pool_backward_triton
         return pool_backward_triton(grad_pooled, inverse, offsets, feature_mean, num_unique)
     return pool_backward_reference(grad_pooled, inverse, offsets, feature_mean, num_unique)

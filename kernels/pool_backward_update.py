@@ -49,7 +49,7 @@ def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], f
         the number of distinct rows updated.
     """
     if use_triton(weight):
-        from kernels.triton_pool_backward_update import pool_backward_update_triton
+        from kernels.pool_backward_update_triton import pool_backward_update_triton
         return pool_backward_update_triton(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled,
                                            feature_mean, optimizer, lr, eps, beta1, beta2)
     return pool_backward_update_reference(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled,

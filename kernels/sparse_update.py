@@ -86,6 +86,6 @@ def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
             senders already), so the dedup + merge pass is skipped.
     """
     if use_triton(weight):
-        from kernels.triton_sparse_update import sparse_update_triton
+        from kernels.sparse_update_triton import sparse_update_triton
         return sparse_update_triton(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)
     return sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)

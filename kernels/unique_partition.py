@@ -48,7 +48,7 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
         table_owner: int64 [T] owner rank per table, -1 for row-wise tables.
         world_size: number of ranks W.
         key_space: an exclusive bound of the keys known on the host (the total row count), or None.
-            Only a hint for the kernel's strategy (kernels/triton_unique_partition.py); results are the same.
+            Only a hint for the kernel's strategy (kernels/unique_partition_triton.py); results are the same.
     Returns:
         unique_keys int64 [U]: in order of first occurrence in keys, then stably grouped by owner (rank 0's first).
         counts int64 [W] number of unique keys per owner.
@@ -56,6 +56,6 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
     The Triton kernel and this reference return identical tensors.
     """
     if use_triton(keys):
-        from kernels.triton_unique_partition import unique_partition_triton
+        from kernels.unique_partition_triton import unique_partition_triton
         return unique_partition_triton(keys, table_offsets, table_owner, world_size, key_space)
     return unique_partition_reference(keys, table_offsets, table_owner, world_size)

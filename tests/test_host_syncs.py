@@ -84,7 +84,7 @@ def test_single_rank_kaggle_step_makes_two_syncs(tmp_path):
     assert profile["steps"] == 2
     sites = {site.split(":")[0] + " " + site.split(" ")[1]: n for site, n in profile["sync_sites"].items()}
     assert sites == {"embedding/sharded.py _local_scalar_dense": 1.0,
-                     "kernels/triton_pool_backward_update.py nonzero": 1.0}, profile["sync_sites"]
+                     "kernels/pool_backward_update_triton.py nonzero": 1.0}, profile["sync_sites"]
     assert profile["predicted_syncs_per_step"] == 2.0 <= 3
 
 
@@ -94,5 +94,5 @@ def test_two_rank_step_makes_one_sync_per_exchange_decision(tmp_path):
     ranks' split sizes at once, the owner's dedup count, and the replicated tables' touched rows."""
     profile = _profile(tmp_path, 2, "configs/tiny.toml", "--train.global_batch_size", "32")
     files = sorted(site.split(":")[0] for site, n in profile["sync_sites"].items() for _ in range(int(n)))
-    assert files == ["embedding/sharded.py"] * 3 + ["kernels/triton_unique_partition.py"] * 2, profile["sync_sites"]
+    assert files == ["embedding/sharded.py"] * 3 + ["kernels/unique_partition_triton.py"] * 2, profile["sync_sites"]
     assert profile["predicted_syncs_per_step"] == 5.0

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_bags, column_block, column_mask, row_align
-from kernels.triton_sparse_update import _OPTIMIZER_ID, _check_state
+from kernels.common_triton import check_bags, column_block, column_mask, row_align
+from kernels.sparse_update_triton import _OPTIMIZER_ID, _check_state
 
 CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
 BLOCK_V = 8  # values summed per step
@@ -104,14 +104,14 @@ def _segment_update_kernel(
     last_step_ptr,   # int64 [R] set to step for every updated row
     step,            # this update's step number
     optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # as in triton_sparse_update
+    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # as in sparse_update_triton
     partial_ptr,     # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
     long_index_ptr,  # int64 [U] index of each long segment among the long ones
     long_seg_ptr,    # int64 [num_long_bound] out: segment of each long segment index
     num_long_bound,  # rows of partial_ptr
     CHUNK: tl.constexpr,    # values per work item
     BLOCK_V: tl.constexpr,  # values summed per step
-    BLOCK_D: tl.constexpr,  # columns per step (one of triton_common.BLOCK_DS)
+    BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
     ALIGN: tl.constexpr,    # divides D and weight_stride (row_align)
 ):
     item = tl.program_id(0).to(tl.int64)

@@ -1,6 +1,6 @@
 """Triton owner-side sparse optimizer: merge duplicate rows, then one fused update kernel.
 
-1. Dedup the touched rows with ``triton_unique_partition`` (one owner, one table, the direct
+1. Dedup the touched rows with ``unique_partition_triton`` (one owner, one table, the direct
    map over the local rows): no sort, one host sync to size the unique set.
 2. ``_merge_kernel`` sums the gradients of duplicate rows into grad_unique [U, D] with fp32
    atomics (order-dependent to fp32 round-off only).
@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import column_block, column_mask, row_align
-from kernels.triton_unique_partition import unique_partition_triton
+from kernels.common_triton import column_block, column_mask, row_align
+from kernels.unique_partition_triton import unique_partition_triton
 
 _OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
 # one program holds BLOCK_R x BLOCK_D fp32 values of each operand in registers
@@ -37,8 +37,8 @@ def _merge_kernel(
     num_grads,      # K
     dim,            # D
     BLOCK_K: tl.constexpr,  # gradient rows per program
-    BLOCK_D: tl.constexpr,  # columns per program (one of triton_gather_pool.BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D (triton_gather_pool.row_align)
+    BLOCK_D: tl.constexpr,  # columns per program (one of gather_pool_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (gather_pool_triton.row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -74,8 +74,8 @@ def _update_kernel(
     log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
     log2_beta2,      # log2(beta2), same
     BLOCK_R: tl.constexpr,    # unique rows per program
-    BLOCK_D: tl.constexpr,    # columns per step along the row (one of triton_gather_pool.BLOCK_DS)
-    ALIGN: tl.constexpr,      # divides D and weight_stride (triton_gather_pool.row_align)
+    BLOCK_D: tl.constexpr,    # columns per step along the row (one of gather_pool_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,      # divides D and weight_stride (gather_pool_triton.row_align)
 ):
     pid = tl.program_id(0)
     u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)

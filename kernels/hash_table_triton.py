@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Globals read inside a kernel must be tl.constexpr (kernels/triton_unique_partition.py says why)
+# Globals read inside a kernel must be tl.constexpr (kernels/unique_partition_triton.py says why)
 _EMPTY = tl.constexpr(-1)
 _TOMBSTONE = tl.constexpr(-2)
 _NEVER = tl.constexpr(-3)  # no slot ever holds it: a CAS comparing against it is a read
