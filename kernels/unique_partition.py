@@ -1,22 +1,12 @@
 """Fused unique + partition-by-owner of embedding keys (input_dist's first step).
 
-keys are global fused-row ids (table row offset + id). Each key's owner rank comes from
-its table: ``table_owner[t] >= 0`` means the whole table lives on that rank (table-wise,
-or replicated with the local rank as owner); ``-1`` means row-wise, owner = row % W.
+keys are global fused-row ids (table row offset + id), owners as in kernels.ownership.
 """
 
 import torch
 
 from kernels._dispatch import use_triton
-
-
-def owner_of(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-             world_size: int) -> torch.Tensor:
-    """Owner rank of each key (int64, same shape as keys)."""
-    table = torch.searchsorted(table_offsets, keys, right=True) - 1
-    row = keys - table_offsets[table]
-    owner = table_owner[table]
-    return torch.where(owner >= 0, owner, row % world_size)
+from kernels.ownership import owner_of
 
 
 def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
