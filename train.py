@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 from config import Config, TableConfig, load_config, to_dict
-from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, plan_sharding, resolve_tables
+from embedding import ShardedEmbeddingCollection, SparseOptimizer, plan_sharding, resolve_tables
 from models import build_model
 from models.flops import dense_flops_per_sample
 from models.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
@@ -171,7 +171,7 @@ def build(cfg: Config, rank: int, world_size: int, device: torch.device, group) 
                          replicate_below_bytes=cfg.embedding.replicate_below_bytes,
                          memory_budget_bytes=cfg.embedding.memory_budget_bytes)
     embeddings = ShardedEmbeddingCollection(
-        tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
+        tables, plan, SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
         rank=rank, world_size=world_size, group=group, device=device, seed=cfg.run.seed,
         storage_dtype=cfg.embedding.storage_dtype, exchange_dtype=cfg.embedding.exchange_dtype)
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size

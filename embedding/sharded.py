@@ -30,8 +30,8 @@ from embedding.planner import ShardingPlan, plan_sharding
 from embedding.state import _DIGEST_K1, _DIGEST_K2, EmbeddingStateMixin  # noqa: F401 - the digest's constants live here too
 from embedding.tables import STORAGE_DTYPES, Table, feature_names
 from kernels import (
+    SparseOptimizer,
     gather_pool,
-    init_sparse_state,
     lookup,
     pool_backward,
     pool_backward_update,
@@ -39,15 +39,6 @@ from kernels import (
     unique_partition,
 )
 from kernels.hashing import splitmix64, uniform
-
-
-@dataclass
-class SparseOptimizerConfig:
-    name: str = "adagrad"  # sgd, adagrad (row-wise) or adam (lazy)
-    lr: float = 0.05
-    eps: float = 1e-8
-    beta1: float = 0.9
-    beta2: float = 0.999
 
 
 @dataclass
@@ -86,7 +77,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
     1/W: each rank's loss is a mean over its B = global/W samples, as DDP averages dense grads).
     """
 
-    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizerConfig, *,
+    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizer, *,
                  rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
                  storage_dtype: str = "float32", exchange_dtype: str = "fp32"):
         super().__init__()
@@ -150,7 +141,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
                              persistent=False)
         # the tables are made on the device: a host copy of 10s of GB would be slow and may not fit
         self.register_buffer("weight", torch.empty(cursor, self.dim, dtype=STORAGE_DTYPES[storage_dtype], device=device))
-        for name, tensor in init_sparse_state(optimizer.name, cursor, self.dim, device).items():
+        for name, tensor in optimizer.init_state(cursor, self.dim, device).items():
             self.register_buffer(name, tensor)
         # access statistics (DeepRec EV export): lookups per row (every id occurrence in a bag counts,
         # counted by the requester and sent with the gradients, so totals do not depend on W) and the
@@ -200,7 +191,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
                 self.weight[base + start : base + start + chunk.numel()] = values.to(self.weight.dtype)
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in init_sparse_state(self.optimizer.name, 0, self.dim, "cpu")}
+        return {name: getattr(self, name) for name in self.optimizer.state_names}
 
     def _tracked(self) -> dict[str, torch.Tensor]:
         """Everything stored per local row: weights, optimizer state, access statistics."""
@@ -317,8 +308,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
             with self._stage("sparse_update"):
                 self.num_updates += 1
                 updated = pool_backward_update(self.weight, self._state(), self.freq, self.last_step, self.num_updates,
-                                               sd.value_rows, sd.offsets, grad_pooled, self.feature_mean, o.name, o.lr,
-                                               o.eps, o.beta1, o.beta2)
+                                               sd.value_rows, sd.offsets, grad_pooled, self.feature_mean, o)
                 if self.dynamic:
                     self._reset_null_row()
             self.last_exchange_bytes = 0
@@ -330,7 +320,7 @@ class ShardedEmbeddingCollection(EmbeddingStateMixin, DynamicDistMixin, nn.Modul
             self.num_updates += 1
             self.freq.index_add_(0, rows, counts)
             self.last_step[rows] = self.num_updates
-            sparse_update(self.weight, rows, grads, self._state(), o.name, o.lr, o.eps, o.beta1, o.beta2,
+            sparse_update(self.weight, rows, grads, self._state(), o,
                           rows_unique=True)  # merged across senders in _gradients_to_owners
             if self.dynamic:
                 self._reset_null_row()
@@ -434,7 +424,7 @@ class _ShardedLookup(torch.autograd.Function):
 class EmbeddingCollection(ShardedEmbeddingCollection):
     """Single-process collection: every table on this process, same code path as the sharded one."""
 
-    def __init__(self, tables: list[Table], optimizer: SparseOptimizerConfig, *, device="cpu", seed: int = 0,
+    def __init__(self, tables: list[Table], optimizer: SparseOptimizer, *, device="cpu", seed: int = 0,
                  storage_dtype: str = "float32"):
         plan = plan_sharding(tables, 1, storage_dtype=storage_dtype, optimizer=optimizer.name, default_placement="table")
         super().__init__(tables, plan, optimizer, device=device, seed=seed, storage_dtype=storage_dtype)

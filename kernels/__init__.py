@@ -12,14 +12,16 @@ from kernels.gather_pool import gather_pool, lookup
 from kernels.hash_table import find_or_insert
 from kernels.pool_backward import pool_backward
 from kernels.pool_backward_update import pool_backward_update
-from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update
+from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer, SparseOptimizerName
+from kernels.sparse_update import sparse_update
 from kernels.unique_partition import unique_partition
 
 __all__ = [
     "SPARSE_OPTIMIZERS",
+    "SparseOptimizer",
+    "SparseOptimizerName",
     "find_or_insert",
     "gather_pool",
-    "init_sparse_state",
     "lookup",
     "pool_backward",
     "pool_backward_update",

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from kernels.common_triton import check_bags, column_block, column_mask, row_align
-from kernels.sparse_update_triton import _OPTIMIZER_ID, _check_state
+from kernels.sparse_optimizer import SparseOptimizer
+from kernels.sparse_update_triton import _OPTIMIZER_ID
 
 CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
 BLOCK_V = 8  # values summed per step
@@ -230,10 +231,8 @@ def _segments(value_rows: torch.Tensor, offsets: torch.Tensor, feature_mean: tor
 
 
 def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
-                                optimizer, lr, eps=1e-8, beta1=0.9, beta2=0.999) -> int:
+                                optimizer: SparseOptimizer) -> int:
     """Same contract as kernels.pool_backward_update.pool_backward_update (in place)."""
-    if optimizer not in _OPTIMIZER_ID:
-        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.stride(1) != 1:
         raise ValueError(f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
                          f"{tuple(weight.shape)}")
@@ -247,7 +246,7 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
         if t.dtype != torch.int64 or t.shape != (weight.shape[0],) or t.device != weight.device:
             raise ValueError(f"{name} must be int64 [{weight.shape[0]}] on {weight.device}, got {t.dtype} "
                              f"{tuple(t.shape)} on {t.device}")
-    _check_state(state, optimizer, weight)
+    optimizer.check_state(state, weight)
     n = value_rows.numel()
     if n == 0 or dim == 0:
         return 0
@@ -274,9 +273,10 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
     m1 = state.get("momentum1", value_rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", value_rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", value_rows.new_empty(1, dtype=torch.int64))
-    hyper = (lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, math.log2(beta1) if beta1 > 0 else -math.inf,
-             math.log2(beta2) if beta2 > 0 else -math.inf)
-    opt = _OPTIMIZER_ID[optimizer]
+    o = optimizer
+    hyper = (o.lr, o.eps, o.beta1, o.beta2, 1.0 - o.beta1, 1.0 - o.beta2,
+             math.log2(o.beta1) if o.beta1 > 0 else -math.inf, math.log2(o.beta2) if o.beta2 > 0 else -math.inf)
+    opt = _OPTIMIZER_ID[o.name]
     grad = grad_pooled.contiguous()
     _segment_update_kernel[(num_items_bound,)](
         item_seg, item_start, seg_start, seg_row, grad_row, scale, grad, num_segments, dim,
@@ -293,8 +293,7 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
     each storage dtype x (BLOCK_D, ALIGN) class; the optimizer is a runtime argument."""
-    from kernels.sparse_update import init_sparse_state
-
+    adagrad = SparseOptimizer("adagrad", 0.1)
     offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
     value_rows = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -302,5 +301,5 @@ def compile_cases():
             weight = torch.zeros(8, dim, dtype=dtype)
             freq, last = torch.zeros(8, dtype=torch.int64), torch.zeros(8, dtype=torch.int64)
             yield lambda w=weight, f=freq, s=last, d=dim: pool_backward_update_triton(
-                w, init_sparse_state("adagrad", 8, d, "cpu"), f, s, 1, value_rows, offsets, torch.zeros(2, 2, d),
-                torch.tensor([True, False]), "adagrad", 0.1)
+                w, adagrad.init_state(8, d, "cpu"), f, s, 1, value_rows, offsets, torch.zeros(2, 2, d),
+                torch.tensor([True, False]), adagrad)

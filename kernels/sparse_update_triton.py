@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.common_triton import column_block, column_mask, row_align
+from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
 from kernels.unique_partition_triton import unique_partition_triton
 
 _OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
@@ -126,29 +127,9 @@ def _update_kernel(
         tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_state(state, optimizer, weight):
-    num_rows, dim = weight.shape
-    expected = {
-        "sgd": {},
-        "adagrad": {"momentum1": ((num_rows,), torch.float32)},
-        "adam": {"momentum1": ((num_rows, dim), torch.float32), "momentum2": ((num_rows, dim), torch.float32),
-                 "row_steps": ((num_rows,), torch.int64)},
-    }[optimizer]
-    for name, (shape, dtype) in expected.items():
-        t = state.get(name)
-        if t is None:
-            raise ValueError(f"{optimizer} state is missing {name!r} (see kernels.sparse_update.init_sparse_state)")
-        if tuple(t.shape) != shape or t.dtype != dtype or t.device != weight.device or not t.is_contiguous():
-            raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} on "
-                             f"{weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-
-
 def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                         state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
-                         beta1: float = 0.9, beta2: float = 0.999, rows_unique: bool = False) -> None:
+                         state: dict[str, torch.Tensor], optimizer: SparseOptimizer, rows_unique: bool = False) -> None:
     """Same contract as kernels.sparse_update.sparse_update (in place)."""
-    if optimizer not in _OPTIMIZER_ID:
-        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}")
     if weight.stride(1) != 1:
@@ -161,7 +142,7 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     for name, t in (("rows", rows), ("grads", grads)):
         if t.device != weight.device:
             raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
-    _check_state(state, optimizer, weight)
+    optimizer.check_state(state, weight)
     if rows.numel() == 0 or dim == 0:
         return
 
@@ -186,10 +167,11 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     m1 = state.get("momentum1", rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
+    o = optimizer
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
-        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, _OPTIMIZER_ID[optimizer],
-        lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2,
-        math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
+        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, _OPTIMIZER_ID[o.name],
+        o.lr, o.eps, o.beta1, o.beta2, 1.0 - o.beta1, 1.0 - o.beta2,
+        math.log2(o.beta1) if o.beta1 > 0 else -math.inf, math.log2(o.beta2) if o.beta2 > 0 else -math.inf,
         BLOCK_R=block_r, BLOCK_D=block_d, ALIGN=row_align(dim, weight.stride(0)),
     )
 
@@ -197,16 +179,14 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
     each storage dtype x (BLOCK_D, ALIGN) class, every optimizer, merged or unique rows."""
-    from kernels.sparse_update import init_sparse_state
-
     dims = (3, 16, 100, 128)  # every (BLOCK_D, ALIGN) class
     rows = torch.tensor([3, 3, 0, 5], dtype=torch.int64)
-    for optimizer in _OPTIMIZER_ID:
+    for optimizer in (SparseOptimizer(name, 0.1) for name in SPARSE_OPTIMIZERS):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for dim in dims:
                 def case(o=optimizer, t=dtype, d=dim):
                     weight = torch.zeros(8, d, dtype=t)
-                    state = init_sparse_state(o, 8, d, "cpu")
-                    sparse_update_triton(weight, rows, torch.zeros(4, d), state, o, 0.1)
-                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, 0.1, rows_unique=True)
+                    state = o.init_state(8, d, "cpu")
+                    sparse_update_triton(weight, rows, torch.zeros(4, d), state, o)
+                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, rows_unique=True)
                 yield case

@@ -25,7 +25,8 @@ from kernels.gather_pool import gather_pool_reference, lookup_reference  # noqa:
 from kernels.gather_pool_triton import _gather_pool_kernel, gather_pool_triton, lookup_triton  # noqa: E402
 from kernels.pool_backward import pool_backward_reference  # noqa: E402
 from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
-from kernels.sparse_update import init_sparse_state, sparse_update_reference  # noqa: E402
+from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
+from kernels.sparse_update import sparse_update_reference  # noqa: E402
 from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
 from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
@@ -239,11 +240,12 @@ ROW_PATTERNS = {"duplicates": [3, 3, 0, 9, 3, 5], "one": [4], "empty": [], "uniq
 def run_sparse_update(update, optimizer, dim, dtype, pattern, device="cpu"):
     gen = torch.Generator().manual_seed(dim * 7 + len(pattern))
     weight = torch.randn(10, dim, generator=gen).to(dtype).to(device)
-    state = init_sparse_state(optimizer, 10, dim, device)
+    opt = SparseOptimizer(optimizer, 0.1)
+    state = opt.init_state(10, dim, device)
     rows = torch.tensor(ROW_PATTERNS[pattern], dtype=torch.int64, device=device)
     for _ in range(2):  # the second step exercises non-zero state and adam's per-row steps
         grads = torch.randn(rows.numel(), dim, generator=gen).to(device)
-        update(weight, rows, grads, state, optimizer, 0.1)
+        update(weight, rows, grads, state, opt)
     return weight.cpu(), {k: v.cpu() for k, v in state.items()}
 
 
@@ -292,11 +294,11 @@ def test_sparse_update_rejects_bad_input():
     weight = torch.zeros(4, 3)
     rows = torch.tensor([1], dtype=torch.int64)
     with pytest.raises(ValueError, match="unknown sparse optimizer"):
-        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "rmsprop", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, SparseOptimizer("rmsprop", 0.1))
     with pytest.raises(ValueError, match="momentum1"):
-        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "adagrad", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, SparseOptimizer("adagrad", 0.1))
     with pytest.raises(ValueError, match="grads"):
-        sparse_update_triton(weight, rows, torch.zeros(2, 3), {}, "sgd", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(2, 3), {}, SparseOptimizer("sgd", 0.1))
 
 
 # ---------------------------------------------------------------------------------------------

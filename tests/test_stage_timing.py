@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import embedding.sharded
-from embedding import EmbeddingCollection, SparseOptimizerConfig
+from embedding import EmbeddingCollection, SparseOptimizer
 from pipeline.batch import KeyedJagged
 from pipeline.metrics import EXCHANGE_STAGES, STAGES, StageTimer
 from tests.test_embedding_collection import BATCHES, TABLES
@@ -44,8 +44,8 @@ def test_collection_attributes_each_phase_to_its_stage(monkeypatch, path):
     delays = DELAYS[path]
     for kernel, (_, seconds) in delays.items():
         monkeypatch.setattr(embedding.sharded, kernel, _slowed(getattr(embedding.sharded, kernel), seconds))
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
-    untimed = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1)
+    ec = EmbeddingCollection(TABLES, SparseOptimizer("adagrad", 0.1), seed=1)
+    untimed = EmbeddingCollection(TABLES, SparseOptimizer("adagrad", 0.1), seed=1)
     ec.single_rank = untimed.single_rank = path == "single_rank"  # the exchange path also runs on one rank
     timer = StageTimer(torch.device("cpu"))
     ec.timer = timer
