@@ -13,10 +13,8 @@ into a small fp32 buffer with atomics, and ``_long_update_kernel`` updates those
 
 No [U, D] gradient is written or read back, unlike pool_backward + sparse_update; short segments
 are summed in a fixed order, so the result is deterministic run to run (long ones to fp32
-round-off). Optimizer math follows kernels.sparse_update.
+round-off). The optimizer's row math: kernels.sparse_optimizer_triton.
 """
-
-import math
 
 import torch
 import triton
@@ -24,7 +22,7 @@ import triton.language as tl
 
 from kernels.common_triton import check_bags, column_block, column_mask, row_align
 from kernels.sparse_optimizer import SparseOptimizer
-from kernels.sparse_update_triton import _OPTIMIZER_ID
+from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
 
 CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
 BLOCK_V = 8  # values summed per step
@@ -48,43 +46,6 @@ def _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, d, d_mask, dim,
     return acc
 
 
-@triton.jit
-def _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, mask, g, optimizer, lr, eps, beta1, beta2,
-                    one_minus_beta1, one_minus_beta2, denom, bias1, bias2):
-    """One optimizer step on columns d of one row, given its gradient g (fp32 math, storage dtype kept)."""
-    w = tl.load(weight_ptr + w_base + d, mask=mask, other=0.0).to(tl.float32)
-    if optimizer == 0:
-        w = w - lr * g
-    elif optimizer == 1:
-        w = w - lr * g / denom
-    else:
-        m1 = beta1 * tl.load(m1_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta1 * g
-        m2 = beta2 * tl.load(m2_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta2 * g * g
-        tl.store(m1_ptr + s_base + d, m1, mask=mask)
-        tl.store(m2_ptr + s_base + d, m2, mask=mask)
-        w = w - lr * (m1 / bias1) / (tl.sqrt(m2 / bias2) + eps)
-    tl.store(weight_ptr + w_base + d, w.to(weight_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active):
-    """(denom, bias1, bias2) of a row, updating its Adagrad accumulator or Adam step count (scalar row)."""
-    denom = tl.full((), 1.0, tl.float32)
-    bias1 = tl.full((), 1.0, tl.float32)
-    bias2 = tl.full((), 1.0, tl.float32)
-    if optimizer == 1:
-        acc = tl.load(m1_ptr + row, mask=active, other=0.0) + sq / dim
-        tl.store(m1_ptr + row, acc, mask=active)
-        denom = tl.sqrt(acc) + eps
-    elif optimizer == 2:
-        t = tl.load(steps_ptr + row, mask=active, other=0) + 1
-        tl.store(steps_ptr + row, t, mask=active)
-        tf = t.to(tl.float32)
-        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
-        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
-    return denom, bias1, bias2
-
-
 @triton.jit(do_not_specialize=_SIZES)
 def _segment_update_kernel(
     item_seg_ptr,    # int64 [>= items] segment of each work item (valid below item_start[U])
@@ -104,8 +65,8 @@ def _segment_update_kernel(
     freq_ptr,        # int64 [R] lookups per row, += segment length
     last_step_ptr,   # int64 [R] set to step for every updated row
     step,            # this update's step number
-    optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # as in sparse_update_triton
+    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
+    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # sparse_optimizer_triton.kernel_args
     partial_ptr,     # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
     long_index_ptr,  # int64 [U] index of each long segment among the long ones
     long_seg_ptr,    # int64 [num_long_bound] out: segment of each long segment index
@@ -145,24 +106,24 @@ def _segment_update_kernel(
     else:
         row = tl.load(seg_row_ptr + s)
         sq = tl.sum(acc0 * acc0)
-        if optimizer == 1:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
             for d0 in range(BLOCK_D, dim, BLOCK_D):
                 cols = d0 + d
                 acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN),
                                   dim, BLOCK_V, BLOCK_D, ALIGN)
                 sq += tl.sum(acc * acc)
-        denom, bias1, bias2 = _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
-                                           active)
+        denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
+                                          active)
         w_base = tl.multiple_of(row * weight_stride, ALIGN)
         s_base = tl.multiple_of(row * dim, ALIGN)
-        _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, first_write, acc0, optimizer, lr, eps,
-                        beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, first_write, acc0, optimizer, lr, eps,
+                       beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
         for d0 in range(BLOCK_D, dim, BLOCK_D):
             cols = d0 + d
             acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN), dim,
                               BLOCK_V, BLOCK_D, ALIGN)
-            _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, column_mask(cols, bound, ALIGN), acc,
-                            optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+            update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, column_mask(cols, bound, ALIGN), acc,
+                           optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
         tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + (seg_hi - seg_lo), mask=active)
         tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
 
@@ -190,20 +151,20 @@ def _long_update_kernel(
     p_base = tl.multiple_of(li * dim, ALIGN)
     bound = tl.where(active, dim, 0)  # see _segment_update_kernel
     sq = tl.full((), 0.0, tl.float32)
-    if optimizer == 1:
+    if optimizer == ADAGRAD:
         for d0 in range(0, dim, BLOCK_D):
             cols = d0 + d
             g = tl.load(partial_ptr + p_base + cols, mask=column_mask(cols, bound, ALIGN), other=0.0)
             sq += tl.sum(g * g)
-    denom, bias1, bias2 = _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active)
+    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     for d0 in range(0, dim, BLOCK_D):
         cols = d0 + d
         mask = column_mask(cols, bound, ALIGN)
         g = tl.load(partial_ptr + p_base + cols, mask=mask, other=0.0)
-        _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, mask, g, optimizer, lr, eps, beta1, beta2,
-                        one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, mask, g, optimizer, lr, eps, beta1, beta2,
+                       one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
     length = tl.load(seg_start_ptr + s + 1) - tl.load(seg_start_ptr + s)
     tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + length, mask=active)
     tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
@@ -273,19 +234,16 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
     m1 = state.get("momentum1", value_rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", value_rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", value_rows.new_empty(1, dtype=torch.int64))
-    o = optimizer
-    hyper = (o.lr, o.eps, o.beta1, o.beta2, 1.0 - o.beta1, 1.0 - o.beta2,
-             math.log2(o.beta1) if o.beta1 > 0 else -math.inf, math.log2(o.beta2) if o.beta2 > 0 else -math.inf)
-    opt = _OPTIMIZER_ID[o.name]
+    hyper = kernel_args(optimizer)
     grad = grad_pooled.contiguous()
     _segment_update_kernel[(num_items_bound,)](
         item_seg, item_start, seg_start, seg_row, grad_row, scale, grad, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, opt, *hyper,
+        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper,
         partial, long_index, long_seg, num_long_bound,
         CHUNK=CHUNK, BLOCK_V=BLOCK_V, BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
     _long_update_kernel[(num_long_bound,)](
         num_long, long_seg, partial, seg_start, seg_row, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, opt, *hyper, num_long_bound,
+        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper, num_long_bound,
         BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
     return num_segments
 

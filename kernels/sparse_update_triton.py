@@ -9,13 +9,9 @@
    in BLOCK_D-column chunks; row-wise Adagrad first sums g^2 over the whole row (its mean
    scales every column), then updates.
 
-Math and state layout follow kernels.sparse_update (FBGEMM's fused table-batched embedding).
-The optimizer is a runtime argument, not a constexpr: one compiled variant serves all three
-(the branch is uniform per program and the kernel is memory-bound), which keeps the number of
-variants kernels.compile_check must build small.
+Optimizers, state layout and math: kernels.sparse_optimizer; the row math in Triton, shared with
+pool_backward_update_triton: kernels.sparse_optimizer_triton.
 """
-
-import math
 
 import torch
 import triton
@@ -23,9 +19,9 @@ import triton.language as tl
 
 from kernels.common_triton import column_block, column_mask, row_align
 from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
+from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
 from kernels.unique_partition_triton import unique_partition_triton
 
-_OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
 # one program holds BLOCK_R x BLOCK_D fp32 values of each operand in registers
 _MAX_BLOCK_ELEMS = 4096
 
@@ -65,7 +61,7 @@ def _update_kernel(
     steps_ptr,       # adam: int64 [R] per-row step count (unused otherwise)
     num_unique,      # U
     dim,             # D
-    optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam (_OPTIMIZER_ID)
+    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
     lr,              # learning rate
     eps,             # denominator epsilon
     beta1,           # adam first-moment decay
@@ -75,8 +71,8 @@ def _update_kernel(
     log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
     log2_beta2,      # log2(beta2), same
     BLOCK_R: tl.constexpr,    # unique rows per program
-    BLOCK_D: tl.constexpr,    # columns per step along the row (one of gather_pool_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,      # divides D and weight_stride (gather_pool_triton.row_align)
+    BLOCK_D: tl.constexpr,    # columns per step along the row (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,      # divides D and weight_stride (common_triton.row_align)
 ):
     pid = tl.program_id(0)
     u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -87,44 +83,22 @@ def _update_kernel(
     g_base = tl.multiple_of(u * dim, ALIGN)
 
     # per-row factors, computed before any column is written
-    denom = tl.full([BLOCK_R], 1.0, tl.float32)
-    bias1 = tl.full([BLOCK_R], 1.0, tl.float32)
-    bias2 = tl.full([BLOCK_R], 1.0, tl.float32)
-    if optimizer == 1:
-        sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
         for d0 in range(0, dim, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
             g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
             sq += tl.sum(g * g, axis=1)  # masked columns load as 0
-        acc = tl.load(m1_ptr + row, mask=u_mask, other=0.0) + sq / dim
-        tl.store(m1_ptr + row, acc, mask=u_mask)
-        denom = tl.sqrt(acc) + eps
-    elif optimizer == 2:
-        t = tl.load(steps_ptr + row, mask=u_mask, other=0) + 1
-        tl.store(steps_ptr + row, t, mask=u_mask)
-        tf = t.to(tl.float32)
-        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
-        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
+    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, u_mask)
 
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
-        w_ptrs = weight_ptr + w_base[:, None] + d[None, :]
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
-        if optimizer == 0:
-            w = w - lr * g
-        elif optimizer == 1:
-            w = w - lr * g / denom[:, None]
-        else:
-            state_off = s_base[:, None] + d[None, :]
-            m1 = beta1 * tl.load(m1_ptr + state_off, mask=mask, other=0.0) + one_minus_beta1 * g
-            m2 = beta2 * tl.load(m2_ptr + state_off, mask=mask, other=0.0) + one_minus_beta2 * g * g
-            tl.store(m1_ptr + state_off, m1, mask=mask)
-            tl.store(m2_ptr + state_off, m2, mask=mask)
-            w = w - lr * (m1 / bias1[:, None]) / (tl.sqrt(m2 / bias2[:, None]) + eps)
-        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
+        update_columns(weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], d[None, :], mask, g, optimizer,
+                       lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
+                       denom[:, None], bias1[:, None], bias2[:, None])
 
 
 def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
@@ -167,11 +141,8 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     m1 = state.get("momentum1", rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
-    o = optimizer
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
-        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, _OPTIMIZER_ID[o.name],
-        o.lr, o.eps, o.beta1, o.beta2, 1.0 - o.beta1, 1.0 - o.beta2,
-        math.log2(o.beta1) if o.beta1 > 0 else -math.inf, math.log2(o.beta2) if o.beta2 > 0 else -math.inf,
+        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, *kernel_args(optimizer),
         BLOCK_R=block_r, BLOCK_D=block_d, ALIGN=row_align(dim, weight.stride(0)),
     )
 
