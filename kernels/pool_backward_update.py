@@ -13,7 +13,7 @@ reference below does (pool_backward_reference, then SparseOptimizer.update_rows)
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 from kernels.pool_backward import pool_backward_reference
 from kernels.sparse_optimizer import SparseOptimizer
 
@@ -47,9 +47,6 @@ def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], f
     Returns:
         the number of distinct rows updated.
     """
-    if use_triton(weight):
-        from kernels.pool_backward_update_triton import pool_backward_update_triton
-        return pool_backward_update_triton(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled,
-                                           feature_mean, optimizer)
-    return pool_backward_update_reference(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled,
-                                          feature_mean, optimizer)
+    run = by_device(weight, reference=pool_backward_update_reference,
+                    triton="pool_backward_update_triton.pool_backward_update_triton")
+    return run(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean, optimizer)

@@ -6,7 +6,7 @@ written. The optimizers, their state and math: kernels.sparse_optimizer.
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 from kernels.sparse_optimizer import SparseOptimizer
 
 
@@ -38,7 +38,6 @@ def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
         rows_unique: the caller guarantees no duplicate rows (the sharded backward merges across
             senders already), so the dedup + merge pass is skipped.
     """
-    if use_triton(weight):
-        from kernels.sparse_update_triton import sparse_update_triton
-        return sparse_update_triton(weight, rows, grads, state, optimizer, rows_unique)
-    return sparse_update_reference(weight, rows, grads, state, optimizer, rows_unique)
+    run = by_device(weight, reference=sparse_update_reference,
+                    triton="sparse_update_triton.sparse_update_triton")
+    run(weight, rows, grads, state, optimizer, rows_unique)

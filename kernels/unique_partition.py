@@ -5,7 +5,7 @@ keys are global fused-row ids (table row offset + id), owners as in kernels.owne
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 from kernels.ownership import owner_of
 
 
@@ -45,7 +45,6 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
         inverse int64 [N] with unique_keys[inverse] == keys.
     The Triton kernel and this reference return identical tensors.
     """
-    if use_triton(keys):
-        from kernels.unique_partition_triton import unique_partition_triton
-        return unique_partition_triton(keys, table_offsets, table_owner, world_size, key_space)
-    return unique_partition_reference(keys, table_offsets, table_owner, world_size)
+    run = by_device(keys, reference=unique_partition_reference,
+                    triton="unique_partition_triton.unique_partition_triton")
+    return run(keys, table_offsets, table_owner, world_size, key_space)
