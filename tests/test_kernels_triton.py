@@ -18,11 +18,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels.common_triton import INTERPRETED  # noqa: E402
 from kernels.gather_pool import gather_pool_reference, lookup_reference  # noqa: E402
-from kernels.gather_pool_triton import _gather_pool_kernel, gather_pool_triton, lookup_triton  # noqa: E402
+from kernels.gather_pool_triton import gather_pool_triton, lookup_triton  # noqa: E402
 from kernels.pool_backward import pool_backward_reference  # noqa: E402
 from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
 from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
@@ -31,7 +31,6 @@ from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
 from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
 
-INTERPRETED = isinstance(_gather_pool_kernel, InterpretedFunction)
 HAS_CUDA = torch.cuda.is_available()
 # where the Triton kernels run: compiled on a GPU, or interpreted on the CPU
 DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("cuda")
