@@ -35,7 +35,7 @@ def column_mask(d, dim, ALIGN: tl.constexpr):
     return (d // ALIGN) < (dim // ALIGN)
 
 
-# whether this process's kernels run in the Triton interpreter (TRITON_INTERPRET=1 when they were imported)
+# whether this process's kernels run in the Triton interpreter (TRITON_INTERPRET=1 at their import)
 INTERPRETED = isinstance(column_mask, InterpretedFunction)
 
 

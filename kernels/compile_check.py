@@ -47,7 +47,7 @@ def kernel_modules() -> tuple[str, ...]:
     """Every kernels/*_triton.py module that defines compile_cases(), by name (imports them)."""
     names = (f"kernels.{m.name}" for m in pkgutil.iter_modules([os.path.dirname(__file__)])
              if m.name.endswith("_triton"))
-    return tuple(name for name in sorted(names) if hasattr(importlib.import_module(name), "compile_cases"))
+    return tuple(n for n in sorted(names) if hasattr(importlib.import_module(n), "compile_cases"))
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class _RecordingDriver:
 
 
 def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
-    """Run the compile_cases() of modules (default: kernel_modules()) with launches intercepted; returns the
-    distinct specializations."""
+    """Run the compile_cases() of modules (default: kernel_modules()) with launches intercepted;
+    returns the distinct specializations."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset")
     import torch

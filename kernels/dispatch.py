@@ -1,14 +1,14 @@
 """Which implementation a kernels/ function runs: its Triton kernel or its torch reference.
 
-Each public function passes its first tensor to ``by_device``, which picks by the tensor's device and
-these environment variables, read at every call:
+Each public function passes its first tensor to ``by_device``, which picks by the tensor's
+device and these environment variables, read at every call:
 
-- CUDA tensors run Triton, unless ``RECFUSE_DISABLE_TRITON=1``: then the torch reference, on the GPU.
-- CPU tensors run the torch reference, unless ``RECFUSE_FORCE_TRITON=1``: then Triton, which on CPU
-  tensors works only under the interpreter (with ``TRITON_INTERPRET=1``, how the tests run the kernels).
-- ``TRITON_INTERPRET=1`` is read by Triton when a ``kernels/*_triton.py`` module is first imported: its
-  kernels then run in the Triton interpreter instead of being compiled (tests/conftest.py sets it on
-  machines without a GPU; kernels.compile_check needs it unset).
+- ``RECFUSE_DISABLE_TRITON=1``: CUDA tensors run the torch reference (on the GPU) instead of Triton.
+- ``RECFUSE_FORCE_TRITON=1``: CPU tensors run Triton instead of the torch reference, which on a
+  CPU tensor works under the interpreter only (``TRITON_INTERPRET=1``: how the tests run kernels).
+- ``TRITON_INTERPRET=1``: read by Triton when a ``kernels/*_triton.py`` module is first imported;
+  its kernels then run in the Triton interpreter instead of being compiled. tests/conftest.py sets
+  it on machines without a GPU; kernels.compile_check needs it unset.
 
 Without triton installed, every call runs the reference.
 """
@@ -40,8 +40,10 @@ def use_triton(tensor: torch.Tensor) -> bool:
 
 
 def by_device(tensor: torch.Tensor, reference: Callable, triton: str) -> Callable:
-    """The implementation for tensor: ``triton`` ("module.function" of kernels/, the module imported on first
-    use, so that CPU-only runs never import Triton) when use_triton(tensor), else ``reference``."""
+    """``triton`` ("module.function" in kernels/) when use_triton(tensor), else ``reference``.
+
+    The Triton module is imported on first use, so that runs on the reference never import Triton.
+    """
     if not use_triton(tensor):
         return reference
     module, _, function = triton.rpartition(".")

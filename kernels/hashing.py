@@ -14,7 +14,7 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-# splitmix64's increment and multipliers as signed int64 (also read by the Triton hash table and the synthetic data)
+# splitmix64's increment and multipliers as signed int64, public for code that hashes the same way
 GOLDEN = _signed(0x9E3779B97F4A7C15)
 MIX1 = _signed(0xBF58476D1CE4E5B9)
 MIX2 = _signed(0x94D049BB133111EB)

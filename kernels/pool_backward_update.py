@@ -30,7 +30,8 @@ def pool_backward_update_reference(weight, state, freq, last_step, step, value_r
 
 def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], freq: torch.Tensor,
                          last_step: torch.Tensor, step: int, value_rows: torch.Tensor, offsets: torch.Tensor,
-                         grad_pooled: torch.Tensor, feature_mean: torch.Tensor, optimizer: SparseOptimizer) -> int:
+                         grad_pooled: torch.Tensor, feature_mean: torch.Tensor,
+                         optimizer: SparseOptimizer) -> int:
     """Apply the sparse optimizer to every row the batch looked up, with the gradient of its pooled output.
 
     Args:
@@ -49,4 +50,5 @@ def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], f
     """
     run = by_device(weight, reference=pool_backward_update_reference,
                     triton="pool_backward_update_triton.pool_backward_update_triton")
-    return run(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean, optimizer)
+    return run(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
+               optimizer)

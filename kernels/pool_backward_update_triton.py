@@ -66,7 +66,7 @@ def _segment_update_kernel(
     last_step_ptr,   # int64 [R] set to step for every updated row
     step,            # this update's step number
     optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # sparse_optimizer_triton.kernel_args
+    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # kernel_args
     partial_ptr,     # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
     long_index_ptr,  # int64 [U] index of each long segment among the long ones
     long_seg_ptr,    # int64 [num_long_bound] out: segment of each long segment index

@@ -1,4 +1,4 @@
-"""The sparse optimizers: names, hyper-parameters, state layout and the reference math of one update.
+"""The sparse optimizers: names, hyper-parameters, state layout, reference math of one update.
 
 They follow FBGEMM's fused table-batched embedding, in float32 whatever the storage dtype:
 
@@ -8,7 +8,7 @@ They follow FBGEMM's fused table-batched embedding, in float32 whatever the stor
                 m1 = b1*m1 + (1-b1)*g; m2 = b2*m2 + (1-b2)*g^2;
                 w -= lr * (m1 / (1-b1^t)) / (sqrt(m2 / (1-b2^t)) + eps)
 
-``SparseOptimizer.update_rows`` is the torch reference of both sparse_update and pool_backward_update;
+``SparseOptimizer.update_rows`` is the torch reference of sparse_update and pool_backward_update;
 their Triton kernels share the same math in kernels.sparse_optimizer_triton.
 """
 
@@ -25,9 +25,9 @@ SPARSE_OPTIMIZERS: tuple[SparseOptimizerName, ...] = get_args(SparseOptimizerNam
 class SparseOptimizer:
     """A sparse optimizer and its hyper-parameters.
 
-    ``lr`` is the learning rate in force: a learning-rate schedule sets it before each step, as it sets
-    torch optimizers' ``param_groups[i]["lr"]``, and every update reads it then. ``beta1``/``beta2`` are
-    used by adam only.
+    ``lr`` is the learning rate in force: a learning-rate schedule sets it before each step, as
+    it sets torch optimizers' ``param_groups[i]["lr"]``, and every update reads it then.
+    ``beta1`` and ``beta2`` are used by adam only.
     """
 
     name: SparseOptimizerName = "adagrad"  # sgd, adagrad (row-wise) or adam (lazy)
@@ -38,18 +38,19 @@ class SparseOptimizer:
 
     def __post_init__(self):
         if self.name not in SPARSE_OPTIMIZERS:
-            raise ValueError(f"unknown sparse optimizer {self.name!r}; expected one of {SPARSE_OPTIMIZERS}")
+            raise _unknown(self.name)
 
     def state_layout(self, num_rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Shape and dtype of each state tensor of a storage of num_rows x dim; row r's state is at index r."""
+        """Shape and dtype of each state tensor of num_rows x dim weights (row r's state: index r)."""
         if self.name == "sgd":
             return {}
         if self.name == "adagrad":
             return {"momentum1": ((num_rows,), torch.float32)}  # one accumulator per row
         if self.name == "adam":
-            return {"momentum1": ((num_rows, dim), torch.float32), "momentum2": ((num_rows, dim), torch.float32),
-                    "row_steps": ((num_rows,), torch.int64)}
-        raise ValueError(f"unknown sparse optimizer {self.name!r}; expected one of {SPARSE_OPTIMIZERS}")
+            moment = ((num_rows, dim), torch.float32)
+            steps = ((num_rows,), torch.int64)
+            return {"momentum1": moment, "momentum2": moment, "row_steps": steps}
+        raise _unknown(self.name)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -62,14 +63,16 @@ class SparseOptimizer:
                 for name, (shape, dtype) in self.state_layout(num_rows, dim).items()}
 
     def check_state(self, state: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
-        """ValueError unless state holds this optimizer's tensors for weight (contiguous, on its device)."""
+        """ValueError unless state holds this optimizer's tensors for weight, contiguous."""
         for name, (shape, dtype) in self.state_layout(*weight.shape).items():
             t = state.get(name)
             if t is None:
-                raise ValueError(f"{self.name} state is missing {name!r} (see SparseOptimizer.init_state)")
-            if tuple(t.shape) != shape or t.dtype != dtype or t.device != weight.device or not t.is_contiguous():
-                raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} on "
-                                 f"{weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+                raise ValueError(f"{self.name} state is missing {name!r} "
+                                 "(see SparseOptimizer.init_state)")
+            layout = (tuple(t.shape), t.dtype, t.device)
+            if layout != (shape, dtype, weight.device) or not t.is_contiguous():
+                raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} "
+                                 f"on {weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
 
     def update_rows(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
                     state: dict[str, torch.Tensor]) -> None:
@@ -103,5 +106,9 @@ class SparseOptimizer:
             bias2 = 1 - beta2 ** tf
             w -= lr * (m1 / bias1) / ((m2 / bias2).sqrt() + eps)
         else:
-            raise ValueError(f"unknown sparse optimizer {self.name!r}; expected one of {SPARSE_OPTIMIZERS}")
+            raise _unknown(self.name)
         weight.index_copy_(0, rows, w.to(weight.dtype))
+
+
+def _unknown(name) -> ValueError:
+    return ValueError(f"unknown sparse optimizer {name!r}; expected one of {SPARSE_OPTIMIZERS}")

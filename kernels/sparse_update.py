@@ -18,7 +18,8 @@ def merge_duplicates(rows: torch.Tensor, grads: torch.Tensor):
     return unique_rows, merged
 
 
-def sparse_update_reference(weight, rows, grads, state, optimizer: SparseOptimizer, rows_unique=False):
+def sparse_update_reference(weight, rows, grads, state, optimizer: SparseOptimizer,
+                            rows_unique=False):
     if rows.numel() == 0:
         return
     rows, g = (rows, grads.float()) if rows_unique else merge_duplicates(rows, grads)
@@ -26,7 +27,8 @@ def sparse_update_reference(weight, rows, grads, state, optimizer: SparseOptimiz
 
 
 def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                  state: dict[str, torch.Tensor], optimizer: SparseOptimizer, rows_unique: bool = False) -> None:
+                  state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
+                  rows_unique: bool = False) -> None:
     """Apply one optimizer step to the touched rows of weight, in place.
 
     Args:

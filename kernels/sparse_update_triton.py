@@ -34,8 +34,8 @@ def _merge_kernel(
     num_grads,      # K
     dim,            # D
     BLOCK_K: tl.constexpr,  # gradient rows per program
-    BLOCK_D: tl.constexpr,  # columns per program (one of gather_pool_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D (gather_pool_triton.row_align)
+    BLOCK_D: tl.constexpr,  # columns per program (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (common_triton.row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -90,19 +90,21 @@ def _update_kernel(
             mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
             g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
             sq += tl.sum(g * g, axis=1)  # masked columns load as 0
-    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, u_mask)
+    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
+                                      u_mask)
 
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
         g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
-        update_columns(weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], d[None, :], mask, g, optimizer,
-                       lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
+        update_columns(weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], d[None, :], mask,
+                       g, optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
                        denom[:, None], bias1[:, None], bias2[:, None])
 
 
 def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                         state: dict[str, torch.Tensor], optimizer: SparseOptimizer, rows_unique: bool = False) -> None:
+                         state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
+                         rows_unique: bool = False) -> None:
     """Same contract as kernels.sparse_update.sparse_update (in place)."""
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}")
