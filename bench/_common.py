@@ -44,7 +44,7 @@ SIZES = {
 
 
 def setup_interpreter() -> torch.device:
-    """Pick the device; without CUDA route Triton to its interpreter (before kernels.triton_* import)."""
+    """Pick the device; without CUDA route Triton to its interpreter (before kernels.*_triton import)."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -24,9 +24,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels.gather_pool import bag_layout, gather_pool_reference, lookup_reference  # noqa: E402
+from kernels.gather_pool_triton import gather_pool_triton, lookup_triton  # noqa: E402
 from kernels.pool_backward import pool_backward_reference  # noqa: E402
-from kernels.triton_gather_pool import gather_pool_triton, lookup_triton  # noqa: E402
-from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
+from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
 
 
 def embedding_bag(rows, inverse, offsets, batch_size, per_sample_weights):

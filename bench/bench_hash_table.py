@@ -6,7 +6,7 @@ keys and then tombstones them again (one K-element scatter, counted in the time)
 table.
 
 Implementations:
-- triton find_or_insert (kernels/triton_hash_table.py; interpreted on CPU);
+- triton find_or_insert (kernels/hash_table_triton.py; interpreted on CPU);
 - its torch reference (vectorized probing rounds, one host sync per round);
 - torch.unique baseline: a dynamic table kept as a sorted key array, find-or-insert as
   torch.unique(cat(table keys, batch keys), return_inverse=True) (a sort of S + K keys per step).
@@ -32,7 +32,7 @@ DEVICE = setup_interpreter()
 import torch  # noqa: E402
 
 from kernels.hash_table import EMPTY, TOMBSTONE, find_or_insert, find_or_insert_reference  # noqa: E402
-from kernels.triton_hash_table import find_or_insert_triton  # noqa: E402
+from kernels.hash_table_triton import find_or_insert_triton  # noqa: E402
 
 # (slots, keys). "dlrm" (bench/gpu_check.py): one rank's index of a 40M-id table over 8 GPUs at half load (2^24
 # slots), and 2^20 distinct ids in a step

@@ -22,11 +22,12 @@ DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
+from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
 from kernels.pool_backward_update import pool_backward_update_reference  # noqa: E402
-from kernels.sparse_update import SPARSE_OPTIMIZERS, init_sparse_state, sparse_update_reference  # noqa: E402
-from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
-from kernels.triton_pool_backward_update import pool_backward_update_triton  # noqa: E402
-from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
+from kernels.pool_backward_update_triton import pool_backward_update_triton  # noqa: E402
+from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer  # noqa: E402
+from kernels.sparse_update import sparse_update_reference  # noqa: E402
+from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # local storage rows per size: an owner's shard, not the whole 40M-row tables
@@ -67,8 +68,9 @@ def main():
                      + state_bytes(optimizer, num_unique, dim))
         for impl, fn in ((f"{optimizer}: triton fused{suffix}", sparse_update_triton),
                          (f"{optimizer}: torch on touched rows", sparse_update_reference)):
-            state = init_sparse_state(optimizer, num_rows, dim, DEVICE)
-            report.add(impl, bench(lambda fn=fn, state=state, opt=optimizer: fn(weight, rows, grads, state, opt, 0.01),
+            state = SparseOptimizer(optimizer).init_state(num_rows, dim, DEVICE)
+            opt = SparseOptimizer(optimizer, 0.01)
+            report.add(impl, bench(lambda fn=fn, state=state, opt=opt: fn(weight, rows, grads, state, opt),
                                    DEVICE, args.reps), num_bytes)
     # single rank: the batch's values read rows of one local storage; backward = pooling backward + update
     batch_size, num_features, offsets = batch["batch"], batch["num_features"], batch["offsets"]
@@ -79,19 +81,20 @@ def main():
 
     def two_pass(state, opt):
         grad_unique = pool_backward_triton(grad_pooled, inverse, offsets, mean, num_unique)
-        sparse_update_triton(weight, unique_rows, grad_unique, state, opt, 0.01, rows_unique=True)
+        sparse_update_triton(weight, unique_rows, grad_unique, state, opt, rows_unique=True)
 
     for optimizer in optimizers:
         num_bytes = (8 * rows.numel() + 8 * (offsets.numel()) + rows.numel() * dim * 4
                      + 2 * num_unique * dim * weight.element_size() + state_bytes(optimizer, num_unique, dim))
         for impl, fn in ((f"W=1 backward {optimizer}: triton fused{suffix}",
                           lambda st, opt: pool_backward_update_triton(weight, st, *counters, 1, rows, offsets, grad_pooled,
-                                                                      mean, opt, 0.01)),
+                                                                      mean, opt)),
                          (f"W=1 backward {optimizer}: pool_backward + sparse_update{suffix}", two_pass),
                          (f"W=1 backward {optimizer}: torch", lambda st, opt: pool_backward_update_reference(
-                             weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt, 0.01))):
-            state = init_sparse_state(optimizer, num_rows, dim, DEVICE)
-            report.add(impl, bench(lambda fn=fn, state=state, opt=optimizer: fn(state, opt), DEVICE, args.reps), num_bytes)
+                             weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt))):
+            state = SparseOptimizer(optimizer).init_state(num_rows, dim, DEVICE)
+            opt = SparseOptimizer(optimizer, 0.01)
+            report.add(impl, bench(lambda fn=fn, state=state, opt=opt: fn(state, opt), DEVICE, args.reps), num_bytes)
     report.finish(f"| storage {num_rows}x{dim} {args.dtype}, K={rows.numel()} U={num_unique}")
 
 

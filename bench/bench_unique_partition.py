@@ -19,8 +19,8 @@ DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
-from kernels.triton_unique_partition import unique_partition_triton  # noqa: E402
 from kernels.unique_partition import unique_partition_reference  # noqa: E402
+from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
 
 
 def table_owner(num_rows: list[int], world_size: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from bench._common import git_commit  # noqa: E402
-from embedding import EmbeddingCollection, SparseOptimizerConfig, resolve_tables  # noqa: E402
+from embedding import EmbeddingCollection, SparseOptimizer, resolve_tables  # noqa: E402
 from models import build_model  # noqa: E402
 from training.build import sharding_plan  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
@@ -150,7 +150,7 @@ def dense_optimizer_factory(o):
 
 def copy_initial_rows(dmp, tables, seed: int) -> None:
     """Overwrite TorchRec's random init with RecFuse's: both start from the same tables."""
-    ref = EmbeddingCollection(tables, SparseOptimizerConfig("sgd"), seed=seed)  # every table, this process
+    ref = EmbeddingCollection(tables, SparseOptimizer("sgd"), seed=seed)  # every table, this process
     full = {t.name: ref.weight[ref.layout.base[i] : ref.layout.base[i] + t.num_embeddings]
             for i, t in enumerate(tables)}
     copied = set()

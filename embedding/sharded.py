@@ -10,7 +10,6 @@ rows), embedding.dynamic_tables (tables of raw int64 keys) and embedding.state (
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,6 +25,7 @@ from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
 from embedding.tables import STORAGE_DTYPES, Table, feature_names
 from kernels import (
+    SparseOptimizer,
     gather_pool,
     lookup,
     pool_backward,
@@ -33,15 +33,6 @@ from kernels import (
     sparse_update,
     unique_partition,
 )
-
-
-@dataclass
-class SparseOptimizerConfig:
-    name: str = "adagrad"  # sgd, adagrad (row-wise) or adam (lazy)
-    lr: float = 0.05
-    eps: float = 1e-8
-    beta1: float = 0.9
-    beta2: float = 0.999
 
 
 class ShardedEmbeddingCollection(nn.Module):
@@ -54,7 +45,7 @@ class ShardedEmbeddingCollection(nn.Module):
     pass; always_exchange=True takes the exchange path there too (tests compare the two paths).
     """
 
-    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizerConfig,
+    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizer,
                  *, rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
                  storage_dtype: str = "float32", exchange_dtype: str = "fp32",
                  always_exchange: bool = False):
@@ -77,7 +68,7 @@ class ShardedEmbeddingCollection(nn.Module):
                                   {t: shard.pool for t, shard in shards.items()})
         self.ids = IdChecker(tables, self.layout.table_rows, device)
         self.storage = RowStorage(self.layout.num_local_rows, self.dim,
-                                  STORAGE_DTYPES[storage_dtype], optimizer.name, device)
+                                  STORAGE_DTYPES[storage_dtype], optimizer, device)
         self.storage.init_weights(self.layout, seed)
         self.dynamic = DynamicTables(shards, self.features, self.layout, self.storage,
                                      self.exchange, seed)
@@ -225,8 +216,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 self.num_updates += 1
                 updated = pool_backward_update(storage.weight, storage.state, storage.freq,
                                                storage.last_step, self.num_updates, sd.value_rows,
-                                               sd.offsets, grad_pooled, self.feature_mean, o.name,
-                                               o.lr, o.eps, o.beta1, o.beta2)
+                                               sd.offsets, grad_pooled, self.feature_mean, o)
                 if self.dynamic:
                     self.dynamic.reset_null_row()
             self.last_exchange_bytes = 0
@@ -239,8 +229,7 @@ class ShardedEmbeddingCollection(nn.Module):
             storage.freq.index_add_(0, rows, counts)
             storage.last_step[rows] = self.num_updates
             # rows_unique: merged across senders in _gradients_to_owners
-            sparse_update(storage.weight, rows, grads, storage.state, o.name, o.lr, o.eps, o.beta1,
-                          o.beta2, rows_unique=True)
+            sparse_update(storage.weight, rows, grads, storage.state, o, rows_unique=True)
             if self.dynamic:
                 self.dynamic.reset_null_row()
         self.last_exchange_bytes = self._exchange_bytes(sd)
@@ -353,7 +342,7 @@ class _ShardedLookup(torch.autograd.Function):
 class EmbeddingCollection(ShardedEmbeddingCollection):
     """Single-process collection: every table on this process, same code path as the sharded one."""
 
-    def __init__(self, tables: list[Table], optimizer: SparseOptimizerConfig, *, device="cpu",
+    def __init__(self, tables: list[Table], optimizer: SparseOptimizer, *, device="cpu",
                  seed: int = 0, storage_dtype: str = "float32", always_exchange: bool = False):
         plan = plan_sharding(tables, 1, storage_dtype=storage_dtype, optimizer=optimizer.name,
                              default_placement="table")

@@ -1,7 +1,7 @@
 """RowStorage: the tensors stored per local row, on the device.
 
 Which table's row sits where is embedding.layout's; this holds the rows: weights (storage
-dtype), sparse optimizer state (kernels.init_sparse_state) and the access statistics of exports
+dtype), sparse optimizer state (kernels.SparseOptimizer.init_state) and the access statistics of exports
 (DeepRec EV): lookups per row (every id occurrence in a bag counts, counted by the requester, so
 totals do not depend on W) and the training step (num_updates, 1-based) of the row's last update.
 """
@@ -11,17 +11,17 @@ from __future__ import annotations
 import torch
 
 from embedding.layout import ShardLayout
-from kernels import init_sparse_state
+from kernels import SparseOptimizer
 from kernels.hashing import splitmix64, uniform
 
 
 class RowStorage:
     """weight [rows, D], state {name: [rows, ...]}, freq [rows], last_step [rows] (int64)."""
 
-    def __init__(self, num_rows: int, dim: int, dtype: torch.dtype, optimizer: str, device):
+    def __init__(self, num_rows: int, dim: int, dtype: torch.dtype, optimizer: SparseOptimizer, device):
         # made on the device: a host copy of 10s of GB would be slow and may not fit
         self.weight = torch.empty(num_rows, dim, dtype=dtype, device=device)
-        self.state = init_sparse_state(optimizer, num_rows, dim, device)
+        self.state = optimizer.init_state(num_rows, dim, device)
         self.freq = torch.zeros(num_rows, dtype=torch.int64, device=device)
         self.last_step = torch.zeros(num_rows, dtype=torch.int64, device=device)
 

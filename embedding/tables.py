@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.sparse_update import init_sparse_state
+from kernels.sparse_optimizer import SparseOptimizer
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,7 +67,7 @@ def feature_names(tables: list[Table]) -> list[str]:
 def row_bytes(dim: int, storage_dtype: str, optimizer: str) -> int:
     """Bytes one row costs: its weights plus its sparse optimizer state."""
     weight = dim * torch.empty(0, dtype=STORAGE_DTYPES[storage_dtype]).element_size()
-    state = sum(v.element_size() * max(v[0].numel(), 1) for v in init_sparse_state(optimizer, 1, dim, "cpu").values())
+    state = sum(v.element_size() * max(v[0].numel(), 1) for v in SparseOptimizer(optimizer).init_state(1, dim, "cpu").values())
     return weight + state
 
 

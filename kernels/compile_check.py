@@ -7,9 +7,10 @@ Why: the Triton interpreter (how the kernels are tested on CPU) accepts code the
 rejects, e.g. a kernel reading a plain module-level int. ``triton.compile`` runs the whole
 pipeline (ttir -> ttgir -> llir -> ptx -> cubin) for a ``GPUTarget`` without a device.
 
-What gets compiled is not a hand-written list: each ``kernels/triton_*.py`` module has
-``compile_cases()``, which calls its own launchers over the inputs they accept (dtypes, dims
-and block sizes, world sizes, optimizers, poolings, sizes equal to 1, unaligned dims). The
+What gets compiled is not a hand-written list: every ``kernels/*_triton.py`` module with
+launchers defines ``compile_cases()`` (kernel_modules finds them), which calls its launchers
+over the inputs they accept (dtypes, dims and block sizes, world sizes, optimizers, poolings,
+sizes equal to 1, unaligned dims). The
 launchers run on small CPU tensors with a stand-in Triton driver whose JIT cache hook records
 each specialization exactly as Triton's binder derives it from the arguments (signature,
 constexprs, divisibility attributes) and skips the launch. The recorded specializations are
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import multiprocessing
 import os
+import pkgutil
 import re
 import sys
 import time
@@ -37,9 +40,14 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-MODULES = ("kernels.triton_unique_partition", "kernels.triton_gather_pool", "kernels.triton_pool_backward",
-           "kernels.triton_sparse_update", "kernels.triton_pool_backward_update", "kernels.triton_hash_table")
 DEFAULT_ARCHES = (90, 80)
+
+
+def kernel_modules() -> tuple[str, ...]:
+    """Every kernels/*_triton.py module that defines compile_cases(), by name (imports them)."""
+    names = (f"kernels.{m.name}" for m in pkgutil.iter_modules([os.path.dirname(__file__)])
+             if m.name.endswith("_triton"))
+    return tuple(n for n in sorted(names) if hasattr(importlib.import_module(n), "compile_cases"))
 
 
 @dataclass(frozen=True)
@@ -80,12 +88,11 @@ class _RecordingDriver:
         return torch.device("cpu")
 
 
-def record(modules=MODULES) -> list[Specialization]:
-    """Run every module's compile_cases() with launches intercepted; returns the distinct specializations."""
+def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
+    """Run the compile_cases() of modules (default: kernel_modules()) with launches intercepted;
+    returns the distinct specializations."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset")
-    import importlib
-
     import torch
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -117,7 +124,7 @@ def record(modules=MODULES) -> list[Specialization]:
                 value.zero_()
 
     try:
-        for name in modules:
+        for name in modules or kernel_modules():
             module = importlib.import_module(name)
             for kernel in vars(module).values():
                 if isinstance(kernel, JITFunction) and zero_tensors not in kernel.pre_run_hooks:
@@ -160,8 +167,6 @@ def ptx_memory_ops(ptx: str) -> dict[str, int]:
 
 
 def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None, resources: bool) -> CompileResult:
-    import importlib
-
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     arches = [int(a) for a in args.arch.split(",") if a]
     started = time.perf_counter()
-    specs = record(tuple(args.module) if args.module else MODULES)
+    specs = record(tuple(args.module) if args.module else None)
     results = compile_all(specs, arches, args.workers or None, args.ptx_dir or None, args.resources,
                           progress=not args.quiet)
     failed = [r for r in results if r.error]

@@ -2,7 +2,7 @@
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 
 
 def lookup_reference(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -12,10 +12,8 @@ def lookup_reference(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def lookup(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows of the owner's local storage: weight [R, D] (any float dtype), rows int64 [K]
     -> float32 [K, D]."""
-    if use_triton(weight):
-        from kernels.triton_gather_pool import lookup_triton
-        return lookup_triton(weight, rows)
-    return lookup_reference(weight, rows)
+    run = by_device(weight, reference=lookup_reference, triton="gather_pool_triton.lookup_triton")
+    return run(weight, rows)
 
 
 def bag_layout(offsets: torch.Tensor, batch_size: int, feature_mean: torch.Tensor):
@@ -54,7 +52,6 @@ def gather_pool(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor
     Returns:
         float32 [B, F, D]; empty bags give zeros.
     """
-    if use_triton(rows):
-        from kernels.triton_gather_pool import gather_pool_triton
-        return gather_pool_triton(rows, inverse, offsets, batch_size, feature_mean)
-    return gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean)
+    run = by_device(rows, reference=gather_pool_reference,
+                    triton="gather_pool_triton.gather_pool_triton")
+    return run(rows, inverse, offsets, batch_size, feature_mean)

@@ -23,7 +23,7 @@ the same found slots for existing keys, the same inserted keys, the same set of 
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 from kernels.hashing import splitmix64
 
 EMPTY = -1  # keys are >= 0: a free slot that ends every probe sequence through it
@@ -110,7 +110,6 @@ def find_or_insert(slot_keys: torch.Tensor, keys: torch.Tensor, insert: bool = T
         slots int64 [K] (-1 where absent), inserted bool [K] (see the module docstring).
     """
     _check(slot_keys, keys)
-    if use_triton(slot_keys):
-        from kernels.triton_hash_table import find_or_insert_triton
-        return find_or_insert_triton(slot_keys, keys, insert)
-    return find_or_insert_reference(slot_keys, keys, insert)
+    run = by_device(slot_keys, reference=find_or_insert_reference,
+                    triton="hash_table_triton.find_or_insert_triton")
+    return run(slot_keys, keys, insert)

@@ -14,9 +14,10 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MIX1 = _signed(0xBF58476D1CE4E5B9)
-_MIX2 = _signed(0x94D049BB133111EB)
+# splitmix64's increment and multipliers as signed int64, public for code that hashes the same way
+GOLDEN = _signed(0x9E3779B97F4A7C15)
+MIX1 = _signed(0xBF58476D1CE4E5B9)
+MIX2 = _signed(0x94D049BB133111EB)
 
 
 def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,9 +27,9 @@ def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def splitmix64(x: torch.Tensor) -> torch.Tensor:
     """The splitmix64 finalizer on int64 tensors (wrapping arithmetic)."""
-    z = x + _GOLDEN
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
+    z = x + GOLDEN
+    z = (z ^ _shr(z, 30)) * MIX1
+    z = (z ^ _shr(z, 27)) * MIX2
     return z ^ _shr(z, 31)
 
 

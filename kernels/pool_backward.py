@@ -2,7 +2,7 @@
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels.dispatch import by_device
 from kernels.gather_pool import bag_layout
 
 
@@ -28,7 +28,6 @@ def pool_backward(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: tor
         float32 [U, D]: the sum over every use of a unique key of its bag's gradient
         (times 1/len for mean-pooled bags).
     """
-    if use_triton(grad_pooled):
-        from kernels.triton_pool_backward import pool_backward_triton
-        return pool_backward_triton(grad_pooled, inverse, offsets, feature_mean, num_unique)
-    return pool_backward_reference(grad_pooled, inverse, offsets, feature_mean, num_unique)
+    run = by_device(grad_pooled, reference=pool_backward_reference,
+                    triton="pool_backward_triton.pool_backward_triton")
+    return run(grad_pooled, inverse, offsets, feature_mean, num_unique)

@@ -1,37 +1,13 @@
 """Owner-side backward: merge duplicate rows' gradients and apply the sparse optimizer in place.
 
 No dense gradient of the table is ever materialized: only the touched rows are read and
-written. Optimizers follow FBGEMM's fused table-batched embedding:
-
-- ``sgd``:      w -= lr * g
-- ``adagrad``:  row-wise: m1[r] += mean_d(g^2); w -= lr * g / (sqrt(m1[r]) + eps)
-- ``adam``:     lazy: only touched rows advance; per-row step t[r] += 1;
-                m1 = b1*m1 + (1-b1)*g; m2 = b2*m2 + (1-b2)*g^2;
-                w -= lr * (m1 / (1-b1^t)) / (sqrt(m2 / (1-b2^t)) + eps)
-
-Optimizer math is float32 whatever the storage dtype of ``weight``.
+written. The optimizers, their state and math: kernels.sparse_optimizer.
 """
 
 import torch
 
-from kernels._dispatch import use_triton
-
-SPARSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
-
-
-def init_sparse_state(optimizer: str, num_rows: int, dim: int, device) -> dict[str, torch.Tensor]:
-    """Zero optimizer state for a storage of num_rows x dim."""
-    if optimizer == "sgd":
-        return {}
-    if optimizer == "adagrad":
-        return {"momentum1": torch.zeros(num_rows, dtype=torch.float32, device=device)}
-    if optimizer == "adam":
-        return {
-            "momentum1": torch.zeros(num_rows, dim, dtype=torch.float32, device=device),
-            "momentum2": torch.zeros(num_rows, dim, dtype=torch.float32, device=device),
-            "row_steps": torch.zeros(num_rows, dtype=torch.int64, device=device),
-        }
-    raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {SPARSE_OPTIMIZERS}")
+from kernels.dispatch import by_device
+from kernels.sparse_optimizer import SparseOptimizer
 
 
 def merge_duplicates(rows: torch.Tensor, grads: torch.Tensor):
@@ -42,50 +18,28 @@ def merge_duplicates(rows: torch.Tensor, grads: torch.Tensor):
     return unique_rows, merged
 
 
-def sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps=1e-8, beta1=0.9, beta2=0.999,
+def sparse_update_reference(weight, rows, grads, state, optimizer: SparseOptimizer,
                             rows_unique=False):
     if rows.numel() == 0:
         return
     rows, g = (rows, grads.float()) if rows_unique else merge_duplicates(rows, grads)
-    w = weight.index_select(0, rows).float()
-    if optimizer == "sgd":
-        w -= lr * g
-    elif optimizer == "adagrad":
-        m1 = state["momentum1"].index_select(0, rows) + (g * g).mean(dim=1)
-        state["momentum1"].index_copy_(0, rows, m1)
-        w -= lr * g / (m1.sqrt() + eps)[:, None]
-    elif optimizer == "adam":
-        t = state["row_steps"].index_select(0, rows) + 1
-        m1 = beta1 * state["momentum1"].index_select(0, rows) + (1 - beta1) * g
-        m2 = beta2 * state["momentum2"].index_select(0, rows) + (1 - beta2) * g * g
-        state["row_steps"].index_copy_(0, rows, t)
-        state["momentum1"].index_copy_(0, rows, m1)
-        state["momentum2"].index_copy_(0, rows, m2)
-        tf = t.float()[:, None]
-        bias1 = 1 - beta1 ** tf
-        bias2 = 1 - beta2 ** tf
-        w -= lr * (m1 / bias1) / ((m2 / bias2).sqrt() + eps)
-    else:
-        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {SPARSE_OPTIMIZERS}")
-    weight.index_copy_(0, rows, w.to(weight.dtype))
+    optimizer.update_rows(weight, rows, g, state)
 
 
 def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                  state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
-                  beta1: float = 0.9, beta2: float = 0.999, rows_unique: bool = False) -> None:
+                  state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
+                  rows_unique: bool = False) -> None:
     """Apply one optimizer step to the touched rows of weight, in place.
 
     Args:
         weight: [R, D] local storage (float32, or bf16/fp16 with float32 math).
         rows: int64 [K] local row of each gradient; duplicates are summed first.
         grads: float32 [K, D].
-        state: tensors from init_sparse_state, updated in place.
-        optimizer: one of SPARSE_OPTIMIZERS.
-        lr, eps, beta1, beta2: hyper-parameters (beta* for adam only).
+        state: tensors from optimizer.init_state, updated in place.
+        optimizer: the optimizer and its hyper-parameters (lr: the rate in force).
         rows_unique: the caller guarantees no duplicate rows (the sharded backward merges across
             senders already), so the dedup + merge pass is skipped.
     """
-    if use_triton(weight):
-        from kernels.triton_sparse_update import sparse_update_triton
-        return sparse_update_triton(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)
-    return sparse_update_reference(weight, rows, grads, state, optimizer, lr, eps, beta1, beta2, rows_unique)
+    run = by_device(weight, reference=sparse_update_reference,
+                    triton="sparse_update_triton.sparse_update_triton")
+    run(weight, rows, grads, state, optimizer, rows_unique)

@@ -1,22 +1,12 @@
 """Fused unique + partition-by-owner of embedding keys (input_dist's first step).
 
-keys are global fused-row ids (table row offset + id). Each key's owner rank comes from
-its table: ``table_owner[t] >= 0`` means the whole table lives on that rank (table-wise,
-or replicated with the local rank as owner); ``-1`` means row-wise, owner = row % W.
+keys are global fused-row ids (table row offset + id), owners as in kernels.ownership.
 """
 
 import torch
 
-from kernels._dispatch import use_triton
-
-
-def owner_of(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-             world_size: int) -> torch.Tensor:
-    """Owner rank of each key (int64, same shape as keys)."""
-    table = torch.searchsorted(table_offsets, keys, right=True) - 1
-    row = keys - table_offsets[table]
-    owner = table_owner[table]
-    return torch.where(owner >= 0, owner, row % world_size)
+from kernels.dispatch import by_device
+from kernels.ownership import owner_of
 
 
 def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
@@ -48,14 +38,13 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
         table_owner: int64 [T] owner rank per table, -1 for row-wise tables.
         world_size: number of ranks W.
         key_space: an exclusive bound of the keys known on the host (the total row count), or None.
-            Only a hint for the kernel's strategy (kernels/triton_unique_partition.py); results are the same.
+            Only a hint for the kernel's strategy (kernels/unique_partition_triton.py); results are the same.
     Returns:
         unique_keys int64 [U]: in order of first occurrence in keys, then stably grouped by owner (rank 0's first).
         counts int64 [W] number of unique keys per owner.
         inverse int64 [N] with unique_keys[inverse] == keys.
     The Triton kernel and this reference return identical tensors.
     """
-    if use_triton(keys):
-        from kernels.triton_unique_partition import unique_partition_triton
-        return unique_partition_triton(keys, table_offsets, table_owner, world_size, key_space)
-    return unique_partition_reference(keys, table_offsets, table_owner, world_size)
+    run = by_device(keys, reference=unique_partition_reference,
+                    triton="unique_partition_triton.unique_partition_triton")
+    return run(keys, table_offsets, table_owner, world_size, key_space)

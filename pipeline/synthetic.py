@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.hashing import _GOLDEN, _MIX1, _MIX2, splitmix64, uniform
+from kernels.hashing import GOLDEN, MIX1, MIX2, splitmix64, uniform
 from pipeline.batch import Batch, KeyedJagged, rank_slice
 
 
@@ -58,8 +58,8 @@ def _uniform_(z: torch.Tensor) -> torch.Tensor:
     tensor costs page faults, and this makes the hashing ~2.5x faster there.
     """
     t = torch.empty_like(z)
-    z.add_(_GOLDEN)
-    for shift, mix in ((30, _MIX1), (27, _MIX2)):
+    z.add_(GOLDEN)
+    for shift, mix in ((30, MIX1), (27, MIX2)):
         torch.bitwise_right_shift(z, shift, out=t).bitwise_and_((1 << (64 - shift)) - 1)
         z.bitwise_xor_(t).mul_(mix)
     torch.bitwise_right_shift(z, 31, out=t).bitwise_and_((1 << 33) - 1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from embedding import EmbeddingCollection, SparseOptimizerConfig, Table
+from embedding import EmbeddingCollection, SparseOptimizer, Table
 from embedding.dynamic import DynamicTableFull, init_rows, table_salt
 from embedding.tables import DynamicSpec
 from pipeline.batch import KeyedJagged
@@ -17,7 +17,7 @@ def dynamic(name, features=None, pooling="sum", **spec):
 
 
 def collection(tables, optimizer="sgd", lr=0.5, seed=1, always_exchange=False):
-    return EmbeddingCollection(tables, SparseOptimizerConfig(optimizer, lr), seed=seed, always_exchange=always_exchange)
+    return EmbeddingCollection(tables, SparseOptimizer(optimizer, lr), seed=seed, always_exchange=always_exchange)
 
 
 def step(ec, bags, upstream=None):

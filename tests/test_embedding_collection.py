@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from embedding import EmbeddingCollection, SparseOptimizerConfig, Table
+from embedding import EmbeddingCollection, SparseOptimizer, Table
 from pipeline.batch import KeyedJagged
 
 TABLES = [
@@ -60,7 +60,7 @@ def textbook_step(name, w, g, touched, state, lr, eps=1e-8, b1=0.9, b2=0.999):
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_matches_embedding_bag_and_textbook_optimizer(optimizer):
     lr = 0.1
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, lr), seed=3)
+    ec = EmbeddingCollection(TABLES, SparseOptimizer(optimizer, lr), seed=3)
     start = ec.full_state_dict()
     weights = [start[t.name]["weight"].clone().double() for t in TABLES]
     states = [{"acc": torch.zeros(t.num_embeddings, dtype=torch.float64),
@@ -99,7 +99,7 @@ def test_matches_embedding_bag_and_textbook_optimizer(optimizer):
 
 
 def test_pooled_gradient_reaches_dense_inputs_only_through_update():
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("sgd", 1.0))
+    ec = EmbeddingCollection(TABLES, SparseOptimizer("sgd", 1.0))
     before = ec.weight.clone()
     kjt = KeyedJagged.from_lists(BATCHES[0])
     ec(kjt).sum().backward()
@@ -109,8 +109,8 @@ def test_pooled_gradient_reaches_dense_inputs_only_through_update():
 
 
 def test_bf16_storage_keeps_fp32_math_close():
-    ec32 = EmbeddingCollection(TABLES, SparseOptimizerConfig("adam", 0.05))
-    ec16 = EmbeddingCollection(TABLES, SparseOptimizerConfig("adam", 0.05), storage_dtype="bfloat16")
+    ec32 = EmbeddingCollection(TABLES, SparseOptimizer("adam", 0.05))
+    ec16 = EmbeddingCollection(TABLES, SparseOptimizer("adam", 0.05), storage_dtype="bfloat16")
     for batch in BATCHES:
         kjt = KeyedJagged.from_lists(batch)
         ec32(kjt).sum().backward()
@@ -120,7 +120,7 @@ def test_bf16_storage_keeps_fp32_math_close():
 
 
 def test_out_of_range_id_names_feature_sample_and_value():
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("sgd", 0.1))
+    ec = EmbeddingCollection(TABLES, SparseOptimizer("sgd", 0.1))
     batch = {**BATCHES[0], "b2": [[6], [], [0, 7]]}
     with pytest.raises(ValueError, match=r"feature 'b2' \(table 'b', 7 rows\): sample 2 has id 7"):
         ec(KeyedJagged.from_lists(batch))
@@ -131,7 +131,7 @@ def test_out_of_range_id_names_feature_sample_and_value():
 def test_dims_must_match():
     with pytest.raises(ValueError, match="share one embedding dim"):
         EmbeddingCollection([Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))],
-                            SparseOptimizerConfig())
+                            SparseOptimizer())
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
@@ -140,7 +140,7 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
     (dedup, exchange, pool_backward, sparse_update) on one rank computes the same thing, to the bit on CPU."""
     results = []
     for single_rank in (True, False):
-        ec = EmbeddingCollection(TABLES, SparseOptimizerConfig(optimizer, 0.1), seed=2, always_exchange=not single_rank)
+        ec = EmbeddingCollection(TABLES, SparseOptimizer(optimizer, 0.1), seed=2, always_exchange=not single_rank)
         pooled = []
         for batch in BATCHES * 2:
             out = ec(KeyedJagged.from_lists(batch))

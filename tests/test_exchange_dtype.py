@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
+from embedding import ShardedEmbeddingCollection, SparseOptimizer, Table, plan_sharding
 from embedding.comm import Exchange
 from pipeline.batch import KeyedJagged
 from tests.support.dist_utils import run_distributed
@@ -42,7 +42,7 @@ def test_small_gradients_survive_16_bit_exchange(sent_gradients, dtype, rtol):
 def _bytes(rank, world_size, group, dtype):
     tables = [Table("t0", 10, 8, "sum", ("t0",)), Table("t1", 10, 8, "sum", ("t1",))]
     plan = plan_sharding(tables, world_size, default_placement="row")
-    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizerConfig("sgd", 0.1), rank=rank, world_size=world_size,
+    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizer("sgd", 0.1), rank=rank, world_size=world_size,
                                     group=group, exchange_dtype=dtype)
     kjt = KeyedJagged.from_lists({"t0": [[1 + rank, 2], [3]], "t1": [[1, 4], [4]]})
     sd = ec.input_dist(kjt)

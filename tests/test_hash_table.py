@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from kernels.hash_table import EMPTY, TOMBSTONE, find_or_insert, find_or_insert_reference, home_slot  # noqa: E402
-from kernels.triton_hash_table import BLOCK, find_or_insert_triton  # noqa: E402
+from kernels.hash_table_triton import BLOCK, find_or_insert_triton  # noqa: E402
 from tests.test_kernels_triton import DEVICE, needs_triton  # noqa: E402
 
 

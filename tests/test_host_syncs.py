@@ -84,7 +84,7 @@ def test_single_rank_kaggle_step_makes_two_syncs(tmp_path):
     assert profile["steps"] == 2
     sites = {site.split(":")[0] + " " + site.split(" ")[1]: n for site, n in profile["sync_sites"].items()}
     assert sites == {"embedding/ids.py _local_scalar_dense": 1.0,
-                     "kernels/triton_pool_backward_update.py nonzero": 1.0}, profile["sync_sites"]
+                     "kernels/pool_backward_update_triton.py nonzero": 1.0}, profile["sync_sites"]
     assert profile["predicted_syncs_per_step"] == 2.0 <= 3
 
 
@@ -95,5 +95,5 @@ def test_two_rank_step_makes_one_sync_per_exchange_decision(tmp_path):
     profile = _profile(tmp_path, 2, "configs/tiny.toml", "--train.global_batch_size", "32")
     files = sorted(site.split(":")[0] for site, n in profile["sync_sites"].items() for _ in range(int(n)))
     assert files == (["embedding/ids.py"] + ["embedding/sharded.py"] * 2
-                     + ["kernels/triton_unique_partition.py"] * 2), profile["sync_sites"]
+                     + ["kernels/unique_partition_triton.py"] * 2), profile["sync_sites"]
     assert profile["predicted_syncs_per_step"] == 5.0

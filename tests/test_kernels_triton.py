@@ -1,7 +1,7 @@
 """Triton kernels against their torch references.
 
 Without a GPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set below and in
-tests/conftest.py before any kernels.triton_* import); shapes stay small because every
+tests/conftest.py before any kernels.*_triton import); shapes stay small because every
 program instance is executed in Python. With a GPU the same parametrization runs compiled on
 CUDA (inputs are made on the CPU and moved to DEVICE; the reference runs on the CPU copies).
 The launchers are called directly so that the dispatch flag RECFUSE_FORCE_TRITON is only set
@@ -18,19 +18,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels.common_triton import INTERPRETED  # noqa: E402
 from kernels.gather_pool import gather_pool_reference, lookup_reference  # noqa: E402
+from kernels.gather_pool_triton import gather_pool_triton, lookup_triton  # noqa: E402
 from kernels.pool_backward import pool_backward_reference  # noqa: E402
-from kernels.sparse_update import init_sparse_state, sparse_update_reference  # noqa: E402
-from kernels.triton_gather_pool import _gather_pool_kernel, gather_pool_triton, lookup_triton  # noqa: E402
-from kernels.triton_pool_backward import pool_backward_triton  # noqa: E402
-from kernels.triton_sparse_update import sparse_update_triton  # noqa: E402
-from kernels.triton_unique_partition import unique_partition_triton  # noqa: E402
+from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
+from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
+from kernels.sparse_update import sparse_update_reference  # noqa: E402
+from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
+from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
 
-INTERPRETED = isinstance(_gather_pool_kernel, InterpretedFunction)
 HAS_CUDA = torch.cuda.is_available()
 # where the Triton kernels run: compiled on a GPU, or interpreted on the CPU
 DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("cuda")
@@ -38,7 +38,7 @@ DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("c
 needs_triton = pytest.mark.skipif(
     not INTERPRETED and not HAS_CUDA,
     reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
-           "kernels.triton_* was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
+           "kernels.*_triton was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
 )
 
 
@@ -118,7 +118,7 @@ def test_unique_partition_probe_overflow_falls_back():
 def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
     """The persistent map is never cleared: each call's smaller tag must beat what earlier calls left,
     also when the key space grows and when the tags run out (the map is refilled)."""
-    import kernels.triton_unique_partition as up
+    import kernels.unique_partition_triton as up
 
     monkeypatch.setattr(up, "_DIRECT_MAPS", {})
     offsets = torch.tensor([0, 40, 100], dtype=torch.int64)
@@ -239,11 +239,12 @@ ROW_PATTERNS = {"duplicates": [3, 3, 0, 9, 3, 5], "one": [4], "empty": [], "uniq
 def run_sparse_update(update, optimizer, dim, dtype, pattern, device="cpu"):
     gen = torch.Generator().manual_seed(dim * 7 + len(pattern))
     weight = torch.randn(10, dim, generator=gen).to(dtype).to(device)
-    state = init_sparse_state(optimizer, 10, dim, device)
+    opt = SparseOptimizer(optimizer, 0.1)
+    state = opt.init_state(10, dim, device)
     rows = torch.tensor(ROW_PATTERNS[pattern], dtype=torch.int64, device=device)
     for _ in range(2):  # the second step exercises non-zero state and adam's per-row steps
         grads = torch.randn(rows.numel(), dim, generator=gen).to(device)
-        update(weight, rows, grads, state, optimizer, 0.1)
+        update(weight, rows, grads, state, opt)
     return weight.cpu(), {k: v.cpu() for k, v in state.items()}
 
 
@@ -292,11 +293,11 @@ def test_sparse_update_rejects_bad_input():
     weight = torch.zeros(4, 3)
     rows = torch.tensor([1], dtype=torch.int64)
     with pytest.raises(ValueError, match="unknown sparse optimizer"):
-        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "rmsprop", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, SparseOptimizer("rmsprop", 0.1))
     with pytest.raises(ValueError, match="momentum1"):
-        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, "adagrad", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(1, 3), {}, SparseOptimizer("adagrad", 0.1))
     with pytest.raises(ValueError, match="grads"):
-        sparse_update_triton(weight, rows, torch.zeros(2, 3), {}, "sgd", 0.1)
+        sparse_update_triton(weight, rows, torch.zeros(2, 3), {}, SparseOptimizer("sgd", 0.1))
 
 
 # ---------------------------------------------------------------------------------------------

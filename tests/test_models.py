@@ -250,10 +250,10 @@ def test_dlrm_init_same_weights_at_w1_and_w2(tmp_path):
 
 def test_embedding_init_is_dlrms_uniform():
     # facebookresearch/dlrm: rows ~ U(-sqrt(1/rows), +sqrt(1/rows)); RecFuse's hash-based init already is that law
-    from embedding import EmbeddingCollection, SparseOptimizerConfig, Table
+    from embedding import EmbeddingCollection, SparseOptimizer, Table
 
     rows, dim = 65536, 16
-    weight = EmbeddingCollection([Table("t", rows, dim, "sum", ("t",))], SparseOptimizerConfig("sgd", 0.1)).weight
+    weight = EmbeddingCollection([Table("t", rows, dim, "sum", ("t",))], SparseOptimizer("sgd", 0.1)).weight
     bound = (1 / rows) ** 0.5
     mean, std, kurtosis = _moments(weight)
     # U(-b, b): std b / sqrt(3), kurtosis 1.8. n = 2^20 values: standard errors b / sqrt(3n) (mean), b / sqrt(15n)

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels.pool_backward_update import pool_backward_update, pool_backward_update_reference  # noqa: E402
-from kernels.sparse_update import init_sparse_state  # noqa: E402
+from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
 from tests.test_kernels_triton import DEVICE, needs_triton  # noqa: E402
 
 # name: (batch size, bag lengths feature-major [F*B], rows, id pattern); F = 2
@@ -41,12 +41,12 @@ def run(update, device, name, dim, dtype, optimizer, mean):
         feature_mean = torch.tensor([False, False])
     rows = weight.shape[0]
     weight = weight.to(device)
-    state = init_sparse_state(optimizer, rows, dim, device)
+    state = SparseOptimizer(optimizer).init_state(rows, dim, device)
     freq = torch.arange(rows, dtype=torch.int64, device=device)
     last = torch.zeros(rows, dtype=torch.int64, device=device)
     for step in (1, 2):  # the second step runs on non-zero state (adagrad accumulators, adam step counts)
         update(weight, state, freq, last, step, value_rows.to(device), offsets.to(device), (grad * step).to(device),
-               feature_mean.to(device), optimizer, 0.1)
+               feature_mean.to(device), SparseOptimizer(optimizer, 0.1))
     return weight.cpu(), {k: v.cpu() for k, v in state.items()}, freq.cpu(), last.cpu()
 
 
@@ -78,9 +78,9 @@ def test_reference_touches_only_looked_up_rows():
     gen = torch.Generator().manual_seed(0)
     weight, value_rows, offsets, grad, mean = make_case("irregular", 4, torch.float32, "adam", gen)
     before = weight.clone()
-    state = init_sparse_state("adam", 9, 4, "cpu")
+    state = SparseOptimizer("adam").init_state(9, 4, "cpu")
     freq, last = torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.int64)
-    pool_backward_update_reference(weight, state, freq, last, 7, value_rows, offsets, grad, mean, "adam", 0.1)
+    pool_backward_update_reference(weight, state, freq, last, 7, value_rows, offsets, grad, mean, SparseOptimizer("adam", 0.1))
     touched = torch.zeros(9, dtype=torch.bool)
     touched[value_rows] = True
     assert torch.equal(weight[~touched], before[~touched]) and bool((weight[touched] != before[touched]).all())
@@ -106,7 +106,7 @@ def test_hot_row_gradient_is_accurate(monkeypatch):
     w = torch.zeros(num_rows, 4, device=DEVICE)
     freq, last = (torch.zeros(num_rows, dtype=torch.int64, device=DEVICE) for _ in range(2))
     pool_backward_update(w, {}, freq, last, 1, value_rows.to(DEVICE), offsets.to(DEVICE), grad.to(DEVICE),
-                         mean.to(DEVICE), "sgd", 1.0)
+                         mean.to(DEVICE), SparseOptimizer("sgd", 1.0))
     assert int((value_rows == 5).sum()) > 256  # the long-segment path ran
     torch.testing.assert_close(-w.cpu().double(), exact, rtol=1e-5, atol=1e-4)
     assert torch.equal(freq.cpu(), torch.bincount(value_rows, minlength=num_rows)) and bool((last.cpu() == 1).any())

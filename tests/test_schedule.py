@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from embedding import SparseOptimizerConfig
+from embedding import SparseOptimizer
 from training.config import OptimizerConfig
 from training.lr_schedule import apply_lr, lr_at
 
@@ -119,7 +119,7 @@ def test_apply_lr_sets_both_optimizers():
     cfg = types.SimpleNamespace(optimizer=OptimizerConfig(dense_lr=0.1, sparse_lr=0.3, lr_warmup_steps=4),
                                 train=types.SimpleNamespace(global_batch_size=64))
     dense = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    embeddings = types.SimpleNamespace(optimizer=SparseOptimizerConfig("adagrad", 0.3))
+    embeddings = types.SimpleNamespace(optimizer=SparseOptimizer("adagrad", 0.3))
     assert apply_lr(1, cfg, dense, embeddings) == pytest.approx((0.025, 0.075))
     assert dense.param_groups[0]["lr"] == pytest.approx(0.025) and embeddings.optimizer.lr == pytest.approx(0.075)
 

@@ -99,11 +99,11 @@ def test_same_losses_weights_and_states(runs, case, world_size):
 
 def _exchange_counts(rank, world_size, group):
     """Rank r looks up ids with known duplicates; report what travelled."""
-    from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
+    from embedding import ShardedEmbeddingCollection, SparseOptimizer, Table, plan_sharding
 
     tables = [Table("t0", 10, 2, "sum", ("t0",)), Table("t1", 10, 2, "sum", ("t1",))]
     plan = plan_sharding(tables, world_size, default_placement="row")
-    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizerConfig("sgd", 0.1), rank=rank,
+    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizer("sgd", 0.1), rank=rank,
                                     world_size=world_size, group=group)
     # 12 ids, 4 distinct keys per rank: t0 {1, 2}, t1 {1, 4}; rank 1 shifts t0's ids by 1 -> {2, 3}
     shift = rank

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import embedding.sharded
-from embedding import EmbeddingCollection, SparseOptimizerConfig
+from embedding import EmbeddingCollection, SparseOptimizer
 from pipeline.batch import KeyedJagged
 from tests.test_embedding_collection import BATCHES, TABLES
 from training.stages import EXCHANGE_STAGES, STAGES, StageTimer
@@ -45,8 +45,8 @@ def test_collection_attributes_each_phase_to_its_stage(monkeypatch, path):
     for kernel, (_, seconds) in delays.items():
         monkeypatch.setattr(embedding.sharded, kernel, _slowed(getattr(embedding.sharded, kernel), seconds))
     exchange = path == "exchange"  # the exchange path also runs on one rank
-    ec = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1, always_exchange=exchange)
-    untimed = EmbeddingCollection(TABLES, SparseOptimizerConfig("adagrad", 0.1), seed=1, always_exchange=exchange)
+    ec = EmbeddingCollection(TABLES, SparseOptimizer("adagrad", 0.1), seed=1, always_exchange=exchange)
+    untimed = EmbeddingCollection(TABLES, SparseOptimizer("adagrad", 0.1), seed=1, always_exchange=exchange)
     timer = StageTimer(torch.device("cpu"))
     ec.timer = timer
     kjt = KeyedJagged.from_lists(BATCHES[0])

@@ -4,7 +4,7 @@ every world size and under every plan."""
 import pytest
 import torch
 
-from embedding import ShardedEmbeddingCollection, SparseOptimizerConfig, Table, plan_sharding
+from embedding import ShardedEmbeddingCollection, SparseOptimizer, Table, plan_sharding
 from kernels.hashing import splitmix64
 from tests.support.dist_utils import run_distributed
 
@@ -26,7 +26,7 @@ def reference_digest(t: int, weight: torch.Tensor) -> int:
 
 def _digests(rank, world_size, group, placement, chunk_elems, storage_dtype="float32"):
     plan = plan_sharding(TABLES, world_size, default_placement=placement, replicate_below_bytes=0)
-    ec = ShardedEmbeddingCollection(TABLES, plan, SparseOptimizerConfig("adagrad", 0.1), rank=rank,
+    ec = ShardedEmbeddingCollection(TABLES, plan, SparseOptimizer("adagrad", 0.1), rank=rank,
                                     world_size=world_size, group=group, seed=3, storage_dtype=storage_dtype)
     full = ec.full_state_dict()
     return ec.table_digests(chunk_elems), [reference_digest(t, full[x.name]["weight"]) for t, x in enumerate(TABLES)]
@@ -57,7 +57,7 @@ def test_digest_of_low_precision_storage_hashes_its_float32_values(storage_dtype
 
 def test_any_single_value_change_changes_the_digest():
     plan = plan_sharding(TABLES, 1, default_placement="table")
-    ec = ShardedEmbeddingCollection(TABLES, plan, SparseOptimizerConfig("sgd", 0.1), seed=3)
+    ec = ShardedEmbeddingCollection(TABLES, plan, SparseOptimizer("sgd", 0.1), seed=3)
     before = ec.table_digests()
     for row, col in ((0, 0), (36, 5), (40, 2)):  # first, last row of "big", a row of "small"
         old = ec.weight[row, col].clone()

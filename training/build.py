@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from embedding import ShardedEmbeddingCollection, ShardingPlan, SparseOptimizerConfig, Table, plan_sharding, resolve_tables
+from embedding import ShardedEmbeddingCollection, ShardingPlan, SparseOptimizer, Table, plan_sharding, resolve_tables
 from models import build_model
 from training.config import Config
 from training.data import DatasetSource, SyntheticSource, open_source
@@ -64,7 +64,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     o, e = cfg.optimizer, cfg.embedding
     plan = sharding_plan(cfg, tables, env.world_size)
     embeddings = ShardedEmbeddingCollection(
-        tables, plan, SparseOptimizerConfig(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2), rank=env.rank,
+        tables, plan, SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2), rank=env.rank,
         world_size=env.world_size, group=env.group, device=env.device, seed=cfg.run.seed,
         storage_dtype=e.storage_dtype, exchange_dtype=e.exchange_dtype)
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.ownership import owner_of
+
 # Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
 # does not, so only kernels.compile_check catches it).
 # keys are >= 0, so -1 can never be a real key: it marks an empty slot
@@ -228,8 +230,6 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     key_space: an exclusive bound of the keys known on the host (e.g. total rows of all tables), which
     selects the direct map when <= DIRECT_MAX_KEYS; None (or a larger one) selects the hash table.
     """
-    from kernels.unique_partition import owner_of
-
     _check(keys, table_offsets, table_owner, world_size)
     device = keys.device
     n = keys.numel()

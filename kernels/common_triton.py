@@ -13,6 +13,7 @@ are built by kernels.compile_check.
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 BLOCK_DS = (32, 128)  # column-block classes: rows up to 32 wide in one block, wider rows in 128-column blocks
 
@@ -32,6 +33,10 @@ def column_mask(d, dim, ALIGN: tl.constexpr):
     """d < dim, written so the compiler sees it constant over groups of ALIGN columns (dim % ALIGN == 0):
     a mask that may change at every column would split each vector load into scalar loads."""
     return (d // ALIGN) < (dim // ALIGN)
+
+
+# whether this process's kernels run in the Triton interpreter (TRITON_INTERPRET=1 at their import)
+INTERPRETED = isinstance(column_mask, InterpretedFunction)
 
 
 def check_bags(inverse, offsets, batch_size, feature_mean, device):

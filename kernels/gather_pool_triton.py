@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_bags, column_block, column_mask, row_align
+from kernels.common_triton import check_bags, column_block, column_mask, row_align
 
-# sizes that change per batch or per model are not value-specialized (kernels/triton_common.py)
+# sizes that change per batch or per model are not value-specialized (kernels/common_triton.py)
 ROW_SIZES = ["weight_stride", "num_rows", "dim", "batch_size", "num_features"]
 
 

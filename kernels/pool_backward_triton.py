@@ -3,7 +3,7 @@
 One program per (BAGS consecutive bags, D-block) loads the bags' pooled gradients once, scales
 them (1/len for mean features) and atomically adds them into grad_unique[inverse[i]] for each
 value i, one value per bag per step. Work and traffic are O(N * D) with no sort and no [N, D]
-intermediate. (One rank uses kernels/triton_pool_backward_update.py instead: no atomics.)
+intermediate. (One rank uses kernels/pool_backward_update_triton.py instead: no atomics.)
 
 Float atomics make the summation order depend on scheduling, so results are deterministic
 only up to fp32 round-off (a key used k times sees k! possible orders). The project's
@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_bags, column_block, column_mask, row_align
-from kernels.triton_gather_pool import ROW_SIZES, bags_per_program
+from kernels.common_triton import check_bags, column_block, column_mask, row_align
+from kernels.gather_pool_triton import ROW_SIZES, bags_per_program
 
 
 @triton.jit(do_not_specialize=ROW_SIZES)
@@ -28,8 +28,8 @@ def _pool_backward_kernel(
     batch_size,    # B
     num_features,  # F
     dim,           # D
-    BAGS: tl.constexpr,     # bags per program (triton_gather_pool.bags_per_program)
-    BLOCK_D: tl.constexpr,  # columns per program (one of triton_common.BLOCK_DS)
+    BAGS: tl.constexpr,     # bags per program (gather_pool_triton.bags_per_program)
+    BLOCK_D: tl.constexpr,  # columns per program (one of common_triton.BLOCK_DS)
     ALIGN: tl.constexpr,    # divides D (row_align)
 ):
     pid_b = tl.program_id(0)
@@ -82,7 +82,7 @@ def pool_backward_triton(grad_pooled: torch.Tensor, inverse: torch.Tensor, offse
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them)."""
-    from kernels.triton_gather_pool import COMPILE_DIMS
+    from kernels.gather_pool_triton import COMPILE_DIMS
 
     offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
     inverse = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)

@@ -14,14 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-# Globals read inside a kernel must be tl.constexpr (kernels/triton_unique_partition.py says why)
+from kernels.hashing import GOLDEN, MIX1, MIX2
+
+# Globals read inside a kernel must be tl.constexpr (kernels/unique_partition_triton.py says why)
 _EMPTY = tl.constexpr(-1)
 _TOMBSTONE = tl.constexpr(-2)
 _NEVER = tl.constexpr(-3)  # no slot ever holds it: a CAS comparing against it is a read
-# splitmix64's constants as signed int64 (kernels.hashing), and the masks of its logical right shifts
-_GOLDEN = tl.constexpr(-7046029254386353131)
-_MIX1 = tl.constexpr(-4658895280553007687)
-_MIX2 = tl.constexpr(-7723592293110705685)
+# splitmix64's constants (kernels.hashing), and the masks of its logical right shifts
+_GOLDEN = tl.constexpr(GOLDEN)
+_MIX1 = tl.constexpr(MIX1)
+_MIX2 = tl.constexpr(MIX2)
 _LOW34 = tl.constexpr((1 << 34) - 1)
 _LOW37 = tl.constexpr((1 << 37) - 1)
 _LOW33 = tl.constexpr((1 << 33) - 1)

@@ -13,17 +13,16 @@ into a small fp32 buffer with atomics, and ``_long_update_kernel`` updates those
 
 No [U, D] gradient is written or read back, unlike pool_backward + sparse_update; short segments
 are summed in a fixed order, so the result is deterministic run to run (long ones to fp32
-round-off). Optimizer math follows kernels.sparse_update.
+round-off). The optimizer's row math: kernels.sparse_optimizer_triton.
 """
-
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_bags, column_block, column_mask, row_align
-from kernels.triton_sparse_update import _OPTIMIZER_ID, _check_state
+from kernels.common_triton import check_bags, column_block, column_mask, row_align
+from kernels.sparse_optimizer import SparseOptimizer
+from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
 
 CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
 BLOCK_V = 8  # values summed per step
@@ -47,43 +46,6 @@ def _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, d, d_mask, dim,
     return acc
 
 
-@triton.jit
-def _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, mask, g, optimizer, lr, eps, beta1, beta2,
-                    one_minus_beta1, one_minus_beta2, denom, bias1, bias2):
-    """One optimizer step on columns d of one row, given its gradient g (fp32 math, storage dtype kept)."""
-    w = tl.load(weight_ptr + w_base + d, mask=mask, other=0.0).to(tl.float32)
-    if optimizer == 0:
-        w = w - lr * g
-    elif optimizer == 1:
-        w = w - lr * g / denom
-    else:
-        m1 = beta1 * tl.load(m1_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta1 * g
-        m2 = beta2 * tl.load(m2_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta2 * g * g
-        tl.store(m1_ptr + s_base + d, m1, mask=mask)
-        tl.store(m2_ptr + s_base + d, m2, mask=mask)
-        w = w - lr * (m1 / bias1) / (tl.sqrt(m2 / bias2) + eps)
-    tl.store(weight_ptr + w_base + d, w.to(weight_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active):
-    """(denom, bias1, bias2) of a row, updating its Adagrad accumulator or Adam step count (scalar row)."""
-    denom = tl.full((), 1.0, tl.float32)
-    bias1 = tl.full((), 1.0, tl.float32)
-    bias2 = tl.full((), 1.0, tl.float32)
-    if optimizer == 1:
-        acc = tl.load(m1_ptr + row, mask=active, other=0.0) + sq / dim
-        tl.store(m1_ptr + row, acc, mask=active)
-        denom = tl.sqrt(acc) + eps
-    elif optimizer == 2:
-        t = tl.load(steps_ptr + row, mask=active, other=0) + 1
-        tl.store(steps_ptr + row, t, mask=active)
-        tf = t.to(tl.float32)
-        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
-        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
-    return denom, bias1, bias2
-
-
 @triton.jit(do_not_specialize=_SIZES)
 def _segment_update_kernel(
     item_seg_ptr,    # int64 [>= items] segment of each work item (valid below item_start[U])
@@ -103,15 +65,15 @@ def _segment_update_kernel(
     freq_ptr,        # int64 [R] lookups per row, += segment length
     last_step_ptr,   # int64 [R] set to step for every updated row
     step,            # this update's step number
-    optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # as in triton_sparse_update
+    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
+    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # kernel_args
     partial_ptr,     # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
     long_index_ptr,  # int64 [U] index of each long segment among the long ones
     long_seg_ptr,    # int64 [num_long_bound] out: segment of each long segment index
     num_long_bound,  # rows of partial_ptr
     CHUNK: tl.constexpr,    # values per work item
     BLOCK_V: tl.constexpr,  # values summed per step
-    BLOCK_D: tl.constexpr,  # columns per step (one of triton_common.BLOCK_DS)
+    BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
     ALIGN: tl.constexpr,    # divides D and weight_stride (row_align)
 ):
     item = tl.program_id(0).to(tl.int64)
@@ -144,24 +106,24 @@ def _segment_update_kernel(
     else:
         row = tl.load(seg_row_ptr + s)
         sq = tl.sum(acc0 * acc0)
-        if optimizer == 1:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
             for d0 in range(BLOCK_D, dim, BLOCK_D):
                 cols = d0 + d
                 acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN),
                                   dim, BLOCK_V, BLOCK_D, ALIGN)
                 sq += tl.sum(acc * acc)
-        denom, bias1, bias2 = _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
-                                           active)
+        denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
+                                          active)
         w_base = tl.multiple_of(row * weight_stride, ALIGN)
         s_base = tl.multiple_of(row * dim, ALIGN)
-        _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, first_write, acc0, optimizer, lr, eps,
-                        beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, first_write, acc0, optimizer, lr, eps,
+                       beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
         for d0 in range(BLOCK_D, dim, BLOCK_D):
             cols = d0 + d
             acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN), dim,
                               BLOCK_V, BLOCK_D, ALIGN)
-            _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, column_mask(cols, bound, ALIGN), acc,
-                            optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+            update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, column_mask(cols, bound, ALIGN), acc,
+                           optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
         tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + (seg_hi - seg_lo), mask=active)
         tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
 
@@ -189,20 +151,20 @@ def _long_update_kernel(
     p_base = tl.multiple_of(li * dim, ALIGN)
     bound = tl.where(active, dim, 0)  # see _segment_update_kernel
     sq = tl.full((), 0.0, tl.float32)
-    if optimizer == 1:
+    if optimizer == ADAGRAD:
         for d0 in range(0, dim, BLOCK_D):
             cols = d0 + d
             g = tl.load(partial_ptr + p_base + cols, mask=column_mask(cols, bound, ALIGN), other=0.0)
             sq += tl.sum(g * g)
-    denom, bias1, bias2 = _row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active)
+    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     for d0 in range(0, dim, BLOCK_D):
         cols = d0 + d
         mask = column_mask(cols, bound, ALIGN)
         g = tl.load(partial_ptr + p_base + cols, mask=mask, other=0.0)
-        _update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, mask, g, optimizer, lr, eps, beta1, beta2,
-                        one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, mask, g, optimizer, lr, eps, beta1, beta2,
+                       one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
     length = tl.load(seg_start_ptr + s + 1) - tl.load(seg_start_ptr + s)
     tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + length, mask=active)
     tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
@@ -230,10 +192,8 @@ def _segments(value_rows: torch.Tensor, offsets: torch.Tensor, feature_mean: tor
 
 
 def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
-                                optimizer, lr, eps=1e-8, beta1=0.9, beta2=0.999) -> int:
+                                optimizer: SparseOptimizer) -> int:
     """Same contract as kernels.pool_backward_update.pool_backward_update (in place)."""
-    if optimizer not in _OPTIMIZER_ID:
-        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.stride(1) != 1:
         raise ValueError(f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
                          f"{tuple(weight.shape)}")
@@ -247,7 +207,7 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
         if t.dtype != torch.int64 or t.shape != (weight.shape[0],) or t.device != weight.device:
             raise ValueError(f"{name} must be int64 [{weight.shape[0]}] on {weight.device}, got {t.dtype} "
                              f"{tuple(t.shape)} on {t.device}")
-    _check_state(state, optimizer, weight)
+    optimizer.check_state(state, weight)
     n = value_rows.numel()
     if n == 0 or dim == 0:
         return 0
@@ -274,18 +234,16 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
     m1 = state.get("momentum1", value_rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", value_rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", value_rows.new_empty(1, dtype=torch.int64))
-    hyper = (lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, math.log2(beta1) if beta1 > 0 else -math.inf,
-             math.log2(beta2) if beta2 > 0 else -math.inf)
-    opt = _OPTIMIZER_ID[optimizer]
+    hyper = kernel_args(optimizer)
     grad = grad_pooled.contiguous()
     _segment_update_kernel[(num_items_bound,)](
         item_seg, item_start, seg_start, seg_row, grad_row, scale, grad, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, opt, *hyper,
+        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper,
         partial, long_index, long_seg, num_long_bound,
         CHUNK=CHUNK, BLOCK_V=BLOCK_V, BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
     _long_update_kernel[(num_long_bound,)](
         num_long, long_seg, partial, seg_start, seg_row, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, opt, *hyper, num_long_bound,
+        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper, num_long_bound,
         BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
     return num_segments
 
@@ -293,8 +251,7 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
     each storage dtype x (BLOCK_D, ALIGN) class; the optimizer is a runtime argument."""
-    from kernels.sparse_update import init_sparse_state
-
+    adagrad = SparseOptimizer("adagrad", 0.1)
     offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
     value_rows = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -302,5 +259,5 @@ def compile_cases():
             weight = torch.zeros(8, dim, dtype=dtype)
             freq, last = torch.zeros(8, dtype=torch.int64), torch.zeros(8, dtype=torch.int64)
             yield lambda w=weight, f=freq, s=last, d=dim: pool_backward_update_triton(
-                w, init_sparse_state("adagrad", 8, d, "cpu"), f, s, 1, value_rows, offsets, torch.zeros(2, 2, d),
-                torch.tensor([True, False]), "adagrad", 0.1)
+                w, adagrad.init_state(8, d, "cpu"), f, s, 1, value_rows, offsets, torch.zeros(2, 2, d),
+                torch.tensor([True, False]), adagrad)

@@ -1,6 +1,6 @@
 """Triton owner-side sparse optimizer: merge duplicate rows, then one fused update kernel.
 
-1. Dedup the touched rows with ``triton_unique_partition`` (one owner, one table, the direct
+1. Dedup the touched rows with ``unique_partition_triton`` (one owner, one table, the direct
    map over the local rows): no sort, one host sync to size the unique set.
 2. ``_merge_kernel`` sums the gradients of duplicate rows into grad_unique [U, D] with fp32
    atomics (order-dependent to fp32 round-off only).
@@ -9,22 +9,19 @@
    in BLOCK_D-column chunks; row-wise Adagrad first sums g^2 over the whole row (its mean
    scales every column), then updates.
 
-Math and state layout follow kernels.sparse_update (FBGEMM's fused table-batched embedding).
-The optimizer is a runtime argument, not a constexpr: one compiled variant serves all three
-(the branch is uniform per program and the kernel is memory-bound), which keeps the number of
-variants kernels.compile_check must build small.
+Optimizers, state layout and math: kernels.sparse_optimizer; the row math in Triton, shared with
+pool_backward_update_triton: kernels.sparse_optimizer_triton.
 """
-
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import column_block, column_mask, row_align
-from kernels.triton_unique_partition import unique_partition_triton
+from kernels.common_triton import column_block, column_mask, row_align
+from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
+from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
+from kernels.unique_partition_triton import unique_partition_triton
 
-_OPTIMIZER_ID = {"sgd": 0, "adagrad": 1, "adam": 2}
 # one program holds BLOCK_R x BLOCK_D fp32 values of each operand in registers
 _MAX_BLOCK_ELEMS = 4096
 
@@ -37,8 +34,8 @@ def _merge_kernel(
     num_grads,      # K
     dim,            # D
     BLOCK_K: tl.constexpr,  # gradient rows per program
-    BLOCK_D: tl.constexpr,  # columns per program (one of triton_gather_pool.BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D (triton_gather_pool.row_align)
+    BLOCK_D: tl.constexpr,  # columns per program (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,    # divides D (common_triton.row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -64,7 +61,7 @@ def _update_kernel(
     steps_ptr,       # adam: int64 [R] per-row step count (unused otherwise)
     num_unique,      # U
     dim,             # D
-    optimizer,       # 0 sgd, 1 row-wise adagrad, 2 lazy adam (_OPTIMIZER_ID)
+    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
     lr,              # learning rate
     eps,             # denominator epsilon
     beta1,           # adam first-moment decay
@@ -74,8 +71,8 @@ def _update_kernel(
     log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
     log2_beta2,      # log2(beta2), same
     BLOCK_R: tl.constexpr,    # unique rows per program
-    BLOCK_D: tl.constexpr,    # columns per step along the row (one of triton_gather_pool.BLOCK_DS)
-    ALIGN: tl.constexpr,      # divides D and weight_stride (triton_gather_pool.row_align)
+    BLOCK_D: tl.constexpr,    # columns per step along the row (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,      # divides D and weight_stride (common_triton.row_align)
 ):
     pid = tl.program_id(0)
     u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -86,69 +83,29 @@ def _update_kernel(
     g_base = tl.multiple_of(u * dim, ALIGN)
 
     # per-row factors, computed before any column is written
-    denom = tl.full([BLOCK_R], 1.0, tl.float32)
-    bias1 = tl.full([BLOCK_R], 1.0, tl.float32)
-    bias2 = tl.full([BLOCK_R], 1.0, tl.float32)
-    if optimizer == 1:
-        sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
         for d0 in range(0, dim, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
             g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
             sq += tl.sum(g * g, axis=1)  # masked columns load as 0
-        acc = tl.load(m1_ptr + row, mask=u_mask, other=0.0) + sq / dim
-        tl.store(m1_ptr + row, acc, mask=u_mask)
-        denom = tl.sqrt(acc) + eps
-    elif optimizer == 2:
-        t = tl.load(steps_ptr + row, mask=u_mask, other=0) + 1
-        tl.store(steps_ptr + row, t, mask=u_mask)
-        tf = t.to(tl.float32)
-        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
-        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
+    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
+                                      u_mask)
 
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
-        w_ptrs = weight_ptr + w_base[:, None] + d[None, :]
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
-        if optimizer == 0:
-            w = w - lr * g
-        elif optimizer == 1:
-            w = w - lr * g / denom[:, None]
-        else:
-            state_off = s_base[:, None] + d[None, :]
-            m1 = beta1 * tl.load(m1_ptr + state_off, mask=mask, other=0.0) + one_minus_beta1 * g
-            m2 = beta2 * tl.load(m2_ptr + state_off, mask=mask, other=0.0) + one_minus_beta2 * g * g
-            tl.store(m1_ptr + state_off, m1, mask=mask)
-            tl.store(m2_ptr + state_off, m2, mask=mask)
-            w = w - lr * (m1 / bias1[:, None]) / (tl.sqrt(m2 / bias2[:, None]) + eps)
-        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=mask)
-
-
-def _check_state(state, optimizer, weight):
-    num_rows, dim = weight.shape
-    expected = {
-        "sgd": {},
-        "adagrad": {"momentum1": ((num_rows,), torch.float32)},
-        "adam": {"momentum1": ((num_rows, dim), torch.float32), "momentum2": ((num_rows, dim), torch.float32),
-                 "row_steps": ((num_rows,), torch.int64)},
-    }[optimizer]
-    for name, (shape, dtype) in expected.items():
-        t = state.get(name)
-        if t is None:
-            raise ValueError(f"{optimizer} state is missing {name!r} (see kernels.sparse_update.init_sparse_state)")
-        if tuple(t.shape) != shape or t.dtype != dtype or t.device != weight.device or not t.is_contiguous():
-            raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} on "
-                             f"{weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+        update_columns(weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], d[None, :], mask,
+                       g, optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
+                       denom[:, None], bias1[:, None], bias2[:, None])
 
 
 def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                         state: dict[str, torch.Tensor], optimizer: str, lr: float, eps: float = 1e-8,
-                         beta1: float = 0.9, beta2: float = 0.999, rows_unique: bool = False) -> None:
+                         state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
+                         rows_unique: bool = False) -> None:
     """Same contract as kernels.sparse_update.sparse_update (in place)."""
-    if optimizer not in _OPTIMIZER_ID:
-        raise ValueError(f"unknown sparse optimizer {optimizer!r}; expected one of {tuple(_OPTIMIZER_ID)}")
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}")
     if weight.stride(1) != 1:
@@ -161,7 +118,7 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     for name, t in (("rows", rows), ("grads", grads)):
         if t.device != weight.device:
             raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
-    _check_state(state, optimizer, weight)
+    optimizer.check_state(state, weight)
     if rows.numel() == 0 or dim == 0:
         return
 
@@ -187,9 +144,7 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
-        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, _OPTIMIZER_ID[optimizer],
-        lr, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2,
-        math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
+        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, *kernel_args(optimizer),
         BLOCK_R=block_r, BLOCK_D=block_d, ALIGN=row_align(dim, weight.stride(0)),
     )
 
@@ -197,16 +152,14 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
     each storage dtype x (BLOCK_D, ALIGN) class, every optimizer, merged or unique rows."""
-    from kernels.sparse_update import init_sparse_state
-
     dims = (3, 16, 100, 128)  # every (BLOCK_D, ALIGN) class
     rows = torch.tensor([3, 3, 0, 5], dtype=torch.int64)
-    for optimizer in _OPTIMIZER_ID:
+    for optimizer in (SparseOptimizer(name, 0.1) for name in SPARSE_OPTIMIZERS):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for dim in dims:
                 def case(o=optimizer, t=dtype, d=dim):
                     weight = torch.zeros(8, d, dtype=t)
-                    state = init_sparse_state(o, 8, d, "cpu")
-                    sparse_update_triton(weight, rows, torch.zeros(4, d), state, o, 0.1)
-                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, 0.1, rows_unique=True)
+                    state = o.init_state(8, d, "cpu")
+                    sparse_update_triton(weight, rows, torch.zeros(4, d), state, o)
+                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, rows_unique=True)
                 yield case
