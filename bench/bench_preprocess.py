@@ -172,7 +172,7 @@ def run_preprocess(source: Path, out: Path, mode: str, workers: int, chunk_rows:
     return {**meta, "own_cpu_s": round(own, 2), "other_cpu_s": round(max(busy - own, 0.0), 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cores = os.cpu_count() or 1
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -188,15 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: a directory under the system temp dir)")
     parser.add_argument("--results", default=str(RESULTS), help="JSON lines file to append to ('' for none)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    progress = not args.no_progress
-    worker_counts = [int(w) for w in args.workers.split(",")]
-    modes = args.modes.split(",")
-    if unknown := set(modes) - set(MODES):
-        parser.error(f"unknown modes {sorted(unknown)}")
-    scratch = Path(args.dir or Path(tempfile.gettempdir()) / "recfuse_bench_preprocess")
-    scratch.mkdir(parents=True, exist_ok=True)
+    return parser
 
+
+def _inputs(args, scratch: Path, progress: bool) -> dict[str, Path]:
+    """The generated TSV input (kept between runs), and its gzip copy with --gzip."""
     source = scratch / f"criteo_{args.rows}_seed{args.seed}.tsv"
     if not source.exists():
         generate(source, args.rows, args.seed, progress)
@@ -205,13 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs["gzip"] = source.with_name(source.name + ".gz")
         if not inputs["gzip"].exists():
             _gzip_copy(source, progress)
+    return inputs
 
-    if (load := os.getloadavg()[0]) > 0.5:
-        print(f"warning: load average {load:.2f}: the machine may not be idle; see 'other CPU s' per run",
-              file=sys.stderr)
-    machine = {"device": f"cpu ({_cpu_name()}, {platform.machine()})", "cores": cores, "commit": _git_commit(),
-               "python": platform.python_version(), "numpy": np.__version__}
-    points = [(m, i, w) for m in modes for i in inputs for w in worker_counts]
+
+def _measure(args, points, inputs, scratch: Path, machine: dict, worker_counts: list[int], progress: bool) -> list[dict]:
+    """One result line per (mode, input, workers); every worker count must write the same bytes."""
     results, digests = [], {}
     for mode, kind, workers in tqdm(points, desc="runs", disable=not progress):
         out = scratch / f"out_{mode}_{kind}_w{workers}"
@@ -229,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                         "seconds": meta["seconds"], "rows_per_s": round(meta["num_rows"] / meta["seconds"]),
                         "own_cpu_s": meta["own_cpu_s"], "other_cpu_s": meta["other_cpu_s"], "repeats": args.repeats,
                         "all_seconds": [r["seconds"] for r in runs], "all_other_cpu_s": [r["other_cpu_s"] for r in runs]})
+    return results
 
-    print(f"\npreprocess, {args.rows:,} rows, on {machine['device']}, {cores} cores, commit {machine['commit']}")
+
+def _print_table(results: list[dict], rows: int, machine: dict) -> None:
+    """The results as a table; adds each line's speed-up over one worker."""
+    print(f"\npreprocess, {rows:,} rows, on {machine['device']}, {machine['cores']} cores, commit {machine['commit']}")
     header = (f"{'mode':<9} {'input':<6} {'workers':>7} {'seconds':>8} {'rows/s':>10} {'speed-up':>9} {'own CPU s':>10} "
               f"{'other CPU s':>12}")
     print(header)
@@ -241,6 +239,27 @@ def main(argv: list[str] | None = None) -> int:
         speedup = f"{r['speedup_vs_1']:.2f}x" if one else "-"
         print(f"{r['mode']:<9} {r['input']:<6} {r['workers']:>7} {r['seconds']:>8.2f} {r['rows_per_s']:>10,} "
               f"{speedup:>9} {r['own_cpu_s']:>10.2f} {r['other_cpu_s']:>12.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    progress = not args.no_progress
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)}")
+    scratch = Path(args.dir or Path(tempfile.gettempdir()) / "recfuse_bench_preprocess")
+    scratch.mkdir(parents=True, exist_ok=True)
+    inputs = _inputs(args, scratch, progress)
+    if (load := os.getloadavg()[0]) > 0.5:
+        print(f"warning: load average {load:.2f}: the machine may not be idle; see 'other CPU s' per run",
+              file=sys.stderr)
+    machine = {"device": f"cpu ({_cpu_name()}, {platform.machine()})", "cores": os.cpu_count() or 1,
+               "commit": _git_commit(), "python": platform.python_version(), "numpy": np.__version__}
+    points = [(m, i, w) for m in modes for i in inputs for w in worker_counts]
+    results = _measure(args, points, inputs, scratch, machine, worker_counts, progress)
+    _print_table(results, args.rows, machine)
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:

@@ -1,29 +1,12 @@
-"""RecFuse vs TorchRec's DistributedModelParallel on the same model, data and optimizers.
+"""RecFuse vs TorchRec's DistributedModelParallel on the same model, data and optimizers (docs/torchrec.md).
 
-    pip install --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 \
-        pyre-extensions==0.0.32 typing-inspect==0.9.0 mypy-extensions==1.2.0 cloudpickle==3.1.2
     python bench/compare_torchrec.py                       # configs/tiny.toml at W = 1 and 2, CPU + gloo
     python bench/compare_torchrec.py --world-sizes 1,2,4 --out /tmp/cmp.json -- --train.steps 100
 
-Arguments after ``--`` are RecFuse config overrides, applied to both systems. Per world size, one
-group of spawned processes runs ``train.run`` (RecFuse) and the same training with TorchRec:
-
-- same tables (rows, dim, features, pooling) in an EmbeddingBagCollection, same dense network
-  (``models.build_model``, same seed), same initial table rows (RecFuse's are copied into TorchRec's
-  shards), same batches (``training.data.SyntheticSource``: synthetic stream, prefetch thread; converted to
-  KeyedJaggedTensor), same eval samples and metric (``training.evaluate``);
-- sparse optimizer fused into TorchRec's backward (``apply_optimizer_in_backward``: row-wise Adagrad
-  or SGD, same lr/eps); dense layers with the same torch optimizer; data-parallel tables, which
-  TorchRec updates outside its fused kernels, with ``torchrec.optim.RowWiseAdagrad``/SGD;
-- both take gradients of the global mean loss (TorchRec divides sharded tables' gradients by W in its
-  all-to-all backward, RecFuse scales by 1/W, DDP averages), so at W = 1 the two runs agree to fp32
-  round-off step for step, and at W > 1 up to reduction order;
-- sharding: "mirror" (default) asks TorchRec's planner for RecFuse's placement per table
-  (replicated -> data_parallel, table -> table_wise, row -> row_wise; TorchRec has no row-wise on CPU, so
-  there its planner picks among table/column-wise); "planner" lets TorchRec's planner choose;
-- TorchRec steps through its TrainPipelineSparseDist (next batch's input_dist overlapped, as RecFuse's
-  pipeline does); samples/s counts the steps after train.warmup_steps for both, wall clock, CUDA
-  synchronized. Every repeat runs in freshly spawned processes, the two systems in alternating order.
+Arguments after ``--`` are RecFuse config overrides, applied to both systems. Per world size and repeat, one
+group of freshly spawned processes runs ``train.run`` and the same training with TorchRec, in alternating order.
+Both take gradients of the global mean loss (TorchRec divides sharded tables' gradients by W in its all-to-all
+backward, RecFuse scales by 1/W, DDP averages), so at W = 1 they agree to fp32 round-off step for step.
 """
 
 from __future__ import annotations

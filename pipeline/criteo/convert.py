@@ -287,6 +287,13 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: V
     files["dense"]["shape"] = [num_rows, NUM_DENSE]
     files["sparse"]["shape"] = [num_rows, NUM_SPARSE]
     files["labels"]["shape"] = [num_rows]
+    return _meta(opts, vocab, vocab_info, table_rows, files, sources, counted, bad)
+
+
+def _meta(opts: PreprocessOptions, vocab: Vocabulary | None, vocab_info: dict | None, table_rows: list[int],
+          files: dict, sources: list, counted: list | None, bad: _BadLines) -> dict:
+    """meta.json of the converted dataset (the reader checks it; pipeline.dataset)."""
+    num_rows = sum(s.rows for s in sources)
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
