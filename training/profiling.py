@@ -14,7 +14,7 @@ CUDA runtime/driver calls the step makes; this counts them over a few steps afte
 On CPU nothing waits for a device, so the profile predicts instead: HostSyncCensus lists the calls that
 would block the host on a GPU (``.item()``, ``.tolist()``, ``bool(t)``, ``nonzero``, ``torch.unique``, ...)
 with the line of code that made each (``predicted_syncs_per_step`` and ``sync_sites``);
-tests/test_host_syncs.py holds the training step to its budget with it.
+tests/training/test_host_syncs.py holds the training step to its budget with it.
 """
 
 from __future__ import annotations

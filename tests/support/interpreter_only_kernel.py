@@ -1,5 +1,5 @@
 """A kernel the Triton interpreter runs but the compiler rejects (a plain module-level int read inside
-@triton.jit), the bug that broke the first GPU run. tests/test_kernels_compile.py checks that
+@triton.jit), the bug that broke the first GPU run. tests/kernels/test_kernels_compile.py checks that
 kernels.compile_check catches it."""
 
 import torch

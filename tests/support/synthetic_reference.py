@@ -1,6 +1,6 @@
 """FROZEN copy of pipeline/synthetic.py's generator as of commit 201bb5d (before device generation).
 
-The test oracle of tests/test_synthetic.py: the device generator must give the same ids, offsets,
+The test oracle of tests/pipeline/test_synthetic.py: the device generator must give the same ids, offsets,
 dense values and labels on CPU. Do not edit (or "fix") this file: it is what "today's stream" means.
 """
 

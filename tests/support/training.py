@@ -6,10 +6,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from tests.support.paths import ROOT  # noqa: F401 - the tests that train in a subprocess read it here
+from training import checkpoint
 from training.build import Parts, build
 from training.config import Config, load_config
 from training.data import SyntheticSource
 from training.distributed import DistContext, unwrap
+from training.guards import LossGuard
 from training.loop import train_loop
 
 
@@ -55,3 +58,35 @@ def host_batches(cfg: Config, rank: int = 0, world_size: int = 1, first_step: in
     source = SyntheticSource(cfg, context(rank, world_size))
     return source.generator.local_batches(cfg.train.global_batch_size, rank, world_size,
                                           cfg.train.steps if steps is None else steps, first_step=first_step)
+
+
+def train_cases(rank, world_size, group, toml_path, cases, pipelined=None, device="cpu"):
+    """Per (placement, sparse optimizer) case: losses, full table state, dense state and the plan."""
+    results = {}
+    for placement, opt in cases:
+        pipelined_case = pipelined if pipelined is not None else opt != "sgd"  # both paths covered
+        cfg, parts = load_parts(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
+                                 "--train.pipelined", str(pipelined_case)], rank, world_size, group, device)
+        # host-made batches: the device's synthetic stream may differ from the host's in the last ulp
+        losses = list(train_losses(cfg, parts, world_size, batches=host_batches(cfg, rank, world_size)).values())
+        plan = {name: p.placement for name, p in parts.plan.placements.items()}
+        results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense_state(parts), plan)
+    return results
+
+
+def train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra=()):
+    """train.py's loop without eval/logging: ({step: global loss}, parts)."""
+    cfg, parts = load_parts(["--config", toml, "--run.dir", run_dir, "--train.steps", str(steps), *extra], rank,
+                            world_size, group)
+    env = context(rank, world_size, group)
+    ckpt = checkpoint.Checkpointer(cfg, parts, env)
+    first = ckpt.restore()
+    guard = LossGuard(cfg, env, lambda: ckpt.last_path, first, ckpt.skipped_steps)
+
+    def after_step(result):
+        guard.step_done(result.step, result.loss)
+        if ckpt.due(result.step):
+            guard.check_before_save()
+            ckpt.save(result.step, guard.skipped_steps)
+
+    return train_losses(cfg, parts, world_size, first, after_step=after_step), parts

@@ -8,7 +8,7 @@ import torch
 import embedding.sharded
 from embedding import EmbeddingCollection, SparseOptimizer
 from pipeline.batch import KeyedJagged
-from tests.test_embedding_collection import BATCHES, TABLES
+from tests.support.small_tables import BATCHES, TABLES
 from training.stages import EXCHANGE_STAGES, STAGES, StageTimer
 
 

@@ -1,6 +1,6 @@
 """Every Triton kernel specialization compiles for sm_90 and sm_80 on a machine without a GPU.
 
-The interpreter (how tests/test_kernels_triton.py runs the kernels on CPU) accepts code the
+The interpreter (how tests/kernels/test_kernels_triton.py runs the kernels on CPU) accepts code the
 compiler rejects; kernels.compile_check runs the real compiler for GPU targets. It needs a
 process where TRITON_INTERPRET is unset, so it runs as a subprocess.
 """
@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
+from tests.support.paths import ROOT
+
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_compile_check(tmp_path, *args):

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 from kernels.hash_table import EMPTY, TOMBSTONE, find_or_insert, find_or_insert_reference, home_slot  # noqa: E402
 from kernels.hash_table_triton import BLOCK, find_or_insert_triton  # noqa: E402
-from tests.test_kernels_triton import DEVICE, needs_triton  # noqa: E402
+from tests.support.kernels import DEVICE, needs_triton  # noqa: E402
 
 
 def make_keys(pattern: str, n: int, capacity: int, gen: torch.Generator) -> torch.Tensor:

@@ -6,71 +6,19 @@ import pytest
 import torch
 
 from pipeline.batch import KeyedJagged
+from tests.support.configs import SHARDED_TOML
 from tests.support.dist_utils import run_distributed
-from tests.support.training import dense_state, host_batches, load_parts, train_losses
-
-TOML = """
-[data]
-num_dense = 4
-zipf_exponent = 1.6   # skewed: many duplicate ids inside a rank and across ranks
-bag_min = 0           # empty bags
-bag_max = 4
-[model]
-bottom_mlp = [8, 4]
-top_mlp = [8]
-[embedding]
-dim = 4
-replicate_below_bytes = 300
-[[embedding.tables]]
-name = "big"
-num_embeddings = 37
-pooling = "sum"
-[[embedding.tables]]
-name = "shared"
-num_embeddings = 23
-pooling = "mean"
-features = ["shared_a", "shared_b"]
-[[embedding.tables]]
-name = "small"
-num_embeddings = 5
-[[embedding.tables]]
-name = "pinned"
-num_embeddings = 29
-placement = "row"     # a pinned placement wins over embedding.sharding
-[[embedding.tables]]
-name = "odd"
-num_embeddings = 11
-pooling = "mean"
-[optimizer]
-dense = "adam"
-dense_lr = 0.01
-sparse_lr = 0.1
-[train]
-steps = 4
-global_batch_size = 16
-"""
+from tests.support.training import train_cases
 
 CASES = [(placement, opt) for placement in ("table", "row", "replicated", "auto") for opt in ("sgd", "adagrad", "adam")]
 
-
-def _train_cases(rank, world_size, group, toml_path, cases, pipelined=None, device="cpu"):
-    results = {}
-    for placement, opt in cases:
-        pipelined_case = pipelined if pipelined is not None else opt != "sgd"  # both paths covered
-        cfg, parts = load_parts(["--config", toml_path, "--embedding.sharding", placement, "--optimizer.sparse", opt,
-                                 "--train.pipelined", str(pipelined_case)], rank, world_size, group, device)
-        # host-made batches: the device's synthetic stream may differ from the host's in the last ulp
-        losses = list(train_losses(cfg, parts, world_size, batches=host_batches(cfg, rank, world_size)).values())
-        plan = {name: p.placement for name, p in parts.plan.placements.items()}
-        results[(placement, opt)] = (losses, parts.embeddings.full_state_dict(), dense_state(parts), plan)
-    return results
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     path = tmp_path_factory.mktemp("equiv") / "equiv.toml"
-    path.write_text(TOML)
-    return {w: run_distributed(_train_cases, w, str(path), CASES) for w in (1, 2, 4)}
+    path.write_text(SHARDED_TOML)
+    return {w: run_distributed(train_cases, w, str(path), CASES) for w in (1, 2, 4)}
 
 
 def test_auto_plan_mixes_placements(runs):
@@ -134,14 +82,14 @@ def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     """The whole sharded step with every kernel on Triton (interpreter on CPU) at W=2."""
     pytest.importorskip("triton")
     path = tmp_path / "equiv.toml"
-    path.write_text(TOML.replace("steps = 4", "steps = 2"))
+    path.write_text(SHARDED_TOML.replace("steps = 4", "steps = 2"))
     monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
     case = ("auto", "adam")
-    losses, tables, dense, _ = run_distributed(_train_cases, 2, str(path), [case])[case]
+    losses, tables, dense, _ = run_distributed(train_cases, 2, str(path), [case])[case]
     ref_losses, _, _, _ = runs[1][case]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses[:2]), rtol=1e-5, atol=1e-6)
     monkeypatch.delenv("RECFUSE_FORCE_TRITON")
-    ref_losses2, ref_tables, ref_dense, _ = run_distributed(_train_cases, 1, str(path), [case])[case]
+    ref_losses2, ref_tables, ref_dense, _ = run_distributed(train_cases, 1, str(path), [case])[case]
     for name, ref_state in ref_tables.items():
         for key, ref in ref_state.items():
             torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
@@ -149,9 +97,9 @@ def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
 
 def test_pipelined_equals_not_pipelined(runs, tmp_path):
     path = tmp_path / "equiv.toml"
-    path.write_text(TOML)
+    path.write_text(SHARDED_TOML)
     case = ("auto", "adagrad")
-    plain = run_distributed(_train_cases, 2, str(path), [case], False)[case]
+    plain = run_distributed(train_cases, 2, str(path), [case], False)[case]
     piped = runs[2][case]  # adagrad cases run pipelined
     assert plain[0] == piped[0]  # identical losses, not merely close
     for name, state in plain[1].items():
@@ -165,10 +113,10 @@ def test_two_ranks_on_one_gpu_match_one_rank(runs, tmp_path):
     """W=2 (gloo, both ranks on cuda:0) against W=1 on the same GPU: the multi-rank GPU path (owners, exchange,
     compiled Triton kernels with W > 1) on any one-GPU machine. Also against the CPU W=1 reference."""
     path = tmp_path / "equiv.toml"
-    path.write_text(TOML)
+    path.write_text(SHARDED_TOML)
     cases = [("auto", "adagrad"), ("row", "adam"), ("table", "sgd")]
-    one = run_distributed(_train_cases, 1, str(path), cases, None, "cuda")
-    two = run_distributed(_train_cases, 2, str(path), cases, None, "cuda")
+    one = run_distributed(train_cases, 1, str(path), cases, None, "cuda")
+    two = run_distributed(train_cases, 2, str(path), cases, None, "cuda")
     for case in cases:
         for got in (two[case], runs[1][case]):
             torch.testing.assert_close(torch.tensor(got[0]), torch.tensor(one[case][0]), rtol=1e-5, atol=1e-6)

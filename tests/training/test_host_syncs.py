@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
+from tests.support.paths import ROOT
 from training.profiling import HostSyncCensus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-THIS = "tests/test_host_syncs.py"
+THIS = "tests/training/test_host_syncs.py"
 
 
 def _line_of(text: str) -> int:

@@ -6,8 +6,9 @@ import torch
 from embedding import ShardedEmbeddingCollection, SparseOptimizer, Table, plan_sharding
 from embedding.comm import Exchange
 from pipeline.batch import KeyedJagged
+from tests.support.configs import SHARDED_TOML as TOML
 from tests.support.dist_utils import run_distributed
-from tests.test_sharded_equivalence import TOML, _train_cases
+from tests.support.training import train_cases
 
 
 def _send_gradients(rank, world_size, group, dtype):
@@ -69,7 +70,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 
 def _train_dtypes(rank, world_size, group, paths):
-    return {d: _train_cases(rank, world_size, group, paths[d], CASES) for d in DTYPES}
+    return {d: train_cases(rank, world_size, group, paths[d], CASES) for d in DTYPES}
 
 
 @pytest.fixture(scope="module")

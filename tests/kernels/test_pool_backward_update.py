@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 
 from kernels.pool_backward_update import pool_backward_update, pool_backward_update_reference  # noqa: E402
 from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
-from tests.test_kernels_triton import DEVICE, needs_triton  # noqa: E402
+from tests.support.kernels import DEVICE, needs_triton  # noqa: E402
 
 # name: (batch size, bag lengths feature-major [F*B], rows, id pattern); F = 2
 CASES = {

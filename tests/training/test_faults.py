@@ -16,16 +16,16 @@ import torch
 import torch.multiprocessing as mp
 
 import train
+from tests.support.configs import CHECKPOINT_TOML as TOML
 from tests.support.dist_utils import run_distributed
+from tests.support.paths import ROOT
 from tests.support.training import host_batches, load_parts, train_losses
-from tests.test_checkpoint import TOML
 from training.config import load_config
 from training.digest import weights_digest
 from training.distributed import explain_timeouts, setup_distributed
 from training.export import load_export
 from training.guards import NonFiniteLoss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, NAN_STEP = 6, 3
 
 

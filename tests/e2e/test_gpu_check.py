@@ -1,7 +1,6 @@
 """bench/gpu_check.py --quick: the one-command GPU measurement, run on tiny shapes on the CPU."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,9 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.dataset import BinaryDataset, write_dataset
+from tests.support.paths import ROOT
 from training.stages import STAGES
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_write_dataset_round_trip(tmp_path):
@@ -41,7 +39,7 @@ def test_quick_gpu_check_writes_the_report(tmp_path):
         assert summary["samples_per_sec"] > 0 and (tmp_path / "runs" / name / "metrics.jsonl").stat().st_size > 0
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert f"{summary['samples_per_sec']:,.0f}" in row
-        # on a CPU the profile predicts syncs (tests/test_host_syncs.py); runtime counts come from CUDA only
+        # on a CPU the profile predicts syncs (tests/training/test_host_syncs.py); runtime counts come from CUDA only
         assert summary["device"] == "cpu" and "syncs_per_step" not in summary["profile"]
         assert summary["profile"]["predicted_syncs_per_step"] >= 1
     assert "| run | " + " | ".join(STAGES) + " |" in report

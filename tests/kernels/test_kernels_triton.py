@@ -30,16 +30,7 @@ from kernels.sparse_update import sparse_update_reference  # noqa: E402
 from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
 from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
-
-HAS_CUDA = torch.cuda.is_available()
-# where the Triton kernels run: compiled on a GPU, or interpreted on the CPU
-DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("cuda")
-
-needs_triton = pytest.mark.skipif(
-    not INTERPRETED and not HAS_CUDA,
-    reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
-           "kernels.*_triton was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
-)
+from tests.support.kernels import DEVICE, HAS_CUDA, needs_triton  # noqa: E402
 
 
 def on(*tensors):

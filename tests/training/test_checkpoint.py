@@ -14,85 +14,25 @@ import train
 import training.loop
 from pipeline.batch import Batch, KeyedJagged
 from pipeline.checks import check_batch, checked_batches, sample_index
+from tests.support.configs import CHECKPOINT_TOML
 from tests.support.dist_utils import run_distributed
-from tests.support.training import build_parts, context, dense_state, host_batches, load_parts, train_losses
+from tests.support.training import ROOT, build_parts, context, dense_state, host_batches, load_parts, train_with_checkpoints
 from training import checkpoint
 from training.config import load_config
 from training.digest import weights_digest
 from training.distributed import explain_timeouts
 from training.export import load_export
-from training.guards import LossGuard, NonFiniteLoss
+from training.guards import NonFiniteLoss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TOML = """
-[run]
-log_every = 2
-[data]
-num_dense = 4
-zipf_exponent = 1.4
-bag_min = 0
-bag_max = 3
-[model]
-bottom_mlp = [8, 4]
-top_mlp = [8]
-[embedding]
-dim = 4
-replicate_below_bytes = 300
-[[embedding.tables]]
-name = "big"
-num_embeddings = 37
-[[embedding.tables]]
-name = "shared"
-num_embeddings = 23
-pooling = "mean"
-features = ["shared_a", "shared_b"]
-[[embedding.tables]]
-name = "small"
-num_embeddings = 5
-[[embedding.tables]]
-name = "pinned"
-num_embeddings = 29
-placement = "row"
-[optimizer]
-dense = "adam"
-dense_lr = 0.01
-sparse = "adam"
-sparse_lr = 0.1
-[train]
-steps = 6
-global_batch_size = 16
-warmup_steps = 1
-[eval]
-samples = 64
-batch_size = 32
-"""
 STEPS, SPLIT = 6, 3
 
 
 @pytest.fixture(scope="module")
 def toml(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "small.toml"
-    path.write_text(TOML)
+    path.write_text(CHECKPOINT_TOML)
     return str(path)
 
-
-def train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra=()):
-    """train.py's loop without eval/logging: ({step: global loss}, parts)."""
-    cfg, parts = load_parts(["--config", toml, "--run.dir", run_dir, "--train.steps", str(steps), *extra], rank,
-                            world_size, group)
-    env = context(rank, world_size, group)
-    ckpt = checkpoint.Checkpointer(cfg, parts, env)
-    first = ckpt.restore()
-    guard = LossGuard(cfg, env, lambda: ckpt.last_path, first, ckpt.skipped_steps)
-
-    def after_step(result):
-        guard.step_done(result.step, result.loss)
-        if ckpt.due(result.step):
-            guard.check_before_save()
-            ckpt.save(result.step, guard.skipped_steps)
-
-    return train_losses(cfg, parts, world_size, first, after_step=after_step), parts
 
 
 def _run(rank, world_size, group, toml, run_dir, steps, extra=()):

@@ -186,7 +186,8 @@ def test_start_method_forks_only_a_single_threaded_process():
     code = ("import os, threading, time; os.environ['OPENBLAS_NUM_THREADS'] = '1'; import numpy; "
             "from pipeline.criteo.pool import start_method; print(start_method()); "
             "threading.Thread(target=time.sleep, args=(0.1,)).start(); print(start_method())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests.support.paths import ROOT as root
+
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["fork", "forkserver"]
 

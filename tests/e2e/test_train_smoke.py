@@ -1,15 +1,13 @@
 """train.py end to end under torchrun (2 ranks, gloo) and single-process."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.paths import ROOT
 
 
 def test_single_process_run_writes_metrics(tmp_path):

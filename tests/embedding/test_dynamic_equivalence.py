@@ -6,54 +6,9 @@ import os
 import pytest
 import torch
 
+from tests.support.configs import DYNAMIC_TOML
 from tests.support.dist_utils import run_distributed
 from tests.support.training import dense_state, host_batches, load_parts, train_losses
-
-TOML = """
-[data]
-num_dense = 4
-zipf_exponent = 1.3
-bag_min = 0
-bag_max = 3
-[model]
-bottom_mlp = [8, 4]
-top_mlp = [8]
-[embedding]
-dim = 4
-replicate_below_bytes = 300
-[[embedding.tables]]
-name = "static"
-num_embeddings = 37
-[[embedding.tables]]
-name = "users"          # admission, age eviction, growth from a tiny capacity
-num_embeddings = 300
-hash_ids = true         # raw 63-bit ids
-dynamic = true
-capacity = 8
-admit_min_freq = 2
-evict_after_steps = 3
-key_shards = 4
-[[embedding.tables]]
-name = "items"          # two features, mean pooling, LRU at a fixed capacity
-num_embeddings = 200
-features = ["items_a", "items_b"]
-pooling = "mean"
-hash_ids = true
-dynamic = true
-capacity = 48            # 12 rows per key shard
-evict_when_full = true
-key_shards = 4
-[[embedding.tables]]
-name = "small"
-num_embeddings = 5
-[optimizer]
-dense = "adam"
-dense_lr = 0.01
-sparse_lr = 0.1
-[train]
-steps = 8
-global_batch_size = 16
-"""
 
 CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]  # sparse optimizer, pipelined
 
@@ -82,7 +37,7 @@ def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     path = tmp_path_factory.mktemp("dyn_equiv") / "equiv.toml"
-    path.write_text(TOML)
+    path.write_text(DYNAMIC_TOML)
     return {w: run_distributed(_train, w, str(path), CASES) for w in (1, 2, 4)}
 
 
@@ -131,7 +86,7 @@ def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     a GPU: the same keys, losses and tables as the torch reference path."""
     pytest.importorskip("triton")
     path = tmp_path / "equiv.toml"
-    path.write_text(TOML.replace("steps = 8", "steps = 3"))
+    path.write_text(DYNAMIC_TOML.replace("steps = 8", "steps = 3"))
     monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
     case = ("adam", True)
     losses, keys, counters, tables, _ = run_distributed(_train, 2, str(path), [case])[case]
@@ -151,7 +106,7 @@ def test_two_ranks_on_one_gpu_match_the_cpu_reference(runs, tmp_path):
     """W = 2 (gloo, both ranks on cuda:0: compiled find_or_insert and the other Triton kernels) against W = 1 on the
     CPU reference: the same keys at every step, losses and tables to round-off."""
     path = tmp_path / "equiv.toml"
-    path.write_text(TOML)
+    path.write_text(DYNAMIC_TOML)
     cases = [("adagrad", True), ("adam", True)]
     gpu = run_distributed(_train, 2, str(path), cases, (), "cuda")
     for case in cases:

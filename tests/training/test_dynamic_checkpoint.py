@@ -13,10 +13,9 @@ import torch
 
 import train
 from embedding.dynamic import DynamicTableFull
+from tests.support.configs import DYNAMIC_TOML as EQUIV_TOML
 from tests.support.dist_utils import run_distributed
-from tests.support.training import context, load_parts
-from tests.test_checkpoint import ROOT, dense_state, train_with_checkpoints
-from tests.test_dynamic_equivalence import TOML as EQUIV_TOML
+from tests.support.training import ROOT, context, dense_state, load_parts, train_with_checkpoints
 from training import checkpoint
 from training.config import load_config
 from training.digest import weights_digest
