@@ -40,7 +40,8 @@ def run(cfg: Config) -> dict:
     env = setup_distributed(cfg)  # rank, world size, device, process groups
     os.makedirs(cfg.run.dir, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
-    parts = build(cfg, env)  # data source, tables, plan, sharded embeddings, dense model (DDP), optimizer
+    # data source, tables, plan, sharded embeddings, dense model (DDP), optimizer
+    parts = build(cfg, env)
     ckpt = Checkpointer(cfg, parts, env)
     first_step, warm = resume_or_warm_start(cfg, parts, env, ckpt)
     guard = LossGuard(cfg, env, lambda: ckpt.last_path, first_step, ckpt.skipped_steps)
@@ -48,7 +49,9 @@ def run(cfg: Config) -> dict:
     env.log(f"world_size={env.world_size} device={env.device}\n{parts.plan.format(parts.tables)}")
 
     step = first_step
-    for result in train_loop(cfg, parts, first_step, metrics.timer, guard.before_backward, metrics.profiler):
+    for result in train_loop(
+        cfg, parts, first_step, metrics.timer, guard.before_backward, metrics.profiler
+    ):
         step = result.step
         metrics.step_done(result)  # the metrics line at log steps
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
@@ -62,21 +65,27 @@ def run(cfg: Config) -> dict:
     metrics.add_eval(step, evaluate(cfg, parts, env))
     summary = metrics.summary(step)
     summary.update(finish(cfg, parts, env, guard, ckpt, warm))
-    env.log(f"done: {step} steps | final loss {summary['final_loss']:.5f} | eval auc {summary['eval_auc']:.5f} | "
-            f"eval logloss {summary['eval_logloss']:.5f} | {summary['samples_per_sec']:.0f} samples/s after warm-up")
+    env.log(
+        f"done: {step} steps | final loss {summary['final_loss']:.5f} | eval auc {summary['eval_auc']:.5f} | "
+        f"eval logloss {summary['eval_logloss']:.5f} | {summary['samples_per_sec']:.0f} samples/s after warm-up"
+    )
     metrics.close(summary)
     shutdown(env)
     return summary
 
 
-def finish(cfg: Config, parts, env, guard: LossGuard, ckpt: Checkpointer, warm: dict | None) -> dict:
+def finish(
+    cfg: Config, parts, env, guard: LossGuard, ckpt: Checkpointer, warm: dict | None
+) -> dict:
     """Collective: what the summary adds at the end: weights_digest, dynamic tables, export, checkpoint."""
     out = {"weights_digest": weights_digest(parts), "skipped_steps": guard.skipped_steps}
     if parts.embeddings.dynamic:
         out["dynamic"] = parts.embeddings.dynamic_metrics()
     if cfg.export.enabled:
         out_dir = cfg.export.dir or os.path.join(cfg.run.dir, "export")
-        rows = export_embeddings(parts.embeddings, out_dir, cfg.export.min_freq, env.rank, cfg.export.since_step)
+        rows = export_embeddings(
+            parts.embeddings, out_dir, cfg.export.min_freq, env.rank, cfg.export.since_step
+        )
         out["export"] = {"dir": out_dir, "rows": rows}
     if ckpt.last_path:
         out["checkpoint"] = ckpt.last_path

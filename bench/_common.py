@@ -20,7 +20,10 @@ import time
 import torch
 
 # where Report appends its rows; bench/gpu_check.py points it into its own result directory
-RESULTS = pathlib.Path(os.environ.get("RECFUSE_BENCH_RESULTS") or pathlib.Path(__file__).parent / "results" / "kernels.jsonl")
+RESULTS = pathlib.Path(
+    os.environ.get("RECFUSE_BENCH_RESULTS")
+    or pathlib.Path(__file__).parent / "results" / "kernels.jsonl"
+)
 
 # spec HBM bandwidth, bytes/s, by device-name substring (first match wins)
 PEAK_BYTES_PER_S = (
@@ -31,8 +34,34 @@ PEAK_BYTES_PER_S = (
 )
 
 # MLPerf DLRM-DCNv2 (Criteo 1TB, max_ind_range 40M): rows and multi-hot size per table
-DLRM_ROWS = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10, 2209,
-             11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36]
+DLRM_ROWS = [
+    40000000,
+    39060,
+    17295,
+    7424,
+    20265,
+    3,
+    7122,
+    1543,
+    63,
+    40000000,
+    3067956,
+    405282,
+    10,
+    2209,
+    11938,
+    155,
+    4,
+    976,
+    14,
+    40000000,
+    40000000,
+    40000000,
+    590152,
+    12973,
+    108,
+    36,
+]
 DLRM_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
 
 SIZES = {
@@ -55,6 +84,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
+
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -69,6 +99,7 @@ def bench(fn, device: torch.device, cpu_reps: int = 5):
     """(median, p20, p80) milliseconds of fn()."""
     if device.type == "cuda":
         import triton.testing
+
         return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
     fn()  # warm-up: first-call costs (allocations, interpreter setup) are not the steady state
     times = []
@@ -95,8 +126,13 @@ def copy_bandwidth(device: torch.device) -> float:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=pathlib.Path(__file__).parent, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=pathlib.Path(__file__).parent,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -144,25 +180,40 @@ class Report:
     def add(self, impl: str, times_ms, num_bytes: int, note: str = ""):
         median, p20, p80 = times_ms
         gbps = num_bytes / (median * 1e-3) / 1e9
-        self.rows.append({
-            "bench": self.bench_name, "impl": impl, "size": self.size, "device": self.name,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(), "ms_median": median, "ms_p20": p20, "ms_p80": p80, "bytes": num_bytes,
-            "gb_per_s": gbps, "pct_peak": None if self.peak is None else 100 * gbps * 1e9 / self.peak,
-            "pct_copy": 100 * gbps * 1e9 / self.copy, "note": note,
-        })
+        self.rows.append(
+            {
+                "bench": self.bench_name,
+                "impl": impl,
+                "size": self.size,
+                "device": self.name,
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "commit": git_commit(),
+                "ms_median": median,
+                "ms_p20": p20,
+                "ms_p80": p80,
+                "bytes": num_bytes,
+                "gb_per_s": gbps,
+                "pct_peak": None if self.peak is None else 100 * gbps * 1e9 / self.peak,
+                "pct_copy": 100 * gbps * 1e9 / self.copy,
+                "note": note,
+            }
+        )
 
     def finish(self, extra: str = ""):
         peak = "unknown" if self.peak is None else f"{self.peak / 1e9:.0f} GB/s"
-        print(f"{self.bench_name} [{self.size}] on {self.name}: spec peak {peak}, "
-              f"measured copy {self.copy / 1e9:.1f} GB/s {extra}")
+        print(
+            f"{self.bench_name} [{self.size}] on {self.name}: spec peak {peak}, "
+            f"measured copy {self.copy / 1e9:.1f} GB/s {extra}"
+        )
         header = f"{'impl':<44} {'median ms':>10} {'p20':>9} {'p80':>9} {'MB':>9} {'GB/s':>8} {'%peak':>6} {'%copy':>6}"
         print(header)
         print("-" * len(header))
         for r in self.rows:
             pct = "-" if r["pct_peak"] is None else f"{r['pct_peak']:.1f}"
-            print(f"{r['impl']:<44} {r['ms_median']:>10.3f} {r['ms_p20']:>9.3f} {r['ms_p80']:>9.3f} "
-                  f"{r['bytes'] / 1e6:>9.3f} {r['gb_per_s']:>8.2f} {pct:>6} {r['pct_copy']:>6.1f}  {r['note']}")
+            print(
+                f"{r['impl']:<44} {r['ms_median']:>10.3f} {r['ms_p20']:>9.3f} {r['ms_p80']:>9.3f} "
+                f"{r['bytes'] / 1e6:>9.3f} {r['gb_per_s']:>8.2f} {pct:>6} {r['pct_copy']:>6.1f}  {r['note']}"
+            )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
             for r in self.rows:

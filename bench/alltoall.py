@@ -32,13 +32,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "alltoall.jsonl"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--min-bytes", type=int, default=1 << 10, help="smallest send buffer per rank")
     p.add_argument("--max-bytes", type=int, default=16 << 20, help="largest send buffer per rank")
     p.add_argument("--factor", type=int, default=4, help="size multiplier between rows")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations per size")
     p.add_argument("--iters", type=int, default=20, help="timed iterations per size")
-    p.add_argument("--nproc", type=int, default=0, help="ranks to spawn when not under torchrun (0: GPUs, or 2 on CPU)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="ranks to spawn when not under torchrun (0: GPUs, or 2 on CPU)",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"])
     p.add_argument("--out", default=str(RESULTS), help="JSON-lines file to append to ('' to skip)")
     return p.parse_args(argv)
@@ -47,7 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def git_commit() -> str:
     try:
         repo = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -72,7 +84,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_alltoall(size_bytes: int, world: int, device: torch.device, warmup: int, iters: int) -> tuple[int, float]:
+def time_alltoall(
+    size_bytes: int, world: int, device: torch.device, warmup: int, iters: int
+) -> tuple[int, float]:
     """(bytes actually sent per rank, seconds per all_to_all_single) - the slowest rank's time."""
     count = max(world, size_bytes // 4 // world * world)  # float32 elements, equal slots per peer
     send = torch.ones(count, dtype=torch.float32, device=device)
@@ -85,7 +99,9 @@ def time_alltoall(size_bytes: int, world: int, device: torch.device, warmup: int
     for _ in range(iters):
         dist.all_to_all_single(recv, send)
     synchronize(device)
-    elapsed = torch.tensor([(time.perf_counter() - start) / iters], dtype=torch.float64, device=device)
+    elapsed = torch.tensor(
+        [(time.perf_counter() - start) / iters], dtype=torch.float64, device=device
+    )
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # a collective is as fast as its slowest rank
     return count * 4, elapsed.item()
 
@@ -93,7 +109,9 @@ def time_alltoall(size_bytes: int, world: int, device: torch.device, warmup: int
 def run(args) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     if dist.get_backend() == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        device = torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        )
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -108,18 +126,33 @@ def run(args) -> None:
         "host": socket.gethostname(),
     }
     rows = []
-    time_alltoall(args.min_bytes, world, device, warmup=args.warmup, iters=1)  # untimed: connection set-up
+    # untimed: connection set-up
+    time_alltoall(args.min_bytes, world, device, warmup=args.warmup, iters=1)
     for size in sizes(args):
         nbytes, seconds = time_alltoall(size, world, device, args.warmup, args.iters)
         algbw = nbytes / seconds
-        rows.append({**header, "bytes": nbytes, "time_us": seconds * 1e6, "algbw_GBps": algbw / 1e9,
-                     "busbw_GBps": algbw * (world - 1) / world / 1e9, "warmup": args.warmup, "iters": args.iters})
+        rows.append(
+            {
+                **header,
+                "bytes": nbytes,
+                "time_us": seconds * 1e6,
+                "algbw_GBps": algbw / 1e9,
+                "busbw_GBps": algbw * (world - 1) / world / 1e9,
+                "warmup": args.warmup,
+                "iters": args.iters,
+            }
+        )
     if rank == 0:
-        print(f"all_to_all_single  {header['device']}  backend={header['backend']}  world_size={world}", end="")
+        print(
+            f"all_to_all_single  {header['device']}  backend={header['backend']}  world_size={world}",
+            end="",
+        )
         print(f"  commit={header['git_commit']}  warmup={args.warmup} iters={args.iters}")
         print(f"{'bytes':>12} {'time_us':>12} {'algbw_GB/s':>11} {'busbw_GB/s':>11}")
         for r in rows:
-            print(f"{r['bytes']:>12} {r['time_us']:>12.1f} {r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f}")
+            print(
+                f"{r['bytes']:>12} {r['time_us']:>12.1f} {r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f}"
+            )
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
@@ -135,7 +168,13 @@ def _backend(choice: str) -> str:
 
 
 def _spawned_rank(rank: int, world: int, port: int, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     dist.init_process_group(_backend(args.backend), rank=rank, world_size=world)
     try:
         run(args)

@@ -36,14 +36,20 @@ from kernels.hash_table_triton import find_or_insert_triton  # noqa: E402
 
 # (slots, keys). "dlrm" (bench/gpu_check.py): one rank's index of a 40M-id table over 8 GPUs at half load (2^24
 # slots), and 2^20 distinct ids in a step
-SIZES = {"small": (1 << 12, 512), "medium": (1 << 22, 1 << 16), "large": (1 << 26, 1 << 20), "dlrm": (1 << 24, 1 << 20)}
+SIZES = {
+    "small": (1 << 12, 512),
+    "medium": (1 << 22, 1 << 16),
+    "large": (1 << 26, 1 << 20),
+    "dlrm": (1 << 24, 1 << 20),
+}
 
 
 def workload(slots: int, num_keys: int, hit: float, device):
     gen = torch.Generator().manual_seed(0)
     held = torch.randint(0, 2**63 - 1, (slots // 2,), generator=gen, dtype=torch.int64).unique()
     table = torch.full((slots,), EMPTY, dtype=torch.int64, device=device)
-    find_or_insert(table, held.to(device))  # Triton on a GPU: the reference would take minutes at the large sizes
+    # Triton on a GPU: the reference would take minutes at the large sizes
+    find_or_insert(table, held.to(device))
     old = held[torch.randperm(held.numel(), generator=gen)[: int(num_keys * hit)]]
     new = torch.randint(0, 2**63 - 1, (num_keys - old.numel(),), generator=gen, dtype=torch.int64)
     keys = torch.cat([old, new])[torch.randperm(num_keys, generator=gen)]
@@ -52,10 +58,18 @@ def workload(slots: int, num_keys: int, hit: float, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "large")
-    parser.add_argument("--hit", type=float, default=0.9, help="fraction of the batch's keys already held")
+    parser.add_argument(
+        "--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "large"
+    )
+    parser.add_argument(
+        "--hit", type=float, default=0.9, help="fraction of the batch's keys already held"
+    )
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
-    parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernel (CPU: the interpreter is slow)")
+    parser.add_argument(
+        "--no-triton",
+        action="store_true",
+        help="skip the Triton kernel (CPU: the interpreter is slow)",
+    )
     args = parser.parse_args()
     slots, num_keys = SIZES[args.size]
     table, keys, held = workload(slots, num_keys, args.hit, DEVICE)
@@ -63,7 +77,9 @@ def main():
     def round_trip(find_or_insert):
         def call():
             found, inserted = find_or_insert(table, keys)
-            table.scatter_(0, found, torch.where(inserted, TOMBSTONE, keys))  # take the new keys out again
+            # take the new keys out again
+            table.scatter_(0, found, torch.where(inserted, TOMBSTONE, keys))
+
         return call
 
     sorted_held = torch.sort(held).values
@@ -74,9 +90,15 @@ def main():
     report = Report("hash_table", args.size, DEVICE)
     num_bytes = 8 * num_keys * 3 + num_keys
     suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
-    rows = [] if args.no_triton else [(f"triton find_or_insert{suffix}", round_trip(find_or_insert_triton))]
-    rows += [("torch reference (probing rounds)", round_trip(find_or_insert_reference)),
-            ("torch.unique(table keys + batch keys)", unique_baseline)]
+    rows = (
+        []
+        if args.no_triton
+        else [(f"triton find_or_insert{suffix}", round_trip(find_or_insert_triton))]
+    )
+    rows += [
+        ("torch reference (probing rounds)", round_trip(find_or_insert_reference)),
+        ("torch.unique(table keys + batch keys)", unique_baseline),
+    ]
     for name, fn in rows:
         times = bench(fn, DEVICE, args.reps)
         report.add(name, times, num_bytes, note=f"{num_keys / (times[0] * 1e-3) / 1e6:.2f} Mkeys/s")

@@ -44,8 +44,34 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "preprocess.jsonl"
 
 # rows of the 26 Criteo Kaggle tables (as counted by the DLRM reference): the generator's value ranges
-KAGGLE_TABLE_ROWS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-                     5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+KAGGLE_TABLE_ROWS = [
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+]
 _DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _DENSE_WIDTH = 7  # counts < 10**7
@@ -56,12 +82,17 @@ MODES = {"hash": ["--hash-rows", "1000000"], "min-freq": ["--min-freq", "3"]}
 def _block(rng: np.random.Generator, n: int) -> bytes:
     """n TSV lines. Built as a fixed-width byte matrix plus a mask of the bytes kept: no per-line Python."""
     label = rng.random(n) < 0.26
-    dense = np.minimum(np.floor(np.expm1(rng.exponential(2.0, size=(n, 13)))), 10**_DENSE_WIDTH - 1).astype(np.int64)
+    dense = np.minimum(
+        np.floor(np.expm1(rng.exponential(2.0, size=(n, 13)))), 10**_DENSE_WIDTH - 1
+    ).astype(np.int64)
     negative_i2 = rng.random(n) < 0.05
     dense[negative_i2, 1] = -rng.integers(1, 4, int(negative_i2.sum()))
     dense_empty = rng.random((n, 13)) < np.linspace(0.0, 0.45, 13)
-    ids = np.floor(np.array(KAGGLE_TABLE_ROWS) * rng.random((n, 26)) ** 4).astype(np.uint64)  # power law: id 0 hottest
-    values = (ids * np.uint64(2654435761) + np.arange(26, dtype=np.uint64) * np.uint64(0x9E3779B9)) & np.uint64(0xFFFFFFFF)
+    # power law: id 0 hottest
+    ids = np.floor(np.array(KAGGLE_TABLE_ROWS) * rng.random((n, 26)) ** 4).astype(np.uint64)
+    values = (
+        ids * np.uint64(2654435761) + np.arange(26, dtype=np.uint64) * np.uint64(0x9E3779B9)
+    ) & np.uint64(0xFFFFFFFF)
     sparse_empty = rng.random((n, 26)) < np.linspace(0.0, 0.4, 26)
 
     field = _DENSE_WIDTH + 2  # sign, digits, tab
@@ -70,7 +101,10 @@ def _block(rng: np.random.Generator, n: int) -> bytes:
     keep = np.zeros(text.shape, dtype=bool)
     text[:, 0], text[:, 1], keep[:, :2] = np.where(label, ord("1"), ord("0")), ord("\t"), True
 
-    d, dk = text[:, 2:2 + dense_cols].reshape(n, 13, field), keep[:, 2:2 + dense_cols].reshape(n, 13, field)
+    d, dk = (
+        text[:, 2 : 2 + dense_cols].reshape(n, 13, field),
+        keep[:, 2 : 2 + dense_cols].reshape(n, 13, field),
+    )
     magnitude = np.abs(dense)
     num_digits = 1 + sum((magnitude >= 10**k).astype(np.int64) for k in range(1, _DENSE_WIDTH))
     for k in range(_DENSE_WIDTH):  # k-th digit from the right sits in column field - 2 - k
@@ -81,7 +115,7 @@ def _block(rng: np.random.Generator, n: int) -> bytes:
     np.put_along_axis(dk, sign_col, ((dense < 0) & ~dense_empty)[..., None], axis=2)
     d[:, :, -1], dk[:, :, -1] = ord("\t"), True
 
-    s, sk = text[:, 2 + dense_cols:].reshape(n, 26, 9), keep[:, 2 + dense_cols:].reshape(n, 26, 9)
+    s, sk = text[:, 2 + dense_cols :].reshape(n, 26, 9), keep[:, 2 + dense_cols :].reshape(n, 26, 9)
     for k in range(8):
         s[:, :, 7 - k] = _HEX[((values >> np.uint64(4 * k)) & np.uint64(15)).astype(np.intp)]
     sk[:, :, :8] = ~sparse_empty[..., None]
@@ -93,10 +127,14 @@ def _block(rng: np.random.Generator, n: int) -> bytes:
 def generate(path: Path, rows: int, seed: int = 0, progress: bool = True) -> Path:
     """Write ``rows`` Criteo-format lines to ``path`` (written to a temporary name, then renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, tqdm(total=rows, unit="rows", desc=f"generate {path.name}", disable=not progress) as bar:
+    with (
+        open(tmp, "wb") as f,
+        tqdm(total=rows, unit="rows", desc=f"generate {path.name}", disable=not progress) as bar,
+    ):
         for block, start in enumerate(range(0, rows, _BLOCK_ROWS)):
             n = min(_BLOCK_ROWS, rows - start)
-            f.write(_block(np.random.default_rng([seed, block]), n))  # per-block seed: same bytes at any block order
+            # per-block seed: same bytes at any block order
+            f.write(_block(np.random.default_rng([seed, block]), n))
             bar.update(n)
     os.replace(tmp, path)
     return path
@@ -105,9 +143,17 @@ def generate(path: Path, rows: int, seed: int = 0, progress: bool = True) -> Pat
 def _gzip_copy(path: Path, progress: bool) -> Path:
     target = path.with_name(path.name + ".gz")
     tmp = target.with_name(target.name + ".tmp")
-    with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst, \
-            tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"gzip {path.name}",
-                 disable=not progress) as bar:
+    with (
+        open(path, "rb") as src,
+        gzip.open(tmp, "wb", compresslevel=6) as dst,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=f"gzip {path.name}",
+            disable=not progress,
+        ) as bar,
+    ):
         for block in iter(lambda: src.read(1 << 24), b""):
             dst.write(block)
             bar.update(len(block))
@@ -127,7 +173,13 @@ def _cpu_name() -> str:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -153,14 +205,28 @@ def _busy_cpu_s() -> float:
 
 
 def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes the workers, which the CLI waits for
+    # includes the workers, which the CLI waits for
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_preprocess(source: Path, out: Path, mode: str, workers: int, chunk_rows: int | None) -> dict:
+def run_preprocess(
+    source: Path, out: Path, mode: str, workers: int, chunk_rows: int | None
+) -> dict:
     """meta.json of one run, plus its "own_cpu_s" and the "other_cpu_s" the rest of the machine used meanwhile."""
-    cmd = [sys.executable, "-m", "pipeline.criteo", "preprocess", str(source), "--out", str(out), "--overwrite",
-           "--workers", str(workers), *MODES[mode]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.criteo",
+        "preprocess",
+        str(source),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--workers",
+        str(workers),
+        *MODES[mode],
+    ]
     if chunk_rows is not None:
         cmd += ["--chunk-rows", str(chunk_rows)]
     busy, own = _busy_cpu_s(), _children_cpu_s()
@@ -176,17 +242,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cores = os.cpu_count() or 1
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--workers", default=",".join(str(w) for w in range(1, cores + 1)),
-                        help="comma-separated worker counts (default 1..os.cpu_count())")
-    parser.add_argument("--modes", default="hash,min-freq", help=f"comma-separated, of {list(MODES)}")
+    parser.add_argument(
+        "--workers",
+        default=",".join(str(w) for w in range(1, cores + 1)),
+        help="comma-separated worker counts (default 1..os.cpu_count())",
+    )
+    parser.add_argument(
+        "--modes", default="hash,min-freq", help=f"comma-separated, of {list(MODES)}"
+    )
     parser.add_argument("--gzip", action="store_true", help="also time a gzip copy of the input")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per point; the one least disturbed by other "
-                        "work is kept (the fastest among those within 0.2 CPU s of the least)")
-    parser.add_argument("--chunk-rows", type=int, default=None, help="passed on (default: preprocess's own)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per point; the one least disturbed by other "
+        "work is kept (the fastest among those within 0.2 CPU s of the least)",
+    )
+    parser.add_argument(
+        "--chunk-rows", type=int, default=None, help="passed on (default: preprocess's own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", default=None, help="scratch directory; the generated input is kept there "
-                        "(default: a directory under the system temp dir)")
-    parser.add_argument("--results", default=str(RESULTS), help="JSON lines file to append to ('' for none)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="scratch directory; the generated input is kept there "
+        "(default: a directory under the system temp dir)",
+    )
+    parser.add_argument(
+        "--results", default=str(RESULTS), help="JSON lines file to append to ('' for none)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -204,41 +288,74 @@ def _inputs(args, scratch: Path, progress: bool) -> dict[str, Path]:
     return inputs
 
 
-def _measure(args, points, inputs, scratch: Path, machine: dict, worker_counts: list[int], progress: bool) -> list[dict]:
+def _measure(
+    args, points, inputs, scratch: Path, machine: dict, worker_counts: list[int], progress: bool
+) -> list[dict]:
     """One result line per (mode, input, workers); every worker count must write the same bytes."""
     results, digests = [], {}
     for mode, kind, workers in tqdm(points, desc="runs", disable=not progress):
         out = scratch / f"out_{mode}_{kind}_w{workers}"
-        runs = [run_preprocess(inputs[kind], out, mode, workers, args.chunk_rows) for _ in range(args.repeats)]
+        runs = [
+            run_preprocess(inputs[kind], out, mode, workers, args.chunk_rows)
+            for _ in range(args.repeats)
+        ]
         least = min(r["other_cpu_s"] for r in runs)
         meta = min((r for r in runs if r["other_cpu_s"] <= least + 0.2), key=lambda r: r["seconds"])
         digest = _digest(out)
         if digests.setdefault((mode, kind), digest) != digest:
-            raise RuntimeError(f"{mode} {kind}: {workers} workers wrote different bytes than {worker_counts[0]}")
+            raise RuntimeError(
+                f"{mode} {kind}: {workers} workers wrote different bytes than {worker_counts[0]}"
+            )
         shutil.rmtree(out)
-        results.append({"bench": "preprocess", **machine,
-                        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                        "rows": meta["num_rows"], "input": kind, "input_bytes": inputs[kind].stat().st_size,
-                        "mode": mode, "workers": workers, "chunk_rows": meta["options"]["chunk_rows"],
-                        "seconds": meta["seconds"], "rows_per_s": round(meta["num_rows"] / meta["seconds"]),
-                        "own_cpu_s": meta["own_cpu_s"], "other_cpu_s": meta["other_cpu_s"], "repeats": args.repeats,
-                        "all_seconds": [r["seconds"] for r in runs], "all_other_cpu_s": [r["other_cpu_s"] for r in runs]})
+        results.append(
+            {
+                "bench": "preprocess",
+                **machine,
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "rows": meta["num_rows"],
+                "input": kind,
+                "input_bytes": inputs[kind].stat().st_size,
+                "mode": mode,
+                "workers": workers,
+                "chunk_rows": meta["options"]["chunk_rows"],
+                "seconds": meta["seconds"],
+                "rows_per_s": round(meta["num_rows"] / meta["seconds"]),
+                "own_cpu_s": meta["own_cpu_s"],
+                "other_cpu_s": meta["other_cpu_s"],
+                "repeats": args.repeats,
+                "all_seconds": [r["seconds"] for r in runs],
+                "all_other_cpu_s": [r["other_cpu_s"] for r in runs],
+            }
+        )
     return results
 
 
 def _print_table(results: list[dict], rows: int, machine: dict) -> None:
     """The results as a table; adds each line's speed-up over one worker."""
-    print(f"\npreprocess, {rows:,} rows, on {machine['device']}, {machine['cores']} cores, commit {machine['commit']}")
-    header = (f"{'mode':<9} {'input':<6} {'workers':>7} {'seconds':>8} {'rows/s':>10} {'speed-up':>9} {'own CPU s':>10} "
-              f"{'other CPU s':>12}")
+    print(
+        f"\npreprocess, {rows:,} rows, on {machine['device']}, {machine['cores']} cores, commit {machine['commit']}"
+    )
+    header = (
+        f"{'mode':<9} {'input':<6} {'workers':>7} {'seconds':>8} {'rows/s':>10} {'speed-up':>9} {'own CPU s':>10} "
+        f"{'other CPU s':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        one = next((o for o in results if (o["mode"], o["input"], o["workers"]) == (r["mode"], r["input"], 1)), None)
+        one = next(
+            (
+                o
+                for o in results
+                if (o["mode"], o["input"], o["workers"]) == (r["mode"], r["input"], 1)
+            ),
+            None,
+        )
         r["speedup_vs_1"] = round(r["rows_per_s"] / one["rows_per_s"], 3) if one else None
         speedup = f"{r['speedup_vs_1']:.2f}x" if one else "-"
-        print(f"{r['mode']:<9} {r['input']:<6} {r['workers']:>7} {r['seconds']:>8.2f} {r['rows_per_s']:>10,} "
-              f"{speedup:>9} {r['own_cpu_s']:>10.2f} {r['other_cpu_s']:>12.2f}")
+        print(
+            f"{r['mode']:<9} {r['input']:<6} {r['workers']:>7} {r['seconds']:>8.2f} {r['rows_per_s']:>10,} "
+            f"{speedup:>9} {r['own_cpu_s']:>10.2f} {r['other_cpu_s']:>12.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,10 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     inputs = _inputs(args, scratch, progress)
     if (load := os.getloadavg()[0]) > 0.5:
-        print(f"warning: load average {load:.2f}: the machine may not be idle; see 'other CPU s' per run",
-              file=sys.stderr)
-    machine = {"device": f"cpu ({_cpu_name()}, {platform.machine()})", "cores": os.cpu_count() or 1,
-               "commit": _git_commit(), "python": platform.python_version(), "numpy": np.__version__}
+        print(
+            f"warning: load average {load:.2f}: the machine may not be idle; see 'other CPU s' per run",
+            file=sys.stderr,
+        )
+    machine = {
+        "device": f"cpu ({_cpu_name()}, {platform.machine()})",
+        "cores": os.cpu_count() or 1,
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
     points = [(m, i, w) for m in modes for i in inputs for w in worker_counts]
     results = _measure(args, points, inputs, scratch, machine, worker_counts, progress)
     _print_table(results, args.rows, machine)

@@ -44,8 +44,12 @@ def state_bytes(optimizer: str, num_unique: int, dim: int) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight storage dtype")
+    parser.add_argument(
+        "--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm"
+    )
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="weight storage dtype"
+    )
     parser.add_argument("--optimizer", choices=[*SPARSE_OPTIMIZERS, "all"], default="all")
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
     args = parser.parse_args()
@@ -64,19 +68,33 @@ def main():
     report = Report("sparse_update", args.size, DEVICE)
     optimizers = SPARSE_OPTIMIZERS if args.optimizer == "all" else (args.optimizer,)
     for optimizer in optimizers:
-        num_bytes = (8 * rows.numel() + rows.numel() * dim * 4 + 2 * num_unique * dim * weight.element_size()
-                     + state_bytes(optimizer, num_unique, dim))
-        for impl, fn in ((f"{optimizer}: triton fused{suffix}", sparse_update_triton),
-                         (f"{optimizer}: torch on touched rows", sparse_update_reference)):
+        num_bytes = (
+            8 * rows.numel()
+            + rows.numel() * dim * 4
+            + 2 * num_unique * dim * weight.element_size()
+            + state_bytes(optimizer, num_unique, dim)
+        )
+        for impl, fn in (
+            (f"{optimizer}: triton fused{suffix}", sparse_update_triton),
+            (f"{optimizer}: torch on touched rows", sparse_update_reference),
+        ):
             state = SparseOptimizer(optimizer).init_state(num_rows, dim, DEVICE)
             opt = SparseOptimizer(optimizer, 0.01)
-            report.add(impl, bench(lambda fn=fn, state=state, opt=opt: fn(weight, rows, grads, state, opt),
-                                   DEVICE, args.reps), num_bytes)
+            report.add(
+                impl,
+                bench(
+                    lambda fn=fn, state=state, opt=opt: fn(weight, rows, grads, state, opt),
+                    DEVICE,
+                    args.reps,
+                ),
+                num_bytes,
+            )
     # single rank: the batch's values read rows of one local storage; backward = pooling backward + update
     batch_size, num_features, offsets = batch["batch"], batch["num_features"], batch["offsets"]
     grad_pooled = (1e-3 * torch.randn(batch_size, num_features, dim, generator=gen)).to(DEVICE)
     mean = (torch.arange(num_features) % 2 == 1).to(DEVICE)
-    unique_rows, inverse = torch.unique(rows, return_inverse=True)  # the two-pass path's dedup, not timed
+    # the two-pass path's dedup, not timed
+    unique_rows, inverse = torch.unique(rows, return_inverse=True)
     counters = [torch.zeros(num_rows, dtype=torch.int64, device=DEVICE) for _ in range(2)]
 
     def two_pass(state, opt):
@@ -84,17 +102,35 @@ def main():
         sparse_update_triton(weight, unique_rows, grad_unique, state, opt, rows_unique=True)
 
     for optimizer in optimizers:
-        num_bytes = (8 * rows.numel() + 8 * (offsets.numel()) + rows.numel() * dim * 4
-                     + 2 * num_unique * dim * weight.element_size() + state_bytes(optimizer, num_unique, dim))
-        for impl, fn in ((f"W=1 backward {optimizer}: triton fused{suffix}",
-                          lambda st, opt: pool_backward_update_triton(weight, st, *counters, 1, rows, offsets, grad_pooled,
-                                                                      mean, opt)),
-                         (f"W=1 backward {optimizer}: pool_backward + sparse_update{suffix}", two_pass),
-                         (f"W=1 backward {optimizer}: torch", lambda st, opt: pool_backward_update_reference(
-                             weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt))):
+        num_bytes = (
+            8 * rows.numel()
+            + 8 * (offsets.numel())
+            + rows.numel() * dim * 4
+            + 2 * num_unique * dim * weight.element_size()
+            + state_bytes(optimizer, num_unique, dim)
+        )
+        for impl, fn in (
+            (
+                f"W=1 backward {optimizer}: triton fused{suffix}",
+                lambda st, opt: pool_backward_update_triton(
+                    weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt
+                ),
+            ),
+            (f"W=1 backward {optimizer}: pool_backward + sparse_update{suffix}", two_pass),
+            (
+                f"W=1 backward {optimizer}: torch",
+                lambda st, opt: pool_backward_update_reference(
+                    weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt
+                ),
+            ),
+        ):
             state = SparseOptimizer(optimizer).init_state(num_rows, dim, DEVICE)
             opt = SparseOptimizer(optimizer, 0.01)
-            report.add(impl, bench(lambda fn=fn, state=state, opt=opt: fn(state, opt), DEVICE, args.reps), num_bytes)
+            report.add(
+                impl,
+                bench(lambda fn=fn, state=state, opt=opt: fn(state, opt), DEVICE, args.reps),
+                num_bytes,
+            )
     report.finish(f"| storage {num_rows}x{dim} {args.dtype}, K={rows.numel()} U={num_unique}")
 
 

@@ -36,12 +36,18 @@ RESULTS = ROOT / "bench" / "results" / "synthetic.jsonl"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/dcnv2_criteo_1tb.toml")
-    parser.add_argument("--batch", type=int, default=8192, help="samples per batch (one rank's local batch)")
+    parser.add_argument(
+        "--batch", type=int, default=8192, help="samples per batch (one rank's local batch)"
+    )
     parser.add_argument("--impl", choices=["device", "reference"], default="device")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--record", action="store_true", help="append the result to bench/results/synthetic.jsonl")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="append the result to bench/results/synthetic.jsonl"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -54,7 +60,9 @@ def main():
 
         if device.type != "cpu":
             parser.error("--impl reference runs on the host only (--device cpu)")
-        source = ReferenceSyntheticData(source.features, source.num_dense, source.zipf_exponent, source.signal, source.seed)
+        source = ReferenceSyntheticData(
+            source.features, source.num_dense, source.zipf_exponent, source.signal, source.seed
+        )
     steps = iter(range(1 << 40))
     cpu_ms = []
 
@@ -68,15 +76,31 @@ def main():
     # on a shared CPU, process time (all threads) is less disturbed by other processes than wall time
     cpu_median = statistics.median(cpu_ms[1:]) if device.type == "cpu" else None
     ids = source.batch(0, args.batch).sparse.values.numel()
-    row = {"bench": "synthetic", "impl": args.impl, "config": args.config, "batch": args.batch, "ids_per_batch": ids,
-           "device": device_name(device), "threads": torch.get_num_threads(),
-           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": git_commit(),
-           "ms_median": median, "ms_p20": p20, "ms_p80": p80, "samples_per_s": args.batch / (median * 1e-3),
-           "cpu_ms_median": cpu_median, "load_avg_1m": os.getloadavg()[0]}  # other processes on a shared machine
-    print(f"synthetic [{args.impl}] {args.config} batch {args.batch} ({ids} ids) on {row['device']}, "
-          f"{row['threads']} threads: {median:.1f} ms (p20 {p20:.1f}, p80 {p80:.1f}), {row['samples_per_s']:,.0f} samples/s"
-          + (f", process CPU time {cpu_median:.1f} ms" if cpu_median is not None else "")
-          + f" (load average {row['load_avg_1m']:.1f})")
+    row = {
+        "bench": "synthetic",
+        "impl": args.impl,
+        "config": args.config,
+        "batch": args.batch,
+        "ids_per_batch": ids,
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "ms_median": median,
+        "ms_p20": p20,
+        "ms_p80": p80,
+        "samples_per_s": args.batch / (median * 1e-3),
+        # other processes on a shared machine
+        "cpu_ms_median": cpu_median,
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    print(
+        f"synthetic [{args.impl}] {args.config} batch {args.batch} ({ids} ids) on {row['device']}, "
+        f"{row['threads']} threads: {median:.1f} ms (p20 {p20:.1f}, p80 {p80:.1f}), "
+        f"{row['samples_per_s']:,.0f} samples/s"
+        + (f", process CPU time {cpu_median:.1f} ms" if cpu_median is not None else "")
+        + f" (load average {row['load_avg_1m']:.1f})"
+    )
     if args.record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:

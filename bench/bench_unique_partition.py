@@ -25,13 +25,17 @@ from kernels.unique_partition_triton import unique_partition_triton  # noqa: E40
 
 def table_owner(num_rows: list[int], world_size: int) -> torch.Tensor:
     # the biggest tables row-wise (-1), the rest whole tables dealt round-robin
-    return torch.tensor([-1 if r >= 1_000_000 else t % world_size for t, r in enumerate(num_rows)],
-                        dtype=torch.int64)
+    return torch.tensor(
+        [-1 if r >= 1_000_000 else t % world_size for t, r in enumerate(num_rows)],
+        dtype=torch.int64,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm")
+    parser.add_argument(
+        "--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm"
+    )
     parser.add_argument("--world-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
     args = parser.parse_args()
@@ -46,13 +50,35 @@ def main():
     report = Report("unique_partition", args.size, DEVICE)
     suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
     key_space = sum(SIZES[args.size]["rows"])
-    report.add(f"triton direct map{suffix}", bench(lambda: unique_partition_triton(
-        keys, offsets, owners, args.world_size, key_space=key_space), DEVICE, args.reps), num_bytes)
-    report.add(f"triton hash table{suffix}", bench(lambda: unique_partition_triton(keys, offsets, owners, args.world_size),
-                                                 DEVICE, args.reps), num_bytes)
-    report.add("torch.unique + argsort by owner",
-               bench(lambda: unique_partition_reference(keys, offsets, owners, args.world_size), DEVICE, args.reps),
-               num_bytes)
+    report.add(
+        f"triton direct map{suffix}",
+        bench(
+            lambda: unique_partition_triton(
+                keys, offsets, owners, args.world_size, key_space=key_space
+            ),
+            DEVICE,
+            args.reps,
+        ),
+        num_bytes,
+    )
+    report.add(
+        f"triton hash table{suffix}",
+        bench(
+            lambda: unique_partition_triton(keys, offsets, owners, args.world_size),
+            DEVICE,
+            args.reps,
+        ),
+        num_bytes,
+    )
+    report.add(
+        "torch.unique + argsort by owner",
+        bench(
+            lambda: unique_partition_reference(keys, offsets, owners, args.world_size),
+            DEVICE,
+            args.reps,
+        ),
+        num_bytes,
+    )
     report.finish(f"| N={n} U={num_unique} W={args.world_size}")
 
 

@@ -40,8 +40,14 @@ from bench._common import copy_bandwidth, device_name, git_commit  # noqa: E402
 from training.stages import STAGES  # noqa: E402
 
 PARTS = ("tests", "kernels", "runs")
-KERNEL_BENCHES = ("bench_unique_partition.py", "bench_gather_pool.py", "bench_sparse_update.py", "bench_hash_table.py")
-KAGGLE_HASH_ROWS = 1_000_000  # tables of the generated dataset: Kaggle cardinalities capped here, as --hash-rows would
+KERNEL_BENCHES = (
+    "bench_unique_partition.py",
+    "bench_gather_pool.py",
+    "bench_sparse_update.py",
+    "bench_hash_table.py",
+)
+# tables of the generated dataset: Kaggle cardinalities capped here, as --hash-rows would
+KAGGLE_HASH_ROWS = 1_000_000
 QUICK_HASH_ROWS = 2_000
 
 
@@ -49,31 +55,127 @@ def run_specs(quick: bool) -> list[dict]:
     """The training runs: name, config, data ("synthetic" or "dataset"), batch, overrides."""
     kaggle, dcn = "configs/dlrm_criteo_kaggle.toml", "configs/dcnv2_criteo_1tb.toml"
     if quick:  # tiny shapes: the same code paths in seconds on a CPU
-        small = ["--embedding.row_scale", "0.0005", "--train.steps", "12", "--train.warmup_steps", "3",
-                 "--run.log_every", "4", "--eval.samples", "512", "--eval.batch_size", "256", "--eval.every", "0"]
-        return [
-            {"name": "tiny", "config": "configs/tiny.toml", "data": "synthetic", "batch": 512,
-             "args": ["--train.steps", "20", "--train.warmup_steps", "5", "--eval.samples", "1024"]},
-            {"name": "kaggle_256_synthetic", "config": kaggle, "data": "synthetic", "batch": 256, "args": small},
-            {"name": "kaggle_256_dataset", "config": kaggle, "data": "dataset", "batch": 256, "args": small},
-            {"name": "dcnv2_256", "config": dcn, "data": "synthetic", "batch": 256,
-             "args": [*small, "--embedding.row_scale", "0.00005", "--train.steps", "8"]},
+        small = [
+            "--embedding.row_scale",
+            "0.0005",
+            "--train.steps",
+            "12",
+            "--train.warmup_steps",
+            "3",
+            "--run.log_every",
+            "4",
+            "--eval.samples",
+            "512",
+            "--eval.batch_size",
+            "256",
+            "--eval.every",
+            "0",
         ]
-    common = ["--train.warmup_steps", "10", "--run.log_every", "10", "--eval.every", "0", "--eval.samples", "262144",
-              "--eval.batch_size", "65536"]
+        return [
+            {
+                "name": "tiny",
+                "config": "configs/tiny.toml",
+                "data": "synthetic",
+                "batch": 512,
+                "args": [
+                    "--train.steps",
+                    "20",
+                    "--train.warmup_steps",
+                    "5",
+                    "--eval.samples",
+                    "1024",
+                ],
+            },
+            {
+                "name": "kaggle_256_synthetic",
+                "config": kaggle,
+                "data": "synthetic",
+                "batch": 256,
+                "args": small,
+            },
+            {
+                "name": "kaggle_256_dataset",
+                "config": kaggle,
+                "data": "dataset",
+                "batch": 256,
+                "args": small,
+            },
+            {
+                "name": "dcnv2_256",
+                "config": dcn,
+                "data": "synthetic",
+                "batch": 256,
+                "args": [*small, "--embedding.row_scale", "0.00005", "--train.steps", "8"],
+            },
+        ]
+    common = [
+        "--train.warmup_steps",
+        "10",
+        "--run.log_every",
+        "10",
+        "--eval.every",
+        "0",
+        "--eval.samples",
+        "262144",
+        "--eval.batch_size",
+        "65536",
+    ]
     return [
-        {"name": "tiny", "config": "configs/tiny.toml", "data": "synthetic", "batch": 512, "args": []},
-        {"name": "kaggle_16k_synthetic", "config": kaggle, "data": "synthetic", "batch": 16384,
-         "args": [*common, "--train.steps", "80"]},
-        {"name": "kaggle_64k_synthetic", "config": kaggle, "data": "synthetic", "batch": 65536,
-         "args": [*common, "--train.steps", "50"]},
-        {"name": "kaggle_16k_dataset", "config": kaggle, "data": "dataset", "batch": 16384,
-         "args": [*common, "--train.steps", "80"]},
-        {"name": "kaggle_64k_dataset", "config": kaggle, "data": "dataset", "batch": 65536,
-         "args": [*common, "--train.steps", "50"]},
-        {"name": "dcnv2_64k_bf16", "config": dcn, "data": "synthetic", "batch": 65536,
-         "args": ["--embedding.row_scale", "0.1", "--train.bf16", "true", "--train.steps", "40",
-                  "--train.warmup_steps", "10", "--run.log_every", "10", "--eval.samples", "131072"]},
+        {
+            "name": "tiny",
+            "config": "configs/tiny.toml",
+            "data": "synthetic",
+            "batch": 512,
+            "args": [],
+        },
+        {
+            "name": "kaggle_16k_synthetic",
+            "config": kaggle,
+            "data": "synthetic",
+            "batch": 16384,
+            "args": [*common, "--train.steps", "80"],
+        },
+        {
+            "name": "kaggle_64k_synthetic",
+            "config": kaggle,
+            "data": "synthetic",
+            "batch": 65536,
+            "args": [*common, "--train.steps", "50"],
+        },
+        {
+            "name": "kaggle_16k_dataset",
+            "config": kaggle,
+            "data": "dataset",
+            "batch": 16384,
+            "args": [*common, "--train.steps", "80"],
+        },
+        {
+            "name": "kaggle_64k_dataset",
+            "config": kaggle,
+            "data": "dataset",
+            "batch": 65536,
+            "args": [*common, "--train.steps", "50"],
+        },
+        {
+            "name": "dcnv2_64k_bf16",
+            "config": dcn,
+            "data": "synthetic",
+            "batch": 65536,
+            "args": [
+                "--embedding.row_scale",
+                "0.1",
+                "--train.bf16",
+                "true",
+                "--train.steps",
+                "40",
+                "--train.warmup_steps",
+                "10",
+                "--run.log_every",
+                "10",
+                "--eval.samples",
+                "131072",
+            ],
+        },
     ]
 
 
@@ -82,19 +184,37 @@ def run_tests(out: str, device: torch.device) -> dict:
     """pytest -m gpu (skipped on CPU) and, on a GPU, the compiled Triton kernel tests."""
     commands = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"]]
     if device.type == "cuda":
-        commands.append([sys.executable, "-m", "pytest", "-q", "tests/kernels/test_kernels_triton.py",
-                         "tests/kernels/test_kernels_compile.py"])
+        commands.append(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "tests/kernels/test_kernels_triton.py",
+                "tests/kernels/test_kernels_compile.py",
+            ]
+        )
     results = []
     with open(os.path.join(out, "tests.txt"), "w") as log:
         for cmd in commands:
             started = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             log.write(f"$ {' '.join(cmd[2:])}\n{proc.stdout}{proc.stderr}\n")
-            tail = [line for line in proc.stdout.splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected)", line)]
-            results.append({"command": " ".join(cmd[2:]), "returncode": proc.returncode,
-                            "summary": tail[-1].strip("= ") if tail else "no pytest summary",
-                            "seconds": time.perf_counter() - started})
-    return {"commands": results, "ok": all(r["returncode"] in (0, 5) for r in results)}  # 5: nothing collected
+            tail = [
+                line
+                for line in proc.stdout.splitlines()
+                if re.search(r"\d+ (passed|failed|skipped|deselected)", line)
+            ]
+            results.append(
+                {
+                    "command": " ".join(cmd[2:]),
+                    "returncode": proc.returncode,
+                    "summary": tail[-1].strip("= ") if tail else "no pytest summary",
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+    # 5: nothing collected
+    return {"commands": results, "ok": all(r["returncode"] in (0, 5) for r in results)}
 
 
 def run_kernels(out: str, quick: bool) -> list[dict]:
@@ -103,14 +223,21 @@ def run_kernels(out: str, quick: bool) -> list[dict]:
     env = {**os.environ, "RECFUSE_BENCH_RESULTS": path}
     size = ["--size", "small", "--reps", "1"] if quick else ["--size", "dlrm"]
     for script in tqdm(KERNEL_BENCHES, desc="kernel benchmarks", unit="bench"):
-        proc = subprocess.run([sys.executable, os.path.join("bench", script), *size], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.join("bench", script), *size],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{script} failed:\n{proc.stderr[-4000:]}")
     return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
-def make_kaggle_dataset(directory: str, rows: int, config: str, max_rows: int, seed: int = 0) -> str:
+def make_kaggle_dataset(
+    directory: str, rows: int, config: str, max_rows: int, seed: int = 0
+) -> str:
     """A preprocessed dataset of the Kaggle shape: 13 dense, 26 categorical (cardinalities capped at max_rows,
     as --hash-rows would), skewed ids, labels from a hidden rule so that training has something to learn."""
     from pipeline.dataset import write_dataset
@@ -129,19 +256,39 @@ def make_kaggle_dataset(directory: str, rows: int, config: str, max_rows: int, s
     return directory
 
 
-def run_training(out: str, spec: dict, device: torch.device, dataset: str | None, profile_steps: int) -> dict:
+def run_training(
+    out: str, spec: dict, device: torch.device, dataset: str | None, profile_steps: int
+) -> dict:
     run_dir = os.path.join(out, "runs", spec["name"])
     os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, "train.py", "--config", spec["config"], "--run.dir", run_dir, "--run.device", device.type,
-           "--train.global_batch_size", str(spec["batch"]), "--run.profile_steps", str(profile_steps), *spec["args"]]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--config",
+        spec["config"],
+        "--run.dir",
+        run_dir,
+        "--run.device",
+        device.type,
+        "--train.global_batch_size",
+        str(spec["batch"]),
+        "--run.profile_steps",
+        str(profile_steps),
+        *spec["args"],
+    ]
     if dataset:
-        cmd += ["--data.path", dataset, "--data.epochs", "100"]  # train.steps, not the dataset, ends the run
+        # train.steps, not the dataset, ends the run
+        cmd += ["--data.path", dataset, "--data.epochs", "100"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     with open(os.path.join(run_dir, "log.txt"), "w") as f:
         f.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        return {"spec": spec, "error": proc.stderr[-3000:], "seconds": time.perf_counter() - started}
+        return {
+            "spec": spec,
+            "error": proc.stderr[-3000:],
+            "seconds": time.perf_counter() - started,
+        }
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     return {"spec": spec, "summary": summary, "seconds": time.perf_counter() - started}
 
@@ -153,45 +300,87 @@ def _fmt(value, digits=1, scale=1.0) -> str:
 
 def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: list[dict]) -> str:
     copy = meta["copy_bandwidth_gbps"]
-    lines = [f"# GPU check: {meta['device']}", "",
-             f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, triton {meta['triton']}, "
-             f"{meta['host']}. Measured copy bandwidth (read + write): {copy:,.1f} GB/s. Total {meta['seconds']:.0f} s.",
-             ""]
+    lines = [
+        f"# GPU check: {meta['device']}",
+        "",
+        f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, triton {meta['triton']}, "
+        f"{meta['host']}. Measured copy bandwidth (read + write): {copy:,.1f} GB/s. Total {meta['seconds']:.0f} s.",
+        "",
+    ]
     if tests is not None:
         lines += ["## Tests", "", "| command | result | s |", "|---|---|---|"]
-        lines += [f"| `{r['command']}` | {r['summary']} (exit {r['returncode']}) | {r['seconds']:.0f} |"
-                  for r in tests["commands"]]
+        lines += [
+            f"| `{r['command']}` | {r['summary']} (exit {r['returncode']}) | {r['seconds']:.0f} |"
+            for r in tests["commands"]
+        ]
         lines.append("")
     if kernels:
-        lines += ["## Kernels", "", "| bench | impl | size | median ms | GB/s | % of copy BW |", "|---|---|---|---|---|---|"]
-        lines += [f"| {k['bench']} | {k['impl']} | {k['size']} | {k['ms_median']:.3f} | {k['gb_per_s']:.1f} | "
-                  f"{k['pct_copy']:.1f} |" for k in kernels]
+        lines += [
+            "## Kernels",
+            "",
+            "| bench | impl | size | median ms | GB/s | % of copy BW |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k['bench']} | {k['impl']} | {k['size']} | {k['ms_median']:.3f} | {k['gb_per_s']:.1f} | "
+            f"{k['pct_copy']:.1f} |"
+            for k in kernels
+        ]
         lines.append("")
     if runs:
-        lines += ["## Training (W = 1)", "",
-                  "| run | batch | data | samples/s | step ms | data wait % | MFU % | emb GB/s | emb % copy BW | "
-                  "peak GiB | syncs/step | launches/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Training (W = 1)",
+            "",
+            "| run | batch | data | samples/s | step ms | data wait % | MFU % | emb GB/s | emb % copy BW | "
+            "peak GiB | syncs/step | launches/step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in runs:
             spec = r["spec"]
             if "error" in r:
-                lines.append(f"| {spec['name']} | {spec['batch']} | {spec['data']} | failed: see runs/{spec['name']}/log.txt |")
+                lines.append(
+                    f"| {spec['name']} | {spec['batch']} | {spec['data']} | failed: see runs/{spec['name']}/log.txt |"
+                )
                 continue
             s = r["summary"]
-            step = 1e3 * s["global_batch_size"] / s["samples_per_sec"] if s["samples_per_sec"] else None
+            step = (
+                1e3 * s["global_batch_size"] / s["samples_per_sec"]
+                if s["samples_per_sec"]
+                else None
+            )
             prof = s.get("profile") or {}
             gbps = s.get("embedding_gbps")
             lines.append(
-                f"| {spec['name']} | {spec['batch']} | {spec['data']} | {_fmt(s['samples_per_sec'], 0)} | {_fmt(step, 2)} | "
+                f"| {spec['name']} | {spec['batch']} | {spec['data']} | "
+                f"{_fmt(s['samples_per_sec'], 0)} | {_fmt(step, 2)} | "
                 f"{_fmt(s.get('data_wait_pct'))} | {_fmt(s.get('mfu_pct'), 2)} | {_fmt(gbps)} | "
                 f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
-                f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |")
-        if any("predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs):
-            lines += ["", "syncs/step (predicted): no device to count on, so training.profiling.HostSyncCensus counts the "
-                          "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels)."]
-        lines += ["", "Per-stage ms per step (training.stages.STAGES, after warm-up):", "",
-                  "| run | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
-        lines += ["| " + r["spec"]["name"] + " | " + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES) + " |"
-                  for r in runs if "summary" in r]
+                f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |"
+            )
+        if any(
+            "predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs
+        ):
+            lines += [
+                "",
+                "syncs/step (predicted): no device to count on, so training.profiling.HostSyncCensus counts the "
+                "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels).",
+            ]
+        lines += [
+            "",
+            "Per-stage ms per step (training.stages.STAGES, after warm-up):",
+            "",
+            "| run | " + " | ".join(STAGES) + " |",
+            "|---|" + "---|" * len(STAGES),
+        ]
+        lines += [
+            "| "
+            + r["spec"]["name"]
+            + " | "
+            + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES)
+            + " |"
+            for r in runs
+            if "summary" in r
+        ]
         lines.append("")
     text = "\n".join(lines)
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -208,29 +397,52 @@ def _sync_cell(profile: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, CPU unless --device cuda")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes, CPU unless --device cuda"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--out", default="", help="result directory (default bench/results/gpu_<device>_<date>)")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--profile-steps", type=int, default=None,
-                        help="steps profiled for syncs and launches (default 5; 2 with --quick)")
+    parser.add_argument(
+        "--out", default="", help="result directory (default bench/results/gpu_<device>_<date>)"
+    )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=None,
+        help="steps profiled for syncs and launches (default 5; 2 with --quick)",
+    )
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and not args.quick and torch.cuda.is_available())
+    use_cuda = args.device == "cuda" or (
+        args.device == "auto" and not args.quick and torch.cuda.is_available()
+    )
     device = torch.device("cuda" if use_cuda else "cpu")
     date = datetime.date.today().isoformat()
-    name = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name() if use_cuda else "cpu").strip("-")
+    name = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name() if use_cuda else "cpu").strip(
+        "-"
+    )
     out = os.path.abspath(args.out or os.path.join(ROOT, "bench", "results", f"gpu_{name}_{date}"))
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
     import triton
 
-    meta = {"device": device_name(device), "date": date, "commit": git_commit(), "torch": torch.__version__,
-            "triton": triton.__version__, "host": f"{platform.machine()}, {os.cpu_count()} cores",
-            "copy_bandwidth_gbps": copy_bandwidth(device) / 1e9, "quick": args.quick}
+    meta = {
+        "device": device_name(device),
+        "date": date,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+        "copy_bandwidth_gbps": copy_bandwidth(device) / 1e9,
+        "quick": args.quick,
+    }
     tests = run_tests(out, device) if "tests" in parts else None
     kernels = run_kernels(out, args.quick) if "kernels" in parts else []
     runs = []
@@ -241,13 +453,25 @@ def main(argv: list[str] | None = None) -> int:
             if spec["data"] == "dataset":
                 steps = int(spec["args"][spec["args"].index("--train.steps") + 1])
                 rows = spec["batch"] * (steps + 8)  # the default split evaluates on the last 1/16
-                dataset = make_kaggle_dataset(os.path.join(out, f"dataset_{spec['batch']}"), rows, spec["config"],
-                                              QUICK_HASH_ROWS if args.quick else KAGGLE_HASH_ROWS)
-            profile_steps = args.profile_steps if args.profile_steps is not None else (2 if args.quick else 5)
+                dataset = make_kaggle_dataset(
+                    os.path.join(out, f"dataset_{spec['batch']}"),
+                    rows,
+                    spec["config"],
+                    QUICK_HASH_ROWS if args.quick else KAGGLE_HASH_ROWS,
+                )
+            profile_steps = (
+                args.profile_steps if args.profile_steps is not None else (2 if args.quick else 5)
+            )
             runs.append(run_training(out, spec, device, dataset, profile_steps))
             r = runs[-1]
-            tqdm.write(f"{spec['name']}: " + (f"{r['summary']['samples_per_sec']:,.0f} samples/s" if "summary" in r
-                                              else "FAILED"))
+            tqdm.write(
+                f"{spec['name']}: "
+                + (
+                    f"{r['summary']['samples_per_sec']:,.0f} samples/s"
+                    if "summary" in r
+                    else "FAILED"
+                )
+            )
     meta["seconds"] = time.perf_counter() - started
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump({**meta, "tests": tests}, f, indent=1)
@@ -256,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(d)  # generated data is not a result
     failed = [r["spec"]["name"] for r in runs if "error" in r]
     if failed or (tests is not None and not tests["ok"]):
-        print(f"gpu_check: failures: runs {failed}, tests ok={tests and tests['ok']}", file=sys.stderr)
+        print(
+            f"gpu_check: failures: runs {failed}, tests ok={tests and tests['ok']}", file=sys.stderr
+        )
         return 1
     return 0
 

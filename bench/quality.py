@@ -41,7 +41,9 @@ METRICS = (("auc", "eval AUC"), ("logloss", "eval logloss"))
 def host_cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+            )
     except OSError:
         model = ""
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -50,10 +52,28 @@ def host_cpu() -> str:
 def train_seed(config: str, seed: int, world_size: int, out_dir: str, extra: list[str]) -> dict:
     run_dir = os.path.join(out_dir, f"seed_{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
-                if world_size > 1 else [sys.executable])
-    cmd = [*launcher, os.path.join(ROOT, "train.py"), "--config", config, *extra, "--run.seed", str(seed),
-           "--run.dir", run_dir]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world_size}",
+        ]
+        if world_size > 1
+        else [sys.executable]
+    )
+    cmd = [
+        *launcher,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        config,
+        *extra,
+        "--run.seed",
+        str(seed),
+        "--run.dir",
+        run_dir,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
@@ -69,11 +89,16 @@ def points(runs: dict[int, dict]) -> list[dict]:
         raise ValueError(f"seeds evaluated at different steps: {steps}")
     some = next(iter(runs.values()))
     cfg = some["config"]
-    per_epoch = cfg["eval"]["every"] if cfg["eval"].get("every_epoch") else 0  # train.build set it to the epoch's steps
+    # train.build set it to the epoch's steps
+    per_epoch = cfg["eval"]["every"] if cfg["eval"].get("every_epoch") else 0
     out = []
     for i, step in enumerate(first):
-        row = {"step": step, "samples": step * some["global_batch_size"], "epoch": step / per_epoch if per_epoch else None,
-               "n": len(runs)}
+        row = {
+            "step": step,
+            "samples": step * some["global_batch_size"],
+            "epoch": step / per_epoch if per_epoch else None,
+            "n": len(runs),
+        }
         for key, _ in METRICS:
             values = [s["evals"][i][key] for s in runs.values()]
             row[f"{key}_mean"] = statistics.fmean(values)
@@ -84,12 +109,18 @@ def points(runs: dict[int, dict]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     epochs = any(r["epoch"] is not None for r in rows)
-    head = "| step | " + ("epoch | " if epochs else "") + "samples | eval AUC (mean ± std) | eval logloss (mean ± std) | seeds |"
+    head = (
+        "| step | "
+        + ("epoch | " if epochs else "")
+        + "samples | eval AUC (mean ± std) | eval logloss (mean ± std) | seeds |"
+    )
     lines = [head, "|" + "---|" * len(head.strip("|").split("|"))]
     for r in rows:
         epoch = f"{r['epoch']:.2f} | " if epochs else ""
-        lines.append(f"| {r['step']} | {epoch}{r['samples']} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | "
-                     f"{r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {r['n']} |")
+        lines.append(
+            f"| {r['step']} | {epoch}{r['samples']} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | "
+            f"{r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {r['n']} |"
+        )
     return "\n".join(lines)
 
 
@@ -102,8 +133,14 @@ def plot(runs: dict[int, dict], rows: list[dict], path: str, title: str) -> None
         mean = [r[f"{key}_mean"] for r in rows]
         std = [r[f"{key}_std"] if len(runs) > 1 else 0.0 for r in rows]
         ax.plot(steps, mean, color="black", lw=2, marker="o", label="mean")
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)],
-                        color="tab:blue", alpha=0.25, label="± std")
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color="tab:blue",
+            alpha=0.25,
+            label="± std",
+        )
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -118,11 +155,17 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="config TOML")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run.seed values")
-    parser.add_argument("--world-size", type=int, default=1, help="processes per run (torchrun when > 1)")
-    parser.add_argument("--out", required=True, help="directory for the report, plot, JSON and runs")
+    parser.add_argument(
+        "--world-size", type=int, default=1, help="processes per run (torchrun when > 1)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="directory for the report, plot, JSON and runs"
+    )
     args = parser.parse_args(own)
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.out, exist_ok=True)
@@ -130,32 +173,59 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in seeds:
         runs[seed] = train_seed(args.config, seed, args.world_size, args.out, extra)
         last = runs[seed]["evals"][-1]
-        print(f"seed {seed}: {len(runs[seed]['evals'])} evaluations, final eval auc {last['auc']:.4f}, "
-              f"logloss {last['logloss']:.4f}", flush=True)
+        print(
+            f"seed {seed}: {len(runs[seed]['evals'])} evaluations, final eval auc {last['auc']:.4f}, "
+            f"logloss {last['logloss']:.4f}",
+            flush=True,
+        )
     rows = points(runs)
     some = next(iter(runs.values()))
-    result = {"config": args.config, "args": extra, "seeds": seeds, "world_size": args.world_size,
-              "device": some["device"], "host_cpu": host_cpu(),
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
-              "points": rows,
-              "runs": {str(seed): {"evals": s["evals"], "final_loss": s["final_loss"], "steps": s["steps"],
-                                   "samples_per_sec": s["samples_per_sec"]} for seed, s in runs.items()}}
+    result = {
+        "config": args.config,
+        "args": extra,
+        "seeds": seeds,
+        "world_size": args.world_size,
+        "device": some["device"],
+        "host_cpu": host_cpu(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "points": rows,
+        "runs": {
+            str(seed): {
+                "evals": s["evals"],
+                "final_loss": s["final_loss"],
+                "steps": s["steps"],
+                "samples_per_sec": s["samples_per_sec"],
+            }
+            for seed, s in runs.items()
+        },
+    }
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump(result, f, indent=1)
     table = markdown_table(rows)
     title = f"{os.path.basename(args.config)} {' '.join(extra)} | seeds {args.seeds} | W={args.world_size}"
     plot(runs, rows, os.path.join(args.out, "quality.png"), title)
-    per_seed = ["| seed | " + " | ".join(f"step {r['step']} AUC" for r in rows) + " | final loss |",
-                "|---|" + "---|" * (len(rows) + 1)]
-    per_seed += [f"| {seed} | " + " | ".join(f"{e['auc']:.4f}" for e in s["evals"]) + f" | {s['final_loss']:.4f} |"
-                 for seed, s in runs.items()]
+    per_seed = [
+        "| seed | " + " | ".join(f"step {r['step']} AUC" for r in rows) + " | final loss |",
+        "|---|" + "---|" * (len(rows) + 1),
+    ]
+    per_seed += [
+        f"| {seed} | "
+        + " | ".join(f"{e['auc']:.4f}" for e in s["evals"])
+        + f" | {s['final_loss']:.4f} |"
+        for seed, s in runs.items()
+    ]
     command = " ".join(["python bench/quality.py", *own, *(["--", *extra] if extra else [])])
     with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(f"# Quality: {args.config}\n\n`{command}`\n\n"
-                f"Device {result['device']} (host: {result['host_cpu']}), W = {args.world_size}, "
-                f"{result['date']}, commit {result['git_commit']}. Mean and sample std (n - 1) over {len(seeds)} seeds; "
-                f"run.seed seeds data and weights.\n\n{table}\n\nPer seed:\n\n" + "\n".join(per_seed) + "\n\n"
-                "![eval AUC and logloss over seeds](quality.png)\n")
+        f.write(
+            f"# Quality: {args.config}\n\n`{command}`\n\n"
+            f"Device {result['device']} (host: {result['host_cpu']}), W = {args.world_size}, "
+            f"{result['date']}, commit {result['git_commit']}. Mean and sample std (n - 1) over {len(seeds)} seeds; "
+            f"run.seed seeds data and weights.\n\n{table}\n\nPer seed:\n\n"
+            + "\n".join(per_seed)
+            + "\n\n"
+            "![eval AUC and logloss over seeds](quality.png)\n"
+        )
     print(table)
     return result
 

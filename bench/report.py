@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.scaling import ALLTOALLS_PER_STEP, busbw_from_jsonl, project  # noqa: E402
 from training.stages import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
-PROJECTED_EXTRA = ("alltoall_ms", "exposed_allreduce_ms")  # communication a projection adds to the stages
+# communication a projection adds to the stages
+PROJECTED_EXTRA = ("alltoall_ms", "exposed_allreduce_ms")
 
 
 def load(directory: str) -> list[dict]:
@@ -53,59 +54,113 @@ def projections(runs: list[dict], alltoall_jsonl: str | None) -> dict:
         if r["world_size"] == 1 or one is None:
             continue
         s, w = r["summary"], r["world_size"]
-        bw = busbw_from_jsonl(alltoall_jsonl, s["exchange_bytes_per_rank"] / ALLTOALLS_PER_STEP or 1)
+        bw = busbw_from_jsonl(
+            alltoall_jsonl, s["exchange_bytes_per_rank"] / ALLTOALLS_PER_STEP or 1
+        )
         stages = {k: one["summary"]["stage_ms"][k] / w for k in STAGES}
-        out[r["name"]] = {**project(stages, s["exchange_bytes_per_rank"], s["allreduce_bytes"], s["local_batch"], w, bw,
-                                    bw, overlap=False), "stage_ms": stages}
+        out[r["name"]] = {
+            **project(
+                stages,
+                s["exchange_bytes_per_rank"],
+                s["allreduce_bytes"],
+                s["local_batch"],
+                w,
+                bw,
+                bw,
+                overlap=False,
+            ),
+            "stage_ms": stages,
+        }
     return out
 
 
-def _stage_row(label: str, stage_ms: dict, communication: list[str], exchange: float, path: float, wall: str) -> str:
-    cells = [f"{stage_ms[k]:.2f}" for k in STAGES] + communication + [f"{exchange:.2f}", f"{path:.2f}", wall]
+def _stage_row(
+    label: str, stage_ms: dict, communication: list[str], exchange: float, path: float, wall: str
+) -> str:
+    cells = (
+        [f"{stage_ms[k]:.2f}" for k in STAGES]
+        + communication
+        + [f"{exchange:.2f}", f"{path:.2f}", wall]
+    )
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
-    lines = ["| run | device | W | samples/s | projected samples/s | step ms | data wait % | MFU % | "
-             "emb GB/s | a2a kB/step/rank | eval AUC | final loss | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | device | W | samples/s | projected samples/s | step ms | data wait % | MFU % | "
+        "emb GB/s | a2a kB/step/rank | eval AUC | final loss | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         s, last = r["summary"], r["metrics"][-1]
         proj = projected.get(r["name"], {}).get("samples_per_s")
         mfu = s.get("mfu_pct")
-        lines.append(f"| {r['name']} | {r['device']} | {r['world_size']} | {s['samples_per_sec']:.0f} | "
-                     f"{f'{proj:.0f}' if proj else '-'} | {step_ms(s):.2f} | "
-                     f"{100 * s['stage_ms']['data_wait'] / step_ms(s):.1f} | "
-                     f"{f'{mfu:.2f}' if mfu is not None else '-'} | {last['embedding_gbps']:.3f} | "
-                     f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
-                     f"{r['git_commit'][:8]} |")
-    lines += ["", "Stage times, ms per step after warm-up (training.stages.STAGES; exchange = input_dist + "
-              "output_dist + grad_dist; path = stages without h2d, plus projected communication):", "",
-              "| run | " + " | ".join(STAGES) + " | a2a (proj.) | all-reduce (proj.) | exchange | path | wall |",
-              "|---" * (len(STAGES) + 5) + "|---|"]
+        lines.append(
+            f"| {r['name']} | {r['device']} | {r['world_size']} | {s['samples_per_sec']:.0f} | "
+            f"{f'{proj:.0f}' if proj else '-'} | {step_ms(s):.2f} | "
+            f"{100 * s['stage_ms']['data_wait'] / step_ms(s):.1f} | "
+            f"{f'{mfu:.2f}' if mfu is not None else '-'} | {last['embedding_gbps']:.3f} | "
+            f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
+            f"{r['git_commit'][:8]} |"
+        )
+    lines += [
+        "",
+        "Stage times, ms per step after warm-up (training.stages.STAGES; exchange = input_dist + "
+        "output_dist + grad_dist; path = stages without h2d, plus projected communication):",
+        "",
+        "| run | "
+        + " | ".join(STAGES)
+        + " | a2a (proj.) | all-reduce (proj.) | exchange | path | wall |",
+        "|---" * (len(STAGES) + 5) + "|---|",
+    ]
     for r in runs:
         s = r["summary"]
-        lines.append(_stage_row(r["name"], s["stage_ms"], ["-", "-"], sum(s["stage_ms"][k] for k in EXCHANGE_STAGES),
-                                sum(s["stage_ms"][k] for k in STAGES if k not in OVERLAPPED_STAGES), f"{step_ms(s):.2f}"))
+        lines.append(
+            _stage_row(
+                r["name"],
+                s["stage_ms"],
+                ["-", "-"],
+                sum(s["stage_ms"][k] for k in EXCHANGE_STAGES),
+                sum(s["stage_ms"][k] for k in STAGES if k not in OVERLAPPED_STAGES),
+                f"{step_ms(s):.2f}",
+            )
+        )
         if r["name"] in projected:
             p = projected[r["name"]]
-            lines.append(_stage_row(f"{r['name']} projected", p["stage_ms"], [f"{p[k]:.2f}" for k in PROJECTED_EXTRA],
-                                    p["exchange_ms"], p["step_ms"], "-"))
+            lines.append(
+                _stage_row(
+                    f"{r['name']} projected",
+                    p["stage_ms"],
+                    [f"{p[k]:.2f}" for k in PROJECTED_EXTRA],
+                    p["exchange_ms"],
+                    p["step_ms"],
+                    "-",
+                )
+            )
     measured = {r["name"]: r["summary"]["stage_ms"] for r in runs}
-    compute = [k for k in STAGES if k not in EXCHANGE_STAGES and k not in ("data_wait", *OVERLAPPED_STAGES)]
+    compute = [
+        k for k in STAGES if k not in EXCHANGE_STAGES and k not in ("data_wait", *OVERLAPPED_STAGES)
+    ]
     for name, p in projected.items():
         m = measured[name]
-        lines.append(f"\n{name}: exchange stages measured {sum(m[k] for k in EXCHANGE_STAGES):.2f} ms vs projected "
-                     f"{p['exchange_ms']:.2f} ms (local work {p['exchange_ms'] - p['alltoall_ms']:.2f} + all-to-all "
-                     f"{p['alltoall_ms']:.2f}); compute stages ({', '.join(compute)}) measured "
-                     f"{sum(m[k] for k in compute):.2f} ms vs projected {sum(p['stage_ms'][k] for k in compute):.2f} ms "
-                     f"+ all-reduce {p['exposed_allreduce_ms']:.2f} ms.")
-    notes = ["", "samples/s: global, after warm-up; step ms: wall clock per step after warm-up; data wait %: "
-             "data_wait / step ms. Stages are timed with CUDA events on GPU and the wall clock on CPU; dense_bwd is "
-             "loss.backward() without grad_dist and sparse_update (with DDP it holds the exposed all-reduce).",
-             "Projected: bench/scaling.py from the W=1 run's stage times divided by W (fixed global batch), plus "
-             "all-to-all and all-reduce times at the measured all-to-all busbw, no overlap; its exchange column "
-             "includes the projected all-to-all." if projected else ""]
+        lines.append(
+            f"\n{name}: exchange stages measured {sum(m[k] for k in EXCHANGE_STAGES):.2f} ms vs projected "
+            f"{p['exchange_ms']:.2f} ms (local work {p['exchange_ms'] - p['alltoall_ms']:.2f} + all-to-all "
+            f"{p['alltoall_ms']:.2f}); compute stages ({', '.join(compute)}) measured "
+            f"{sum(m[k] for k in compute):.2f} ms vs projected {sum(p['stage_ms'][k] for k in compute):.2f} ms "
+            f"+ all-reduce {p['exposed_allreduce_ms']:.2f} ms."
+        )
+    notes = [
+        "",
+        "samples/s: global, after warm-up; step ms: wall clock per step after warm-up; data wait %: "
+        "data_wait / step ms. Stages are timed with CUDA events on GPU and the wall clock on CPU; dense_bwd is "
+        "loss.backward() without grad_dist and sparse_update (with DDP it holds the exposed all-reduce).",
+        "Projected: bench/scaling.py from the W=1 run's stage times divided by W (fixed global batch), plus "
+        "all-to-all and all-reduce times at the measured all-to-all busbw, no overlap; its exchange column "
+        "includes the projected all-to-all."
+        if projected
+        else "",
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines + notes) + "\n")
 
@@ -115,8 +170,12 @@ def plot(runs: list[dict], projected: dict, directory: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in configs:
         rs = [r for r in runs if r["config"] == c]
-        ax.plot([r["world_size"] for r in rs], [r["summary"]["samples_per_sec"] for r in rs], marker="o",
-                label=os.path.basename(c))
+        ax.plot(
+            [r["world_size"] for r in rs],
+            [r["summary"]["samples_per_sec"] for r in rs],
+            marker="o",
+            label=os.path.basename(c),
+        )
     ax.set(xlabel="world size", ylabel="samples/s (global)", title="Throughput vs world size")
     ax.legend()
     fig.tight_layout()
@@ -128,14 +187,22 @@ def plot(runs: list[dict], projected: dict, directory: str) -> None:
         bars.append((r["name"], r["summary"]["stage_ms"]))
         if r["name"] in projected:
             p = projected[r["name"]]
-            bars.append((f"{r['name']} proj.", {**p["stage_ms"], **{k: p[k] for k in PROJECTED_EXTRA}}))
+            bars.append(
+                (f"{r['name']} proj.", {**p["stage_ms"], **{k: p[k] for k in PROJECTED_EXTRA}})
+            )
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [name for name, _ in bars]
     bottom = [0.0] * len(bars)
     for i, stage in enumerate(STAGES + PROJECTED_EXTRA):
         values = [stage_ms.get(stage, 0.0) for _, stage_ms in bars]
-        ax.bar(names, values, bottom=bottom, label=stage, color=plt.cm.tab20(i),
-               hatch="//" if stage in PROJECTED_EXTRA else None)
+        ax.bar(
+            names,
+            values,
+            bottom=bottom,
+            label=stage,
+            color=plt.cm.tab20(i),
+            hatch="//" if stage in PROJECTED_EXTRA else None,
+        )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set(ylabel="ms per step", title="Stage time per step (h2d: side stream, overlapped on GPU)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -153,9 +220,14 @@ def plot(runs: list[dict], projected: dict, directory: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("directory")
-    parser.add_argument("--alltoall-jsonl", default=os.path.join(os.path.dirname(__file__), "results", "alltoall.jsonl"))
+    parser.add_argument(
+        "--alltoall-jsonl",
+        default=os.path.join(os.path.dirname(__file__), "results", "alltoall.jsonl"),
+    )
     args = parser.parse_args(argv)
     runs = load(args.directory)
     projected = projections(runs, args.alltoall_jsonl)

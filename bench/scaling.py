@@ -39,8 +39,18 @@ ALLTOALLS_PER_STEP = 3
 
 # An illustrative DCN-v2 step on one GPU (NOT a measurement): replace it with --measured.
 EXAMPLE = {
-    "stage_ms": {"data_wait": 0.5, "h2d": 0.5, "input_dist": 2.0, "lookup": 4.0, "output_dist": 3.0, "dense_fwd": 7.0,
-                 "dense_bwd": 13.0, "grad_dist": 2.0, "sparse_update": 2.0, "dense_optimizer": 2.0},
+    "stage_ms": {
+        "data_wait": 0.5,
+        "h2d": 0.5,
+        "input_dist": 2.0,
+        "lookup": 4.0,
+        "output_dist": 3.0,
+        "dense_fwd": 7.0,
+        "dense_bwd": 13.0,
+        "grad_dist": 2.0,
+        "sparse_update": 2.0,
+        "dense_optimizer": 2.0,
+    },
     # local batch 8192, 26 features x 128 dims fp32 pooled rows out and gradients back, plus int64 ids
     "exchange_bytes_per_rank": 2 * 8192 * 26 * 128 * 4 + 8192 * 26 * 8,
     "allreduce_bytes": 16_044_545 * 4,  # MLPerf DCN-v2 dense parameters x fp32
@@ -113,7 +123,8 @@ def cross_node_busbw(
     world = gpus_per_node * nodes
     if nodes <= 1:
         return intra_alltoall_busbw, intra_allreduce_busbw
-    on_node = (gpus_per_node - 1) / world  # share of the send buffer going to other GPUs of the node
+    # share of the send buffer going to other GPUs of the node
+    on_node = (gpus_per_node - 1) / world
     off_node = (world - gpus_per_node) / world
     seconds_per_byte = max(on_node / intra_alltoall_busbw, off_node / inter_node_bw)
     alltoall = (world - 1) / world / seconds_per_byte
@@ -146,45 +157,94 @@ def load_measured(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measured", default="", help="JSON with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--measured",
+        default="",
+        help="JSON with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch",
+    )
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--max-nodes", type=int, default=8)
-    p.add_argument("--alltoall-busbw", type=float, default=300.0, help="intra-node all-to-all busbw, GB/s")
-    p.add_argument("--alltoall-jsonl", default="", help="take the all-to-all busbw from bench/alltoall.py results instead")
-    p.add_argument("--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s")
-    p.add_argument("--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s")
-    p.add_argument("--no-overlap", action="store_true", help="all-reduce does not overlap dense backward")
-    p.add_argument("--exchange-bytes", type=float, default=None,
-                   help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
-                        "run's summary.json exchange_bytes_per_rank)")
+    p.add_argument(
+        "--alltoall-busbw", type=float, default=300.0, help="intra-node all-to-all busbw, GB/s"
+    )
+    p.add_argument(
+        "--alltoall-jsonl",
+        default="",
+        help="take the all-to-all busbw from bench/alltoall.py results instead",
+    )
+    p.add_argument(
+        "--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s"
+    )
+    p.add_argument(
+        "--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s"
+    )
+    p.add_argument(
+        "--no-overlap", action="store_true", help="all-reduce does not overlap dense backward"
+    )
+    p.add_argument(
+        "--exchange-bytes",
+        type=float,
+        default=None,
+        help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
+        "run's summary.json exchange_bytes_per_rank)",
+    )
     args = p.parse_args(argv)
 
     measured = load_measured(args.measured) if args.measured else EXAMPLE
-    exchange = measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
-    a2a_bw = (busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP) if args.alltoall_jsonl
-              else args.alltoall_busbw * 1e9)
+    exchange = (
+        measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
+    )
+    a2a_bw = (
+        busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP)
+        if args.alltoall_jsonl
+        else args.alltoall_busbw * 1e9
+    )
     ar_bw = args.allreduce_busbw * 1e9
     inter_bw = args.inter_node_gbps * 1e9 / 8
     overlap = not args.no_overlap
 
     print("Assumptions:")
-    print(f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}")
-    print("  stage ms (communication excluded): " + ", ".join(f"{k}={measured['stage_ms'][k]:g}" for k in STAGES))
+    print(
+        f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}"
+    )
+    print(
+        "  stage ms (communication excluded): "
+        + ", ".join(f"{k}={measured['stage_ms'][k]:g}" for k in STAGES)
+    )
     if measured.get("world_size", 1) > 1:
-        print(f"  WARNING: measured at W={measured['world_size']}: its {', '.join(EXCHANGE_STAGES)} and dense_bwd already "
-              "hold communication, which the projection adds again; measure at W=1")
-    print(f"  not counted (side stream, overlapped with the step on GPU): {', '.join(OVERLAPPED_STAGES)}")
+        print(
+            f"  WARNING: measured at W={measured['world_size']}: its {', '.join(EXCHANGE_STAGES)} "
+            "and dense_bwd already "
+            "hold communication, which the projection adds again; measure at W=1"
+        )
+    print(
+        f"  not counted (side stream, overlapped with the step on GPU): {', '.join(OVERLAPPED_STAGES)}"
+    )
     print(f"  local batch {measured['local_batch']} per GPU, fixed (weak scaling)")
     if exchange == 0:
-        print("  WARNING: no all-to-all bytes (a W=1 run sends none off-rank); give --exchange-bytes")
+        print(
+            "  WARNING: no all-to-all bytes (a W=1 run sends none off-rank); give --exchange-bytes"
+        )
     print(f"  all-to-all bytes per rank per step {exchange / 1e6:.3f} MB", end="")
     print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.3f} MB")
-    print(f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)")
-    print(f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, {args.gpus_per_node} GPUs per node")
-    print(f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial")
+    print(
+        f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)"
+    )
+    print(
+        f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, "
+        f"{args.gpus_per_node} GPUs per node"
+    )
+    print(
+        f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial"
+    )
     print()
-    print(f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}", end="")
+    print(
+        f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}",
+        end="",
+    )
     print(f" {'step ms':>8} {'samples/s':>12} {'eff':>6}")
     worlds = [(1, w) for w in (1, 2, 4, 8) if w <= args.gpus_per_node]
     nodes = 2
@@ -194,12 +254,19 @@ def main(argv=None) -> None:
     for n_nodes, per_node in worlds:
         a2a, ar = cross_node_busbw(per_node, n_nodes, a2a_bw, ar_bw, inter_bw)
         r = project(
-            measured["stage_ms"], exchange, measured["allreduce_bytes"], measured["local_batch"],
-            n_nodes * per_node, a2a, ar, overlap,
+            measured["stage_ms"],
+            exchange,
+            measured["allreduce_bytes"],
+            measured["local_batch"],
+            n_nodes * per_node,
+            a2a,
+            ar,
+            overlap,
         )
         print(
             f"{n_nodes:>5} {r['world_size']:>5} {a2a / 1e9:>9.1f} {ar / 1e9:>8.1f} {r['alltoall_ms']:>8.2f} "
-            f"{r['allreduce_ms']:>8.2f} {r['step_ms']:>8.2f} {r['samples_per_s']:>12.0f} {r['scaling_efficiency']:>6.1%}"
+            f"{r['allreduce_ms']:>8.2f} {r['step_ms']:>8.2f} {r['samples_per_s']:>12.0f} "
+            f"{r['scaling_efficiency']:>6.1%}"
         )
 
 

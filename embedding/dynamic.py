@@ -53,7 +53,9 @@ def _table_key(seed: int, salt: int) -> int:
     return int(splitmix64(torch.tensor([seed * 1_000_003 ^ salt], dtype=torch.int64))[0])
 
 
-def init_rows(keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype) -> torch.Tensor:
+def init_rows(
+    keys: torch.Tensor, seed: int, salt: int, dim: int, bound: float, dtype
+) -> torch.Tensor:
     """Initial rows of keys: uniform(+-bound) from a hash of (seed, table, key, column), like the static tables'
     rows (storage.RowStorage.init_weights): the same on any rank, slot and device."""
     table_key = _table_key(seed, salt)
@@ -66,7 +68,9 @@ def compact(mask: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the count True entries of mask, in order, without a host sync (count is known)."""
     position = torch.cumsum(mask, 0) - 1
     out = torch.empty(count + 1, dtype=torch.int64, device=mask.device)
-    out.scatter_(0, torch.where(mask, position, count), torch.arange(mask.numel(), device=mask.device))
+    out.scatter_(
+        0, torch.where(mask, position, count), torch.arange(mask.numel(), device=mask.device)
+    )
     return out[:count]
 
 
@@ -100,9 +104,12 @@ class DynamicShard:
         self.salt = table_salt(table.name)
         self.local_shards = len(range(rank, spec.key_shards, world_size))
         if self.local_shards == 0:
-            raise ValueError(f"dynamic table {table.name!r}: key_shards={spec.key_shards} is below the world size "
-                             f"{world_size}, so rank {rank} would own no keys; raise key_shards")
-        self.shard_capacity = math.ceil(spec.capacity / spec.key_shards)  # evict_when_full: rows per key shard
+            raise ValueError(
+                f"dynamic table {table.name!r}: key_shards={spec.key_shards} is below the world size "
+                f"{world_size}, so rank {rank} would own no keys; raise key_shards"
+            )
+        # evict_when_full: rows per key shard
+        self.shard_capacity = math.ceil(spec.capacity / spec.key_shards)
         share = self.local_shards / spec.key_shards
         if spec.evict_when_full:
             self.pool = self.max_pool = self.shard_capacity * self.local_shards
@@ -115,7 +122,8 @@ class DynamicShard:
         self._new_index(_pow2_at_least(self.pool / spec.load_factor))
         # the free list: rows [0, top) of the stack are free, the last entry takes writes that must go nowhere
         self.free = torch.empty(self.pool + 1, dtype=torch.int64, device=self.device)
-        self.free[: self.pool] = torch.arange(self.pool - 1, -1, -1, device=self.device)  # row 0 is handed out first
+        # row 0 is handed out first
+        self.free[: self.pool] = torch.arange(self.pool - 1, -1, -1, device=self.device)
         self.top = self.pool
         # index slots holding a key or a tombstone: an upper bound (a key that reuses a tombstone counts again),
         # exact after a rehash; it only decides when to rehash
@@ -123,7 +131,8 @@ class DynamicShard:
         self.entries = 0  # keys in the index, admitted or pending
         self.shard_live = torch.zeros(self.local_shards, dtype=torch.int64, device=self.device)
         self.admitted = self.evicted = 0  # rows admitted / freed since the counters were last read
-        self.admitted_total = self.evicted_total = 0  # ... since this process started (restores not counted)
+        # ... since this process started (restores not counted)
+        self.admitted_total = self.evicted_total = 0
 
     # ---- index --------------------------------------------------------------------------------------------------
     def _new_index(self, slots: int) -> None:
@@ -152,8 +161,15 @@ class DynamicShard:
         if self.used + incoming <= self.spec.load_factor * size:
             return
         held = (self.slot_keys >= 0).nonzero().squeeze(1)
-        old = (self.slot_keys[held], self.slot_row[held], self.slot_count[held], self.slot_seen[held])
-        self._new_index(max(size, _pow2_at_least(2 * (held.numel() + incoming) / self.spec.load_factor)))
+        old = (
+            self.slot_keys[held],
+            self.slot_row[held],
+            self.slot_count[held],
+            self.slot_seen[held],
+        )
+        self._new_index(
+            max(size, _pow2_at_least(2 * (held.numel() + incoming) / self.spec.load_factor))
+        )
         slots, _ = find_or_insert(self.slot_keys, old[0], True)
         self.slot_row[slots], self.slot_count[slots], self.slot_seen[slots] = old[1], old[2], old[3]
         self.used = self.entries = held.numel()
@@ -166,7 +182,8 @@ class DynamicShard:
     # ---- one training step: prepare -> (the collection's one sync) -> absorb -> [grow storage] -> allocate ----------
     def prepare(self, keys: torch.Tensor, counts: torch.Tensor, step: int) -> Prepared:
         """Expire stale keys, insert the step's distinct keys, count their lookups, mark the ones to admit."""
-        self._ensure_slots(keys.numel())  # first: a rehash recounts the keys held, expired ones included
+        # first: a rehash recounts the keys held, expired ones included
+        self._ensure_slots(keys.numel())
         expired_keys, expired_rows = self._expire(step)
         slots, inserted = find_or_insert(self.slot_keys, keys, True)
         count = self.slot_count[slots] + counts
@@ -174,8 +191,11 @@ class DynamicShard:
         self.slot_seen[slots] = step
         need = (self.slot_row[slots] < 0) & (count >= self.spec.admit_min_freq)
         stats = [inserted.sum(), need.sum(), expired_keys, expired_rows]
-        if self.spec.evict_when_full:  # each local key shard's rows beyond its capacity after admission
-            admitting = torch.zeros_like(self.shard_live).index_add_(0, self._local_shard(keys), need.long())
+        # each local key shard's rows beyond its capacity after admission
+        if self.spec.evict_when_full:
+            admitting = torch.zeros_like(self.shard_live).index_add_(
+                0, self._local_shard(keys), need.long()
+            )
             stats.append(self.shard_live + admitting - self.shard_capacity)
         return Prepared(keys, counts, slots, need, torch.cat([torch.stack(stats[:4]), *stats[4:]]))
 
@@ -199,7 +219,8 @@ class DynamicShard:
                 f"dynamic table {self.name!r} is full on rank {self.rank}: max_capacity={self.spec.max_capacity} rows "
                 f"({self.max_pool} on this rank, its {self.local_shards} of {self.spec.key_shards} key shards) hold "
                 f"{self.live} live keys and this step admits {prepared.num_need} more; raise max_capacity (0 = no "
-                "limit), or set evict_when_full = true to evict the least recently seen keys")
+                "limit), or set evict_when_full = true to evict the least recently seen keys"
+            )
         return min(max(2 * self.pool, needed), self.max_pool or needed * 2)
 
     def allocate(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -212,7 +233,9 @@ class DynamicShard:
         self.admitted += n
         self.slot_row[prepared.slots[picked]] = new_rows
         if self.spec.evict_when_full:
-            self.shard_live.index_add_(0, self._local_shard(prepared.keys[picked]), torch.ones_like(new_rows))
+            self.shard_live.index_add_(
+                0, self._local_shard(prepared.keys[picked]), torch.ones_like(new_rows)
+            )
         return self.slot_row[prepared.slots], picked, new_rows
 
     def grow(self, pool: int) -> None:
@@ -262,10 +285,12 @@ class DynamicShard:
         for s, (o, a) in enumerate(zip(over, available, strict=True)):
             if o > a:
                 raise DynamicTableFull(
-                    f"dynamic table {self.name!r}: key shard {self.rank + s * self.world_size} of {self.spec.key_shards} "
-                    f"holds {self.shard_capacity} rows (capacity={self.spec.capacity} / key_shards) and this step needs "
+                    f"dynamic table {self.name!r}: key shard {self.rank + s * self.world_size} of "
+                    f"{self.spec.key_shards} holds {self.shard_capacity} rows "
+                    f"(capacity={self.spec.capacity} / key_shards) and this step needs "
                     f"{o} more than it can free ({a} keys not seen in this step; {self.live} live keys on rank "
-                    f"{self.rank}); raise capacity")
+                    f"{self.rank}); raise capacity"
+                )
         first = torch.searchsorted(shard, torch.arange(self.local_shards, device=self.device))
         rank_in_shard = torch.arange(shard.numel(), device=self.device) - first[shard]
         limit = torch.tensor(over, device=self.device).clamp(min=0)
@@ -283,25 +308,36 @@ class DynamicShard:
         keys = self.slot_keys[held]
         order = torch.argsort(keys)
         held = held[order]
-        return {"keys": keys[order], "row": self.slot_row[held], "count": self.slot_count[held],
-                "seen": self.slot_seen[held]}
+        return {
+            "keys": keys[order],
+            "row": self.slot_row[held],
+            "count": self.slot_count[held],
+            "seen": self.slot_seen[held],
+        }
 
-    def insert_entries(self, keys: torch.Tensor, count: torch.Tensor, seen: torch.Tensor,
-                       admitted: torch.Tensor) -> Prepared:
+    def insert_entries(
+        self, keys: torch.Tensor, count: torch.Tensor, seen: torch.Tensor, admitted: torch.Tensor
+    ) -> Prepared:
         """Restore keys (checkpoint, warm start): as a step's prepare, with the admission decided by the caller."""
         self._ensure_slots(keys.numel())
         slots, inserted = find_or_insert(self.slot_keys, keys, True)
         if not bool(inserted.all()):
-            raise ValueError(f"dynamic table {self.name!r}: restored keys are already held (duplicates in the source)")
+            raise ValueError(
+                f"dynamic table {self.name!r}: restored keys are already held (duplicates in the source)"
+            )
         self.slot_count[slots], self.slot_seen[slots] = count, seen
         self.used += keys.numel()
         self.entries += keys.numel()
         num = int(admitted.sum())
         if self.spec.evict_when_full:
-            per_shard = torch.bincount(self._local_shard(keys[admitted]), minlength=self.local_shards)
+            per_shard = torch.bincount(
+                self._local_shard(keys[admitted]), minlength=self.local_shards
+            )
             if bool((self.shard_live + per_shard > self.shard_capacity).any()):
-                raise DynamicTableFull(f"dynamic table {self.name!r}: the restored keys exceed capacity="
-                                       f"{self.spec.capacity} ({self.shard_capacity} rows per key shard)")
+                raise DynamicTableFull(
+                    f"dynamic table {self.name!r}: the restored keys exceed capacity="
+                    f"{self.spec.capacity} ({self.shard_capacity} rows per key shard)"
+                )
         return Prepared(keys, count, slots, admitted, torch.zeros(0), num)
 
     def take_counters(self, count: bool = True) -> tuple[int, int]:

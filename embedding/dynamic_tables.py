@@ -33,8 +33,10 @@ from kernels import unique_partition
 def _one_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(table_offsets, table_owner) of a single table taking any non-negative key, owned by rank 0:
     dedup only. Made once per device, not copied there on every step."""
-    return (torch.tensor([0, 2**63 - 1], dtype=torch.int64, device=device),
-            torch.zeros(1, dtype=torch.int64, device=device))
+    return (
+        torch.tensor([0, 2**63 - 1], dtype=torch.int64, device=device),
+        torch.zeros(1, dtype=torch.int64, device=device),
+    )
 
 
 def dedup(keys: torch.Tensor):
@@ -45,8 +47,11 @@ def dedup(keys: torch.Tensor):
 
 def _spans(bounds: list[int], features: list[int], device) -> torch.Tensor:
     """Value positions of the given features (feature f's values are bounds[f]:bounds[f + 1])."""
-    parts = [torch.arange(bounds[f], bounds[f + 1], device=device)
-             for f in features if bounds[f + 1] > bounds[f]]
+    parts = [
+        torch.arange(bounds[f], bounds[f + 1], device=device)
+        for f in features
+        if bounds[f + 1] > bounds[f]
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
 
 
@@ -66,8 +71,15 @@ class DynamicTables:
     """The DynamicShards of a collection ({table index: shard}, table order), their segments of the
     exchange, admission and eviction per training step, storage growth, restores and metrics."""
 
-    def __init__(self, shards: dict[int, DynamicShard], features: list[str], layout: ShardLayout,
-                 storage: RowStorage, exchange: Exchange, seed: int):
+    def __init__(
+        self,
+        shards: dict[int, DynamicShard],
+        features: list[str],
+        layout: ShardLayout,
+        storage: RowStorage,
+        exchange: Exchange,
+        seed: int,
+    ):
         self.shards = shards
         self.layout, self.storage, self.exchange, self.seed = layout, storage, exchange, seed
         index = {f: i for i, f in enumerate(features)}
@@ -104,8 +116,15 @@ class DynamicTables:
         layout, values = self.layout, kjt.values
         static = positions[0]
         keys = values[static] + layout.table_offsets[value_table[static]]
-        segments = [unique_partition(keys, layout.table_offsets, layout.table_owner,
-                                     layout.world_size, key_space=layout.num_keys)]
+        segments = [
+            unique_partition(
+                keys,
+                layout.table_offsets,
+                layout.table_owner,
+                layout.world_size,
+                key_space=layout.num_keys,
+            )
+        ]
         for shard, pos in zip(self.shards.values(), positions[1:], strict=True):
             unique, inverse = dedup(values[pos])
             owner = shard.owner(unique)
@@ -127,30 +146,48 @@ class DynamicTables:
         send_splits = [sum(matrix[s][r] for s in range(s_count)) for r in range(w)]
         unique_keys = torch.empty(sum(send_splits), dtype=torch.int64, device=device)
         inverse = torch.empty(values.numel(), dtype=torch.int64, device=device)
-        for s, ((unique, counts, seg_inverse), pos) in enumerate(zip(segments, positions,
-                                                                      strict=True)):
+        for s, ((unique, counts, seg_inverse), pos) in enumerate(
+            zip(segments, positions, strict=True)
+        ):
             # buffer position of the j-th key of segment s, owned by r: r's start + earlier
             # segments' keys for r + (j - the keys of segment s owned by ranks before r)
-            shift = [sum(send_splits[:r]) + sum(matrix[q][r] for q in range(s)) - sum(matrix[s][:r])
-                     for r in range(w)]
-            owner = torch.repeat_interleave(torch.arange(w, device=device), counts,
-                                            output_size=unique.numel())
-            at = (torch.arange(unique.numel(), device=device)
-                  + torch.tensor(shift, device=device)[owner])
+            shift = [
+                sum(send_splits[:r]) + sum(matrix[q][r] for q in range(s)) - sum(matrix[s][:r])
+                for r in range(w)
+            ]
+            owner = torch.repeat_interleave(
+                torch.arange(w, device=device), counts, output_size=unique.numel()
+            )
+            at = (
+                torch.arange(unique.numel(), device=device)
+                + torch.tensor(shift, device=device)[owner]
+            )
             unique_keys[at] = unique
             inverse[pos] = at[seg_inverse]
         counts_out = send.t().contiguous().view(-1)
         received = self.exchange.exchange_counts(
-            counts_out if self.exchange.distributed else counts_out.cpu())
+            counts_out if self.exchange.distributed else counts_out.cpu()
+        )
         recv_matrix = received.view(w, s_count).tolist()
         recv_splits = [sum(row) for row in recv_matrix]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
         lookups = torch.zeros(unique_keys.numel(), dtype=torch.int32, device=device).index_add_(
-            0, inverse, torch.ones_like(inverse, dtype=torch.int32))
+            0, inverse, torch.ones_like(inverse, dtype=torch.int32)
+        )
         recv_lookups, lookups_work = self.exchange.start(lookups, send_splits, recv_splits)
-        return SparseDist(kjt.batch_size, kjt.offsets, inverse, unique_keys, send_splits,
-                          recv_splits, recv_keys, work, segments=recv_matrix,
-                          recv_lookups=recv_lookups, _lookups_work=lookups_work)
+        return SparseDist(
+            kjt.batch_size,
+            kjt.offsets,
+            inverse,
+            unique_keys,
+            send_splits,
+            recv_splits,
+            recv_keys,
+            work,
+            segments=recv_matrix,
+            recv_lookups=recv_lookups,
+            _lookups_work=lookups_work,
+        )
 
     # ---- compute --------------------------------------------------------------------------------
     def local_rows(self, sd: SparseDist, step: int) -> torch.Tensor:
@@ -189,8 +226,9 @@ class DynamicTables:
         """Rows of table t's region (-1: none) -> storage rows (the null row for none)."""
         return torch.where(rows >= 0, rows + self.layout.base[t], self.layout.null_row)
 
-    def _rows(self, items: list[tuple[int, torch.Tensor, torch.Tensor]],
-              step: int) -> list[torch.Tensor]:
+    def _rows(
+        self, items: list[tuple[int, torch.Tensor, torch.Tensor]], step: int
+    ) -> list[torch.Tensor]:
         """Training: count, admit and evict the step's distinct keys (items: table, keys, lookups)
         of each dynamic table; returns their storage rows."""
         prepared = [self.shards[t].prepare(keys, counts, step) for t, keys, counts in items]
@@ -212,8 +250,9 @@ class DynamicTables:
         rows, picked, new_rows = shard.allocate(prepared)
         keys = prepared.keys[picked]
         target = new_rows + self.layout.base[t]
-        storage.weight[target] = init_rows(keys, self.seed, shard.salt, storage.weight.shape[1],
-                                           shard.bound, storage.weight.dtype)
+        storage.weight[target] = init_rows(
+            keys, self.seed, shard.salt, storage.weight.shape[1], shard.bound, storage.weight.dtype
+        )
         for value in storage.state.values():
             value[target] = 0
         storage.freq[target] = shard.slot_count[prepared.slots[picked]] - prepared.counts[picked]
@@ -240,7 +279,8 @@ class DynamicTables:
                 raise DynamicTableFull(
                     f"dynamic table {shard.name!r}: the restored state has {needed} keys for rank "
                     f"{self.layout.rank}, over its share {shard.max_pool} of max_capacity="
-                    f"{shard.spec.max_capacity}; raise max_capacity")
+                    f"{shard.spec.max_capacity}; raise max_capacity"
+                )
             self._resize({t: needed})
 
     def live(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,10 +300,18 @@ class DynamicTables:
         # live keys first, then pending ones (counted, no row); seen: the last step seen (an export
         # has last_step)
         all_keys = torch.cat([keys, pending])
-        count = torch.cat([state.get("count", zeros).to(device),
-                           state.get("pending_count", pending * 0).to(device)])
-        seen = torch.cat([state.get("seen", state.get("last_step", zeros)).to(device),
-                          state.get("pending_seen", pending * 0).to(device)])
+        count = torch.cat(
+            [
+                state.get("count", zeros).to(device),
+                state.get("pending_count", pending * 0).to(device),
+            ]
+        )
+        seen = torch.cat(
+            [
+                state.get("seen", state.get("last_step", zeros)).to(device),
+                state.get("pending_seen", pending * 0).to(device),
+            ]
+        )
         mine = shard.owner(all_keys) == self.layout.rank
         admitted = torch.arange(all_keys.numel(), device=device) < keys.numel()
         prepared = shard.insert_entries(all_keys[mine], count[mine], seen[mine], admitted[mine])
@@ -284,11 +332,29 @@ class DynamicTables:
         values = []
         for shard in self.shards.values():
             admitted, evicted = shard.take_counters()
-            values.append([shard.live, shard.entries - shard.live, shard.pool, admitted, evicted,
-                           shard.admitted_total, shard.evicted_total])
+            values.append(
+                [
+                    shard.live,
+                    shard.entries - shard.live,
+                    shard.pool,
+                    admitted,
+                    evicted,
+                    shard.admitted_total,
+                    shard.evicted_total,
+                ]
+            )
         device = self.storage.weight.device
         totals = self.exchange.all_reduce_(torch.tensor(values, dtype=torch.int64, device=device))
-        names = ("live", "pending", "rows_allocated", "admitted", "evicted", "admitted_total",
-                 "evicted_total")
-        return {self.layout.tables[t].name: dict(zip(names, row, strict=True))
-                for t, row in zip(self.shards, totals.tolist(), strict=True)}
+        names = (
+            "live",
+            "pending",
+            "rows_allocated",
+            "admitted",
+            "evicted",
+            "admitted_total",
+            "evicted_total",
+        )
+        return {
+            self.layout.tables[t].name: dict(zip(names, row, strict=True))
+            for t, row in zip(self.shards, totals.tolist(), strict=True)
+        }

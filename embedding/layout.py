@@ -38,19 +38,32 @@ class ShardLayout:
     ``table_owner``, ``table_is_row``, ``local_base`` (= base), ``local_space``, ``local_owner``.
     """
 
-    def __init__(self, tables: list[Table], plan: ShardingPlan, rank: int, world_size: int, device,
-                 dynamic_rows: dict[int, int]):
+    def __init__(
+        self,
+        tables: list[Table],
+        plan: ShardingPlan,
+        rank: int,
+        world_size: int,
+        device,
+        dynamic_rows: dict[int, int],
+    ):
         self.tables, self.rank, self.world_size = tables, rank, world_size
         self.kinds = [plan.placements[t.name].placement for t in tables]
-        owner = [plan.placements[t.name].owner if k == "table" else rank if k == "replicated"
-                 else -1 for t, k in zip(tables, self.kinds, strict=True)]
-        rows = torch.tensor([0 if t.dynamic else t.num_embeddings for t in tables],
-                            dtype=torch.int64)
+        owner = [
+            plan.placements[t.name].owner if k == "table" else rank if k == "replicated" else -1
+            for t, k in zip(tables, self.kinds, strict=True)
+        ]
+        rows = torch.tensor(
+            [0 if t.dynamic else t.num_embeddings for t in tables], dtype=torch.int64
+        )
         offsets = torch.zeros(len(tables) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(rows, 0)
-        self.count = [dynamic_rows[t] if t in dynamic_rows
-                      else _local_count(tables[t], self.kinds[t], owner[t], rank, world_size)
-                      for t in range(len(tables))]
+        self.count = [
+            dynamic_rows[t]
+            if t in dynamic_rows
+            else _local_count(tables[t], self.kinds[t], owner[t], rank, world_size)
+            for t in range(len(tables))
+        ]
         self.base = [0] * len(tables)
         cursor = 0
         for t in sorted(range(len(tables)), key=lambda i: (_REGION_ORDER[self.kinds[i]], i)):
@@ -58,8 +71,9 @@ class ShardLayout:
                 self.base[t] = cursor
                 cursor += self.count[t]
         self.num_static_rows = cursor
-        self.num_replicated_rows = sum(n for n, k in zip(self.count, self.kinds, strict=True)
-                                       if k == "replicated")
+        self.num_replicated_rows = sum(
+            n for n, k in zip(self.count, self.kinds, strict=True) if k == "replicated"
+        )
         # with dynamic tables: the null row reads zeros for keys without a row (updates to it are
         # undone)
         self.null_row = cursor if dynamic_rows else None

@@ -32,7 +32,10 @@ class ShardingPlan:
     placements: dict[str, TablePlacement] = field(default_factory=dict)
 
     def rank_bytes(self) -> list[int]:
-        return [sum(p.bytes_per_rank[r] for p in self.placements.values()) for r in range(self.world_size)]
+        return [
+            sum(p.bytes_per_rank[r] for p in self.placements.values())
+            for r in range(self.world_size)
+        ]
 
     def format(self, tables: list[Table]) -> str:
         """A readable table: one line per embedding table, then the per-rank totals."""
@@ -42,11 +45,17 @@ class ShardingPlan:
             p = self.placements[t.name]
             ranks = str(p.owner) if p.placement == "table" else f"0-{self.world_size - 1}"
             nonzero = [b for b in p.bytes_per_rank if b]
-            rows = f"{t.dynamic.capacity:,}+" if t.dynamic else f"{t.num_embeddings:,}"  # dynamic: capacity, may grow
-            lines.append(f"{t.name:<16} {rows:>12} {t.dim:>5} {p.placement:<11} {ranks:<12} "
-                         f"{_human(max(nonzero) if nonzero else 0):>12}")
+            # dynamic: capacity, may grow
+            rows = f"{t.dynamic.capacity:,}+" if t.dynamic else f"{t.num_embeddings:,}"
+            lines.append(
+                f"{t.name:<16} {rows:>12} {t.dim:>5} {p.placement:<11} {ranks:<12} "
+                f"{_human(max(nonzero) if nonzero else 0):>12}"
+            )
         lines.append("-" * len(header))
-        lines.append("total per rank: " + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes())))
+        lines.append(
+            "total per rank: "
+            + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes()))
+        )
         return "\n".join(lines)
 
 
@@ -58,9 +67,16 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = "float32", optimizer: str = "adagrad",
-                  default_placement: str = "auto", replicate_below_bytes: int = 1 << 20,
-                  memory_budget_bytes: int = 0) -> ShardingPlan:
+def plan_sharding(
+    tables: list[Table],
+    world_size: int,
+    *,
+    storage_dtype: str = "float32",
+    optimizer: str = "adagrad",
+    default_placement: str = "auto",
+    replicate_below_bytes: int = 1 << 20,
+    memory_budget_bytes: int = 0,
+) -> ShardingPlan:
     """Place every table; a table's own placement (if not auto) wins over default_placement.
 
     auto: replicated below replicate_below_bytes; row-wise if the table alone exceeds the
@@ -72,8 +88,14 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
     """
     plan = ShardingPlan(world_size)
     budget = memory_budget_bytes or float("inf")
-    sizes = {t.name: (dynamic_bytes(t, storage_dtype, optimizer) if t.dynamic else
-                      t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer)) for t in tables}
+    sizes = {
+        t.name: (
+            dynamic_bytes(t, storage_dtype, optimizer)
+            if t.dynamic
+            else t.num_embeddings * row_bytes(t.dim, storage_dtype, optimizer)
+        )
+        for t in tables
+    }
     chosen = _choose(tables, world_size, sizes, default_placement, replicate_below_bytes, budget)
     load_bytes = [0] * world_size
     load_lookups = [0.0] * world_size
@@ -88,8 +110,12 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
                 load_lookups[r] += t.lookups_per_sample / world_size
             plan.placements[t.name] = TablePlacement("row", -1, per)
         elif chosen[t.name] == "key":  # an even split: keys hash uniformly over the key shards
-            per = [sizes[t.name] * len(range(r, t.dynamic.key_shards, world_size)) // t.dynamic.key_shards
-                   for r in range(world_size)]
+            per = [
+                sizes[t.name]
+                * len(range(r, t.dynamic.key_shards, world_size))
+                // t.dynamic.key_shards
+                for r in range(world_size)
+            ]
             for r in range(world_size):
                 load_bytes[r] += per[r]
                 load_lookups[r] += t.lookups_per_sample / world_size
@@ -101,8 +127,12 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
 
     total_bytes = sum(sizes.values()) or 1
     total_lookups = sum(t.lookups_per_sample for t in tables) or 1.0
-    for t in sorted((t for t in tables if chosen[t.name] == "table"), key=lambda t: (-sizes[t.name], t.name)):
-        cost = [load_bytes[r] / total_bytes + load_lookups[r] / total_lookups for r in range(world_size)]
+    for t in sorted(
+        (t for t in tables if chosen[t.name] == "table"), key=lambda t: (-sizes[t.name], t.name)
+    ):
+        cost = [
+            load_bytes[r] / total_bytes + load_lookups[r] / total_lookups for r in range(world_size)
+        ]
         owner = min(range(world_size), key=lambda r: (cost[r], r))
         load_bytes[owner] += sizes[t.name]
         load_lookups[owner] += t.lookups_per_sample
@@ -115,11 +145,19 @@ def plan_sharding(tables: list[Table], world_size: int, *, storage_dtype: str = 
     return plan
 
 
-def _choose(tables: list[Table], world_size: int, sizes: dict[str, int], default_placement: str,
-            replicate_below_bytes: int, budget: float) -> dict[str, str]:
+def _choose(
+    tables: list[Table],
+    world_size: int,
+    sizes: dict[str, int],
+    default_placement: str,
+    replicate_below_bytes: int,
+    budget: float,
+) -> dict[str, str]:
     """Every table's placement kind (plan_sharding's rules for auto)."""
-    chosen = {t.name: "key" if t.dynamic else t.placement if t.placement != "auto" else default_placement
-              for t in tables}
+    chosen = {
+        t.name: "key" if t.dynamic else t.placement if t.placement != "auto" else default_placement
+        for t in tables
+    }
     for t in tables:
         if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
             chosen[t.name] = "replicated"
@@ -131,13 +169,24 @@ def _choose(tables: list[Table], world_size: int, sizes: dict[str, int], default
     return chosen
 
 
-def _check_budget(plan: ShardingPlan, tables: list[Table], sizes: dict[str, int], chosen: dict[str, str],
-                  budget: float) -> None:
+def _check_budget(
+    plan: ShardingPlan,
+    tables: list[Table],
+    sizes: dict[str, int],
+    chosen: dict[str, str],
+    budget: float,
+) -> None:
     """Raise ValueError naming the ranks over budget (by how much) and the largest tables."""
     over = [(r, b) for r, b in enumerate(plan.rank_bytes()) if b > budget]
     if over:
-        culprits = ", ".join(f"{t.name} ({_human(sizes[t.name])}, {chosen[t.name]})"
-                             for t in sorted(tables, key=lambda t: -sizes[t.name])[:5])
-        worst = ", ".join(f"rank {r} needs {_human(b)}, over by {_human(b - budget)}" for r, b in over)
-        raise ValueError(f"sharding plan does not fit embedding.memory_budget_bytes={_human(budget)}: {worst}; "
-                         f"largest tables: {culprits}")
+        culprits = ", ".join(
+            f"{t.name} ({_human(sizes[t.name])}, {chosen[t.name]})"
+            for t in sorted(tables, key=lambda t: -sizes[t.name])[:5]
+        )
+        worst = ", ".join(
+            f"rank {r} needs {_human(b)}, over by {_human(b - budget)}" for r, b in over
+        )
+        raise ValueError(
+            f"sharding plan does not fit embedding.memory_budget_bytes={_human(budget)}: {worst}; "
+            f"largest tables: {culprits}"
+        )

@@ -45,15 +45,28 @@ class ShardedEmbeddingCollection(nn.Module):
     pass; always_exchange=True takes the exchange path there too (tests compare the two paths).
     """
 
-    def __init__(self, tables: list[Table], plan: ShardingPlan, optimizer: SparseOptimizer,
-                 *, rank: int = 0, world_size: int = 1, group=None, device="cpu", seed: int = 0,
-                 storage_dtype: str = "float32", exchange_dtype: str = "fp32",
-                 always_exchange: bool = False):
+    def __init__(
+        self,
+        tables: list[Table],
+        plan: ShardingPlan,
+        optimizer: SparseOptimizer,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        group=None,
+        device="cpu",
+        seed: int = 0,
+        storage_dtype: str = "float32",
+        exchange_dtype: str = "fp32",
+        always_exchange: bool = False,
+    ):
         super().__init__()
         dims = {t.dim for t in tables}
         if len(dims) != 1:
-            raise ValueError("all tables must share one embedding dim (pooled output is "
-                             f"[B, F, D]); got {sorted(dims)}")
+            raise ValueError(
+                "all tables must share one embedding dim (pooled output is "
+                f"[B, F, D]); got {sorted(dims)}"
+            )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
         self.dim = dims.pop()
         self.rank, self.world_size = rank, world_size
@@ -62,18 +75,25 @@ class ShardedEmbeddingCollection(nn.Module):
         self.single_rank = world_size == 1 and not always_exchange
         # rows and gradients on the wire
         self.exchange = Exchange(group, rank, world_size, exchange_dtype)
-        shards = {t: DynamicShard(table, rank, world_size, device)
-                  for t, table in enumerate(tables) if table.dynamic}
-        self.layout = ShardLayout(tables, plan, rank, world_size, device,
-                                  {t: shard.pool for t, shard in shards.items()})
+        shards = {
+            t: DynamicShard(table, rank, world_size, device)
+            for t, table in enumerate(tables)
+            if table.dynamic
+        }
+        self.layout = ShardLayout(
+            tables, plan, rank, world_size, device, {t: shard.pool for t, shard in shards.items()}
+        )
         self.ids = IdChecker(tables, self.layout.table_rows, device)
-        self.storage = RowStorage(self.layout.num_local_rows, self.dim,
-                                  STORAGE_DTYPES[storage_dtype], optimizer, device)
+        self.storage = RowStorage(
+            self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
+        )
         self.storage.init_weights(self.layout, seed)
-        self.dynamic = DynamicTables(shards, self.features, self.layout, self.storage,
-                                     self.exchange, seed)
-        self.feature_mean = torch.tensor([t.pooling == "mean" for t in tables for _ in t.features],
-                                         device=device)
+        self.dynamic = DynamicTables(
+            shards, self.features, self.layout, self.storage, self.exchange, seed
+        )
+        self.feature_mean = torch.tensor(
+            [t.pooling == "mean" for t in tables for _ in t.features], device=device
+        )
         # sparse updates applied so far (= training steps); restored by checkpoints
         self.num_updates = 0
         # makes autograd call our backward
@@ -93,8 +113,9 @@ class ShardedEmbeddingCollection(nn.Module):
 
     # ---- tables as state (embedding.state) ------------------------------------------------------
     def table_digests(self, chunk_elems: int = 1 << 22) -> list[int]:
-        return table_state.table_digests(self.layout, self.storage, self.dynamic, self.exchange,
-                                         chunk_elems)
+        return table_state.table_digests(
+            self.layout, self.storage, self.dynamic, self.exchange, chunk_elems
+        )
 
     def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return table_state.full_state_dict(self.layout, self.storage, self.dynamic, self.exchange)
@@ -105,15 +126,19 @@ class ShardedEmbeddingCollection(nn.Module):
     def shard_tables(self) -> dict[str, dict[str, torch.Tensor]]:
         return table_state.shard_tables(self.layout, self.storage, self.dynamic)
 
-    def load_table_state(self, t: int, state: dict[str, torch.Tensor], source: str,
-                         optional=()) -> None:
-        table_state.load_table_state(self.layout, self.storage, self.dynamic, t, state, source,
-                                     optional)
+    def load_table_state(
+        self, t: int, state: dict[str, torch.Tensor], source: str, optional=()
+    ) -> None:
+        table_state.load_table_state(
+            self.layout, self.storage, self.dynamic, t, state, source, optional
+        )
 
-    def export_rows(self, t: int, min_freq: int,
-                    since_step: int) -> tuple[torch.Tensor, ...] | None:
-        return table_state.export_rows(self.layout, self.storage, self.dynamic, t, min_freq,
-                                       since_step)
+    def export_rows(
+        self, t: int, min_freq: int, since_step: int
+    ) -> tuple[torch.Tensor, ...] | None:
+        return table_state.export_rows(
+            self.layout, self.storage, self.dynamic, t, min_freq, since_step
+        )
 
     def optimizer_state_names(self) -> tuple[str, ...]:
         """The sparse optimizer's per-row state tensors, as named in shard_tables' tables."""
@@ -155,15 +180,27 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.dynamic:
             return self.dynamic.input_dist(kjt, value_table)
         keys = kjt.values + layout.table_offsets[value_table]  # fused key space: table offset + row
-        unique_keys, send_counts, inverse = unique_partition(keys, layout.table_offsets,
-                                                             layout.table_owner, self.world_size,
-                                                             key_space=layout.num_keys)
+        unique_keys, send_counts, inverse = unique_partition(
+            keys,
+            layout.table_offsets,
+            layout.table_owner,
+            self.world_size,
+            key_space=layout.num_keys,
+        )
         recv_counts = self.exchange.exchange_counts(send_counts)
         splits = torch.cat([send_counts, recv_counts]).tolist()  # one host sync for both
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
-        return SparseDist(kjt.batch_size, kjt.offsets, inverse, unique_keys, send_splits,
-                          recv_splits, recv_keys, work)
+        return SparseDist(
+            kjt.batch_size,
+            kjt.offsets,
+            inverse,
+            unique_keys,
+            send_splits,
+            recv_splits,
+            recv_keys,
+            work,
+        )
 
     # ---- phase 2: compute ------------------------------------------------------------------------
     def compute(self, sd: SparseDist) -> torch.Tensor:
@@ -188,7 +225,8 @@ class ShardedEmbeddingCollection(nn.Module):
         # torch.unique
         rows = max(layout.num_local_rows, 1)
         sd.owner_rows, _, sd.owner_inverse = unique_partition(
-            local, layout.local_space, layout.local_owner, 1, key_space=rows)
+            local, layout.local_space, layout.local_owner, 1, key_space=rows
+        )
         return lookup(self.storage.weight, sd.owner_rows).index_select(0, sd.owner_inverse)
 
     # ---- phase 3: output_dist --------------------------------------------------------------------
@@ -199,8 +237,9 @@ class ShardedEmbeddingCollection(nn.Module):
         bags [3], [3], [12] of its local batch (sum or mean per feature; empty bags give zeros).
         """
         if sd.single_rank:
-            return gather_pool(self.storage.weight, sd.value_rows, sd.offsets, sd.batch_size,
-                               self.feature_mean)
+            return gather_pool(
+                self.storage.weight, sd.value_rows, sd.offsets, sd.batch_size, self.feature_mean
+            )
         rows = self.exchange.rows(served_rows, sd.recv_splits, sd.send_splits)
         return gather_pool(rows, sd.inverse, sd.offsets, sd.batch_size, self.feature_mean)
 
@@ -214,9 +253,18 @@ class ShardedEmbeddingCollection(nn.Module):
         if sd.single_rank:
             with self._stage("sparse_update"):
                 self.num_updates += 1
-                updated = pool_backward_update(storage.weight, storage.state, storage.freq,
-                                               storage.last_step, self.num_updates, sd.value_rows,
-                                               sd.offsets, grad_pooled, self.feature_mean, o)
+                updated = pool_backward_update(
+                    storage.weight,
+                    storage.state,
+                    storage.freq,
+                    storage.last_step,
+                    self.num_updates,
+                    sd.value_rows,
+                    sd.offsets,
+                    grad_pooled,
+                    self.feature_mean,
+                    o,
+                )
                 if self.dynamic:
                     self.dynamic.reset_null_row()
             self.last_exchange_bytes = 0
@@ -239,8 +287,9 @@ class ShardedEmbeddingCollection(nn.Module):
         """(storage rows, [rows, D] summed gradients, [rows] lookup counts) of the rows this rank
         owns."""
         num_unique = sd.unique_keys.numel()
-        grad_unique = pool_backward(grad_pooled, sd.inverse, sd.offsets, self.feature_mean,
-                                    num_unique)
+        grad_unique = pool_backward(
+            grad_pooled, sd.inverse, sd.offsets, self.feature_mean, num_unique
+        )
         grad_unique = grad_unique * (1.0 / self.world_size)
         # lookups of each unique key travel beside the gradients, exact (index_add_: unlike
         # bincount, no sync); with dynamic tables they travelled with the keys already
@@ -267,17 +316,20 @@ class ShardedEmbeddingCollection(nn.Module):
         is_rep = rows < n
         # other tables' rows are written to a scratch row n, dropped before the all-reduce
         scratch = torch.zeros(n + 1, dim + 1, dtype=torch.float32, device=grads.device)
-        scratch.index_put_((torch.where(is_rep, rows, n),),
-                           torch.cat([grads, counts.float().unsqueeze(1)], 1))
+        scratch.index_put_(
+            (torch.where(is_rep, rows, n),), torch.cat([grads, counts.float().unsqueeze(1)], 1)
+        )
         dense = scratch[:n]  # column dim >= 1 marks touched rows: lazy optimizers update the union
         self.exchange.all_reduce_(dense)
         touched = dense[:, dim] > 0
         num_touched, num_other = torch.stack([touched.sum(), (~is_rep).sum()]).tolist()
         rep_rows = torch.nonzero_static(touched, size=num_touched).squeeze(1)
         other = torch.nonzero_static(~is_rep, size=num_other).squeeze(1)
-        return (torch.cat([rep_rows, rows[other]]),
-                torch.cat([dense[rep_rows, :dim], grads[other]]),
-                torch.cat([dense[rep_rows, dim].round().long(), counts[other]]))
+        return (
+            torch.cat([rep_rows, rows[other]]),
+            torch.cat([dense[rep_rows, :dim], grads[other]]),
+            torch.cat([dense[rep_rows, dim].round().long(), counts[other]]),
+        )
 
     def _exchange_bytes(self, sd: SparseDist) -> int:
         """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of
@@ -289,8 +341,13 @@ class ShardedEmbeddingCollection(nn.Module):
         per_peer = 8 * (1 + len(self.dynamic)) + (4 if self.exchange.dtype == torch.float16 else 0)
         element = self.exchange.element_size()
         replicated = 4 * (self.dim + 1) * self.layout.num_replicated_rows * (self.world_size > 1)
-        return (per_peer * peers + 8 * keys_out + element * self.dim * (rows_out + keys_out)
-                + 4 * keys_out + replicated)
+        return (
+            per_peer * peers
+            + 8 * keys_out
+            + element * self.dim * (rows_out + keys_out)
+            + 4 * keys_out
+            + replicated
+        )
 
     def _memory_bytes(self, sd: SparseDist, updated_rows: int) -> int:
         """Device-memory bytes the step's embedding kernels must move at least (for achieved GB/s):
@@ -308,8 +365,12 @@ class ShardedEmbeddingCollection(nn.Module):
             update = updated_rows * (2 * (row + state) + 16)  # + the lookup count and last step
             return values * (8 + row) + bags_out + values * (4 + 4 + f32_row) + update
         forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
-        backward = (bags_out + values * 8 + sd.unique_keys.numel() * f32_row
-                    + updated_rows * 2 * (row + state))
+        backward = (
+            bags_out
+            + values * 8
+            + sd.unique_keys.numel() * f32_row
+            + updated_rows * 2 * (row + state)
+        )
         return forward + backward
 
     # ---- module API ------------------------------------------------------------------------------
@@ -342,9 +403,29 @@ class _ShardedLookup(torch.autograd.Function):
 class EmbeddingCollection(ShardedEmbeddingCollection):
     """Single-process collection: every table on this process, same code path as the sharded one."""
 
-    def __init__(self, tables: list[Table], optimizer: SparseOptimizer, *, device="cpu",
-                 seed: int = 0, storage_dtype: str = "float32", always_exchange: bool = False):
-        plan = plan_sharding(tables, 1, storage_dtype=storage_dtype, optimizer=optimizer.name,
-                             default_placement="table")
-        super().__init__(tables, plan, optimizer, device=device, seed=seed,
-                         storage_dtype=storage_dtype, always_exchange=always_exchange)
+    def __init__(
+        self,
+        tables: list[Table],
+        optimizer: SparseOptimizer,
+        *,
+        device="cpu",
+        seed: int = 0,
+        storage_dtype: str = "float32",
+        always_exchange: bool = False,
+    ):
+        plan = plan_sharding(
+            tables,
+            1,
+            storage_dtype=storage_dtype,
+            optimizer=optimizer.name,
+            default_placement="table",
+        )
+        super().__init__(
+            tables,
+            plan,
+            optimizer,
+            device=device,
+            seed=seed,
+            storage_dtype=storage_dtype,
+            always_exchange=always_exchange,
+        )

@@ -40,11 +40,21 @@ class SparseDist:
     owner_inverse: torch.Tensor | None = None
 
     @classmethod
-    def local(cls, batch_size: int, offsets: torch.Tensor, value_rows: torch.Tensor,
-              dynamic=None) -> SparseDist:
+    def local(
+        cls, batch_size: int, offsets: torch.Tensor, value_rows: torch.Tensor, dynamic=None
+    ) -> SparseDist:
         """The single-rank path: every value's storage row (dynamic tables': set by compute)."""
-        return cls(batch_size, offsets, value_rows, value_rows[:0], [0], [0], single_rank=True,
-                   value_rows=value_rows, dynamic=dynamic)
+        return cls(
+            batch_size,
+            offsets,
+            value_rows,
+            value_rows[:0],
+            [0],
+            [0],
+            single_rank=True,
+            value_rows=value_rows,
+            dynamic=dynamic,
+        )
 
     def wait(self) -> SparseDist:
         for name in ("_work", "_lookups_work"):

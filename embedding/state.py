@@ -45,8 +45,13 @@ def _bits(block: torch.Tensor) -> torch.Tensor:
     return block.float().view(torch.int32).to(torch.int64) & _LOW32
 
 
-def table_digests(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables,
-                  exchange: Exchange, chunk_elems: int = 1 << 22) -> list[int]:
+def table_digests(
+    layout: ShardLayout,
+    storage: RowStorage,
+    dynamic: DynamicTables,
+    exchange: Exchange,
+    chunk_elems: int = 1 << 22,
+) -> list[int]:
     """A 64-bit digest of every table's weights, the same under any plan and world size
     (collective).
 
@@ -85,8 +90,9 @@ def table_digests(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTabl
     return [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in sums.tolist()]
 
 
-def full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables,
-                    exchange: Exchange) -> dict[str, dict[str, torch.Tensor]]:
+def full_state_dict(
+    layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables, exchange: Exchange
+) -> dict[str, dict[str, torch.Tensor]]:
     """Every table's full weights, optimizer state (float32, CPU) and access statistics (int64), on
     every rank (collective)."""
     state = storage.tracked()
@@ -106,12 +112,19 @@ def full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTa
             got = [part[table.name] for part in parts]
             keys = torch.cat([k for k, _ in got])
             order = torch.argsort(keys)
-            full[table.name] = {"keys": keys[order],
-                                **{k: torch.cat([v[k] for _, v in got])[order] for k in state}}
+            full[table.name] = {
+                "keys": keys[order],
+                **{k: torch.cat([v[k] for _, v in got])[order] for k in state},
+            }
             continue
-        out = {k: torch.zeros(table.num_embeddings, *v.shape[1:],
-                              dtype=torch.float32 if v.is_floating_point() else v.dtype)
-               for k, v in state.items()}
+        out = {
+            k: torch.zeros(
+                table.num_embeddings,
+                *v.shape[1:],
+                dtype=torch.float32 if v.is_floating_point() else v.dtype,
+            )
+            for k, v in state.items()
+        }
         for part in parts:
             if table.name in part:
                 rows, values = part[table.name]
@@ -121,8 +134,12 @@ def full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTa
     return full
 
 
-def load_full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables,
-                         full: dict[str, dict[str, torch.Tensor]]) -> None:
+def load_full_state_dict(
+    layout: ShardLayout,
+    storage: RowStorage,
+    dynamic: DynamicTables,
+    full: dict[str, dict[str, torch.Tensor]],
+) -> None:
     """Take this rank's rows from full per-table state (from full_state_dict of any plan).
 
     Access statistics (freq, last_step) missing from the state are left as they are (dynamic
@@ -131,8 +148,15 @@ def load_full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: Dyna
         if table.name not in full:
             raise KeyError(f"embedding state has no table {table.name!r}")
         if table.dynamic:
-            load_table_state(layout, storage, dynamic, t, full[table.name], "embedding state",
-                             optional=("freq", "last_step"))
+            load_table_state(
+                layout,
+                storage,
+                dynamic,
+                t,
+                full[table.name],
+                "embedding state",
+                optional=("freq", "last_step"),
+            )
             continue
         base, n = layout.base[t], layout.count[t]
         rows = layout.global_rows(t)
@@ -143,13 +167,16 @@ def load_full_state_dict(layout: ShardLayout, storage: RowStorage, dynamic: Dyna
                 raise KeyError(f"embedding state of table {table.name!r} has no {k!r}")
             src = full[table.name][k]
             if src.shape[0] != table.num_embeddings:
-                raise ValueError(f"table {table.name!r}: state {k!r} has {src.shape[0]} rows, "
-                                 f"expected {table.num_embeddings}")
+                raise ValueError(
+                    f"table {table.name!r}: state {k!r} has {src.shape[0]} rows, "
+                    f"expected {table.num_embeddings}"
+                )
             v[base : base + n] = src[rows].to(v.device, v.dtype)
 
 
-def shard_tables(layout: ShardLayout, storage: RowStorage,
-                 dynamic: DynamicTables) -> dict[str, dict[str, torch.Tensor]]:
+def shard_tables(
+    layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables
+) -> dict[str, dict[str, torch.Tensor]]:
     """This rank's part of every table (CPU tensors): static tables' rows ("rows": their ids) and
     tracked values (replicated tables: rank 0 only); dynamic tables' live keys ("keys", "seen",
     "count") with their tracked values, and their pending keys ("pending_keys", "pending_count",
@@ -160,21 +187,31 @@ def shard_tables(layout: ShardLayout, storage: RowStorage,
             e = dynamic.shards[t].entries_state()
             live = e["row"] >= 0
             rows = e["row"][live] + layout.base[t]
-            tables[table.name] = {"keys": e["keys"][live].cpu(), "seen": e["seen"][live].cpu(),
-                                  "count": e["count"][live].cpu(),
-                                  **{k: v[rows].detach().cpu() for k, v in tracked.items()},
-                                  **{f"pending_{k}": e[k][~live].cpu()
-                                     for k in ("keys", "count", "seen")}}
+            tables[table.name] = {
+                "keys": e["keys"][live].cpu(),
+                "seen": e["seen"][live].cpu(),
+                "count": e["count"][live].cpu(),
+                **{k: v[rows].detach().cpu() for k, v in tracked.items()},
+                **{f"pending_{k}": e[k][~live].cpu() for k in ("keys", "count", "seen")},
+            }
         elif layout.count[t] and layout.primary(t):
             base, n = layout.base[t], layout.count[t]
-            tables[table.name] = {"rows": layout.global_rows(t),
-                                  **{k: v[base : base + n].detach().cpu().clone()
-                                     for k, v in tracked.items()}}
+            tables[table.name] = {
+                "rows": layout.global_rows(t),
+                **{k: v[base : base + n].detach().cpu().clone() for k, v in tracked.items()},
+            }
     return tables
 
 
-def load_table_state(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables, t: int,
-                     state: dict[str, torch.Tensor], source: str, optional=()) -> None:
+def load_table_state(
+    layout: ShardLayout,
+    storage: RowStorage,
+    dynamic: DynamicTables,
+    t: int,
+    state: dict[str, torch.Tensor],
+    source: str,
+    optional=(),
+) -> None:
     """Take this rank's part of table t from a state of any world size and plan (shard_tables'
     format, or a full/export state: "keys" of a dynamic table, "rows" of a static one; full state
     dicts index rows by position). Static rows beyond the table are dropped (a warm start into a
@@ -195,8 +232,14 @@ def load_table_state(layout: ShardLayout, storage: RowStorage, dynamic: DynamicT
             buf[local] = state[k][keep].to(buf.device, buf.dtype)
 
 
-def export_rows(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables, t: int,
-                min_freq: int, since_step: int) -> tuple[torch.Tensor, ...] | None:
+def export_rows(
+    layout: ShardLayout,
+    storage: RowStorage,
+    dynamic: DynamicTables,
+    t: int,
+    min_freq: int,
+    since_step: int,
+) -> tuple[torch.Tensor, ...] | None:
     """This rank's rows of table t to export (CPU): (keys, float32 values, freq, last_step) of rows
     looked up at least max(min_freq, 1) times and updated after since_step; keys are row ids
     (static) or raw keys (dynamic). None where another rank exports them (replicated: rank 0)."""
@@ -210,5 +253,9 @@ def export_rows(layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables
         rows = torch.arange(layout.count[t], device=device) + layout.base[t]
     keep = (storage.freq[rows] >= max(min_freq, 1)) & (storage.last_step[rows] > since_step)
     rows = rows[keep]
-    return (keys[keep].cpu(), _cpu(storage.weight[rows]), storage.freq[rows].cpu(),
-            storage.last_step[rows].cpu())
+    return (
+        keys[keep].cpu(),
+        _cpu(storage.weight[rows]),
+        storage.freq[rows].cpu(),
+        storage.last_step[rows].cpu(),
+    )

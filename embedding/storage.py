@@ -18,7 +18,9 @@ from kernels.hashing import splitmix64, uniform
 class RowStorage:
     """weight [rows, D], state {name: [rows, ...]}, freq [rows], last_step [rows] (int64)."""
 
-    def __init__(self, num_rows: int, dim: int, dtype: torch.dtype, optimizer: SparseOptimizer, device):
+    def __init__(
+        self, num_rows: int, dim: int, dtype: torch.dtype, optimizer: SparseOptimizer, device
+    ):
         # made on the device: a host copy of 10s of GB would be slow and may not fit
         self.weight = torch.empty(num_rows, dim, dtype=dtype, device=device)
         self.state = optimizer.init_state(num_rows, dim, device)

@@ -20,7 +20,8 @@ class DynamicSpec:
     load_factor: float = 0.5  # hash index: largest fraction of slots in use before a rehash
     admit_min_freq: int = 1  # lookups before a key gets a row
     evict_after_steps: int = 0  # keys not seen for this many steps are forgotten; 0 = never
-    evict_when_full: bool = False  # at capacity evict the least recently seen key of the key shard (else grow)
+    # at capacity evict the least recently seen key of the key shard (else grow)
+    evict_when_full: bool = False
     key_shards: int = 64  # owner rank = splitmix64(key ^ table salt) % key_shards % W
 
 
@@ -34,7 +35,8 @@ class Table:
     placement: str = "auto"  # requested placement: auto, table, row, replicated
     lookups_per_sample: float = 1.0  # expected ids per sample over all its features (planner)
     out_of_range: str = "error"  # ids >= num_embeddings: "error" or "modulo" (id % num_embeddings)
-    dynamic: DynamicSpec | None = None  # set: keys are raw int64 ids, rows allocated on admission (embedding.dynamic)
+    # set: keys are raw int64 ids, rows allocated on admission (embedding.dynamic)
+    dynamic: DynamicSpec | None = None
 
 
 def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list[Table]:
@@ -47,14 +49,35 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
         policy = t.out_of_range or getattr(emb_cfg, "out_of_range", "error")
         dynamic = None
         if getattr(t, "dynamic", False):
-            dynamic = DynamicSpec(t.capacity, t.max_capacity, t.load_factor, t.admit_min_freq, t.evict_after_steps,
-                                  t.evict_when_full, t.key_shards)
-        tables.append(Table(t.name, rows, emb_cfg.dim, t.pooling, features, t.placement, lookups, policy, dynamic))
+            dynamic = DynamicSpec(
+                t.capacity,
+                t.max_capacity,
+                t.load_factor,
+                t.admit_min_freq,
+                t.evict_after_steps,
+                t.evict_when_full,
+                t.key_shards,
+            )
+        tables.append(
+            Table(
+                t.name,
+                rows,
+                emb_cfg.dim,
+                t.pooling,
+                features,
+                t.placement,
+                lookups,
+                policy,
+                dynamic,
+            )
+        )
     seen: dict[str, str] = {}
     for t in tables:
         for f in t.features:
             if f in seen:
-                raise ValueError(f"feature {f!r} is mapped to both table {seen[f]!r} and table {t.name!r}")
+                raise ValueError(
+                    f"feature {f!r} is mapped to both table {seen[f]!r} and table {t.name!r}"
+                )
             seen[f] = t.name
     return tables
 
@@ -67,7 +90,10 @@ def feature_names(tables: list[Table]) -> list[str]:
 def row_bytes(dim: int, storage_dtype: str, optimizer: str) -> int:
     """Bytes one row costs: its weights plus its sparse optimizer state."""
     weight = dim * torch.empty(0, dtype=STORAGE_DTYPES[storage_dtype]).element_size()
-    state = sum(v.element_size() * max(v[0].numel(), 1) for v in SparseOptimizer(optimizer).init_state(1, dim, "cpu").values())
+    state = sum(
+        v.element_size() * max(v[0].numel(), 1)
+        for v in SparseOptimizer(optimizer).init_state(1, dim, "cpu").values()
+    )
     return weight + state
 
 

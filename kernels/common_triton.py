@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-BLOCK_DS = (32, 128)  # column-block classes: rows up to 32 wide in one block, wider rows in 128-column blocks
+# column-block classes: rows up to 32 wide in one block, wider rows in 128-column blocks
+BLOCK_DS = (32, 128)
 
 
 def column_block(dim: int) -> int:
@@ -47,7 +48,9 @@ def check_bags(inverse, offsets, batch_size, feature_mean, device):
         raise ValueError(f"offsets must be 1-D int64, got {offsets.dtype} {tuple(offsets.shape)}")
     num_features = feature_mean.numel()
     if offsets.numel() != num_features * batch_size + 1:
-        raise ValueError(f"offsets has {offsets.numel()} entries, expected F*B+1 = {num_features * batch_size + 1}")
+        raise ValueError(
+            f"offsets has {offsets.numel()} entries, expected F*B+1 = {num_features * batch_size + 1}"
+        )
     for name, t in (("inverse", inverse), ("offsets", offsets), ("feature_mean", feature_mean)):
         if t.device != device:
             raise ValueError(f"{name} on {t.device}, expected {device}")

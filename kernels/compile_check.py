@@ -45,8 +45,11 @@ DEFAULT_ARCHES = (90, 80)
 
 def kernel_modules() -> tuple[str, ...]:
     """Every kernels/*_triton.py module that defines compile_cases(), by name (imports them)."""
-    names = (f"kernels.{m.name}" for m in pkgutil.iter_modules([os.path.dirname(__file__)])
-             if m.name.endswith("_triton"))
+    names = (
+        f"kernels.{m.name}"
+        for m in pkgutil.iter_modules([os.path.dirname(__file__)])
+        if m.name.endswith("_triton")
+    )
     return tuple(n for n in sorted(names) if hasattr(importlib.import_module(n), "compile_cases"))
 
 
@@ -64,7 +67,11 @@ class Specialization:
         names = [name for name, _ in self.signature]
         consts = ", ".join(f"{names[path[0]]}={value}" for path, value in self.constexprs)
         # the data pointers' element types tell variants apart (index pointers are always int64/int32)
-        dtypes = "/".join(t[1:] for _, t in self.signature if t.startswith("*") and t[1:] in ("fp32", "bf16", "fp16"))
+        dtypes = "/".join(
+            t[1:]
+            for _, t in self.signature
+            if t.startswith("*") and t[1:] in ("fp32", "bf16", "fp16")
+        )
         return f"{self.kernel}[{consts}]({dtypes})"
 
 
@@ -85,6 +92,7 @@ class _RecordingDriver:
 
     def get_active_torch_device(self):
         import torch
+
         return torch.device("cpu")
 
 
@@ -92,7 +100,9 @@ def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
     """Run the compile_cases() of modules (default: kernel_modules()) with launches intercepted;
     returns the distinct specializations."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset")
+        raise RuntimeError(
+            "kernels.compile_check needs compiled Triton: run it with TRITON_INTERPRET unset"
+        )
     import torch
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -104,11 +114,20 @@ def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
     def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):  # noqa: A002 - Triton's keyword names
         jit = fn.jit_function
         spec = Specialization(
-            module=jit.fn.__module__, kernel=jit.fn.__name__,
+            module=jit.fn.__module__,
+            kernel=jit.fn.__name__,
             signature=tuple(compile["signature"].items()),
-            constexprs=tuple(sorted((tuple(k), _plain(v)) for k, v in compile["constants"].items())),
-            attrs=tuple(sorted((tuple(k), tuple(tuple(a) for a in v)) for k, v in compile["configs"][0].items())),
-            num_warps=compile["num_warps"], num_stages=compile["num_stages"])
+            constexprs=tuple(
+                sorted((tuple(k), _plain(v)) for k, v in compile["constants"].items())
+            ),
+            attrs=tuple(
+                sorted(
+                    (tuple(k), tuple(tuple(a) for a in v)) for k, v in compile["configs"][0].items()
+                )
+            ),
+            num_warps=compile["num_warps"],
+            num_stages=compile["num_stages"],
+        )
         seen[spec] = None
         return True  # handled: Triton neither compiles nor launches
 
@@ -116,6 +135,7 @@ def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
     previous_driver, previous_hook = driver._active, knobs.runtime.jit_cache_hook
     driver.set_active(_RecordingDriver(GPUTarget("cuda", 90, 32)))
     knobs.runtime.jit_cache_hook = hook
+
     def zero_tensors(*args, **kwargs):
         # kernels do not run here: their outputs would be uninitialized memory, which the host code after
         # a launch may use as indices; zeros keep every launcher on a valid path
@@ -147,7 +167,8 @@ class CompileResult:
     arch: int
     seconds: float
     error: str | None = None
-    vector_ops: dict | None = None  # global loads/stores in the PTX by width: {"ld.v4": n, ..., "st.scalar": n}
+    # global loads/stores in the PTX by width: {"ld.v4": n, ..., "st.scalar": n}
+    vector_ops: dict | None = None
     registers: int | None = None
     spill_bytes: int | None = None
     ptx_path: str | None = None
@@ -166,7 +187,9 @@ def ptx_memory_ops(ptx: str) -> dict[str, int]:
     return counts
 
 
-def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None, resources: bool) -> CompileResult:
+def _compile_one(
+    spec: Specialization, arch: int, ptx_dir: str | None, resources: bool
+) -> CompileResult:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -180,8 +203,15 @@ def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None, resources
         knobs.nvidia.dump_ptxas_log = resources  # ptxas -v: registers and spills, printed to stdout
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
-                ASTSource(kernel, dict(spec.signature), dict(spec.constexprs), {k: [list(a) for a in v] for k, v in spec.attrs}),
-                target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                ASTSource(
+                    kernel,
+                    dict(spec.signature),
+                    dict(spec.constexprs),
+                    {k: [list(a) for a in v] for k, v in spec.attrs},
+                ),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+            )
     except Exception as e:  # the compiler's own message names the kernel line
         result.error = f"{type(e).__name__}: {e}"
         result.seconds = time.perf_counter() - started
@@ -204,8 +234,14 @@ def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None, resources
     return result
 
 
-def compile_all(specs: list[Specialization], arches=DEFAULT_ARCHES, workers: int | None = None,
-                ptx_dir: str | None = None, resources: bool = False, progress: bool = True) -> list[CompileResult]:
+def compile_all(
+    specs: list[Specialization],
+    arches=DEFAULT_ARCHES,
+    workers: int | None = None,
+    ptx_dir: str | None = None,
+    resources: bool = False,
+    progress: bool = True,
+) -> list[CompileResult]:
     """Compile every (specialization, arch) in a process pool; failures are returned, not raised."""
     jobs = [(spec, arch) for spec in specs for arch in arches]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
@@ -220,43 +256,86 @@ def compile_all(specs: list[Specialization], arches=DEFAULT_ARCHES, workers: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default=",".join(map(str, DEFAULT_ARCHES)), help="compute capabilities, e.g. 90,80")
+    parser.add_argument(
+        "--arch",
+        default=",".join(map(str, DEFAULT_ARCHES)),
+        help="compute capabilities, e.g. 90,80",
+    )
     parser.add_argument("--workers", type=int, default=0, help="compile processes (0 = all cores)")
     parser.add_argument("--ptx-dir", default="", help="write each specialization's PTX here")
-    parser.add_argument("--resources", action="store_true", help="report ptxas registers and spill bytes")
-    parser.add_argument("--module", action="append", help="only these kernel modules (default: all)")
+    parser.add_argument(
+        "--resources", action="store_true", help="report ptxas registers and spill bytes"
+    )
+    parser.add_argument(
+        "--module", action="append", help="only these kernel modules (default: all)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print failures and the totals only")
-    parser.add_argument("--json", default="", help="write one record per compiled (specialization, arch) here")
+    parser.add_argument(
+        "--json", default="", help="write one record per compiled (specialization, arch) here"
+    )
     args = parser.parse_args(argv)
     arches = [int(a) for a in args.arch.split(",") if a]
     started = time.perf_counter()
     specs = record(tuple(args.module) if args.module else None)
-    results = compile_all(specs, arches, args.workers or None, args.ptx_dir or None, args.resources,
-                          progress=not args.quiet)
+    results = compile_all(
+        specs,
+        arches,
+        args.workers or None,
+        args.ptx_dir or None,
+        args.resources,
+        progress=not args.quiet,
+    )
     failed = [r for r in results if r.error]
     if not args.quiet:
-        print(f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
-              f"{'regs':>5} {'spill':>5}")
+        print(
+            f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
+            f"{'regs':>5} {'spill':>5}"
+        )
         for r in sorted(results, key=lambda r: (r.spec.describe(), r.arch)):
             if r.error:
                 continue
             ops = r.vector_ops
-            ld, st = ("/".join(str(ops.get(f"{op}.{w}", 0)) for w in ("v4", "v2", "scalar")) for op in ("ld", "st"))
+            ld, st = (
+                "/".join(str(ops.get(f"{op}.{w}", 0)) for w in ("v4", "v2", "scalar"))
+                for op in ("ld", "st")
+            )
             regs = "-" if r.registers is None else str(r.registers)
             spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
-            print(f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}")
+            print(
+                f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}"
+            )
     if args.json:
-        records = [{"kernel": r.spec.kernel, "module": r.spec.module, "specialization": r.spec.describe(),
-                    "constexprs": {dict(r.spec.signature and [(i, n) for i, (n, _) in enumerate(r.spec.signature)])[p[0]]: v
-                                   for p, v in r.spec.constexprs},
-                    "arch": r.arch, "seconds": r.seconds, "error": r.error, "memory_ops": r.vector_ops,
-                    "registers": r.registers, "spill_bytes": r.spill_bytes} for r in results]
+        records = [
+            {
+                "kernel": r.spec.kernel,
+                "module": r.spec.module,
+                "specialization": r.spec.describe(),
+                "constexprs": {
+                    dict(
+                        r.spec.signature and [(i, n) for i, (n, _) in enumerate(r.spec.signature)]
+                    )[p[0]]: v
+                    for p, v in r.spec.constexprs
+                },
+                "arch": r.arch,
+                "seconds": r.seconds,
+                "error": r.error,
+                "memory_ops": r.vector_ops,
+                "registers": r.registers,
+                "spill_bytes": r.spill_bytes,
+            }
+            for r in results
+        ]
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
     for r in failed:
-        print(f"FAILED {r.spec.module}.{r.spec.describe()} for sm_{r.arch}:\n{r.error}\n", file=sys.stderr)
-    print(f"{len(specs)} specializations x {len(arches)} targets: {len(results) - len(failed)} compiled, "
-          f"{len(failed)} failed in {time.perf_counter() - started:.1f} s")
+        print(
+            f"FAILED {r.spec.module}.{r.spec.describe()} for sm_{r.arch}:\n{r.error}\n",
+            file=sys.stderr,
+        )
+    print(
+        f"{len(specs)} specializations x {len(arches)} targets: {len(results) - len(failed)} compiled, "
+        f"{len(failed)} failed in {time.perf_counter() - started:.1f} s"
+    )
     return 1 if failed else 0
 
 

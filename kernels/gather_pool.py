@@ -19,28 +19,45 @@ def lookup(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def bag_layout(offsets: torch.Tensor, batch_size: int, feature_mean: torch.Tensor):
     """Per value: its bag index; per bag: its length and pooling scale (1 or 1/len)."""
     lengths = offsets[1:] - offsets[:-1]
-    bag_of_value = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
+    bag_of_value = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=offsets.device), lengths
+    )
     num_features = feature_mean.numel()
     mean_per_bag = feature_mean.to(torch.bool).repeat_interleave(batch_size)
-    scale = torch.where(mean_per_bag, 1.0 / lengths.clamp(min=1).float(), torch.ones_like(lengths, dtype=torch.float32))
+    scale = torch.where(
+        mean_per_bag,
+        1.0 / lengths.clamp(min=1).float(),
+        torch.ones_like(lengths, dtype=torch.float32),
+    )
     assert lengths.numel() == num_features * batch_size
     return bag_of_value, lengths, scale
 
 
-def gather_pool_reference(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
-                          batch_size: int, feature_mean: torch.Tensor) -> torch.Tensor:
+def gather_pool_reference(
+    rows: torch.Tensor,
+    inverse: torch.Tensor,
+    offsets: torch.Tensor,
+    batch_size: int,
+    feature_mean: torch.Tensor,
+) -> torch.Tensor:
     num_features = feature_mean.numel()
     dim = rows.shape[1]
     bag_of_value, _, scale = bag_layout(offsets, batch_size, feature_mean)
     pooled = torch.zeros(num_features * batch_size, dim, dtype=torch.float32, device=rows.device)
-    pooled.index_add_(0, bag_of_value, rows.index_select(0, inverse).float())  # rows may be a whole table
+    # rows may be a whole table
+    pooled.index_add_(0, bag_of_value, rows.index_select(0, inverse).float())
     pooled *= scale[:, None]
     # bags are feature-major (f * B + b); the output is sample-major [B, F, D]
     return pooled.view(num_features, batch_size, dim).transpose(0, 1).contiguous()
 
 
-def gather_pool(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor, batch_size: int,
-                feature_mean: torch.Tensor) -> torch.Tensor:
+def gather_pool(
+    rows: torch.Tensor,
+    inverse: torch.Tensor,
+    offsets: torch.Tensor,
+    batch_size: int,
+    feature_mean: torch.Tensor,
+) -> torch.Tensor:
     """Pool the rows of each bag.
 
     Args:
@@ -52,6 +69,7 @@ def gather_pool(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor
     Returns:
         float32 [B, F, D]; empty bags give zeros.
     """
-    run = by_device(rows, reference=gather_pool_reference,
-                    triton="gather_pool_triton.gather_pool_triton")
+    run = by_device(
+        rows, reference=gather_pool_reference, triton="gather_pool_triton.gather_pool_triton"
+    )
     return run(rows, inverse, offsets, batch_size, feature_mean)

@@ -20,15 +20,15 @@ ROW_SIZES = ["weight_stride", "num_rows", "dim", "batch_size", "num_features"]
 
 @triton.jit(do_not_specialize=ROW_SIZES)
 def _lookup_kernel(
-    weight_ptr,      # [R, D] storage, any float dtype, rows strided by weight_stride
-    weight_stride,   # elements between consecutive rows of weight
-    rows_ptr,        # int64 [K] rows to read
-    out_ptr,         # float32 [K, D] out, contiguous
-    num_rows,        # K
-    dim,             # D
+    weight_ptr,  # [R, D] storage, any float dtype, rows strided by weight_stride
+    weight_stride,  # elements between consecutive rows of weight
+    rows_ptr,  # int64 [K] rows to read
+    out_ptr,  # float32 [K, D] out, contiguous
+    num_rows,  # K
+    dim,  # D
     BLOCK_K: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # columns per program (one of BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D and weight_stride (row_align)
+    ALIGN: tl.constexpr,  # divides D and weight_stride (row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -45,17 +45,18 @@ def _lookup_kernel(
 
 @triton.jit(do_not_specialize=ROW_SIZES)
 def _gather_pool_kernel(
-    rows_ptr,      # [R, D] rows (the unique keys' rows, or a whole table), any float dtype, contiguous
-    inverse_ptr,   # int64 [N] row of each value; values are grouped by bag, bags feature-major
-    offsets_ptr,   # int64 [F*B+1] bag boundaries into inverse
-    mean_ptr,      # int32 [F] 1 where feature f is mean-pooled
-    out_ptr,       # float32 [B, F, D] out, contiguous
-    batch_size,    # B
+    # [R, D] rows (the unique keys' rows, or a whole table), any float dtype, contiguous
+    rows_ptr,
+    inverse_ptr,  # int64 [N] row of each value; values are grouped by bag, bags feature-major
+    offsets_ptr,  # int64 [F*B+1] bag boundaries into inverse
+    mean_ptr,  # int32 [F] 1 where feature f is mean-pooled
+    out_ptr,  # float32 [B, F, D] out, contiguous
+    batch_size,  # B
     num_features,  # F
-    dim,           # D
-    BAGS: tl.constexpr,     # bags per program (bags_per_program)
+    dim,  # D
+    BAGS: tl.constexpr,  # bags per program (bags_per_program)
     BLOCK_D: tl.constexpr,  # columns per program (one of BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D (row_align)
+    ALIGN: tl.constexpr,  # divides D (row_align)
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -67,11 +68,14 @@ def _gather_pool_kernel(
     d_mask = column_mask(d, dim, ALIGN)
 
     acc = tl.zeros([BAGS, BLOCK_D], dtype=tl.float32)
-    for j in range(0, tl.max(length)):  # the bags of a program mostly share one feature, so one length
+    # the bags of a program mostly share one feature, so one length
+    for j in range(0, tl.max(length)):
         v_mask = j < length
         idx = tl.load(inverse_ptr + start + j, mask=v_mask, other=0)
         src = tl.multiple_of(idx * dim, ALIGN)
-        x = tl.load(rows_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+        x = tl.load(
+            rows_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0
+        )
         acc += x.to(tl.float32)
 
     f = bag // batch_size
@@ -80,7 +84,11 @@ def _gather_pool_kernel(
     # empty bags stay zero whatever the pooling: acc is 0 and the scale stays 1
     scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
     dst = tl.multiple_of((b * num_features + f) * dim, ALIGN)
-    tl.store(out_ptr + dst[:, None] + d[None, :], acc * scale[:, None], mask=bag_mask[:, None] & d_mask[None, :])
+    tl.store(
+        out_ptr + dst[:, None] + d[None, :],
+        acc * scale[:, None],
+        mask=bag_mask[:, None] & d_mask[None, :],
+    )
 
 
 def bags_per_program(block_d: int) -> int:
@@ -91,7 +99,9 @@ def bags_per_program(block_d: int) -> int:
 def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Same contract as kernels.gather_pool.lookup: weight [R, D] any float, rows int64 [K] -> f32 [K, D]."""
     if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 2-D float tensor, got {weight.dtype} {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be a 2-D float tensor, got {weight.dtype} {tuple(weight.shape)}"
+        )
     if weight.stride(1) != 1:
         raise ValueError("weight rows must be contiguous (stride(1) == 1)")
     if rows.dim() != 1 or rows.dtype != torch.int64:
@@ -106,13 +116,27 @@ def lookup_triton(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     block_d = column_block(dim)
     block_k = max(1, 4096 // block_d)
     grid = (triton.cdiv(num_rows, block_k), triton.cdiv(dim, block_d))
-    _lookup_kernel[grid](weight, weight.stride(0), rows, out, num_rows, dim, BLOCK_K=block_k, BLOCK_D=block_d,
-                         ALIGN=row_align(dim, weight.stride(0)))
+    _lookup_kernel[grid](
+        weight,
+        weight.stride(0),
+        rows,
+        out,
+        num_rows,
+        dim,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        ALIGN=row_align(dim, weight.stride(0)),
+    )
     return out
 
 
-def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor, batch_size: int,
-                       feature_mean: torch.Tensor) -> torch.Tensor:
+def gather_pool_triton(
+    rows: torch.Tensor,
+    inverse: torch.Tensor,
+    offsets: torch.Tensor,
+    batch_size: int,
+    feature_mean: torch.Tensor,
+) -> torch.Tensor:
     """Same contract as kernels.gather_pool.gather_pool: -> float32 [B, F, D]."""
     if rows.dim() != 2 or not rows.is_floating_point():
         raise ValueError(f"rows must be a 2-D float tensor, got {rows.dtype} {tuple(rows.shape)}")
@@ -126,8 +150,17 @@ def gather_pool_triton(rows: torch.Tensor, inverse: torch.Tensor, offsets: torch
     bags = bags_per_program(block_d)
     grid = (triton.cdiv(num_bags, bags), triton.cdiv(dim, block_d))
     _gather_pool_kernel[grid](
-        rows.contiguous(), inverse.contiguous(), offsets.contiguous(), mean, out, batch_size, num_features, dim,
-        BAGS=bags, BLOCK_D=block_d, ALIGN=row_align(dim),
+        rows.contiguous(),
+        inverse.contiguous(),
+        offsets.contiguous(),
+        mean,
+        out,
+        batch_size,
+        num_features,
+        dim,
+        BAGS=bags,
+        BLOCK_D=block_d,
+        ALIGN=row_align(dim),
     )
     return out
 

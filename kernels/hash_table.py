@@ -83,7 +83,8 @@ def find_or_insert_reference(slot_keys: torch.Tensor, keys: torch.Tensor, insert
         slots[lane[won]], inserted[lane[won]] = candidate[won], True
         probes = probes + torch.where(has_free, first + 1, window.numel())
         start = torch.where(has_free, candidate + 1, start + window.numel()) & mask
-        going = ~won & (probes < capacity)  # a key that went round the whole table finds no room: slot -1
+        # a key that went round the whole table finds no room: slot -1
+        going = ~won & (probes < capacity)
         lane, start, probes = lane[going], start[going], probes[going]
     return slots, inserted
 
@@ -110,6 +111,9 @@ def find_or_insert(slot_keys: torch.Tensor, keys: torch.Tensor, insert: bool = T
         slots int64 [K] (-1 where absent), inserted bool [K] (see the module docstring).
     """
     _check(slot_keys, keys)
-    run = by_device(slot_keys, reference=find_or_insert_reference,
-                    triton="hash_table_triton.find_or_insert_triton")
+    run = by_device(
+        slot_keys,
+        reference=find_or_insert_reference,
+        triton="hash_table_triton.find_or_insert_triton",
+    )
     return run(slot_keys, keys, insert)

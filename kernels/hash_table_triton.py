@@ -41,15 +41,15 @@ def _splitmix64(x):
 
 @triton.jit(do_not_specialize=["n_keys", "slot_mask", "capacity"])
 def _find_or_insert_kernel(
-    keys_ptr,       # int64 [K] distinct keys >= 0
-    n_keys,         # K
+    keys_ptr,  # int64 [K] distinct keys >= 0
+    n_keys,  # K
     slot_keys_ptr,  # int64 [S] the table: keys, _EMPTY or _TOMBSTONE
-    slot_mask,      # S - 1 (S a power of two)
-    capacity,       # S: bound on probes per phase
-    slots_ptr,      # int64 [K] out: slot holding each key, -1 if absent
-    inserted_ptr,   # int8 [K] out: 1 where this call inserted the key
+    slot_mask,  # S - 1 (S a power of two)
+    capacity,  # S: bound on probes per phase
+    slots_ptr,  # int64 [K] out: slot holding each key, -1 if absent
+    inserted_ptr,  # int8 [K] out: 1 where this call inserted the key
     INSERT: tl.constexpr,  # 0: find only, 1: find, then insert the missing keys
-    BLOCK: tl.constexpr,   # keys per program
+    BLOCK: tl.constexpr,  # keys per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
@@ -99,8 +99,17 @@ def find_or_insert_triton(slot_keys: torch.Tensor, keys: torch.Tensor, insert: b
     inserted = torch.empty(n, dtype=torch.int8, device=keys.device)
     if n:
         capacity = slot_keys.numel()
-        _find_or_insert_kernel[(triton.cdiv(n, BLOCK),)](keys.contiguous(), n, slot_keys, capacity - 1, capacity, slots,
-                                                         inserted, INSERT=int(insert), BLOCK=BLOCK)
+        _find_or_insert_kernel[(triton.cdiv(n, BLOCK),)](
+            keys.contiguous(),
+            n,
+            slot_keys,
+            capacity - 1,
+            capacity,
+            slots,
+            inserted,
+            INSERT=int(insert),
+            BLOCK=BLOCK,
+        )
     return slots, inserted.bool()
 
 
@@ -108,4 +117,6 @@ def compile_cases():
     """Calls covering every specialization (kernels.compile_check): find only, and find-or-insert."""
     keys = torch.arange(300, dtype=torch.int64) * 7919
     for insert in (False, True):
-        yield lambda i=insert: find_or_insert_triton(torch.full((1024,), -1, dtype=torch.int64), keys, i)
+        yield lambda i=insert: find_or_insert_triton(
+            torch.full((1024,), -1, dtype=torch.int64), keys, i
+        )

@@ -8,8 +8,9 @@ or replicated with the local rank as owner); ``-1`` means row-wise, owner = row 
 import torch
 
 
-def owner_of(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-             world_size: int) -> torch.Tensor:
+def owner_of(
+    keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor, world_size: int
+) -> torch.Tensor:
     """Owner rank of each key (int64, same shape as keys)."""
     table = torch.searchsorted(table_offsets, keys, right=True) - 1
     row = keys - table_offsets[table]

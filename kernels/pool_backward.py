@@ -6,18 +6,30 @@ from kernels.dispatch import by_device
 from kernels.gather_pool import bag_layout
 
 
-def pool_backward_reference(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
-                            feature_mean: torch.Tensor, num_unique: int) -> torch.Tensor:
+def pool_backward_reference(
+    grad_pooled: torch.Tensor,
+    inverse: torch.Tensor,
+    offsets: torch.Tensor,
+    feature_mean: torch.Tensor,
+    num_unique: int,
+) -> torch.Tensor:
     batch_size, num_features, dim = grad_pooled.shape
     bag_of_value, _, scale = bag_layout(offsets, batch_size, feature_mean)
-    grad_bags = grad_pooled.float().transpose(0, 1).reshape(num_features * batch_size, dim) * scale[:, None]
+    grad_bags = (
+        grad_pooled.float().transpose(0, 1).reshape(num_features * batch_size, dim) * scale[:, None]
+    )
     grad_unique = torch.zeros(num_unique, dim, dtype=torch.float32, device=grad_pooled.device)
     grad_unique.index_add_(0, inverse, grad_bags.index_select(0, bag_of_value))
     return grad_unique
 
 
-def pool_backward(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
-                  feature_mean: torch.Tensor, num_unique: int) -> torch.Tensor:
+def pool_backward(
+    grad_pooled: torch.Tensor,
+    inverse: torch.Tensor,
+    offsets: torch.Tensor,
+    feature_mean: torch.Tensor,
+    num_unique: int,
+) -> torch.Tensor:
     """Gradient of gather_pool with respect to its rows.
 
     Args:
@@ -28,6 +40,9 @@ def pool_backward(grad_pooled: torch.Tensor, inverse: torch.Tensor, offsets: tor
         float32 [U, D]: the sum over every use of a unique key of its bag's gradient
         (times 1/len for mean-pooled bags).
     """
-    run = by_device(grad_pooled, reference=pool_backward_reference,
-                    triton="pool_backward_triton.pool_backward_triton")
+    run = by_device(
+        grad_pooled,
+        reference=pool_backward_reference,
+        triton="pool_backward_triton.pool_backward_triton",
+    )
     return run(grad_pooled, inverse, offsets, feature_mean, num_unique)

@@ -18,8 +18,18 @@ from kernels.pool_backward import pool_backward_reference
 from kernels.sparse_optimizer import SparseOptimizer
 
 
-def pool_backward_update_reference(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
-                                   optimizer: SparseOptimizer):
+def pool_backward_update_reference(
+    weight,
+    state,
+    freq,
+    last_step,
+    step,
+    value_rows,
+    offsets,
+    grad_pooled,
+    feature_mean,
+    optimizer: SparseOptimizer,
+):
     rows, inverse = torch.unique(value_rows, return_inverse=True)
     grad = pool_backward_reference(grad_pooled, inverse, offsets, feature_mean, rows.numel())
     freq.index_add_(0, rows, torch.bincount(inverse, minlength=rows.numel()))
@@ -28,10 +38,18 @@ def pool_backward_update_reference(weight, state, freq, last_step, step, value_r
     return rows.numel()
 
 
-def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], freq: torch.Tensor,
-                         last_step: torch.Tensor, step: int, value_rows: torch.Tensor, offsets: torch.Tensor,
-                         grad_pooled: torch.Tensor, feature_mean: torch.Tensor,
-                         optimizer: SparseOptimizer) -> int:
+def pool_backward_update(
+    weight: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    freq: torch.Tensor,
+    last_step: torch.Tensor,
+    step: int,
+    value_rows: torch.Tensor,
+    offsets: torch.Tensor,
+    grad_pooled: torch.Tensor,
+    feature_mean: torch.Tensor,
+    optimizer: SparseOptimizer,
+) -> int:
     """Apply the sparse optimizer to every row the batch looked up, with the gradient of its pooled output.
 
     Args:
@@ -48,7 +66,20 @@ def pool_backward_update(weight: torch.Tensor, state: dict[str, torch.Tensor], f
     Returns:
         the number of distinct rows updated.
     """
-    run = by_device(weight, reference=pool_backward_update_reference,
-                    triton="pool_backward_update_triton.pool_backward_update_triton")
-    return run(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
-               optimizer)
+    run = by_device(
+        weight,
+        reference=pool_backward_update_reference,
+        triton="pool_backward_update_triton.pool_backward_update_triton",
+    )
+    return run(
+        weight,
+        state,
+        freq,
+        last_step,
+        step,
+        value_rows,
+        offsets,
+        grad_pooled,
+        feature_mean,
+        optimizer,
+    )

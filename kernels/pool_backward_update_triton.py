@@ -31,8 +31,19 @@ _SIZES = ["num_segments", "dim", "weight_stride", "step", "optimizer", "num_long
 
 
 @triton.jit
-def _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, d, d_mask, dim,
-                BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
+def _sum_values(
+    grad_ptr,
+    grad_row_ptr,
+    scale_ptr,
+    start,
+    end,
+    d,
+    d_mask,
+    dim,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
     """Sum over sorted values [start, end) of scale * pooled gradient row, columns d."""
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for v0 in range(start, end, BLOCK_V):
@@ -41,40 +52,49 @@ def _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, d, d_mask, dim,
         grow = tl.load(grad_row_ptr + v, mask=v_mask, other=0).to(tl.int64)
         scale = tl.load(scale_ptr + v, mask=v_mask, other=0.0)
         src = tl.multiple_of(grow * dim, ALIGN)
-        g = tl.load(grad_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0)
+        g = tl.load(
+            grad_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0
+        )
         acc += tl.sum(g.to(tl.float32) * scale[:, None], axis=0)
     return acc
 
 
 @triton.jit(do_not_specialize=_SIZES)
 def _segment_update_kernel(
-    item_seg_ptr,    # int64 [>= items] segment of each work item (valid below item_start[U])
+    item_seg_ptr,  # int64 [>= items] segment of each work item (valid below item_start[U])
     item_start_ptr,  # int64 [U+1] first work item of each segment; item_start[U] = number of items
-    seg_start_ptr,   # int64 [U+1] segment s is sorted values seg_start[s] .. seg_start[s+1]
-    seg_row_ptr,     # int64 [U] local row of each segment
-    grad_row_ptr,    # int32 [N] pooled-gradient row (b * F + f) of each sorted value
-    scale_ptr,       # float32 [N] bag scale of each sorted value (1/len for mean bags, else 1)
-    grad_ptr,        # [B*F, D] pooled gradient, contiguous
-    num_segments,    # U
-    dim,             # D
-    weight_ptr,      # [R, D] storage, updated in place
-    weight_stride,   # elements between rows of weight
-    m1_ptr,          # adagrad: float32 [R]; adam: float32 [R, D]
-    m2_ptr,          # adam: float32 [R, D]
-    steps_ptr,       # adam: int64 [R]
-    freq_ptr,        # int64 [R] lookups per row, += segment length
-    last_step_ptr,   # int64 [R] set to step for every updated row
-    step,            # this update's step number
-    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,  # kernel_args
-    partial_ptr,     # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
+    seg_start_ptr,  # int64 [U+1] segment s is sorted values seg_start[s] .. seg_start[s+1]
+    seg_row_ptr,  # int64 [U] local row of each segment
+    grad_row_ptr,  # int32 [N] pooled-gradient row (b * F + f) of each sorted value
+    scale_ptr,  # float32 [N] bag scale of each sorted value (1/len for mean bags, else 1)
+    grad_ptr,  # [B*F, D] pooled gradient, contiguous
+    num_segments,  # U
+    dim,  # D
+    weight_ptr,  # [R, D] storage, updated in place
+    weight_stride,  # elements between rows of weight
+    m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
+    m2_ptr,  # adam: float32 [R, D]
+    steps_ptr,  # adam: int64 [R]
+    freq_ptr,  # int64 [R] lookups per row, += segment length
+    last_step_ptr,  # int64 [R] set to step for every updated row
+    step,  # this update's step number
+    optimizer,  # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
+    lr,
+    eps,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    log2_beta1,
+    log2_beta2,  # kernel_args
+    partial_ptr,  # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
     long_index_ptr,  # int64 [U] index of each long segment among the long ones
-    long_seg_ptr,    # int64 [num_long_bound] out: segment of each long segment index
+    long_seg_ptr,  # int64 [num_long_bound] out: segment of each long segment index
     num_long_bound,  # rows of partial_ptr
-    CHUNK: tl.constexpr,    # values per work item
+    CHUNK: tl.constexpr,  # values per work item
     BLOCK_V: tl.constexpr,  # values summed per step
     BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D and weight_stride (row_align)
+    ALIGN: tl.constexpr,  # divides D and weight_stride (row_align)
 ):
     item = tl.program_id(0).to(tl.int64)
     active = item < tl.load(item_start_ptr + num_segments)
@@ -83,7 +103,8 @@ def _segment_update_kernel(
     seg_hi = tl.load(seg_start_ptr + s + 1)
     k = item - tl.load(item_start_ptr + s)
     start = seg_lo + k * CHUNK
-    end = tl.where(active, tl.minimum(start + CHUNK, seg_hi), start)  # an inactive program sums nothing
+    # an inactive program sums nothing
+    end = tl.where(active, tl.minimum(start + CHUNK, seg_hi), start)
     is_long = (seg_hi - seg_lo) > CHUNK
     d = tl.arange(0, BLOCK_D)
     # masks are built from a column bound of 0 on inactive programs (combining a scalar flag with a vector mask
@@ -91,7 +112,9 @@ def _segment_update_kernel(
     bound = tl.where(active, dim, 0)
     first_mask = column_mask(d, dim, ALIGN)
     first_write = column_mask(d, bound, ALIGN)
-    acc0 = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, d, first_mask, dim, BLOCK_V, BLOCK_D, ALIGN)
+    acc0 = _sum_values(
+        grad_ptr, grad_row_ptr, scale_ptr, start, end, d, first_mask, dim, BLOCK_V, BLOCK_D, ALIGN
+    )
 
     if is_long:
         li = tl.load(long_index_ptr + s)
@@ -100,48 +123,144 @@ def _segment_update_kernel(
         tl.atomic_add(partial_ptr + p_base + d, acc0, mask=first_write, sem="relaxed")
         for d0 in range(BLOCK_D, dim, BLOCK_D):
             cols = d0 + d
-            acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN), dim,
-                              BLOCK_V, BLOCK_D, ALIGN)
-            tl.atomic_add(partial_ptr + p_base + cols, acc, mask=column_mask(cols, bound, ALIGN), sem="relaxed")
+            acc = _sum_values(
+                grad_ptr,
+                grad_row_ptr,
+                scale_ptr,
+                start,
+                end,
+                cols,
+                column_mask(cols, dim, ALIGN),
+                dim,
+                BLOCK_V,
+                BLOCK_D,
+                ALIGN,
+            )
+            tl.atomic_add(
+                partial_ptr + p_base + cols,
+                acc,
+                mask=column_mask(cols, bound, ALIGN),
+                sem="relaxed",
+            )
     else:
         row = tl.load(seg_row_ptr + s)
         sq = tl.sum(acc0 * acc0)
-        if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        if optimizer == ADAGRAD:
             for d0 in range(BLOCK_D, dim, BLOCK_D):
                 cols = d0 + d
-                acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN),
-                                  dim, BLOCK_V, BLOCK_D, ALIGN)
+                acc = _sum_values(
+                    grad_ptr,
+                    grad_row_ptr,
+                    scale_ptr,
+                    start,
+                    end,
+                    cols,
+                    column_mask(cols, dim, ALIGN),
+                    dim,
+                    BLOCK_V,
+                    BLOCK_D,
+                    ALIGN,
+                )
                 sq += tl.sum(acc * acc)
-        denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
-                                          active)
+        denom, bias1, bias2 = row_factors(
+            row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active
+        )
         w_base = tl.multiple_of(row * weight_stride, ALIGN)
         s_base = tl.multiple_of(row * dim, ALIGN)
-        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, first_write, acc0, optimizer, lr, eps,
-                       beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(
+            weight_ptr,
+            w_base,
+            m1_ptr,
+            m2_ptr,
+            s_base,
+            d,
+            first_write,
+            acc0,
+            optimizer,
+            lr,
+            eps,
+            beta1,
+            beta2,
+            one_minus_beta1,
+            one_minus_beta2,
+            denom,
+            bias1,
+            bias2,
+        )
         for d0 in range(BLOCK_D, dim, BLOCK_D):
             cols = d0 + d
-            acc = _sum_values(grad_ptr, grad_row_ptr, scale_ptr, start, end, cols, column_mask(cols, dim, ALIGN), dim,
-                              BLOCK_V, BLOCK_D, ALIGN)
-            update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, column_mask(cols, bound, ALIGN), acc,
-                           optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
-        tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + (seg_hi - seg_lo), mask=active)
+            acc = _sum_values(
+                grad_ptr,
+                grad_row_ptr,
+                scale_ptr,
+                start,
+                end,
+                cols,
+                column_mask(cols, dim, ALIGN),
+                dim,
+                BLOCK_V,
+                BLOCK_D,
+                ALIGN,
+            )
+            update_columns(
+                weight_ptr,
+                w_base,
+                m1_ptr,
+                m2_ptr,
+                s_base,
+                cols,
+                column_mask(cols, bound, ALIGN),
+                acc,
+                optimizer,
+                lr,
+                eps,
+                beta1,
+                beta2,
+                one_minus_beta1,
+                one_minus_beta2,
+                denom,
+                bias1,
+                bias2,
+            )
+        tl.store(
+            freq_ptr + row,
+            tl.load(freq_ptr + row, mask=active, other=0) + (seg_hi - seg_lo),
+            mask=active,
+        )
         tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
 
 
 @triton.jit(do_not_specialize=_SIZES)
 def _long_update_kernel(
-    num_long_ptr,    # int64 [1] number of long segments
-    long_seg_ptr,    # int64 [num_long_bound] segment of each long segment index
-    partial_ptr,     # float32 [num_long_bound, D] their summed gradients
-    seg_start_ptr,   # int64 [U+1] segment boundaries (for the lookup counts)
-    seg_row_ptr,     # int64 [U] local row of each segment
-    num_segments,    # U
-    dim,             # D
-    weight_ptr, weight_stride, m1_ptr, m2_ptr, steps_ptr, freq_ptr, last_step_ptr, step, optimizer,  # as above
-    lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2,
+    num_long_ptr,  # int64 [1] number of long segments
+    long_seg_ptr,  # int64 [num_long_bound] segment of each long segment index
+    partial_ptr,  # float32 [num_long_bound, D] their summed gradients
+    seg_start_ptr,  # int64 [U+1] segment boundaries (for the lookup counts)
+    seg_row_ptr,  # int64 [U] local row of each segment
+    num_segments,  # U
+    dim,  # D
+    # as above
+    weight_ptr,
+    weight_stride,
+    m1_ptr,
+    m2_ptr,
+    steps_ptr,
+    freq_ptr,
+    last_step_ptr,
+    step,
+    optimizer,
+    lr,
+    eps,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    log2_beta1,
+    log2_beta2,
     num_long_bound,  # rows of partial_ptr
     BLOCK_D: tl.constexpr,  # columns per step
-    ALIGN: tl.constexpr,    # divides D and weight_stride
+    ALIGN: tl.constexpr,  # divides D and weight_stride
 ):
     li = tl.program_id(0).to(tl.int64)
     active = li < tl.load(num_long_ptr)
@@ -154,31 +273,62 @@ def _long_update_kernel(
     if optimizer == ADAGRAD:
         for d0 in range(0, dim, BLOCK_D):
             cols = d0 + d
-            g = tl.load(partial_ptr + p_base + cols, mask=column_mask(cols, bound, ALIGN), other=0.0)
+            g = tl.load(
+                partial_ptr + p_base + cols, mask=column_mask(cols, bound, ALIGN), other=0.0
+            )
             sq += tl.sum(g * g)
-    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active)
+    denom, bias1, bias2 = row_factors(
+        row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active
+    )
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     for d0 in range(0, dim, BLOCK_D):
         cols = d0 + d
         mask = column_mask(cols, bound, ALIGN)
         g = tl.load(partial_ptr + p_base + cols, mask=mask, other=0.0)
-        update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, cols, mask, g, optimizer, lr, eps, beta1, beta2,
-                       one_minus_beta1, one_minus_beta2, denom, bias1, bias2)
+        update_columns(
+            weight_ptr,
+            w_base,
+            m1_ptr,
+            m2_ptr,
+            s_base,
+            cols,
+            mask,
+            g,
+            optimizer,
+            lr,
+            eps,
+            beta1,
+            beta2,
+            one_minus_beta1,
+            one_minus_beta2,
+            denom,
+            bias1,
+            bias2,
+        )
     length = tl.load(seg_start_ptr + s + 1) - tl.load(seg_start_ptr + s)
     tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + length, mask=active)
     tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
 
 
-def _segments(value_rows: torch.Tensor, offsets: torch.Tensor, feature_mean: torch.Tensor, batch_size: int,
-              num_rows: int):
+def _segments(
+    value_rows: torch.Tensor,
+    offsets: torch.Tensor,
+    feature_mean: torch.Tensor,
+    batch_size: int,
+    num_rows: int,
+):
     """Values grouped by row: (seg_start [U+1], seg_row [U], grad_row [N] int32, scale [N] f32) in sorted order."""
     n, device = value_rows.numel(), value_rows.device
     num_features = feature_mean.numel()
     lengths = offsets[1:] - offsets[:-1]
-    bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths, output_size=n)
+    bag = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=device), lengths, output_size=n
+    )
     f, b = bag // batch_size, bag % batch_size
-    scale = torch.where(feature_mean.to(torch.bool)[f], 1.0 / lengths[bag].clamp(min=1).float(), 1.0)
+    scale = torch.where(
+        feature_mean.to(torch.bool)[f], 1.0 / lengths[bag].clamp(min=1).float(), 1.0
+    )
     # 32-bit sort keys when the rows allow it: the radix sort then makes half the passes
     keys = value_rows.to(torch.int32) if num_rows < 2**31 else value_rows
     sorted_rows, order = torch.sort(keys, stable=True)
@@ -191,36 +341,63 @@ def _segments(value_rows: torch.Tensor, offsets: torch.Tensor, feature_mean: tor
     return seg_start, seg_row, grad_row, scale[order].contiguous()
 
 
-def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows, offsets, grad_pooled, feature_mean,
-                                optimizer: SparseOptimizer) -> int:
+def pool_backward_update_triton(
+    weight,
+    state,
+    freq,
+    last_step,
+    step,
+    value_rows,
+    offsets,
+    grad_pooled,
+    feature_mean,
+    optimizer: SparseOptimizer,
+) -> int:
     """Same contract as kernels.pool_backward_update.pool_backward_update (in place)."""
-    if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.stride(1) != 1:
-        raise ValueError(f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
-                         f"{tuple(weight.shape)}")
+    if (
+        weight.dim() != 2
+        or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16)
+        or weight.stride(1) != 1
+    ):
+        raise ValueError(
+            f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
+            f"{tuple(weight.shape)}"
+        )
     if grad_pooled.dim() != 3 or grad_pooled.shape[2] != weight.shape[1]:
-        raise ValueError(f"grad_pooled must be [B, F, D={weight.shape[1]}], got {tuple(grad_pooled.shape)}")
+        raise ValueError(
+            f"grad_pooled must be [B, F, D={weight.shape[1]}], got {tuple(grad_pooled.shape)}"
+        )
     batch_size, num_features, dim = grad_pooled.shape
     if feature_mean.numel() != num_features:
-        raise ValueError(f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}")
+        raise ValueError(
+            f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}"
+        )
     mean = check_bags(value_rows, offsets, batch_size, feature_mean, weight.device)
     for name, t in (("freq", freq), ("last_step", last_step)):
         if t.dtype != torch.int64 or t.shape != (weight.shape[0],) or t.device != weight.device:
-            raise ValueError(f"{name} must be int64 [{weight.shape[0]}] on {weight.device}, got {t.dtype} "
-                             f"{tuple(t.shape)} on {t.device}")
+            raise ValueError(
+                f"{name} must be int64 [{weight.shape[0]}] on {weight.device}, got {t.dtype} "
+                f"{tuple(t.shape)} on {t.device}"
+            )
     optimizer.check_state(state, weight)
     n = value_rows.numel()
     if n == 0 or dim == 0:
         return 0
     device = weight.device
-    seg_start, seg_row, grad_row, scale = _segments(value_rows, offsets, mean, batch_size, weight.shape[0])
+    seg_start, seg_row, grad_row, scale = _segments(
+        value_rows, offsets, mean, batch_size, weight.shape[0]
+    )
     num_segments = seg_row.numel()
     seg_len = seg_start[1:] - seg_start[:-1]
     item_start = torch.zeros(num_segments + 1, dtype=torch.int64, device=device)
     torch.cumsum((seg_len + CHUNK - 1) // CHUNK, 0, out=item_start[1:])
-    num_items_bound = num_segments + triton.cdiv(n, CHUNK)  # sum of ceil(len / CHUNK) <= U + N / CHUNK
+    # sum of ceil(len / CHUNK) <= U + N / CHUNK
+    num_items_bound = num_segments + triton.cdiv(n, CHUNK)
     # the segment of every work item, without a sync: mark each segment's first item, then a running count
     marks = torch.zeros(num_items_bound + 1, dtype=torch.int64, device=device)
-    marks.index_add_(0, item_start[1:-1], torch.ones(num_segments - 1, dtype=torch.int64, device=device))
+    marks.index_add_(
+        0, item_start[1:-1], torch.ones(num_segments - 1, dtype=torch.int64, device=device)
+    )
     item_seg = torch.cumsum(marks, 0)
     is_long = seg_len > CHUNK
     long_index = torch.cumsum(is_long, 0) - is_long.long()
@@ -237,14 +414,56 @@ def pool_backward_update_triton(weight, state, freq, last_step, step, value_rows
     hyper = kernel_args(optimizer)
     grad = grad_pooled.contiguous()
     _segment_update_kernel[(num_items_bound,)](
-        item_seg, item_start, seg_start, seg_row, grad_row, scale, grad, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper,
-        partial, long_index, long_seg, num_long_bound,
-        CHUNK=CHUNK, BLOCK_V=BLOCK_V, BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
+        item_seg,
+        item_start,
+        seg_start,
+        seg_row,
+        grad_row,
+        scale,
+        grad,
+        num_segments,
+        dim,
+        weight,
+        weight.stride(0),
+        m1,
+        m2,
+        steps,
+        freq,
+        last_step,
+        step,
+        *hyper,
+        partial,
+        long_index,
+        long_seg,
+        num_long_bound,
+        CHUNK=CHUNK,
+        BLOCK_V=BLOCK_V,
+        BLOCK_D=block_d,
+        ALIGN=align,
+        num_warps=NUM_WARPS,
+    )
     _long_update_kernel[(num_long_bound,)](
-        num_long, long_seg, partial, seg_start, seg_row, num_segments, dim,
-        weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *hyper, num_long_bound,
-        BLOCK_D=block_d, ALIGN=align, num_warps=NUM_WARPS)
+        num_long,
+        long_seg,
+        partial,
+        seg_start,
+        seg_row,
+        num_segments,
+        dim,
+        weight,
+        weight.stride(0),
+        m1,
+        m2,
+        steps,
+        freq,
+        last_step,
+        step,
+        *hyper,
+        num_long_bound,
+        BLOCK_D=block_d,
+        ALIGN=align,
+        num_warps=NUM_WARPS,
+    )
     return num_segments
 
 
@@ -259,5 +478,14 @@ def compile_cases():
             weight = torch.zeros(8, dim, dtype=dtype)
             freq, last = torch.zeros(8, dtype=torch.int64), torch.zeros(8, dtype=torch.int64)
             yield lambda w=weight, f=freq, s=last, d=dim: pool_backward_update_triton(
-                w, adagrad.init_state(8, d, "cpu"), f, s, 1, value_rows, offsets, torch.zeros(2, 2, d),
-                torch.tensor([True, False]), adagrad)
+                w,
+                adagrad.init_state(8, d, "cpu"),
+                f,
+                s,
+                1,
+                value_rows,
+                offsets,
+                torch.zeros(2, 2, d),
+                torch.tensor([True, False]),
+                adagrad,
+            )

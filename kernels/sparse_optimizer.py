@@ -40,7 +40,9 @@ class SparseOptimizer:
         if self.name not in SPARSE_OPTIMIZERS:
             raise _unknown(self.name)
 
-    def state_layout(self, num_rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def state_layout(
+        self, num_rows: int, dim: int
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of each state tensor of num_rows x dim weights (row r's state: index r)."""
         if self.name == "sgd":
             return {}
@@ -59,23 +61,33 @@ class SparseOptimizer:
 
     def init_state(self, num_rows: int, dim: int, device) -> dict[str, torch.Tensor]:
         """Zero optimizer state for a storage of num_rows x dim."""
-        return {name: torch.zeros(shape, dtype=dtype, device=device)
-                for name, (shape, dtype) in self.state_layout(num_rows, dim).items()}
+        return {
+            name: torch.zeros(shape, dtype=dtype, device=device)
+            for name, (shape, dtype) in self.state_layout(num_rows, dim).items()
+        }
 
     def check_state(self, state: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
         """ValueError unless state holds this optimizer's tensors for weight, contiguous."""
         for name, (shape, dtype) in self.state_layout(*weight.shape).items():
             t = state.get(name)
             if t is None:
-                raise ValueError(f"{self.name} state is missing {name!r} "
-                                 "(see SparseOptimizer.init_state)")
+                raise ValueError(
+                    f"{self.name} state is missing {name!r} (see SparseOptimizer.init_state)"
+                )
             layout = (tuple(t.shape), t.dtype, t.device)
             if layout != (shape, dtype, weight.device) or not t.is_contiguous():
-                raise ValueError(f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} "
-                                 f"on {weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+                raise ValueError(
+                    f"state[{name!r}] must be a contiguous {dtype} tensor of shape {shape} "
+                    f"on {weight.device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
+                )
 
-    def update_rows(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-                    state: dict[str, torch.Tensor]) -> None:
+    def update_rows(
+        self,
+        weight: torch.Tensor,
+        rows: torch.Tensor,
+        grad: torch.Tensor,
+        state: dict[str, torch.Tensor],
+    ) -> None:
         """The reference math: one step on distinct rows of weight and their state, in place.
 
         Args:
@@ -102,8 +114,8 @@ class SparseOptimizer:
             state["momentum1"].index_copy_(0, rows, m1)
             state["momentum2"].index_copy_(0, rows, m2)
             tf = t.float()[:, None]
-            bias1 = 1 - beta1 ** tf
-            bias2 = 1 - beta2 ** tf
+            bias1 = 1 - beta1**tf
+            bias2 = 1 - beta2**tf
             w -= lr * (m1 / bias1) / ((m2 / bias2).sqrt() + eps)
         else:
             raise _unknown(self.name)

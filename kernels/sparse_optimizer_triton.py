@@ -35,8 +35,17 @@ def kernel_args(optimizer) -> tuple:
     o = optimizer
     log2_beta1 = math.log2(o.beta1) if o.beta1 > 0 else -math.inf
     log2_beta2 = math.log2(o.beta2) if o.beta2 > 0 else -math.inf
-    return (OPTIMIZER_IDS[o.name], o.lr, o.eps, o.beta1, o.beta2, 1.0 - o.beta1, 1.0 - o.beta2,
-            log2_beta1, log2_beta2)
+    return (
+        OPTIMIZER_IDS[o.name],
+        o.lr,
+        o.eps,
+        o.beta1,
+        o.beta2,
+        1.0 - o.beta1,
+        1.0 - o.beta2,
+        log2_beta1,
+        log2_beta2,
+    )
 
 
 @triton.jit
@@ -63,8 +72,26 @@ def row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log
 
 
 @triton.jit
-def update_columns(weight_ptr, w_base, m1_ptr, m2_ptr, s_base, d, mask, g, optimizer, lr, eps,
-                   beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2):
+def update_columns(
+    weight_ptr,
+    w_base,
+    m1_ptr,
+    m2_ptr,
+    s_base,
+    d,
+    mask,
+    g,
+    optimizer,
+    lr,
+    eps,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    denom,
+    bias1,
+    bias2,
+):
     """One optimizer step on columns d of the rows at w_base in weight (s_base in Adam's moments),
     given their gradient g: fp32 math, weights stored back in their dtype. The row offsets, d and
     row_factors' factors broadcast to g's shape: [BLOCK_D] for one row; [:, None] and [None, :]

@@ -13,22 +13,30 @@ from kernels.sparse_optimizer import SparseOptimizer
 def merge_duplicates(rows: torch.Tensor, grads: torch.Tensor):
     """Unique rows and the sum of their gradients."""
     unique_rows, inverse = torch.unique(rows, return_inverse=True)
-    merged = torch.zeros(unique_rows.numel(), grads.shape[1], dtype=torch.float32, device=grads.device)
+    merged = torch.zeros(
+        unique_rows.numel(), grads.shape[1], dtype=torch.float32, device=grads.device
+    )
     merged.index_add_(0, inverse, grads.float())
     return unique_rows, merged
 
 
-def sparse_update_reference(weight, rows, grads, state, optimizer: SparseOptimizer,
-                            rows_unique=False):
+def sparse_update_reference(
+    weight, rows, grads, state, optimizer: SparseOptimizer, rows_unique=False
+):
     if rows.numel() == 0:
         return
     rows, g = (rows, grads.float()) if rows_unique else merge_duplicates(rows, grads)
     optimizer.update_rows(weight, rows, g, state)
 
 
-def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                  state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
-                  rows_unique: bool = False) -> None:
+def sparse_update(
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    optimizer: SparseOptimizer,
+    rows_unique: bool = False,
+) -> None:
     """Apply one optimizer step to the touched rows of weight, in place.
 
     Args:
@@ -40,6 +48,9 @@ def sparse_update(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
         rows_unique: the caller guarantees no duplicate rows (the sharded backward merges across
             senders already), so the dedup + merge pass is skipped.
     """
-    run = by_device(weight, reference=sparse_update_reference,
-                    triton="sparse_update_triton.sparse_update_triton")
+    run = by_device(
+        weight,
+        reference=sparse_update_reference,
+        triton="sparse_update_triton.sparse_update_triton",
+    )
     run(weight, rows, grads, state, optimizer, rows_unique)

@@ -28,14 +28,14 @@ _MAX_BLOCK_ELEMS = 4096
 
 @triton.jit(do_not_specialize=["num_grads", "dim"])
 def _merge_kernel(
-    grads_ptr,      # float [K, D] gradient per touched row (duplicates included), contiguous
-    inverse_ptr,    # int64 [K] unique index of each touched row
-    out_ptr,        # float32 [U, D] out, zero-initialized, accumulated with atomics
-    num_grads,      # K
-    dim,            # D
+    grads_ptr,  # float [K, D] gradient per touched row (duplicates included), contiguous
+    inverse_ptr,  # int64 [K] unique index of each touched row
+    out_ptr,  # float32 [U, D] out, zero-initialized, accumulated with atomics
+    num_grads,  # K
+    dim,  # D
     BLOCK_K: tl.constexpr,  # gradient rows per program
     BLOCK_D: tl.constexpr,  # columns per program (one of common_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,    # divides D (common_triton.row_align)
+    ALIGN: tl.constexpr,  # divides D (common_triton.row_align)
 ):
     pid_k = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -52,69 +52,98 @@ def _merge_kernel(
 
 @triton.jit(do_not_specialize=["weight_stride", "num_unique", "dim", "optimizer"])
 def _update_kernel(
-    weight_ptr,      # [R, D] storage (fp32 / bf16 / fp16), updated in place
-    weight_stride,   # elements between consecutive rows of weight
-    rows_ptr,        # int64 [U] unique local rows to update
-    grad_ptr,        # float32 [U, D] merged gradient per unique row, contiguous
-    m1_ptr,          # adagrad: float32 [R] row accumulator; adam: float32 [R, D] first moment
-    m2_ptr,          # adam: float32 [R, D] second moment (unused otherwise)
-    steps_ptr,       # adam: int64 [R] per-row step count (unused otherwise)
-    num_unique,      # U
-    dim,             # D
-    optimizer,       # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
-    lr,              # learning rate
-    eps,             # denominator epsilon
-    beta1,           # adam first-moment decay
-    beta2,           # adam second-moment decay
+    weight_ptr,  # [R, D] storage (fp32 / bf16 / fp16), updated in place
+    weight_stride,  # elements between consecutive rows of weight
+    rows_ptr,  # int64 [U] unique local rows to update
+    grad_ptr,  # float32 [U, D] merged gradient per unique row, contiguous
+    m1_ptr,  # adagrad: float32 [R] row accumulator; adam: float32 [R, D] first moment
+    m2_ptr,  # adam: float32 [R, D] second moment (unused otherwise)
+    steps_ptr,  # adam: int64 [R] per-row step count (unused otherwise)
+    num_unique,  # U
+    dim,  # D
+    optimizer,  # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
+    lr,  # learning rate
+    eps,  # denominator epsilon
+    beta1,  # adam first-moment decay
+    beta2,  # adam second-moment decay
     one_minus_beta1,  # 1 - beta1, rounded once on the host in float64
     one_minus_beta2,  # 1 - beta2, same
-    log2_beta1,      # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
-    log2_beta2,      # log2(beta2), same
-    BLOCK_R: tl.constexpr,    # unique rows per program
-    BLOCK_D: tl.constexpr,    # columns per step along the row (one of common_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,      # divides D and weight_stride (common_triton.row_align)
+    log2_beta1,  # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
+    log2_beta2,  # log2(beta2), same
+    BLOCK_R: tl.constexpr,  # unique rows per program
+    BLOCK_D: tl.constexpr,  # columns per step along the row (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,  # divides D and weight_stride (common_triton.row_align)
 ):
     pid = tl.program_id(0)
     u = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     u_mask = u < num_unique
     row = tl.load(rows_ptr + u, mask=u_mask, other=0)
-    w_base = tl.multiple_of(row * weight_stride, ALIGN)  # row offsets in weight, the state and the gradient
+    # row offsets in weight, the state and the gradient
+    w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     g_base = tl.multiple_of(u * dim, ALIGN)
 
     # per-row factors, computed before any column is written
     sq = tl.zeros([BLOCK_R], dtype=tl.float32)
-    if optimizer == ADAGRAD:  # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+    # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+    if optimizer == ADAGRAD:
         for d0 in range(0, dim, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
             g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
             sq += tl.sum(g * g, axis=1)  # masked columns load as 0
-    denom, bias1, bias2 = row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2,
-                                      u_mask)
+    denom, bias1, bias2 = row_factors(
+        row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, u_mask
+    )
 
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
         g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
-        update_columns(weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], d[None, :], mask,
-                       g, optimizer, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
-                       denom[:, None], bias1[:, None], bias2[:, None])
+        update_columns(
+            weight_ptr,
+            w_base[:, None],
+            m1_ptr,
+            m2_ptr,
+            s_base[:, None],
+            d[None, :],
+            mask,
+            g,
+            optimizer,
+            lr,
+            eps,
+            beta1,
+            beta2,
+            one_minus_beta1,
+            one_minus_beta2,
+            denom[:, None],
+            bias1[:, None],
+            bias2[:, None],
+        )
 
 
-def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor,
-                         state: dict[str, torch.Tensor], optimizer: SparseOptimizer,
-                         rows_unique: bool = False) -> None:
+def sparse_update_triton(
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    optimizer: SparseOptimizer,
+    rows_unique: bool = False,
+) -> None:
     """Same contract as kernels.sparse_update.sparse_update (in place)."""
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}"
+        )
     if weight.stride(1) != 1:
         raise ValueError("weight rows must be contiguous (stride(1) == 1)")
     if rows.dim() != 1 or rows.dtype != torch.int64:
         raise ValueError(f"rows must be 1-D int64, got {rows.dtype} {tuple(rows.shape)}")
     num_rows, dim = weight.shape
     if grads.dim() != 2 or grads.shape != (rows.numel(), dim) or not grads.is_floating_point():
-        raise ValueError(f"grads must be float [K={rows.numel()}, D={dim}], got {grads.dtype} {tuple(grads.shape)}")
+        raise ValueError(
+            f"grads must be float [K={rows.numel()}, D={dim}], got {grads.dtype} {tuple(grads.shape)}"
+        )
     for name, t in (("rows", rows), ("grads", grads)):
         if t.device != weight.device:
             raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
@@ -129,13 +158,21 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     else:
         one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
         unique_rows, _, inverse = unique_partition_triton(
-            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows)
+            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows
+        )
         num_unique = unique_rows.numel()
         merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
         merge_k = _MAX_BLOCK_ELEMS // block_d
         _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, block_d))](
-            grads.contiguous(), inverse, merged, rows.numel(), dim, BLOCK_K=merge_k, BLOCK_D=block_d,
-            ALIGN=row_align(dim))
+            grads.contiguous(),
+            inverse,
+            merged,
+            rows.numel(),
+            dim,
+            BLOCK_K=merge_k,
+            BLOCK_D=block_d,
+            ALIGN=row_align(dim),
+        )
 
     block_r = _MAX_BLOCK_ELEMS // block_d
     # an optimizer without some state still passes tensors of the state's dtypes: the pointer types are
@@ -144,8 +181,19 @@ def sparse_update_triton(weight: torch.Tensor, rows: torch.Tensor, grads: torch.
     m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
-        weight, weight.stride(0), unique_rows, merged, m1, m2, steps, num_unique, dim, *kernel_args(optimizer),
-        BLOCK_R=block_r, BLOCK_D=block_d, ALIGN=row_align(dim, weight.stride(0)),
+        weight,
+        weight.stride(0),
+        unique_rows,
+        merged,
+        m1,
+        m2,
+        steps,
+        num_unique,
+        dim,
+        *kernel_args(optimizer),
+        BLOCK_R=block_r,
+        BLOCK_D=block_d,
+        ALIGN=row_align(dim, weight.stride(0)),
     )
 
 
@@ -157,9 +205,13 @@ def compile_cases():
     for optimizer in (SparseOptimizer(name, 0.1) for name in SPARSE_OPTIMIZERS):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for dim in dims:
+
                 def case(o=optimizer, t=dtype, d=dim):
                     weight = torch.zeros(8, d, dtype=t)
                     state = o.init_state(8, d, "cpu")
                     sparse_update_triton(weight, rows, torch.zeros(4, d), state, o)
-                    sparse_update_triton(weight, rows[1:].clone(), torch.zeros(3, d), state, o, rows_unique=True)
+                    sparse_update_triton(
+                        weight, rows[1:].clone(), torch.zeros(3, d), state, o, rows_unique=True
+                    )
+
                 yield case

@@ -9,18 +9,30 @@ from kernels.dispatch import by_device
 from kernels.ownership import owner_of
 
 
-def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
-                               table_owner: torch.Tensor, world_size: int, key_space: int | None = None):
+def unique_partition_reference(
+    keys: torch.Tensor,
+    table_offsets: torch.Tensor,
+    table_owner: torch.Tensor,
+    world_size: int,
+    key_space: int | None = None,
+):
     """Pure-torch oracle: unique keys in order of first occurrence, then stably grouped by owner."""
     if keys.numel() == 0:
-        return (keys.new_empty(0), torch.zeros(world_size, dtype=torch.int64, device=keys.device),
-                keys.new_empty(0))
+        return (
+            keys.new_empty(0),
+            torch.zeros(world_size, dtype=torch.int64, device=keys.device),
+            keys.new_empty(0),
+        )
     uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     positions = torch.arange(keys.numel(), device=keys.device)
     first = torch.full_like(uniq, keys.numel()).scatter_reduce_(0, inverse, positions, "amin")
     order = torch.argsort(first)  # first occurrences are distinct positions: no ties
     # one owner: nothing to look up (and keys up to 2^63 - 1, past any offsets table, are fine)
-    owner = owner_of(uniq[order], table_offsets, table_owner, world_size) if world_size > 1 else torch.zeros_like(order)
+    owner = (
+        owner_of(uniq[order], table_offsets, table_owner, world_size)
+        if world_size > 1
+        else torch.zeros_like(order)
+    )
     order = order[torch.argsort(owner, stable=True)]
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=keys.device)
@@ -28,8 +40,13 @@ def unique_partition_reference(keys: torch.Tensor, table_offsets: torch.Tensor,
     return uniq[order], counts, position[inverse]
 
 
-def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-                     world_size: int, key_space: int | None = None):
+def unique_partition(
+    keys: torch.Tensor,
+    table_offsets: torch.Tensor,
+    table_owner: torch.Tensor,
+    world_size: int,
+    key_space: int | None = None,
+):
     """Deduplicate keys and group the unique ones by owner rank.
 
     Args:
@@ -45,6 +62,9 @@ def unique_partition(keys: torch.Tensor, table_offsets: torch.Tensor, table_owne
         inverse int64 [N] with unique_keys[inverse] == keys.
     The Triton kernel and this reference return identical tensors.
     """
-    run = by_device(keys, reference=unique_partition_reference,
-                    triton="unique_partition_triton.unique_partition_triton")
+    run = by_device(
+        keys,
+        reference=unique_partition_reference,
+        triton="unique_partition_triton.unique_partition_triton",
+    )
     return run(keys, table_offsets, table_owner, world_size, key_space)

@@ -47,11 +47,12 @@ _TAG_START = (1 << 31) - 1  # tags count down from here; the map is refilled whe
 
 @triton.jit(do_not_specialize=["n_keys", "key_space", "tag"])
 def _first_direct_kernel(
-    keys_ptr,   # int64 [N] keys, 0 <= key < key_space
-    n_keys,     # N
-    key_space,  # keys outside [0, key_space) break the contract; they are skipped, not written out of bounds
+    keys_ptr,  # int64 [N] keys, 0 <= key < key_space
+    n_keys,  # N
+    # keys outside [0, key_space) break the contract; they are skipped, not written out of bounds
+    key_space,
     first_ptr,  # int64 [>= key_space] persistent map: tag << 32 | first position, atomically min-ed
-    tag,        # this call's tag, smaller than every earlier call's
+    tag,  # this call's tag, smaller than every earlier call's
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -62,11 +63,11 @@ def _first_direct_kernel(
 
 @triton.jit(do_not_specialize=["n_keys", "key_space"])
 def _rep_direct_kernel(
-    keys_ptr,   # int64 [N] keys
-    n_keys,     # N
+    keys_ptr,  # int64 [N] keys
+    n_keys,  # N
     key_space,  # as for _first_direct_kernel
     first_ptr,  # int64 map filled by _first_direct_kernel in this call
-    rep_ptr,    # int32 [N] out: first position holding the same key
+    rep_ptr,  # int32 [N] out: first position holding the same key
     first_flag_ptr,  # int32 [N] out: 1 where rep == position
     BLOCK: tl.constexpr,  # positions per program
 ):
@@ -81,14 +82,15 @@ def _rep_direct_kernel(
 
 @triton.jit(do_not_specialize=["n_keys", "slot_mask", "max_probes"])
 def _insert_hash_kernel(
-    keys_ptr,       # int64 [N] keys, all >= 0
-    n_keys,         # N
+    keys_ptr,  # int64 [N] keys, all >= 0
+    n_keys,  # N
     slot_keys_ptr,  # int64 [C] key slots, pre-filled with _EMPTY; C a power of two
-    slot_mask,      # C - 1
-    slot_pos_ptr,   # int32 [C] first position of each slot's key, pre-filled with N, atomically min-ed
-    slot_of_ptr,    # int32 [N] out: slot of each position's key
-    overflow_ptr,   # int32 [1] out: set to 1 when some key found no slot within max_probes
-    max_probes,     # bound on probing rounds
+    slot_mask,  # C - 1
+    # int32 [C] first position of each slot's key, pre-filled with N, atomically min-ed
+    slot_pos_ptr,
+    slot_of_ptr,  # int32 [N] out: slot of each position's key
+    overflow_ptr,  # int32 [1] out: set to 1 when some key found no slot within max_probes
+    max_probes,  # bound on probing rounds
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -119,10 +121,10 @@ def _insert_hash_kernel(
 
 @triton.jit(do_not_specialize=["n_keys"])
 def _rep_hash_kernel(
-    slot_of_ptr,     # int32 [N] slot of each position's key
-    n_keys,          # N
-    slot_pos_ptr,    # int32 [C] first position of each slot's key
-    rep_ptr,         # int32 [N] out: first position holding the same key
+    slot_of_ptr,  # int32 [N] slot of each position's key
+    n_keys,  # N
+    slot_pos_ptr,  # int32 [C] first position of each slot's key
+    rep_ptr,  # int32 [N] out: first position holding the same key
     first_flag_ptr,  # int32 [N] out: 1 where rep == position
     BLOCK: tl.constexpr,  # positions per program
 ):
@@ -136,12 +138,13 @@ def _rep_hash_kernel(
 
 @triton.jit(do_not_specialize=["n_keys"])
 def _scatter_kernel(
-    keys_ptr,        # int64 [N] keys
-    n_keys,          # N
-    rep_ptr,         # int32 [N] first position holding the same key
-    number_ptr,      # int32 [N] exclusive cumsum of the first-occurrence flags: the unique key's number
-    unique_ptr,      # int64 [>= U] out: unique keys in order of first occurrence
-    inverse_ptr,     # int64 [N] out: number of each position's key
+    keys_ptr,  # int64 [N] keys
+    n_keys,  # N
+    rep_ptr,  # int32 [N] first position holding the same key
+    # int32 [N] exclusive cumsum of the first-occurrence flags: the unique key's number
+    number_ptr,
+    unique_ptr,  # int64 [>= U] out: unique keys in order of first occurrence
+    inverse_ptr,  # int64 [N] out: number of each position's key
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -165,7 +168,9 @@ class _DirectMap:
         fresh = self.first is None or self.first.numel() < key_space or self.tag <= 1
         if fresh:  # every entry must be above every tag this map will hand out
             size = max(key_space, 0 if self.first is None else self.first.numel())
-            self.first = torch.full((size,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+            self.first = torch.full(
+                (size,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device
+            )
             self.tag = _TAG_START
         self.tag -= 1
         return self.first, self.tag
@@ -188,12 +193,16 @@ def _check(keys, table_offsets, table_owner, world_size):
         if t.device != keys.device:
             raise ValueError(f"{name} is on {t.device}, keys on {keys.device}")
     if table_offsets.numel() != table_owner.numel() + 1 or table_owner.numel() == 0:
-        raise ValueError(f"need T >= 1 tables and T+1 offsets, got {table_owner.numel()} owners "
-                         f"and {table_offsets.numel()} offsets")
+        raise ValueError(
+            f"need T >= 1 tables and T+1 offsets, got {table_owner.numel()} owners "
+            f"and {table_offsets.numel()} offsets"
+        )
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if keys.numel() >= 2**31 - 1:
-        raise ValueError(f"{keys.numel()} keys exceed the int32 positions of this kernel (< 2^31 - 1)")
+        raise ValueError(
+            f"{keys.numel()} keys exceed the int32 positions of this kernel (< 2^31 - 1)"
+        )
 
 
 def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int):
@@ -213,18 +222,28 @@ def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int)
         slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
         slot_pos = torch.full((capacity,), n, dtype=torch.int32, device=device)
         overflow = torch.zeros(1, dtype=torch.int32, device=device)
-        _insert_hash_kernel[grid](keys, n, slot_keys, capacity - 1, slot_pos, slot_of, overflow, probes, BLOCK=BLOCK)
+        _insert_hash_kernel[grid](
+            keys, n, slot_keys, capacity - 1, slot_pos, slot_of, overflow, probes, BLOCK=BLOCK
+        )
         # a sync only to learn whether the bounded probing sufficed; the first attempt almost always does
         if int(overflow) == 0:
             break
     else:  # pragma: no cover - unbounded probing always resolves (capacity > n)
-        raise RuntimeError("unique_partition_triton: hash table overflow even with unbounded probing")
+        raise RuntimeError(
+            "unique_partition_triton: hash table overflow even with unbounded probing"
+        )
     _rep_hash_kernel[grid](slot_of, n, slot_pos, rep, first, BLOCK=BLOCK)
     return rep, first
 
 
-def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, table_owner: torch.Tensor,
-                            world_size: int, key_space: int | None = None, max_probes: int = _DEFAULT_MAX_PROBES):
+def unique_partition_triton(
+    keys: torch.Tensor,
+    table_offsets: torch.Tensor,
+    table_owner: torch.Tensor,
+    world_size: int,
+    key_space: int | None = None,
+    max_probes: int = _DEFAULT_MAX_PROBES,
+):
     """Same contract and outputs as kernels.unique_partition.unique_partition.
 
     key_space: an exclusive bound of the keys known on the host (e.g. total rows of all tables), which
@@ -234,7 +253,11 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     device = keys.device
     n = keys.numel()
     if n == 0:
-        return keys.new_empty(0), torch.zeros(world_size, dtype=torch.int64, device=device), keys.new_empty(0)
+        return (
+            keys.new_empty(0),
+            torch.zeros(world_size, dtype=torch.int64, device=device),
+            keys.new_empty(0),
+        )
     keys = keys.contiguous()
     rep, first = _representatives(keys, key_space, max_probes)
     number = torch.cumsum(first, 0, dtype=torch.int32) - first
@@ -252,8 +275,11 @@ def unique_partition_triton(keys: torch.Tensor, table_offsets: torch.Tensor, tab
     owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
     # index_add_, not bincount: bincount reads the largest value back to size its output (a host sync on CUDA)
     counts = torch.zeros(world_size + 1, dtype=torch.int64, device=device).index_add_(
-        0, owner, torch.ones_like(owner))[:world_size]
-    order = torch.sort(owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True).indices
+        0, owner, torch.ones_like(owner)
+    )[:world_size]
+    order = torch.sort(
+        owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True
+    ).indices
     position = torch.empty_like(order)
     position[order] = torch.arange(n, device=device)
     u = int(counts.sum())  # the one host sync

@@ -36,4 +36,13 @@ def _architecture(cfg, num_dense: int, num_features: int, dim: int) -> nn.Module
     raise ValueError(f"model.name {cfg.name!r} is not available (expected dlrm, dcnv2 or deepfm)")
 
 
-__all__ = ["DCNv2", "DLRM", "MLP", "CrossNetwork", "DeepFM", "DotInteraction", "FactorizationMachine", "build_model"]
+__all__ = [
+    "DCNv2",
+    "DLRM",
+    "MLP",
+    "CrossNetwork",
+    "DeepFM",
+    "DotInteraction",
+    "FactorizationMachine",
+    "build_model",
+]

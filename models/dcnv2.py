@@ -41,7 +41,9 @@ class DCNv2(nn.Module):
     ):
         super().__init__()
         if structure not in DCN_STRUCTURES:
-            raise ValueError(f"model.dcn_structure is {structure!r}; expected one of {DCN_STRUCTURES}")
+            raise ValueError(
+                f"model.dcn_structure is {structure!r}; expected one of {DCN_STRUCTURES}"
+            )
         self.structure = structure
         self.bottom = MLP(num_dense, bottom_mlp)
         x0_width = self.bottom.out_features + num_features * dim
@@ -50,7 +52,9 @@ class DCNv2(nn.Module):
         self.deep: MLP | None = None
         if structure == "parallel":
             if not deep_mlp:
-                raise ValueError("model.dcn_structure = 'parallel' needs a non-empty model.deep_mlp (the deep tower)")
+                raise ValueError(
+                    "model.dcn_structure = 'parallel' needs a non-empty model.deep_mlp (the deep tower)"
+                )
             self.deep = MLP(x0_width, deep_mlp)
             head_in += self.deep.out_features
         self.top = MLP(head_in, [*top_mlp, 1], last_activation=False)

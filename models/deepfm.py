@@ -24,10 +24,19 @@ from models.mlp import MLP
 class DeepFM(nn.Module):
     """Dense part of DeepFM. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B]."""
 
-    def __init__(self, num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], deep_mlp: list[int]):
+    def __init__(
+        self,
+        num_dense: int,
+        num_features: int,
+        dim: int,
+        bottom_mlp: list[int],
+        deep_mlp: list[int],
+    ):
         super().__init__()
         if not bottom_mlp or bottom_mlp[-1] != dim:
-            raise ValueError(f"model.bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
+            raise ValueError(
+                f"model.bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}"
+            )
         self.dense_first_order = nn.Linear(num_dense, 1)
         self.embedding_first_order = nn.Linear(num_features * dim, 1, bias=False)
         self.bottom = MLP(num_dense, bottom_mlp)

@@ -14,10 +14,14 @@ class DLRM(nn.Module):
     dot products.
     """
 
-    def __init__(self, num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], top_mlp: list[int]):
+    def __init__(
+        self, num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], top_mlp: list[int]
+    ):
         super().__init__()
         if not bottom_mlp or bottom_mlp[-1] != dim:
-            raise ValueError(f"model.bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
+            raise ValueError(
+                f"model.bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}"
+            )
         self.bottom = MLP(num_dense, bottom_mlp)
         self.interaction = DotInteraction(num_features)
         self.top = MLP(dim + self.interaction.num_pairs, [*top_mlp, 1], last_activation=False)

@@ -24,7 +24,8 @@ class DenseFlops:
 
     matmul: float  # Linear layers, the dot interaction's bmm, cross layer matmuls
     elementwise: float  # cross layers' x0 * h + x_l, the FM second-order term
-    raw_input_matmul: float = 0.0  # part of ``matmul`` in layers whose input is the raw dense features
+    # part of ``matmul`` in layers whose input is the raw dense features
+    raw_input_matmul: float = 0.0
 
     @property
     def forward(self) -> float:
@@ -49,18 +50,26 @@ def _first_layer_flops(num_dense: int, sizes: list[int]) -> float:
     return 2.0 * num_dense * sizes[0] if sizes else 0.0
 
 
-def dlrm_flops(num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], top_mlp: list[int]) -> DenseFlops:
+def dlrm_flops(
+    num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], top_mlp: list[int]
+) -> DenseFlops:
     bottom, _ = mlp_flops(num_dense, bottom_mlp)
     n = num_features + 1  # the dense vector joins the embeddings
     gram = 2.0 * n * n * dim
     top, _ = mlp_flops(dim + n * (n - 1) // 2, [*top_mlp, 1])
-    return DenseFlops(matmul=bottom + gram + top, elementwise=0.0, raw_input_matmul=_first_layer_flops(num_dense, bottom_mlp))
+    return DenseFlops(
+        matmul=bottom + gram + top,
+        elementwise=0.0,
+        raw_input_matmul=_first_layer_flops(num_dense, bottom_mlp),
+    )
 
 
 def cross_flops(width: int, num_layers: int, low_rank: int) -> DenseFlops:
     """models.interactions.CrossNetwork: W x (full, d^2) or U (V^T x) (low rank, 2dr) per layer, plus
     x0 * h + x_l (2d elementwise)."""
-    per_layer = 2.0 * width * width if low_rank == 0 else 2.0 * (width * low_rank + low_rank * width)
+    per_layer = (
+        2.0 * width * width if low_rank == 0 else 2.0 * (width * low_rank + low_rank * width)
+    )
     return DenseFlops(matmul=num_layers * per_layer, elementwise=num_layers * 2.0 * width)
 
 
@@ -97,14 +106,17 @@ def fm_flops(num_fields: int, dim: int) -> float:
     return float((n - 1) * dim + dim + n * dim + (n - 1) * dim + dim + dim)
 
 
-def deepfm_flops(num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], deep_mlp: list[int]) -> DenseFlops:
+def deepfm_flops(
+    num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], deep_mlp: list[int]
+) -> DenseFlops:
     first_order = 2.0 * num_dense + 2.0 * num_features * dim
     bottom, _ = mlp_flops(num_dense, bottom_mlp)
     deep, _ = mlp_flops((num_features + 1) * dim, [*deep_mlp, 1])
     return DenseFlops(
         matmul=first_order + bottom + deep,
         elementwise=fm_flops(num_features + 1, dim),
-        raw_input_matmul=2.0 * num_dense + _first_layer_flops(num_dense, bottom_mlp),  # dense first order + bottom
+        # dense first order + bottom
+        raw_input_matmul=2.0 * num_dense + _first_layer_flops(num_dense, bottom_mlp),
     )
 
 
@@ -126,4 +138,6 @@ def dense_flops_per_sample(cfg, num_dense: int, num_features: int, dim: int) -> 
         )
     if cfg.name == "deepfm":
         return deepfm_flops(num_dense, num_features, dim, cfg.bottom_mlp, cfg.deep_mlp)
-    raise ValueError(f"model.name {cfg.name!r} has no FLOP formula (expected dlrm, dcnv2 or deepfm)")
+    raise ValueError(
+        f"model.name {cfg.name!r} has no FLOP formula (expected dlrm, dcnv2 or deepfm)"
+    )

@@ -33,14 +33,19 @@ def dlrm_init_(model: nn.Module, seed: int) -> nn.Module:
         if not isinstance(module, nn.Linear):
             continue
         fan_out, fan_in = module.weight.shape
-        module.weight.copy_(torch.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), module.weight.shape,
-                                         generator=generator))
+        module.weight.copy_(
+            torch.normal(
+                0.0, math.sqrt(2.0 / (fan_in + fan_out)), module.weight.shape, generator=generator
+            )
+        )
         if module.bias is None:
             continue
         if id(module) in cross:
             module.bias.zero_()
         else:
-            module.bias.copy_(torch.normal(0.0, math.sqrt(1.0 / fan_out), module.bias.shape, generator=generator))
+            module.bias.copy_(
+                torch.normal(0.0, math.sqrt(1.0 / fan_out), module.bias.shape, generator=generator)
+            )
     return model
 
 

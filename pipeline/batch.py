@@ -32,17 +32,24 @@ class KeyedJagged:
     def validate(self) -> None:
         """Raise ValueError naming the problem if the layout is inconsistent."""
         if self.values.dtype != torch.int64 or self.offsets.dtype != torch.int64:
-            raise ValueError(f"KeyedJagged needs int64 values and offsets, got {self.values.dtype}, {self.offsets.dtype}")
+            raise ValueError(
+                f"KeyedJagged needs int64 values and offsets, got {self.values.dtype}, {self.offsets.dtype}"
+            )
         if (self.offsets.numel() - 1) % max(len(self.keys), 1):
-            raise ValueError(f"offsets has {self.offsets.numel()} entries, not F*B+1 for F={len(self.keys)}")
+            raise ValueError(
+                f"offsets has {self.offsets.numel()} entries, not F*B+1 for F={len(self.keys)}"
+            )
         if self.offsets[0] != 0 or self.offsets[-1] != self.values.numel():
             raise ValueError("offsets must start at 0 and end at len(values)")
         if bool((self.lengths() < 0).any()):
             raise ValueError("offsets must be non-decreasing")
 
     def to(self, device, non_blocking: bool = False) -> KeyedJagged:
-        return KeyedJagged(self.values.to(device, non_blocking=non_blocking),
-                           self.offsets.to(device, non_blocking=non_blocking), self.keys)
+        return KeyedJagged(
+            self.values.to(device, non_blocking=non_blocking),
+            self.offsets.to(device, non_blocking=non_blocking),
+            self.keys,
+        )
 
     def pin_memory(self) -> KeyedJagged:
         return KeyedJagged(self.values.pin_memory(), self.offsets.pin_memory(), self.keys)
@@ -72,9 +79,11 @@ class Batch:
         return self.labels.numel()
 
     def to(self, device, non_blocking: bool = False) -> Batch:
-        return Batch(self.dense.to(device, non_blocking=non_blocking),
-                     self.labels.to(device, non_blocking=non_blocking),
-                     self.sparse.to(device, non_blocking=non_blocking))
+        return Batch(
+            self.dense.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.sparse.to(device, non_blocking=non_blocking),
+        )
 
     def pin_memory(self) -> Batch:
         return Batch(self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory())
@@ -86,6 +95,8 @@ def rank_slice(global_batch_size: int, rank: int, world_size: int) -> tuple[int,
     if world_size <= 0 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size}")
     if global_batch_size <= 0 or global_batch_size % world_size:
-        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}")
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of world size {world_size}"
+        )
     local = global_batch_size // world_size
     return rank * local, local

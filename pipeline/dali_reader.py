@@ -34,7 +34,9 @@ except ImportError:
 
 def _require_dali() -> None:
     if not DALI_AVAILABLE:
-        raise ImportError("DaliBatchReader needs NVIDIA DALI: pip install nvidia-dali-cuda120 (the [dali] extra)")
+        raise ImportError(
+            "DaliBatchReader needs NVIDIA DALI: pip install nvidia-dali-cuda120 (the [dali] extra)"
+        )
 
 
 class DaliBatchReader:
@@ -45,8 +47,15 @@ class DaliBatchReader:
     e.g. the last eval batch, never larger).
     """
 
-    def __init__(self, dataset: BinaryDataset, segments: Iterable[list[tuple[int, int]]], device: str | torch.device = "cpu",
-                 num_threads: int = 2, prefetch_queue_depth: int = 2, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        dataset: BinaryDataset,
+        segments: Iterable[list[tuple[int, int]]],
+        device: str | torch.device = "cpu",
+        num_threads: int = 2,
+        prefetch_queue_depth: int = 2,
+        max_batch_size: int | None = None,
+    ):
         _require_dali()
         self.dataset = dataset
         self.device = torch.device(device)
@@ -57,14 +66,23 @@ class DaliBatchReader:
         self._exhausted = self._first is None
         device_id = None
         if self.device.type == "cuda":
-            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            device_id = (
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
             self.device = torch.device("cuda", device_id)
         on_gpu = device_id is not None
 
-        @pipeline_def(batch_size=max_batch_size, num_threads=num_threads, device_id=device_id,
-                      prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True)
+        @pipeline_def(
+            batch_size=max_batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            prefetch_queue_depth=prefetch_queue_depth,
+            exec_dynamic=True,
+        )
         def rows_pipeline():
-            dense, sparse, labels = fn.external_source(source=self._next_arrays, num_outputs=3, batch=True, no_copy=False)
+            dense, sparse, labels = fn.external_source(
+                source=self._next_arrays, num_outputs=3, batch=True, no_copy=False
+            )
             if on_gpu:
                 return dense.gpu(), sparse.gpu(), labels.gpu()
             return dense, sparse, labels
@@ -98,7 +116,8 @@ class DaliBatchReader:
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         # DALI reuses its output buffers on the next run(), so the batch is copied out (on the current stream on a GPU)
-        tensor = tensor_list.as_tensor()  # the batch as one [b, ...] tensor (all samples have equal shapes)
+        # the batch as one [b, ...] tensor (all samples have equal shapes)
+        tensor = tensor_list.as_tensor()
         out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(tensor, out, cuda_stream=stream)

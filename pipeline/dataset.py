@@ -48,15 +48,21 @@ def parse_range(text: str, num_rows: int) -> tuple[int, int]:
     start = start + num_rows if start < 0 else start
     end = end + num_rows if end < 0 else end
     if not 0 <= start < end <= num_rows:
-        raise ValueError(f"row range {text!r} is [{start}, {end}), which is empty or outside the {num_rows} rows")
+        raise ValueError(
+            f"row range {text!r} is [{start}, {end}), which is empty or outside the {num_rows} rows"
+        )
     return start, end
 
 
-def default_ranges(num_rows: int, days: list[int] | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+def default_ranges(
+    num_rows: int, days: list[int] | None = None
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """(train, eval) row ranges by the MLPerf convention; see the module docstring."""
     if days:
         if sum(days) != num_rows or len(days) < 2:
-            raise DatasetError(f"meta.json 'days' {days} must list >= 2 day sizes summing to {num_rows} rows")
+            raise DatasetError(
+                f"meta.json 'days' {days} must list >= 2 day sizes summing to {num_rows} rows"
+            )
         last_start = num_rows - days[-1]
         return (0, last_start), (last_start, last_start + days[-1] // 2)
     train_end = num_rows * (_DEFAULT_DAYS - 1) // _DEFAULT_DAYS
@@ -68,8 +74,10 @@ def _check_file(directory: Path, entry: dict, dtype: np.dtype, shape: tuple[int,
     path = directory / entry["name"]
     expected = int(np.prod(shape)) * dtype.itemsize
     if entry.get("bytes") != expected:
-        raise DatasetError(f"{directory / 'meta.json'}: {entry['name']} is listed with {entry.get('bytes')} bytes, "
-                           f"but shape {list(shape)} of {dtype.name} needs {expected}")
+        raise DatasetError(
+            f"{directory / 'meta.json'}: {entry['name']} is listed with {entry.get('bytes')} bytes, "
+            f"but shape {list(shape)} of {dtype.name} needs {expected}"
+        )
     if not path.is_file():
         raise DatasetError(f"{path} is missing (meta.json lists it with {expected} bytes)")
     actual = path.stat().st_size
@@ -77,9 +85,12 @@ def _check_file(directory: Path, entry: dict, dtype: np.dtype, shape: tuple[int,
         where = ""
         if actual < expected:  # so shape[0] > 0
             row_bytes = expected // shape[0]
-            where = f"; row {actual // row_bytes} (byte offset {actual // row_bytes * row_bytes}) is the first incomplete one"
-        raise DatasetError(f"{path} has {actual} bytes, expected {expected} from meta.json "
-                           f"(truncated or overwritten?){where}")
+            first = actual // row_bytes
+            where = f"; row {first} (byte offset {first * row_bytes}) is the first incomplete one"
+        raise DatasetError(
+            f"{path} has {actual} bytes, expected {expected} from meta.json "
+            f"(truncated or overwritten?){where}"
+        )
     return path
 
 
@@ -94,29 +105,50 @@ def _read_meta(meta_path: Path) -> dict:
     if not isinstance(meta, dict):
         raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    kinds = {"num_rows": int, "num_dense": int, "feature_names": list, "table_rows": list, "files": dict}
+        raise DatasetError(
+            f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}"
+        )
+    kinds = {
+        "num_rows": int,
+        "num_dense": int,
+        "feature_names": list,
+        "table_rows": list,
+        "files": dict,
+    }
     for key, kind in kinds.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise DatasetError(f"{meta_path}: {key!r} is {meta.get(key, 'missing')!r}, expected a JSON {kind.__name__}")
+            raise DatasetError(
+                f"{meta_path}: {key!r} is {meta.get(key, 'missing')!r}, expected a JSON {kind.__name__}"
+            )
     if meta["num_rows"] < 0 or meta["num_dense"] < 0:
-        raise DatasetError(f"{meta_path}: num_rows {meta['num_rows']} and num_dense {meta['num_dense']} must be >= 0")
+        raise DatasetError(
+            f"{meta_path}: num_rows {meta['num_rows']} and num_dense {meta['num_dense']} must be >= 0"
+        )
     if len(meta["table_rows"]) != len(meta["feature_names"]) or not all(
-            isinstance(n, int) and n > 0 for n in meta["table_rows"]):
-        raise DatasetError(f"{meta_path}: table_rows {meta['table_rows']} must be one positive row count per feature "
-                           f"of feature_names ({len(meta['feature_names'])})")
+        isinstance(n, int) and n > 0 for n in meta["table_rows"]
+    ):
+        raise DatasetError(
+            f"{meta_path}: table_rows {meta['table_rows']} must be one positive row count per feature "
+            f"of feature_names ({len(meta['feature_names'])})"
+        )
     for key in ("dense", "sparse", "labels"):
         entry = meta["files"].get(key)
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise DatasetError(f"{meta_path}: files.{key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'")
+            raise DatasetError(
+                f"{meta_path}: files.{key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'"
+            )
         try:
             np.dtype(entry.get("dtype", "float32"))
         except TypeError:
-            raise DatasetError(f"{meta_path}: files.{key}.dtype {entry.get('dtype')!r} is not a numpy dtype") from None
+            raise DatasetError(
+                f"{meta_path}: files.{key}.dtype {entry.get('dtype')!r} is not a numpy dtype"
+            ) from None
     return meta
 
 
-def _segments(starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
+def _segments(
+    starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray, lo: int, hi: int
+) -> list[tuple[int, int]]:
     """Source row slices covering epoch positions [lo, hi), given blocks at ``positions`` in epoch order."""
     first = int(np.searchsorted(positions, lo, side="right")) - 1
     out = []
@@ -139,7 +171,9 @@ class BinaryDataset:
         if not self.path.is_dir():
             raise DatasetError(f"dataset directory {self.path} does not exist")
         if not meta_path.is_file():
-            raise DatasetError(f"{self.path} has no meta.json: not a dataset, or its preprocessing did not finish")
+            raise DatasetError(
+                f"{self.path} has no meta.json: not a dataset, or its preprocessing did not finish"
+            )
         meta = _read_meta(meta_path)
         self.meta = meta
         self.num_rows = int(meta["num_rows"])
@@ -148,11 +182,14 @@ class BinaryDataset:
         self.table_rows: list[int] = [int(n) for n in meta["table_rows"]]
         files = meta["files"]
         num_sparse = len(self.feature_names)
-        layout = {"dense": (np.float32, (self.num_rows, self.num_dense)),
-                  "sparse": (files["sparse"]["dtype"], (self.num_rows, num_sparse)),
-                  "labels": (files["labels"]["dtype"], (self.num_rows,))}
+        layout = {
+            "dense": (np.float32, (self.num_rows, self.num_dense)),
+            "sparse": (files["sparse"]["dtype"], (self.num_rows, num_sparse)),
+            "labels": (files["labels"]["dtype"], (self.num_rows,)),
+        }
         arrays = {}
-        self._files: dict[str, tuple[Path, np.dtype, int]] = {}  # key -> (path, dtype, values per row)
+        # key -> (path, dtype, values per row)
+        self._files: dict[str, tuple[Path, np.dtype, int]] = {}
         for key, (dtype, shape) in layout.items():
             dtype = np.dtype(dtype)
             file_path = _check_file(self.path, files[key], dtype, shape)
@@ -160,9 +197,15 @@ class BinaryDataset:
             if verify_checksums:
                 self._verify_sha(file_path, files[key]["sha256"])
             # np.memmap cannot map an empty file; a zero-row dataset gets empty arrays instead
-            arrays[key] = np.memmap(file_path, dtype=dtype, mode="r", shape=shape) if self.num_rows else np.zeros(shape, dtype)
+            arrays[key] = (
+                np.memmap(file_path, dtype=dtype, mode="r", shape=shape)
+                if self.num_rows
+                else np.zeros(shape, dtype)
+            )
         self.dense, self.sparse, self.labels = arrays["dense"], arrays["sparse"], arrays["labels"]
-        self.default_train_range, self.default_eval_range = default_ranges(self.num_rows, meta.get("days"))
+        self.default_train_range, self.default_eval_range = default_ranges(
+            self.num_rows, meta.get("days")
+        )
 
     @staticmethod
     def _verify_sha(path: Path, expected: str) -> None:
@@ -173,12 +216,16 @@ class BinaryDataset:
             while block := f.read(1 << 24):
                 sha.update(block)
         if sha.hexdigest() != expected:
-            raise DatasetError(f"{path}: sha256 {sha.hexdigest()} does not match meta.json ({expected})")
+            raise DatasetError(
+                f"{path}: sha256 {sha.hexdigest()} does not match meta.json ({expected})"
+            )
 
     def __repr__(self) -> str:
         return f"BinaryDataset({str(self.path)!r}, rows={self.num_rows}, tables={self.table_rows})"
 
-    def resolve_range(self, row_range: str | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    def resolve_range(
+        self, row_range: str | tuple[int, int] | None, default: tuple[int, int]
+    ) -> tuple[int, int]:
         """A "start:end" string, a (start, end) tuple or None/"" (-> default), checked against the row count."""
         if row_range is None or row_range == "":
             return default
@@ -191,8 +238,11 @@ class BinaryDataset:
 
     # ---- batches -------------------------------------------------------------------------
 
-    def read_arrays(self, segments: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_arrays(
+        self, segments: list[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(dense, sparse, labels) numpy arrays of source row slices, concatenated in order."""
+
         def gather(array):
             parts = [array[a:b] for a, b in segments]
             return np.concatenate(parts) if len(parts) != 1 else np.array(parts[0])
@@ -231,21 +281,51 @@ class BinaryDataset:
         start, end = self.resolve_range(row_range, self.default_train_range)
         return (end - start) // global_batch_size
 
-    def train_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
-                      shuffle_seed: int | None = 0, block_size: int = 8192, start_step: int = 0) -> Iterator[Batch]:
+    def train_batches(
+        self,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        row_range=None,
+        epochs: int = 1,
+        shuffle_seed: int | None = 0,
+        block_size: int = 8192,
+        start_step: int = 0,
+    ) -> Iterator[Batch]:
         """This rank's share of every global batch; see train_segments for the arguments."""
-        segments = self.train_segments(global_batch_size, rank, world_size, row_range, epochs, shuffle_seed, block_size,
-                                       start_step)
+        segments = self.train_segments(
+            global_batch_size,
+            rank,
+            world_size,
+            row_range,
+            epochs,
+            shuffle_seed,
+            block_size,
+            start_step,
+        )
         return map(self.read_rows, segments)
 
-    def eval_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None) -> Iterator[Batch]:
+    def eval_batches(
+        self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None
+    ) -> Iterator[Batch]:
         """This rank's eval batches in file order; see eval_segments."""
-        return map(self.read_rows, self.eval_segments(global_batch_size, rank, world_size, row_range))
+        return map(
+            self.read_rows, self.eval_segments(global_batch_size, rank, world_size, row_range)
+        )
 
-    def train_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None, epochs: int = 1,
-                       shuffle_seed: int | None = 0, block_size: int = 8192,
-                       start_step: int = 0) -> Iterator[list[tuple[int, int]]]:
-        """Source row slices of this rank's share of every global batch for ``epochs`` passes, from global step ``start_step`` on.
+    def train_segments(
+        self,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        row_range=None,
+        epochs: int = 1,
+        shuffle_seed: int | None = 0,
+        block_size: int = 8192,
+        start_step: int = 0,
+    ) -> Iterator[list[tuple[int, int]]]:
+        """Source row slices of this rank's share of every global batch for ``epochs`` passes, from
+        global step ``start_step`` on.
 
         shuffle_seed=None keeps the rows in file order. Step s of the whole run is epoch
         s // steps_per_epoch, so resuming at start_step gives exactly the batches an
@@ -257,7 +337,9 @@ class BinaryDataset:
         start, end = self.resolve_range(row_range, self.default_train_range)
         steps = (end - start) // global_batch_size
         if steps == 0:
-            raise ValueError(f"train range [{start}, {end}) has fewer rows than one global batch of {global_batch_size}")
+            raise ValueError(
+                f"train range [{start}, {end}) has fewer rows than one global batch of {global_batch_size}"
+            )
         for step in range(start_step, epochs * steps):
             epoch, in_epoch = divmod(step, steps)
             if in_epoch == 0 or step == start_step:
@@ -265,8 +347,9 @@ class BinaryDataset:
             lo = in_epoch * global_batch_size + first
             yield _segments(*layout, lo, lo + local)
 
-    def eval_segments(self, global_batch_size: int, rank: int = 0, world_size: int = 1,
-                      row_range=None) -> Iterator[list[tuple[int, int]]]:
+    def eval_segments(
+        self, global_batch_size: int, rank: int = 0, world_size: int = 1, row_range=None
+    ) -> Iterator[list[tuple[int, int]]]:
         """The eval range in file order, without shuffling.
 
         Every rank gets the same number of equally sized batches (collectives stay in step):
@@ -290,26 +373,47 @@ def check_same_tables(train: BinaryDataset, other: BinaryDataset) -> None:
         mine = train.feature_names[i] if i < len(train.feature_names) else None
         theirs = other.feature_names[i] if i < len(other.feature_names) else None
         if mine != theirs:
-            raise DatasetError(f"{mismatch}: its categorical feature {i} is {theirs!r}, the train dataset's is {mine!r}")
-    for name, mine, theirs in zip(train.feature_names, train.table_rows, other.table_rows, strict=True):
+            raise DatasetError(
+                f"{mismatch}: its categorical feature {i} is {theirs!r}, the train dataset's is {mine!r}"
+            )
+    for name, mine, theirs in zip(
+        train.feature_names, train.table_rows, other.table_rows, strict=True
+    ):
         if mine != theirs:
-            raise DatasetError(f"{mismatch}: table {name} has {mine} rows in {train.path} and {theirs} rows in {other.path} "
-                               f"(preprocess the eval files with --vocab {train.path} to share its vocabulary)")
+            raise DatasetError(
+                f"{mismatch}: table {name} has {mine} rows in {train.path} and {theirs} rows in {other.path} "
+                f"(preprocess the eval files with --vocab {train.path} to share its vocabulary)"
+            )
     if train.num_dense != other.num_dense:
-        raise DatasetError(f"{mismatch}: {other.num_dense} dense features, the train dataset has {train.num_dense}")
+        raise DatasetError(
+            f"{mismatch}: {other.num_dense} dense features, the train dataset has {train.num_dense}"
+        )
 
 
-def batch_from_rows(dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor, keys: list[str]) -> Batch:
+def batch_from_rows(
+    dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor, keys: list[str]
+) -> Batch:
     """A Batch from row-major [b, 13] dense, [b, F] single-hot ids and [b] labels (any device)."""
     b, f = sparse.shape
     # feature-major: bag f*b + i is sample i of feature f, one id each
     values = sparse.t().contiguous().reshape(-1).to(torch.int64)
     offsets = torch.arange(f * b + 1, dtype=torch.int64, device=sparse.device)
-    return Batch(dense=dense.float().contiguous(), labels=labels.float(), sparse=KeyedJagged(values, offsets, list(keys)))
+    return Batch(
+        dense=dense.float().contiguous(),
+        labels=labels.float(),
+        sparse=KeyedJagged(values, offsets, list(keys)),
+    )
 
 
-def write_dataset(directory: str | os.PathLike, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray,
-                  feature_names: list[str], table_rows: list[int], days: list[int] | None = None) -> dict:
+def write_dataset(
+    directory: str | os.PathLike,
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    labels: np.ndarray,
+    feature_names: list[str],
+    table_rows: list[int],
+    days: list[int] | None = None,
+) -> dict:
     """Write arrays as a dataset BinaryDataset reads (generated data, tests, benchmarks); returns meta.json's content.
 
     dense float32 [R, Dd], sparse int32/int64 [R, F] ids in [0, table_rows[f]), labels float32/uint8 [R]. Written
@@ -319,23 +423,48 @@ def write_dataset(directory: str | os.PathLike, dense: np.ndarray, sparse: np.nd
 
     directory = Path(directory)
     rows = dense.shape[0]
-    if sparse.shape != (rows, len(feature_names)) or labels.shape != (rows,) or len(table_rows) != len(feature_names):
-        raise ValueError(f"inconsistent shapes: dense {dense.shape}, sparse {sparse.shape}, labels {labels.shape}, "
-                         f"{len(feature_names)} features, {len(table_rows)} table sizes")
+    if (
+        sparse.shape != (rows, len(feature_names))
+        or labels.shape != (rows,)
+        or len(table_rows) != len(feature_names)
+    ):
+        raise ValueError(
+            f"inconsistent shapes: dense {dense.shape}, sparse {sparse.shape}, labels {labels.shape}, "
+            f"{len(feature_names)} features, {len(table_rows)} table sizes"
+        )
     if rows and (sparse.min() < 0 or bool((sparse.max(axis=0) >= np.asarray(table_rows)).any())):
-        raise ValueError(f"sparse ids outside [0, table_rows) (max per feature {sparse.max(axis=0).tolist()})")
+        raise ValueError(
+            f"sparse ids outside [0, table_rows) (max per feature {sparse.max(axis=0).tolist()})"
+        )
     partial = directory.parent / f".{directory.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     files = {}
-    for key, array in (("dense", dense.astype(np.float32, copy=False)), ("sparse", sparse), ("labels", labels)):
+    for key, array in (
+        ("dense", dense.astype(np.float32, copy=False)),
+        ("sparse", sparse),
+        ("labels", labels),
+    ):
         data = np.ascontiguousarray(array).tobytes()
         (partial / f"{key}.bin").write_bytes(data)
-        files[key] = {"name": f"{key}.bin", "dtype": array.dtype.name, "bytes": len(data), "shape": list(array.shape),
-                      "sha256": hashlib.sha256(data).hexdigest()}
-    meta = {"format": FORMAT_NAME, "version": 1, "num_rows": rows, "num_dense": dense.shape[1],
-            "feature_names": list(feature_names), "table_rows": [int(n) for n in table_rows], "days": days,
-            "files": files, "options": {"ids": "written by pipeline.dataset.write_dataset"}}
+        files[key] = {
+            "name": f"{key}.bin",
+            "dtype": array.dtype.name,
+            "bytes": len(data),
+            "shape": list(array.shape),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    meta = {
+        "format": FORMAT_NAME,
+        "version": 1,
+        "num_rows": rows,
+        "num_dense": dense.shape[1],
+        "feature_names": list(feature_names),
+        "table_rows": [int(n) for n in table_rows],
+        "days": days,
+        "files": files,
+        "options": {"ids": "written by pipeline.dataset.write_dataset"},
+    }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(partial, directory)

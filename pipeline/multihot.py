@@ -32,7 +32,11 @@ _INT32_MIN = -(2**31)
 
 def table_key(seed: int, table_index: int) -> int:
     """The hash key of one table's companions (a Python int in int64 range)."""
-    return int(splitmix64(torch.tensor([seed * 1_000_003 + 5_555_555 + table_index * 7_919], dtype=torch.int64))[0])
+    return int(
+        splitmix64(
+            torch.tensor([seed * 1_000_003 + 5_555_555 + table_index * 7_919], dtype=torch.int64)
+        )[0]
+    )
 
 
 class MultiHot:
@@ -42,16 +46,32 @@ class MultiHot:
     feature f's table (features sharing a table share its companions).
     """
 
-    def __init__(self, keys: list[str], sizes: list[int], rows: list[int], tables: list[int], distribution: str = "uniform",
-                 seed: int = 0):
+    def __init__(
+        self,
+        keys: list[str],
+        sizes: list[int],
+        rows: list[int],
+        tables: list[int],
+        distribution: str = "uniform",
+        seed: int = 0,
+    ):
         if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"multi-hot distribution {distribution!r} is not one of {DISTRIBUTIONS}")
+            raise ValueError(
+                f"multi-hot distribution {distribution!r} is not one of {DISTRIBUTIONS}"
+            )
         if not len(keys) == len(sizes) == len(rows) == len(tables):
-            raise ValueError(f"{len(keys)} features but {len(sizes)} sizes, {len(rows)} row counts, {len(tables)} tables")
+            raise ValueError(
+                f"{len(keys)} features but {len(sizes)} sizes, {len(rows)} row counts, {len(tables)} tables"
+            )
         bad = [(k, s) for k, s in zip(keys, sizes, strict=True) if s < 1]
         if bad:
             raise ValueError(f"multi-hot sizes must be >= 1, got {bad}")
-        self.keys, self.sizes, self.rows, self.tables = list(keys), list(sizes), list(rows), list(tables)
+        self.keys, self.sizes, self.rows, self.tables = (
+            list(keys),
+            list(sizes),
+            list(rows),
+            list(tables),
+        )
         self.distribution, self.seed = distribution, seed
         self.width = sum(sizes)  # ids per sample after expansion
         self._keys = [table_key(seed, t) for t in tables]
@@ -62,23 +82,36 @@ class MultiHot:
             first = [0]
             for s in self.sizes[:-1]:
                 first.append(first[-1] + s)
-            self._constants[device] = tuple(torch.tensor(v, dtype=dtype, device=device) for v, dtype in (
-                (self.sizes, torch.int64), (first, torch.int64), (self._keys, torch.int64),
-                ([float(r) for r in self.rows], torch.float64), (self.rows, torch.int64)))
+            self._constants[device] = tuple(
+                torch.tensor(v, dtype=dtype, device=device)
+                for v, dtype in (
+                    (self.sizes, torch.int64),
+                    (first, torch.int64),
+                    (self._keys, torch.int64),
+                    ([float(r) for r in self.rows], torch.float64),
+                    (self.rows, torch.int64),
+                )
+            )
         return self._constants[device]
 
     def __call__(self, batch: Batch) -> Batch:
         kjt = batch.sparse
         if list(kjt.keys) != self.keys:
-            raise ValueError(f"multi-hot expansion set up for features {self.keys}, got a batch of {list(kjt.keys)}")
+            raise ValueError(
+                f"multi-hot expansion set up for features {self.keys}, got a batch of {list(kjt.keys)}"
+            )
         count, num_features = batch.batch_size, len(self.keys)
         if kjt.values.numel() != num_features * count:  # sizes are host metadata: no sync
-            raise ValueError(f"multi-hot expansion needs one id per bag; got {kjt.values.numel()} ids for "
-                             f"{num_features} features x {count} samples")
+            raise ValueError(
+                f"multi-hot expansion needs one id per bag; got {kjt.values.numel()} ids for "
+                f"{num_features} features x {count} samples"
+            )
         values = self.expand(kjt.values.view(num_features, count))
         sizes = self._on(kjt.values.device)[0]
         offsets = torch.zeros(num_features * count + 1, dtype=torch.int64, device=kjt.values.device)
-        offsets[1:] = torch.cumsum(sizes.repeat_interleave(count, output_size=num_features * count), 0)
+        offsets[1:] = torch.cumsum(
+            sizes.repeat_interleave(count, output_size=num_features * count), 0
+        )
         return Batch(batch.dense, batch.labels, KeyedJagged(values, offsets, list(kjt.keys)))
 
     def expand(self, ids: torch.Tensor) -> torch.Tensor:
@@ -88,7 +121,9 @@ class MultiHot:
         sizes, first, keys, rows_f, rows_i = self._on(device)
         total = count * self.width
         element = torch.arange(total, dtype=torch.int64, device=device)
-        feature = torch.arange(num_features, device=device).repeat_interleave(sizes * count, output_size=total)
+        feature = torch.arange(num_features, device=device).repeat_interleave(
+            sizes * count, output_size=total
+        )
         local = element - first[feature] * count  # position inside the feature's [B, size] block
         size = sizes[feature]
         sample = local // size
@@ -100,7 +135,8 @@ class MultiHot:
         else:
             v = 1.0 - u  # in (0, 1]: numpy's 1 - U
             v = v * v
-            lomax = 1.0 / (v * v) - 1.0  # (1 - U)^-4 - 1 with IEEE * and / only: the same on every device
+            # (1 - U)^-4 - 1 with IEEE * and / only: the same on every device
+            lomax = 1.0 / (v * v) - 1.0
             drawn = torch.where(lomax >= 2.0**31, _INT32_MIN, lomax.clamp(max=2.0**31).long())
             drawn = torch.remainder(drawn, rows_i[feature])
         return torch.where(position == 0, original, drawn)

@@ -39,8 +39,14 @@ def map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)
-                                           if f.init})
+        return dataclasses.replace(
+            obj,
+            **{
+                f.name: map_tensors(getattr(obj, f.name), fn)
+                for f in dataclasses.fields(obj)
+                if f.init
+            },
+        )
     if isinstance(obj, (list, tuple)):
         mapped = [map_tensors(v, fn) for v in obj]
         return type(obj)(*mapped) if hasattr(obj, "_fields") else type(obj)(mapped)
@@ -68,8 +74,11 @@ class _PinnedSlot:
             self.buffers.append(torch.empty(0, dtype=t.dtype, pin_memory=True))
         buf = self.buffers[index]
         if buf.dtype != t.dtype or buf.numel() < t.numel():
-            buf = torch.empty(max(t.numel(), buf.numel() * 5 // 4 if buf.dtype == t.dtype else 0), dtype=t.dtype,
-                              pin_memory=True)
+            buf = torch.empty(
+                max(t.numel(), buf.numel() * 5 // 4 if buf.dtype == t.dtype else 0),
+                dtype=t.dtype,
+                pin_memory=True,
+            )
             self.buffers[index] = buf
         host = buf[: t.numel()].view(t.shape)
         host.copy_(t)
@@ -101,9 +110,12 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _copy_to_device(item, device: torch.device, stream: torch.cuda.Stream, slot: _PinnedSlot, transform) -> _Delivery:
+def _copy_to_device(
+    item, device: torch.device, stream: torch.cuda.Stream, slot: _PinnedSlot, transform
+) -> _Delivery:
     if slot.copy_done is not None:
-        slot.copy_done.synchronize()  # its previous batch's copy must finish before the buffers are overwritten
+        # its previous batch's copy must finish before the buffers are overwritten
+        slot.copy_done.synchronize()
     counter = iter(range(1 << 30))
     started, ready = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -124,8 +136,15 @@ def _copy_to_device(item, device: torch.device, stream: torch.cuda.Stream, slot:
     return _Delivery(moved, ready, started)
 
 
-def _produce(source, out: queue.Queue, stop: threading.Event, device: torch.device, stream, ring_size: int,
-             transform) -> None:
+def _produce(
+    source,
+    out: queue.Queue,
+    stop: threading.Event,
+    device: torch.device,
+    stream,
+    ring_size: int,
+    transform,
+) -> None:
     """Thread body. Holds no reference to the PrefetchLoader, so dropping the loader triggers its __del__."""
     ring = [_PinnedSlot() for _ in range(ring_size)] if stream is not None else []
     try:
@@ -148,7 +167,8 @@ def _produce(source, out: queue.Queue, stop: threading.Event, device: torch.devi
         _put(out, _Failure(e), stop)
     finally:
         close = getattr(source, "close", None)
-        if close is not None:  # generators: run their finally blocks (close files) in the thread that ran them
+        # generators: run their finally blocks (close files) in the thread that ran them
+        if close is not None:
             close()
 
 
@@ -165,8 +185,13 @@ class PrefetchLoader:
     object, its traceback still showing where it happened in the producer thread.
     """
 
-    def __init__(self, iterable: Iterable, device: torch.device | str, depth: int = 2,
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        iterable: Iterable,
+        device: torch.device | str,
+        depth: int = 2,
+        transform: Callable | None = None,
+    ):
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.device = torch.device(device)
@@ -184,9 +209,20 @@ class PrefetchLoader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         stream = torch.cuda.Stream(self.device) if self.use_cuda else None
         # ring: `depth` batches queued, one being filled, one spare so a refill rarely waits on a copy
-        self._thread = threading.Thread(target=_produce, name="PrefetchLoader", daemon=True,
-                                        args=(iter(iterable), self._queue, self._stop, self.device, stream, depth + 2,
-                                              transform))
+        self._thread = threading.Thread(
+            target=_produce,
+            name="PrefetchLoader",
+            daemon=True,
+            args=(
+                iter(iterable),
+                self._queue,
+                self._stop,
+                self.device,
+                stream,
+                depth + 2,
+                transform,
+            ),
+        )
         self._thread.start()
 
     def __iter__(self) -> PrefetchLoader:
@@ -203,14 +239,18 @@ class PrefetchLoader:
             except queue.Empty:
                 if not self._thread.is_alive() and self._queue.empty():
                     self._finished = True
-                    raise RuntimeError("PrefetchLoader producer thread ended without a result (closed?)") from None
+                    raise RuntimeError(
+                        "PrefetchLoader producer thread ended without a result (closed?)"
+                    ) from None
         if delivery is _END or isinstance(delivery, _Failure):
             self._finished = True
             self.close()
             if delivery is _END:
                 raise StopIteration
             error = delivery.error
-            error.add_note("(raised in the PrefetchLoader producer thread while preparing the next batch)")
+            error.add_note(
+                "(raised in the PrefetchLoader producer thread while preparing the next batch)"
+            )
             raise error
         if delivery.ready is not None:
             current = torch.cuda.current_stream(self.device)
@@ -235,7 +275,11 @@ class PrefetchLoader:
     def take_stats(self) -> dict[str, float]:
         """Mean data wait / H2D ms per batch since the last call, and the batch count; resets the totals."""
         n = max(self.batches, 1)
-        stats = {"data_wait_ms": self.total_data_wait_ms / n, "h2d_ms": self.total_h2d_ms / n, "batches": self.batches}
+        stats = {
+            "data_wait_ms": self.total_data_wait_ms / n,
+            "h2d_ms": self.total_h2d_ms / n,
+            "batches": self.batches,
+        }
         self.total_data_wait_ms = self.total_h2d_ms = 0.0
         self.batches = 0
         return stats
@@ -254,8 +298,11 @@ class PrefetchLoader:
         if thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT_S)
             if thread.is_alive():
-                warnings.warn("PrefetchLoader: the source iterator did not return within "
-                              f"{_JOIN_TIMEOUT_S:.0f} s of close(); its (daemon) thread is left running", stacklevel=2)
+                warnings.warn(
+                    "PrefetchLoader: the source iterator did not return within "
+                    f"{_JOIN_TIMEOUT_S:.0f} s of close(); its (daemon) thread is left running",
+                    stacklevel=2,
+                )
         self._finished = True
 
     def __enter__(self) -> PrefetchLoader:

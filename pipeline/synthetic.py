@@ -102,8 +102,15 @@ class SyntheticData:
 
     TRAIN, EVAL = 0, 1  # streams: disjoint sample sequences from the same hidden model
 
-    def __init__(self, features: list[SyntheticFeature], num_dense: int, zipf_exponent: float = 1.05,
-                 signal: float = 1.0, seed: int = 0, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        features: list[SyntheticFeature],
+        num_dense: int,
+        zipf_exponent: float = 1.05,
+        signal: float = 1.0,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         if num_dense >= 255 or len(features) >= 256:
             raise ValueError("synthetic data supports < 255 dense and < 256 sparse features")
         self.features = features
@@ -114,7 +121,9 @@ class SyntheticData:
         self.device = torch.device(device)
         self.max_bag = max((f.bag_max for f in features), default=0)
         if _SLOT_IDS + len(features) * self.max_bag >= _SLOTS:
-            raise ValueError("synthetic data: too many features x bag length for the counter layout")
+            raise ValueError(
+                "synthetic data: too many features x bag length for the counter layout"
+            )
         seed_t = torch.tensor([seed * 1_000_003 + 17], dtype=torch.int64)
         self._model_key = int(splitmix64(seed_t + 7_777_777)[0])
         g = uniform(self._model_key ^ torch.arange(num_dense, dtype=torch.int64) * 7919)
@@ -132,16 +141,26 @@ class SyntheticData:
         exact_exp = abs(self.zipf_exponent - 1.0) < 1e-9
         p = 1.0 - self.zipf_exponent
         # the scalars zipf_ids computes per feature, as float64 columns (x * scalar == x * column, bit for bit)
-        scale = [math.log(float(f.num_rows + 1)) if exact_exp else float(f.num_rows + 1) ** p - 1.0 for f in feats]
+        scale = [
+            math.log(float(f.num_rows + 1)) if exact_exp else float(f.num_rows + 1) ** p - 1.0
+            for f in feats
+        ]
 
         def tensor(values, dtype):
             return torch.tensor(values, dtype=dtype).to(device)
 
-        self._col_slot = tensor([_SLOT_IDS + f * self.max_bag + j for f, j in zip(col_feature, col_position, strict=True)],
-                                torch.int64)
+        self._col_slot = tensor(
+            [
+                _SLOT_IDS + f * self.max_bag + j
+                for f, j in zip(col_feature, col_position, strict=True)
+            ],
+            torch.int64,
+        )
         self._col_scale = tensor([scale[f] for f in col_feature], torch.float64)
         self._col_max_id = tensor([feats[f].num_rows - 1 for f in col_feature], torch.int64)
-        self._col_table = tensor([(feats[f].table_index + 1) * (1 << 40) for f in col_feature], torch.int64)
+        self._col_table = tensor(
+            [(feats[f].table_index + 1) * (1 << 40) for f in col_feature], torch.int64
+        )
         self._col_feature = tensor(col_feature, torch.int64)
         self._col_hash = tensor([feats[f].hash_ids for f in col_feature], torch.bool)
         self._any_hash = any(f.hash_ids for f in feats)
@@ -150,7 +169,9 @@ class SyntheticData:
         self._span = tensor([float(f.bag_max - f.bag_min + 1) for f in feats], torch.float64)
         self._span_max = tensor([f.bag_max - f.bag_min for f in feats], torch.int64)
         self._bag_min = tensor([f.bag_min for f in feats], torch.int64)
-        self._dense_slots = torch.arange(self.num_dense, dtype=torch.int64, device=device) + _SLOT_DENSE
+        self._dense_slots = (
+            torch.arange(self.num_dense, dtype=torch.int64, device=device) + _SLOT_DENSE
+        )
         self._dense_weights = self.dense_weights.to(device)
         # a device tensor, not a Python float: CUDA would multiply by the reciprocal of a host scalar
         self._norm = tensor(math.sqrt(1.0 + 0.25 * len(feats)), torch.float32)
@@ -165,7 +186,8 @@ class SyntheticData:
                 self._runs.append((column, 1, w))
             column += w
         self._width = column
-        if self.device.type == "cuda":  # batches are made on another thread's stream, which must see these
+        # batches are made on another thread's stream, which must see these
+        if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 
     def id_effect(self, table_index: int, ids: torch.Tensor) -> torch.Tensor:
@@ -176,8 +198,15 @@ class SyntheticData:
     def batch(self, start: int, count: int, stream: int = TRAIN) -> Batch:
         return self._generate(start, count, stream)[0]
 
-    def local_batches(self, global_batch_size: int, rank: int, world_size: int, steps: int, stream: int = TRAIN,
-                      first_step: int = 0) -> Iterator[Batch]:
+    def local_batches(
+        self,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        steps: int,
+        stream: int = TRAIN,
+        first_step: int = 0,
+    ) -> Iterator[Batch]:
         """Rank r's slice of global batches first_step + 1 .. steps (pipeline.batch.rank_slice)."""
         first, local = rank_slice(global_batch_size, rank, world_size)
         for step in range(first_step, steps):
@@ -190,7 +219,8 @@ class SyntheticData:
     def _generate(self, start: int, count: int, stream: int) -> tuple[Batch, torch.Tensor]:
         device, num_features = self.device, len(self.features)
         key = self._stream_keys[stream]
-        base = (torch.arange(start, start + count, dtype=torch.int64, device=device) * _SLOTS) ^ key  # [B]
+        # [B]
+        base = (torch.arange(start, start + count, dtype=torch.int64, device=device) * _SLOTS) ^ key
 
         dense = _uniform_(base[:, None] + self._dense_slots[None, :]).float()  # [B, Dd] in [0, 1)
         logit = (dense - 0.5) @ self._dense_weights * 2.0
@@ -201,24 +231,36 @@ class SyntheticData:
             drawn = _uniform_(base[:, None] + self._length_slot[None, :]).mul_(self._span).long()
             length = self._bag_min + torch.minimum(drawn, self._span_max)  # [B, F]
 
-        x = _uniform_(base[:, None] + self._col_slot[None, :])  # [B, S]: every feature's bag_max slots
+        # [B, S]: every feature's bag_max slots
+        x = _uniform_(base[:, None] + self._col_slot[None, :])
         if abs(self.zipf_exponent - 1.0) < 1e-9:
             x = x.mul_(self._col_scale).exp_()
         else:
             x = x.mul_(self._col_scale).add_(1.0).pow_(1.0 / (1.0 - self.zipf_exponent))
-        ids = torch.minimum(x.floor_().long().sub_(1).clamp_(min=0), self._col_max_id)  # zipf_ids, column-wise
-        effect = _uniform_((ids * 4099).add_(self._col_table).bitwise_xor_(self._model_key)).mul_(2.0).sub_(1.0)
+        # zipf_ids, column-wise
+        ids = torch.minimum(x.floor_().long().sub_(1).clamp_(min=0), self._col_max_id)
+        effect = (
+            _uniform_((ids * 4099).add_(self._col_table).bitwise_xor_(self._model_key))
+            .mul_(2.0)
+            .sub_(1.0)
+        )
         present = None
         if not self.fixed_bags:
             present = self._col_position[None, :] < length[:, self._col_feature]
             effect = effect * present
         # bag sums over [B, n, w] views: every bag is summed as one contiguous row, as .sum(1) did per feature
-        sums = torch.cat([effect[:, c:c + n * w].view(count, n, w).sum(-1) for c, n, w in self._runs], 1) \
-            if num_features else effect.new_zeros(count, 0)
+        sums = (
+            torch.cat(
+                [effect[:, c : c + n * w].view(count, n, w).sum(-1) for c, n, w in self._runs], 1
+            )
+            if num_features
+            else effect.new_zeros(count, 0)
+        )
         contribution = 1.5 * (sums / length.clamp(min=1)).float()  # [B, F]
         if self._any_hash:  # after the effects: they, and so the labels, come from the Zipf ids
             ids = torch.where(self._col_hash, splitmix64(ids + self._col_table) & _ID_MASK, ids)
-        for f in range(num_features):  # float32 adds in feature order: the frozen host generator's order
+        # float32 adds in feature order: the frozen host generator's order
+        for f in range(num_features):
             logit = logit + contribution[:, f]
         logit = self.signal * logit / self._norm
         labels = (_uniform_(base + _SLOT_LABEL) < torch.sigmoid(logit.double())).float()
@@ -228,7 +270,8 @@ class SyntheticData:
             offsets[1:] = torch.cumsum(length.t().reshape(-1), 0)
         values = self._feature_major(ids, count)
         if present is not None:
-            values = values[self._feature_major(present, count)]  # the one host sync (variable bag lengths)
+            # the one host sync (variable bag lengths)
+            values = values[self._feature_major(present, count)]
         sparse = KeyedJagged(values, offsets, [f.name for f in self.features])
         return Batch(dense=dense.contiguous(), labels=labels, sparse=sparse), logit
 
@@ -236,5 +279,7 @@ class SyntheticData:
         """[B, S] columns -> flat feature-major bags: feature f's [B, bag_max_f] block, row-major, then f + 1."""
         out = matrix.new_empty(count * self._width)
         for c, n, w in self._runs:
-            out[c * count:(c + n * w) * count].view(n, count, w).copy_(matrix[:, c:c + n * w].view(count, n, w).transpose(0, 1))
+            out[c * count : (c + n * w) * count].view(n, count, w).copy_(
+                matrix[:, c : c + n * w].view(count, n, w).transpose(0, 1)
+            )
         return out

@@ -26,8 +26,13 @@ MAX_FILE_LINES, MAX_FUNCTION_LINES, MAX_RUN_LINES = 400, 60, 70
 
 
 def _tracked(pattern: str) -> list[pathlib.Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [ROOT / p for p in out if (ROOT / p).exists()]
 
 
@@ -36,8 +41,11 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def _project_modules() -> dict[str, pathlib.Path]:
-    return {_module_name(p): p for p in _tracked("*.py")
-            if p.relative_to(ROOT).parts[0] in (*PACKAGES, "train.py")}
+    return {
+        _module_name(p): p
+        for p in _tracked("*.py")
+        if p.relative_to(ROOT).parts[0] in (*PACKAGES, "train.py")
+    }
 
 
 def _imports(path: pathlib.Path, modules) -> list[tuple[str, str]]:
@@ -50,7 +58,11 @@ def _imports(path: pathlib.Path, modules) -> list[tuple[str, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative import
-                parent = this.split(".")[: -node.level] if path.name != "__init__.py" else this.split(".")
+                parent = (
+                    this.split(".")[: -node.level]
+                    if path.name != "__init__.py"
+                    else this.split(".")
+                )
                 base = ".".join([*parent, base] if base else parent)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
@@ -74,7 +86,7 @@ def test_no_import_cycles(graph):
         stack.append(m)
         for n in sorted(edges[m]):
             if state.get(n) == "open":
-                cycle = stack[stack.index(n):] + [n]
+                cycle = stack[stack.index(n) :] + [n]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)
@@ -88,15 +100,24 @@ def test_no_import_cycles(graph):
 
 def test_packages_import_only_what_they_build_on(graph):
     _, imports = graph
-    bad = [f"{m} imports {target}" for m, targets in imports.items() for target, _ in targets
-           if target.split(".")[0] != m.split(".")[0] and target.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    bad = [
+        f"{m} imports {target}"
+        for m, targets in imports.items()
+        for target, _ in targets
+        if target.split(".")[0] != m.split(".")[0]
+        and target.split(".")[0] not in ALLOWED[m.split(".")[0]]
+    ]
     assert not bad, bad
 
 
 def test_no_private_names_across_modules(graph):
     _, imports = graph
-    bad = [f"{m} imports {name} from {target}" for m, targets in imports.items() for target, name in targets
-           if name.startswith("_") and not name.startswith("__") and target != m]
+    bad = [
+        f"{m} imports {name} from {target}"
+        for m, targets in imports.items()
+        for target, name in targets
+        if name.startswith("_") and not name.startswith("__") and target != m
+    ]
     assert not bad, bad
 
 
@@ -115,7 +136,9 @@ def test_file_and_function_sizes():
                 lines = node.end_lineno - node.lineno + 1
                 kernel = any("jit" in ast.unparse(d) for d in node.decorator_list)
                 if lines > MAX_FUNCTION_LINES and not kernel:
-                    long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+                    long_functions.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)"
+                    )
     assert not long_files, long_files
     assert not long_functions, long_functions
 

@@ -8,13 +8,24 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from embedding import ShardedEmbeddingCollection, ShardingPlan, SparseOptimizer, Table, plan_sharding, resolve_tables
+from embedding import (
+    ShardedEmbeddingCollection,
+    ShardingPlan,
+    SparseOptimizer,
+    Table,
+    plan_sharding,
+    resolve_tables,
+)
 from models import build_model
 from training.config import Config
 from training.data import DatasetSource, SyntheticSource, open_source
 from training.distributed import DistContext
 
-DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+DENSE_OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "adam": torch.optim.Adam,
+}
 
 
 @dataclass
@@ -28,20 +39,26 @@ class Parts:
     optimizer: torch.optim.Optimizer  # the dense optimizer
     data: SyntheticSource | DatasetSource
     autocast: object  # bf16 autocast of the dense network on CUDA (train.bf16), else a no-op
-    step_model: torch.nn.Module  # what a training step calls: model, or torch.compile(model) (model.compile)
+    # what a training step calls: model, or torch.compile(model) (model.compile)
+    step_model: torch.nn.Module
 
 
 def dense_autocast(cfg: Config, device: torch.device):
     """bf16 autocast of the dense network on CUDA (train.bf16), in training and evaluation alike."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda")
+    return torch.autocast(
+        "cuda", dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda"
+    )
 
 
-def _dense_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def _dense_optimizer(
+    cfg: Config, model: torch.nn.Module, device: torch.device
+) -> torch.optim.Optimizer:
     o = cfg.optimizer
     kwargs = {"eps": o.eps} if o.dense != "sgd" else {}
     if o.dense == "adam":
         kwargs["betas"] = (o.beta1, o.beta2)
-    if device.type == "cuda":  # one multi-tensor kernel per op over all parameters, not one launch per parameter
+    # one multi-tensor kernel per op over all parameters, not one launch per parameter
+    if device.type == "cuda":
         kwargs["fused" if o.dense == "adam" else "foreach"] = True
     return DENSE_OPTIMIZERS[o.dense](model.parameters(), lr=o.dense_lr, **kwargs)
 
@@ -49,31 +66,59 @@ def _dense_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) 
 def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> ShardingPlan:
     """Where each table lives at this world size (embedding.plan_sharding with the config's settings)."""
     e = cfg.embedding
-    return plan_sharding(tables, world_size, storage_dtype=e.storage_dtype, optimizer=cfg.optimizer.sparse,
-                         default_placement=e.sharding, replicate_below_bytes=e.replicate_below_bytes,
-                         memory_budget_bytes=e.memory_budget_bytes)
+    return plan_sharding(
+        tables,
+        world_size,
+        storage_dtype=e.storage_dtype,
+        optimizer=cfg.optimizer.sparse,
+        default_placement=e.sharding,
+        replicate_below_bytes=e.replicate_below_bytes,
+        memory_budget_bytes=e.memory_budget_bytes,
+    )
 
 
 def build(cfg: Config, env: DistContext) -> Parts:
     """The run's parts. A dataset (data.path) first sets the tables, dense width and steps in cfg."""
     if cfg.train.global_batch_size % env.world_size:
-        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
-                         f"{env.world_size} ranks")
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
+            f"{env.world_size} ranks"
+        )
     data = open_source(cfg, env)
     tables = resolve_tables(cfg.embedding)
     o, e = cfg.optimizer, cfg.embedding
     plan = sharding_plan(cfg, tables, env.world_size)
     embeddings = ShardedEmbeddingCollection(
-        tables, plan, SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2), rank=env.rank,
-        world_size=env.world_size, group=env.group, device=env.device, seed=cfg.run.seed,
-        storage_dtype=e.storage_dtype, exchange_dtype=e.exchange_dtype)
+        tables,
+        plan,
+        SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
+        rank=env.rank,
+        world_size=env.world_size,
+        group=env.group,
+        device=env.device,
+        seed=cfg.run.seed,
+        storage_dtype=e.storage_dtype,
+        exchange_dtype=e.exchange_dtype,
+    )
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
-    dense = build_model(cfg.model, cfg.data.num_dense, len(embeddings.features), e.dim, seed=cfg.run.seed)
+    dense = build_model(
+        cfg.model, cfg.data.num_dense, len(embeddings.features), e.dim, seed=cfg.run.seed
+    )
     dense = dense.to(env.device)
     cuda = env.device.type == "cuda"
-    model = DDP(dense, device_ids=[env.device.index] if cuda else None) if env.world_size > 1 else dense
+    model = (
+        DDP(dense, device_ids=[env.device.index] if cuda else None) if env.world_size > 1 else dense
+    )
     # torch.compile of the dense network: measured 8.66 -> 3.86 ms (DLRM) and 22.5 -> 18.3 ms (DCN-v2) per step at
     # batch 65536 on an H100 (docs/gpu_results.md), so "auto" turns it on for CUDA
     compiled = cfg.model.compile == "on" or (cfg.model.compile == "auto" and cuda)
-    return Parts(tables, plan, embeddings, model, _dense_optimizer(cfg, model, env.device), data,
-                 dense_autocast(cfg, env.device), torch.compile(model) if compiled else model)
+    return Parts(
+        tables,
+        plan,
+        embeddings,
+        model,
+        _dense_optimizer(cfg, model, env.device),
+        data,
+        dense_autocast(cfg, env.device),
+        torch.compile(model) if compiled else model,
+    )

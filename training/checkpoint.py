@@ -58,7 +58,9 @@ def resolve_resume(cfg: Config) -> str | None:
         found = complete_checkpoints(cfg.run.dir)
         return found[-1][1] if found else None
     if not os.path.isfile(os.path.join(setting, "manifest.json")):
-        raise FileNotFoundError(f"train.resume={setting!r} is not a complete checkpoint (no manifest.json)")
+        raise FileNotFoundError(
+            f"train.resume={setting!r} is not a complete checkpoint (no manifest.json)"
+        )
     return setting
 
 
@@ -73,8 +75,13 @@ def table_kinds(emb) -> dict[str, dict]:
 
 
 def _placements(emb) -> dict[str, dict]:
-    return {t.name: {"placement": emb.plan.placements[t.name].placement, "owner": emb.plan.placements[t.name].owner}
-            for t in emb.tables}
+    return {
+        t.name: {
+            "placement": emb.plan.placements[t.name].placement,
+            "owner": emb.plan.placements[t.name].owner,
+        }
+        for t in emb.tables
+    }
 
 
 # ---- save -----------------------------------------------------------------------------------------------
@@ -90,18 +97,38 @@ def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    _save_durably({"step": step, "rank": env.rank, "world_size": env.world_size, "num_updates": emb.num_updates,
-                   "rng": rng, "tables": emb.shard_tables()}, os.path.join(tmp, f"shard_{env.rank:05d}.pt"))
+    _save_durably(
+        {
+            "step": step,
+            "rank": env.rank,
+            "world_size": env.world_size,
+            "num_updates": emb.num_updates,
+            "rng": rng,
+            "tables": emb.shard_tables(),
+        },
+        os.path.join(tmp, f"shard_{env.rank:05d}.pt"),
+    )
     if env.rank == 0:
-        _save_durably({"model": unwrap(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
-                      os.path.join(tmp, "dense.pt"))
+        _save_durably(
+            {"model": unwrap(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
+            os.path.join(tmp, "dense.pt"),
+        )
     env.barrier()  # every shard is on disk
     if env.rank == 0:
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
-        manifest = {"format": FORMAT, "step": step, "next_data_step": step, "world_size": env.world_size,
-                    "plan": _placements(emb), "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
-                    "dynamic": table_kinds(emb), "sparse_optimizer": emb.optimizer.name,
-                    "skipped_steps": skipped_steps, "files": files, "config": to_dict(cfg)}
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "next_data_step": step,
+            "world_size": env.world_size,
+            "plan": _placements(emb),
+            "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
+            "dynamic": table_kinds(emb),
+            "sparse_optimizer": emb.optimizer.name,
+            "skipped_steps": skipped_steps,
+            "files": files,
+            "config": to_dict(cfg),
+        }
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -148,13 +175,19 @@ def prune(run_dir: str, keep: int) -> None:
 def _check_compatible(path: str, manifest: dict, emb) -> None:
     want = {t.name: [t.num_embeddings, t.dim] for t in emb.tables}
     if manifest["tables"] != want:
-        raise ValueError(f"checkpoint {path} has tables {manifest['tables']}, the config has {want}")
+        raise ValueError(
+            f"checkpoint {path} has tables {manifest['tables']}, the config has {want}"
+        )
     if manifest.get("dynamic", {}) != table_kinds(emb):
-        raise ValueError(f"checkpoint {path} has dynamic tables {manifest.get('dynamic', {})}, the config has "
-                         f"{table_kinds(emb)} (--train.init_from starts from a run with other tables)")
+        raise ValueError(
+            f"checkpoint {path} has dynamic tables {manifest.get('dynamic', {})}, the config has "
+            f"{table_kinds(emb)} (--train.init_from starts from a run with other tables)"
+        )
     if manifest["sparse_optimizer"] != emb.optimizer.name:
-        raise ValueError(f"checkpoint {path} was trained with sparse optimizer {manifest['sparse_optimizer']!r}, "
-                         f"the config has {emb.optimizer.name!r}")
+        raise ValueError(
+            f"checkpoint {path} was trained with sparse optimizer {manifest['sparse_optimizer']!r}, "
+            f"the config has {emb.optimizer.name!r}"
+        )
 
 
 def load(path: str, parts, env: DistContext) -> int:
@@ -164,11 +197,14 @@ def load(path: str, parts, env: DistContext) -> int:
     _check_compatible(path, manifest, emb)
     shards = sorted(name for name in manifest["files"] if name.startswith("shard_"))
     if manifest["world_size"] == env.world_size and manifest["plan"] == _placements(emb):
-        shards = sorted({f"shard_{env.rank:05d}.pt", "shard_00000.pt"})  # own shard + rank 0's (replicated tables)
+        # own shard + rank 0's (replicated tables)
+        shards = sorted({f"shard_{env.rank:05d}.pt", "shard_00000.pt"})
     index = {t.name: i for i, t in enumerate(emb.tables)}
     own_rng = None
     for name in shards:
-        shard = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True)
+        shard = torch.load(
+            os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True
+        )
         emb.num_updates = int(shard["num_updates"])  # the same on every rank
         if shard["rank"] == env.rank or (own_rng is None and shard["rank"] == 0):
             own_rng = shard["rng"]
@@ -195,7 +231,8 @@ class Checkpointer:
         self.enabled = cfg.train.checkpoint_every > 0 or bool(resume_setting(cfg))
         self.last_path: str | None = None
         self.skipped_steps = 0  # as recorded by the checkpoint resumed from
-        self.timings: dict[str, float] = {}  # checkpoint_save_ms / checkpoint_bytes / checkpoint_load_ms (rank 0)
+        # checkpoint_save_ms / checkpoint_bytes / checkpoint_load_ms (rank 0)
+        self.timings: dict[str, float] = {}
 
     def restore(self) -> int:
         """Resume from the checkpoint train.resume names (or the newest one); returns its step, 0 on a fresh start."""
@@ -208,7 +245,9 @@ class Checkpointer:
         self.timings["checkpoint_load_ms"] = (time.perf_counter() - started) * 1e3
         self.skipped_steps = read_manifest(path).get("skipped_steps", 0)
         self.last_path = path
-        self.env.log(f"resumed from {path} at step {step} (loaded in {self.timings['checkpoint_load_ms']:.0f} ms)")
+        self.env.log(
+            f"resumed from {path} at step {step} (loaded in {self.timings['checkpoint_load_ms']:.0f} ms)"
+        )
         return step
 
     def due(self, step: int) -> bool:
@@ -219,8 +258,15 @@ class Checkpointer:
         started = time.perf_counter()
         self.last_path = save(self.cfg, self.parts, step, self.env, skipped_steps)
         if self.env.rank == 0:  # save() ends with a barrier: this is the whole group's time
-            size = sum(os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path))
-            self.timings.update(checkpoint_save_ms=(time.perf_counter() - started) * 1e3, checkpoint_bytes=size)
-            print(f"step {step}: checkpoint {self.last_path} saved in {self.timings['checkpoint_save_ms']:.0f} ms "
-                  f"({size / 1e6:.2f} MB)", flush=True)
+            size = sum(
+                os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path)
+            )
+            self.timings.update(
+                checkpoint_save_ms=(time.perf_counter() - started) * 1e3, checkpoint_bytes=size
+            )
+            print(
+                f"step {step}: checkpoint {self.last_path} saved in {self.timings['checkpoint_save_ms']:.0f} ms "
+                f"({size / 1e6:.2f} MB)",
+                flush=True,
+            )
         return self.last_path

@@ -60,20 +60,27 @@ class SyntheticSource:
     def __init__(self, cfg: Config, env: DistContext):
         self.cfg, self.env = cfg, env
         features = []
-        for t_index, (t_cfg, table) in enumerate(zip(cfg.embedding.tables, resolve_tables(cfg.embedding), strict=True)):
+        for t_index, (t_cfg, table) in enumerate(
+            zip(cfg.embedding.tables, resolve_tables(cfg.embedding), strict=True)
+        ):
             lo = t_cfg.bag_min if t_cfg.bag_min >= 0 else cfg.data.bag_min
             hi = t_cfg.bag_max if t_cfg.bag_max >= 0 else cfg.data.bag_max
-            features += [SyntheticFeature(f, t_index, table.num_embeddings, lo, hi, t_cfg.hash_ids)
-                         for f in table.features]
+            features += [
+                SyntheticFeature(f, t_index, table.num_embeddings, lo, hi, t_cfg.hash_ids)
+                for f in table.features
+            ]
         d = cfg.data
-        self.generator = SyntheticData(features, d.num_dense, d.zipf_exponent, d.signal, cfg.run.seed, env.device)
+        self.generator = SyntheticData(
+            features, d.num_dense, d.zipf_exponent, d.signal, cfg.run.seed, env.device
+        )
 
     def train_batches(self, first_step: int = 0) -> PrefetchLoader:
         """Global steps first_step + 1 .. train.steps, checked, prefetched by a background thread."""
         cfg, env = self.cfg, self.env
         batch = cfg.train.global_batch_size
-        host = self.generator.local_batches(batch, env.rank, env.world_size, cfg.train.steps, SyntheticData.TRAIN,
-                                            first_step)
+        host = self.generator.local_batches(
+            batch, env.rank, env.world_size, cfg.train.steps, SyntheticData.TRAIN, first_step
+        )
         checked = checked_batches(host, batch, env.rank, env.world_size, first_step)
         return PrefetchLoader(checked, env.device, depth=cfg.data.prefetch_depth)
 
@@ -81,7 +88,9 @@ class SyntheticSource:
         """The eval stream's first samples (at least one global batch), made on the device as train batches."""
         steps = max(samples // batch_size, 1)
         env = self.env
-        batches = self.generator.local_batches(batch_size, env.rank, env.world_size, steps, SyntheticData.EVAL)
+        batches = self.generator.local_batches(
+            batch_size, env.rank, env.world_size, steps, SyntheticData.EVAL
+        )
         return (b.to(env.device) for b in batches)
 
 
@@ -89,21 +98,46 @@ class DatasetSource:
     """A preprocessed binary dataset (pipeline.dataset): train rows in shuffled blocks for data.epochs passes,
     eval rows in file order, from data.eval_path's dataset when set."""
 
-    def __init__(self, cfg: Config, env: DistContext, dataset: BinaryDataset, eval_dataset: BinaryDataset | None):
+    def __init__(
+        self,
+        cfg: Config,
+        env: DistContext,
+        dataset: BinaryDataset,
+        eval_dataset: BinaryDataset | None,
+    ):
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.eval_dataset = eval_dataset or dataset
         self.transform = multi_hot_from_config(cfg)
 
     def train_batches(self, first_step: int = 0) -> PrefetchLoader:
         cfg, env = self.cfg, self.env
-        return train_loader(self.dataset, cfg.data, cfg.train.global_batch_size, env.rank, env.world_size, env.device,
-                            cfg.run.seed, first_step, check=check_batch, transform=self.transform,
-                            last_step=cfg.train.steps)
+        return train_loader(
+            self.dataset,
+            cfg.data,
+            cfg.train.global_batch_size,
+            env.rank,
+            env.world_size,
+            env.device,
+            cfg.run.seed,
+            first_step,
+            check=check_batch,
+            transform=self.transform,
+            last_step=cfg.train.steps,
+        )
 
     def eval_batches(self, batch_size: int, samples: int) -> PrefetchLoader:
         env = self.env
-        return eval_loader(self.eval_dataset, self.cfg.data, batch_size, env.rank, env.world_size, env.device, samples,
-                           check=check_batch, transform=self.transform)
+        return eval_loader(
+            self.eval_dataset,
+            self.cfg.data,
+            batch_size,
+            env.rank,
+            env.world_size,
+            env.device,
+            samples,
+            check=check_batch,
+            transform=self.transform,
+        )
 
 
 def use_dataset_tables(cfg: Config, dataset: BinaryDataset) -> None:
@@ -116,11 +150,14 @@ def use_dataset_tables(cfg: Config, dataset: BinaryDataset) -> None:
         cfg.embedding.tables = [TableConfig(name=f, num_embeddings=n) for f, n in rows.items()]
     listed = [f for t in cfg.embedding.tables for f in (t.features or [t.name])]
     if sorted(listed) != sorted(rows):
-        raise ValueError(f"dataset {cfg.data.path} has features {list(rows)} but the config's tables list {listed}; "
-                         "list no [[embedding.tables]] to take the dataset's")
+        raise ValueError(
+            f"dataset {cfg.data.path} has features {list(rows)} but the config's tables list {listed}; "
+            "list no [[embedding.tables]] to take the dataset's"
+        )
     for t in cfg.embedding.tables:
         t.num_embeddings = max(rows[f] for f in (t.features or [t.name]))
-    multi_hot_from_config(cfg)  # one size per table: a wrong count fails here, naming data.multi_hot_sizes
+    # one size per table: a wrong count fails here, naming data.multi_hot_sizes
+    multi_hot_from_config(cfg)
 
 
 def multi_hot_from_config(cfg: Config) -> MultiHot | None:
@@ -130,8 +167,10 @@ def multi_hot_from_config(cfg: Config) -> MultiHot | None:
         return None
     tables = cfg.embedding.tables
     if len(sizes) != len(tables):
-        raise ConfigError(f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but there are {len(tables)} tables "
-                          f"({', '.join(t.name for t in tables)}): give one size per table")
+        raise ConfigError(
+            f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but there are {len(tables)} tables "
+            f"({', '.join(t.name for t in tables)}): give one size per table"
+        )
     keys, per_feature, rows, table_of = [], [], [], []
     for t_index, (t, size) in enumerate(zip(tables, sizes, strict=True)):
         for f in t.features or [t.name]:
@@ -139,7 +178,9 @@ def multi_hot_from_config(cfg: Config) -> MultiHot | None:
             per_feature.append(size)
             rows.append(t.num_embeddings)
             table_of.append(t_index)
-    return MultiHot(keys, per_feature, rows, table_of, cfg.data.multi_hot_distribution, cfg.run.seed)
+    return MultiHot(
+        keys, per_feature, rows, table_of, cfg.data.multi_hot_distribution, cfg.run.seed
+    )
 
 
 # ---- dataset loaders ------------------------------------------------------------------------------------
@@ -147,20 +188,28 @@ def multi_hot_from_config(cfg: Config) -> MultiHot | None:
 BatchCheck = Callable[[Batch, str, Callable[[int, str, int], str]], Batch]
 
 
-def _batches(dataset: BinaryDataset, data: DataConfig, segments, check: BatchCheck | None = None,
-             label: Callable[[int], str] = str) -> Iterator[Batch]:
+def _batches(
+    dataset: BinaryDataset,
+    data: DataConfig,
+    segments,
+    check: BatchCheck | None = None,
+    label: Callable[[int], str] = str,
+) -> Iterator[Batch]:
     if check is not None:
         segments, described = itertools.tee(segments)
     if data.reader == "dali":
         from pipeline.dali_reader import DaliBatchReader  # only with the [dali] extra
 
-        batches = DaliBatchReader(dataset, segments, device="cpu")  # the prefetcher does the H2D copy as for memmap
+        # the prefetcher does the H2D copy as for memmap
+        batches = DaliBatchReader(dataset, segments, device="cpu")
     else:
         batches = map(dataset.read_rows, segments)
     return batches if check is None else _checked(dataset, batches, described, check, label)
 
 
-def _checked(dataset: BinaryDataset, batches, segments, check: BatchCheck, label: Callable[[int], str]) -> Iterator[Batch]:
+def _checked(
+    dataset: BinaryDataset, batches, segments, check: BatchCheck, label: Callable[[int], str]
+) -> Iterator[Batch]:
     try:
         for i, (batch, segs) in enumerate(zip(batches, segments, strict=True)):
             yield check(batch, label(i), dataset.describe_rows(segs))
@@ -170,32 +219,63 @@ def _checked(dataset: BinaryDataset, batches, segments, check: BatchCheck, label
             close()
 
 
-def train_loader(dataset: BinaryDataset, data: DataConfig, global_batch_size: int, rank: int, world_size: int,
-                 device: torch.device | str, seed: int, start_step: int = 0, check: BatchCheck | None = None,
-                 transform: Callable[[Batch], Batch] | None = None, last_step: int | None = None) -> PrefetchLoader:
-    """This rank's train batches on ``device`` for data.epochs passes over data.train_range, from global step start_step.
+def train_loader(
+    dataset: BinaryDataset,
+    data: DataConfig,
+    global_batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device | str,
+    seed: int,
+    start_step: int = 0,
+    check: BatchCheck | None = None,
+    transform: Callable[[Batch], Batch] | None = None,
+    last_step: int | None = None,
+) -> PrefetchLoader:
+    """This rank's train batches on ``device`` for data.epochs passes over data.train_range, from
+    global step start_step.
 
     The run has ``data.epochs * dataset.steps_per_epoch(global_batch_size, data.train_range)`` steps in all, or
     last_step (train.steps) if that is fewer.
     check, if given, sees every host batch before the prefetcher copies it (labelled "step N", N 1-based);
     transform (pipeline.multihot.MultiHot) every batch once it is on the device, in the prefetcher.
     """
-    segments = dataset.train_segments(global_batch_size, rank, world_size, data.train_range or None, data.epochs,
-                                      seed if data.shuffle else None, data.shuffle_block_rows, start_step)
+    segments = dataset.train_segments(
+        global_batch_size,
+        rank,
+        world_size,
+        data.train_range or None,
+        data.epochs,
+        seed if data.shuffle else None,
+        data.shuffle_block_rows,
+        start_step,
+    )
     if last_step is not None:
         segments = itertools.islice(segments, max(last_step - start_step, 0))
     batches = _batches(dataset, data, segments, check, lambda i: f"step {start_step + i + 1}")
     return PrefetchLoader(batches, device, depth=data.prefetch_depth, transform=transform)
 
 
-def eval_loader(dataset: BinaryDataset, data: DataConfig, global_batch_size: int, rank: int, world_size: int,
-                device: torch.device | str, max_samples: int = 0, check: BatchCheck | None = None,
-                transform: Callable[[Batch], Batch] | None = None) -> PrefetchLoader:
+def eval_loader(
+    dataset: BinaryDataset,
+    data: DataConfig,
+    global_batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device | str,
+    max_samples: int = 0,
+    check: BatchCheck | None = None,
+    transform: Callable[[Batch], Batch] | None = None,
+) -> PrefetchLoader:
     """This rank's eval batches (data.eval_range, in order), limited to its first max_samples rows when > 0;
     check and transform as for train_loader (labelled "eval batch N", N 0-based)."""
     start, end = dataset.resolve_range(data.eval_range or None, dataset.default_eval_range)
     if max_samples > 0:
         end = min(end, start + max_samples)
     segments = dataset.eval_segments(global_batch_size, rank, world_size, (start, end))
-    return PrefetchLoader(_batches(dataset, data, segments, check, lambda i: f"eval batch {i}"), device,
-                          depth=data.prefetch_depth, transform=transform)
+    return PrefetchLoader(
+        _batches(dataset, data, segments, check, lambda i: f"eval batch {i}"),
+        device,
+        depth=data.prefetch_depth,
+        transform=transform,
+    )

@@ -46,7 +46,9 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def pick_device(cfg: Config, local_rank: int, local_world: int, gpus: int) -> tuple[str, torch.device, str]:
+def pick_device(
+    cfg: Config, local_rank: int, local_world: int, gpus: int
+) -> tuple[str, torch.device, str]:
     """(backend, device, note) for local rank r of local_world ranks on a node with `gpus` CUDA devices.
 
     Rank r uses GPU r % gpus. NCCL needs a GPU per rank; with fewer GPUs than local ranks run.backend "auto"
@@ -61,9 +63,14 @@ def pick_device(cfg: Config, local_rank: int, local_world: int, gpus: int) -> tu
     note = ""
     if local_world > gpus and backend == "nccl":
         if cfg.run.backend == "nccl":
-            raise ValueError(f"run.backend=nccl needs one GPU per rank, but this node runs {local_world} ranks on "
-                             f"{gpus} GPU(s); use --run.backend gloo to share GPUs")
-        backend, note = "gloo", f"{local_world} ranks on {gpus} GPU(s): backend gloo (NCCL needs one GPU per rank)"
+            raise ValueError(
+                f"run.backend=nccl needs one GPU per rank, but this node runs {local_world} ranks on "
+                f"{gpus} GPU(s); use --run.backend gloo to share GPUs"
+            )
+        backend, note = (
+            "gloo",
+            f"{local_world} ranks on {gpus} GPU(s): backend gloo (NCCL needs one GPU per rank)",
+        )
     return backend, torch.device("cuda", local_rank % gpus), note
 
 
@@ -93,8 +100,9 @@ def init_process_group(backend: str, timeout, device_id=None) -> None:
     otherwise read the dead attempt's addresses from the agent's store (gloo: "connection refused")."""
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
     store = dist.PrefixStore(f"recfuse_attempt_{restart_count()}", store)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
-                            device_id=device_id)
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id
+    )
 
 
 def shutdown(env: DistContext) -> None:
@@ -115,8 +123,12 @@ def explain_timeouts(cfg: Config):
         yield
     except RuntimeError as e:
         text = str(e)
-        if ("timed out" in text.lower() or "timeout" in text.lower()) and "connection refused" not in text.lower():
+        if (
+            "timed out" in text.lower() or "timeout" in text.lower()
+        ) and "connection refused" not in text.lower():
             first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-            raise RuntimeError(f"a collective did not complete within train.timeout_s={cfg.train.timeout_s:g} s: "
-                               f"a rank is hung or died (raise train.timeout_s if this is expected). {first}") from e
+            raise RuntimeError(
+                f"a collective did not complete within train.timeout_s={cfg.train.timeout_s:g} s: "
+                f"a rank is hung or died (raise train.timeout_s if this is expected). {first}"
+            ) from e
         raise

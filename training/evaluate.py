@@ -24,7 +24,8 @@ def evaluate(cfg: Config, parts: Parts, env: DistContext) -> tuple[float, float]
     logits, labels = torch.cat(logits), torch.cat(labels)
     if env.world_size > 1:
         both = torch.stack([logits, labels])
-        if dist.get_backend() != "nccl":  # gloo all-gathers host tensors only (all-reduce and all-to-all take CUDA ones)
+        # gloo all-gathers host tensors only (all-reduce and all-to-all take CUDA ones)
+        if dist.get_backend() != "nccl":
             both = both.cpu()
         gathered = [torch.empty_like(both) for _ in range(env.world_size)]
         dist.all_gather(gathered, both)
@@ -45,7 +46,9 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
     # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
     ends = torch.cumsum(counts, 0).double()
     mean_rank = ends - (counts.double() - 1) / 2
     ranks[order] = mean_rank[inverse]
@@ -53,4 +56,6 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()))
+    return float(
+        torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double())
+    )

@@ -27,18 +27,28 @@ class LossGuard:
     """The non-finite loss policy: before_backward() in every step, check_window() with the all-reduced losses
     at log steps, step_done() after every step, check_before_save() before a checkpoint is written."""
 
-    def __init__(self, cfg: Config, env: DistContext, last_checkpoint: Callable[[], str | None],
-                 first_step: int = 0, skipped_steps: int = 0):
+    def __init__(
+        self,
+        cfg: Config,
+        env: DistContext,
+        last_checkpoint: Callable[[], str | None],
+        first_step: int = 0,
+        skipped_steps: int = 0,
+    ):
         self.cfg, self.env, self.last_checkpoint = cfg, env, last_checkpoint
-        self.skipped_steps = skipped_steps  # steps skipped for a non-finite loss (train.skip_nonfinite_loss)
+        # steps skipped for a non-finite loss (train.skip_nonfinite_loss)
+        self.skipped_steps = skipped_steps
         self.steps_done = first_step
         self._never = torch.tensor(2**62, dtype=torch.int64, device=env.device)
-        self._first_bad = self._never.clone()  # first local step with a non-finite loss (no host sync per step)
+        # first local step with a non-finite loss (no host sync per step)
+        self._first_bad = self._never.clone()
 
     def _raise(self, step: int) -> None:
         where = self.last_checkpoint() or "none (nothing saved yet)"
-        raise NonFiniteLoss(f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
-                            "(train.skip_nonfinite_loss=true skips such steps instead)")
+        raise NonFiniteLoss(
+            f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
+            "(train.skip_nonfinite_loss=true skips such steps instead)"
+        )
 
     def before_backward(self, loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(loss, skip): called between the loss and backward. With train.skip_nonfinite_loss, skip is True on
@@ -56,8 +66,10 @@ class LossGuard:
         if not bool(bad):  # the skip decision: every rank must know it before backward
             return loss, False
         self.skipped_steps += 1
-        self.env.log(f"step {step}: loss is NaN/inf on a rank; step skipped on every rank "
-                     f"(train.skip_nonfinite_loss), {self.skipped_steps} skipped so far")
+        self.env.log(
+            f"step {step}: loss is NaN/inf on a rank; step skipped on every rank "
+            f"(train.skip_nonfinite_loss), {self.skipped_steps} skipped so far"
+        )
         return loss, True
 
     def check_window(self, losses: torch.Tensor, step: int) -> torch.Tensor:
@@ -75,9 +87,13 @@ class LossGuard:
     def step_done(self, step: int, loss: torch.Tensor) -> None:
         """Remember the first non-finite loss (on the device), then the fault injections of this step."""
         self.steps_done = step
-        if not self.cfg.train.skip_nonfinite_loss:  # skipped steps changed nothing: their loss is no reason to stop
-            self._first_bad = torch.where(torch.isfinite(loss) | (self._first_bad != self._never), self._first_bad,
-                                          torch.tensor(step, device=self._first_bad.device))
+        # skipped steps changed nothing: their loss is no reason to stop
+        if not self.cfg.train.skip_nonfinite_loss:
+            self._first_bad = torch.where(
+                torch.isfinite(loss) | (self._first_bad != self._never),
+                self._first_bad,
+                torch.tensor(step, device=self._first_bad.device),
+            )
         inject_fault(self.cfg, self.env.rank, step)
 
     def check_before_save(self) -> None:
@@ -100,7 +116,9 @@ def inject_fault(cfg: Config, rank: int, step: int) -> None:
         os._exit(1)
     if t.hang_at_step == step and t.hang_rank == rank:
         # one write with its newline: other ranks' lines share the pipe
-        sys.stdout.write(f"rank {rank}: injected hang at step {step} (train.hang_at_step), pid {os.getpid()}\n")
+        sys.stdout.write(
+            f"rank {rank}: injected hang at step {step} (train.hang_at_step), pid {os.getpid()}\n"
+        )
         sys.stdout.flush()
         time.sleep(max(100 * t.timeout_s, 600))
         os._exit(1)

@@ -24,13 +24,19 @@ BeforeBackward = Callable[[torch.Tensor], tuple[torch.Tensor, bool]]
 @dataclass
 class StepResult:
     step: int  # 1-based global step
-    loss: torch.Tensor  # this rank's mean loss, detached and not synchronized (no host sync per step)
+    # this rank's mean loss, detached and not synchronized (no host sync per step)
+    loss: torch.Tensor
     dense_lr: float  # the learning rates the step used
     sparse_lr: float
 
 
-def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer,
-               before_backward: BeforeBackward | None = None) -> torch.Tensor:
+def train_step(
+    parts: Parts,
+    batch,
+    sparse_dist,
+    timer: StageTimer,
+    before_backward: BeforeBackward | None = None,
+) -> torch.Tensor:
     """One step on the local batch; returns the local mean loss. The embeddings time their own stages
     (lookup, output_dist, grad_dist, sparse_update) into the timer."""
     pooled = parts.embeddings(sparse_dist)
@@ -41,7 +47,8 @@ def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer,
         loss, skip = before_backward(loss)
         if skip:  # no dense and no sparse update from this batch
             return loss.detach()
-    with timer.stage("dense_bwd"):  # the timer takes the embeddings' grad_dist + sparse_update out of it
+    # the timer takes the embeddings' grad_dist + sparse_update out of it
+    with timer.stage("dense_bwd"):
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with timer.stage("dense_optimizer"):
@@ -49,9 +56,15 @@ def train_step(parts: Parts, batch, sparse_dist, timer: StageTimer,
     return loss.detach()
 
 
-def train_loop(cfg: Config, parts: Parts, first_step: int = 0, timer: StageTimer | None = None,
-               before_backward: BeforeBackward | None = None, profiler: StepProfiler | None = None,
-               batches: Iterable[Batch] | None = None) -> Iterator[StepResult]:
+def train_loop(
+    cfg: Config,
+    parts: Parts,
+    first_step: int = 0,
+    timer: StageTimer | None = None,
+    before_backward: BeforeBackward | None = None,
+    profiler: StepProfiler | None = None,
+    batches: Iterable[Batch] | None = None,
+) -> Iterator[StepResult]:
     """Train steps first_step + 1 .. train.steps on parts.data's batches (or the given host batches, this rank's
     slices of steps first_step + 1, ...), yielding each step's result.
 
@@ -60,10 +73,14 @@ def train_loop(cfg: Config, parts: Parts, first_step: int = 0, timer: StageTimer
     if batches is None:
         batches = parts.data.train_batches(first_step)
     else:
-        batches = PrefetchLoader(batches, next(parts.model.parameters()).device, depth=cfg.data.prefetch_depth)
+        batches = PrefetchLoader(
+            batches, next(parts.model.parameters()).device, depth=cfg.data.prefetch_depth
+        )
     timer = timer or StageTimer(next(parts.model.parameters()).device)
     parts.embeddings.timer = timer
-    pipeline = SparseDistPipeline(batches, parts.embeddings.input_dist, pipelined=cfg.train.pipelined)
+    pipeline = SparseDistPipeline(
+        batches, parts.embeddings.input_dist, pipelined=cfg.train.pipelined
+    )
     try:
         for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
             if profiler is not None:
@@ -71,7 +88,8 @@ def train_loop(cfg: Config, parts: Parts, first_step: int = 0, timer: StageTimer
             # next() also ran the upcoming batch's input_dist (timed by the embeddings): only the loader's wait is
             # data wait
             timer.add("data_wait", batches.data_wait_ms)
-            timer.add("h2d", batches.h2d_ms)  # side-stream copy time, overlapped with compute on GPU
+            # side-stream copy time, overlapped with compute on GPU
+            timer.add("h2d", batches.h2d_ms)
             dense_lr, sparse_lr = apply_lr(step, cfg, parts.optimizer, parts.embeddings)
             loss = train_step(parts, batch, sparse_dist, timer, before_backward)
             if profiler is not None:

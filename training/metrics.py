@@ -36,20 +36,28 @@ class RunMetrics:
     """step_done() after every step, add_eval() after every evaluation, finish_training() after the last step,
     summary() at the end, close() to write summary.json."""
 
-    def __init__(self, cfg: Config, parts: Parts, env: DistContext, guard: LossGuard, first_step: int = 0):
+    def __init__(
+        self, cfg: Config, parts: Parts, env: DistContext, guard: LossGuard, first_step: int = 0
+    ):
         self.cfg, self.parts, self.env, self.guard = cfg, parts, env, guard
         self.first_step = first_step
         self.timer = StageTimer(env.device)  # stage names: training.stages.STAGES
         # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
         self.unmeasured = cfg.train.warmup_steps + cfg.run.profile_steps
-        self.profiler = StepProfiler(env.device, first_step + cfg.train.warmup_steps + 1, cfg.run.profile_steps)
+        self.profiler = StepProfiler(
+            env.device, first_step + cfg.train.warmup_steps + 1, cfg.run.profile_steps
+        )
         emb = parts.embeddings
-        self.flops = dense_flops_per_sample(cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim)
+        self.flops = dense_flops_per_sample(
+            cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim
+        )
         self.dtype = "bf16" if cfg.train.bf16 and env.device.type == "cuda" else "fp32"
         self.hbm = hbm_bandwidth(env.device)
-        peak_flops(env.device, self.dtype)  # on CPU a 0.2 s probe (cached): run it now, not inside the measured steps
+        # on CPU a 0.2 s probe (cached): run it now, not inside the measured steps
+        peak_flops(env.device, self.dtype)
         self._new_window()
-        self.stage_totals: dict[str, float] = {}  # over the measured steps (after warm-up), for summary.json
+        # over the measured steps (after warm-up), for summary.json
+        self.stage_totals: dict[str, float] = {}
         self.warmup_stages: dict[str, float] = {}
         self.measured_start: float | None = None
         self.measured_memory_bytes = 0
@@ -76,7 +84,8 @@ class RunMetrics:
         if step - self.first_step == self.unmeasured:
             self.env.synchronize()
             self.measured_start = time.perf_counter()
-            self.warmup_stages = self.timer.collect()  # kept apart: only this window's metrics line counts them
+            # kept apart: only this window's metrics line counts them
+            self.warmup_stages = self.timer.collect()
         if step % self.cfg.run.log_every == 0 or step == self.cfg.train.steps:
             self._log_line(step, (result.dense_lr, result.sparse_lr))
 
@@ -94,7 +103,8 @@ class RunMetrics:
         if env.world_size > 1:
             dist.all_reduce(losses)
             losses /= env.world_size
-        losses = self.guard.check_window(losses, step)  # raises on NaN/inf, or drops skipped steps' losses
+        # raises on NaN/inf, or drops skipped steps' losses
+        losses = self.guard.check_window(losses, step)
         env.synchronize()
         elapsed = time.perf_counter() - self.window_start
         stages = self._window_stages()
@@ -103,25 +113,37 @@ class RunMetrics:
         sps = n * self.cfg.train.global_batch_size / elapsed
         emb_bps = self.window_memory_bytes / elapsed  # this rank's embedding kernels
         utilization = mfu(self.flops.training, sps / env.world_size, env.device, self.dtype)
-        line = {"step": step, "loss": self.last_window_loss, "losses": losses.tolist(), "samples_per_sec": sps,
-                "step_ms": step_ms, "exchange_bytes_per_step": self.window_bytes / n,
-                "stage_ms": {k: stages.get(k, 0.0) / n for k in STAGES},
-                "data_wait_pct": 100.0 * stages.get("data_wait", 0.0) / n / step_ms,
-                "mfu_pct": 100.0 * utilization if utilization is not None else None,
-                "embedding_gbps": emb_bps / 1e9, "embedding_hbm_pct": 100.0 * emb_bps / self.hbm if self.hbm else None,
-                "peak_memory_gib": peak_memory_gib(env.device), "skipped_steps": self.guard.skipped_steps,
-                "dense_lr": lrs[0], "sparse_lr": lrs[1]}
-        if self.parts.embeddings.dynamic:  # collective: live / pending keys, admissions and evictions per table
+        line = {
+            "step": step,
+            "loss": self.last_window_loss,
+            "losses": losses.tolist(),
+            "samples_per_sec": sps,
+            "step_ms": step_ms,
+            "exchange_bytes_per_step": self.window_bytes / n,
+            "stage_ms": {k: stages.get(k, 0.0) / n for k in STAGES},
+            "data_wait_pct": 100.0 * stages.get("data_wait", 0.0) / n / step_ms,
+            "mfu_pct": 100.0 * utilization if utilization is not None else None,
+            "embedding_gbps": emb_bps / 1e9,
+            "embedding_hbm_pct": 100.0 * emb_bps / self.hbm if self.hbm else None,
+            "peak_memory_gib": peak_memory_gib(env.device),
+            "skipped_steps": self.guard.skipped_steps,
+            "dense_lr": lrs[0],
+            "sparse_lr": lrs[1],
+        }
+        # collective: live / pending keys, admissions and evictions per table
+        if self.parts.embeddings.dynamic:
             line["dynamic"] = self.parts.embeddings.dynamic_metrics()
         self.history.append(line)
         if self.file:
             self.file.write(json.dumps(line) + "\n")
             self.file.flush()
-        env.log(f"step {step:6d} | loss {line['loss']:.5f} | {sps:10.0f} samples/s | {step_ms:7.2f} ms/step | "
-                f"a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
-                f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
-                f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB | "
-                f"lr {lrs[0]:.3g}/{lrs[1]:.3g}")
+        env.log(
+            f"step {step:6d} | loss {line['loss']:.5f} | {sps:10.0f} samples/s | {step_ms:7.2f} ms/step | "
+            f"a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
+            f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
+            f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB | "
+            f"lr {lrs[0]:.3g}/{lrs[1]:.3g}"
+        )
         self._new_window()
 
     def add_eval(self, step: int, result: tuple[float, float]) -> None:
@@ -138,28 +160,46 @@ class RunMetrics:
         cfg, env, parts = self.cfg, self.env, self.parts
         measured_steps = step - self.first_step - self.unmeasured
         seconds = self.end - self.measured_start if self.measured_start is not None else None
-        samples_per_sec = (measured_steps * cfg.train.global_batch_size / seconds
-                           if seconds is not None and measured_steps > 0 else float("nan"))
-        utilization = mfu(self.flops.training, samples_per_sec / env.world_size, env.device, self.dtype)
+        samples_per_sec = (
+            measured_steps * cfg.train.global_batch_size / seconds
+            if seconds is not None and measured_steps > 0
+            else float("nan")
+        )
+        utilization = mfu(
+            self.flops.training, samples_per_sec / env.world_size, env.device, self.dtype
+        )
         exchange = self.history[-1]["exchange_bytes_per_step"] if self.history else 0
         last = self.evals[-1]
-        return {"world_size": env.world_size, "steps": step, "global_batch_size": cfg.train.global_batch_size,
-                "final_loss": self.last_window_loss, "eval_auc": last["auc"], "eval_logloss": last["logloss"],
-                "samples_per_sec": samples_per_sec,
-                "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
-                "exchange_bytes_per_step": exchange, "plan": {t.name: parts.plan.placements[t.name].placement
-                                                              for t in parts.tables},
-                "config": to_dict(cfg), "mfu_pct": 100.0 * utilization if utilization is not None else None,
-                "dense_dtype": self.dtype, "dense_flops_per_sample": self.flops.training,
-                "peak_memory_gib": peak_memory_gib(env.device),
-                # inputs of bench/scaling.py: communication-inclusive stage times of the measured steps
-                "stage_ms": {k: self.stage_totals.get(k, 0.0) / max(measured_steps, 1) for k in STAGES},
-                "exchange_bytes_per_rank": exchange,
-                "allreduce_bytes": 4 * sum(p.numel() for p in parts.model.parameters()),
-                "local_batch": cfg.train.global_batch_size // env.world_size,
-                "embedding_gbps": self.measured_memory_bytes / seconds / 1e9 if seconds else None,
-                "data_wait_pct": 100.0 * self.stage_totals.get("data_wait", 0.0) / 1e3 / seconds if seconds else None,
-                "profile": self.profiler.result, "evals": self.evals}
+        return {
+            "world_size": env.world_size,
+            "steps": step,
+            "global_batch_size": cfg.train.global_batch_size,
+            "final_loss": self.last_window_loss,
+            "eval_auc": last["auc"],
+            "eval_logloss": last["logloss"],
+            "samples_per_sec": samples_per_sec,
+            "device": torch.cuda.get_device_name(env.device)
+            if env.device.type == "cuda"
+            else "cpu",
+            "exchange_bytes_per_step": exchange,
+            "plan": {t.name: parts.plan.placements[t.name].placement for t in parts.tables},
+            "config": to_dict(cfg),
+            "mfu_pct": 100.0 * utilization if utilization is not None else None,
+            "dense_dtype": self.dtype,
+            "dense_flops_per_sample": self.flops.training,
+            "peak_memory_gib": peak_memory_gib(env.device),
+            # inputs of bench/scaling.py: communication-inclusive stage times of the measured steps
+            "stage_ms": {k: self.stage_totals.get(k, 0.0) / max(measured_steps, 1) for k in STAGES},
+            "exchange_bytes_per_rank": exchange,
+            "allreduce_bytes": 4 * sum(p.numel() for p in parts.model.parameters()),
+            "local_batch": cfg.train.global_batch_size // env.world_size,
+            "embedding_gbps": self.measured_memory_bytes / seconds / 1e9 if seconds else None,
+            "data_wait_pct": 100.0 * self.stage_totals.get("data_wait", 0.0) / 1e3 / seconds
+            if seconds
+            else None,
+            "profile": self.profiler.result,
+            "evals": self.evals,
+        }
 
     def close(self, summary: dict) -> None:
         """Rank 0 writes summary.json (atomically) and closes metrics.jsonl."""

@@ -53,9 +53,10 @@ GPU_PEAKS: list[tuple[str, DevicePeak]] = [
 
 
 def normalize_dtype(dtype) -> str:
-    """"fp32" | "tf32" | "bf16" from a string or a torch dtype (float32 means fp32: TF32 is a matmul mode)."""
+    """ "fp32" | "tf32" | "bf16" from a string or a torch dtype (float32 means fp32: TF32 is a matmul mode)."""
     if isinstance(dtype, torch.dtype):
-        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "bf16"}  # fp16 peaks = bf16 peaks
+        # fp16 peaks = bf16 peaks
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "bf16"}
         if dtype not in names:
             raise ValueError(f"no peak FLOP/s for dtype {dtype}")
         return names[dtype]
@@ -114,7 +115,9 @@ def hbm_bandwidth(device="cuda") -> float | None:
     return peak.hbm_bytes_per_s if peak else None
 
 
-def mfu(flops_per_sample: float, samples_per_sec: float, device="cuda", dtype="bf16") -> float | None:
+def mfu(
+    flops_per_sample: float, samples_per_sec: float, device="cuda", dtype="bf16"
+) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over peak, a fraction (0.42 = 42%). None if the peak is unknown."""
     peak = peak_flops(device, dtype)
     if not peak:

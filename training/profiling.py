@@ -29,19 +29,45 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # runtime/driver calls that block the host until the device catches up (a D2H copy for .item() is a
 # cudaMemcpyAsync followed by cudaStreamSynchronize: counted once, as the sync)
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cuStreamSynchronize",
-              "cuCtxSynchronize", "cuEventSynchronize")
-LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchCooperativeKernel")
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "cuStreamSynchronize",
+    "cuCtxSynchronize",
+    "cuEventSynchronize",
+)
+LAUNCH_CALLS = (
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaLaunchCooperativeKernel",
+)
 
 
 # Calls that block the host until a CUDA device has computed their input: they read values (or a size that
 # depends on values) back into host memory. Most are visible as aten ops (also inside backward, where
 # __torch_function__ modes are off); the host copies are not: on CPU they dispatch nothing.
-_SYNC_OPS = {"_local_scalar_dense",  # .item(), bool(t), int(t), float(t)
-             "nonzero", "_unique2", "_unique", "unique_dim", "unique_consecutive", "masked_select", "bincount", "equal"}
+_SYNC_OPS = {
+    "_local_scalar_dense",  # .item(), bool(t), int(t), float(t)
+    "nonzero",
+    "_unique2",
+    "_unique",
+    "unique_dim",
+    "unique_consecutive",
+    "masked_select",
+    "bincount",
+    "equal",
+}
 _HOST_COPIES = ("tolist", "cpu", "numpy", "to")
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root: sites are named from it
-_TORCH, _OPTIM = os.path.dirname(torch.__file__), os.path.join(os.path.dirname(torch.__file__), "optim")
+# the repository root: sites are named from it
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TORCH, _OPTIM = (
+    os.path.dirname(torch.__file__),
+    os.path.join(os.path.dirname(torch.__file__), "optim"),
+)
 
 
 class HostSyncCensus:
@@ -80,7 +106,9 @@ class HostSyncCensus:
             method = self._saved[name] = getattr(torch.Tensor, name)
 
             def wrapper(tensor, *args, _name=name, _method=method, **kwargs):
-                if threading.get_ident() == thread and (_name != "to" or _to_host((tensor, *args), kwargs)):
+                if threading.get_ident() == thread and (
+                    _name != "to" or _to_host((tensor, *args), kwargs)
+                ):
                     self._count(_name, (tensor,))
                 return _method(tensor, *args, **kwargs)
 
@@ -109,7 +137,9 @@ class HostSyncCensus:
         first = args[0] if args else None
         if in_optim and isinstance(first, torch.Tensor) and first.dim() == 0:
             return  # a step counter: torch.optim keeps it on the host unless fused or capturable
-        self.sites[f"{os.path.relpath(frame.f_code.co_filename, _HERE)}:{frame.f_lineno} {name}"] += 1
+        self.sites[
+            f"{os.path.relpath(frame.f_code.co_filename, _HERE)}:{frame.f_lineno} {name}"
+        ] += 1
 
 
 def _to_host(args, kwargs) -> bool:
@@ -126,7 +156,11 @@ def _sizes_from_values(name: str, args, kwargs) -> bool:
         return any(i is not None and i.dtype == torch.bool for i in indices)
     if name == "repeat_interleave":
         repeats = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else args[0]
-        return isinstance(repeats, torch.Tensor) and repeats.dim() > 0 and kwargs.get("output_size") is None
+        return (
+            isinstance(repeats, torch.Tensor)
+            and repeats.dim() > 0
+            and kwargs.get("output_size") is None
+        )
     return False
 
 
@@ -144,7 +178,8 @@ class StepProfiler:
         self._prof = None  # torch.profiler.profile (CUDA) or HostSyncCensus (CPU) while profiling
 
     def before_step(self, step: int) -> None:
-        if step == self.first_step:  # only when no step came before it to start from (see after_step)
+        # only when no step came before it to start from (see after_step)
+        if step == self.first_step:
             self._start()
 
     def _start(self) -> None:
@@ -152,8 +187,12 @@ class StepProfiler:
             return
         if self.cuda:
             torch.cuda.synchronize()
-            self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                            torch.profiler.ProfilerActivity.CUDA])
+            self._prof = torch.profiler.profile(
+                activities=[
+                    torch.profiler.ProfilerActivity.CPU,
+                    torch.profiler.ProfilerActivity.CUDA,
+                ]
+            )
         else:
             self._prof = HostSyncCensus()
         self._prof.__enter__()
@@ -166,19 +205,24 @@ class StepProfiler:
         if self._prof is None or step != self.last_step:
             return
         if self.cuda:
-            torch.cuda.synchronize()  # the profile ends with the step's kernels done, not counted as the step's sync
+            # the profile ends with the step's kernels done, not counted as the step's sync
+            torch.cuda.synchronize()
         self._prof.__exit__(None, None, None)
         prof, self._prof = self._prof, None
         if not self.cuda:
-            self.result = {"steps": self.steps, "predicted_syncs_per_step": sum(prof.sites.values()) / self.steps,
-                           "sync_sites": {site: n / self.steps for site, n in sorted(prof.sites.items())}}
+            self.result = {
+                "steps": self.steps,
+                "predicted_syncs_per_step": sum(prof.sites.values()) / self.steps,
+                "sync_sites": {site: n / self.steps for site, n in sorted(prof.sites.items())},
+            }
             return
         calls = [e for e in prof.events() if e.name in SYNC_CALLS or e.name in LAUNCH_CALLS]
         # CUDA runtime calls carry the id of the thread that made them; the training thread is the one that
         # launched the most kernels (the prefetch thread launches a few copies or the synthetic generator)
         launches_by_thread = Counter(e.thread for e in calls if e.name in LAUNCH_CALLS)
         main = launches_by_thread.most_common(1)[0][0] if launches_by_thread else None
-        syncs = sum(1 for e in calls if e.name in SYNC_CALLS and e.thread == main) - 1  # minus the synchronize above
+        # minus the synchronize above
+        syncs = sum(1 for e in calls if e.name in SYNC_CALLS and e.thread == main) - 1
         syncs_all = sum(1 for e in calls if e.name in SYNC_CALLS) - 1
         self.result = {
             "steps": self.steps,
@@ -186,6 +230,8 @@ class StepProfiler:
             "syncs_per_step": syncs / self.steps,
             "launches_per_step": launches_by_thread.get(main, 0) / self.steps,
             "other_thread_syncs_per_step": (syncs_all - syncs) / self.steps,
-            "other_thread_launches_per_step": (sum(launches_by_thread.values()) - launches_by_thread.get(main, 0))
+            "other_thread_launches_per_step": (
+                sum(launches_by_thread.values()) - launches_by_thread.get(main, 0)
+            )
             / self.steps,
         }

@@ -22,8 +22,18 @@ import torch
 #                  across senders, all-reduce of replicated tables' gradients
 #   sparse_update  sparse backward, update: the fused in-place sparse optimizer and access statistics
 #   dense_optimizer  the dense optimizer step
-STAGES = ("data_wait", "h2d", "input_dist", "lookup", "output_dist", "dense_fwd", "dense_bwd", "grad_dist",
-          "sparse_update", "dense_optimizer")
+STAGES = (
+    "data_wait",
+    "h2d",
+    "input_dist",
+    "lookup",
+    "output_dist",
+    "dense_fwd",
+    "dense_bwd",
+    "grad_dist",
+    "sparse_update",
+    "dense_optimizer",
+)
 # stages holding the embedding exchanges at W > 1 (at W = 1 only their local work: dedup, pooling, merging)
 EXCHANGE_STAGES = ("input_dist", "output_dist", "grad_dist")
 # stages whose time runs beside the step rather than in it (on GPU; 0 on CPU)

@@ -26,7 +26,9 @@ from training.distributed import DistContext, unwrap
 from training.export import EXPORT_FILES
 
 
-def resume_or_warm_start(cfg: Config, parts, env: DistContext, ckpt: Checkpointer) -> tuple[int, dict | None]:
+def resume_or_warm_start(
+    cfg: Config, parts, env: DistContext, ckpt: Checkpointer
+) -> tuple[int, dict | None]:
     """(first step, warm-start report or None): resume from a checkpoint of this run if there is one, else
     start from train.init_from if set, else fresh."""
     first_step = ckpt.restore()
@@ -37,7 +39,10 @@ def resume_or_warm_start(cfg: Config, parts, env: DistContext, ckpt: Checkpointe
 
 def _tables_of_checkpoint(manifest: dict) -> dict[str, dict]:
     dynamic = manifest.get("dynamic", {})
-    return {name: {"dim": dim, "dynamic": name in dynamic} for name, (_rows, dim) in manifest["tables"].items()}
+    return {
+        name: {"dim": dim, "dynamic": name in dynamic}
+        for name, (_rows, dim) in manifest["tables"].items()
+    }
 
 
 def _tables_of_export(path: str) -> tuple[dict[str, dict], int]:
@@ -46,7 +51,9 @@ def _tables_of_export(path: str) -> tuple[dict[str, dict], int]:
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        return {name: {"dim": t["dim"], "dynamic": t["dynamic"]} for name, t in meta["tables"].items()}, meta["step"]
+        return {
+            name: {"dim": t["dim"], "dynamic": t["dynamic"]} for name, t in meta["tables"].items()
+        }, meta["step"]
     tables, step = {}, 0
     for name in sorted(os.listdir(path)):
         if os.path.isfile(os.path.join(path, name, "keys.npy")):
@@ -65,12 +72,19 @@ def compatible_tables(source: dict[str, dict], emb, where: str) -> dict[str, int
         theirs = source.get(table.name)
         if theirs is None:
             continue
-        kind, their_kind = ("dynamic" if table.dynamic else "static"), ("dynamic" if theirs["dynamic"] else "static")
+        kind, their_kind = (
+            ("dynamic" if table.dynamic else "static"),
+            ("dynamic" if theirs["dynamic"] else "static"),
+        )
         if kind != their_kind:
-            raise ValueError(f"{where}: table {table.name!r} is {their_kind} there and {kind} here; a warm start "
-                             "cannot convert it (rename the table to start it fresh)")
+            raise ValueError(
+                f"{where}: table {table.name!r} is {their_kind} there and {kind} here; a warm start "
+                "cannot convert it (rename the table to start it fresh)"
+            )
         if theirs["dim"] != table.dim:
-            raise ValueError(f"{where}: table {table.name!r} has dim {theirs['dim']} there and {table.dim} here")
+            raise ValueError(
+                f"{where}: table {table.name!r} has dim {theirs['dim']} there and {table.dim} here"
+            )
         found[table.name] = t
     return found
 
@@ -81,17 +95,23 @@ def _from_checkpoint(path: str, parts, where: str) -> tuple[dict, dict[str, int]
     source = _tables_of_checkpoint(manifest)
     load = compatible_tables(source, emb, where)
     state_names = emb.optimizer_state_names()
-    optional = ("freq", "last_step", *state_names)  # state tensors missing from the source start at zero
+    # state tensors missing from the source start at zero
+    optional = ("freq", "last_step", *state_names)
     same_optimizer = manifest["sparse_optimizer"] == emb.optimizer.name
     for name in sorted(n for n in manifest["files"] if n.startswith("shard_")):
-        shard = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True)
+        shard = torch.load(
+            os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True
+        )
         for table_name, state in shard["tables"].items():
             if table_name in load:
-                if not same_optimizer:  # another optimizer's state has other shapes: keep weights and statistics
+                # another optimizer's state has other shapes: keep weights and statistics
+                if not same_optimizer:
                     state = {k: v for k, v in state.items() if k not in state_names}
                 emb.load_table_state(load[table_name], state, f"{where} ({name})", optional)
     emb.num_updates = int(manifest["step"])
-    dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)["model"]
+    dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)[
+        "model"
+    ]
     model = unwrap(parts.model)
     own = model.state_dict()
     fits = {k: v for k, v in dense.items() if k in own and own[k].shape == v.shape}
@@ -104,10 +124,17 @@ def _from_export(path: str, emb, where: str) -> tuple[dict, dict[str, int], list
     load = compatible_tables(source, emb, where)
     optional = ("freq", "last_step", *emb.optimizer_state_names())
     for table_name, t in load.items():
-        arrays = {k: torch.from_numpy(np.load(os.path.join(path, table_name, f"{k}.npy"))) for k in EXPORT_FILES}
+        arrays = {
+            k: torch.from_numpy(np.load(os.path.join(path, table_name, f"{k}.npy")))
+            for k in EXPORT_FILES
+        }
         ids = "keys" if emb.tables[t].dynamic else "rows"
-        state = {ids: arrays["keys"], "weight": arrays["values"], "freq": arrays["freq"],
-                 "last_step": arrays["last_step"]}
+        state = {
+            ids: arrays["keys"],
+            "weight": arrays["values"],
+            "freq": arrays["freq"],
+            "last_step": arrays["last_step"],
+        }
         emb.load_table_state(t, state, where, optional)
     emb.num_updates = step
     return source, load, ["(an export has no dense weights)"]
@@ -121,10 +148,19 @@ def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
     elif os.path.isdir(path):
         source, load, dense_skipped = _from_export(path, emb, where)
     else:
-        raise FileNotFoundError(f"{where} is neither a checkpoint (manifest.json) nor an export directory")
-    report = {"tables": sorted(load), "fresh_tables": [t.name for t in emb.tables if t.name not in load],
-              "ignored_tables": sorted(set(source) - set(load)), "fresh_dense": dense_skipped}
+        raise FileNotFoundError(
+            f"{where} is neither a checkpoint (manifest.json) nor an export directory"
+        )
+    report = {
+        "tables": sorted(load),
+        "fresh_tables": [t.name for t in emb.tables if t.name not in load],
+        "ignored_tables": sorted(set(source) - set(load)),
+        "fresh_dense": dense_skipped,
+    }
     if rank == 0:
-        print(f"warm start from {path} at embedding step {emb.num_updates}: " +
-              "; ".join(f"{k} {v}" for k, v in report.items()), flush=True)
+        print(
+            f"warm start from {path} at embedding step {emb.num_updates}: "
+            + "; ".join(f"{k} {v}" for k, v in report.items()),
+            flush=True,
+        )
     return report

@@ -60,7 +60,13 @@ from tqdm import tqdm
 
 from pipeline.criteo.parse import DENSE_NAMES, NUM_DENSE, NUM_SPARSE, SPARSE_NAMES
 from pipeline.criteo.pool import make_pool
-from pipeline.criteo.vocab import VOCAB_DIR, Vocabulary, build_vocabulary, load_vocabulary, save_vocabulary
+from pipeline.criteo.vocab import (
+    VOCAB_DIR,
+    Vocabulary,
+    build_vocabulary,
+    load_vocabulary,
+    save_vocabulary,
+)
 from pipeline.criteo.work import (
     MAX_BAD_EXAMPLES,
     Job,
@@ -86,14 +92,18 @@ class CriteoFormatError(ValueError):
 class PreprocessOptions:
     hash_rows: list[int] | None = None  # one per table (a single value is repeated)
     min_freq: int | None = None
-    vocab: str | None = None  # map through the vocabulary saved in this dataset (or its vocab/ directory)
+    # map through the vocabulary saved in this dataset (or its vocab/ directory)
+    vocab: str | None = None
     skip_bad_lines: bool = False
-    chunk_rows: int = 65_536  # lines per piece of work; memory is about 1 KiB per line, for ~3 pieces per worker
+    # lines per piece of work; memory is about 1 KiB per line, for ~3 pieces per worker
+    chunk_rows: int = 65_536
     id_dtype: str = "int32"
     label_dtype: str = "float32"
-    days: int = 0  # > 0: record the rows as that many equal "days" (for the MLPerf-style eval split)
+    # > 0: record the rows as that many equal "days" (for the MLPerf-style eval split)
+    days: int = 0
     files_are_days: bool = False  # record one "day" per input file (Criteo 1TB day_0 .. day_23)
-    workers: int | None = None  # parsing processes; None: os.cpu_count(); 1: everything in this process
+    # parsing processes; None: os.cpu_count(); 1: everything in this process
+    workers: int | None = None
     overwrite: bool = False
     progress: bool = True
 
@@ -131,12 +141,19 @@ class _BinaryFileWriter:
 
     def close(self) -> dict:
         self.file.close()
-        return {"name": self.path.name, "dtype": self.dtype.name, "bytes": self.bytes, "sha256": self.sha.hexdigest()}
+        return {
+            "name": self.path.name,
+            "dtype": self.dtype.name,
+            "bytes": self.bytes,
+            "sha256": self.sha.hexdigest(),
+        }
 
 
 def _prepare_output(out: Path, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{out} already exists and is not empty; pass --overwrite to replace it"
+        )
     partial = out.parent / f".{out.name}.partial"
     if partial.exists():  # left by an earlier run that was killed
         shutil.rmtree(partial)
@@ -163,7 +180,9 @@ def _publish(partial: Path, out: Path) -> None:
         os.replace(partial, out)
 
 
-def _day_rows(opts: PreprocessOptions, sources: list[_SourceStats], num_rows: int) -> list[int] | None:
+def _day_rows(
+    opts: PreprocessOptions, sources: list[_SourceStats], num_rows: int
+) -> list[int] | None:
     if opts.files_are_days:
         return [s.rows for s in sources]
     if opts.days > 0:
@@ -174,27 +193,36 @@ def _day_rows(opts: PreprocessOptions, sources: list[_SourceStats], num_rows: in
 def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOptions) -> dict:
     """Convert Criteo TSV files (plain or gzip) into a binary dataset at ``out``; returns its meta.json content."""
     if [opts.hash_rows, opts.min_freq, opts.vocab].count(None) != 2:
-        raise ValueError("give exactly one of hash_rows (hashing), min_freq (build a frequency-threshold vocabulary) "
-                         "or vocab (map through a saved vocabulary)")
+        raise ValueError(
+            "give exactly one of hash_rows (hashing), min_freq (build a frequency-threshold vocabulary) "
+            "or vocab (map through a saved vocabulary)"
+        )
     if opts.hash_rows is not None:
         if len(opts.hash_rows) == 1:
             opts.hash_rows = opts.hash_rows * NUM_SPARSE
         if len(opts.hash_rows) != NUM_SPARSE or min(opts.hash_rows) <= 0:
-            raise ValueError(f"hash_rows needs 1 or {NUM_SPARSE} positive values, got {opts.hash_rows}")
+            raise ValueError(
+                f"hash_rows needs 1 or {NUM_SPARSE} positive values, got {opts.hash_rows}"
+            )
     if opts.min_freq is not None and opts.min_freq < 1:
         raise ValueError(f"min_freq must be >= 1, got {opts.min_freq}")
     if opts.id_dtype not in ("int32", "int64") or opts.label_dtype not in ("float32", "uint8"):
-        raise ValueError(f"id_dtype must be int32/int64 and label_dtype float32/uint8, got {opts.id_dtype}, {opts.label_dtype}")
+        raise ValueError(
+            f"id_dtype must be int32/int64 and label_dtype float32/uint8, got {opts.id_dtype}, {opts.label_dtype}"
+        )
     workers = opts.workers if opts.workers is not None else os.cpu_count() or 1
     if workers < 1 or opts.chunk_rows < 1:
-        raise ValueError(f"workers and chunk_rows must be >= 1, got {workers} and {opts.chunk_rows}")
+        raise ValueError(
+            f"workers and chunk_rows must be >= 1, got {workers} and {opts.chunk_rows}"
+        )
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"input file {p} does not exist")
     out = Path(out)
     started = time.perf_counter()
-    vocab = load_vocabulary(opts.vocab) if opts.vocab is not None else None  # before any output exists
+    # before any output exists
+    vocab = load_vocabulary(opts.vocab) if opts.vocab is not None else None
     partial = _prepare_output(out, opts.overwrite)
     try:
         with make_pool(workers) as pool:
@@ -209,7 +237,9 @@ def preprocess(inputs: list[str | Path], out: str | Path, opts: PreprocessOption
     return meta
 
 
-def _check_bad_lines(result: Result, path: Path, first_line: int, opts: PreprocessOptions, bad: _BadLines | None):
+def _check_bad_lines(
+    result: Result, path: Path, first_line: int, opts: PreprocessOptions, bad: _BadLines | None
+):
     """Raise on a task's first malformed line unless skipping (then count its lines into ``bad``)."""
     for index, offset, reason in result.bad:
         where = f"{path}:{first_line + index} (byte offset {offset})"
@@ -221,19 +251,34 @@ def _check_bad_lines(result: Result, path: Path, first_line: int, opts: Preproce
         bad.count += result.bad_count
 
 
-def _run_pass(pool, job: Job, paths: list[Path], opts: PreprocessOptions, desc: str,
-              bad: _BadLines | None, writers: dict[str, _BinaryFileWriter] | None) -> list[_SourceStats]:
+def _run_pass(
+    pool,
+    job: Job,
+    paths: list[Path],
+    opts: PreprocessOptions,
+    desc: str,
+    bad: _BadLines | None,
+    writers: dict[str, _BinaryFileWriter] | None,
+) -> list[_SourceStats]:
     """One pass over the input: pieces out to the workers, results back in input order, arrays into ``writers``."""
     sources = [_SourceStats(str(p.resolve()), p.stat().st_size) for p in paths]
-    with tqdm(total=sum(s.bytes for s in sources), unit="B", unit_scale=True, desc=desc,
-              disable=not opts.progress) as bar:
-        for result in pool.imap(run_task, job, iter_tasks(paths, opts.chunk_rows), window=2 * pool.workers):
+    with tqdm(
+        total=sum(s.bytes for s in sources),
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        disable=not opts.progress,
+    ) as bar:
+        for result in pool.imap(
+            run_task, job, iter_tasks(paths, opts.chunk_rows), window=2 * pool.workers
+        ):
             src = sources[result.source]
             _check_bad_lines(result, paths[result.source], src.lines + 1, opts, bad)
             src.lines += result.lines
             src.rows += result.rows
             src.bad_lines += result.bad_count
-            if writers is not None and result.dense is not None:  # None: an empty piece (e.g. the end of a gzip file)
+            # None: an empty piece (e.g. the end of a gzip file)
+            if writers is not None and result.dense is not None:
                 writers["dense"].write(result.dense)
                 writers["labels"].write(result.labels)
                 writers["sparse"].write(result.sparse)
@@ -247,16 +292,27 @@ def _count_vocabulary(pool, job: Job, min_freq: int) -> Vocabulary:
     parts = list(pool.imap(merge_partition, job, range(job.parts), window=job.parts))
     keys = np.concatenate([k for k, _ in parts])
     counts = np.concatenate([c for _, c in parts])
-    order = np.argsort(keys, kind="stable")  # partitions are hash-spread; the vocabulary wants one sorted key list
+    # partitions are hash-spread; the vocabulary wants one sorted key list
+    order = np.argsort(keys, kind="stable")
     return build_vocabulary(keys[order], counts[order], min_freq)
 
 
-def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: Vocabulary | None, pool) -> dict:
+def _convert(
+    paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: Vocabulary | None, pool
+) -> dict:
     work = (partial / _WORK_DIR).resolve()
     work.mkdir()
-    job = Job(run_id=uuid.uuid4().hex, mode="hash", hash_rows=tuple(opts.hash_rows or ()), id_dtype=opts.id_dtype,
-              label_dtype=opts.label_dtype, skip_bad_lines=opts.skip_bad_lines, work_dir=str(work),
-              parts=pool.workers, min_freq=opts.min_freq or 1)
+    job = Job(
+        run_id=uuid.uuid4().hex,
+        mode="hash",
+        hash_rows=tuple(opts.hash_rows or ()),
+        id_dtype=opts.id_dtype,
+        label_dtype=opts.label_dtype,
+        skip_bad_lines=opts.skip_bad_lines,
+        work_dir=str(work),
+        parts=pool.workers,
+        min_freq=opts.min_freq or 1,
+    )
     bad = _BadLines()
     counted = None
     if opts.min_freq is not None:  # pass 1: count every value (and find the bad lines)
@@ -267,9 +323,11 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: V
         for path, array in zip(vocab_files(str(work)), (vocab.keys, vocab.ids), strict=True):
             np.save(path, array)
         job = replace(job, mode="vocab")
-    writers = {"dense": _BinaryFileWriter(partial / "dense.bin", "float32"),
-               "sparse": _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype),
-               "labels": _BinaryFileWriter(partial / "labels.bin", opts.label_dtype)}
+    writers = {
+        "dense": _BinaryFileWriter(partial / "dense.bin", "float32"),
+        "sparse": _BinaryFileWriter(partial / "sparse.bin", opts.id_dtype),
+        "labels": _BinaryFileWriter(partial / "labels.bin", opts.label_dtype),
+    }
     desc = "map ids" if counted is not None else "preprocess"
     sources = _run_pass(pool, job, paths, opts, desc, bad if counted is None else None, writers)
     if counted is not None and [s.rows for s in sources] != [s.rows for s in counted]:
@@ -281,7 +339,9 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: V
     table_rows = vocab.table_rows if vocab is not None else list(opts.hash_rows)
     vocab_info = save_vocabulary(partial / VOCAB_DIR, vocab) if vocab is not None else None
     if opts.id_dtype == "int32" and max(table_rows) > np.iinfo(np.int32).max:
-        raise ValueError(f"a table has {max(table_rows)} rows, too many for --id-dtype int32; use int64")
+        raise ValueError(
+            f"a table has {max(table_rows)} rows, too many for --id-dtype int32; use int64"
+        )
 
     files = {name: writer.close() for name, writer in writers.items()}
     files["dense"]["shape"] = [num_rows, NUM_DENSE]
@@ -290,8 +350,16 @@ def _convert(paths: list[Path], partial: Path, opts: PreprocessOptions, vocab: V
     return _meta(opts, vocab, vocab_info, table_rows, files, sources, counted, bad)
 
 
-def _meta(opts: PreprocessOptions, vocab: Vocabulary | None, vocab_info: dict | None, table_rows: list[int],
-          files: dict, sources: list, counted: list | None, bad: _BadLines) -> dict:
+def _meta(
+    opts: PreprocessOptions,
+    vocab: Vocabulary | None,
+    vocab_info: dict | None,
+    table_rows: list[int],
+    files: dict,
+    sources: list,
+    counted: list | None,
+    bad: _BadLines,
+) -> dict:
     """meta.json of the converted dataset (the reader checks it; pipeline.dataset)."""
     num_rows = sum(s.rows for s in sources)
     return {

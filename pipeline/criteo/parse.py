@@ -29,7 +29,8 @@ _HEX_LUT = np.full(256, -1, dtype=np.int64)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_LUT[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
-    _HEX_LUT[_c] = 10 + _i  # Criteo writes lowercase; uppercase is accepted since it means the same number
+    # Criteo writes lowercase; uppercase is accepted since it means the same number
+    _HEX_LUT[_c] = 10 + _i
 
 
 @dataclass
@@ -101,15 +102,24 @@ def parse_chunk(data: bytes) -> ParsedChunk:
     buf, starts, ends, line_ok = split_lines(data)
     lengths = ends - starts
     ints, ints_bad = _decode_decimal(buf, starts[:, : 1 + NUM_DENSE], lengths[:, : 1 + NUM_DENSE])
-    hexes, empty, hex_bad = _decode_hex(buf, starts[:, 1 + NUM_DENSE :], lengths[:, 1 + NUM_DENSE :])
+    hexes, empty, hex_bad = _decode_hex(
+        buf, starts[:, 1 + NUM_DENSE :], lengths[:, 1 + NUM_DENSE :]
+    )
     labels = ints[:, 0]
-    row_bad = ints_bad.any(1) | hex_bad.any(1) | (lengths[:, 0] == 0) | ((labels != 0) & (labels != 1))
+    row_bad = (
+        ints_bad.any(1) | hex_bad.any(1) | (lengths[:, 0] == 0) | ((labels != 0) & (labels != 1))
+    )
     ok_lines = np.flatnonzero(line_ok)
     bad_lines = np.sort(np.concatenate([np.flatnonzero(~line_ok), ok_lines[row_bad]]))
     good = ~row_bad
-    return ParsedChunk(labels=labels[good], dense_raw=ints[good, 1:], sparse_raw=hexes[good],
-                       sparse_empty=empty[good], bad_lines=bad_lines.astype(np.int64),
-                       num_lines=int(line_ok.size))
+    return ParsedChunk(
+        labels=labels[good],
+        dense_raw=ints[good, 1:],
+        sparse_raw=hexes[good],
+        sparse_empty=empty[good],
+        bad_lines=bad_lines.astype(np.int64),
+        num_lines=int(line_ok.size),
+    )
 
 
 def dense_transform(dense_raw):

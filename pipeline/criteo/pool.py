@@ -29,12 +29,16 @@ from multiprocessing.connection import wait
 
 
 def start_method() -> str:
-    """"fork" if this process has one thread (Linux: /proc/self/task), else "forkserver"."""
+    """ "fork" if this process has one thread (Linux: /proc/self/task), else "forkserver"."""
     try:
         threads = len(os.listdir("/proc/self/task"))
     except OSError:  # no /proc: assume threads
         threads = 0
-    return "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "forkserver"
+    return (
+        "fork"
+        if threads == 1 and "fork" in multiprocessing.get_all_start_methods()
+        else "forkserver"
+    )
 
 
 def _serve(conn, index: int) -> None:
@@ -56,7 +60,9 @@ def _serve(conn, index: int) -> None:
         try:
             conn.send(reply)
         except Exception:  # an unpicklable exception or result: send its text instead
-            conn.send((False, RuntimeError(f"criteo worker {index} failed:\n{traceback.format_exc()}")))
+            conn.send(
+                (False, RuntimeError(f"criteo worker {index} failed:\n{traceback.format_exc()}"))
+            )
 
 
 class WorkerDied(RuntimeError):
@@ -67,7 +73,8 @@ class ProcessPool:
     def __init__(self, workers: int):
         self.start_method = start_method()
         ctx = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":  # the server imports numpy and the parser once per parent process
+        # the server imports numpy and the parser once per parent process
+        if self.start_method == "forkserver":
             ctx.set_forkserver_preload(["pipeline.criteo.work"])
         self.workers = workers
         self._conns, self._procs = [], []
@@ -75,7 +82,9 @@ class ProcessPool:
         try:
             for i in range(workers):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, i), name=f"criteo-worker-{i}", daemon=True)
+                proc = ctx.Process(
+                    target=_serve, args=(child, i), name=f"criteo-worker-{i}", daemon=True
+                )
                 proc.start()
                 child.close()
                 self._conns.append(parent)
@@ -91,9 +100,11 @@ class ProcessPool:
         except (EOFError, OSError):
             self._broken = True
             self._procs[w].join(timeout=5)
-            raise WorkerDied(f"criteo worker process {w} (pid {self._procs[w].pid}) ended unexpectedly with exit "
-                             f"code {self._procs[w].exitcode} (a negative code is the signal that killed it, "
-                             "-9 e.g. by the out-of-memory killer)") from None
+            raise WorkerDied(
+                f"criteo worker process {w} (pid {self._procs[w].pid}) ended unexpectedly with exit "
+                f"code {self._procs[w].exitcode} (a negative code is the signal that killed it, "
+                "-9 e.g. by the out-of-memory killer)"
+            ) from None
 
     def imap(self, fn: Callable, job, items: Iterable, window: int) -> Iterator:
         """fn(job, item) for every item, yielded in input order.
@@ -103,7 +114,9 @@ class ProcessPool:
         workers free up (for gzip input that is where the parent decompresses).
         """
         if self._broken:
-            raise RuntimeError("the criteo worker pool was left in an unknown state by an earlier error")
+            raise RuntimeError(
+                "the criteo worker pool was left in an unknown state by an earlier error"
+            )
         source = iter(items)
         idle = list(range(self.workers))[::-1]
         busy: dict[int, int] = {}  # worker -> index of the item it runs
@@ -139,16 +152,20 @@ class ProcessPool:
                     idle.append(w)
                     done[index] = self._recv(w)
         finally:
-            if busy:  # abandoned (an error, or the caller stopped): their answers would confuse a later call
+            # abandoned (an error, or the caller stopped): their answers would confuse a later call
+            if busy:
                 self._broken = True
 
     def broadcast(self, fn: Callable, job) -> list:
         """fn(job, i) once on every worker i; the answers in worker order."""
         if self._broken:
-            raise RuntimeError("the criteo worker pool was left in an unknown state by an earlier error")
+            raise RuntimeError(
+                "the criteo worker pool was left in an unknown state by an earlier error"
+            )
         for i, conn in enumerate(self._conns):
             conn.send((fn, job, i))
-        replies = [self._recv(i) for i in range(self.workers)]  # all of them, so that every pipe stays in step
+        # all of them, so that every pipe stays in step
+        replies = [self._recv(i) for i in range(self.workers)]
         for ok, value in replies:
             if not ok:
                 raise value

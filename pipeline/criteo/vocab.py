@@ -69,8 +69,10 @@ class ValueCounter:
 
     def _merge(self) -> None:
         if self.pending:
-            self.keys, self.counts = merge_counts(np.concatenate([self.keys] + [k for k, _ in self.pending]),
-                                                  np.concatenate([self.counts] + [c for _, c in self.pending]))
+            self.keys, self.counts = merge_counts(
+                np.concatenate([self.keys] + [k for k, _ in self.pending]),
+                np.concatenate([self.counts] + [c for _, c in self.pending]),
+            )
         self.pending, self.pending_size = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +88,8 @@ def build_vocabulary(keys: np.ndarray, counts: np.ndarray, min_freq: int) -> Voc
     on the order in which the counts were gathered (how many workers, how the input was cut).
     """
     table = keys >> 32
-    order = np.lexsort(np.stack([keys, -counts, table]))  # last key is primary: table, then count desc, then value
+    # last key is primary: table, then count desc, then value
+    order = np.lexsort(np.stack([keys, -counts, table]))
     table_sizes = np.bincount(table, minlength=NUM_SPARSE)
     table_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(table_sizes)[:-1]])
     ids = np.zeros(keys.size, dtype=np.int64)
@@ -126,10 +129,21 @@ def save_vocabulary(directory: Path, vocab: Vocabulary) -> dict:
         values[ids[mine] - 1] = keys[mine] & 0xFFFFFFFF  # position = id - 1
         path = directory / f"{name}.npy"
         np.save(path, values)
-        files[name] = {"name": path.name, "dtype": "uint32", "values": int(values.size),
-                       "bytes": path.stat().st_size, "sha256": _sha256(path)}
-    info = {"format": VOCAB_FORMAT, "version": 1, "min_freq": vocab.min_freq, "table_rows": list(vocab.table_rows),
-            "ids": "values[i] of <table>.npy has id i + 1; unseen and empty values have id 0", "files": files}
+        files[name] = {
+            "name": path.name,
+            "dtype": "uint32",
+            "values": int(values.size),
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
+    info = {
+        "format": VOCAB_FORMAT,
+        "version": 1,
+        "min_freq": vocab.min_freq,
+        "table_rows": list(vocab.table_rows),
+        "ids": "values[i] of <table>.npy has id i + 1; unseen and empty values have id 0",
+        "files": files,
+    }
     (directory / "vocab.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -138,17 +152,25 @@ def _read_values(path: Path, entry: dict):
     if not path.is_file():
         raise VocabularyError(f"vocabulary file {path} is missing (vocab.json lists it)")
     if path.stat().st_size != entry["bytes"]:
-        raise VocabularyError(f"vocabulary file {path} has {path.stat().st_size} bytes, vocab.json lists "
-                              f"{entry['bytes']} (truncated or overwritten?)")
+        raise VocabularyError(
+            f"vocabulary file {path} has {path.stat().st_size} bytes, vocab.json lists "
+            f"{entry['bytes']} (truncated or overwritten?)"
+        )
     if _sha256(path) != entry["sha256"]:
-        raise VocabularyError(f"vocabulary file {path}: sha256 does not match vocab.json (corrupt or replaced)")
+        raise VocabularyError(
+            f"vocabulary file {path}: sha256 does not match vocab.json (corrupt or replaced)"
+        )
     try:
         values = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise VocabularyError(f"vocabulary file {path} is not a readable .npy array ({e})") from None
+        raise VocabularyError(
+            f"vocabulary file {path} is not a readable .npy array ({e})"
+        ) from None
     if values.dtype != np.uint32 or values.ndim != 1 or values.size != entry["values"]:
-        raise VocabularyError(f"vocabulary file {path} holds {values.dtype} {list(values.shape)}, "
-                              f"expected uint32 [{entry['values']}]")
+        raise VocabularyError(
+            f"vocabulary file {path} holds {values.dtype} {list(values.shape)}, "
+            f"expected uint32 [{entry['values']}]"
+        )
     return values
 
 
@@ -159,22 +181,31 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
         path = path / VOCAB_DIR
     info_path = path / "vocab.json"
     if not info_path.is_file():
-        raise VocabularyError(f"{info_path} is missing: {path.parent if path.name == VOCAB_DIR else path} holds no "
-                              "saved vocabulary (preprocess with --min-freq saves one)")
+        raise VocabularyError(
+            f"{info_path} is missing: {path.parent if path.name == VOCAB_DIR else path} holds no "
+            "saved vocabulary (preprocess with --min-freq saves one)"
+        )
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as e:
         raise VocabularyError(f"{info_path}: not valid JSON ({e})") from None
-    if (info.get("format") != VOCAB_FORMAT or sorted(info.get("files", {})) != sorted(SPARSE_NAMES)
-            or len(info.get("table_rows", [])) != NUM_SPARSE):
-        raise VocabularyError(f"{info_path}: not a {VOCAB_FORMAT} description of tables {SPARSE_NAMES[0]}.."
-                              f"{SPARSE_NAMES[-1]}")
+    if (
+        info.get("format") != VOCAB_FORMAT
+        or sorted(info.get("files", {})) != sorted(SPARSE_NAMES)
+        or len(info.get("table_rows", [])) != NUM_SPARSE
+    ):
+        raise VocabularyError(
+            f"{info_path}: not a {VOCAB_FORMAT} description of tables {SPARSE_NAMES[0]}.."
+            f"{SPARSE_NAMES[-1]}"
+        )
     keys, ids = [], []
     for t, name in enumerate(SPARSE_NAMES):
         values = _read_values(path / info["files"][name]["name"], info["files"][name])
         if values.size + 1 != info["table_rows"][t]:
-            raise VocabularyError(f"vocabulary file {path / info['files'][name]['name']} has {values.size} values but "
-                                  f"vocab.json lists {info['table_rows'][t]} rows for {name} (values + row 0)")
+            raise VocabularyError(
+                f"vocabulary file {path / info['files'][name]['name']} has {values.size} values but "
+                f"vocab.json lists {info['table_rows'][t]} rows for {name} (values + row 0)"
+            )
         keys.append((np.int64(t) << 32) | values.astype(np.int64))
         ids.append(np.arange(1, values.size + 1, dtype=np.int64))
     keys, ids = np.concatenate(keys), np.concatenate(ids)
@@ -183,6 +214,8 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     repeated = np.flatnonzero(keys[1:] == keys[:-1])
     if repeated.size:
         key = int(keys[repeated[0]])
-        raise VocabularyError(f"vocabulary file {path / info['files'][SPARSE_NAMES[key >> 32]]['name']} lists value "
-                              f"{key & 0xFFFFFFFF:08x} twice")
+        raise VocabularyError(
+            f"vocabulary file {path / info['files'][SPARSE_NAMES[key >> 32]]['name']} lists value "
+            f"{key & 0xFFFFFFFF:08x} twice"
+        )
     return Vocabulary(keys, ids, [int(n) for n in info["table_rows"]], int(info["min_freq"]))

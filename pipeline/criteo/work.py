@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.criteo.parse import dense_transform, describe_bad_line, parse_chunk
-from pipeline.criteo.vocab import ValueCounter, Vocabulary, map_to_vocabulary, merge_counts, table_keys
+from pipeline.criteo.vocab import (
+    ValueCounter,
+    Vocabulary,
+    map_to_vocabulary,
+    merge_counts,
+    table_keys,
+)
 
 MAX_BAD_EXAMPLES = 20  # per task; the parent keeps the first 20 overall
 _HEAD_BYTES = 1 << 20  # what the mean line length is estimated from
@@ -61,7 +67,8 @@ class Task:
     path: str
     start: int  # byte offset of the task's first line in the (decompressed) file
     end: int
-    data: bytes | None  # gzip: the decompressed lines; plain files: None, the worker reads [start, end)
+    # gzip: the decompressed lines; plain files: None, the worker reads [start, end)
+    data: bytes | None
     final: bool  # the task ends its file (a missing final newline is added, as for any last line)
     progress: int  # input bytes (compressed ones for gzip) this task moves the progress bar by
 
@@ -73,7 +80,8 @@ class Result:
     lines: int
     rows: int
     bad_count: int
-    bad: list[tuple[int, int, str]]  # (line index within the task, byte offset in the file, reason), the first few
+    # (line index within the task, byte offset in the file, reason), the first few
+    bad: list[tuple[int, int, str]]
     dense: np.ndarray | None = None
     labels: np.ndarray | None = None
     sparse: np.ndarray | None = None
@@ -132,7 +140,9 @@ def _gunzip(raw, path: Path) -> Iterator[tuple[bytes, int]]:
             try:
                 out = decompressor.decompress(block)
             except zlib.error as e:
-                raise GzipError(f"{path}: not valid gzip data before compressed byte offset {consumed} ({e})") from None
+                raise GzipError(
+                    f"{path}: not valid gzip data before compressed byte offset {consumed} ({e})"
+                ) from None
             started = True
             if out:
                 yield out, consumed
@@ -159,7 +169,15 @@ def _gzip_tasks(source: int, path: Path, chunk_rows: int) -> Iterator[Task]:
             pending = b"".join(parts)
             cut = pending.rfind(b"\n") + 1
             if cut:
-                yield Task(source, resolved, offset, offset + cut, pending[:cut], False, consumed - reported)
+                yield Task(
+                    source,
+                    resolved,
+                    offset,
+                    offset + cut,
+                    pending[:cut],
+                    False,
+                    consumed - reported,
+                )
                 offset, reported = offset + cut, consumed
             parts, have = [pending[cut:]], len(pending) - cut
     pending = b"".join(parts)
@@ -173,6 +191,7 @@ def iter_tasks(paths: list[Path], chunk_rows: int) -> Iterator[Task]:
 
 
 # --- worker side -------------------------------------------------------------------------------
+
 
 class _State:
     run_id: str | None = None
@@ -198,8 +217,10 @@ def _read(task: Task) -> bytes:
         f.seek(task.start)
         data = f.read(task.end - task.start)
     if len(data) != task.end - task.start:
-        raise RuntimeError(f"{task.path} changed while it was being read (expected {task.end - task.start} bytes "
-                           f"at byte offset {task.start}, got {len(data)})")
+        raise RuntimeError(
+            f"{task.path} changed while it was being read (expected {task.end - task.start} bytes "
+            f"at byte offset {task.start}, got {len(data)})"
+        )
     return data
 
 
@@ -235,10 +256,14 @@ def run_task(job: Job, task: Task) -> Result:
     bad_count = int(parsed.bad_lines.size)
     bad = []
     if bad_count:
-        bad = _bad_lines(data, task, parsed.bad_lines, MAX_BAD_EXAMPLES if job.skip_bad_lines else 1)
+        bad = _bad_lines(
+            data, task, parsed.bad_lines, MAX_BAD_EXAMPLES if job.skip_bad_lines else 1
+        )
         if not job.skip_bad_lines:  # the parent raises on it; no need for the arrays
             return Result(task.source, task.progress, parsed.num_lines, 0, bad_count, bad)
-    result = Result(task.source, task.progress, parsed.num_lines, int(parsed.labels.shape[0]), bad_count, bad)
+    result = Result(
+        task.source, task.progress, parsed.num_lines, int(parsed.labels.shape[0]), bad_count, bad
+    )
     if job.mode == "count":
         state = _state(job)
         if state.counter is None:
@@ -257,7 +282,9 @@ def run_task(job: Job, task: Task) -> Result:
 
 def _partition_of(keys: np.ndarray, parts: int) -> np.ndarray:
     # a multiplicative hash spreads every table over all partitions (a key range would not: tables differ in size)
-    return ((keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(parts)
+    return ((keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(
+        parts
+    )
 
 
 def _count_file(job: Job, worker: int, part: int) -> Path:
@@ -267,7 +294,9 @@ def _count_file(job: Job, worker: int, part: int) -> Path:
 def flush_counts(job: Job, worker: int) -> int:
     """Write this worker's (key, count) pairs as job.parts partition files; returns how many keys it had."""
     state = _state(job)
-    keys, counts = state.counter.result() if state.counter is not None else (np.zeros(0, np.int64),) * 2
+    keys, counts = (
+        state.counter.result() if state.counter is not None else (np.zeros(0, np.int64),) * 2
+    )
     state.counter = None
     part_of = _partition_of(keys, job.parts)
     for part in range(job.parts):
@@ -282,6 +311,8 @@ def merge_partition(job: Job, part: int) -> tuple[np.ndarray, np.ndarray]:
     pairs = [np.load(f) for f in files]
     for f in files:
         os.remove(f)
-    keys, counts = merge_counts(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+    keys, counts = merge_counts(
+        np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    )
     kept = counts >= job.min_freq
     return keys[kept], counts[kept]

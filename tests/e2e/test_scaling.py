@@ -7,8 +7,18 @@ import pytest
 from bench.scaling import EXAMPLE, cross_node_busbw, main, project
 
 # 25 ms on the step's path; h2d runs beside it (side stream) and does not count
-STAGES = {"data_wait": 1.0, "h2d": 7.0, "input_dist": 2.0, "lookup": 3.0, "output_dist": 4.0, "dense_fwd": 4.0,
-          "dense_bwd": 6.0, "grad_dist": 1.0, "sparse_update": 2.0, "dense_optimizer": 2.0}
+STAGES = {
+    "data_wait": 1.0,
+    "h2d": 7.0,
+    "input_dist": 2.0,
+    "lookup": 3.0,
+    "output_dist": 4.0,
+    "dense_fwd": 4.0,
+    "dense_bwd": 6.0,
+    "grad_dist": 1.0,
+    "sparse_update": 2.0,
+    "dense_optimizer": 2.0,
+}
 
 
 def test_single_gpu_has_no_communication():
@@ -27,7 +37,8 @@ def test_four_gpus_by_hand():
     assert r["samples_per_s"] == pytest.approx(4000 / 0.0295)  # 135593.2
     assert r["scaling_efficiency"] == pytest.approx(25 / 29.5)
     assert r["global_batch"] == 4000
-    assert r["exchange_ms"] == pytest.approx(10.0)  # input_dist 2 + output_dist 4 + grad_dist 1 + all-to-all 3
+    # input_dist 2 + output_dist 4 + grad_dist 1 + all-to-all 3
+    assert r["exchange_ms"] == pytest.approx(10.0)
 
     # overlapped, the 1.5 ms all-reduce hides under the 6 ms dense backward: 25 + 3 = 28 ms
     r = project(STAGES, 4e8, 1e8, 1000, 4, alltoall_busbw=1e11, allreduce_busbw=1e11, overlap=True)
@@ -52,29 +63,61 @@ def test_cross_node_bandwidth_by_hand():
 
 def test_missing_stage_is_named():
     with pytest.raises(ValueError, match="dense_optimizer"):
-        project({k: v for k, v in STAGES.items() if k != "dense_optimizer"}, 0, 0, 1, 2, 1e9, 1e9, True)
+        project(
+            {k: v for k, v in STAGES.items() if k != "dense_optimizer"}, 0, 0, 1, 2, 1e9, 1e9, True
+        )
 
 
 def test_measured_summary(tmp_path, capsys):
-    summary = {"stage_ms": STAGES, "exchange_bytes_per_rank": 4e8, "allreduce_bytes": 1e8, "local_batch": 1000,
-               "world_size": 1}
+    summary = {
+        "stage_ms": STAGES,
+        "exchange_bytes_per_rank": 4e8,
+        "allreduce_bytes": 1e8,
+        "local_batch": 1000,
+        "world_size": 1,
+    }
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
-    main(["--measured", str(path), "--max-nodes", "1", "--alltoall-busbw", "100", "--allreduce-busbw", "100"])
+    main(
+        [
+            "--measured",
+            str(path),
+            "--max-nodes",
+            "1",
+            "--alltoall-busbw",
+            "100",
+            "--allreduce-busbw",
+            "100",
+        ]
+    )
     out = capsys.readouterr().out
     assert "WARNING" not in out and "400.000 MB" in out
     # 4 GPUs, overlapped all-reduce: 25 + 3 ms (the 4-GPU case above), 4000 samples / 28 ms
-    assert [line.split()[-3:] for line in out.splitlines() if line.strip().startswith("1     4")] == \
-        [["28.00", "142857", "89.3%"]]
+    assert [
+        line.split()[-3:] for line in out.splitlines() if line.strip().startswith("1     4")
+    ] == [["28.00", "142857", "89.3%"]]
     path.write_text(json.dumps({**summary, "world_size": 2}))
     main(["--measured", str(path), "--max-nodes", "1"])
     assert "WARNING: measured at W=2" in capsys.readouterr().out
     path.write_text(json.dumps({**summary, "exchange_bytes_per_rank": 0}))
-    main(["--measured", str(path), "--max-nodes", "1", "--alltoall-busbw", "100", "--allreduce-busbw", "100",
-          "--exchange-bytes", "4e8"])
+    main(
+        [
+            "--measured",
+            str(path),
+            "--max-nodes",
+            "1",
+            "--alltoall-busbw",
+            "100",
+            "--allreduce-busbw",
+            "100",
+            "--exchange-bytes",
+            "4e8",
+        ]
+    )
     out = capsys.readouterr().out
-    assert "WARNING" not in out and [line.split()[-3:] for line in out.splitlines() if line.startswith("    1     4")] \
-        == [["28.00", "142857", "89.3%"]]
+    assert "WARNING" not in out and [
+        line.split()[-3:] for line in out.splitlines() if line.startswith("    1     4")
+    ] == [["28.00", "142857", "89.3%"]]
     main(["--measured", str(path), "--max-nodes", "1"])
     assert "WARNING: no all-to-all bytes" in capsys.readouterr().out
     path.write_text(json.dumps({**summary, "stage_ms": {"data": 1.0}}))
@@ -87,4 +130,5 @@ def test_report_prints_assumptions(capsys):
     out = capsys.readouterr().out
     assert "Assumptions" in out and "weak scaling" in out and "400 Gb/s" in out
     assert str(EXAMPLE["local_batch"]) in out
-    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 5  # 1,2,4,8 GPUs + 2 nodes
+    # 1,2,4,8 GPUs + 2 nodes
+    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 5

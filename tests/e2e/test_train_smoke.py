@@ -11,25 +11,66 @@ from tests.support.paths import ROOT
 
 
 def test_single_process_run_writes_metrics(tmp_path):
-    summary = train.main(["--config", "configs/tiny.toml", "--run.dir", str(tmp_path), "--train.steps", "30",
-                          "--run.log_every", "10", "--eval.samples", "2048", "--eval.every", "10"])
+    summary = train.main(
+        [
+            "--config",
+            "configs/tiny.toml",
+            "--run.dir",
+            str(tmp_path),
+            "--train.steps",
+            "30",
+            "--run.log_every",
+            "10",
+            "--eval.samples",
+            "2048",
+            "--eval.every",
+            "10",
+        ]
+    )
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [line["step"] for line in lines] == [10, 20, 30]
-    assert {"loss", "samples_per_sec", "stage_ms", "data_wait_pct", "exchange_bytes_per_step"} <= set(lines[0])
+    assert {
+        "loss",
+        "samples_per_sec",
+        "stage_ms",
+        "data_wait_pct",
+        "exchange_bytes_per_step",
+    } <= set(lines[0])
     on_disk = json.load(open(tmp_path / "summary.json"))
     assert on_disk["steps"] == 30 and on_disk["world_size"] == 1
-    assert on_disk["final_loss"] == pytest.approx(lines[-1]["loss"]) == pytest.approx(summary["final_loss"])
+    assert (
+        on_disk["final_loss"]
+        == pytest.approx(lines[-1]["loss"])
+        == pytest.approx(summary["final_loss"])
+    )
     assert on_disk["samples_per_sec"] > 0
-    assert [e["step"] for e in on_disk["evals"]] == [10, 20, 30]  # every eval.every, then the final one
-    assert on_disk["evals"][-1] == {"step": 30, "auc": on_disk["eval_auc"], "logloss": on_disk["eval_logloss"]}
+    # every eval.every, then the final one
+    assert [e["step"] for e in on_disk["evals"]] == [10, 20, 30]
+    assert on_disk["evals"][-1] == {
+        "step": 30,
+        "auc": on_disk["eval_auc"],
+        "logloss": on_disk["eval_logloss"],
+    }
     assert on_disk["evals"][0]["auc"] != on_disk["evals"][-1]["auc"]
-    assert [line["dense_lr"] for line in lines] == [0.002] * 3 and [line["sparse_lr"] for line in lines] == [0.05] * 3
+    assert [line["dense_lr"] for line in lines] == [0.002] * 3 and [
+        line["sparse_lr"] for line in lines
+    ] == [0.05] * 3
 
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_learns(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           "--config", "configs/tiny.toml", "--run.dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "--config",
+        "configs/tiny.toml",
+        "--run.dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "summary.json"))
@@ -50,10 +91,34 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     config = tmp_path / "criteo_small.toml"  # no tables listed: the dataset brings its 26 (C1..C26)
     config.write_text("[model]\nbottom_mlp = [32, 16]\ntop_mlp = [32]\n[embedding]\ndim = 16\n")
     preprocess([tsv], data_dir, PreprocessOptions(hash_rows=[500], progress=False))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           "--config", str(config), "--run.dir", str(tmp_path / "run"), "--data.path", str(data_dir),
-           "--data.train_range", "0:2560", "--data.eval_range", "2560:3000", "--data.epochs", "2", "--eval.every_epoch", "true",
-           "--train.global_batch_size", "256", "--train.warmup_steps", "2", "--run.log_every", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "--config",
+        str(config),
+        "--run.dir",
+        str(tmp_path / "run"),
+        "--data.path",
+        str(data_dir),
+        "--data.train_range",
+        "0:2560",
+        "--data.eval_range",
+        "2560:3000",
+        "--data.epochs",
+        "2",
+        "--eval.every_epoch",
+        "true",
+        "--train.global_batch_size",
+        "256",
+        "--train.warmup_steps",
+        "2",
+        "--run.log_every",
+        "5",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "run" / "summary.json"))
@@ -63,14 +128,24 @@ def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
     assert [e["step"] for e in summary["evals"]] == [10, 20]  # after each epoch
 
 
-@pytest.mark.parametrize("backend,device,local_world,gpus,want", [
-    ("auto", "auto", 2, 0, ("gloo", "cpu", False)),
-    ("auto", "auto", 2, 2, ("nccl", "cuda:1", False)),   # one GPU per rank: nccl, rank 1 on cuda:1
-    ("auto", "auto", 2, 1, ("gloo", "cuda:0", True)),    # two ranks share one GPU: gloo, and it says so
-    ("gloo", "auto", 4, 1, ("gloo", "cuda:0", False)),
-    ("auto", "cpu", 2, 8, ("gloo", "cpu", False)),
-    ("auto", "auto", 3, 2, ("gloo", "cuda:1", True)),    # local rank 1 of 3 on 2 GPUs
-])
+@pytest.mark.parametrize(
+    "backend,device,local_world,gpus,want",
+    [
+        ("auto", "auto", 2, 0, ("gloo", "cpu", False)),
+        (
+            "auto",
+            "auto",
+            2,
+            2,
+            ("nccl", "cuda:1", False),
+        ),  # one GPU per rank: nccl, rank 1 on cuda:1
+        # two ranks share one GPU: gloo, and it says so
+        ("auto", "auto", 2, 1, ("gloo", "cuda:0", True)),
+        ("gloo", "auto", 4, 1, ("gloo", "cuda:0", False)),
+        ("auto", "cpu", 2, 8, ("gloo", "cpu", False)),
+        ("auto", "auto", 3, 2, ("gloo", "cuda:1", True)),  # local rank 1 of 3 on 2 GPUs
+    ],
+)
 def test_pick_device(backend, device, local_world, gpus, want):
     from training.config import load_config
     from training.distributed import pick_device
@@ -94,11 +169,28 @@ def test_pick_device_refuses_nccl_without_a_gpu_per_rank():
 def test_compiled_dense_network_trains_the_same(tmp_path):
     """model.compile on (torch.compile, CPU inductor here) and off give the same losses and weights digest
     to round-off; the compiled model is only used for training steps."""
-    args = ["--config", "configs/tiny.toml", "--train.steps", "6", "--train.warmup_steps", "1", "--run.log_every", "2",
-            "--eval.samples", "512", "--model.bottom_mlp", "[16]", "--model.top_mlp", "[8]"]
+    args = [
+        "--config",
+        "configs/tiny.toml",
+        "--train.steps",
+        "6",
+        "--train.warmup_steps",
+        "1",
+        "--run.log_every",
+        "2",
+        "--eval.samples",
+        "512",
+        "--model.bottom_mlp",
+        "[16]",
+        "--model.top_mlp",
+        "[8]",
+    ]
     eager = train.main([*args, "--run.dir", str(tmp_path / "eager"), "--model.compile", "off"])
     compiled = train.main([*args, "--run.dir", str(tmp_path / "compiled"), "--model.compile", "on"])
-    lines = [[json.loads(x)["losses"] for x in open(tmp_path / d / "metrics.jsonl")] for d in ("eager", "compiled")]
+    lines = [
+        [json.loads(x)["losses"] for x in open(tmp_path / d / "metrics.jsonl")]
+        for d in ("eager", "compiled")
+    ]
     assert lines[0] and len(lines[0]) == len(lines[1])
     for a, b in zip(lines[0], lines[1], strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)

@@ -17,7 +17,9 @@ def dynamic(name, features=None, pooling="sum", **spec):
 
 
 def collection(tables, optimizer="sgd", lr=0.5, seed=1, always_exchange=False):
-    return EmbeddingCollection(tables, SparseOptimizer(optimizer, lr), seed=seed, always_exchange=always_exchange)
+    return EmbeddingCollection(
+        tables, SparseOptimizer(optimizer, lr), seed=seed, always_exchange=always_exchange
+    )
 
 
 def step(ec, bags, upstream=None):
@@ -30,12 +32,17 @@ def step(ec, bags, upstream=None):
 def initial(ec, name, keys):
     """The row a key gets when admitted: a hash of (seed, table, key, column)."""
     shard = next(s for s in ec.dynamic.shards.values() if s.name == name)
-    return init_rows(torch.tensor(keys), ec.seed, table_salt(name), ec.dim, shard.bound, torch.float32)
+    return init_rows(
+        torch.tensor(keys), ec.seed, table_salt(name), ec.dim, shard.bound, torch.float32
+    )
 
 
 def state_by_key(ec, name):
     full = ec.full_state_dict()[name]
-    return {k: {n: v[i] for n, v in full.items() if n != "keys"} for i, k in enumerate(full["keys"].tolist())}
+    return {
+        k: {n: v[i] for n, v in full.items() if n != "keys"}
+        for i, k in enumerate(full["keys"].tolist())
+    }
 
 
 def test_admission_reads_zeros_until_the_nth_lookup_then_trains():
@@ -48,11 +55,14 @@ def test_admission_reads_zeros_until_the_nth_lookup_then_trains():
     assert torch.equal(out[1, 0], torch.zeros(4))  # j: two lookups so far
     rows = state_by_key(ec, "d")
     assert list(rows) == [k]
-    torch.testing.assert_close(rows[k]["weight"], initial(ec, "d", [k])[0] - 0.5)  # one SGD step, gradient 1
-    assert int(rows[k]["freq"]) == 3 and int(rows[k]["last_step"]) == 3  # freq counts the lookups before admission
+    # one SGD step, gradient 1
+    torch.testing.assert_close(rows[k]["weight"], initial(ec, "d", [k])[0] - 0.5)
+    # freq counts the lookups before admission
+    assert int(rows[k]["freq"]) == 3 and int(rows[k]["last_step"]) == 3
     metrics = ec.dynamic_metrics()["d"]
     assert (metrics["live"], metrics["pending"], metrics["admitted"]) == (1, 1, 1)
-    for value in ec.storage.tracked().values():  # the zero row the pending key read got no update, no state
+    # the zero row the pending key read got no update, no state
+    for value in ec.storage.tracked().values():
         assert not value[ec.layout.null_row].any()
 
 
@@ -65,7 +75,8 @@ def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
     step(ec, {"d": [[3]]})
     assert sorted(state_by_key(ec, "d")) == [2, 3]  # step 4: unseen for 3 > 2 steps: evicted
     assert ec.dynamic_metrics()["d"]["evicted_total"] == 1
-    out = step(ec, {"d": [[1]]})  # back: a fresh row, initialized as the first time (no trace of its training)
+    # back: a fresh row, initialized as the first time (no trace of its training)
+    out = step(ec, {"d": [[1]]})
     torch.testing.assert_close(out[0, 0], initial(ec, "d", [1])[0], rtol=0, atol=0)
     assert ec.dynamic.shards[0].pool == 8  # freed rows were reused, nothing grew
 
@@ -73,20 +84,26 @@ def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
 def test_evict_when_full_frees_the_least_recently_seen_key_of_the_shard():
     ec = collection([dynamic("d", capacity=3, key_shards=1, evict_when_full=True)])
     step(ec, {"d": [[10, 11]]})
-    step(ec, {"d": [[12, 5]]})  # 4 keys > capacity 3: 10 and 11 are the least recent; the smaller key goes first
+    # 4 keys > capacity 3: 10 and 11 are the least recent; the smaller key goes first
+    step(ec, {"d": [[12, 5]]})
     assert sorted(state_by_key(ec, "d")) == [5, 11, 12]
     step(ec, {"d": [[11]]})
     step(ec, {"d": [[13]]})  # least recent now: 5 and 12 (step 2); 5 < 12
     assert sorted(state_by_key(ec, "d")) == [11, 12, 13]
-    with pytest.raises(DynamicTableFull, match=r"dynamic table 'd': key shard 0 of 1 holds 3 rows \(capacity=3"):
+    with pytest.raises(
+        DynamicTableFull, match=r"dynamic table 'd': key shard 0 of 1 holds 3 rows \(capacity=3"
+    ):
         step(ec, {"d": [[20, 21, 22, 23]]})  # one step's keys cannot all have rows
 
 
 def test_full_table_stops_naming_table_capacity_and_live_keys():
     ec = collection([dynamic("users", capacity=4, max_capacity=4, key_shards=1)])
     step(ec, {"users": [[1, 2, 3]]})
-    with pytest.raises(DynamicTableFull, match=r"dynamic table 'users' is full on rank 0: max_capacity=4 rows .* hold "
-                                               r"3 live keys and this step admits 2 more"):
+    with pytest.raises(
+        DynamicTableFull,
+        match=r"dynamic table 'users' is full on rank 0: max_capacity=4 rows .* hold "
+        r"3 live keys and this step admits 2 more",
+    ):
         step(ec, {"users": [[4, 5]]})
 
 
@@ -94,8 +111,18 @@ def test_growth_and_rehash_do_not_change_results():
     keys = torch.randint(0, 2**62, (60,), generator=torch.Generator().manual_seed(0)).tolist()
     results = []
     for capacity, load_factor in ((2, 0.25), (1024, 0.5)):
-        ec = collection([dynamic("d", capacity=capacity, load_factor=load_factor, admit_min_freq=2, evict_after_steps=3)],
-                        optimizer="adagrad")
+        ec = collection(
+            [
+                dynamic(
+                    "d",
+                    capacity=capacity,
+                    load_factor=load_factor,
+                    admit_min_freq=2,
+                    evict_after_steps=3,
+                )
+            ],
+            optimizer="adagrad",
+        )
         outs = [step(ec, {"d": [keys[i : i + 7], keys[i + 3 : i + 5]]}) for i in range(0, 50, 4)]
         results.append((outs, state_by_key(ec, "d"), ec.dynamic.shards[0].pool))
     (small_out, small_state, small_pool), (big_out, big_state, _) = results
@@ -109,7 +136,9 @@ def test_growth_and_rehash_do_not_change_results():
 
 def test_negative_key_names_feature_table_sample_and_id():
     ec = collection([Table("s", 5, 4, "sum", ("s",)), dynamic("d", features=("d_a", "d_b"))])
-    with pytest.raises(ValueError, match=r"feature 'd_b' \(table 'd', dynamic\): sample 1 has negative id -3"):
+    with pytest.raises(
+        ValueError, match=r"feature 'd_b' \(table 'd', dynamic\): sample 1 has negative id -3"
+    ):
         ec(KeyedJagged.from_lists({"s": [[1], [2]], "d_a": [[BIG], [4]], "d_b": [[], [5, -3]]}))
 
 
@@ -119,11 +148,13 @@ def test_table_and_raw_id_pairs_are_separate_keys():
     upstream = torch.zeros(1, 3, 4)
     upstream[0, 1] = 1.0  # only table a's bag gets a gradient
     out = step(ec, {"s": [[5]], "a": [[5]], "b": [[5]]}, upstream)
-    assert not torch.equal(out[0, 1], out[0, 2])  # different initial rows: the table is part of the key
+    # different initial rows: the table is part of the key
+    assert not torch.equal(out[0, 1], out[0, 2])
     a, b = state_by_key(ec, "a")[5], state_by_key(ec, "b")[5]
     torch.testing.assert_close(a["weight"], initial(ec, "a", [5])[0] - 0.5)
     torch.testing.assert_close(b["weight"], initial(ec, "b", [5])[0], rtol=0, atol=0)  # untouched
-    assert torch.equal(ec.full_state_dict()["s"]["weight"][5], out[0, 0])  # the static row kept its value
+    # the static row kept its value
+    assert torch.equal(ec.full_state_dict()["s"]["weight"][5], out[0, 0])
 
 
 def test_evaluation_looks_up_only():
@@ -141,22 +172,33 @@ def test_evaluation_looks_up_only():
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_single_rank_path_equals_the_exchange_path(optimizer):
     """W = 1 pools straight from the storage; the segmented exchange path on one rank computes the same, to the bit."""
-    tables = [Table("s", 9, 4, "mean", ("s", "s2")), dynamic("d", admit_min_freq=2, evict_after_steps=2),
-              dynamic("e", pooling="mean", capacity=6, key_shards=2, evict_when_full=True)]
-    batches = [{"s": [[1, 1], []], "s2": [[8], [0]], "d": [[BIG, 2**33], [7]], "e": [[1, 2, 3], [2**50]]},
-               {"s": [[3], [4]], "s2": [[], []], "d": [[7], [7, 9]], "e": [[4], [5, 6]]},
-               {"s": [[], [2]], "s2": [[1], [1]], "d": [[BIG], []], "e": [[1], [2**50, 7]]}]
+    tables = [
+        Table("s", 9, 4, "mean", ("s", "s2")),
+        dynamic("d", admit_min_freq=2, evict_after_steps=2),
+        dynamic("e", pooling="mean", capacity=6, key_shards=2, evict_when_full=True),
+    ]
+    batches = [
+        {"s": [[1, 1], []], "s2": [[8], [0]], "d": [[BIG, 2**33], [7]], "e": [[1, 2, 3], [2**50]]},
+        {"s": [[3], [4]], "s2": [[], []], "d": [[7], [7, 9]], "e": [[4], [5, 6]]},
+        {"s": [[], [2]], "s2": [[1], [1]], "d": [[BIG], []], "e": [[1], [2**50, 7]]},
+    ]
     results = []
     for single_rank in (True, False):
         ec = collection(tables, optimizer=optimizer, lr=0.1, always_exchange=not single_rank)
-        outs = [step(ec, b, torch.arange(8.0).view(2, 2, 2).repeat(1, 2, 2).sin()) for b in batches * 3]
-        results.append((outs, {t: state_by_key(ec, t) for t in ("d", "e")}, ec.full_state_dict()["s"]))
+        outs = [
+            step(ec, b, torch.arange(8.0).view(2, 2, 2).repeat(1, 2, 2).sin()) for b in batches * 3
+        ]
+        results.append(
+            (outs, {t: state_by_key(ec, t) for t in ("d", "e")}, ec.full_state_dict()["s"])
+        )
     (a_out, a_dyn, a_static), (b_out, b_dyn, b_static) = results
     assert all(torch.equal(x, y) for x, y in zip(a_out, b_out, strict=True))
     assert all(torch.equal(v, b_static[k]) for k, v in a_static.items())
     for name, rows in a_dyn.items():
         assert rows.keys() == b_dyn[name].keys() and rows
-        assert all(torch.equal(v, b_dyn[name][key][n]) for key, r in rows.items() for n, v in r.items())
+        assert all(
+            torch.equal(v, b_dyn[name][key][n]) for key, r in rows.items() for n, v in r.items()
+        )
 
 
 def test_digest_depends_on_keys_and_values_not_on_slots_or_rows():

@@ -52,10 +52,15 @@ def test_matches_embedding_bag_and_textbook_optimizer(optimizer):
     ec = EmbeddingCollection(TABLES, SparseOptimizer(optimizer, lr), seed=3)
     start = ec.full_state_dict()
     weights = [start[t.name]["weight"].clone().double() for t in TABLES]
-    states = [{"acc": torch.zeros(t.num_embeddings, dtype=torch.float64),
-               "m": torch.zeros(t.num_embeddings, t.dim, dtype=torch.float64),
-               "v": torch.zeros(t.num_embeddings, t.dim, dtype=torch.float64),
-               "t": torch.zeros(t.num_embeddings, dtype=torch.float64)} for t in TABLES]
+    states = [
+        {
+            "acc": torch.zeros(t.num_embeddings, dtype=torch.float64),
+            "m": torch.zeros(t.num_embeddings, t.dim, dtype=torch.float64),
+            "v": torch.zeros(t.num_embeddings, t.dim, dtype=torch.float64),
+            "t": torch.zeros(t.num_embeddings, dtype=torch.float64),
+        }
+        for t in TABLES
+    ]
     torch.manual_seed(0)
     for batch in BATCHES:
         kjt = KeyedJagged.from_lists(batch)
@@ -80,10 +85,16 @@ def test_matches_embedding_bag_and_textbook_optimizer(optimizer):
     for t, w, st in zip(TABLES, weights, states, strict=True):
         torch.testing.assert_close(got[t.name]["weight"].double(), w, atol=2e-6, rtol=1e-5)
         if optimizer == "adagrad":
-            torch.testing.assert_close(got[t.name]["momentum1"].double(), st["acc"], atol=1e-7, rtol=1e-5)
+            torch.testing.assert_close(
+                got[t.name]["momentum1"].double(), st["acc"], atol=1e-7, rtol=1e-5
+            )
         if optimizer == "adam":
-            torch.testing.assert_close(got[t.name]["momentum1"].double(), st["m"], atol=1e-7, rtol=1e-5)
-            torch.testing.assert_close(got[t.name]["momentum2"].double(), st["v"], atol=1e-9, rtol=1e-5)
+            torch.testing.assert_close(
+                got[t.name]["momentum1"].double(), st["m"], atol=1e-7, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                got[t.name]["momentum2"].double(), st["v"], atol=1e-9, rtol=1e-5
+            )
             assert torch.equal(got[t.name]["row_steps"].double(), st["t"])
 
 
@@ -105,7 +116,10 @@ def test_bf16_storage_keeps_fp32_math_close():
         ec32(kjt).sum().backward()
         ec16(kjt).sum().backward()
     torch.testing.assert_close(ec16.weight.float(), ec32.weight, atol=2e-2, rtol=2e-2)
-    assert ec16.weight.dtype == torch.bfloat16 and ec16.storage.state["momentum1"].dtype == torch.float32
+    assert (
+        ec16.weight.dtype == torch.bfloat16
+        and ec16.storage.state["momentum1"].dtype == torch.float32
+    )
 
 
 def test_out_of_range_id_names_feature_sample_and_value():
@@ -119,8 +133,9 @@ def test_out_of_range_id_names_feature_sample_and_value():
 
 def test_dims_must_match():
     with pytest.raises(ValueError, match="share one embedding dim"):
-        EmbeddingCollection([Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))],
-                            SparseOptimizer())
+        EmbeddingCollection(
+            [Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))], SparseOptimizer()
+        )
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
@@ -129,7 +144,9 @@ def test_single_rank_path_equals_the_exchange_path(optimizer):
     (dedup, exchange, pool_backward, sparse_update) on one rank computes the same thing, to the bit on CPU."""
     results = []
     for single_rank in (True, False):
-        ec = EmbeddingCollection(TABLES, SparseOptimizer(optimizer, 0.1), seed=2, always_exchange=not single_rank)
+        ec = EmbeddingCollection(
+            TABLES, SparseOptimizer(optimizer, 0.1), seed=2, always_exchange=not single_rank
+        )
         pooled = []
         for batch in BATCHES * 2:
             out = ec(KeyedJagged.from_lists(batch))

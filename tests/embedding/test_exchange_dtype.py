@@ -15,7 +15,9 @@ def _send_gradients(rank, world_size, group, dtype):
     """Rank r sends rank d a message of magnitude 10^-(3 d + r) (fp16's smallest normal is 6e-5)."""
     gen = torch.Generator().manual_seed(rank)
     splits = [3, 2]
-    grads = torch.cat([torch.randn(n, 5, generator=gen) * 10.0 ** -(3 * d + rank) for d, n in enumerate(splits)])
+    grads = torch.cat(
+        [torch.randn(n, 5, generator=gen) * 10.0 ** -(3 * d + rank) for d, n in enumerate(splits)]
+    )
     ex = Exchange(group, rank, world_size, dtype)
     counts = ex.all_to_all(torch.tensor(splits), [1, 1], [1, 1]).tolist()
     return grads, ex.gradients(grads, splits, counts), counts
@@ -43,8 +45,15 @@ def test_small_gradients_survive_16_bit_exchange(sent_gradients, dtype, rtol):
 def _bytes(rank, world_size, group, dtype):
     tables = [Table("t0", 10, 8, "sum", ("t0",)), Table("t1", 10, 8, "sum", ("t1",))]
     plan = plan_sharding(tables, world_size, default_placement="row")
-    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizer("sgd", 0.1), rank=rank, world_size=world_size,
-                                    group=group, exchange_dtype=dtype)
+    ec = ShardedEmbeddingCollection(
+        tables,
+        plan,
+        SparseOptimizer("sgd", 0.1),
+        rank=rank,
+        world_size=world_size,
+        group=group,
+        exchange_dtype=dtype,
+    )
     kjt = KeyedJagged.from_lists({"t0": [[1 + rank, 2], [3]], "t1": [[1, 4], [4]]})
     sd = ec.input_dist(kjt)
     ec(sd).sum().backward()
@@ -61,7 +70,10 @@ def test_bytes_on_the_wire_halve():
     # rows and gradients, 8 columns each: 4 B per element in fp32, 2 B in bf16/fp16
     assert keys_out == 3 and rows_out == 2
     fixed = 8 + 3 * (8 + 4)
-    assert (fp32, bf16) == (fixed + 4 * 8 * (rows_out + keys_out), fixed + 2 * 8 * (rows_out + keys_out))
+    assert (fp32, bf16) == (
+        fixed + 4 * 8 * (rows_out + keys_out),
+        fixed + 2 * 8 * (rows_out + keys_out),
+    )
     assert fp16 == bf16 + 4  # the per-message scale
 
 
@@ -79,8 +91,11 @@ def trained(tmp_path_factory):
     for dtype in DTYPES:
         paths[dtype] = str(tmp_path_factory.mktemp(dtype) / "cfg.toml")
         with open(paths[dtype], "w") as f:
-            f.write(TOML.replace("[embedding]\n", f'[embedding]\nexchange_dtype = "{dtype}"\n').replace("steps = 4",
-                                                                                                        "steps = 8"))
+            f.write(
+                TOML.replace("[embedding]\n", f'[embedding]\nexchange_dtype = "{dtype}"\n').replace(
+                    "steps = 4", "steps = 8"
+                )
+            )
     by_world = {w: run_distributed(_train_dtypes, w, paths) for w in (1, 2)}
     return {d: {w: by_world[w][d] for w in (1, 2)} for d in DTYPES}
 

@@ -16,7 +16,8 @@ def table(name, rows, placement="auto", lookups=1.0):
 def test_row_bytes_counts_weights_and_optimizer_state():
     assert ROW == 8 * 4 + 4
     assert row_bytes(DIM, "bfloat16", "sgd") == 8 * 2
-    assert row_bytes(DIM, "float32", "adam") == 3 * 8 * 4 + 8  # weight, m, v, and an int64 per-row step
+    # weight, m, v, and an int64 per-row step
+    assert row_bytes(DIM, "float32", "adam") == 3 * 8 * 4 + 8
 
 
 def test_auto_replicates_small_tables_and_keeps_the_rest_whole():
@@ -37,32 +38,51 @@ def test_auto_row_shards_a_table_larger_than_an_even_share():
     assert kinds == {"huge": "row", "b": "table", "c": "table", "d": "table"}
     assert plan.placements["huge"].bytes_per_rank == [300 * ROW] * 4
     assert sorted(plan.placements[n].owner for n in "bcd") == [0, 1, 2]
-    assert max(plan.rank_bytes()) == 800 * ROW  # table-wise "huge" would have been 1200 rows on one rank
+    # table-wise "huge" would have been 1200 rows on one rank
+    assert max(plan.rank_bytes()) == 800 * ROW
     # at W = 1 nothing is sharded
-    assert {p.placement for p in plan_sharding(tables, 1, replicate_below_bytes=0).placements.values()} == {"table"}
+    assert {
+        p.placement for p in plan_sharding(tables, 1, replicate_below_bytes=0).placements.values()
+    } == {"table"}
 
 
 def test_row_wise_bytes_follow_interleaved_ownership():
     plan = plan_sharding([table("odd", 11, placement="row")], 4)
-    assert plan.placements["odd"].bytes_per_rank == [3 * ROW, 3 * ROW, 3 * ROW, 2 * ROW]  # rows r, r+4, r+8
+    # rows r, r+4, r+8
+    assert plan.placements["odd"].bytes_per_rank == [3 * ROW, 3 * ROW, 3 * ROW, 2 * ROW]
 
 
 def test_pinned_placement_wins_over_the_default():
-    tables = [table("pinned", 50, placement="replicated"), table("x", 100), table("y", 100, placement="row")]
+    tables = [
+        table("pinned", 50, placement="replicated"),
+        table("x", 100),
+        table("y", 100, placement="row"),
+    ]
     plan = plan_sharding(tables, 2, default_placement="table")
-    assert {n: p.placement for n, p in plan.placements.items()} == {"pinned": "replicated", "x": "table", "y": "row"}
+    assert {n: p.placement for n, p in plan.placements.items()} == {
+        "pinned": "replicated",
+        "x": "table",
+        "y": "row",
+    }
 
 
 def test_lookups_break_ties_between_equal_bytes():
     # same bytes, but "hot" is looked up 10x: the two hot tables must not share a rank
-    tables = [table("hot1", 100, lookups=10), table("hot2", 100, lookups=10), table("cold1", 100), table("cold2", 100)]
+    tables = [
+        table("hot1", 100, lookups=10),
+        table("hot2", 100, lookups=10),
+        table("cold1", 100),
+        table("cold2", 100),
+    ]
     plan = plan_sharding(tables, 2, replicate_below_bytes=0)
     assert plan.placements["hot1"].owner != plan.placements["hot2"].owner
 
 
 def test_budget_error_names_ranks_and_largest_tables():
     tables = [table("user", 1000, placement="table"), table("item", 500, placement="table")]
-    with pytest.raises(ValueError, match=r"memory_budget_bytes.*rank 0 needs .*over by.*user \(35\.2KiB, table\)"):
+    with pytest.raises(
+        ValueError, match=r"memory_budget_bytes.*rank 0 needs .*over by.*user \(35\.2KiB, table\)"
+    ):
         plan_sharding(tables, 2, memory_budget_bytes=20_000)
 
 
@@ -76,6 +96,8 @@ def test_format_lists_every_table_and_rank_totals():
     tables = [table("user", 1000), table("tiny", 3)]
     text = plan_sharding(tables, 2, replicate_below_bytes=10 * ROW).format(tables)
     lines = text.splitlines()
-    assert lines[2].split()[:5] == ["user", "1,000", "8", "row", "0-1"]  # the only sharded table: row-wise
+    # the only sharded table: row-wise
+    assert lines[2].split()[:5] == ["user", "1,000", "8", "row", "0-1"]
     assert lines[3].split()[:4] == ["tiny", "3", "8", "replicated"]
-    assert lines[-1] == "total per rank: r0=17.7KiB, r1=17.7KiB"  # 500 rows x 36 B + 3 replicated rows
+    # 500 rows x 36 B + 3 replicated rows
+    assert lines[-1] == "total per rank: r0=17.7KiB, r1=17.7KiB"

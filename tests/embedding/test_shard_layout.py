@@ -7,8 +7,12 @@ from embedding import Table, plan_sharding
 from embedding.layout import ShardLayout
 from embedding.tables import DynamicSpec
 
-TABLES = [Table("a", 11, 4, "sum", ("a",)), Table("b", 7, 4, "sum", ("b",)), Table("c", 3, 4, "sum", ("c",)),
-          Table("d", 5, 4, "sum", ("d",), placement="replicated")]
+TABLES = [
+    Table("a", 11, 4, "sum", ("a",)),
+    Table("b", 7, 4, "sum", ("b",)),
+    Table("c", 3, 4, "sum", ("c",)),
+    Table("d", 5, 4, "sum", ("d",), placement="replicated"),
+]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -25,14 +29,24 @@ def test_every_row_has_one_owner_and_one_storage_row(world_size, placement):
         for rank, layout in enumerate(layouts):
             rows = layout.global_rows(t)  # storage order
             assert torch.equal(rows, ids[layout.holds(t, ids)])
-            assert torch.equal(layout.owner(rows + int(layout.table_offsets[t])), torch.full_like(rows, rank))
+            assert torch.equal(
+                layout.owner(rows + int(layout.table_offsets[t])), torch.full_like(rows, rank)
+            )
             stored = layout.table_local_rows(t, rows)
-            assert torch.equal(stored, torch.arange(layout.base[t], layout.base[t] + layout.count[t]))
-        assert [layout.primary(t) for layout in layouts] == [r == 0 or not replicated for r in range(world_size)]
+            assert torch.equal(
+                stored, torch.arange(layout.base[t], layout.base[t] + layout.count[t])
+            )
+        assert [layout.primary(t) for layout in layouts] == [
+            r == 0 or not replicated for r in range(world_size)
+        ]
 
 
 def test_replicated_tables_come_first_and_dynamic_regions_grow_after_the_null_row():
-    tables = [*TABLES[:3], Table("k", 100, 4, "sum", ("k",), dynamic=DynamicSpec(8, key_shards=4)), TABLES[3]]
+    tables = [
+        *TABLES[:3],
+        Table("k", 100, 4, "sum", ("k",), dynamic=DynamicSpec(8, key_shards=4)),
+        TABLES[3],
+    ]
     plan = plan_sharding(tables, 2, default_placement="row", replicate_below_bytes=0)
     layout = ShardLayout(tables, plan, 1, 2, "cpu", {3: 4})
     static = layout.num_static_rows
@@ -41,5 +55,7 @@ def test_replicated_tables_come_first_and_dynamic_regions_grow_after_the_null_ro
     assert (layout.null_row, layout.base[3]) == (static, static + 1)
     assert layout.num_local_rows == static + 1 + 4 and layout.num_keys == 11 + 7 + 3 + 5
     assert layout.place_dynamic({3: 9}) == [(0, 0, static + 1), (static + 1, static + 1, 4)]
-    assert layout.count[3] == 9 and layout.num_local_rows == static + 1 + 9 == int(layout.local_space[1])
+    assert layout.count[3] == 9 and layout.num_local_rows == static + 1 + 9 == int(
+        layout.local_space[1]
+    )
     assert int(layout.local_base[3]) == layout.base[3]

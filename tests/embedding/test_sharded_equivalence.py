@@ -10,8 +10,11 @@ from tests.support.configs import SHARDED_TOML
 from tests.support.dist_utils import run_distributed
 from tests.support.training import train_cases
 
-CASES = [(placement, opt) for placement in ("table", "row", "replicated", "auto") for opt in ("sgd", "adagrad", "adam")]
-
+CASES = [
+    (placement, opt)
+    for placement in ("table", "row", "replicated", "auto")
+    for opt in ("sgd", "adagrad", "adam")
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +26,22 @@ def runs(tmp_path_factory):
 
 def test_auto_plan_mixes_placements(runs):
     plan = runs[2][("auto", "sgd")][3]
-    assert plan == {"big": "table", "shared": "table", "small": "replicated", "pinned": "row", "odd": "replicated"}
+    assert plan == {
+        "big": "table",
+        "shared": "table",
+        "small": "replicated",
+        "pinned": "row",
+        "odd": "replicated",
+    }
     # at W = 4 big and shared each exceed an even share of the sharded bytes, so they go row-wise
     plan = runs[4][("auto", "sgd")][3]
-    assert plan == {"big": "row", "shared": "row", "small": "replicated", "pinned": "row", "odd": "replicated"}
+    assert plan == {
+        "big": "row",
+        "shared": "row",
+        "small": "replicated",
+        "pinned": "row",
+        "odd": "replicated",
+    }
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -35,11 +50,15 @@ def test_same_losses_weights_and_states(runs, case, world_size):
     ref_losses, ref_tables, ref_dense, _ = runs[1][case]
     losses, tables, dense, plan = runs[world_size][case]
     if case[0] != "auto":
-        assert {p for name, p in plan.items() if name != "pinned"} == {case[0]} and plan["pinned"] == "row"
+        assert {p for name, p in plan.items() if name != "pinned"} == {case[0]} and plan[
+            "pinned"
+        ] == "row"
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
     for name, ref_state in ref_tables.items():
         for key, ref in ref_state.items():
-            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+            torch.testing.assert_close(
+                tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}"
+            )
     for key, ref in ref_dense.items():
         torch.testing.assert_close(dense[key], ref, rtol=1e-5, atol=1e-5, msg=f"dense {key}")
     assert ref_losses[0] != ref_losses[-1]  # training moved
@@ -51,16 +70,26 @@ def _exchange_counts(rank, world_size, group):
 
     tables = [Table("t0", 10, 2, "sum", ("t0",)), Table("t1", 10, 2, "sum", ("t1",))]
     plan = plan_sharding(tables, world_size, default_placement="row")
-    ec = ShardedEmbeddingCollection(tables, plan, SparseOptimizer("sgd", 0.1), rank=rank,
-                                    world_size=world_size, group=group)
+    ec = ShardedEmbeddingCollection(
+        tables, plan, SparseOptimizer("sgd", 0.1), rank=rank, world_size=world_size, group=group
+    )
     # 12 ids, 4 distinct keys per rank: t0 {1, 2}, t1 {1, 4}; rank 1 shifts t0's ids by 1 -> {2, 3}
     shift = rank
-    kjt = KeyedJagged.from_lists({"t0": [[1 + shift, 1 + shift, 2 + shift], [1 + shift, 2 + shift, 2 + shift]],
-                                  "t1": [[1, 1, 4], [4, 4, 1]]})
+    kjt = KeyedJagged.from_lists(
+        {
+            "t0": [[1 + shift, 1 + shift, 2 + shift], [1 + shift, 2 + shift, 2 + shift]],
+            "t1": [[1, 1, 4], [4, 4, 1]],
+        }
+    )
     sd = ec.input_dist(kjt).wait()
     ec(sd).sum().backward()
-    return {"send": sd.send_splits, "recv": sd.recv_splits, "keys": sd.unique_keys.tolist(),
-            "bytes": ec.last_exchange_bytes, "dim": ec.dim}
+    return {
+        "send": sd.send_splits,
+        "recv": sd.recv_splits,
+        "keys": sd.unique_keys.tolist(),
+        "bytes": ec.last_exchange_bytes,
+        "dim": ec.dim,
+    }
 
 
 def test_only_unique_keys_travel():
@@ -75,9 +104,11 @@ def test_only_unique_keys_travel():
     assert out["bytes"] == 8 + 2 * 8 + 4 * out["dim"] * 2 + 4 * (out["dim"] + 1) * 2
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="forces Triton on CPU tensors, which only the interpreter runs; with a GPU "
-                           "test_two_ranks_on_one_gpu_match_one_rank covers the compiled Triton path")
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="forces Triton on CPU tensors, which only the interpreter runs; with a GPU "
+    "test_two_ranks_on_one_gpu_match_one_rank covers the compiled Triton path",
+)
 def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     """The whole sharded step with every kernel on Triton (interpreter on CPU) at W=2."""
     pytest.importorskip("triton")
@@ -87,12 +118,16 @@ def test_triton_path_matches_reference_path(runs, tmp_path, monkeypatch):
     case = ("auto", "adam")
     losses, tables, dense, _ = run_distributed(train_cases, 2, str(path), [case])[case]
     ref_losses, _, _, _ = runs[1][case]
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses[:2]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(losses), torch.tensor(ref_losses[:2]), rtol=1e-5, atol=1e-6
+    )
     monkeypatch.delenv("RECFUSE_FORCE_TRITON")
     ref_losses2, ref_tables, ref_dense, _ = run_distributed(train_cases, 1, str(path), [case])[case]
     for name, ref_state in ref_tables.items():
         for key, ref in ref_state.items():
-            torch.testing.assert_close(tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}")
+            torch.testing.assert_close(
+                tables[name][key], ref, rtol=1e-5, atol=1e-5, msg=f"table {name} {key}"
+            )
 
 
 def test_pipelined_equals_not_pipelined(runs, tmp_path):
@@ -119,9 +154,15 @@ def test_two_ranks_on_one_gpu_match_one_rank(runs, tmp_path):
     two = run_distributed(train_cases, 2, str(path), cases, None, "cuda")
     for case in cases:
         for got in (two[case], runs[1][case]):
-            torch.testing.assert_close(torch.tensor(got[0]), torch.tensor(one[case][0]), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                torch.tensor(got[0]), torch.tensor(one[case][0]), rtol=1e-5, atol=1e-6
+            )
             for name, ref_state in one[case][1].items():
                 for key, ref in ref_state.items():
-                    torch.testing.assert_close(got[1][name][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} {name} {key}")
+                    torch.testing.assert_close(
+                        got[1][name][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} {name} {key}"
+                    )
             for key, ref in one[case][2].items():
-                torch.testing.assert_close(got[2][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} dense {key}")
+                torch.testing.assert_close(
+                    got[2][key], ref, rtol=1e-5, atol=1e-5, msg=f"{case} dense {key}"
+                )

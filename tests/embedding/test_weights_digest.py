@@ -8,8 +8,11 @@ from embedding import ShardedEmbeddingCollection, SparseOptimizer, Table, plan_s
 from kernels.hashing import splitmix64
 from tests.support.dist_utils import run_distributed
 
-TABLES = [Table("big", 37, 6, "sum", ("big",)), Table("small", 5, 6, "sum", ("small",)),
-          Table("odd", 11, 6, "mean", ("odd",))]
+TABLES = [
+    Table("big", 37, 6, "sum", ("big",)),
+    Table("small", 5, 6, "sum", ("small",)),
+    Table("odd", 11, 6, "mean", ("odd",)),
+]
 MASK64 = (1 << 64) - 1
 
 
@@ -26,14 +29,25 @@ def reference_digest(t: int, weight: torch.Tensor) -> int:
 
 def _digests(rank, world_size, group, placement, chunk_elems, storage_dtype="float32"):
     plan = plan_sharding(TABLES, world_size, default_placement=placement, replicate_below_bytes=0)
-    ec = ShardedEmbeddingCollection(TABLES, plan, SparseOptimizer("adagrad", 0.1), rank=rank,
-                                    world_size=world_size, group=group, seed=3, storage_dtype=storage_dtype)
+    ec = ShardedEmbeddingCollection(
+        TABLES,
+        plan,
+        SparseOptimizer("adagrad", 0.1),
+        rank=rank,
+        world_size=world_size,
+        group=group,
+        seed=3,
+        storage_dtype=storage_dtype,
+    )
     full = ec.full_state_dict()
-    return ec.table_digests(chunk_elems), [reference_digest(t, full[x.name]["weight"]) for t, x in enumerate(TABLES)]
+    return ec.table_digests(chunk_elems), [
+        reference_digest(t, full[x.name]["weight"]) for t, x in enumerate(TABLES)
+    ]
 
 
 def _digests_per_placement(rank, world_size, group):
-    return {p: _digests(rank, world_size, group, p, 7) for p in ("table", "row", "replicated")}  # 7: chunks split rows
+    # 7: chunks split rows
+    return {p: _digests(rank, world_size, group, p, 7) for p in ("table", "row", "replicated")}
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,11 @@ def make_keys(pattern: str, n: int, capacity: int, gen: torch.Generator) -> torc
         return torch.arange(n, dtype=torch.int64)
     if pattern == "random63":  # raw 64-bit hashes: the whole non-negative int64 range
         return torch.unique(torch.randint(0, 2**63 - 1, (n,), generator=gen, dtype=torch.int64))[:n]
-    if pattern == "high_bits":  # ids that differ only above bit 40: a weak hash would put them all in one slot
+    # ids that differ only above bit 40: a weak hash would put them all in one slot
+    if pattern == "high_bits":
         return torch.arange(1, n + 1, dtype=torch.int64) << 40
-    if pattern == "one_home":  # every key has the same home slot: one long probe chain, wrapping around
+    # every key has the same home slot: one long probe chain, wrapping around
+    if pattern == "one_home":
         candidates = torch.arange(200_000, dtype=torch.int64)
         same = candidates[home_slot(candidates, capacity - 1) == capacity - 2]
         return same[:n]
@@ -38,7 +40,9 @@ def make_table(state: str, capacity: int, keys: torch.Tensor, gen: torch.Generat
     table = torch.full((capacity,), EMPTY, dtype=torch.int64)
     if state == "empty":
         return table
-    others = torch.randint(2**50, 2**51, (capacity // 4,), generator=gen, dtype=torch.int64).unique()
+    others = torch.randint(
+        2**50, 2**51, (capacity // 4,), generator=gen, dtype=torch.int64
+    ).unique()
     present = keys[torch.rand(keys.numel(), generator=gen) < 0.5]
     find_or_insert_reference(table, torch.cat([others, present]))
     # remove some of each: tombstones in the middle of probe chains, removed query keys to reinsert
@@ -55,11 +59,13 @@ def check(table_before, keys, insert, got):
     assert slots.dtype == torch.int64 and inserted.dtype == torch.bool
     assert torch.equal(inserted, ref_inserted)
     existing = ~ref_inserted
-    assert torch.equal(slots[existing], ref_slots[existing])  # found (or absent) keys: exactly the reference's slots
+    # found (or absent) keys: exactly the reference's slots
+    assert torch.equal(slots[existing], ref_slots[existing])
     placed = slots >= 0
     assert torch.equal(placed, ref_slots >= 0)
     assert torch.equal(table[slots[placed]], keys[placed])  # each key where it was reported
-    assert torch.equal(table.sort().values, ref_table.sort().values)  # same keys, tombstones and free slots
+    # same keys, tombstones and free slots
+    assert torch.equal(table.sort().values, ref_table.sort().values)
     live = table[table >= 0]
     assert live.unique().numel() == live.numel()  # nothing inserted twice
     if not insert:
@@ -69,7 +75,8 @@ def check(table_before, keys, insert, got):
 @needs_triton
 @pytest.mark.parametrize("insert", [False, True])
 @pytest.mark.parametrize("state", ["empty", "mixed"])
-@pytest.mark.parametrize("n,capacity", [(0, 16), (1, 16), (7, 16), (BLOCK + 45, 1024)])  # last: several programs
+# last: several programs
+@pytest.mark.parametrize("n,capacity", [(0, 16), (1, 16), (7, 16), (BLOCK + 45, 1024)])
 @pytest.mark.parametrize("pattern", ["sequential", "random63", "high_bits", "one_home"])
 def test_find_or_insert_matches_reference(pattern, n, capacity, state, insert):
     gen = torch.Generator().manual_seed(n * 7 + capacity)
@@ -85,7 +92,8 @@ def test_full_table_places_every_key_it_can_and_reports_the_rest():
     keys = torch.arange(20, dtype=torch.int64) * 1_000_003
     table = torch.full((16,), EMPTY, dtype=torch.int64)
     slots, inserted = find_or_insert_triton(table.to(DEVICE), keys.to(DEVICE))
-    assert int((slots >= 0).sum()) == 16 == int(inserted.sum())  # probing wraps around the whole table
+    # probing wraps around the whole table
+    assert int((slots >= 0).sum()) == 16 == int(inserted.sum())
     ref_slots, _ = find_or_insert_reference(table.clone(), keys)
     assert int((ref_slots >= 0).sum()) == 16
     # a lookup in a table with no EMPTY slot still ends (bounded probing)

@@ -18,12 +18,18 @@ from tests.support.paths import ROOT
 pytest.importorskip("triton")
 
 
-
 def run_compile_check(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")  # compile for real, not from an earlier run's cache
-    return subprocess.run([sys.executable, "-m", "kernels.compile_check", "--quiet", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    # compile for real, not from an earlier run's cache
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
+    return subprocess.run(
+        [sys.executable, "-m", "kernels.compile_check", "--quiet", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,18 @@ def test_every_specialization_compiles_for_sm90_and_sm80(compiled):
     assert {r["arch"] for r in compiled} == {90, 80}
     assert not [r for r in compiled if r["error"]]
     kernels = {r["kernel"] for r in compiled}
-    assert {"_lookup_kernel", "_gather_pool_kernel", "_pool_backward_kernel", "_update_kernel", "_merge_kernel"} <= kernels
+    assert {
+        "_lookup_kernel",
+        "_gather_pool_kernel",
+        "_pool_backward_kernel",
+        "_update_kernel",
+        "_merge_kernel",
+    } <= kernels
     # both targets build the same set of specializations
-    by_arch = {arch: sorted(r["specialization"] for r in compiled if r["arch"] == arch) for arch in (90, 80)}
+    by_arch = {
+        arch: sorted(r["specialization"] for r in compiled if r["arch"] == arch)
+        for arch in (90, 80)
+    }
     assert by_arch[90] == by_arch[80] and len(by_arch[90]) >= 20
 
 
@@ -61,6 +76,8 @@ def test_check_catches_code_only_the_interpreter_accepts(tmp_path):
     assert proc.returncode == 1
     assert "Cannot access global variable _SCALE" in proc.stderr
     assert "1 specializations x 2 targets: 0 compiled, 2 failed" in proc.stdout
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the very same kernel runs fine under the interpreter
+    # the very same kernel runs fine under the interpreter
+    if os.environ.get("TRITON_INTERPRET") == "1":
         from tests.support.interpreter_only_kernel import scale
+
         assert torch.equal(scale(torch.ones(100)), torch.full((100,), 3.0))

@@ -38,12 +38,14 @@ def on(*tensors):
     moved = tuple(t.to(DEVICE) for t in tensors)
     return moved[0] if len(moved) == 1 else moved
 
+
 DIMS = (1, 3, 17, 128)
 WORLD_SIZES = (1, 2, 3, 8)
 
 
 # ---------------------------------------------------------------------------------------------
 # unique_partition
+
 
 def make_keys(pattern: str, n: int, gen: torch.Generator):
     """Keys over three tables: table-wise (owner 1 or 0), row-wise, and a huge row-wise table."""
@@ -66,7 +68,9 @@ def check_unique_partition(keys, offsets, owners, world_size, result):
     """The kernel returns exactly the reference's tensors: first-occurrence order, grouped by owner."""
     unique, counts, inverse = (t.cpu() for t in result)
     keys, offsets, owners = keys.cpu(), offsets.cpu(), owners.cpu()
-    ref_unique, ref_counts, ref_inverse = unique_partition_reference(keys, offsets, owners, world_size)
+    ref_unique, ref_counts, ref_inverse = unique_partition_reference(
+        keys, offsets, owners, world_size
+    )
     assert unique.dtype == counts.dtype == inverse.dtype == torch.int64
     assert torch.equal(counts, ref_counts)
     assert torch.equal(unique, ref_unique)
@@ -76,14 +80,17 @@ def check_unique_partition(keys, offsets, owners, world_size, result):
     owner = owner_of(unique, offsets, owners, world_size) if unique.numel() else unique
     bounds = [0, *torch.cumsum(counts, 0).tolist()]
     for rank in range(world_size):
-        assert torch.all(owner[bounds[rank]:bounds[rank + 1]] == rank)
+        assert torch.all(owner[bounds[rank] : bounds[rank + 1]] == rank)
 
 
 @needs_triton
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
-@pytest.mark.parametrize("path,pattern", [("direct", p) for p in ("all_duplicates", "all_distinct", "random")] +
-                         [("hash", p) for p in ("all_duplicates", "all_distinct", "random", "big")])
+@pytest.mark.parametrize(
+    "path,pattern",
+    [("direct", p) for p in ("all_duplicates", "all_distinct", "random")]
+    + [("hash", p) for p in ("all_duplicates", "all_distinct", "random", "big")],
+)
 def test_unique_partition(path, pattern, n, world_size):
     gen = torch.Generator().manual_seed(n * 31 + world_size)
     keys, offsets = make_keys(pattern, n, gen)
@@ -120,8 +127,13 @@ def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
             next(iter(up._DIRECT_MAPS.values())).tag = 2
         space = 60 if call < 4 else 100
         keys = torch.randint(0, space, (50 + call,), generator=gen, dtype=torch.int64)
-        check_unique_partition(keys, offsets, owners, 2, unique_partition_triton(*on(keys, offsets, owners), 2,
-                                                                                 key_space=space))
+        check_unique_partition(
+            keys,
+            offsets,
+            owners,
+            2,
+            unique_partition_triton(*on(keys, offsets, owners), 2, key_space=space),
+        )
 
 
 @needs_triton
@@ -134,7 +146,11 @@ def test_unique_partition_single_table():
         check_unique_partition(keys, offsets, owners, 2, result)
     # first occurrence order, grouped by owner (row % 2): even rows [0] then odd rows [5, 1, 9]
     unique, counts, inverse = unique_partition_reference(keys, offsets, owners, 2)
-    assert unique.tolist() == [0, 5, 1, 9] and counts.tolist() == [1, 3] and inverse.tolist() == [1, 2, 1, 0, 3, 2]
+    assert (
+        unique.tolist() == [0, 5, 1, 9]
+        and counts.tolist() == [1, 3]
+        and inverse.tolist() == [1, 2, 1, 0, 3, 2]
+    )
 
 
 def test_unique_partition_rejects_bad_input():
@@ -181,7 +197,9 @@ def test_gather_pool(layout, pooling, dim, dtype):
     out = gather_pool_triton(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu()
     assert out.dtype == torch.float32 and out.shape == (batch_size, 2, dim)
     # fp32 sums in value order, as the reference: the same bits
-    torch.testing.assert_close(out, gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean), rtol=0, atol=0)
+    torch.testing.assert_close(
+        out, gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean), rtol=0, atol=0
+    )
 
 
 @needs_triton
@@ -194,7 +212,9 @@ def test_pool_backward(layout, pooling, dim):
     grad = torch.randn(batch_size, 2, dim, generator=gen)
     out = pool_backward_triton(*on(grad, inverse, offsets, feature_mean), 5).cpu()
     # atomics reorder the fp32 sums: equal to round-off, not bitwise
-    torch.testing.assert_close(out, pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
+    torch.testing.assert_close(
+        out, pool_backward_reference(grad, inverse, offsets, feature_mean, 5)
+    )
 
 
 @needs_triton
@@ -214,9 +234,13 @@ def test_gather_pool_rejects_bad_input():
     rows = torch.zeros(3, 4)
     offsets = torch.tensor([0, 1, 2], dtype=torch.int64)
     with pytest.raises(ValueError, match="offsets"):
-        gather_pool_triton(rows, torch.zeros(2, dtype=torch.int64), offsets, 3, torch.tensor([True]))
+        gather_pool_triton(
+            rows, torch.zeros(2, dtype=torch.int64), offsets, 3, torch.tensor([True])
+        )
     with pytest.raises(ValueError, match="inverse"):
-        gather_pool_triton(rows, torch.zeros(2, dtype=torch.int32), offsets, 2, torch.tensor([True]))
+        gather_pool_triton(
+            rows, torch.zeros(2, dtype=torch.int32), offsets, 2, torch.tensor([True])
+        )
     with pytest.raises(ValueError, match="rows"):
         lookup_triton(rows, torch.zeros(2, dtype=torch.int32))
 
@@ -269,13 +293,17 @@ def test_sparse_update_rows_unique_skips_the_merge(optimizer, dim, dtype):
     want = run_sparse_update(sparse_update_reference, optimizer, dim, dtype, "unique")
     for update, device in ((sparse_update_reference, "cpu"), (sparse_update_triton, DEVICE)):
         unique_update = functools.partial(update, rows_unique=True)
-        assert_same_update(run_sparse_update(unique_update, optimizer, dim, dtype, "unique", device), want, dtype)
+        assert_same_update(
+            run_sparse_update(unique_update, optimizer, dim, dtype, "unique", device), want, dtype
+        )
 
 
 @needs_triton
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 def test_sparse_update_fp16(optimizer):
-    got = run_sparse_update(sparse_update_triton, optimizer, 17, torch.float16, "duplicates", DEVICE)
+    got = run_sparse_update(
+        sparse_update_triton, optimizer, 17, torch.float16, "duplicates", DEVICE
+    )
     want = run_sparse_update(sparse_update_reference, optimizer, 17, torch.float16, "duplicates")
     assert_same_update(got, want, torch.float16)
 
@@ -294,6 +322,7 @@ def test_sparse_update_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 # dispatch: the public functions route CPU tensors to Triton when forced
 
+
 @needs_triton
 def test_public_functions_dispatch_to_triton(monkeypatch):
     """kernels.* route CUDA tensors to Triton; CPU tensors only when forced (how the interpreter runs them)."""
@@ -302,23 +331,34 @@ def test_public_functions_dispatch_to_triton(monkeypatch):
     keys = torch.tensor([7, 2, 7, 40, 2], dtype=torch.int64)
     offsets = torch.tensor([0, 10, 50], dtype=torch.int64)
     owners = torch.tensor([0, -1], dtype=torch.int64)
-    check_unique_partition(keys, offsets, owners, 2, kernels.unique_partition(*on(keys, offsets, owners), 2))
+    check_unique_partition(
+        keys, offsets, owners, 2, kernels.unique_partition(*on(keys, offsets, owners), 2)
+    )
     gen = torch.Generator().manual_seed(0)
     batch_size, inverse, offsets, feature_mean = make_bags("irregular", "mixed", 5, gen)
     rows = torch.randn(5, 3, generator=gen)
-    torch.testing.assert_close(kernels.gather_pool(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu(),
-                               gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean))
+    torch.testing.assert_close(
+        kernels.gather_pool(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu(),
+        gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean),
+    )
     grad = torch.randn(batch_size, 2, 3, generator=gen)
-    torch.testing.assert_close(kernels.pool_backward(*on(grad, inverse, offsets, feature_mean), 5).cpu(),
-                               pool_backward_reference(grad, inverse, offsets, feature_mean, 5))
-    torch.testing.assert_close(kernels.lookup(*on(rows, inverse)).cpu(), lookup_reference(rows, inverse))
-    assert_same_update(run_sparse_update(kernels.sparse_update, "adam", 3, torch.float32, "duplicates", DEVICE),
-                       run_sparse_update(sparse_update_reference, "adam", 3, torch.float32, "duplicates"),
-                       torch.float32)
+    torch.testing.assert_close(
+        kernels.pool_backward(*on(grad, inverse, offsets, feature_mean), 5).cpu(),
+        pool_backward_reference(grad, inverse, offsets, feature_mean, 5),
+    )
+    torch.testing.assert_close(
+        kernels.lookup(*on(rows, inverse)).cpu(), lookup_reference(rows, inverse)
+    )
+    assert_same_update(
+        run_sparse_update(kernels.sparse_update, "adam", 3, torch.float32, "duplicates", DEVICE),
+        run_sparse_update(sparse_update_reference, "adam", 3, torch.float32, "duplicates"),
+        torch.float32,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the compiled kernels on a GPU (larger shapes)
+
 
 @pytest.mark.parametrize("world_size", [1, 8])
 @pytest.mark.gpu
@@ -344,13 +384,23 @@ def test_pool_and_update_cuda(dim):
     inverse = torch.randint(0, num_unique, (int(lengths.sum()),), generator=gen).cuda()
     mean = torch.tensor([True, False, True, False]).cuda()
     rows = torch.randn(num_unique, dim, generator=gen).cuda()
-    torch.testing.assert_close(gather_pool_triton(rows, inverse, offsets, batch_size, mean),
-                               gather_pool_reference(rows, inverse, offsets, batch_size, mean))
+    torch.testing.assert_close(
+        gather_pool_triton(rows, inverse, offsets, batch_size, mean),
+        gather_pool_reference(rows, inverse, offsets, batch_size, mean),
+    )
     grad = torch.randn(batch_size, num_features, dim, generator=gen).cuda()
-    torch.testing.assert_close(pool_backward_triton(grad, inverse, offsets, mean, num_unique),
-                               pool_backward_reference(grad, inverse, offsets, mean, num_unique))
+    torch.testing.assert_close(
+        pool_backward_triton(grad, inverse, offsets, mean, num_unique),
+        pool_backward_reference(grad, inverse, offsets, mean, num_unique),
+    )
     for optimizer in ("sgd", "adagrad", "adam"):
         for dtype in (torch.float32, torch.bfloat16):
-            assert_same_update(run_sparse_update(sparse_update_triton, optimizer, dim, dtype, "duplicates", "cuda"),
-                               run_sparse_update(sparse_update_reference, optimizer, dim, dtype, "duplicates", "cuda"),
-                               dtype)
+            assert_same_update(
+                run_sparse_update(
+                    sparse_update_triton, optimizer, dim, dtype, "duplicates", "cuda"
+                ),
+                run_sparse_update(
+                    sparse_update_reference, optimizer, dim, dtype, "duplicates", "cuda"
+                ),
+                dtype,
+            )

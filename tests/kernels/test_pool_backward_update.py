@@ -14,10 +14,12 @@ from tests.support.kernels import DEVICE, needs_triton  # noqa: E402
 
 # name: (batch size, bag lengths feature-major [F*B], rows, id pattern); F = 2
 CASES = {
-    "irregular": (3, [0, 1, 3, 20, 2, 0], 9, "random"),   # empty bags, a one-value bag, a long bag, duplicates in a bag
+    # empty bags, a one-value bag, a long bag, duplicates in a bag
+    "irregular": (3, [0, 1, 3, 20, 2, 0], 9, "random"),
     "one_value": (1, [1, 0], 4, "random"),
     "all_empty": (2, [0, 0, 0, 0], 5, "random"),
-    "hot_row": (4, [150, 90, 200, 7, 0, 40, 3, 1], 12, "hot"),  # one row read more than CHUNK (256) times
+    # one row read more than CHUNK (256) times
+    "hot_row": (4, [150, 90, 200, 7, 0, 40, 3, 1], 12, "hot"),
 }
 
 
@@ -44,9 +46,20 @@ def run(update, device, name, dim, dtype, optimizer, mean):
     state = SparseOptimizer(optimizer).init_state(rows, dim, device)
     freq = torch.arange(rows, dtype=torch.int64, device=device)
     last = torch.zeros(rows, dtype=torch.int64, device=device)
-    for step in (1, 2):  # the second step runs on non-zero state (adagrad accumulators, adam step counts)
-        update(weight, state, freq, last, step, value_rows.to(device), offsets.to(device), (grad * step).to(device),
-               feature_mean.to(device), SparseOptimizer(optimizer, 0.1))
+    # the second step runs on non-zero state (adagrad accumulators, adam step counts)
+    for step in (1, 2):
+        update(
+            weight,
+            state,
+            freq,
+            last,
+            step,
+            value_rows.to(device),
+            offsets.to(device),
+            (grad * step).to(device),
+            feature_mean.to(device),
+            SparseOptimizer(optimizer, 0.1),
+        )
     return weight.cpu(), {k: v.cpu() for k, v in state.items()}, freq.cpu(), last.cpu()
 
 
@@ -55,14 +68,17 @@ def run(update, device, name, dim, dtype, optimizer, mean):
 @pytest.mark.parametrize("dim", [1, 17, 200])  # 200: two column blocks
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_fused_update_matches_pool_backward_then_sparse_update(name, optimizer, dim, dtype, monkeypatch):
+def test_fused_update_matches_pool_backward_then_sparse_update(
+    name, optimizer, dim, dtype, monkeypatch
+):
     mean = name != "one_value"  # one mean and one sum feature; one_value: both sum
     if DEVICE.type == "cpu":
         monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
     got = run(pool_backward_update, DEVICE, name, dim, dtype, optimizer, mean)
     want = run(pool_backward_update_reference, "cpu", name, dim, dtype, optimizer, mean)
     # bf16 storage: the interpreter casts by truncation, the reference rounds to nearest
-    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}  # fp32: round-off (sum order)
+    # fp32: round-off (sum order)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
     if name == "hot_row" and dtype == torch.float32:
         # the reference sums a hot row's ~370 gradients one after another in fp32 (index_add_): measured 6e-4 off
         # the float64 sum, the kernel's blockwise sums 3e-5 (test_hot_row_gradient_is_accurate)
@@ -71,7 +87,8 @@ def test_fused_update_matches_pool_backward_then_sparse_update(name, optimizer, 
     state_tol = {"rtol": 1e-4, "atol": 2e-3} if name == "hot_row" else {}
     for key in want[1]:
         torch.testing.assert_close(got[1][key], want[1][key], msg=key, **state_tol)
-    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])  # lookup counts and last-update steps
+    # lookup counts and last-update steps
+    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
 
 
 def test_reference_touches_only_looked_up_rows():
@@ -80,12 +97,18 @@ def test_reference_touches_only_looked_up_rows():
     before = weight.clone()
     state = SparseOptimizer("adam").init_state(9, 4, "cpu")
     freq, last = torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.int64)
-    pool_backward_update_reference(weight, state, freq, last, 7, value_rows, offsets, grad, mean, SparseOptimizer("adam", 0.1))
+    pool_backward_update_reference(
+        weight, state, freq, last, 7, value_rows, offsets, grad, mean, SparseOptimizer("adam", 0.1)
+    )
     touched = torch.zeros(9, dtype=torch.bool)
     touched[value_rows] = True
-    assert torch.equal(weight[~touched], before[~touched]) and bool((weight[touched] != before[touched]).all())
+    assert torch.equal(weight[~touched], before[~touched]) and bool(
+        (weight[touched] != before[touched]).all()
+    )
     assert torch.equal(freq, torch.bincount(value_rows, minlength=9))
-    assert torch.equal(last, torch.where(touched, 7, 0)) and torch.equal(state["row_steps"], touched.long())
+    assert torch.equal(last, torch.where(touched, 7, 0)) and torch.equal(
+        state["row_steps"], touched.long()
+    )
 
 
 @needs_triton
@@ -100,13 +123,27 @@ def test_hot_row_gradient_is_accurate(monkeypatch):
     batch_size, num_rows = grad.shape[0], weight.shape[0]
     exact = torch.zeros(num_rows, 4, dtype=torch.float64)
     lengths = offsets[1:] - offsets[:-1]
-    for v, bag in enumerate(torch.repeat_interleave(torch.arange(lengths.numel()), lengths).tolist()):
+    for v, bag in enumerate(
+        torch.repeat_interleave(torch.arange(lengths.numel()), lengths).tolist()
+    ):
         f, b = divmod(bag, batch_size)
         exact[value_rows[v]] += grad[b, f].double() / (int(lengths[bag]) if mean[f] else 1)
     w = torch.zeros(num_rows, 4, device=DEVICE)
     freq, last = (torch.zeros(num_rows, dtype=torch.int64, device=DEVICE) for _ in range(2))
-    pool_backward_update(w, {}, freq, last, 1, value_rows.to(DEVICE), offsets.to(DEVICE), grad.to(DEVICE),
-                         mean.to(DEVICE), SparseOptimizer("sgd", 1.0))
+    pool_backward_update(
+        w,
+        {},
+        freq,
+        last,
+        1,
+        value_rows.to(DEVICE),
+        offsets.to(DEVICE),
+        grad.to(DEVICE),
+        mean.to(DEVICE),
+        SparseOptimizer("sgd", 1.0),
+    )
     assert int((value_rows == 5).sum()) > 256  # the long-segment path ran
     torch.testing.assert_close(-w.cpu().double(), exact, rtol=1e-5, atol=1e-4)
-    assert torch.equal(freq.cpu(), torch.bincount(value_rows, minlength=num_rows)) and bool((last.cpu() == 1).any())
+    assert torch.equal(freq.cpu(), torch.bincount(value_rows, minlength=num_rows)) and bool(
+        (last.cpu() == 1).any()
+    )

@@ -13,18 +13,39 @@ TOLERANCE = 0.02
 # (id, ModelConfig, num_dense, num_features, dim)
 CASES = [
     ("dlrm-small", ModelConfig(name="dlrm", bottom_mlp=[64, 16], top_mlp=[64, 32]), 13, 8, 16),
-    ("dlrm-wide", ModelConfig(name="dlrm", bottom_mlp=[128, 64, 32], top_mlp=[256, 128]), 13, 26, 32),
-    ("dcnv2-full-stacked", ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[64, 32], cross_layers=3), 13, 6, 16),
+    (
+        "dlrm-wide",
+        ModelConfig(name="dlrm", bottom_mlp=[128, 64, 32], top_mlp=[256, 128]),
+        13,
+        26,
+        32,
+    ),
+    (
+        "dcnv2-full-stacked",
+        ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[64, 32], cross_layers=3),
+        13,
+        6,
+        16,
+    ),
     (
         "dcnv2-lowrank-stacked",
-        ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[64, 32], cross_layers=2, cross_low_rank=8),
+        ModelConfig(
+            name="dcnv2", bottom_mlp=[32, 16], top_mlp=[64, 32], cross_layers=2, cross_low_rank=8
+        ),
         13,
         6,
         16,
     ),
     (
         "dcnv2-full-parallel",
-        ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[], cross_layers=2, dcn_structure="parallel", deep_mlp=[64, 32]),
+        ModelConfig(
+            name="dcnv2",
+            bottom_mlp=[32, 16],
+            top_mlp=[],
+            cross_layers=2,
+            dcn_structure="parallel",
+            deep_mlp=[64, 32],
+        ),
         13,
         6,
         16,
@@ -47,14 +68,24 @@ CASES = [
     (
         "dcnv2-mlperf",
         ModelConfig(
-            name="dcnv2", bottom_mlp=[512, 256, 128], top_mlp=[1024, 1024, 512, 256], cross_layers=3, cross_low_rank=512
+            name="dcnv2",
+            bottom_mlp=[512, 256, 128],
+            top_mlp=[1024, 1024, 512, 256],
+            cross_layers=3,
+            cross_low_rank=512,
         ),
         13,
         26,
         128,
     ),
     ("deepfm-small", ModelConfig(name="deepfm", bottom_mlp=[16], deep_mlp=[64, 32]), 13, 8, 16),
-    ("deepfm-wide", ModelConfig(name="deepfm", bottom_mlp=[64, 32], deep_mlp=[400, 400, 400]), 13, 26, 32),
+    (
+        "deepfm-wide",
+        ModelConfig(name="deepfm", bottom_mlp=[64, 32], deep_mlp=[400, 400, 400]),
+        13,
+        26,
+        32,
+    ),
 ]
 
 
@@ -92,7 +123,11 @@ def test_mlperf_dcnv2_forward_flops_by_hand():
     cross = 3 * 2 * 3456 * 512
     top = 3456 * 1024 + 1024 * 1024 + 1024 * 512 + 512 * 256 + 256 * 1
     cfg = ModelConfig(
-        name="dcnv2", bottom_mlp=[512, 256, 128], top_mlp=[1024, 1024, 512, 256], cross_layers=3, cross_low_rank=512
+        name="dcnv2",
+        bottom_mlp=[512, 256, 128],
+        top_mlp=[1024, 1024, 512, 256],
+        cross_layers=3,
+        cross_low_rank=512,
     )
     flops = dense_flops_per_sample(cfg, 13, 26, 128)
     assert flops.matmul == 2 * (bottom + cross + top)

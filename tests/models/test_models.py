@@ -12,13 +12,28 @@ NUM_DENSE, NUM_FEATURES, DIM, BATCH = 13, 5, 16, 7
 
 CONFIGS = {
     "dlrm": ModelConfig(name="dlrm", bottom_mlp=[32, 16], top_mlp=[32, 16]),
-    "dcnv2-full-stacked": ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=2),
-    "dcnv2-lowrank-stacked": ModelConfig(name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=3, cross_low_rank=8),
+    "dcnv2-full-stacked": ModelConfig(
+        name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=2
+    ),
+    "dcnv2-lowrank-stacked": ModelConfig(
+        name="dcnv2", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=3, cross_low_rank=8
+    ),
     "dcnv2-full-parallel": ModelConfig(
-        name="dcnv2", bottom_mlp=[32, 8], top_mlp=[], cross_layers=2, dcn_structure="parallel", deep_mlp=[32, 16]
+        name="dcnv2",
+        bottom_mlp=[32, 8],
+        top_mlp=[],
+        cross_layers=2,
+        dcn_structure="parallel",
+        deep_mlp=[32, 16],
     ),
     "dcnv2-lowrank-parallel": ModelConfig(
-        name="dcnv2", bottom_mlp=[], top_mlp=[16], cross_layers=1, cross_low_rank=4, dcn_structure="parallel", deep_mlp=[32]
+        name="dcnv2",
+        bottom_mlp=[],
+        top_mlp=[16],
+        cross_layers=1,
+        cross_low_rank=4,
+        dcn_structure="parallel",
+        deep_mlp=[32],
     ),
     "deepfm": ModelConfig(name="deepfm", bottom_mlp=[32, 16], deep_mlp=[32, 16]),
 }
@@ -55,7 +70,9 @@ def test_gradients_reach_every_parameter_and_the_embeddings(name):
 
 
 def test_build_model_dispatches_by_name():
-    assert isinstance(build_model(CONFIGS["dcnv2-full-stacked"], NUM_DENSE, NUM_FEATURES, DIM), DCNv2)
+    assert isinstance(
+        build_model(CONFIGS["dcnv2-full-stacked"], NUM_DENSE, NUM_FEATURES, DIM), DCNv2
+    )
     assert isinstance(build_model(CONFIGS["deepfm"], NUM_DENSE, NUM_FEATURES, DIM), DeepFM)
     with pytest.raises(ValueError, match="not available"):
         build_model(ModelConfig(name="wide_and_deep"), NUM_DENSE, NUM_FEATURES, DIM)
@@ -66,13 +83,24 @@ def test_dcn_structure_is_checked():
         load_config(["--model.dcn_structure", "sideways"])
     assert load_config(["--model.dcn_structure", "parallel"]).model.dcn_structure == "parallel"
     with pytest.raises(ValueError, match="deep_mlp"):
-        DCNv2(NUM_DENSE, NUM_FEATURES, DIM, [16], [8], cross_layers=1, structure="parallel", deep_mlp=[])
+        DCNv2(
+            NUM_DENSE,
+            NUM_FEATURES,
+            DIM,
+            [16],
+            [8],
+            cross_layers=1,
+            structure="parallel",
+            deep_mlp=[],
+        )
 
 
 def test_dot_interaction_by_hand():
     # dense [1, 2], embeddings e1 = [3, 0], e2 = [0, 1]
     # pairs (dense, e1) = 1*3 + 2*0 = 3; (dense, e2) = 1*0 + 2*1 = 2; (e1, e2) = 0
-    out = DotInteraction(num_features=2)(torch.tensor([[1.0, 2.0]]), torch.tensor([[[3.0, 0.0], [0.0, 1.0]]]))
+    out = DotInteraction(num_features=2)(
+        torch.tensor([[1.0, 2.0]]), torch.tensor([[[3.0, 0.0], [0.0, 1.0]]])
+    )
     assert out.tolist() == [[1.0, 2.0, 3.0, 2.0, 0.0]]
 
 
@@ -143,7 +171,11 @@ def test_dcnv2_x0_is_bottom_output_then_flattened_embeddings():
 
 def test_mlperf_dcnv2_is_expressible():
     cfg = ModelConfig(
-        name="dcnv2", bottom_mlp=[512, 256, 128], top_mlp=[1024, 1024, 512, 256], cross_layers=3, cross_low_rank=512
+        name="dcnv2",
+        bottom_mlp=[512, 256, 128],
+        top_mlp=[1024, 1024, 512, 256],
+        cross_layers=3,
+        cross_low_rank=512,
     )
     model = build_model(cfg, num_dense=13, num_features=26, dim=128)
     # bottom 13-512-256-128: 7168 + 131328 + 32896 = 171392
@@ -177,7 +209,8 @@ def test_dlrm_init_weight_of_a_1024x1024_layer_matches_the_formula():
     sigma, n = (2 / 2048) ** 0.5, 2**20
     assert abs(mean) < 5 * sigma / n**0.5
     assert abs(std - sigma) < 5 * sigma / (2 * n) ** 0.5
-    assert abs(kurtosis - 3.0) < 5 * (96 / n) ** 0.5  # normal, not uniform (torch's default: 1.8, std 1/sqrt(3 * 1024))
+    # normal, not uniform (torch's default: 1.8, std 1/sqrt(3 * 1024))
+    assert abs(kurtosis - 3.0) < 5 * (96 / n) ** 0.5
 
 
 def test_dlrm_init_bias_std_is_sqrt_one_over_fan_out():
@@ -199,8 +232,12 @@ def test_dlrm_init_covers_every_linear(name):
     again = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=7)
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), f"{key} was not re-drawn from the seed"
-    assert not torch.equal(model.state_dict()[_linears(model)[0][0] + ".weight"],
-                           build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=8).state_dict()[_linears(model)[0][0] + ".weight"])
+    assert not torch.equal(
+        model.state_dict()[_linears(model)[0][0] + ".weight"],
+        build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=8).state_dict()[
+            _linears(model)[0][0] + ".weight"
+        ],
+    )
     z = []
     for layer_name, layer in _linears(model):
         fan_out, fan_in = layer.weight.shape
@@ -212,10 +249,12 @@ def test_dlrm_init_covers_every_linear(name):
         else:
             assert (layer.bias != 0).all(), layer_name
             z.append(layer.bias / (1 / fan_out) ** 0.5)
-    _, std, _ = _moments(torch.cat(z))  # every value scaled by its own formula's sigma: N(0, 1) as a whole
+    # every value scaled by its own formula's sigma: N(0, 1) as a whole
+    _, std, _ = _moments(torch.cat(z))
     assert abs(std - 1) < 5 / (2 * sum(v.numel() for v in z)) ** 0.5, std
-    assert sum(p.numel() for _, layer in _linears(model) for p in layer.parameters()) == \
-        sum(p.numel() for p in model.parameters())  # every parameter lives in a Linear: all were covered
+    assert sum(p.numel() for _, layer in _linears(model) for p in layer.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    )  # every parameter lives in a Linear: all were covered
 
 
 def test_torch_init_is_the_default_and_unchanged():
@@ -224,14 +263,23 @@ def test_torch_init_is_the_default_and_unchanged():
     torch.manual_seed(0)
     model = build_model(cfg, NUM_DENSE, NUM_FEATURES, DIM, seed=5)
     torch.manual_seed(0)
-    plain = DCNv2(NUM_DENSE, NUM_FEATURES, DIM, cfg.bottom_mlp, cfg.top_mlp, cross_layers=cfg.cross_layers,
-                  cross_low_rank=cfg.cross_low_rank)  # nn.Linear's own init
+    plain = DCNv2(
+        NUM_DENSE,
+        NUM_FEATURES,
+        DIM,
+        cfg.bottom_mlp,
+        cfg.top_mlp,
+        cross_layers=cfg.cross_layers,
+        cross_low_rank=cfg.cross_low_rank,
+    )  # nn.Linear's own init
     for key, value in model.state_dict().items():
         assert torch.equal(value, plain.state_dict()[key]), key
 
 
 def _dense_init(rank, world_size, group, toml):
-    _, parts = load_parts(["--config", toml, "--model.init", "dlrm", "--run.seed", "11"], rank, world_size, group)
+    _, parts = load_parts(
+        ["--config", toml, "--model.init", "dlrm", "--run.seed", "11"], rank, world_size, group
+    )
     return dense_state(parts)
 
 
@@ -239,9 +287,11 @@ def test_dlrm_init_same_weights_at_w1_and_w2(tmp_path):
     from tests.support.dist_utils import run_distributed
 
     toml = tmp_path / "c.toml"
-    toml.write_text('[model]\nname = "dcnv2"\nbottom_mlp = [8, 4]\ntop_mlp = [8]\ncross_low_rank = 3\n[embedding]\ndim = 4\n'
-                    '[[embedding.tables]]\nname = "a"\nnum_embeddings = 20\n'
-                    '[[embedding.tables]]\nname = "b"\nnum_embeddings = 7\n')
+    toml.write_text(
+        '[model]\nname = "dcnv2"\nbottom_mlp = [8, 4]\ntop_mlp = [8]\ncross_low_rank = 3\n[embedding]\ndim = 4\n'
+        '[[embedding.tables]]\nname = "a"\nnum_embeddings = 20\n'
+        '[[embedding.tables]]\nname = "b"\nnum_embeddings = 7\n'
+    )
     one, two = _dense_init(0, 1, None, str(toml)), run_distributed(_dense_init, 2, str(toml))
     assert one.keys() == two.keys() and any(k.startswith("cross.") for k in one)
     for key, value in one.items():
@@ -253,7 +303,9 @@ def test_embedding_init_is_dlrms_uniform():
     from embedding import EmbeddingCollection, SparseOptimizer, Table
 
     rows, dim = 65536, 16
-    weight = EmbeddingCollection([Table("t", rows, dim, "sum", ("t",))], SparseOptimizer("sgd", 0.1)).weight
+    weight = EmbeddingCollection(
+        [Table("t", rows, dim, "sum", ("t",))], SparseOptimizer("sgd", 0.1)
+    ).weight
     bound = (1 / rows) ** 0.5
     mean, std, kurtosis = _moments(weight)
     # U(-b, b): std b / sqrt(3), kurtosis 1.8. n = 2^20 values: standard errors b / sqrt(3n) (mean), b / sqrt(15n)

@@ -15,7 +15,11 @@ ROWS = 301
 def dataset_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ds")
     lines = make_lines(ROWS, seed=5)
-    preprocess([write_tsv(tmp / "x.tsv", lines)], tmp / "out", PreprocessOptions(hash_rows=[97], progress=False))
+    preprocess(
+        [write_tsv(tmp / "x.tsv", lines)],
+        tmp / "out",
+        PreprocessOptions(hash_rows=[97], progress=False),
+    )
     return tmp / "out", reference(lines, hash_rows=97)
 
 
@@ -29,7 +33,10 @@ def test_metadata(dataset_dir):
     ds = BinaryDataset(dataset_dir[0])
     assert ds.feature_names == [f"C{i}" for i in range(1, 27)]
     assert ds.table_rows == [97] * 26 and ds.num_dense == 13 and ds.num_rows == ROWS
-    assert ds.default_train_range == (0, ROWS * 7 // 8) and ds.default_eval_range == (ROWS * 7 // 8, ROWS * 15 // 16)
+    assert ds.default_train_range == (0, ROWS * 7 // 8) and ds.default_eval_range == (
+        ROWS * 7 // 8,
+        ROWS * 15 // 16,
+    )
 
 
 def test_batch_layout_and_values(dataset_dir):
@@ -67,11 +74,13 @@ def test_block_shuffle_is_deterministic_and_a_permutation(dataset_dir):
     first = torch.cat(_global_batches(ds, 1, **kw))
     assert torch.equal(first, torch.cat(_global_batches(BinaryDataset(path), 1, **kw)))
     assert not torch.equal(first, torch.from_numpy(sparse[:240]))  # shuffled ...
-    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, sparse[:240].tolist()))  # ... but every row once
+    # ... but every row once
+    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, sparse[:240].tolist()))
     other_seed = torch.cat(_global_batches(ds, 1, row_range="0:240", shuffle_seed=8, block_size=7))
     assert not torch.equal(first, other_seed)
     epochs = _global_batches(ds, 1, row_range="0:240", shuffle_seed=7, block_size=7, epochs=2)
-    assert not torch.equal(torch.cat(epochs[:10]), torch.cat(epochs[10:]))  # a fresh order per epoch
+    # a fresh order per epoch
+    assert not torch.equal(torch.cat(epochs[:10]), torch.cat(epochs[10:]))
 
 
 def test_unshuffled_and_drop_last(dataset_dir):
@@ -96,11 +105,14 @@ def test_start_step_resumes_exactly(dataset_dir):
 def test_eval_batches(dataset_dir, world_size):
     path, (_, sparse, labels, _) = dataset_dir
     ds = BinaryDataset(path)
-    per_rank = [list(ds.eval_batches(12, r, world_size, row_range=(100, 150))) for r in range(world_size)]
+    per_rank = [
+        list(ds.eval_batches(12, r, world_size, row_range=(100, 150))) for r in range(world_size)
+    ]
     assert len({len(p) for p in per_rank}) == 1
     rows = [torch.cat([_rows_of(p[s]) for p in per_rank]) for s in range(len(per_rank[0]))]
-    covered = 48 + (2 // world_size) * world_size  # 4 full batches, then 2 rows split evenly (W=3: dropped)
-    np.testing.assert_array_equal(torch.cat(rows).numpy(), sparse[100:100 + covered])
+    # 4 full batches, then 2 rows split evenly (W=3: dropped)
+    covered = 48 + (2 // world_size) * world_size
+    np.testing.assert_array_equal(torch.cat(rows).numpy(), sparse[100 : 100 + covered])
     assert ds.eval_batches(12).__next__().labels.numel() == 12
 
 
@@ -135,7 +147,9 @@ def test_truncated_file_is_refused(dataset_dir, tmp_path):
     shutil.copytree(dataset_dir[0], copy)
     data = (copy / "sparse.bin").read_bytes()
     (copy / "sparse.bin").write_bytes(data[:-100])
-    with pytest.raises(DatasetError, match=rf"sparse\.bin has {len(data) - 100} bytes, expected {len(data)}"):
+    with pytest.raises(
+        DatasetError, match=rf"sparse\.bin has {len(data) - 100} bytes, expected {len(data)}"
+    ):
         BinaryDataset(copy)
     (copy / "sparse.bin").write_bytes(data)
     (copy / "labels.bin").unlink()
@@ -170,13 +184,22 @@ def test_loaders_from_config(dataset_dir):
     from training.config import DataConfig
     from training.data import eval_loader, open_dataset, train_loader
 
-    cfg = DataConfig(path=str(dataset_dir[0]), epochs=2, shuffle_block_rows=5, train_range="0:200", eval_range="100:")
+    cfg = DataConfig(
+        path=str(dataset_dir[0]),
+        epochs=2,
+        shuffle_block_rows=5,
+        train_range="0:200",
+        eval_range="100:",
+    )
     ds = open_dataset(cfg)
     with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4) as loader:
         got = [b.sparse.values for b in loader]
     expected = [b.sparse.values for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)]
-    assert len(got) == 2 * 10 - 4 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4, last_step=7) as loader:  # train.steps = 7
+    assert len(got) == 2 * 10 - 4 and all(
+        torch.equal(a, b) for a, b in zip(got, expected, strict=True)
+    )
+    # train.steps = 7
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4, last_step=7) as loader:
         got = [b.sparse.values for b in loader]
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected[:3], strict=False))
     with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
@@ -189,11 +212,19 @@ def test_loaders_from_config(dataset_dir):
 def train_and_eval_dirs(tmp_path_factory):
     """A train dataset with a vocabulary, a later "day" mapped through it (--vocab), and one hashed on its own."""
     tmp = tmp_path_factory.mktemp("eval_path")
-    preprocess([write_tsv(tmp / "train.tsv", make_lines(200, seed=11))], tmp / "train",
-               PreprocessOptions(min_freq=2, progress=False))
-    preprocess([write_tsv(tmp / "test.tsv", make_lines(90, seed=12))], tmp / "test",
-               PreprocessOptions(vocab=str(tmp / "train"), progress=False))
-    preprocess([tmp / "test.tsv"], tmp / "hashed", PreprocessOptions(hash_rows=[50], progress=False))
+    preprocess(
+        [write_tsv(tmp / "train.tsv", make_lines(200, seed=11))],
+        tmp / "train",
+        PreprocessOptions(min_freq=2, progress=False),
+    )
+    preprocess(
+        [write_tsv(tmp / "test.tsv", make_lines(90, seed=12))],
+        tmp / "test",
+        PreprocessOptions(vocab=str(tmp / "train"), progress=False),
+    )
+    preprocess(
+        [tmp / "test.tsv"], tmp / "hashed", PreprocessOptions(hash_rows=[50], progress=False)
+    )
     return tmp
 
 
@@ -211,8 +242,9 @@ def test_eval_path_trains_on_every_train_row_and_evaluates_the_other(train_and_e
         data.eval_range = eval_range
         with eval_loader(eval_ds, data, 16, 0, 1, "cpu") as loader:
             got = torch.cat([_rows_of(b) for b in loader])
-        np.testing.assert_array_equal(got.numpy(), eval_ds.sparse[rows[0]:rows[1]])
-    assert open_dataset(DataConfig(path=str(tmp / "train"))).default_train_range == (0, 175)  # without: 7/8
+        np.testing.assert_array_equal(got.numpy(), eval_ds.sparse[rows[0] : rows[1]])
+    # without: 7/8
+    assert open_dataset(DataConfig(path=str(tmp / "train"))).default_train_range == (0, 175)
 
 
 def test_eval_path_in_the_trainer(train_and_eval_dirs):
@@ -221,11 +253,29 @@ def test_eval_path_in_the_trainer(train_and_eval_dirs):
     from training.evaluate import evaluate
 
     tmp = train_and_eval_dirs
-    base = ["--embedding.dim", "4", "--model.bottom_mlp", "8,4", "--model.top_mlp", "8", "--train.global_batch_size", "20",
-            "--eval.samples", "90", "--eval.batch_size", "30"]
-    cfg = load_config([*base, "--data.path", str(tmp / "train"), "--data.eval_path", str(tmp / "test")])
+    base = [
+        "--embedding.dim",
+        "4",
+        "--model.bottom_mlp",
+        "8,4",
+        "--model.top_mlp",
+        "8",
+        "--train.global_batch_size",
+        "20",
+        "--eval.samples",
+        "90",
+        "--eval.batch_size",
+        "30",
+    ]
+    cfg = load_config(
+        [*base, "--data.path", str(tmp / "train"), "--data.eval_path", str(tmp / "test")]
+    )
     parts = build_parts(cfg)
-    assert cfg.train.steps == 10 and parts.data.eval_dataset.path == tmp / "test" and parts.data.dataset.path == tmp / "train"
+    assert (
+        cfg.train.steps == 10
+        and parts.data.eval_dataset.path == tmp / "test"
+        and parts.data.dataset.path == tmp / "train"
+    )
     # the same (seeded, untrained) model on the test dataset read as data.path with an explicit eval range
     same = load_config([*base, "--data.path", str(tmp / "test"), "--data.eval_range", "0:90"])
     other = build_parts(same)
@@ -241,16 +291,23 @@ def test_eval_path_mismatch_names_both_datasets_and_the_table(train_and_eval_dir
     tmp = train_and_eval_dirs
     train_ds = open_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")))
     first = train_ds.feature_names[0]
-    with pytest.raises(DatasetError, match=rf"eval dataset {tmp / 'hashed'} does not match train dataset {tmp / 'train'}: "
-                                           rf"table {first} has {train_ds.table_rows[0]} rows in {tmp / 'train'} and 50 rows "
-                                           rf"in {tmp / 'hashed'}"):
-        open_eval_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")), train_ds)
+    with pytest.raises(
+        DatasetError,
+        match=rf"eval dataset {tmp / 'hashed'} does not match train dataset {tmp / 'train'}: "
+        rf"table {first} has {train_ds.table_rows[0]} rows in {tmp / 'train'} and 50 rows "
+        rf"in {tmp / 'hashed'}",
+    ):
+        open_eval_dataset(
+            DataConfig(path=str(tmp / "train"), eval_path=str(tmp / "hashed")), train_ds
+        )
     renamed = tmp_path / "renamed"
     shutil.copytree(tmp / "test", renamed)
     meta = json.loads((renamed / "meta.json").read_text())
     meta["feature_names"][3] = "D4"
     (renamed / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match=r"its categorical feature 3 is 'D4', the train dataset's is 'C4'"):
+    with pytest.raises(
+        DatasetError, match=r"its categorical feature 3 is 'D4', the train dataset's is 'C4'"
+    ):
         open_eval_dataset(DataConfig(path=str(tmp / "train"), eval_path=str(renamed)), train_ds)
     with pytest.raises(ConfigError, match=r"'data.eval_path' needs data.path"):
         load_config(["--data.eval_path", str(tmp / "test")])

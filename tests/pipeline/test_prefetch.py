@@ -11,7 +11,9 @@ from pipeline.prefetch import PrefetchLoader, map_tensors
 
 
 def _batch(i: int) -> Batch:
-    kjt = KeyedJagged(torch.arange(i, i + 3, dtype=torch.int64), torch.tensor([0, 1, 3], dtype=torch.int64), ["a"])
+    kjt = KeyedJagged(
+        torch.arange(i, i + 3, dtype=torch.int64), torch.tensor([0, 1, 3], dtype=torch.int64), ["a"]
+    )
     return Batch(dense=torch.full((2, 4), float(i)), labels=torch.tensor([0.0, 1.0]), sparse=kjt)
 
 
@@ -104,7 +106,9 @@ def test_dropping_the_loader_stops_the_thread():
 def test_map_tensors_keeps_structure():
     tree = {"x": (torch.ones(2), [torch.zeros(1)]), "b": _batch(3), "n": 5}
     out = map_tensors(tree, lambda t: t + 1)
-    assert out["n"] == 5 and torch.equal(out["x"][1][0], torch.ones(1)) and isinstance(out["b"], Batch)
+    assert (
+        out["n"] == 5 and torch.equal(out["x"][1][0], torch.ones(1)) and isinstance(out["b"], Batch)
+    )
     assert torch.equal(out["b"].sparse.values, torch.tensor([4, 5, 6]))
 
 
@@ -122,7 +126,9 @@ def test_cuda_copies_match_and_reuse_pinned_buffers():
         for ref, got in zip(batches, loader, strict=True):
             assert got.dense.device.type == "cuda" and got.sparse.values.device.type == "cuda"
             torch.cuda.current_stream().synchronize()
-            assert torch.equal(got.dense.cpu(), ref.dense) and torch.equal(got.sparse.values.cpu(), ref.sparse.values)
+            assert torch.equal(got.dense.cpu(), ref.dense) and torch.equal(
+                got.sparse.values.cpu(), ref.sparse.values
+            )
         assert loader.total_h2d_ms >= 0.0
 
 
@@ -132,11 +138,19 @@ def test_transform_runs_in_the_producer_on_the_device_batch(depth):
 
     def double_ids(batch):
         seen.append(threading.current_thread().name)
-        return Batch(batch.dense, batch.labels, KeyedJagged(batch.sparse.values * 2, batch.sparse.offsets, batch.sparse.keys))
+        return Batch(
+            batch.dense,
+            batch.labels,
+            KeyedJagged(batch.sparse.values * 2, batch.sparse.offsets, batch.sparse.keys),
+        )
 
-    with PrefetchLoader((_batch(i) for i in range(7)), "cpu", depth=depth, transform=double_ids) as loader:
+    with PrefetchLoader(
+        (_batch(i) for i in range(7)), "cpu", depth=depth, transform=double_ids
+    ) as loader:
         got = list(loader)
-    assert [b.sparse.values.tolist() for b in got] == [[2 * i, 2 * i + 2, 2 * i + 4] for i in range(7)]
+    assert [b.sparse.values.tolist() for b in got] == [
+        [2 * i, 2 * i + 2, 2 * i + 4] for i in range(7)
+    ]
     assert seen == ["PrefetchLoader"] * 7
 
 
@@ -157,8 +171,15 @@ def test_cuda_source_runs_on_the_side_stream_and_is_not_copied():
     def on_device():
         for i in range(6):
             streams.append(torch.cuda.current_stream(device))
-            b = Batch(torch.full((2, 4), float(i), device=device), torch.zeros(2, device=device),
-                      KeyedJagged(torch.arange(i, i + 3, device=device), torch.tensor([0, 1, 3], device=device), ["a"]))
+            b = Batch(
+                torch.full((2, 4), float(i), device=device),
+                torch.zeros(2, device=device),
+                KeyedJagged(
+                    torch.arange(i, i + 3, device=device),
+                    torch.tensor([0, 1, 3], device=device),
+                    ["a"],
+                ),
+            )
             made.append(b.dense.data_ptr())
             yield b
 
@@ -170,6 +191,7 @@ def test_cuda_source_runs_on_the_side_stream_and_is_not_copied():
         for i, got in enumerate(loader):
             assert got.dense.data_ptr() == made[i]  # delivered as made, no copy
             assert torch.equal(got.dense.cpu(), torch.full((2, 4), float(i)))
-    assert all(s != main_stream for s in streams)  # made on the loader's side stream, not the default one
+    # made on the loader's side stream, not the default one
+    assert all(s != main_stream for s in streams)
     with PrefetchLoader(on_device(), device, transform=plus_one) as loader:
         assert [float(b.dense[0, 0]) for b in loader] == [i + 1.0 for i in range(6)]

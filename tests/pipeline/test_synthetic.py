@@ -10,7 +10,11 @@ from training.data import SyntheticSource
 from training.distributed import DistContext
 from training.evaluate import auc
 
-FEATURES = [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 1000, 0, 4), SyntheticFeature("c", 1, 1000, 2, 2)]
+FEATURES = [
+    SyntheticFeature("a", 0, 100, 1, 1),
+    SyntheticFeature("b", 1, 1000, 0, 4),
+    SyntheticFeature("c", 1, 1000, 2, 2),
+]
 
 
 def unpack(batch):
@@ -32,14 +36,17 @@ def test_samples_depend_only_on_global_index():
     whole = unpack(data.batch(0, 40))
     pieces = unpack(data.batch(0, 13)) + unpack(data.batch(13, 27))
     assert whole == pieces
-    assert unpack(SyntheticData(FEATURES, num_dense=3, seed=6).batch(0, 40)) != whole  # the seed matters
+    # the seed matters
+    assert unpack(SyntheticData(FEATURES, num_dense=3, seed=6).batch(0, 40)) != whole
 
 
 def test_world_size_split_equals_single_rank():
     data = SyntheticData(FEATURES, num_dense=3, seed=1)
     single = [unpack(b) for b in data.local_batches(24, 0, 1, 3, SyntheticData.TRAIN)]
     for world in (2, 4):
-        per_rank = [list(data.local_batches(24, r, world, 3, SyntheticData.TRAIN)) for r in range(world)]
+        per_rank = [
+            list(data.local_batches(24, r, world, 3, SyntheticData.TRAIN)) for r in range(world)
+        ]
         for step in range(3):
             assert sum((unpack(per_rank[r][step]) for r in range(world)), []) == single[step]
 
@@ -72,18 +79,65 @@ def test_hidden_model_gives_learnable_signal():
 # ---- the device generator against the frozen host generator (tests/support/synthetic_reference.py) -------------------
 ORACLE_FEATURES = {
     # one id per bag, two features on one hidden table
-    "one-hot": [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 7, 1, 1), SyntheticFeature("c", 1, 7, 1, 1)],
+    "one-hot": [
+        SyntheticFeature("a", 0, 100, 1, 1),
+        SyntheticFeature("b", 1, 7, 1, 1),
+        SyntheticFeature("c", 1, 7, 1, 1),
+    ],
     # fixed multi-hot bags in runs of equal and unequal lengths: no host sync
-    "fixed": [SyntheticFeature("a", 0, 1000, 3, 3), SyntheticFeature("b", 1, 50, 3, 3), SyntheticFeature("c", 2, 9, 1, 1),
-              SyntheticFeature("d", 3, 40_000_000, 5, 5), SyntheticFeature("e", 4, 3, 2, 2)],
+    "fixed": [
+        SyntheticFeature("a", 0, 1000, 3, 3),
+        SyntheticFeature("b", 1, 50, 3, 3),
+        SyntheticFeature("c", 2, 9, 1, 1),
+        SyntheticFeature("d", 3, 40_000_000, 5, 5),
+        SyntheticFeature("e", 4, 3, 2, 2),
+    ],
     # variable bags with empty ones, a never-filled feature and one table behind two features
-    "variable": [SyntheticFeature("a", 0, 100, 1, 1), SyntheticFeature("b", 1, 1000, 0, 4), SyntheticFeature("c", 1, 1000, 2, 2),
-                 SyntheticFeature("d", 2, 30, 0, 0), SyntheticFeature("e", 3, 500, 0, 7)],
+    "variable": [
+        SyntheticFeature("a", 0, 100, 1, 1),
+        SyntheticFeature("b", 1, 1000, 0, 4),
+        SyntheticFeature("c", 1, 1000, 2, 2),
+        SyntheticFeature("d", 2, 30, 0, 0),
+        SyntheticFeature("e", 3, 500, 0, 7),
+    ],
     # the MLPerf DCN-v2 bag sizes, 100 ids in one bag
-    "mlperf": [SyntheticFeature(f"C{i + 1}", i, rows, k, k) for i, (rows, k) in enumerate(zip(
-        [40_000_000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40_000_000, 3067956, 405282, 10, 2209, 11938, 155, 4,
-         976, 14, 40_000_000, 40_000_000, 40_000_000, 590152, 12973, 108, 36],
-        [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1], strict=True))],
+    "mlperf": [
+        SyntheticFeature(f"C{i + 1}", i, rows, k, k)
+        for i, (rows, k) in enumerate(
+            zip(
+                [
+                    40_000_000,
+                    39060,
+                    17295,
+                    7424,
+                    20265,
+                    3,
+                    7122,
+                    1543,
+                    63,
+                    40_000_000,
+                    3067956,
+                    405282,
+                    10,
+                    2209,
+                    11938,
+                    155,
+                    4,
+                    976,
+                    14,
+                    40_000_000,
+                    40_000_000,
+                    40_000_000,
+                    590152,
+                    12973,
+                    108,
+                    36,
+                ],
+                [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1],
+                strict=True,
+            )
+        )
+    ],
 }
 
 
@@ -98,7 +152,8 @@ def assert_same_batch(got, ref):
 
 @pytest.mark.parametrize("stream", [SyntheticData.TRAIN, SyntheticData.EVAL])
 @pytest.mark.parametrize("start, count", [(0, 1), (0, 97), (5_000_003, 64), (2**41 + 7, 13)])
-@pytest.mark.parametrize("exponent, num_dense", [(1.05, 13), (1.0, 4), (1.6, 0)])  # 1.0: the exp branch
+# 1.0: the exp branch
+@pytest.mark.parametrize("exponent, num_dense", [(1.05, 13), (1.0, 4), (1.6, 0)])
 @pytest.mark.parametrize("shape", list(ORACLE_FEATURES))
 def test_bit_identical_to_the_host_generator(shape, exponent, num_dense, start, count, stream):
     args = (ORACLE_FEATURES[shape], num_dense, exponent, 1.7, 11)
@@ -115,7 +170,11 @@ def test_world_size_slices_match_the_host_generator(shape, world_size):
     new, ref = SyntheticData(*args), ReferenceSyntheticData(*args)
     for rank in range(world_size):
         got = list(new.local_batches(16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
-        want = list(SyntheticData.local_batches(ref, 16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1))
+        want = list(
+            SyntheticData.local_batches(
+                ref, 16, rank, world_size, 3, SyntheticData.TRAIN, first_step=1
+            )
+        )
         assert len(got) == len(want) == 2
         for a, b in zip(got, want, strict=True):
             assert_same_batch(a, b)
@@ -125,8 +184,13 @@ def test_in_place_hash_is_the_shared_hash():
     from kernels.hashing import uniform
     from pipeline.synthetic import _uniform_
 
-    x = torch.cat([torch.arange(-300, 300), torch.tensor([2**63 - 1, -(2**63), 2**40 + 5]),
-                   torch.randint(-(2**62), 2**62, (1000,), generator=torch.Generator().manual_seed(0))])
+    x = torch.cat(
+        [
+            torch.arange(-300, 300),
+            torch.tensor([2**63 - 1, -(2**63), 2**40 + 5]),
+            torch.randint(-(2**62), 2**62, (1000,), generator=torch.Generator().manual_seed(0)),
+        ]
+    )
     assert torch.equal(_uniform_(x.clone()), uniform(x))
 
 
@@ -140,7 +204,11 @@ def test_cuda_generator_matches_cpu(shape):
         want, got = cpu.batch(start, count), cuda.batch(start, count)
         assert got.dense.is_cuda and got.sparse.values.is_cuda
         # exact: hashing; ids only move if pow's last ulp crosses an integer, labels if the logit's ulp flips one
-        assert torch.equal(got.dense.cpu(), want.dense) and torch.equal(got.sparse.offsets.cpu(), want.sparse.offsets)
+        assert torch.equal(got.dense.cpu(), want.dense) and torch.equal(
+            got.sparse.offsets.cpu(), want.sparse.offsets
+        )
         assert torch.equal(got.sparse.values.cpu(), want.sparse.values)
         assert int((got.labels.cpu() != want.labels).sum()) <= 1
-        torch.testing.assert_close(cuda.true_logits(start, count).cpu(), cpu.true_logits(start, count))
+        torch.testing.assert_close(
+            cuda.true_logits(start, count).cpu(), cpu.true_logits(start, count)
+        )

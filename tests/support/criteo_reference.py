@@ -27,8 +27,11 @@ def make_lines(n: int, seed: int = 0) -> list[str]:
         for _ in range(26):
             if rng.random() < 0.15:
                 fields.append("")
-            else:  # a few frequent values so the vocabulary threshold matters, plus rare full-range ones
-                fields.append(f"{rng.choice([rng.getrandbits(32), rng.randint(0, 5), 0xFFFFFFFF]):08x}")
+            # a few frequent values so the vocabulary threshold matters, plus rare full-range ones
+            else:
+                fields.append(
+                    f"{rng.choice([rng.getrandbits(32), rng.randint(0, 5), 0xFFFFFFFF]):08x}"
+                )
         lines.append("\t".join(fields))
     return lines
 
@@ -47,7 +50,10 @@ def reference(lines: list[str], hash_rows: int | None = None, min_freq: int | No
     """(dense float32 [R,13], sparse int64 [R,26], labels float32 [R], table_rows) computed line by line."""
     rows = [line.split("\t") for line in lines]
     labels = np.array([float(r[0]) for r in rows], dtype=np.float32)
-    dense = np.array([[math.log1p(max(int(x), 0)) if x else 0.0 for x in r[1:14]] for r in rows], dtype=np.float64)
+    dense = np.array(
+        [[math.log1p(max(int(x), 0)) if x else 0.0 for x in r[1:14]] for r in rows],
+        dtype=np.float64,
+    )
     raw = [[int(c, 16) if c else None for c in r[14:]] for r in rows]
     if hash_rows is not None:
         sparse = np.array([[(v or 0) % hash_rows for v in r] for r in raw], dtype=np.int64)
@@ -56,7 +62,9 @@ def reference(lines: list[str], hash_rows: int | None = None, min_freq: int | No
     table_rows = []
     for t in range(26):
         counts = Counter(r[t] for r in raw if r[t] is not None)
-        kept = sorted((v for v, c in counts.items() if c >= min_freq), key=lambda v: (-counts[v], v))
+        kept = sorted(
+            (v for v, c in counts.items() if c >= min_freq), key=lambda v: (-counts[v], v)
+        )
         ids = {v: i + 1 for i, v in enumerate(kept)}
         table_rows.append(len(kept) + 1)
         for i, r in enumerate(raw):

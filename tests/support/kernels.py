@@ -12,5 +12,5 @@ DEVICE = torch.device("cpu") if INTERPRETED or not HAS_CUDA else torch.device("c
 needs_triton = pytest.mark.skipif(
     not INTERPRETED and not HAS_CUDA,
     reason="no GPU and the Triton kernels are compiled, not interpreted (TRITON_INTERPRET was not 1 when "
-           "kernels.*_triton was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
+    "kernels.*_triton was first imported); run via tests/conftest.py or with TRITON_INTERPRET=1",
 )

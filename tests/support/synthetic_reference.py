@@ -65,8 +65,15 @@ class ReferenceSyntheticData:
 
     TRAIN, EVAL = 0, 1  # streams: disjoint sample sequences from the same hidden model
 
-    def __init__(self, features: list, num_dense: int, zipf_exponent: float = 1.05,  # features: SyntheticFeature
-                 signal: float = 1.0, seed: int = 0):
+    # features: SyntheticFeature
+    def __init__(
+        self,
+        features: list,
+        num_dense: int,
+        zipf_exponent: float = 1.05,
+        signal: float = 1.0,
+        seed: int = 0,
+    ):
         if num_dense >= 255 or len(features) >= 256:
             raise ValueError("synthetic data supports < 255 dense and < 256 sparse features")
         self.features = features
@@ -76,7 +83,9 @@ class ReferenceSyntheticData:
         self.seed = seed
         self.max_bag = max((f.bag_max for f in features), default=0)
         if _SLOT_IDS + len(features) * self.max_bag >= _SLOTS:
-            raise ValueError("synthetic data: too many features x bag length for the counter layout")
+            raise ValueError(
+                "synthetic data: too many features x bag length for the counter layout"
+            )
         seed_t = torch.tensor([seed * 1_000_003 + 17], dtype=torch.int64)
         self._model_key = int(splitmix64(seed_t + 7_777_777)[0])
         g = uniform(self._model_key ^ torch.arange(num_dense, dtype=torch.int64) * 7919)
@@ -107,8 +116,12 @@ class ReferenceSyntheticData:
         positions = torch.arange(self.max_bag, dtype=torch.int64)
         for f, feat in enumerate(self.features):
             span = feat.bag_max - feat.bag_min + 1
-            length = feat.bag_min + (uniform(base + _SLOT_LENGTH + f) * span).long().clamp_(max=span - 1)
-            u = uniform(base[:, None] + (_SLOT_IDS + f * self.max_bag) + positions[None, : feat.bag_max])
+            length = feat.bag_min + (uniform(base + _SLOT_LENGTH + f) * span).long().clamp_(
+                max=span - 1
+            )
+            u = uniform(
+                base[:, None] + (_SLOT_IDS + f * self.max_bag) + positions[None, : feat.bag_max]
+            )
             ids = zipf_ids(u, feat.num_rows, self.zipf_exponent)  # [B, bag_max]
             present = positions[None, : feat.bag_max] < length[:, None]
             values.append(ids[present])

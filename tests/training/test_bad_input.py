@@ -78,26 +78,44 @@ def _raw_ids(kjt: KeyedJagged, rows: dict[str, int], features: set[str], seed: i
 # ---- out-of-range policy --------------------------------------------------------------------------------
 def test_policy_resolution_and_validation(toml):
     _, parts = _parts(toml)
-    assert {t.name: t.out_of_range for t in parts.tables} == {"big": "modulo", "shared": "error", "small": "error",
-                                                              "pinned": "error"}
+    assert {t.name: t.out_of_range for t in parts.tables} == {
+        "big": "modulo",
+        "shared": "error",
+        "small": "error",
+        "pinned": "error",
+    }
     _, parts = _parts(toml, ["--embedding.out_of_range", "modulo"])
-    assert {t.out_of_range for t in parts.tables} == {"modulo"}  # "big" sets its own, the others inherit
+    # "big" sets its own, the others inherit
+    assert {t.out_of_range for t in parts.tables} == {"modulo"}
     with pytest.raises(ConfigError, match=r"embedding.out_of_range.*'wrap'"):
         load_config(["--config", toml, "--embedding.out_of_range", "wrap"])
 
 
 def test_error_names_table_feature_sample_and_id(toml):
     _, parts = _parts(toml)
-    kjt = KeyedJagged.from_lists({"big": [[1], [2], [3]], "shared_a": [[0], [], [4]], "shared_b": [[1], [2, 23], [0]],
-                                  "small": [[0], [1], [2]], "pinned": [[0], [1], [2]]})
-    with pytest.raises(ValueError, match=r"^feature 'shared_b' \(table 'shared', 23 rows\): sample 1 has id 23 "
-                                         r"outside \[0, 23\) \(out_of_range='error'"):
+    kjt = KeyedJagged.from_lists(
+        {
+            "big": [[1], [2], [3]],
+            "shared_a": [[0], [], [4]],
+            "shared_b": [[1], [2, 23], [0]],
+            "small": [[0], [1], [2]],
+            "pinned": [[0], [1], [2]],
+        }
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^feature 'shared_b' \(table 'shared', 23 rows\): sample 1 has id 23 "
+        r"outside \[0, 23\) \(out_of_range='error'",
+    ):
         parts.embeddings.input_dist(kjt)
     kjt.values[kjt.values.tolist().index(23)] = 4  # fixed; now a negative id in the "modulo" table
     parts.embeddings.input_dist(kjt)
     kjt.values[2] = -3
-    with pytest.raises(ValueError, match=r"^feature 'big' \(table 'big', 37 rows\): sample 2 has negative id -3 "
-                                         r"\(an error under every out_of_range policy\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^feature 'big' \(table 'big', 37 rows\): sample 2 has negative id -3 "
+        r"\(an error under every out_of_range policy\)",
+    ):
         parts.embeddings.input_dist(kjt)
     kjt.values[2] = 37 * 5 + 3  # modulo table: accepted as 3
     assert parts.embeddings.check_ids(kjt).values[2] == 3
@@ -113,8 +131,10 @@ def _modulo_case(rank, world_size, group, toml, steps):
         rows = {f: t.num_embeddings for t in parts.tables for f in t.features}
         host = list(host_batches(cfg, rank, world_size, steps=steps + 1))
         if raw:
-            host = [Batch(b.dense, b.labels, _raw_ids(b.sparse, rows, set(rows), seed=step * 16 + rank))
-                    for step, b in enumerate(host)]
+            host = [
+                Batch(b.dense, b.labels, _raw_ids(b.sparse, rows, set(rows), seed=step * 16 + rank))
+                for step, b in enumerate(host)
+            ]
             assert any(bool((b.sparse.values >= 23).any()) for b in host)  # really out of range
         cfg.train.steps = steps
         losses = list(train_losses(cfg, parts, world_size, batches=host[:steps]).values())
@@ -127,7 +147,8 @@ def _modulo_case(rank, world_size, group, toml, steps):
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_modulo_trains_exactly_like_wrapped_ids(toml, world_size):
     (losses_m, full_m, dense_m, pooled_m), (losses_w, full_w, dense_w, pooled_w) = run_distributed(
-        _modulo_case, world_size, toml, 4)
+        _modulo_case, world_size, toml, 4
+    )
     assert losses_m == losses_w
     assert torch.equal(pooled_m, pooled_w)
     for name, state in full_w.items():
@@ -155,32 +176,66 @@ def write_dataset(directory, dense=None, labels=None):
     for key, array in (("dense", dense), ("sparse", sparse), ("labels", labels)):
         array.tofile(directory / f"{key}.bin")
         files[key] = {"name": f"{key}.bin", "dtype": array.dtype.name, "bytes": array.nbytes}
-    meta = {"format": "recfuse-criteo-binary", "version": 1, "num_rows": ROWS, "num_dense": DENSE,
-            "feature_names": ["f0", "f1"], "table_rows": [11, 7], "files": files}
+    meta = {
+        "format": "recfuse-criteo-binary",
+        "version": 1,
+        "num_rows": ROWS,
+        "num_dense": DENSE,
+        "feature_names": ["f0", "f1"],
+        "table_rows": [11, 7],
+        "files": files,
+    }
     (directory / "meta.json").write_text(json.dumps(meta))
     return dense, labels
 
 
 def _train_on(path, run_dir, *extra):
-    return train.main(["--data.path", str(path), "--run.dir", str(run_dir), "--train.global_batch_size", "16",
-                       "--model.bottom_mlp", "8,4", "--model.top_mlp", "8", "--embedding.dim", "4",
-                       "--data.shuffle_block_rows", "5", "--eval.samples", "8", "--eval.batch_size", "8", *extra])
+    return train.main(
+        [
+            "--data.path",
+            str(path),
+            "--run.dir",
+            str(run_dir),
+            "--train.global_batch_size",
+            "16",
+            "--model.bottom_mlp",
+            "8,4",
+            "--model.top_mlp",
+            "8",
+            "--embedding.dim",
+            "4",
+            "--data.shuffle_block_rows",
+            "5",
+            "--eval.samples",
+            "8",
+            "--eval.batch_size",
+            "8",
+            *extra,
+        ]
+    )
 
 
 def test_dataset_nan_dense_and_bad_label_name_file_row_and_offset(tmp_path):
     dense, labels = write_dataset(tmp_path / "good")
-    _train_on(tmp_path / "good", tmp_path / "run_good")  # 56 train rows: 3 steps, every batch checked
+    # 56 train rows: 3 steps, every batch checked
+    _train_on(tmp_path / "good", tmp_path / "run_good")
     dense[41, 2] = np.nan
     write_dataset(tmp_path / "nan", dense=dense)
     path = tmp_path / "nan" / "dense.bin"
-    with pytest.raises(ValueError, match=rf"^step \d: dense feature 2 of row 41 of {path} \(byte offset "
-                                         rf"{(41 * DENSE + 2) * 4}\) is nan"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^step \d: dense feature 2 of row 41 of {path} \(byte offset "
+        rf"{(41 * DENSE + 2) * 4}\) is nan",
+    ):
         _train_on(tmp_path / "nan", tmp_path / "run_nan")
     labels[17] = 2.0
     write_dataset(tmp_path / "label", labels=labels)
     path = tmp_path / "label" / "labels.bin"
-    with pytest.raises(ValueError, match=rf"^step \d: label of row 17 of {path} \(byte offset {17 * 4}\) is 2.0, "
-                                         r"expected a value in \[0, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^step \d: label of row 17 of {path} \(byte offset {17 * 4}\) is 2.0, "
+        r"expected a value in \[0, 1\]",
+    ):
         _train_on(tmp_path / "label", tmp_path / "run_label")
 
 
@@ -195,8 +250,14 @@ def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path, r
     if reader == "dali" and not DALI_AVAILABLE:
         pytest.skip("NVIDIA DALI is not installed (the [dali] extra)")
     dense, _ = write_dataset(tmp_path / "ds")
-    cfg = DataConfig(path=str(tmp_path / "ds"), epochs=2, shuffle_block_rows=3, train_range="0:50", eval_range="50:",
-                     reader=reader)
+    cfg = DataConfig(
+        path=str(tmp_path / "ds"),
+        epochs=2,
+        shuffle_block_rows=3,
+        train_range="0:50",
+        eval_range="50:",
+        reader=reader,
+    )
     ds = BinaryDataset(cfg.path)
     seen = []
 
@@ -208,20 +269,28 @@ def test_dataset_checks_name_the_right_row_at_every_rank_and_in_eval(tmp_path, r
         return batch
 
     for rank in range(2):
-        with train_loader(ds, cfg, 16, rank, 2, "cpu", seed=3, start_step=1, check=record) as loader:
+        with train_loader(
+            ds, cfg, 16, rank, 2, "cpu", seed=3, start_step=1, check=record
+        ) as loader:
             assert len(list(loader)) == 5
     with eval_loader(ds, cfg, 8, 0, 2, "cpu", check=record) as loader:
         list(loader)
     assert all(row == value for _, row, value in seen)  # dense column 0 is the row number
-    assert {at for at, _, _ in seen} == {f"step {s}" for s in range(2, 7)} | {"eval batch 0", "eval batch 1"}
-    assert len({row for at, row, _ in seen if at.startswith("step")}) > 40  # shuffled blocks: many distinct rows
+    assert {at for at, _, _ in seen} == {f"step {s}" for s in range(2, 7)} | {
+        "eval batch 0",
+        "eval batch 1",
+    }
+    # shuffled blocks: many distinct rows
+    assert len({row for at, row, _ in seen if at.startswith("step")}) > 40
     dense[55, 1] = np.inf
     write_dataset(tmp_path / "bad_eval", dense=dense)
     bad = BinaryDataset(tmp_path / "bad_eval")
 
-
-    with pytest.raises(ValueError, match=rf"^eval batch 0: dense feature 1 of row 55 of .*dense.bin \(byte offset "
-                                         rf"{(55 * DENSE + 1) * 4}\) is inf"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^eval batch 0: dense feature 1 of row 55 of .*dense.bin \(byte offset "
+        rf"{(55 * DENSE + 1) * 4}\) is inf",
+    ):
         with eval_loader(bad, cfg, 16, 0, 1, "cpu", check=check_batch) as loader:
             list(loader)
 
@@ -231,22 +300,36 @@ def test_truncated_file_and_bad_metadata_name_the_file(tmp_path):
 
     write_dataset(tmp_path / "ds")
     data = (tmp_path / "ds" / "dense.bin").read_bytes()
-    (tmp_path / "ds" / "dense.bin").write_bytes(data[:-20])  # 64 rows of 12 bytes, 20 short: row 62 is cut
-    with pytest.raises(DatasetError, match=rf"dense\.bin has {len(data) - 20} bytes, expected {len(data)} from meta\.json "
-                                           rf"\(truncated or overwritten\?\); row 62 \(byte offset {62 * 12}\) is the first"):
+    # 64 rows of 12 bytes, 20 short: row 62 is cut
+    (tmp_path / "ds" / "dense.bin").write_bytes(data[:-20])
+    with pytest.raises(
+        DatasetError,
+        match=rf"dense\.bin has {len(data) - 20} bytes, expected {len(data)} from meta\.json "
+        rf"\(truncated or overwritten\?\); row 62 \(byte offset {62 * 12}\) is the first",
+    ):
         BinaryDataset(tmp_path / "ds")
     write_dataset(tmp_path / "ds")
     meta_path = tmp_path / "ds" / "meta.json"
     good = json.loads(meta_path.read_text())
-    cases = [({"num_rows": "64"}, r"'num_rows' is '64', expected a JSON int"),
-             ({"num_rows": None}, r"'num_rows' is None, expected a JSON int"),
-             ({"format": "parquet"}, r"format is 'parquet', expected 'recfuse-criteo-binary'"),
-             ({"table_rows": [11]}, r"table_rows \[11\] must be one positive row count per feature"),
-             ({"table_rows": [11, 0]}, r"table_rows \[11, 0\] must be one positive"),
-             ({"files": {"dense": good["files"]["dense"], "sparse": good["files"]["sparse"]}}, r"files\.labels is None"),
-             ({"files": {**good["files"], "sparse": {**good["files"]["sparse"], "dtype": "int33"}}},
-              r"files\.sparse\.dtype 'int33' is not a numpy dtype"),
-             ({"num_rows": 65}, r"dense\.bin is listed with 768 bytes, but shape \[65, 3\] of float32 needs 780")]
+    cases = [
+        ({"num_rows": "64"}, r"'num_rows' is '64', expected a JSON int"),
+        ({"num_rows": None}, r"'num_rows' is None, expected a JSON int"),
+        ({"format": "parquet"}, r"format is 'parquet', expected 'recfuse-criteo-binary'"),
+        ({"table_rows": [11]}, r"table_rows \[11\] must be one positive row count per feature"),
+        ({"table_rows": [11, 0]}, r"table_rows \[11, 0\] must be one positive"),
+        (
+            {"files": {"dense": good["files"]["dense"], "sparse": good["files"]["sparse"]}},
+            r"files\.labels is None",
+        ),
+        (
+            {"files": {**good["files"], "sparse": {**good["files"]["sparse"], "dtype": "int33"}}},
+            r"files\.sparse\.dtype 'int33' is not a numpy dtype",
+        ),
+        (
+            {"num_rows": 65},
+            r"dense\.bin is listed with 768 bytes, but shape \[65, 3\] of float32 needs 780",
+        ),
+    ]
     for change, message in cases:
         meta_path.write_text(json.dumps({**good, **change}))
         with pytest.raises(DatasetError, match=rf"^{meta_path}: {message}"):

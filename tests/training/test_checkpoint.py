@@ -16,7 +16,15 @@ from pipeline.batch import Batch, KeyedJagged
 from pipeline.checks import check_batch, checked_batches, sample_index
 from tests.support.configs import CHECKPOINT_TOML
 from tests.support.dist_utils import run_distributed
-from tests.support.training import ROOT, build_parts, context, dense_state, host_batches, load_parts, train_with_checkpoints
+from tests.support.training import (
+    ROOT,
+    build_parts,
+    context,
+    dense_state,
+    host_batches,
+    load_parts,
+    train_with_checkpoints,
+)
 from training import checkpoint
 from training.config import load_config
 from training.digest import weights_digest
@@ -34,7 +42,6 @@ def toml(tmp_path_factory):
     return str(path)
 
 
-
 def _run(rank, world_size, group, toml, run_dir, steps, extra=()):
     """({step: global loss}, digest, full state, dense state)."""
     losses, parts = train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra)
@@ -44,8 +51,18 @@ def _run(rank, world_size, group, toml, run_dir, steps, extra=()):
 def _resume_case(rank, world_size, group, toml, base):
     """Uninterrupted run, then the same run stopped at SPLIT and resumed with auto."""
     straight = _run(rank, world_size, group, toml, f"{base}/straight", STEPS)
-    first = _run(rank, world_size, group, toml, f"{base}/resumed", SPLIT, ["--train.checkpoint_every", str(SPLIT)])
-    resumed = _run(rank, world_size, group, toml, f"{base}/resumed", STEPS, ["--train.resume", "auto"])
+    first = _run(
+        rank,
+        world_size,
+        group,
+        toml,
+        f"{base}/resumed",
+        SPLIT,
+        ["--train.checkpoint_every", str(SPLIT)],
+    )
+    resumed = _run(
+        rank, world_size, group, toml, f"{base}/resumed", STEPS, ["--train.resume", "auto"]
+    )
     return straight, first, resumed
 
 
@@ -53,7 +70,13 @@ def _load_only(rank, world_size, group, toml, path):
     _, parts = load_parts(["--config", toml], rank, world_size, group)
     step = checkpoint.load(path, parts, context(rank, world_size, group))
     plan = {n: p.placement for n, p in parts.plan.placements.items()}
-    return step, parts.embeddings.full_state_dict(), dense_state(parts), plan, parts.embeddings.num_updates
+    return (
+        step,
+        parts.embeddings.full_state_dict(),
+        dense_state(parts),
+        plan,
+        parts.embeddings.num_updates,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +96,12 @@ def _assert_same_state(a, b):
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_exact_resume(runs, world_size):
     straight, first, resumed = runs[world_size]
-    assert sorted(first[0]) == list(range(1, SPLIT + 1)) and sorted(resumed[0]) == list(range(SPLIT + 1, STEPS + 1))
-    assert [straight[0][s] for s in range(SPLIT + 1, STEPS + 1)] == [resumed[0][s] for s in range(SPLIT + 1, STEPS + 1)]
+    assert sorted(first[0]) == list(range(1, SPLIT + 1)) and sorted(resumed[0]) == list(
+        range(SPLIT + 1, STEPS + 1)
+    )
+    assert [straight[0][s] for s in range(SPLIT + 1, STEPS + 1)] == [
+        resumed[0][s] for s in range(SPLIT + 1, STEPS + 1)
+    ]
     assert resumed[1] == straight[1]  # weights_digest
     _assert_same_state(straight[2], resumed[2])  # weights, optimizer state, freq, last_step
 
@@ -87,8 +114,13 @@ def test_lookup_statistics_are_sharding_consistent(runs, toml):
     for batch in host_batches(cfg, steps=STEPS):
         kjt = batch.sparse
         for f, key in enumerate(kjt.keys):
-            lo, hi = int(kjt.offsets[f * kjt.batch_size]), int(kjt.offsets[(f + 1) * kjt.batch_size])
-            expected[feature_table[key]] += torch.bincount(kjt.values[lo:hi], minlength=len(expected[feature_table[key]]))
+            lo, hi = (
+                int(kjt.offsets[f * kjt.batch_size]),
+                int(kjt.offsets[(f + 1) * kjt.batch_size]),
+            )
+            expected[feature_table[key]] += torch.bincount(
+                kjt.values[lo:hi], minlength=len(expected[feature_table[key]])
+            )
     for name, counts in expected.items():
         assert torch.equal(full1[name]["freq"], counts), name
         assert torch.equal(full2[name]["freq"], counts), name
@@ -110,7 +142,10 @@ def test_resharding_2_to_4_to_1(runs, toml):
     run4 = f"{base}/w4"
     losses4 = run_distributed(_run, 4, toml, run4, SPLIT, ["--train.checkpoint_every", str(SPLIT)])
     manifest = json.load(open(f"{run4}/checkpoints/step_{SPLIT}/manifest.json"))
-    assert manifest["world_size"] == 4 and len([f for f in manifest["files"] if f.startswith("shard_")]) == 4
+    assert (
+        manifest["world_size"] == 4
+        and len([f for f in manifest["files"] if f.startswith("shard_")]) == 4
+    )
     step, full1, dense1, _, _ = _load_only(0, 1, None, toml, f"{run4}/checkpoints/step_{SPLIT}")
     _assert_same_state(losses4[2], full1)
     for k, v in losses4[3].items():
@@ -128,10 +163,19 @@ def test_crash_during_save_keeps_previous_checkpoint(toml, tmp_path, monkeypatch
 
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
     with pytest.raises(OSError, match="injected"):
-        _run(0, 1, None, toml, str(tmp_path), 4, ["--train.checkpoint_every", "2", "--train.keep_checkpoints", "1"])
+        _run(
+            0,
+            1,
+            None,
+            toml,
+            str(tmp_path),
+            4,
+            ["--train.checkpoint_every", "2", "--train.keep_checkpoints", "1"],
+        )
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
-    assert os.path.isdir(tmp_path / "checkpoints" / ".tmp_step_4")  # the half checkpoint is not a checkpoint
+    # the half checkpoint is not a checkpoint
+    assert os.path.isdir(tmp_path / "checkpoints" / ".tmp_step_4")
     cfg = load_config(["--config", toml, "--run.dir", str(tmp_path), "--train.resume", "auto"])
     assert checkpoint.resolve_resume(cfg).endswith("step_2")
     losses, *_ = _run(0, 1, None, toml, str(tmp_path), 4, ["--train.resume", "auto"])
@@ -139,7 +183,15 @@ def test_crash_during_save_keeps_previous_checkpoint(toml, tmp_path, monkeypatch
 
 
 def test_keep_last_k(toml, tmp_path):
-    _run(0, 1, None, toml, str(tmp_path), 6, ["--train.checkpoint_every", "1", "--train.keep_checkpoints", "2"])
+    _run(
+        0,
+        1,
+        None,
+        toml,
+        str(tmp_path),
+        6,
+        ["--train.checkpoint_every", "1", "--train.keep_checkpoints", "2"],
+    )
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [5, 6]
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         checkpoint.resolve_resume(load_config(["--config", toml, "--train.resume", str(tmp_path)]))
@@ -147,9 +199,25 @@ def test_keep_last_k(toml, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_killed_rank_restarts_with_same_digest(toml, tmp_path, runs):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "train.py", "--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2",
-           "--train.fail_at_step", "3", "--train.fail_rank", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "train.py",
+        "--config",
+        toml,
+        "--run.dir",
+        str(tmp_path),
+        "--train.checkpoint_every",
+        "2",
+        "--train.fail_at_step",
+        "3",
+        "--train.fail_rank",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -163,7 +231,11 @@ def test_torchrun_killed_rank_restarts_with_same_digest(toml, tmp_path, runs):
 # ---- bad input ------------------------------------------------------------------------------------------
 def _batch(dense=None, labels=None):
     kjt = KeyedJagged.from_lists({"a": [[1], [2]]})
-    return Batch(torch.zeros(2, 3) if dense is None else dense, torch.zeros(2) if labels is None else labels, kjt)
+    return Batch(
+        torch.zeros(2, 3) if dense is None else dense,
+        torch.zeros(2) if labels is None else labels,
+        kjt,
+    )
 
 
 def test_bad_dense_and_labels_are_named():
@@ -198,7 +270,10 @@ def test_missing_feature_out_of_range_and_memory(toml):
         parts.embeddings.input_dist(KeyedJagged(values, offsets, keys))
     bad = KeyedJagged(good.values.clone(), good.offsets, good.keys)
     bad.values[0] = 10**6
-    with pytest.raises(ValueError, match=r"feature 'big' \(table 'big', 37 rows\): sample \d+ has id 1000000 outside \[0, 37\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature 'big' \(table 'big', 37 rows\): sample \d+ has id 1000000 outside \[0, 37\)",
+    ):
         parts.embeddings.input_dist(bad)
     with pytest.raises(Exception, match="(?i)memory|budget|fit"):
         build_parts(load_config(["--config", toml, "--embedding.memory_budget_bytes", "100"]))
@@ -214,7 +289,9 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(toml, tmp_path, monkeyp
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(training.loop, "train_step", nan_at_3)
-    with pytest.raises(NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2"):
+    with pytest.raises(
+        NonFiniteLoss, match=r"step 3; training stopped, last good checkpoint: .*step_2"
+    ):
         train.main(["--config", toml, "--run.dir", str(tmp_path), "--train.checkpoint_every", "2"])
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
 
@@ -228,7 +305,9 @@ def test_timeout_message_names_config_key(toml):
 
 # ---- export ---------------------------------------------------------------------------------------------
 def test_export_round_trip_and_min_freq(toml, tmp_path):
-    summary = train.main(["--config", toml, "--run.dir", str(tmp_path / "a"), "--export.enabled", "true"])
+    summary = train.main(
+        ["--config", toml, "--run.dir", str(tmp_path / "a"), "--export.enabled", "true"]
+    )
     out = tmp_path / "a" / "export"
     ckpt_free = summary["export"]["rows"]
     cfg = load_config(["--config", toml])
@@ -236,11 +315,28 @@ def test_export_round_trip_and_min_freq(toml, tmp_path):
         e = load_export(str(out), name)
         assert e["keys"].shape == (rows,) and e["values"].shape == (rows, cfg.embedding.dim)
         assert e["keys"].dtype == np.int64 and e["values"].dtype == np.float32
-        assert (e["freq"] >= 1).all() and (e["last_step"] >= 1).all() and (e["last_step"] <= STEPS).all()
+        assert (
+            (e["freq"] >= 1).all()
+            and (e["last_step"] >= 1).all()
+            and (e["last_step"] <= STEPS).all()
+        )
         assert np.all(np.diff(e["keys"]) > 0)
-    summary = train.main(["--config", toml, "--run.dir", str(tmp_path / "b"), "--export.enabled", "true",
-                          "--export.min_freq", "3"])
-    assert summary["weights_digest"] == json.load(open(tmp_path / "a" / "summary.json"))["weights_digest"]
+    summary = train.main(
+        [
+            "--config",
+            toml,
+            "--run.dir",
+            str(tmp_path / "b"),
+            "--export.enabled",
+            "true",
+            "--export.min_freq",
+            "3",
+        ]
+    )
+    assert (
+        summary["weights_digest"]
+        == json.load(open(tmp_path / "a" / "summary.json"))["weights_digest"]
+    )
     for name in ckpt_free:
         full, kept = load_export(str(out), name), load_export(str(tmp_path / "b" / "export"), name)
         mask = full["freq"] >= 3

@@ -22,8 +22,12 @@ from training.digest import weights_digest
 from training.export import load_export
 from training.warm_start import resume_or_warm_start
 
-TOML = EQUIV_TOML.replace("[train]\n", "[run]\nlog_every = 2\n[train]\nwarmup_steps = 1\n").replace(
-    "steps = 8", "steps = 6") + "[eval]\nsamples = 64\nbatch_size = 32\n"
+TOML = (
+    EQUIV_TOML.replace("[train]\n", "[run]\nlog_every = 2\n[train]\nwarmup_steps = 1\n").replace(
+        "steps = 8", "steps = 6"
+    )
+    + "[eval]\nsamples = 64\nbatch_size = 32\n"
+)
 STEPS, SPLIT = 6, 3
 
 
@@ -49,22 +53,39 @@ def _entries(emb):
 def _run_with_entries(rank, world_size, group, toml, run_dir, steps, extra=()):
     """(losses, digest, full state, dense state, the dynamic tables' entries)."""
     losses, parts = train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra)
-    return (losses, weights_digest(parts), parts.embeddings.full_state_dict(), dense_state(parts),
-            _entries(parts.embeddings))
+    return (
+        losses,
+        weights_digest(parts),
+        parts.embeddings.full_state_dict(),
+        dense_state(parts),
+        _entries(parts.embeddings),
+    )
 
 
 def _resume_case(rank, world_size, group, toml, base):
     straight = _run_with_entries(rank, world_size, group, toml, f"{base}/straight", STEPS)
-    first = _run_with_entries(rank, world_size, group, toml, f"{base}/resumed", SPLIT,
-                              ["--train.checkpoint_every", str(SPLIT)])
-    resumed = _run_with_entries(rank, world_size, group, toml, f"{base}/resumed", STEPS, ["--train.resume", "auto"])
+    first = _run_with_entries(
+        rank,
+        world_size,
+        group,
+        toml,
+        f"{base}/resumed",
+        SPLIT,
+        ["--train.checkpoint_every", str(SPLIT)],
+    )
+    resumed = _run_with_entries(
+        rank, world_size, group, toml, f"{base}/resumed", STEPS, ["--train.resume", "auto"]
+    )
     return straight, first, resumed
 
 
 @pytest.fixture(scope="module")
 def runs(toml, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("dyn_runs"))
-    return {"base": base, **{w: run_distributed(_resume_case, w, toml, f"{base}/w{w}") for w in (1, 2)}}
+    return {
+        "base": base,
+        **{w: run_distributed(_resume_case, w, toml, f"{base}/w{w}") for w in (1, 2)},
+    }
 
 
 def _assert_equal_entries(a, b, exact=True):
@@ -75,15 +96,20 @@ def _assert_equal_entries(a, b, exact=True):
             if exact or not value.is_floating_point():
                 assert torch.equal(value, b[name][key]), f"{name} {key}"
             else:
-                torch.testing.assert_close(value, b[name][key], rtol=1e-5, atol=1e-5, msg=f"{name} {key}")
+                torch.testing.assert_close(
+                    value, b[name][key], rtol=1e-5, atol=1e-5, msg=f"{name} {key}"
+                )
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_exact_resume(runs, world_size):
     straight, first, resumed = runs[world_size]
-    assert [straight[0][s] for s in range(SPLIT + 1, STEPS + 1)] == [resumed[0][s] for s in range(SPLIT + 1, STEPS + 1)]
+    assert [straight[0][s] for s in range(SPLIT + 1, STEPS + 1)] == [
+        resumed[0][s] for s in range(SPLIT + 1, STEPS + 1)
+    ]
     assert resumed[1] == straight[1]  # weights_digest
-    _assert_equal_entries(straight[4], resumed[4])  # rows, state, freq, last_step, seen, counts, pending keys
+    # rows, state, freq, last_step, seen, counts, pending keys
+    _assert_equal_entries(straight[4], resumed[4])
 
 
 def _reshard_case(rank, world_size, group, toml, base):
@@ -92,7 +118,9 @@ def _reshard_case(rank, world_size, group, toml, base):
     _, parts = load_parts(["--config", toml], rank, world_size, group)
     checkpoint.load(path, parts, context(rank, world_size, group))
     loaded = (weights_digest(parts), _entries(parts.embeddings))
-    return loaded, _run_with_entries(rank, world_size, group, toml, f"{base}/w4", STEPS, ["--train.resume", path])
+    return loaded, _run_with_entries(
+        rank, world_size, group, toml, f"{base}/w4", STEPS, ["--train.resume", path]
+    )
 
 
 def test_resharding_2_to_4_to_1(runs, toml):
@@ -100,10 +128,15 @@ def test_resharding_2_to_4_to_1(runs, toml):
     straight2, first2, _ = runs[2]
     (digest4, entries4), run4 = run_distributed(_reshard_case, 4, toml, base)
     assert digest4 == first2[1]  # the same weights give the same digest at W = 2 and 4
-    _assert_equal_entries(first2[4], entries4)  # every key, pending ones included, moved to its new owner
+    # every key, pending ones included, moved to its new owner
+    _assert_equal_entries(first2[4], entries4)
     # training on at W = 4 admits and evicts what W = 2 did, losses to round-off
-    torch.testing.assert_close(torch.tensor([run4[0][s] for s in range(SPLIT + 1, STEPS + 1)]),
-                               torch.tensor([straight2[0][s] for s in range(SPLIT + 1, STEPS + 1)]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([run4[0][s] for s in range(SPLIT + 1, STEPS + 1)]),
+        torch.tensor([straight2[0][s] for s in range(SPLIT + 1, STEPS + 1)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     _assert_equal_entries(straight2[4], run4[4], exact=False)
     # 4 -> 1: W = 4's final checkpoint in one process
     _, parts = load_parts(["--config", toml])
@@ -114,29 +147,58 @@ def test_resharding_2_to_4_to_1(runs, toml):
 
 # ---- export -------------------------------------------------------------------------------------------------
 def test_export_of_live_keys_and_since_step(toml, tmp_path):
-    summary = train.main(["--config", toml, "--run.dir", str(tmp_path / "a"), "--export.enabled", "true"])
-    full_dir, meta = tmp_path / "a" / "export", json.load(open(tmp_path / "a" / "export" / "meta.json"))
-    assert meta["step"] == STEPS and meta["tables"]["users"]["dynamic"] and not meta["tables"]["static"]["dynamic"]
+    summary = train.main(
+        ["--config", toml, "--run.dir", str(tmp_path / "a"), "--export.enabled", "true"]
+    )
+    full_dir, meta = (
+        tmp_path / "a" / "export",
+        json.load(open(tmp_path / "a" / "export" / "meta.json")),
+    )
+    assert (
+        meta["step"] == STEPS
+        and meta["tables"]["users"]["dynamic"]
+        and not meta["tables"]["static"]["dynamic"]
+    )
     cfg = load_config(["--config", toml])
     for name in ("users", "items"):
         e = load_export(str(full_dir), name)
         assert summary["export"]["rows"][name] == len(e["keys"]) > 0
-        assert e["keys"].dtype == np.int64 and e["keys"].max() > 2**32 and np.all(np.diff(e["keys"]) > 0)
+        assert (
+            e["keys"].dtype == np.int64
+            and e["keys"].max() > 2**32
+            and np.all(np.diff(e["keys"]) > 0)
+        )
         assert e["values"].shape == (len(e["keys"]), cfg.embedding.dim) and (e["freq"] >= 1).all()
         assert (e["last_step"] >= 1).all() and (e["last_step"] <= STEPS).all()
     since = STEPS - 2
-    train.main(["--config", toml, "--run.dir", str(tmp_path / "b"), "--export.enabled", "true",
-                "--export.since_step", str(since)])
+    train.main(
+        [
+            "--config",
+            toml,
+            "--run.dir",
+            str(tmp_path / "b"),
+            "--export.enabled",
+            "true",
+            "--export.since_step",
+            str(since),
+        ]
+    )
     for name in ("users", "items", "static"):
-        full, recent = load_export(str(full_dir), name), load_export(str(tmp_path / "b/export"), name)
+        full, recent = (
+            load_export(str(full_dir), name),
+            load_export(str(tmp_path / "b/export"), name),
+        )
         mask = full["last_step"] > since
-        assert 0 < mask.sum() < len(mask), name  # an incremental export: only rows updated after step `since`
+        # an incremental export: only rows updated after step `since`
+        assert 0 < mask.sum() < len(mask), name
         for key in ("keys", "values", "freq", "last_step"):
             np.testing.assert_array_equal(recent[key], full[key][mask])
 
 
 # ---- warm start ---------------------------------------------------------------------------------------------
-GROWN = TOML + """
+GROWN = (
+    TOML
+    + """
 [[embedding.tables]]
 name = "new_dynamic"
 num_embeddings = 50
@@ -147,14 +209,25 @@ key_shards = 4
 name = "new_static"
 num_embeddings = 7
 """
+)
 
 
 @pytest.fixture(scope="module")
 def source(toml, tmp_path_factory):
     """A finished run with a checkpoint and an export to start from."""
     run_dir = str(tmp_path_factory.mktemp("source"))
-    train.main(["--config", toml, "--run.dir", run_dir, "--train.checkpoint_every", str(STEPS),
-                "--export.enabled", "true"])
+    train.main(
+        [
+            "--config",
+            toml,
+            "--run.dir",
+            run_dir,
+            "--train.checkpoint_every",
+            str(STEPS),
+            "--export.enabled",
+            "true",
+        ]
+    )
     return run_dir
 
 
@@ -171,19 +244,35 @@ def test_warm_start_from_a_checkpoint_with_new_tables(source, toml, tmp_path):
     checkpoint.load(f"{source}/checkpoints/step_{STEPS}", src, context())
     parts = _started(str(grown), f"{source}/checkpoints/step_{STEPS}")
     emb = parts.embeddings
-    assert emb.num_updates == STEPS  # the step counter continues: last_step, eviction, since_step line up
-    _assert_equal_entries(_entries(src.embeddings), {k: v for k, v in _entries(emb).items() if k != "new_dynamic"})
+    # the step counter continues: last_step, eviction, since_step line up
+    assert emb.num_updates == STEPS
+    _assert_equal_entries(
+        _entries(src.embeddings), {k: v for k, v in _entries(emb).items() if k != "new_dynamic"}
+    )
     want, got = src.embeddings.full_state_dict(), emb.full_state_dict()
     for name in ("static", "small"):
         assert all(torch.equal(v, got[name][k]) for k, v in want[name].items()), name
     assert got["new_dynamic"]["keys"].numel() == 0  # a new table starts empty ...
     src_bottom = {k: v for k, v in src.model.state_dict().items() if k.startswith("bottom")}
-    assert src_bottom and all(torch.equal(v, parts.model.state_dict()[k]) for k, v in src_bottom.items())
+    assert src_bottom and all(
+        torch.equal(v, parts.model.state_dict()[k]) for k, v in src_bottom.items()
+    )
     # ... and training on admits its keys (new features change the interaction, so the top MLP started fresh)
-    summary = train.main(["--config", str(grown), "--run.dir", str(tmp_path / "run"), "--train.init_from",
-                          f"{source}/checkpoints/step_{STEPS}", "--train.steps", "3"])
-    assert summary["dynamic"]["new_dynamic"]["live"] > 0 and summary["warm_start"]["fresh_tables"] == [
-        "new_dynamic", "new_static"]
+    summary = train.main(
+        [
+            "--config",
+            str(grown),
+            "--run.dir",
+            str(tmp_path / "run"),
+            "--train.init_from",
+            f"{source}/checkpoints/step_{STEPS}",
+            "--train.steps",
+            "3",
+        ]
+    )
+    assert summary["dynamic"]["new_dynamic"]["live"] > 0 and summary["warm_start"][
+        "fresh_tables"
+    ] == ["new_dynamic", "new_static"]
     assert any(k.startswith("top") for k in summary["warm_start"]["fresh_dense"])
 
 
@@ -194,7 +283,8 @@ def test_warm_start_from_an_export(source, toml):
     got = emb.full_state_dict()
     for name in ("users", "items", "static"):
         e = load_export(f"{source}/export", name)
-        if name == "static":  # row ids: the exported rows hold their values, the others their initial ones
+        # row ids: the exported rows hold their values, the others their initial ones
+        if name == "static":
             rows = torch.from_numpy(e["keys"])
             assert torch.equal(got[name]["weight"][rows], torch.from_numpy(e["values"]))
             continue
@@ -205,13 +295,25 @@ def test_warm_start_from_an_export(source, toml):
             assert not got[name]["momentum1"].any()  # an export has no optimizer state
 
 
-@pytest.mark.parametrize("change, message", [
-    (("--embedding.dim", "8", "--model.bottom_mlp", "8,8"), r"table 'static' has dim 4 there and 8 here"),
-    ((), r"table 'static' is static there and dynamic here"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            ("--embedding.dim", "8", "--model.bottom_mlp", "8,8"),
+            r"table 'static' has dim 4 there and 8 here",
+        ),
+        ((), r"table 'static' is static there and dynamic here"),
+    ],
+)
 def test_warm_start_from_an_incompatible_run_names_the_table(source, tmp_path, change, message):
-    text = TOML if change else TOML.replace('name = "static"\nnum_embeddings = 37\n',
-                                            'name = "static"\nnum_embeddings = 37\ndynamic = true\ncapacity = 8\n')
+    text = (
+        TOML
+        if change
+        else TOML.replace(
+            'name = "static"\nnum_embeddings = 37\n',
+            'name = "static"\nnum_embeddings = 37\ndynamic = true\ncapacity = 8\n',
+        )
+    )
     path = tmp_path / "changed.toml"
     path.write_text(text)
     for init_from in (f"{source}/checkpoints/step_{STEPS}", f"{source}/export"):
@@ -221,27 +323,67 @@ def test_warm_start_from_an_incompatible_run_names_the_table(source, tmp_path, c
 
 def test_full_table_stops_training_naming_it(toml, tmp_path):
     capped = tmp_path / "capped.toml"
-    capped.write_text(open(toml).read().replace("capacity = 8\n", "capacity = 8\nmax_capacity = 8\n", 1))
-    with pytest.raises(DynamicTableFull, match=r"dynamic table 'users' is full on rank 0: max_capacity=8 rows .* hold "
-                                               r"\d+ live keys"):
-        train.main(["--config", str(capped), "--run.dir", str(tmp_path / "run"), "--train.checkpoint_every", "1"])
+    capped.write_text(
+        open(toml).read().replace("capacity = 8\n", "capacity = 8\nmax_capacity = 8\n", 1)
+    )
+    with pytest.raises(
+        DynamicTableFull,
+        match=r"dynamic table 'users' is full on rank 0: max_capacity=8 rows .* hold "
+        r"\d+ live keys",
+    ):
+        train.main(
+            [
+                "--config",
+                str(capped),
+                "--run.dir",
+                str(tmp_path / "run"),
+                "--train.checkpoint_every",
+                "1",
+            ]
+        )
     saved = [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path / "run"))]
-    assert saved and max(saved) < STEPS  # it stopped at the step that overflowed, after the last good save
+    # it stopped at the step that overflowed, after the last good save
+    assert saved and max(saved) < STEPS
 
 
 # ---- configs/dynamic_tiny.toml --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_dynamic_tiny_trains_at_one_and_two_ranks(tmp_path):
-    args = ["--config", "configs/dynamic_tiny.toml", "--train.steps", "60", "--eval.samples", "2048",
-            "--export.enabled", "true"]
+    args = [
+        "--config",
+        "configs/dynamic_tiny.toml",
+        "--train.steps",
+        "60",
+        "--eval.samples",
+        "2048",
+        "--export.enabled",
+        "true",
+    ]
     one = train.main([*args, "--run.dir", str(tmp_path / "w1")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args,
-           "--run.dir", str(tmp_path / "w2")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        *args,
+        "--run.dir",
+        str(tmp_path / "w2"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.load(open(tmp_path / "w2" / "summary.json"))
-    assert two["world_size"] == 2 and two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)
+    assert two["world_size"] == 2 and two["final_loss"] == pytest.approx(
+        one["final_loss"], rel=1e-4
+    )
     for name in ("user", "item"):
         counters = {k: v for k, v in two["dynamic"][name].items() if k != "rows_allocated"}
         assert counters == {k: v for k, v in one["dynamic"][name].items() if k != "rows_allocated"}

@@ -1,6 +1,5 @@
 """training.peak: device table lookup, MFU arithmetic, CPU probe, peak memory."""
 
-
 import pytest
 import torch
 

@@ -55,16 +55,37 @@ def test_formula_phase_by_phase():
     # 1/4, 2/4, 3/4, then 1 (steps 4, 5), decay 0.2 + 0.8 * ((10 - s) / 4)^2 for s = 6..9, then 0.2
     o = OptimizerConfig(lr_warmup_steps=4, decay_start=6, decay_steps=4, lr_end=0.2)
     got = [lr_at(s, 1.0, o, 256) for s in range(1, 12)]
-    want = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.2 + 0.8 * 9 / 16, 0.2 + 0.8 * 4 / 16, 0.2 + 0.8 / 16, 0.2, 0.2]
+    want = [
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.0,
+        1.0,
+        0.2 + 0.8 * 9 / 16,
+        0.2 + 0.8 * 4 / 16,
+        0.2 + 0.8 / 16,
+        0.2,
+        0.2,
+    ]
     assert got == pytest.approx(want, rel=1e-15)
-    assert [lr_at(s, 0.3, OptimizerConfig(), 256) for s in (1, 1000)] == [0.3, 0.3]  # defaults: constant
+    # defaults: constant
+    assert [lr_at(s, 0.3, OptimizerConfig(), 256) for s in (1, 1000)] == [0.3, 0.3]
 
 
 def test_linear_scaling_scales_every_rate():
     # global 1024 / reference 256 = 4: lr 0.5 -> 2, lr_end 0.1 -> 0.4
-    o = OptimizerConfig(lr_warmup_steps=2, decay_start=2, decay_steps=2, lr_end=0.1, scale_lr_with_batch=True,
-                        reference_batch_size=256)
-    assert [lr_at(s, 0.5, o, 1024) for s in (1, 2, 3, 4)] == pytest.approx([1.0, 2.0, 0.4 + 1.6 / 4, 0.4])
+    o = OptimizerConfig(
+        lr_warmup_steps=2,
+        decay_start=2,
+        decay_steps=2,
+        lr_end=0.1,
+        scale_lr_with_batch=True,
+        reference_batch_size=256,
+    )
+    assert [lr_at(s, 0.5, o, 1024) for s in (1, 2, 3, 4)] == pytest.approx(
+        [1.0, 2.0, 0.4 + 1.6 / 4, 0.4]
+    )
     o.scale_lr_with_batch = False
     assert lr_at(2, 0.5, o, 1024) == 0.5
 
@@ -105,7 +126,9 @@ def test_matches_mlperf_scheduler_warmup_and_decay():
     base = 0.005
     # warm-up only: identical at every step
     ref = _reference_lrs(base, 5, 0, 0, 12)
-    assert [lr_at(s, base, OptimizerConfig(lr_warmup_steps=5), 65536) for s in range(1, 13)] == pytest.approx(ref, rel=1e-15)
+    assert [
+        lr_at(s, base, OptimizerConfig(lr_warmup_steps=5), 65536) for s in range(1, 13)
+    ] == pytest.approx(ref, rel=1e-15)
     # warm-up 5 then decay over 10 steps from step 5: identical through the decay window (steps 1..14)
     o = OptimizerConfig(lr_warmup_steps=5, decay_start=5, decay_steps=10)
     ref = _reference_lrs(base, 5, 5, 10, 16)
@@ -116,29 +139,74 @@ def test_matches_mlperf_scheduler_warmup_and_decay():
 
 
 def test_apply_lr_sets_both_optimizers():
-    cfg = types.SimpleNamespace(optimizer=OptimizerConfig(dense_lr=0.1, sparse_lr=0.3, lr_warmup_steps=4),
-                                train=types.SimpleNamespace(global_batch_size=64))
+    cfg = types.SimpleNamespace(
+        optimizer=OptimizerConfig(dense_lr=0.1, sparse_lr=0.3, lr_warmup_steps=4),
+        train=types.SimpleNamespace(global_batch_size=64),
+    )
     dense = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     embeddings = types.SimpleNamespace(optimizer=SparseOptimizer("adagrad", 0.3))
     assert apply_lr(1, cfg, dense, embeddings) == pytest.approx((0.025, 0.075))
-    assert dense.param_groups[0]["lr"] == pytest.approx(0.025) and embeddings.optimizer.lr == pytest.approx(0.075)
+    assert dense.param_groups[0]["lr"] == pytest.approx(
+        0.025
+    ) and embeddings.optimizer.lr == pytest.approx(0.075)
 
 
 def _digest(tmp_path, name, *extra):
-    return train.main(["--config", str(tmp_path / "s.toml"), "--run.dir", str(tmp_path / name), *extra])["weights_digest"]
+    return train.main(
+        ["--config", str(tmp_path / "s.toml"), "--run.dir", str(tmp_path / name), *extra]
+    )["weights_digest"]
 
 
 def test_warmup_reaches_dense_and_sparse_updates(tmp_path):
     # SGD's step is linear in the rate: one step at lr 0.4 with warm-up 4 (rate 0.4 * 1/4) is one step at 0.1
     (tmp_path / "s.toml").write_text(TOML)
-    sgd = ["--optimizer.dense", "sgd", "--optimizer.sparse", "sgd", "--train.steps", "1", "--optimizer.decay_steps", "0",
-           "--optimizer.decay_start", "0", "--optimizer.lr_end", "0"]
-    warm = _digest(tmp_path, "warm", *sgd, "--optimizer.dense_lr", "0.4", "--optimizer.sparse_lr", "0.4",
-                   "--optimizer.lr_warmup_steps", "4")
-    flat = _digest(tmp_path, "flat", *sgd, "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr", "0.1",
-                   "--optimizer.lr_warmup_steps", "0")
-    unscaled = _digest(tmp_path, "unscaled", *sgd, "--optimizer.dense_lr", "0.1", "--optimizer.sparse_lr", "0.4",
-                       "--optimizer.lr_warmup_steps", "0")
+    sgd = [
+        "--optimizer.dense",
+        "sgd",
+        "--optimizer.sparse",
+        "sgd",
+        "--train.steps",
+        "1",
+        "--optimizer.decay_steps",
+        "0",
+        "--optimizer.decay_start",
+        "0",
+        "--optimizer.lr_end",
+        "0",
+    ]
+    warm = _digest(
+        tmp_path,
+        "warm",
+        *sgd,
+        "--optimizer.dense_lr",
+        "0.4",
+        "--optimizer.sparse_lr",
+        "0.4",
+        "--optimizer.lr_warmup_steps",
+        "4",
+    )
+    flat = _digest(
+        tmp_path,
+        "flat",
+        *sgd,
+        "--optimizer.dense_lr",
+        "0.1",
+        "--optimizer.sparse_lr",
+        "0.1",
+        "--optimizer.lr_warmup_steps",
+        "0",
+    )
+    unscaled = _digest(
+        tmp_path,
+        "unscaled",
+        *sgd,
+        "--optimizer.dense_lr",
+        "0.1",
+        "--optimizer.sparse_lr",
+        "0.4",
+        "--optimizer.lr_warmup_steps",
+        "0",
+    )
     assert warm == flat and unscaled != flat  # the sparse rate alone changes the result
 
 
@@ -147,7 +215,9 @@ def test_resume_restores_the_schedule_exactly(tmp_path):
     straight_digest = _digest(tmp_path, "straight")
     _digest(tmp_path, "resumed", "--train.steps", "5", "--train.checkpoint_every", "5")
     resumed_digest = _digest(tmp_path, "resumed", "--train.resume", "auto")
-    o = OptimizerConfig(dense_lr=0.04, sparse_lr=0.2, lr_warmup_steps=3, decay_start=4, decay_steps=3, lr_end=0.01)
+    o = OptimizerConfig(
+        dense_lr=0.04, sparse_lr=0.2, lr_warmup_steps=3, decay_start=4, decay_steps=3, lr_end=0.01
+    )
     lines = {}
     for name in ("straight", "resumed"):
         lines[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
@@ -156,7 +226,9 @@ def test_resume_restores_the_schedule_exactly(tmp_path):
             assert line["dense_lr"] == lr_at(line["step"], 0.04, o, 16)
             assert line["sparse_lr"] == lr_at(line["step"], 0.2, o, 16)
     assert [line["dense_lr"] for line in lines["straight"]] == pytest.approx(
-        [0.04 / 3, 0.08 / 3, 0.04, 0.04, 0.01 + 0.03 * 4 / 9, 0.01 + 0.03 / 9, 0.01, 0.01])
-    assert [(line["loss"], line["dense_lr"], line["sparse_lr"]) for line in lines["straight"]] == \
-        [(line["loss"], line["dense_lr"], line["sparse_lr"]) for line in lines["resumed"]]
+        [0.04 / 3, 0.08 / 3, 0.04, 0.04, 0.01 + 0.03 * 4 / 9, 0.01 + 0.03 / 9, 0.01, 0.01]
+    )
+    assert [(line["loss"], line["dense_lr"], line["sparse_lr"]) for line in lines["straight"]] == [
+        (line["loss"], line["dense_lr"], line["sparse_lr"]) for line in lines["resumed"]
+    ]
     assert resumed_digest == straight_digest

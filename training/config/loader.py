@@ -42,7 +42,11 @@ def _coerce_scalar(tp, value):
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
     elif tp in (int, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (tp is float or isinstance(value, int))
+        ):
             return tp(value)
         if isinstance(value, str):
             try:
@@ -114,7 +118,9 @@ def _set_dotted(tree: dict, key: str, value: str) -> None:
             node[part] = value
         else:
             if not dataclasses.is_dataclass(tp):
-                raise ConfigError(f"unknown config key '{key}' ('{'.'.join(parts[: depth + 1])}' is not a section)")
+                raise ConfigError(
+                    f"unknown config key '{key}' ('{'.'.join(parts[: depth + 1])}' is not a section)"
+                )
             node = node.setdefault(part, {})
             cls = tp
 

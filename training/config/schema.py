@@ -19,10 +19,12 @@ class TableConfig:
 
     name: str = ""  # unique table name
     num_embeddings: int = 0  # rows (vocabulary size) before embedding.row_scale
-    features: list[str] = field(default_factory=list)  # features that look up this table; [] means [name]
+    # features that look up this table; [] means [name]
+    features: list[str] = field(default_factory=list)
     pooling: Pooling = "sum"  # how a multi-hot bag becomes one vector: "sum" or "mean"
     placement: Placement = "auto"  # pin a sharding: "auto", "table", "row" or "replicated"
-    bag_min: int = -1  # synthetic bag length range for this table's features; -1: use data.bag_min/bag_max
+    # synthetic bag length range for this table's features; -1: use data.bag_min/bag_max
+    bag_min: int = -1
     bag_max: int = -1
     # ids outside [0, num_embeddings): "error" stops with feature/table/sample/id named; "modulo" maps id to
     # id % num_embeddings (raw or hashed ids folded into a smaller table). Negative ids are always an error.
@@ -32,18 +34,23 @@ class TableConfig:
     # allocated as keys are admitted, sharded by key; num_embeddings is then the expected vocabulary (it scales the
     # initial rows, +-sqrt(1/num_embeddings), and the synthetic ids' range). The fields below apply to dynamic tables
     dynamic: bool = False
-    capacity: int = 0  # initial rows of the whole table (split over ranks); required for a dynamic table
+    # initial rows of the whole table (split over ranks); required for a dynamic table
+    capacity: int = 0
     # rows the table may grow to (0 = no limit, = capacity: no growth); a rank whose share is full stops the run
     max_capacity: int = 0
-    load_factor: float = 0.5  # largest fraction of hash-index slots in use (keys + removed keys) before a rehash
-    admit_min_freq: int = 1  # a key gets a trainable row once seen this many times; before, it reads zeros, no update
-    evict_after_steps: int = 0  # free the rows (and forget the counts) of keys not seen for this many steps; 0 = never
+    # largest fraction of hash-index slots in use (keys + removed keys) before a rehash
+    load_factor: float = 0.5
+    # a key gets a trainable row once seen this many times; before, it reads zeros, no update
+    admit_min_freq: int = 1
+    # free the rows (and forget the counts) of keys not seen for this many steps; 0 = never
+    evict_after_steps: int = 0
     # at capacity, evict the least recently seen keys of the key shard instead of growing (capacity stays fixed)
     evict_when_full: bool = False
     # keys hash to this many shards, owner rank = shard % W (>= the world size; a multiple of it balances memory);
     # capacity is split evenly over them and evict_when_full acts per shard, so neither depends on W
     key_shards: int = 64
-    hash_ids: bool = False  # synthetic data: each Zipf id becomes splitmix64(id) as a 63-bit id (raw ids > 2^32)
+    # synthetic data: each Zipf id becomes splitmix64(id) as a 63-bit id (raw ids > 2^32)
+    hash_ids: bool = False
 
 
 @dataclass
@@ -51,7 +58,8 @@ class RunConfig:
     dir: str = "runs/default"  # where metrics.jsonl, summary.json and checkpoints go
     seed: int = 0  # seeds data, weights and everything else
     log_every: int = 10  # steps between metrics lines
-    backend: Literal["auto", "nccl", "gloo"] = "auto"  # process-group backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"
+    # process-group backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
     # profile this many steps right after train.warmup_steps and put into summary.json ("profile") the torch calls
     # that sync with a CUDA device, per line of code (on CPU: those the step would make on a GPU) and, on CUDA,
@@ -71,14 +79,17 @@ class DataConfig:
     eval_range: str = ""  # "start:end" rows used for evaluation ("" = default split)
     epochs: int = 1  # passes over the train range (datasets only)
     prefetch_depth: int = 2  # batches the pinned-memory prefetcher keeps in flight
-    shuffle: bool = True  # datasets: visit the train range in a new block order each epoch (seeded by run.seed)
-    shuffle_block_rows: int = 8192  # rows per shuffled block: larger reads more sequentially, smaller mixes better
+    # datasets: visit the train range in a new block order each epoch (seeded by run.seed)
+    shuffle: bool = True
+    # rows per shuffled block: larger reads more sequentially, smaller mixes better
+    shuffle_block_rows: int = 8192
     # datasets: numpy's memmap, or NVIDIA DALI (needs the [dali] extra); the same batches either way
     reader: Literal["memmap", "dali"] = "memmap"
     # datasets: MLPerf DLRM-DCNv2 multi-hot expansion of the one-hot ids, one bag size per table (embedding.tables
     # order; with no tables listed, the dataset's features); [] = one-hot. Synthetic data ignores it (bag_min/bag_max)
     multi_hot_sizes: list[int] = field(default_factory=list)
-    multi_hot_distribution: Literal["uniform", "pareto"] = "uniform"  # the bags' extra ids, as MLPerf's
+    # the bags' extra ids, as MLPerf's
+    multi_hot_distribution: Literal["uniform", "pareto"] = "uniform"
     # a second preprocessed dataset (same features and table sizes, e.g. made with --vocab) to evaluate on; then
     # all of data.path (or data.train_range) trains and data.eval_range selects rows of eval_path ("" = all)
     eval_path: str = ""
@@ -87,13 +98,16 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: Literal["dlrm", "dcnv2", "deepfm"] = "dlrm"  # "dlrm", "dcnv2" or "deepfm"
-    bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])  # dense tower; last size = embedding dim
-    top_mlp: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes over the interaction; a 1-unit logit follows
+    # dense tower; last size = embedding dim
+    bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
+    # hidden sizes over the interaction; a 1-unit logit follows
+    top_mlp: list[int] = field(default_factory=lambda: [64, 32])
     cross_layers: int = 3  # dcnv2: number of cross layers
     cross_low_rank: int = 0  # dcnv2: rank of the low-rank cross layers (0 = full rank)
     # dcnv2: "stacked" (cross -> top_mlp) or "parallel" (cross | deep_mlp -> top_mlp)
     dcn_structure: Literal["stacked", "parallel"] = "stacked"
-    deep_mlp: list[int] = field(default_factory=lambda: [64, 32])  # deepfm deep part; dcnv2 "parallel" deep tower
+    # deepfm deep part; dcnv2 "parallel" deep tower
+    deep_mlp: list[int] = field(default_factory=lambda: [64, 32])
     # torch.compile the dense network for training steps: "auto" (on CUDA, where it was measured to win), "on", "off"
     compile: Literal["auto", "on", "off"] = "auto"
     # dense weights at start: "torch" (nn.Linear's default), or "dlrm" as facebookresearch/dlrm: every Linear's
@@ -107,13 +121,17 @@ class ModelConfig:
 @dataclass
 class EmbeddingConfig:
     dim: int = 16  # embedding dimension shared by all tables
-    tables: list[TableConfig] = field(default_factory=list)  # the tables ([[embedding.tables]] in TOML)
+    # the tables ([[embedding.tables]] in TOML)
+    tables: list[TableConfig] = field(default_factory=list)
     row_scale: float = 1.0  # multiply every table's rows (shrink big configs to fit small machines)
-    sharding: Placement = "auto"  # default placement for tables left at "auto": "auto", "table", "row", "replicated"
+    # default placement for tables left at "auto": "auto", "table", "row", "replicated"
+    sharding: Placement = "auto"
     replicate_below_bytes: int = 1 << 20  # auto: tables smaller than this are replicated
     memory_budget_bytes: int = 0  # per-rank bytes for weights + optimizer state; 0 = unlimited
-    storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # table storage; optimizer math is fp32
-    out_of_range: Literal["error", "modulo"] = "error"  # policy of tables that set none (TableConfig.out_of_range)
+    # table storage; optimizer math is fp32
+    storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # policy of tables that set none (TableConfig.out_of_range)
+    out_of_range: Literal["error", "modulo"] = "error"
     # rows (forward) and gradients (backward) in the all-to-all: "fp32", "bf16" or "fp16" (fp16 gradients carry one
     # power-of-two scale per message so small ones do not flush to zero). Half the bytes; one rank exchanges nothing
     exchange_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -123,7 +141,8 @@ class EmbeddingConfig:
 class OptimizerConfig:
     dense: Literal["sgd", "adagrad", "adam"] = "adam"  # dense optimizer: "sgd", "adagrad" or "adam"
     dense_lr: float = 1e-3  # dense learning rate
-    sparse: SparseOptimizerName = "adagrad"  # fused embedding optimizer: "sgd", "adagrad" (row-wise) or "adam" (lazy)
+    # fused embedding optimizer: "sgd", "adagrad" (row-wise) or "adam" (lazy)
+    sparse: SparseOptimizerName = "adagrad"
     sparse_lr: float = 0.05  # embedding learning rate
     eps: float = 1e-8  # adagrad/adam epsilon (dense and sparse)
     beta1: float = 0.9  # adam first-moment decay
@@ -139,14 +158,18 @@ class OptimizerConfig:
     # it decays to 0 (floored at 1e-7) and then holds its last decay value, lr / D**2, where this holds lr_end;
     # and with a decay configured it holds its last warm-up value, lr * (W-1)/W, between warm-up and decay, where
     # this holds lr (MLPerf's rules define the base rate as the rate after warm-up and before decay).
-    lr_warmup_steps: int = 0  # LR warm-up steps (train.warmup_steps is the unrelated samples/s warm-up)
-    decay_start: int = 0  # first step of the polynomial decay; needs decay_steps > 0 and >= lr_warmup_steps
+    # LR warm-up steps (train.warmup_steps is the unrelated samples/s warm-up)
+    lr_warmup_steps: int = 0
+    # first step of the polynomial decay; needs decay_steps > 0 and >= lr_warmup_steps
+    decay_start: int = 0
     decay_steps: int = 0  # length of the decay; 0 = no decay
-    lr_end: float = 0.0  # rate reached at decay_start + decay_steps, for dense and sparse; <= dense_lr and sparse_lr
+    # rate reached at decay_start + decay_steps, for dense and sparse; <= dense_lr and sparse_lr
+    lr_end: float = 0.0
     # linear scaling rule: every rate above (dense_lr, sparse_lr, lr_end) times
     # train.global_batch_size / reference_batch_size, so a config tuned at one batch keeps its per-sample step
     scale_lr_with_batch: bool = False
-    reference_batch_size: int = 0  # the global batch dense_lr and sparse_lr were tuned at; needed by scale_lr_with_batch
+    # the global batch dense_lr and sparse_lr were tuned at; needed by scale_lr_with_batch
+    reference_batch_size: int = 0
 
 
 @dataclass
@@ -155,31 +178,38 @@ class TrainConfig:
     global_batch_size: int = 256  # samples per step over ALL ranks (split evenly)
     bf16: bool = True  # autocast dense layers to bf16 on CUDA (ignored on CPU)
     pipelined: bool = True  # overlap the next batch's id exchange with this batch's compute
-    warmup_steps: int = 5  # steps excluded from samples/s (the LR warm-up is optimizer.lr_warmup_steps)
-    checkpoint_every: int = 0  # steps between checkpoints; checkpointing is on iff > 0 or resume is set, and then also at the end
+    # steps excluded from samples/s (the LR warm-up is optimizer.lr_warmup_steps)
+    warmup_steps: int = 5
+    # steps between checkpoints; checkpointing is on iff > 0 or resume is set, and then also at the end
+    checkpoint_every: int = 0
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in run.dir, or a path
     # warm start (when not resuming): embeddings and matching dense weights from a checkpoint or export directory whose
     # tables may differ (new tables and keys start fresh; a same-name table of another dim or kind is an error)
     init_from: str = ""
     keep_checkpoints: int = 2  # checkpoints kept on disk
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
-    fail_at_step: int = 0  # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
+    # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
+    fail_at_step: int = 0
     fail_rank: int = 0  # rank that fail_at_step kills
-    hang_at_step: int = 0  # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
+    # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
+    hang_at_step: int = 0
     hang_rank: int = 0  # rank that hang_at_step hangs
     # a step whose loss is NaN/inf on any rank is skipped on every rank (no dense or sparse update) and counted
     # (skipped_steps in metrics.jsonl / summary.json); false: training stops naming the step and last checkpoint
     skip_nonfinite_loss: bool = False
-    inject_nan_loss_step: int = 0  # fault injection: rank inject_nan_loss_rank's loss is NaN at this step; 0 = off
+    # fault injection: rank inject_nan_loss_rank's loss is NaN at this step; 0 = off
+    inject_nan_loss_step: int = 0
     inject_nan_loss_rank: int = 0
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # steps between evaluations (each one listed in summary.json "evals"); 0 = only at the end
+    # steps between evaluations (each one listed in summary.json "evals"); 0 = only at the end
+    every: int = 0
     samples: int = 8192  # held-out samples per evaluation (global)
     batch_size: int = 1024  # global eval batch size
-    every_epoch: bool = False  # datasets: evaluate after every epoch (sets eval.every to the steps per epoch)
+    # datasets: evaluate after every epoch (sets eval.every to the steps per epoch)
+    every_epoch: bool = False
 
 
 @dataclass
@@ -188,8 +218,10 @@ class ExportConfig:
 
     enabled: bool = False  # export after training
     dir: str = ""  # "" = <run.dir>/export
-    min_freq: int = 1  # drop rows looked up fewer than min_freq times (rows never looked up are always dropped)
-    since_step: int = 0  # only rows updated after this step (incremental export for online serving); 0 = all
+    # drop rows looked up fewer than min_freq times (rows never looked up are always dropped)
+    min_freq: int = 1
+    # only rows updated after this step (incremental export for online serving); 0 = all
+    since_step: int = 0
 
 
 @dataclass

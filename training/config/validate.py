@@ -27,26 +27,39 @@ def validate(cfg: Config) -> None:
     if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:
         raise ConfigError("data.shuffle_block_rows and data.prefetch_depth must be positive")
     if not 0 <= cfg.data.bag_min <= cfg.data.bag_max:
-        raise ConfigError(f"data.bag_min/bag_max must satisfy 0 <= min <= max, got {cfg.data.bag_min}, {cfg.data.bag_max}")
+        raise ConfigError(
+            f"data.bag_min/bag_max must satisfy 0 <= min <= max, got {cfg.data.bag_min}, {cfg.data.bag_max}"
+        )
     sizes, tables = cfg.data.multi_hot_sizes, cfg.embedding.tables
     for i, size in enumerate(sizes):
         if size < 1:
             where = f" (table {tables[i].name})" if i < len(tables) else ""
-            raise ConfigError(f"config key 'data.multi_hot_sizes' has {size} at position {i}{where}; sizes must be >= 1")
-    if sizes and tables and len(sizes) != len(tables):  # with no tables listed, the dataset's are checked when opened
-        raise ConfigError(f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but embedding.tables lists "
-                          f"{len(tables)} tables; give one size per table")
+            raise ConfigError(
+                f"config key 'data.multi_hot_sizes' has {size} at position {i}{where}; sizes must be >= 1"
+            )
+    # with no tables listed, the dataset's are checked when opened
+    if sizes and tables and len(sizes) != len(tables):
+        raise ConfigError(
+            f"config key 'data.multi_hot_sizes' has {len(sizes)} sizes but embedding.tables lists "
+            f"{len(tables)} tables; give one size per table"
+        )
     if cfg.data.eval_path and not cfg.data.path:
         raise ConfigError("config key 'data.eval_path' needs data.path (the train dataset) as well")
     if cfg.eval.every_epoch and (not cfg.data.path or cfg.eval.every):
-        raise ConfigError("config key 'eval.every_epoch' needs data.path (synthetic data has no epochs) and eval.every = 0; "
-                          f"got data.path={cfg.data.path!r}, eval.every={cfg.eval.every}")
+        raise ConfigError(
+            "config key 'eval.every_epoch' needs data.path (synthetic data has no epochs) and eval.every = 0; "
+            f"got data.path={cfg.data.path!r}, eval.every={cfg.eval.every}"
+        )
     validate_schedule(cfg.optimizer)
     if cfg.export.since_step < 0:
-        raise ConfigError(f"config key 'export.since_step' must be >= 0, got {cfg.export.since_step}")
+        raise ConfigError(
+            f"config key 'export.since_step' must be >= 0, got {cfg.export.since_step}"
+        )
     if cfg.train.init_from and cfg.train.resume:
-        raise ConfigError("config keys 'train.init_from' and 'train.resume' exclude each other (resume continues a run, "
-                          "init_from starts a new one from another run's tables)")
+        raise ConfigError(
+            "config keys 'train.init_from' and 'train.resume' exclude each other (resume continues a run, "
+            "init_from starts a new one from another run's tables)"
+        )
 
 
 def validate_schedule(o: OptimizerConfig) -> None:
@@ -55,44 +68,73 @@ def validate_schedule(o: OptimizerConfig) -> None:
             raise ConfigError(f"config key 'optimizer.{key}' is {getattr(o, key)}; it must be >= 0")
     if o.decay_steps == 0 and (o.decay_start or o.lr_end):
         key = "decay_start" if o.decay_start else "lr_end"
-        raise ConfigError(f"config key 'optimizer.{key}' sets a decay but optimizer.decay_steps is 0; "
-                          "set optimizer.decay_steps (the decay's length)")
+        raise ConfigError(
+            f"config key 'optimizer.{key}' sets a decay but optimizer.decay_steps is 0; "
+            "set optimizer.decay_steps (the decay's length)"
+        )
     if o.decay_steps and o.decay_start < o.lr_warmup_steps:
-        raise ConfigError(f"config key 'optimizer.decay_start' is {o.decay_start}, before the warm-up ends "
-                          f"(optimizer.lr_warmup_steps={o.lr_warmup_steps}); the decay must start after the warm-up")
+        raise ConfigError(
+            f"config key 'optimizer.decay_start' is {o.decay_start}, before the warm-up ends "
+            f"(optimizer.lr_warmup_steps={o.lr_warmup_steps}); the decay must start after the warm-up"
+        )
     if o.lr_end < 0:
         raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}; it must be >= 0")
     for key in ("dense_lr", "sparse_lr"):
         if o.lr_end > getattr(o, key):
-            raise ConfigError(f"config key 'optimizer.lr_end' is {o.lr_end}, above optimizer.{key}={getattr(o, key)}; "
-                              "the decay goes down to lr_end")
+            raise ConfigError(
+                f"config key 'optimizer.lr_end' is {o.lr_end}, above optimizer.{key}={getattr(o, key)}; "
+                "the decay goes down to lr_end"
+            )
     if o.scale_lr_with_batch and o.reference_batch_size <= 0:
-        raise ConfigError("config key 'optimizer.reference_batch_size' must be > 0 with optimizer.scale_lr_with_batch "
-                          "(the global batch the learning rates were tuned at)")
+        raise ConfigError(
+            "config key 'optimizer.reference_batch_size' must be > 0 with optimizer.scale_lr_with_batch "
+            "(the global batch the learning rates were tuned at)"
+        )
 
 
 def _validate_dynamic(t: TableConfig, where: str, out_of_range: str) -> None:
     """The dynamic-table fields of one [[embedding.tables]] entry."""
     if t.hash_ids and not t.dynamic and out_of_range != "modulo":
-        raise ConfigError(f"{where}: hash_ids makes 63-bit ids, which only a dynamic table (dynamic = true) or "
-                          "out_of_range = 'modulo' accepts")
+        raise ConfigError(
+            f"{where}: hash_ids makes 63-bit ids, which only a dynamic table (dynamic = true) or "
+            "out_of_range = 'modulo' accepts"
+        )
     if not t.dynamic:
         defaults = TableConfig()
-        for key in ("capacity", "max_capacity", "load_factor", "admit_min_freq", "evict_after_steps", "evict_when_full",
-                    "key_shards"):
+        for key in (
+            "capacity",
+            "max_capacity",
+            "load_factor",
+            "admit_min_freq",
+            "evict_after_steps",
+            "evict_when_full",
+            "key_shards",
+        ):
             if getattr(t, key) != getattr(defaults, key):
-                raise ConfigError(f"{where}: '{key}' applies to dynamic tables only (set dynamic = true)")
+                raise ConfigError(
+                    f"{where}: '{key}' applies to dynamic tables only (set dynamic = true)"
+                )
         return
     if t.capacity <= 0:
-        raise ConfigError(f"{where}: a dynamic table needs 'capacity' > 0 (its initial rows), got {t.capacity}")
+        raise ConfigError(
+            f"{where}: a dynamic table needs 'capacity' > 0 (its initial rows), got {t.capacity}"
+        )
     if t.max_capacity and t.max_capacity < t.capacity:
-        raise ConfigError(f"{where}: 'max_capacity' ({t.max_capacity}) is below 'capacity' ({t.capacity})")
+        raise ConfigError(
+            f"{where}: 'max_capacity' ({t.max_capacity}) is below 'capacity' ({t.capacity})"
+        )
     if t.max_capacity and t.evict_when_full:
-        raise ConfigError(f"{where}: 'evict_when_full' keeps the capacity fixed; 'max_capacity' only limits growth")
+        raise ConfigError(
+            f"{where}: 'evict_when_full' keeps the capacity fixed; 'max_capacity' only limits growth"
+        )
     if not 0.0 < t.load_factor <= 0.9:
         raise ConfigError(f"{where}: 'load_factor' must be in (0, 0.9], got {t.load_factor}")
     if t.admit_min_freq < 1 or t.evict_after_steps < 0 or t.key_shards < 1:
-        raise ConfigError(f"{where}: need 'admit_min_freq' >= 1, 'evict_after_steps' >= 0 and 'key_shards' >= 1, got "
-                          f"{t.admit_min_freq}, {t.evict_after_steps}, {t.key_shards}")
+        raise ConfigError(
+            f"{where}: need 'admit_min_freq' >= 1, 'evict_after_steps' >= 0 and 'key_shards' >= 1, got "
+            f"{t.admit_min_freq}, {t.evict_after_steps}, {t.key_shards}"
+        )
     if t.placement != "auto":
-        raise ConfigError(f"{where}: a dynamic table is sharded by key; 'placement' must be 'auto', got {t.placement!r}")
+        raise ConfigError(
+            f"{where}: a dynamic table is sharded by key; 'placement' must be 'auto', got {t.placement!r}"
+        )
