@@ -240,7 +240,7 @@ def make_kaggle_dataset(
 ) -> str:
     """A preprocessed dataset of the Kaggle shape: 13 dense, 26 categorical (cardinalities capped at max_rows,
     as --hash-rows would), skewed ids, labels from a hidden rule so that training has something to learn."""
-    from pipeline.dataset import write_dataset
+    from pipeline.dataset_format import write_dataset
     from training.config import load_config
 
     if os.path.exists(os.path.join(directory, "meta.json")):

@@ -100,36 +100,52 @@ def plan_sharding(
     load_bytes = [0] * world_size
     load_lookups = [0.0] * world_size
     for t in tables:
-        size = sizes[t.name]
-        if chosen[t.name] == "row":
-            per = [0] * world_size
-            per_row = size // t.num_embeddings
-            for r in range(world_size):
-                per[r] = len(range(r, t.num_embeddings, world_size)) * per_row
-                load_bytes[r] += per[r]
-                load_lookups[r] += t.lookups_per_sample / world_size
-            plan.placements[t.name] = TablePlacement("row", -1, per)
-        elif chosen[t.name] == "key":  # an even split: keys hash uniformly over the key shards
-            per = [
-                sizes[t.name]
-                * len(range(r, t.dynamic.key_shards, world_size))
-                // t.dynamic.key_shards
-                for r in range(world_size)
-            ]
+        if chosen[t.name] != "table":
+            per = _spread(t, chosen[t.name], sizes[t.name], world_size)
             for r in range(world_size):
                 load_bytes[r] += per[r]
-                load_lookups[r] += t.lookups_per_sample / world_size
-            plan.placements[t.name] = TablePlacement("key", -1, per)
-        elif chosen[t.name] == "replicated":
-            for r in range(world_size):
-                load_bytes[r] += size
-            plan.placements[t.name] = TablePlacement("replicated", -1, [size] * world_size)
+                if chosen[t.name] != "replicated":  # every rank serves its share of the lookups
+                    load_lookups[r] += t.lookups_per_sample / world_size
+            plan.placements[t.name] = TablePlacement(chosen[t.name], -1, per)
+    _place_whole_tables(
+        plan,
+        [t for t in tables if chosen[t.name] == "table"],
+        tables,
+        sizes,
+        load_bytes,
+        load_lookups,
+    )
+    plan.placements = {t.name: plan.placements[t.name] for t in tables}
 
+    _check_budget(plan, tables, sizes, chosen, budget)
+    return plan
+
+
+def _spread(t: Table, kind: str, size: int, world_size: int) -> list[int]:
+    """Bytes on each rank of a table spread over every rank: row-wise (row % W), by key shard (keys hash
+    uniformly over the key shards) or replicated."""
+    if kind == "row":
+        per_row = size // t.num_embeddings
+        return [len(range(r, t.num_embeddings, world_size)) * per_row for r in range(world_size)]
+    if kind == "key":
+        shards = t.dynamic.key_shards
+        return [size * len(range(r, shards, world_size)) // shards for r in range(world_size)]
+    return [size] * world_size
+
+
+def _place_whole_tables(
+    plan,
+    whole: list[Table],
+    tables: list[Table],
+    sizes: dict[str, int],
+    load_bytes: list[int],
+    load_lookups: list[float],
+) -> None:
+    """Table-wise tables, largest first, each on the rank with the least (bytes + lookups) share so far."""
     total_bytes = sum(sizes.values()) or 1
     total_lookups = sum(t.lookups_per_sample for t in tables) or 1.0
-    for t in sorted(
-        (t for t in tables if chosen[t.name] == "table"), key=lambda t: (-sizes[t.name], t.name)
-    ):
+    world_size = plan.world_size
+    for t in sorted(whole, key=lambda t: (-sizes[t.name], t.name)):
         cost = [
             load_bytes[r] / total_bytes + load_lookups[r] / total_lookups for r in range(world_size)
         ]
@@ -139,10 +155,6 @@ def plan_sharding(
         per = [0] * world_size
         per[owner] = sizes[t.name]
         plan.placements[t.name] = TablePlacement("table", owner, per)
-    plan.placements = {t.name: plan.placements[t.name] for t in tables}
-
-    _check_budget(plan, tables, sizes, chosen, budget)
-    return plan
 
 
 def _choose(

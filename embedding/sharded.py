@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from embedding import byte_model
 from embedding import state as table_state
 from embedding.comm import Exchange
 from embedding.dynamic import DynamicShard
@@ -268,7 +269,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 if self.dynamic:
                     self.dynamic.reset_null_row()
             self.last_exchange_bytes = 0
-            self.last_memory_bytes = self._memory_bytes(sd, updated)
+            self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
             return
         with self._stage("grad_dist"):
             rows, grads, counts = self._gradients_to_owners(sd, grad_pooled)
@@ -280,8 +281,8 @@ class ShardedEmbeddingCollection(nn.Module):
             sparse_update(storage.weight, rows, grads, storage.state, o, rows_unique=True)
             if self.dynamic:
                 self.dynamic.reset_null_row()
-        self.last_exchange_bytes = self._exchange_bytes(sd)
-        self.last_memory_bytes = self._memory_bytes(sd, rows.numel())
+        self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
+        self.last_memory_bytes = byte_model.memory_bytes(self, sd, rows.numel())
 
     def _gradients_to_owners(self, sd: SparseDist, grad_pooled: torch.Tensor):
         """(storage rows, [rows, D] summed gradients, [rows] lookup counts) of the rows this rank
@@ -330,48 +331,6 @@ class ShardedEmbeddingCollection(nn.Module):
             torch.cat([dense[rep_rows, :dim], grads[other]]),
             torch.cat([dense[rep_rows, dim].round().long(), counts[other]]),
         )
-
-    def _exchange_bytes(self, sd: SparseDist) -> int:
-        """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of
-        the exchange dtype), lookup counts (4 B), split counts (8 B per key segment) and fp16 scales
-        (4 B) per peer, replicated tables' all-reduce."""
-        keys_out = sum(sd.send_splits) - sd.send_splits[self.rank]
-        rows_out = sum(sd.recv_splits) - sd.recv_splits[self.rank]
-        peers = self.world_size - 1
-        per_peer = 8 * (1 + len(self.dynamic)) + (4 if self.exchange.dtype == torch.float16 else 0)
-        element = self.exchange.element_size()
-        replicated = 4 * (self.dim + 1) * self.layout.num_replicated_rows * (self.world_size > 1)
-        return (
-            per_peer * peers
-            + 8 * keys_out
-            + element * self.dim * (rows_out + keys_out)
-            + 4 * keys_out
-            + replicated
-        )
-
-    def _memory_bytes(self, sd: SparseDist, updated_rows: int) -> int:
-        """Device-memory bytes the step's embedding kernels must move at least (for achieved GB/s):
-        owner row reads, pooling reads/writes, pooled-gradient reads, and the read-modify-write of
-        updated rows and their optimizer state."""
-        storage = self.storage
-        row = self.dim * storage.weight.element_size()
-        f32_row = 4 * self.dim
-        values = int(sd.inverse.numel())
-        bags_out = sd.batch_size * len(self.features) * f32_row
-        state = 0
-        if self.layout.num_local_rows:
-            state = sum(v[:1].numel() * v.element_size() for v in storage.state.values())
-        if sd.single_rank:  # rows read per value in both passes (pooling, then the fused backward)
-            update = updated_rows * (2 * (row + state) + 16)  # + the lookup count and last step
-            return values * (8 + row) + bags_out + values * (4 + 4 + f32_row) + update
-        forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
-        backward = (
-            bags_out
-            + values * 8
-            + sd.unique_keys.numel() * f32_row
-            + updated_rows * 2 * (row + state)
-        )
-        return forward + backward
 
     # ---- module API ------------------------------------------------------------------------------
     def forward(self, kjt_or_dist) -> torch.Tensor:

@@ -17,7 +17,6 @@ and the last 1/16 is left untouched as a test split. Boundaries are rounded down
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +25,9 @@ import numpy as np
 import torch
 
 from pipeline.batch import Batch, KeyedJagged, rank_slice
+from pipeline.dataset_format import DatasetError, check_file, read_meta
 
-FORMAT_NAME = "recfuse-criteo-binary"
 _DEFAULT_DAYS = 8
-
-
-class DatasetError(ValueError):
-    """A dataset directory that is missing, incomplete or inconsistent with its meta.json."""
 
 
 def parse_range(text: str, num_rows: int) -> tuple[int, int]:
@@ -70,82 +65,6 @@ def default_ranges(
     return (0, train_end), (train_end, eval_end)
 
 
-def _check_file(directory: Path, entry: dict, dtype: np.dtype, shape: tuple[int, ...]) -> Path:
-    path = directory / entry["name"]
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if entry.get("bytes") != expected:
-        raise DatasetError(
-            f"{directory / 'meta.json'}: {entry['name']} is listed with {entry.get('bytes')} bytes, "
-            f"but shape {list(shape)} of {dtype.name} needs {expected}"
-        )
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing (meta.json lists it with {expected} bytes)")
-    actual = path.stat().st_size
-    if actual != expected:
-        where = ""
-        if actual < expected:  # so shape[0] > 0
-            row_bytes = expected // shape[0]
-            first = actual // row_bytes
-            where = f"; row {first} (byte offset {first * row_bytes}) is the first incomplete one"
-        raise DatasetError(
-            f"{path} has {actual} bytes, expected {expected} from meta.json "
-            f"(truncated or overwritten?){where}"
-        )
-    return path
-
-
-def _read_meta(meta_path: Path) -> dict:
-    """meta.json, with every field BinaryDataset relies on present and consistent (else DatasetError naming it)."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{meta_path}: not UTF-8 text (byte offset {e.start})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != FORMAT_NAME:
-        raise DatasetError(
-            f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}"
-        )
-    kinds = {
-        "num_rows": int,
-        "num_dense": int,
-        "feature_names": list,
-        "table_rows": list,
-        "files": dict,
-    }
-    for key, kind in kinds.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise DatasetError(
-                f"{meta_path}: {key!r} is {meta.get(key, 'missing')!r}, expected a JSON {kind.__name__}"
-            )
-    if meta["num_rows"] < 0 or meta["num_dense"] < 0:
-        raise DatasetError(
-            f"{meta_path}: num_rows {meta['num_rows']} and num_dense {meta['num_dense']} must be >= 0"
-        )
-    if len(meta["table_rows"]) != len(meta["feature_names"]) or not all(
-        isinstance(n, int) and n > 0 for n in meta["table_rows"]
-    ):
-        raise DatasetError(
-            f"{meta_path}: table_rows {meta['table_rows']} must be one positive row count per feature "
-            f"of feature_names ({len(meta['feature_names'])})"
-        )
-    for key in ("dense", "sparse", "labels"):
-        entry = meta["files"].get(key)
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise DatasetError(
-                f"{meta_path}: files.{key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'"
-            )
-        try:
-            np.dtype(entry.get("dtype", "float32"))
-        except TypeError:
-            raise DatasetError(
-                f"{meta_path}: files.{key}.dtype {entry.get('dtype')!r} is not a numpy dtype"
-            ) from None
-    return meta
-
-
 def _segments(
     starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray, lo: int, hi: int
 ) -> list[tuple[int, int]]:
@@ -174,7 +93,7 @@ class BinaryDataset:
             raise DatasetError(
                 f"{self.path} has no meta.json: not a dataset, or its preprocessing did not finish"
             )
-        meta = _read_meta(meta_path)
+        meta = read_meta(meta_path)
         self.meta = meta
         self.num_rows = int(meta["num_rows"])
         self.num_dense = int(meta["num_dense"])
@@ -192,7 +111,7 @@ class BinaryDataset:
         self._files: dict[str, tuple[Path, np.dtype, int]] = {}
         for key, (dtype, shape) in layout.items():
             dtype = np.dtype(dtype)
-            file_path = _check_file(self.path, files[key], dtype, shape)
+            file_path = check_file(self.path, files[key], dtype, shape)
             self._files[key] = (file_path, dtype, int(np.prod(shape[1:])))
             if verify_checksums:
                 self._verify_sha(file_path, files[key]["sha256"])
@@ -403,69 +322,3 @@ def batch_from_rows(
         labels=labels.float(),
         sparse=KeyedJagged(values, offsets, list(keys)),
     )
-
-
-def write_dataset(
-    directory: str | os.PathLike,
-    dense: np.ndarray,
-    sparse: np.ndarray,
-    labels: np.ndarray,
-    feature_names: list[str],
-    table_rows: list[int],
-    days: list[int] | None = None,
-) -> dict:
-    """Write arrays as a dataset BinaryDataset reads (generated data, tests, benchmarks); returns meta.json's content.
-
-    dense float32 [R, Dd], sparse int32/int64 [R, F] ids in [0, table_rows[f]), labels float32/uint8 [R]. Written
-    under ``.NAME.partial`` beside the directory and renamed when complete, like the Criteo preprocessing."""
-    import hashlib
-    import shutil
-
-    directory = Path(directory)
-    rows = dense.shape[0]
-    if (
-        sparse.shape != (rows, len(feature_names))
-        or labels.shape != (rows,)
-        or len(table_rows) != len(feature_names)
-    ):
-        raise ValueError(
-            f"inconsistent shapes: dense {dense.shape}, sparse {sparse.shape}, labels {labels.shape}, "
-            f"{len(feature_names)} features, {len(table_rows)} table sizes"
-        )
-    if rows and (sparse.min() < 0 or bool((sparse.max(axis=0) >= np.asarray(table_rows)).any())):
-        raise ValueError(
-            f"sparse ids outside [0, table_rows) (max per feature {sparse.max(axis=0).tolist()})"
-        )
-    partial = directory.parent / f".{directory.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    files = {}
-    for key, array in (
-        ("dense", dense.astype(np.float32, copy=False)),
-        ("sparse", sparse),
-        ("labels", labels),
-    ):
-        data = np.ascontiguousarray(array).tobytes()
-        (partial / f"{key}.bin").write_bytes(data)
-        files[key] = {
-            "name": f"{key}.bin",
-            "dtype": array.dtype.name,
-            "bytes": len(data),
-            "shape": list(array.shape),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-    meta = {
-        "format": FORMAT_NAME,
-        "version": 1,
-        "num_rows": rows,
-        "num_dense": dense.shape[1],
-        "feature_names": list(feature_names),
-        "table_rows": [int(n) for n in table_rows],
-        "days": days,
-        "files": files,
-        "options": {"ids": "written by pipeline.dataset.write_dataset"},
-    }
-    (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
-    return meta

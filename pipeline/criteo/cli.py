@@ -14,7 +14,7 @@ def _int_list(text: str) -> list[int]:
     return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.criteo", description=_convert_doc.split("\n\n")[0]
     )
@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument(
         "--overwrite", action="store_true", help="replace an existing output directory"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     opts = PreprocessOptions(
         hash_rows=args.hash_rows,
         min_freq=args.min_freq,

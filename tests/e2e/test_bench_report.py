@@ -7,6 +7,8 @@ from training.stages import STAGES
 
 
 def test_e2e_then_report(tmp_path):
+    # the report's CPU rows, also on a GPU machine
+    overrides = "--train.steps 12 --train.warmup_steps 2 --run.log_every 4 --eval.samples 1024 --run.device cpu"
     e2e.main(
         [
             "--config",
@@ -16,18 +18,9 @@ def test_e2e_then_report(tmp_path):
             "--out",
             str(tmp_path),
             "--",
-            "--train.steps",
-            "12",
-            "--train.warmup_steps",
-            "2",
-            "--run.log_every",
-            "4",
-            "--eval.samples",
-            "1024",
-            "--run.device",
-            "cpu",
+            *overrides.split(),
         ]
-    )  # the report's CPU rows, also on a GPU machine
+    )
     result = json.load(open(tmp_path / "e2e_tiny_w1.json"))
     assert result["summary"]["steps"] == 12 and result["git_commit"] and result["device"] == "cpu"
     alltoall = tmp_path / "alltoall.jsonl"

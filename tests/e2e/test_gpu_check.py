@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.dataset import BinaryDataset, write_dataset
+from pipeline.dataset import BinaryDataset
+from pipeline.dataset_format import write_dataset
 from tests.support.paths import ROOT
 from training.stages import STAGES
 

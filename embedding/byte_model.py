@@ -1,0 +1,50 @@
+"""Bytes a training step of a ShardedEmbeddingCollection moves: what it sends to other ranks (the metrics'
+exchange_bytes_per_step) and what its embedding kernels must read and write at least (achieved GB/s against
+the device's memory bandwidth)."""
+
+from __future__ import annotations
+
+import torch
+
+from embedding.sparse_dist import SparseDist
+
+
+def exchange_bytes(emb, sd: SparseDist) -> int:
+    """Off-rank bytes this rank sent: keys (8 B), served rows and key gradients (D elements of the
+    exchange dtype), lookup counts (4 B), split counts (8 B per key segment) and fp16 scales (4 B) per
+    peer, replicated tables' all-reduce."""
+    keys_out = sum(sd.send_splits) - sd.send_splits[emb.rank]
+    rows_out = sum(sd.recv_splits) - sd.recv_splits[emb.rank]
+    peers = emb.world_size - 1
+    per_peer = 8 * (1 + len(emb.dynamic)) + (4 if emb.exchange.dtype == torch.float16 else 0)
+    element = emb.exchange.element_size()
+    replicated = 4 * (emb.dim + 1) * emb.layout.num_replicated_rows * (emb.world_size > 1)
+    return (
+        per_peer * peers
+        + 8 * keys_out
+        + element * emb.dim * (rows_out + keys_out)
+        + 4 * keys_out
+        + replicated
+    )
+
+
+def memory_bytes(emb, sd: SparseDist, updated_rows: int) -> int:
+    """Device-memory bytes the step's embedding kernels must move at least: owner row reads, pooling
+    reads/writes, pooled-gradient reads, and the read-modify-write of updated rows and their optimizer
+    state."""
+    storage = emb.storage
+    row = emb.dim * storage.weight.element_size()
+    f32_row = 4 * emb.dim
+    values = int(sd.inverse.numel())
+    bags_out = sd.batch_size * len(emb.features) * f32_row
+    state = 0
+    if emb.layout.num_local_rows:
+        state = sum(v[:1].numel() * v.element_size() for v in storage.state.values())
+    if sd.single_rank:  # rows read per value in both passes (pooling, then the fused backward)
+        update = updated_rows * (2 * (row + state) + 16)  # + the lookup count and last step
+        return values * (8 + row) + bags_out + values * (4 + 4 + f32_row) + update
+    forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
+    backward = (
+        bags_out + values * 8 + sd.unique_keys.numel() * f32_row + updated_rows * 2 * (row + state)
+    )
+    return forward + backward
