@@ -1,42 +1,16 @@
 """Synthetic click data: Zipf-distributed multi-hot ids and labels from a hidden model.
 
-Every random number is a counter-based hash of (seed, stream, global sample index, slot),
-so sample i is the same whatever the batch size, world size or rank that draws it: rank r
-of W simply draws its contiguous slice of each global batch. That is what lets runs at
-W=1, 2, 4 be compared exactly.
+Every random number is a counter-based hash of (seed, stream, global sample index, slot), so sample i is
+the same whatever the batch size, world size or rank that draws it: rank r of W draws its contiguous slice
+of each global batch, and runs at W = 1, 2, 4 can be compared exactly. Labels come from a hidden logistic
+model (a fixed effect in [-1, 1] per (table, id), a fixed weight per dense feature): frequent ids are
+learnable, rare ones are noise, as in real CTR data. ``hash_ids`` features emit splitmix64(id + table salt)
+as 63-bit ids, as logs of a dynamic table would; labels still come from the Zipf ids.
 
-The labels come from a hidden logistic model: every (table, id) has a fixed effect in
-[-1, 1] and every dense feature a fixed weight; a model that learns them reaches an AUC
-well above 0.5 (frequent ids are learnable, rare ones are noise, as in real CTR data).
-
-A feature with ``hash_ids`` emits raw 64-bit ids, as logs of a dynamic table would: each Zipf id i
-becomes splitmix64(i + table salt) with the sign bit cleared (a 63-bit id; two ids of one table
-collide with probability ~n^2 / 2^64). Labels and effects still come from i, so the stream is the
-same as without hash_ids but for the id values.
-
-Batches are made on ``device`` (the training GPU: one host thread cannot keep up with it),
-by the same torch ops on CPU and CUDA. The stream is the one the original host generator
-(frozen in tests/support/synthetic_reference.py) made: on CPU ids, offsets, dense values and labels
-are bit-identical to it. All features are generated in one pass over a [B, sum of bag_max]
-matrix; each element goes through the same float64 ops, with the same scalar constants, as
-it did in the per-feature loop, so only the layout changed. With fixed bag lengths
-(bag_min == bag_max everywhere) a batch needs no host sync; variable bags need one (the
-masked select of the present ids).
-
-On CUDA, what is exact and what may differ from CPU in the last ulp:
-- exact: the integer hashing (so every uniform draw, dense value and bag length), the
-  hidden per-id effects, the bag sums of up to 2 ids and every elementwise + - * / (the
-  normalising division uses a device tensor, as CUDA turns division by a host scalar into a
-  multiplication by its reciprocal);
-- may differ: pow/exp of the Zipf inverse CDF (an id changes only when the last ulp moves
-  the value across an integer), the float32 matrix-vector product of the dense logit and
-  the float64 sums of bags of 3+ ids (both are reduction-order dependent; a fixed-order
-  elementwise accumulation would pin them, but it does not reproduce the CPU BLAS result
-  for 13 dense features, so the CPU stream is kept) and the sigmoid of the labels (a label
-  flips only when its uniform draw is within that ulp of the probability).
-Even on CPU the dense matrix-vector product's rounding depends on the number of rows (the
-batch slice), as it did before: labels are the same whatever the slice except with a
-probability of about 1e-8 per sample.
+Batches are made on ``device`` by the same torch ops on CPU and CUDA, all features in one pass over a
+[B, sum of bag_max] matrix. On CPU they are bit-identical to the frozen host generator
+(tests/support/synthetic_reference.py); what may differ on CUDA in the last ulp is in docs/data.md. Fixed
+bag lengths (bag_min == bag_max everywhere) need no host sync per batch; variable bags need one.
 """
 
 from __future__ import annotations

@@ -1,47 +1,17 @@
-"""Criteo Kaggle / 1TB TSV -> RecFuse binary dataset.
+"""Criteo Kaggle / 1TB TSV -> RecFuse binary dataset (pipeline/dataset_format.py; docs/data.md).
 
     python -m pipeline.criteo preprocess day_0.gz day_1.gz ... --out DIR (--hash-rows N | --min-freq T | --vocab D)
 
-Output (all little-endian, row-major, no headers, R = rows kept):
-    dense.bin   float32 [R, 13]  log(1 + max(x, 0)); an empty I field is 0 (so it stays 0)
-    sparse.bin  int32/int64 [R, 26]  per-table row ids
-    labels.bin  float32 or uint8 [R]
-    meta.json   row count, table sizes, dtypes, options, sources, size + sha256 of every file
-    vocab/      with --min-freq or --vocab: the vocabulary, C1.npy .. C26.npy + vocab.json
-                (pipeline/criteo/vocab.py; C<t>.npy[i] is the raw hex value given id i + 1)
-
 Categorical ids, per table:
-    --hash-rows N   id = int(hex, 16) % N. An empty field counts as hex 00000000, i.e. row 0
-                    (shared with the values that hash to 0, as in the DLRM/TorchRec scripts).
-    --min-freq T    two passes: count every value, then keep those seen >= T times. Kept values
-                    get ids 1..V in order of decreasing count (ties: smaller hex value first), so
-                    hot rows sit together; rarer values and empty fields share row 0.
-                    The vocabulary is saved in DIR/vocab.
-    --vocab D       one pass through the vocabulary saved in D (a dataset directory or its vocab/),
-                    e.g. for the test day of a dataset built with --min-freq: the same raw values get
-                    the same ids, values not in it and empty fields get row 0; the table sizes are D's.
-
-Everything is written under DIR's sibling ``.DIR.partial`` and renamed to DIR only after
-meta.json (written last) is complete, so an interrupted run never leaves a dataset that
-BinaryDataset would accept.
-
-Parallelism (--workers N, default os.cpu_count()): the input is cut into pieces of about
---chunk-rows lines at line boundaries (pipeline/criteo/work.py: byte ranges of plain files, read
-by the workers themselves; gzip files are decompressed here and handed out in pieces), N worker
-processes parse them (pipeline/criteo/pool.py), and this process writes their arrays in input order.
-Why the writing stays here rather than workers writing into their place in preallocated files or
-into part files concatenated at the end: meta.json holds the sha256 of each whole file, so one
-process must read every output byte in order anyway; receiving the arrays through a pipe costs that
-process one more copy of them (160 bytes a row with int32 ids; the workers read ~220-240 bytes of text
-a row), while writing in place needs every range's
-row count before the first write (an extra counting pass over the input, or holes where bad lines
-are skipped), and part files write and read everything twice. Results are consumed in input order
-within a bounded window, so memory stays a few chunks per worker.
---min-freq is two parallel passes: each worker counts the values of its pieces; the counters are
-written as hash partitions and merged one partition per worker; the kept values make the
-vocabulary (ids do not depend on how the counting was split); then the mapping pass, which is also
-what --vocab runs. The output is byte-identical for any number of workers: same files, same
-meta.json but for "seconds" and "workers".
+    --hash-rows N   id = int(hex, 16) % N; an empty field counts as hex 00000000 (row 0).
+    --min-freq T    two passes: count every value, keep those seen >= T times as ids 1..V by decreasing
+                    count (ties: smaller hex value first); rarer values and empty fields share row 0.
+                    The vocabulary is saved in DIR/vocab (pipeline/criteo/vocab.py).
+    --vocab D       one pass through the vocabulary saved in D: the same raw values get the same ids.
+Dense: log(1 + max(x, 0)), an empty field 0. Everything is written under ``.DIR.partial`` and renamed to DIR
+only after meta.json (written last) is complete. --workers N processes parse pieces of the input
+(pipeline/criteo/work.py, pool.py) and this process writes their arrays in input order, so the output is
+byte-identical for any N.
 """
 
 from __future__ import annotations
