@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from bench._common import copy_bandwidth, device_name, git_commit  # noqa: E402
+from bench.gpu_check_runs import run_specs  # noqa: E402
 from training.stages import STAGES  # noqa: E402
 
 PARTS = ("tests", "kernels", "runs")
@@ -49,134 +50,6 @@ KERNEL_BENCHES = (
 # tables of the generated dataset: Kaggle cardinalities capped here, as --hash-rows would
 KAGGLE_HASH_ROWS = 1_000_000
 QUICK_HASH_ROWS = 2_000
-
-
-def run_specs(quick: bool) -> list[dict]:
-    """The training runs: name, config, data ("synthetic" or "dataset"), batch, overrides."""
-    kaggle, dcn = "configs/dlrm_criteo_kaggle.toml", "configs/dcnv2_criteo_1tb.toml"
-    if quick:  # tiny shapes: the same code paths in seconds on a CPU
-        small = [
-            "--embedding.row_scale",
-            "0.0005",
-            "--train.steps",
-            "12",
-            "--train.warmup_steps",
-            "3",
-            "--run.log_every",
-            "4",
-            "--eval.samples",
-            "512",
-            "--eval.batch_size",
-            "256",
-            "--eval.every",
-            "0",
-        ]
-        return [
-            {
-                "name": "tiny",
-                "config": "configs/tiny.toml",
-                "data": "synthetic",
-                "batch": 512,
-                "args": [
-                    "--train.steps",
-                    "20",
-                    "--train.warmup_steps",
-                    "5",
-                    "--eval.samples",
-                    "1024",
-                ],
-            },
-            {
-                "name": "kaggle_256_synthetic",
-                "config": kaggle,
-                "data": "synthetic",
-                "batch": 256,
-                "args": small,
-            },
-            {
-                "name": "kaggle_256_dataset",
-                "config": kaggle,
-                "data": "dataset",
-                "batch": 256,
-                "args": small,
-            },
-            {
-                "name": "dcnv2_256",
-                "config": dcn,
-                "data": "synthetic",
-                "batch": 256,
-                "args": [*small, "--embedding.row_scale", "0.00005", "--train.steps", "8"],
-            },
-        ]
-    common = [
-        "--train.warmup_steps",
-        "10",
-        "--run.log_every",
-        "10",
-        "--eval.every",
-        "0",
-        "--eval.samples",
-        "262144",
-        "--eval.batch_size",
-        "65536",
-    ]
-    return [
-        {
-            "name": "tiny",
-            "config": "configs/tiny.toml",
-            "data": "synthetic",
-            "batch": 512,
-            "args": [],
-        },
-        {
-            "name": "kaggle_16k_synthetic",
-            "config": kaggle,
-            "data": "synthetic",
-            "batch": 16384,
-            "args": [*common, "--train.steps", "80"],
-        },
-        {
-            "name": "kaggle_64k_synthetic",
-            "config": kaggle,
-            "data": "synthetic",
-            "batch": 65536,
-            "args": [*common, "--train.steps", "50"],
-        },
-        {
-            "name": "kaggle_16k_dataset",
-            "config": kaggle,
-            "data": "dataset",
-            "batch": 16384,
-            "args": [*common, "--train.steps", "80"],
-        },
-        {
-            "name": "kaggle_64k_dataset",
-            "config": kaggle,
-            "data": "dataset",
-            "batch": 65536,
-            "args": [*common, "--train.steps", "50"],
-        },
-        {
-            "name": "dcnv2_64k_bf16",
-            "config": dcn,
-            "data": "synthetic",
-            "batch": 65536,
-            "args": [
-                "--embedding.row_scale",
-                "0.1",
-                "--train.bf16",
-                "true",
-                "--train.steps",
-                "40",
-                "--train.warmup_steps",
-                "10",
-                "--run.log_every",
-                "10",
-                "--eval.samples",
-                "131072",
-            ],
-        },
-    ]
 
 
 # ---- parts ------------------------------------------------------------------------------------------------
@@ -293,12 +166,112 @@ def run_training(
     return {"spec": spec, "summary": summary, "seconds": time.perf_counter() - started}
 
 
+def run_all_training(out: str, device: torch.device, quick: bool, profile_steps: int) -> list[dict]:
+    """Every run of the table, each on its generated dataset where it trains on one."""
+    runs = []
+    for spec in tqdm(run_specs(quick), desc="training runs", unit="run"):
+        dataset = None
+        if spec["data"] == "dataset":
+            steps = int(spec["args"][spec["args"].index("--train.steps") + 1])
+            rows = spec["batch"] * (steps + 8)  # the default split evaluates on the last 1/16
+            dataset = make_kaggle_dataset(
+                os.path.join(out, f"dataset_{spec['batch']}"),
+                rows,
+                spec["config"],
+                QUICK_HASH_ROWS if quick else KAGGLE_HASH_ROWS,
+            )
+        runs.append(run_training(out, spec, device, dataset, profile_steps))
+        r = runs[-1]
+        tqdm.write(
+            f"{spec['name']}: "
+            + (f"{r['summary']['samples_per_sec']:,.0f} samples/s" if "summary" in r else "FAILED")
+        )
+    return runs
+
+
 # ---- report -----------------------------------------------------------------------------------------------
 def _fmt(value, digits=1, scale=1.0) -> str:
     return "-" if value is None else f"{value * scale:,.{digits}f}"
 
 
+def _tests_section(tests: dict) -> list[str]:
+    lines = ["## Tests", "", "| command | result | s |", "|---|---|---|"]
+    lines += [
+        f"| `{r['command']}` | {r['summary']} (exit {r['returncode']}) | {r['seconds']:.0f} |"
+        for r in tests["commands"]
+    ]
+    return [*lines, ""]
+
+
+def _kernels_section(kernels: list[dict]) -> list[str]:
+    lines = [
+        "## Kernels",
+        "",
+        "| bench | impl | size | median ms | GB/s | % of copy BW |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k['bench']} | {k['impl']} | {k['size']} | {k['ms_median']:.3f} | {k['gb_per_s']:.1f} | "
+        f"{k['pct_copy']:.1f} |"
+        for k in kernels
+    ]
+    return [*lines, ""]
+
+
+def _run_row(r: dict, copy: float) -> str:
+    """One training run's row of the table; a failed run points to its log."""
+    spec = r["spec"]
+    if "error" in r:
+        return f"| {spec['name']} | {spec['batch']} | {spec['data']} | failed: see runs/{spec['name']}/log.txt |"
+    s = r["summary"]
+    step = 1e3 * s["global_batch_size"] / s["samples_per_sec"] if s["samples_per_sec"] else None
+    prof = s.get("profile") or {}
+    gbps = s.get("embedding_gbps")
+    return (
+        f"| {spec['name']} | {spec['batch']} | {spec['data']} | "
+        f"{_fmt(s['samples_per_sec'], 0)} | {_fmt(step, 2)} | "
+        f"{_fmt(s.get('data_wait_pct'))} | {_fmt(s.get('mfu_pct'), 2)} | {_fmt(gbps)} | "
+        f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
+        f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |"
+    )
+
+
+def _runs_section(runs: list[dict], copy: float) -> list[str]:
+    lines = [
+        "## Training (W = 1)",
+        "",
+        "| run | batch | data | samples/s | step ms | data wait % | MFU % | emb GB/s | emb % copy BW | "
+        "peak GiB | syncs/step | launches/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_run_row(r, copy) for r in runs]
+    if any("predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs):
+        lines += [
+            "",
+            "syncs/step (predicted): no device to count on, so training.profiling.HostSyncCensus counts the "
+            "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels).",
+        ]
+    lines += [
+        "",
+        "Per-stage ms per step (training.stages.STAGES, after warm-up):",
+        "",
+        "| run | " + " | ".join(STAGES) + " |",
+        "|---|" + "---|" * len(STAGES),
+    ]
+    lines += [
+        "| "
+        + r["spec"]["name"]
+        + " | "
+        + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES)
+        + " |"
+        for r in runs
+        if "summary" in r
+    ]
+    return [*lines, ""]
+
+
 def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: list[dict]) -> str:
+    """report.md from the parts that ran; returns its text."""
     copy = meta["copy_bandwidth_gbps"]
     lines = [
         f"# GPU check: {meta['device']}",
@@ -308,80 +281,11 @@ def render(out: str, meta: dict, tests: dict | None, kernels: list[dict], runs: 
         "",
     ]
     if tests is not None:
-        lines += ["## Tests", "", "| command | result | s |", "|---|---|---|"]
-        lines += [
-            f"| `{r['command']}` | {r['summary']} (exit {r['returncode']}) | {r['seconds']:.0f} |"
-            for r in tests["commands"]
-        ]
-        lines.append("")
+        lines += _tests_section(tests)
     if kernels:
-        lines += [
-            "## Kernels",
-            "",
-            "| bench | impl | size | median ms | GB/s | % of copy BW |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {k['bench']} | {k['impl']} | {k['size']} | {k['ms_median']:.3f} | {k['gb_per_s']:.1f} | "
-            f"{k['pct_copy']:.1f} |"
-            for k in kernels
-        ]
-        lines.append("")
+        lines += _kernels_section(kernels)
     if runs:
-        lines += [
-            "## Training (W = 1)",
-            "",
-            "| run | batch | data | samples/s | step ms | data wait % | MFU % | emb GB/s | emb % copy BW | "
-            "peak GiB | syncs/step | launches/step |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in runs:
-            spec = r["spec"]
-            if "error" in r:
-                lines.append(
-                    f"| {spec['name']} | {spec['batch']} | {spec['data']} | failed: see runs/{spec['name']}/log.txt |"
-                )
-                continue
-            s = r["summary"]
-            step = (
-                1e3 * s["global_batch_size"] / s["samples_per_sec"]
-                if s["samples_per_sec"]
-                else None
-            )
-            prof = s.get("profile") or {}
-            gbps = s.get("embedding_gbps")
-            lines.append(
-                f"| {spec['name']} | {spec['batch']} | {spec['data']} | "
-                f"{_fmt(s['samples_per_sec'], 0)} | {_fmt(step, 2)} | "
-                f"{_fmt(s.get('data_wait_pct'))} | {_fmt(s.get('mfu_pct'), 2)} | {_fmt(gbps)} | "
-                f"{_fmt(None if gbps is None else 100 * gbps / copy)} | {_fmt(s.get('peak_memory_gib'), 2)} | "
-                f"{_sync_cell(prof)} | {_fmt(prof.get('launches_per_step'), 0)} |"
-            )
-        if any(
-            "predicted_syncs_per_step" in (r.get("summary", {}).get("profile") or {}) for r in runs
-        ):
-            lines += [
-                "",
-                "syncs/step (predicted): no device to count on, so training.profiling.HostSyncCensus counts the "
-                "calls that would sync on a GPU, on this run's path (on CPU the torch reference kernels).",
-            ]
-        lines += [
-            "",
-            "Per-stage ms per step (training.stages.STAGES, after warm-up):",
-            "",
-            "| run | " + " | ".join(STAGES) + " |",
-            "|---|" + "---|" * len(STAGES),
-        ]
-        lines += [
-            "| "
-            + r["spec"]["name"]
-            + " | "
-            + " | ".join(f"{r['summary']['stage_ms'][k]:.2f}" for k in STAGES)
-            + " |"
-            for r in runs
-            if "summary" in r
-        ]
-        lines.append("")
+        lines += _runs_section(runs, copy)
     text = "\n".join(lines)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
@@ -396,7 +300,9 @@ def _sync_cell(profile: dict) -> str:
     return f"{_fmt(predicted)} (predicted)" if predicted is not None else _fmt(None)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---- command line -----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options and the parts to run (unknown parts end the program with a usage error)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -420,6 +326,27 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")
+    return args, parts
+
+
+def machine_meta(device: torch.device, date: str, quick: bool) -> dict:
+    """What the report's header says about the machine, the software and the commit."""
+    import triton
+
+    return {
+        "device": device_name(device),
+        "date": date,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+        "copy_bandwidth_gbps": copy_bandwidth(device) / 1e9,
+        "quick": quick,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, parts = parse_args(argv)
     use_cuda = args.device == "cuda" or (
         args.device == "auto" and not args.quick and torch.cuda.is_available()
     )
@@ -431,47 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out or os.path.join(ROOT, "bench", "results", f"gpu_{name}_{date}"))
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
-    import triton
-
-    meta = {
-        "device": device_name(device),
-        "date": date,
-        "commit": git_commit(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "host": f"{platform.machine()}, {os.cpu_count()} cores",
-        "copy_bandwidth_gbps": copy_bandwidth(device) / 1e9,
-        "quick": args.quick,
-    }
+    meta = machine_meta(device, date, args.quick)
     tests = run_tests(out, device) if "tests" in parts else None
     kernels = run_kernels(out, args.quick) if "kernels" in parts else []
     runs = []
     if "runs" in parts:
-        specs = run_specs(args.quick)
-        for spec in tqdm(specs, desc="training runs", unit="run"):
-            dataset = None
-            if spec["data"] == "dataset":
-                steps = int(spec["args"][spec["args"].index("--train.steps") + 1])
-                rows = spec["batch"] * (steps + 8)  # the default split evaluates on the last 1/16
-                dataset = make_kaggle_dataset(
-                    os.path.join(out, f"dataset_{spec['batch']}"),
-                    rows,
-                    spec["config"],
-                    QUICK_HASH_ROWS if args.quick else KAGGLE_HASH_ROWS,
-                )
-            profile_steps = (
-                args.profile_steps if args.profile_steps is not None else (2 if args.quick else 5)
-            )
-            runs.append(run_training(out, spec, device, dataset, profile_steps))
-            r = runs[-1]
-            tqdm.write(
-                f"{spec['name']}: "
-                + (
-                    f"{r['summary']['samples_per_sec']:,.0f} samples/s"
-                    if "summary" in r
-                    else "FAILED"
-                )
-            )
+        profile_steps = (
+            args.profile_steps if args.profile_steps is not None else (2 if args.quick else 5)
+        )
+        runs = run_all_training(out, device, args.quick, profile_steps)
     meta["seconds"] = time.perf_counter() - started
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump({**meta, "tests": tests}, f, indent=1)

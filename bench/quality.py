@@ -151,8 +151,8 @@ def plot(runs: dict[int, dict], rows: list[dict], path: str, title: str) -> None
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The options, this script's own arguments (for the report's command line) and train.py's after ``--``."""
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
@@ -166,7 +166,41 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", required=True, help="directory for the report, plot, JSON and runs"
     )
-    args = parser.parse_args(own)
+    return parser.parse_args(own), own, extra
+
+
+def per_seed_table(runs: dict[int, dict], rows: list[dict]) -> list[str]:
+    """Each seed's AUC at every evaluation point and its final loss."""
+    lines = [
+        "| seed | " + " | ".join(f"step {r['step']} AUC" for r in rows) + " | final loss |",
+        "|---|" + "---|" * (len(rows) + 1),
+    ]
+    lines += [
+        f"| {seed} | "
+        + " | ".join(f"{e['auc']:.4f}" for e in s["evals"])
+        + f" | {s['final_loss']:.4f} |"
+        for seed, s in runs.items()
+    ]
+    return lines
+
+
+def write_report(args, command: str, result: dict, runs: dict[int, dict], table: str) -> None:
+    """report.md: the command, machine, date and commit, the mean +- std table, per-seed values and the plot."""
+    n = len(result["seeds"])
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(
+            f"# Quality: {args.config}\n\n`{command}`\n\n"
+            f"Device {result['device']} (host: {result['host_cpu']}), W = {args.world_size}, "
+            f"{result['date']}, commit {result['git_commit']}. Mean and sample std (n - 1) over {n} seeds; "
+            f"run.seed seeds data and weights.\n\n{table}\n\nPer seed:\n\n"
+            + "\n".join(per_seed_table(runs, result["points"]))
+            + "\n\n"
+            "![eval AUC and logloss over seeds](quality.png)\n"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, own, extra = parse_args(sys.argv[1:] if argv is None else argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.out, exist_ok=True)
     runs = {}
@@ -205,27 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown_table(rows)
     title = f"{os.path.basename(args.config)} {' '.join(extra)} | seeds {args.seeds} | W={args.world_size}"
     plot(runs, rows, os.path.join(args.out, "quality.png"), title)
-    per_seed = [
-        "| seed | " + " | ".join(f"step {r['step']} AUC" for r in rows) + " | final loss |",
-        "|---|" + "---|" * (len(rows) + 1),
-    ]
-    per_seed += [
-        f"| {seed} | "
-        + " | ".join(f"{e['auc']:.4f}" for e in s["evals"])
-        + f" | {s['final_loss']:.4f} |"
-        for seed, s in runs.items()
-    ]
     command = " ".join(["python bench/quality.py", *own, *(["--", *extra] if extra else [])])
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(
-            f"# Quality: {args.config}\n\n`{command}`\n\n"
-            f"Device {result['device']} (host: {result['host_cpu']}), W = {args.world_size}, "
-            f"{result['date']}, commit {result['git_commit']}. Mean and sample std (n - 1) over {len(seeds)} seeds; "
-            f"run.seed seeds data and weights.\n\n{table}\n\nPer seed:\n\n"
-            + "\n".join(per_seed)
-            + "\n\n"
-            "![eval AUC and logloss over seeds](quality.png)\n"
-        )
+    write_report(args, command, result, runs, table)
     print(table)
     return result
 

@@ -85,7 +85,8 @@ def _stage_row(
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
-def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
+def throughput_table(runs: list[dict], projected: dict) -> list[str]:
+    """One row per run: samples/s (measured and projected), step time, data wait, MFU, bytes, quality."""
     lines = [
         "| run | device | W | samples/s | projected samples/s | step ms | data wait % | MFU % | "
         "emb GB/s | a2a kB/step/rank | eval AUC | final loss | commit |",
@@ -103,8 +104,12 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
             f"{s['exchange_bytes_per_rank'] / 1e3:.1f} | {s['eval_auc']:.4f} | {s['final_loss']:.4f} | "
             f"{r['git_commit'][:8]} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def stage_table(runs: list[dict], projected: dict) -> list[str]:
+    """Per-stage ms of every run, each projected run right below its measured one."""
+    lines = [
         "Stage times, ms per step after warm-up (training.stages.STAGES; exchange = input_dist + "
         "output_dist + grad_dist; path = stages without h2d, plus projected communication):",
         "",
@@ -137,10 +142,16 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
                     "-",
                 )
             )
+    return lines
+
+
+def measured_vs_projected(runs: list[dict], projected: dict) -> list[str]:
+    """A sentence per projected run: its exchange and compute stages, measured against projected."""
     measured = {r["name"]: r["summary"]["stage_ms"] for r in runs}
     compute = [
         k for k in STAGES if k not in EXCHANGE_STAGES and k not in ("data_wait", *OVERLAPPED_STAGES)
     ]
+    lines = []
     for name, p in projected.items():
         m = measured[name]
         lines.append(
@@ -150,6 +161,16 @@ def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
             f"{sum(m[k] for k in compute):.2f} ms vs projected {sum(p['stage_ms'][k] for k in compute):.2f} ms "
             f"+ all-reduce {p['exposed_allreduce_ms']:.2f} ms."
         )
+    return lines
+
+
+def write_markdown(runs: list[dict], projected: dict, path: str) -> None:
+    lines = [
+        *throughput_table(runs, projected),
+        "",
+        *stage_table(runs, projected),
+        *measured_vs_projected(runs, projected),
+    ]
     notes = [
         "",
         "samples/s: global, after warm-up; step ms: wall clock per step after warm-up; data wait %: "

@@ -156,7 +156,7 @@ def load_measured(path: str) -> dict:
     return {k: data[k] for k in (*keys, "world_size") if k in data}
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -191,21 +191,12 @@ def main(argv=None) -> None:
         help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
         "run's summary.json exchange_bytes_per_rank)",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    measured = load_measured(args.measured) if args.measured else EXAMPLE
-    exchange = (
-        measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
-    )
-    a2a_bw = (
-        busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP)
-        if args.alltoall_jsonl
-        else args.alltoall_busbw * 1e9
-    )
-    ar_bw = args.allreduce_busbw * 1e9
-    inter_bw = args.inter_node_gbps * 1e9 / 8
-    overlap = not args.no_overlap
 
+def print_assumptions(args, measured: dict, exchange: float, links: tuple, overlap: bool) -> None:
+    """What the projection takes as given: the measured step, bytes, bandwidths and overlap."""
+    a2a_bw, ar_bw, inter_bw = links
     print("Assumptions:")
     print(
         f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}"
@@ -240,19 +231,27 @@ def main(argv=None) -> None:
     print(
         f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial"
     )
-    print()
+
+
+def worlds(gpus_per_node: int, max_nodes: int) -> list[tuple[int, int]]:
+    """(nodes, GPUs per node) of the table: 1, 2, 4, 8 GPUs on one node, then 2, 4, ... full nodes."""
+    out = [(1, w) for w in (1, 2, 4, 8) if w <= gpus_per_node]
+    nodes = 2
+    while nodes <= max_nodes:
+        out.append((nodes, gpus_per_node))
+        nodes *= 2
+    return out
+
+
+def print_projections(args, measured: dict, exchange: float, links: tuple, overlap: bool) -> None:
+    """The projected step, throughput and efficiency at each world size."""
     print(
         f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}",
         end="",
     )
     print(f" {'step ms':>8} {'samples/s':>12} {'eff':>6}")
-    worlds = [(1, w) for w in (1, 2, 4, 8) if w <= args.gpus_per_node]
-    nodes = 2
-    while nodes <= args.max_nodes:
-        worlds.append((nodes, args.gpus_per_node))
-        nodes *= 2
-    for n_nodes, per_node in worlds:
-        a2a, ar = cross_node_busbw(per_node, n_nodes, a2a_bw, ar_bw, inter_bw)
+    for n_nodes, per_node in worlds(args.gpus_per_node, args.max_nodes):
+        a2a, ar = cross_node_busbw(per_node, n_nodes, *links)
         r = project(
             measured["stage_ms"],
             exchange,
@@ -268,6 +267,25 @@ def main(argv=None) -> None:
             f"{r['allreduce_ms']:>8.2f} {r['step_ms']:>8.2f} {r['samples_per_s']:>12.0f} "
             f"{r['scaling_efficiency']:>6.1%}"
         )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    measured = load_measured(args.measured) if args.measured else EXAMPLE
+    exchange = (
+        measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
+    )
+    a2a_bw = (
+        busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP)
+        if args.alltoall_jsonl
+        else args.alltoall_busbw * 1e9
+    )
+    # bytes/s: intra-node all-to-all and all-reduce busbw, each GPU's network bandwidth
+    links = (a2a_bw, args.allreduce_busbw * 1e9, args.inter_node_gbps * 1e9 / 8)
+    overlap = not args.no_overlap
+    print_assumptions(args, measured, exchange, links, overlap)
+    print()
+    print_projections(args, measured, exchange, links, overlap)
 
 
 if __name__ == "__main__":
