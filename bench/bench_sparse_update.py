@@ -32,6 +32,7 @@ from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # local storage rows per size: an owner's shard, not the whole 40M-row tables
 STORAGE_ROWS = {"small": 20_000, "medium": 1_000_000, "dlrm": 8_000_000}
+SUFFIX = " (interpreter)" if DEVICE.type == "cpu" else ""
 
 
 def state_bytes(optimizer: str, num_unique: int, dim: int) -> int:
@@ -42,7 +43,7 @@ def state_bytes(optimizer: str, num_unique: int, dim: int) -> int:
     return 0
 
 
-def main():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm"
@@ -52,21 +53,12 @@ def main():
     )
     parser.add_argument("--optimizer", choices=[*SPARSE_OPTIMIZERS, "all"], default="all")
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
-    args = parser.parse_args()
+    return parser
 
-    batch = make_batch(args.size, DEVICE)
-    dim, num_rows = batch["dim"], STORAGE_ROWS[args.size]
-    dtype = DTYPES[args.dtype]
-    # the owner receives every key of the batch, already local rows (duplicates across senders kept)
-    rows = batch["keys"] % num_rows
-    gen = torch.Generator().manual_seed(0)
-    grads = (1e-3 * torch.randn(rows.numel(), dim, generator=gen)).to(DEVICE)
-    num_unique = torch.unique(rows).numel()
-    weight = torch.randn(num_rows, dim, generator=gen).to(dtype).to(DEVICE)
-    suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
 
-    report = Report("sparse_update", args.size, DEVICE)
-    optimizers = SPARSE_OPTIMIZERS if args.optimizer == "all" else (args.optimizer,)
+def _measure_update(report: Report, weight, rows, grads, num_unique: int, optimizers, reps: int):
+    """The owner's update of the touched rows: fused Triton vs torch."""
+    num_rows, dim = weight.shape
     for optimizer in optimizers:
         num_bytes = (
             8 * rows.numel()
@@ -75,7 +67,7 @@ def main():
             + state_bytes(optimizer, num_unique, dim)
         )
         for impl, fn in (
-            (f"{optimizer}: triton fused{suffix}", sparse_update_triton),
+            (f"{optimizer}: triton fused{SUFFIX}", sparse_update_triton),
             (f"{optimizer}: torch on touched rows", sparse_update_reference),
         ):
             state = SparseOptimizer(optimizer).init_state(num_rows, dim, DEVICE)
@@ -85,11 +77,16 @@ def main():
                 bench(
                     lambda fn=fn, state=state, opt=opt: fn(weight, rows, grads, state, opt),
                     DEVICE,
-                    args.reps,
+                    reps,
                 ),
                 num_bytes,
             )
-    # single rank: the batch's values read rows of one local storage; backward = pooling backward + update
+
+
+def _measure_backward(report: Report, batch, weight, rows, num_unique: int, gen, optimizers, reps):
+    """Single rank: the batch's values read rows of one local storage; backward = pooling backward
+    + update, fused or in two passes."""
+    num_rows, dim = weight.shape
     batch_size, num_features, offsets = batch["batch"], batch["num_features"], batch["offsets"]
     grad_pooled = (1e-3 * torch.randn(batch_size, num_features, dim, generator=gen)).to(DEVICE)
     mean = (torch.arange(num_features) % 2 == 1).to(DEVICE)
@@ -111,12 +108,12 @@ def main():
         )
         for impl, fn in (
             (
-                f"W=1 backward {optimizer}: triton fused{suffix}",
+                f"W=1 backward {optimizer}: triton fused{SUFFIX}",
                 lambda st, opt: pool_backward_update_triton(
                     weight, st, *counters, 1, rows, offsets, grad_pooled, mean, opt
                 ),
             ),
-            (f"W=1 backward {optimizer}: pool_backward + sparse_update{suffix}", two_pass),
+            (f"W=1 backward {optimizer}: pool_backward + sparse_update{SUFFIX}", two_pass),
             (
                 f"W=1 backward {optimizer}: torch",
                 lambda st, opt: pool_backward_update_reference(
@@ -128,9 +125,27 @@ def main():
             opt = SparseOptimizer(optimizer, 0.01)
             report.add(
                 impl,
-                bench(lambda fn=fn, state=state, opt=opt: fn(state, opt), DEVICE, args.reps),
+                bench(lambda fn=fn, state=state, opt=opt: fn(state, opt), DEVICE, reps),
                 num_bytes,
             )
+
+
+def main():
+    args = _parser().parse_args()
+    batch = make_batch(args.size, DEVICE)
+    dim, num_rows = batch["dim"], STORAGE_ROWS[args.size]
+    dtype = DTYPES[args.dtype]
+    # the owner receives every key of the batch, already local rows (duplicates across senders kept)
+    rows = batch["keys"] % num_rows
+    gen = torch.Generator().manual_seed(0)
+    grads = (1e-3 * torch.randn(rows.numel(), dim, generator=gen)).to(DEVICE)
+    num_unique = torch.unique(rows).numel()
+    weight = torch.randn(num_rows, dim, generator=gen).to(dtype).to(DEVICE)
+
+    report = Report("sparse_update", args.size, DEVICE)
+    optimizers = SPARSE_OPTIMIZERS if args.optimizer == "all" else (args.optimizer,)
+    _measure_update(report, weight, rows, grads, num_unique, optimizers, args.reps)
+    _measure_backward(report, batch, weight, rows, num_unique, gen, optimizers, args.reps)
     report.finish(f"| storage {num_rows}x{dim} {args.dtype}, K={rows.numel()} U={num_unique}")
 
 

@@ -33,7 +33,7 @@ from training.distributed import DistContext  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "synthetic.jsonl"
 
 
-def main():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/dcnv2_criteo_1tb.toml")
     parser.add_argument(
@@ -48,11 +48,11 @@ def main():
     parser.add_argument(
         "--record", action="store_true", help="append the result to bench/results/synthetic.jsonl"
     )
-    args = parser.parse_args()
+    return parser
 
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+def _source(parser: argparse.ArgumentParser, args, device: torch.device):
+    """The batch generator under test: SyntheticData on device, or the reference host generator."""
     cfg = load_config(["--config", args.config])
     source = SyntheticSource(cfg, DistContext(device=device)).generator
     if args.impl == "reference":
@@ -63,6 +63,11 @@ def main():
         source = ReferenceSyntheticData(
             source.features, source.num_dense, source.zipf_exponent, source.signal, source.seed
         )
+    return source
+
+
+def _measure(source, args, device: torch.device) -> dict:
+    """Times one batch of source; the result row (what --record appends)."""
     steps = iter(range(1 << 40))
     cpu_ms = []
 
@@ -76,7 +81,7 @@ def main():
     # on a shared CPU, process time (all threads) is less disturbed by other processes than wall time
     cpu_median = statistics.median(cpu_ms[1:]) if device.type == "cpu" else None
     ids = source.batch(0, args.batch).sparse.values.numel()
-    row = {
+    return {
         "bench": "synthetic",
         "impl": args.impl,
         "config": args.config,
@@ -94,17 +99,30 @@ def main():
         "cpu_ms_median": cpu_median,
         "load_avg_1m": os.getloadavg()[0],
     }
+
+
+def _report(row: dict, record: bool) -> None:
+    cpu_median = row["cpu_ms_median"]
     print(
-        f"synthetic [{args.impl}] {args.config} batch {args.batch} ({ids} ids) on {row['device']}, "
-        f"{row['threads']} threads: {median:.1f} ms (p20 {p20:.1f}, p80 {p80:.1f}), "
-        f"{row['samples_per_s']:,.0f} samples/s"
+        f"synthetic [{row['impl']}] {row['config']} batch {row['batch']} ({row['ids_per_batch']} ids) "
+        f"on {row['device']}, {row['threads']} threads: {row['ms_median']:.1f} ms "
+        f"(p20 {row['ms_p20']:.1f}, p80 {row['ms_p80']:.1f}), {row['samples_per_s']:,.0f} samples/s"
         + (f", process CPU time {cpu_median:.1f} ms" if cpu_median is not None else "")
         + f" (load average {row['load_avg_1m']:.1f})"
     )
-    if args.record:
+    if record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def main():
+    parser = _parser()
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _report(_measure(_source(parser, args, device), args, device), args.record)
 
 
 if __name__ == "__main__":

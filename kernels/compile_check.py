@@ -254,7 +254,7 @@ def compile_all(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--arch",
@@ -273,7 +273,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", default="", help="write one record per compiled (specialization, arch) here"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_table(results: list[CompileResult]) -> None:
+    """One line per compiled (specialization, arch): time, PTX loads/stores by width, registers."""
+    print(
+        f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
+        f"{'regs':>5} {'spill':>5}"
+    )
+    for r in sorted(results, key=lambda r: (r.spec.describe(), r.arch)):
+        if r.error:
+            continue
+        ops = r.vector_ops
+        ld, st = (
+            "/".join(str(ops.get(f"{op}.{w}", 0)) for w in ("v4", "v2", "scalar"))
+            for op in ("ld", "st")
+        )
+        regs = "-" if r.registers is None else str(r.registers)
+        spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
+        print(
+            f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}"
+        )
+
+
+def _json_record(r: CompileResult) -> dict:
+    """One entry of the --json report."""
+    names = [name for name, _ in r.spec.signature]
+    return {
+        "kernel": r.spec.kernel,
+        "module": r.spec.module,
+        "specialization": r.spec.describe(),
+        "constexprs": {names[path[0]]: value for path, value in r.spec.constexprs},
+        "arch": r.arch,
+        "seconds": r.seconds,
+        "error": r.error,
+        "memory_ops": r.vector_ops,
+        "registers": r.registers,
+        "spill_bytes": r.spill_bytes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     arches = [int(a) for a in args.arch.split(",") if a]
     started = time.perf_counter()
     specs = record(tuple(args.module) if args.module else None)
@@ -287,46 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed = [r for r in results if r.error]
     if not args.quiet:
-        print(
-            f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
-            f"{'regs':>5} {'spill':>5}"
-        )
-        for r in sorted(results, key=lambda r: (r.spec.describe(), r.arch)):
-            if r.error:
-                continue
-            ops = r.vector_ops
-            ld, st = (
-                "/".join(str(ops.get(f"{op}.{w}", 0)) for w in ("v4", "v2", "scalar"))
-                for op in ("ld", "st")
-            )
-            regs = "-" if r.registers is None else str(r.registers)
-            spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
-            print(
-                f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}"
-            )
+        _print_table(results)
     if args.json:
-        records = [
-            {
-                "kernel": r.spec.kernel,
-                "module": r.spec.module,
-                "specialization": r.spec.describe(),
-                "constexprs": {
-                    dict(
-                        r.spec.signature and [(i, n) for i, (n, _) in enumerate(r.spec.signature)]
-                    )[p[0]]: v
-                    for p, v in r.spec.constexprs
-                },
-                "arch": r.arch,
-                "seconds": r.seconds,
-                "error": r.error,
-                "memory_ops": r.vector_ops,
-                "registers": r.registers,
-                "spill_bytes": r.spill_bytes,
-            }
-            for r in results
-        ]
         with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+            json.dump([_json_record(r) for r in results], f, indent=1)
     for r in failed:
         print(
             f"FAILED {r.spec.module}.{r.spec.describe()} for sm_{r.arch}:\n{r.error}\n",

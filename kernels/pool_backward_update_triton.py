@@ -1,9 +1,8 @@
 """Triton pooling backward fused with the sparse optimizer (W = 1): one pass per looked-up row.
 
-Host side (torch ops, one host sync for the number of rows U):
-  values are stably sorted by the row they read, so each row's values form a contiguous segment
-  (in value order); per sorted value we keep its pooled-gradient row (b * F + f) and bag scale
-  (1/len for mean bags). Each segment is cut into work items of at most CHUNK values.
+Host side (kernels.pool_backward_update_host_triton; one host sync, for the number of rows U):
+values are sorted by the row they read into one segment per row, and each segment is cut into
+work items of at most CHUNK values.
 
 ``_segment_update_kernel``, one program per work item: sums the item's pooled-gradient rows (times
 their scale) in registers. A segment of one item (the usual case) is then updated right there:
@@ -20,9 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common_triton import check_bags, column_block, column_mask, row_align
+from kernels.common_triton import column_block, column_mask, row_align
+from kernels.pool_backward_update_host_triton import check_args, segments, update_args, work_items
 from kernels.sparse_optimizer import SparseOptimizer
-from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
+from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
 
 CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
 BLOCK_V = 8  # values summed per step
@@ -311,36 +311,6 @@ def _long_update_kernel(
     tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
 
 
-def _segments(
-    value_rows: torch.Tensor,
-    offsets: torch.Tensor,
-    feature_mean: torch.Tensor,
-    batch_size: int,
-    num_rows: int,
-):
-    """Values grouped by row: (seg_start [U+1], seg_row [U], grad_row [N] int32, scale [N] f32) in sorted order."""
-    n, device = value_rows.numel(), value_rows.device
-    num_features = feature_mean.numel()
-    lengths = offsets[1:] - offsets[:-1]
-    bag = torch.repeat_interleave(
-        torch.arange(lengths.numel(), device=device), lengths, output_size=n
-    )
-    f, b = bag // batch_size, bag % batch_size
-    scale = torch.where(
-        feature_mean.to(torch.bool)[f], 1.0 / lengths[bag].clamp(min=1).float(), 1.0
-    )
-    # 32-bit sort keys when the rows allow it: the radix sort then makes half the passes
-    keys = value_rows.to(torch.int32) if num_rows < 2**31 else value_rows
-    sorted_rows, order = torch.sort(keys, stable=True)
-    head = torch.ones(n, dtype=torch.bool, device=device)
-    head[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    starts = head.nonzero().squeeze(1)  # the one host sync: U rows
-    seg_start = torch.cat([starts, torch.full((1,), n, dtype=torch.int64, device=device)])
-    seg_row = sorted_rows[starts].to(torch.int64)
-    grad_row = (b * num_features + f).to(torch.int32)[order]
-    return seg_start, seg_row, grad_row, scale[order].contiguous()
-
-
 def pool_backward_update_triton(
     weight,
     state,
@@ -354,112 +324,47 @@ def pool_backward_update_triton(
     optimizer: SparseOptimizer,
 ) -> int:
     """Same contract as kernels.pool_backward_update.pool_backward_update (in place)."""
-    if (
-        weight.dim() != 2
-        or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16)
-        or weight.stride(1) != 1
-    ):
-        raise ValueError(
-            f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
-            f"{tuple(weight.shape)}"
-        )
-    if grad_pooled.dim() != 3 or grad_pooled.shape[2] != weight.shape[1]:
-        raise ValueError(
-            f"grad_pooled must be [B, F, D={weight.shape[1]}], got {tuple(grad_pooled.shape)}"
-        )
-    batch_size, num_features, dim = grad_pooled.shape
-    if feature_mean.numel() != num_features:
-        raise ValueError(
-            f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}"
-        )
-    mean = check_bags(value_rows, offsets, batch_size, feature_mean, weight.device)
-    for name, t in (("freq", freq), ("last_step", last_step)):
-        if t.dtype != torch.int64 or t.shape != (weight.shape[0],) or t.device != weight.device:
-            raise ValueError(
-                f"{name} must be int64 [{weight.shape[0]}] on {weight.device}, got {t.dtype} "
-                f"{tuple(t.shape)} on {t.device}"
-            )
-    optimizer.check_state(state, weight)
+    mean = check_args(
+        weight, state, freq, last_step, value_rows, offsets, grad_pooled, feature_mean, optimizer
+    )
+    batch_size, _, dim = grad_pooled.shape
     n = value_rows.numel()
     if n == 0 or dim == 0:
         return 0
-    device = weight.device
-    seg_start, seg_row, grad_row, scale = _segments(
-        value_rows, offsets, mean, batch_size, weight.shape[0]
-    )
-    num_segments = seg_row.numel()
-    seg_len = seg_start[1:] - seg_start[:-1]
-    item_start = torch.zeros(num_segments + 1, dtype=torch.int64, device=device)
-    torch.cumsum((seg_len + CHUNK - 1) // CHUNK, 0, out=item_start[1:])
-    # sum of ceil(len / CHUNK) <= U + N / CHUNK
-    num_items_bound = num_segments + triton.cdiv(n, CHUNK)
-    # the segment of every work item, without a sync: mark each segment's first item, then a running count
-    marks = torch.zeros(num_items_bound + 1, dtype=torch.int64, device=device)
-    marks.index_add_(
-        0, item_start[1:-1], torch.ones(num_segments - 1, dtype=torch.int64, device=device)
-    )
-    item_seg = torch.cumsum(marks, 0)
-    is_long = seg_len > CHUNK
-    long_index = torch.cumsum(is_long, 0) - is_long.long()
-    num_long = is_long.sum().reshape(1)
-    num_long_bound = max(1, n // (CHUNK + 1))  # a long segment has more than CHUNK values
-    partial = torch.zeros(num_long_bound, dim, dtype=torch.float32, device=device)
-    long_seg = torch.zeros(num_long_bound, dtype=torch.int64, device=device)
-
-    block_d = column_block(dim)
-    align = row_align(dim, weight.stride(0))
-    m1 = state.get("momentum1", value_rows.new_empty(1, dtype=torch.float32))
-    m2 = state.get("momentum2", value_rows.new_empty(1, dtype=torch.float32))
-    steps = state.get("row_steps", value_rows.new_empty(1, dtype=torch.int64))
-    hyper = kernel_args(optimizer)
+    seg = segments(value_rows, offsets, mean, batch_size, weight.shape[0])
+    num_segments = seg.row.numel()
+    items = work_items(seg.start, n, dim, CHUNK)
+    block_d, align = column_block(dim), row_align(dim, weight.stride(0))
+    update = update_args(weight, state, freq, last_step, step, value_rows, optimizer)
     grad = grad_pooled.contiguous()
-    _segment_update_kernel[(num_items_bound,)](
-        item_seg,
-        item_start,
-        seg_start,
-        seg_row,
-        grad_row,
-        scale,
+    _segment_update_kernel[(items.num_items_bound,)](
+        items.item_seg,
+        items.item_start,
+        *seg,
         grad,
         num_segments,
         dim,
-        weight,
-        weight.stride(0),
-        m1,
-        m2,
-        steps,
-        freq,
-        last_step,
-        step,
-        *hyper,
-        partial,
-        long_index,
-        long_seg,
-        num_long_bound,
+        *update,
+        items.partial,
+        items.long_index,
+        items.long_seg,
+        items.num_long_bound,
         CHUNK=CHUNK,
         BLOCK_V=BLOCK_V,
         BLOCK_D=block_d,
         ALIGN=align,
         num_warps=NUM_WARPS,
     )
-    _long_update_kernel[(num_long_bound,)](
-        num_long,
-        long_seg,
-        partial,
-        seg_start,
-        seg_row,
+    _long_update_kernel[(items.num_long_bound,)](
+        items.num_long,
+        items.long_seg,
+        items.partial,
+        seg.start,
+        seg.row,
         num_segments,
         dim,
-        weight,
-        weight.stride(0),
-        m1,
-        m2,
-        steps,
-        freq,
-        last_step,
-        step,
-        *hyper,
-        num_long_bound,
+        *update,
+        items.num_long_bound,
         BLOCK_D=block_d,
         ALIGN=align,
         num_warps=NUM_WARPS,

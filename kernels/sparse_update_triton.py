@@ -122,15 +122,8 @@ def _update_kernel(
         )
 
 
-def sparse_update_triton(
-    weight: torch.Tensor,
-    rows: torch.Tensor,
-    grads: torch.Tensor,
-    state: dict[str, torch.Tensor],
-    optimizer: SparseOptimizer,
-    rows_unique: bool = False,
-) -> None:
-    """Same contract as kernels.sparse_update.sparse_update (in place)."""
+def _check_args(weight, rows, grads, state, optimizer) -> None:
+    """The launcher's argument checks (ValueError)."""
     if weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(
             f"weight must be 2-D fp32/bf16/fp16, got {weight.dtype} {tuple(weight.shape)}"
@@ -148,38 +141,40 @@ def sparse_update_triton(
         if t.device != weight.device:
             raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
     optimizer.check_state(state, weight)
-    if rows.numel() == 0 or dim == 0:
-        return
 
-    device = weight.device
-    block_d = column_block(dim)
-    if rows_unique:
-        unique_rows, merged, num_unique = rows, grads.float().contiguous(), rows.numel()
-    else:
-        one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
-        unique_rows, _, inverse = unique_partition_triton(
-            rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows
-        )
-        num_unique = unique_rows.numel()
-        merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
-        merge_k = _MAX_BLOCK_ELEMS // block_d
-        _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, block_d))](
-            grads.contiguous(),
-            inverse,
-            merged,
-            rows.numel(),
-            dim,
-            BLOCK_K=merge_k,
-            BLOCK_D=block_d,
-            ALIGN=row_align(dim),
-        )
 
+def _merge_duplicates(rows, grads, num_rows: int, block_d: int):
+    """(unique rows [U], their summed gradients float32 [U, D], U): the dedup and _merge_kernel."""
+    device, dim = rows.device, grads.shape[1]
+    one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
+    unique_rows, _, inverse = unique_partition_triton(
+        rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows
+    )
+    num_unique = unique_rows.numel()
+    merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
+    merge_k = _MAX_BLOCK_ELEMS // block_d
+    _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, block_d))](
+        grads.contiguous(),
+        inverse,
+        merged,
+        rows.numel(),
+        dim,
+        BLOCK_K=merge_k,
+        BLOCK_D=block_d,
+        ALIGN=row_align(dim),
+    )
+    return unique_rows, merged, num_unique
+
+
+def _launch_update(weight, unique_rows, merged, num_unique: int, state, optimizer, block_d: int):
+    """_update_kernel: each unique row updated once, BLOCK_R rows per program."""
+    dim = weight.shape[1]
     block_r = _MAX_BLOCK_ELEMS // block_d
     # an optimizer without some state still passes tensors of the state's dtypes: the pointer types are
     # part of the compiled signature, and the same variant then serves every optimizer
-    m1 = state.get("momentum1", rows.new_empty(1, dtype=torch.float32))
-    m2 = state.get("momentum2", rows.new_empty(1, dtype=torch.float32))
-    steps = state.get("row_steps", rows.new_empty(1, dtype=torch.int64))
+    m1 = state.get("momentum1", unique_rows.new_empty(1, dtype=torch.float32))
+    m2 = state.get("momentum2", unique_rows.new_empty(1, dtype=torch.float32))
+    steps = state.get("row_steps", unique_rows.new_empty(1, dtype=torch.int64))
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
         weight,
         weight.stride(0),
@@ -195,6 +190,27 @@ def sparse_update_triton(
         BLOCK_D=block_d,
         ALIGN=row_align(dim, weight.stride(0)),
     )
+
+
+def sparse_update_triton(
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    optimizer: SparseOptimizer,
+    rows_unique: bool = False,
+) -> None:
+    """Same contract as kernels.sparse_update.sparse_update (in place)."""
+    _check_args(weight, rows, grads, state, optimizer)
+    num_rows, dim = weight.shape
+    if rows.numel() == 0 or dim == 0:
+        return
+    block_d = column_block(dim)
+    if rows_unique:
+        unique_rows, merged, num_unique = rows, grads.float().contiguous(), rows.numel()
+    else:
+        unique_rows, merged, num_unique = _merge_duplicates(rows, grads, num_rows, block_d)
+    _launch_update(weight, unique_rows, merged, num_unique, state, optimizer, block_d)
 
 
 def compile_cases():

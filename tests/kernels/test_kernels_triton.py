@@ -28,140 +28,15 @@ from kernels.pool_backward_triton import pool_backward_triton  # noqa: E402
 from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
 from kernels.sparse_update import sparse_update_reference  # noqa: E402
 from kernels.sparse_update_triton import sparse_update_triton  # noqa: E402
-from kernels.unique_partition import owner_of, unique_partition_reference  # noqa: E402
-from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
-from tests.support.kernels import DEVICE, HAS_CUDA, needs_triton  # noqa: E402
-
-
-def on(*tensors):
-    """The tensors on DEVICE (the Triton side of a comparison)."""
-    moved = tuple(t.to(DEVICE) for t in tensors)
-    return moved[0] if len(moved) == 1 else moved
-
+from tests.support.kernels import (  # noqa: E402
+    DEVICE,
+    HAS_CUDA,
+    check_unique_partition,
+    needs_triton,
+    on,
+)
 
 DIMS = (1, 3, 17, 128)
-WORLD_SIZES = (1, 2, 3, 8)
-
-
-# ---------------------------------------------------------------------------------------------
-# unique_partition
-
-
-def make_keys(pattern: str, n: int, gen: torch.Generator):
-    """Keys over three tables: table-wise (owner 1 or 0), row-wise, and a huge row-wise table."""
-    offsets = torch.tensor([0, 10, 50, 2**40], dtype=torch.int64)
-    if pattern == "all_duplicates":
-        keys = torch.full((n,), 37, dtype=torch.int64)
-    elif pattern == "all_distinct":
-        keys = torch.randperm(max(n, 60), generator=gen)[:n].to(torch.int64)
-    elif pattern == "random":
-        keys = torch.randint(0, 60, (n,), generator=gen, dtype=torch.int64)
-    elif pattern == "big":  # > 2^32: the hash and slots must be 64-bit clean
-        base = torch.randint(2**33, 2**33 + 40, (n,), generator=gen, dtype=torch.int64)
-        keys = torch.where(torch.rand(n, generator=gen) < 0.3, base % 50, base)
-    else:
-        raise AssertionError(pattern)
-    return keys, offsets
-
-
-def check_unique_partition(keys, offsets, owners, world_size, result):
-    """The kernel returns exactly the reference's tensors: first-occurrence order, grouped by owner."""
-    unique, counts, inverse = (t.cpu() for t in result)
-    keys, offsets, owners = keys.cpu(), offsets.cpu(), owners.cpu()
-    ref_unique, ref_counts, ref_inverse = unique_partition_reference(
-        keys, offsets, owners, world_size
-    )
-    assert unique.dtype == counts.dtype == inverse.dtype == torch.int64
-    assert torch.equal(counts, ref_counts)
-    assert torch.equal(unique, ref_unique)
-    assert torch.equal(inverse, ref_inverse)
-    assert torch.equal(unique[inverse], keys)
-    # contiguous owner groups, rank 0 first
-    owner = owner_of(unique, offsets, owners, world_size) if unique.numel() else unique
-    bounds = [0, *torch.cumsum(counts, 0).tolist()]
-    for rank in range(world_size):
-        assert torch.all(owner[bounds[rank] : bounds[rank + 1]] == rank)
-
-
-@needs_triton
-@pytest.mark.parametrize("world_size", WORLD_SIZES)
-@pytest.mark.parametrize("n", [0, 1, 7, 300])
-@pytest.mark.parametrize(
-    "path,pattern",
-    [("direct", p) for p in ("all_duplicates", "all_distinct", "random")]
-    + [("hash", p) for p in ("all_duplicates", "all_distinct", "random", "big")],
-)
-def test_unique_partition(path, pattern, n, world_size):
-    gen = torch.Generator().manual_seed(n * 31 + world_size)
-    keys, offsets = make_keys(pattern, n, gen)
-    owners = torch.tensor([min(1, world_size - 1), -1, -1], dtype=torch.int64)
-    key_space = max(60, n) if path == "direct" else None  # keys < max(60, n) but for "big"
-    result = unique_partition_triton(*on(keys, offsets, owners), world_size, key_space=key_space)
-    check_unique_partition(keys, offsets, owners, world_size, result)
-
-
-@needs_triton
-def test_unique_partition_probe_overflow_falls_back():
-    # one probing round cannot place colliding keys: the launcher must rerun unbounded
-    gen = torch.Generator().manual_seed(0)
-    keys = torch.randint(0, 2**40, (400,), generator=gen, dtype=torch.int64)
-    keys = torch.cat([keys, keys[:100]])
-    offsets = torch.tensor([0, 2**20, 2**41], dtype=torch.int64)
-    owners = torch.tensor([2, -1], dtype=torch.int64)
-    result = unique_partition_triton(*on(keys, offsets, owners), 3, max_probes=1)
-    check_unique_partition(keys, offsets, owners, 3, result)
-
-
-@needs_triton
-def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
-    """The persistent map is never cleared: each call's smaller tag must beat what earlier calls left,
-    also when the key space grows and when the tags run out (the map is refilled)."""
-    import kernels.unique_partition_triton as up
-
-    monkeypatch.setattr(up, "_DIRECT_MAPS", {})
-    offsets = torch.tensor([0, 40, 100], dtype=torch.int64)
-    owners = torch.tensor([0, -1], dtype=torch.int64)
-    gen = torch.Generator().manual_seed(5)
-    for call in range(6):
-        if call == 3:  # the next call's tag would be the last: the map must be refilled first
-            next(iter(up._DIRECT_MAPS.values())).tag = 2
-        space = 60 if call < 4 else 100
-        keys = torch.randint(0, space, (50 + call,), generator=gen, dtype=torch.int64)
-        check_unique_partition(
-            keys,
-            offsets,
-            owners,
-            2,
-            unique_partition_triton(*on(keys, offsets, owners), 2, key_space=space),
-        )
-
-
-@needs_triton
-def test_unique_partition_single_table():
-    keys = torch.tensor([5, 1, 5, 0, 9, 1], dtype=torch.int64)
-    offsets = torch.tensor([0, 10], dtype=torch.int64)
-    owners = torch.tensor([-1], dtype=torch.int64)
-    for key_space in (10, None):
-        result = unique_partition_triton(*on(keys, offsets, owners), 2, key_space=key_space)
-        check_unique_partition(keys, offsets, owners, 2, result)
-    # first occurrence order, grouped by owner (row % 2): even rows [0] then odd rows [5, 1, 9]
-    unique, counts, inverse = unique_partition_reference(keys, offsets, owners, 2)
-    assert (
-        unique.tolist() == [0, 5, 1, 9]
-        and counts.tolist() == [1, 3]
-        and inverse.tolist() == [1, 2, 1, 0, 3, 2]
-    )
-
-
-def test_unique_partition_rejects_bad_input():
-    offsets = torch.tensor([0, 10], dtype=torch.int64)
-    owners = torch.tensor([0], dtype=torch.int64)
-    with pytest.raises(ValueError, match="int64"):
-        unique_partition_triton(torch.zeros(3, dtype=torch.int32), offsets, owners, 1)
-    with pytest.raises(ValueError, match="offsets"):
-        unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets[:1], owners, 1)
-    with pytest.raises(ValueError, match="world_size"):
-        unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets, owners, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,19 +233,6 @@ def test_public_functions_dispatch_to_triton(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # the compiled kernels on a GPU (larger shapes)
-
-
-@pytest.mark.parametrize("world_size", [1, 8])
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA device and compiled Triton")
-def test_unique_partition_cuda(world_size):
-    gen = torch.Generator().manual_seed(1)
-    offsets = torch.tensor([0, 1000, 50_000, 2**40], dtype=torch.int64)
-    owners = torch.tensor([0, -1, -1], dtype=torch.int64)
-    keys = torch.randint(0, 60_000, (200_000,), generator=gen, dtype=torch.int64)
-    keys[::7] += 2**35
-    result = unique_partition_triton(keys.cuda(), offsets.cuda(), owners.cuda(), world_size)
-    check_unique_partition(keys, offsets, owners, world_size, result)
 
 
 @pytest.mark.parametrize("dim", [17, 128])

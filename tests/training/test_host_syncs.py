@@ -129,7 +129,7 @@ def test_single_rank_kaggle_step_makes_two_syncs(tmp_path):
     }
     assert sites == {
         "embedding/ids.py _local_scalar_dense": 1.0,
-        "kernels/pool_backward_update_triton.py nonzero": 1.0,
+        "kernels/pool_backward_update_host_triton.py nonzero": 1.0,
     }, profile["sync_sites"]
     assert profile["predicted_syncs_per_step"] == 2.0 <= 3
 
