@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from tests.support.paths import ROOT  # noqa: F401 - the tests that train in a subprocess read it here
 from training import checkpoint
 from training.build import Parts, build
 from training.config import Config, load_config

@@ -16,8 +16,8 @@ from pipeline.batch import Batch, KeyedJagged
 from pipeline.checks import check_batch, checked_batches, sample_index
 from tests.support.configs import CHECKPOINT_TOML
 from tests.support.dist_utils import run_distributed
+from tests.support.paths import ROOT
 from tests.support.training import (
-    ROOT,
     build_parts,
     context,
     dense_state,

@@ -15,7 +15,8 @@ import train
 from embedding.dynamic import DynamicTableFull
 from tests.support.configs import DYNAMIC_TOML as EQUIV_TOML
 from tests.support.dist_utils import run_distributed
-from tests.support.training import ROOT, context, dense_state, load_parts, train_with_checkpoints
+from tests.support.paths import ROOT
+from tests.support.training import context, dense_state, load_parts, train_with_checkpoints
 from training import checkpoint
 from training.config import load_config
 from training.digest import weights_digest
