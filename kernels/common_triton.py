@@ -8,6 +8,12 @@ stride, and the kernels state it with ``tl.multiple_of`` on row offsets and ``co
 fp32 and bf16 rows then move as 16-byte vectors (kernels.compile_check counts them in the PTX).
 Block widths come from a few classes, so the variants a run can compile are few and all of them
 are built by kernels.compile_check.
+
+Tiles. A kernel's [rows, BLOCK_D] tile is sized by ``tile_rows`` so that each thread holds a fixed
+number of values per operand whatever BLOCK_D is, and a thread's registers do not grow with the
+tile: at least one 16-byte vector (``vector_values``: 4 fp32 columns, 8 bf16/fp16 columns), 8 by
+default (two fp32 vectors, one bf16 vector). The bound every specialization is held to
+(tests/kernels/test_kernels_compile.py): no spills, at most MAX_REGISTERS registers a thread.
 """
 
 import torch
@@ -15,13 +21,38 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-# column-block classes: rows up to 32 wide in one block, wider rows in 128-column blocks
-BLOCK_DS = (32, 128)
+# column-block classes: a row of up to 128 columns in one block of the smallest class that holds it
+# (D = 16 and D = 64 fill their block), wider rows in 128-column blocks
+BLOCK_DS = (16, 32, 64, 128)
+NUM_WARPS = 4  # warps per program of the row kernels, unless a kernel says otherwise
+VALUES_PER_THREAD = 8  # per operand: two 16-byte vectors of fp32, one of bf16/fp16
+MAX_REGISTERS = 128  # per thread, every specialization (the compile test checks it)
 
 
 def column_block(dim: int) -> int:
     """Column block for rows of dim columns: the smallest class that holds the row, else the widest."""
     return next((b for b in BLOCK_DS if b >= dim), BLOCK_DS[-1])
+
+
+def tile_rows(
+    block_d: int, values_per_thread: int = VALUES_PER_THREAD, num_warps: int = NUM_WARPS
+) -> int:
+    """Rows of a [rows, block_d] tile that gives each of the num_warps * 32 threads values_per_thread
+    values (a power of two: every BLOCK_DS class divides 32 * 8)."""
+    return max(1, values_per_thread * 32 * num_warps // block_d)
+
+
+def compile_dims() -> tuple[int, ...]:
+    """Dims reaching every (BLOCK_D, ALIGN) class of column_block and row_align: for each block
+    width, one dim that fills it (a multiple of 8) and one unaligned dim above the previous class."""
+    aligned = BLOCK_DS
+    unaligned = tuple(b - 3 for b in BLOCK_DS)
+    return tuple(sorted(aligned + unaligned))
+
+
+def vector_values(dtype: torch.dtype) -> int:
+    """Values of dtype in one 16-byte vector: 4 fp32, 8 bf16/fp16."""
+    return 16 // dtype.itemsize
 
 
 def row_align(*sizes: int) -> int:

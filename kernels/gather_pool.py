@@ -5,15 +5,21 @@ import torch
 from kernels.dispatch import by_device
 
 
-def lookup_reference(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return weight.index_select(0, rows).float()
+def lookup_reference(
+    weight: torch.Tensor, rows: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    return weight.index_select(0, rows).to(out_dtype or torch.float32)
 
 
-def lookup(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def lookup(
+    weight: torch.Tensor, rows: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Rows of the owner's local storage: weight [R, D] (any float dtype), rows int64 [K]
-    -> float32 [K, D]."""
+    -> [K, D] in out_dtype (float32, bfloat16 or float16; None: float32). The Triton kernel reads
+    each row and writes it cast in one pass (no separate cast of the [K, D] result); both paths give
+    the same bits (torch's casts: exact widening, narrowing rounded to nearest even)."""
     run = by_device(weight, reference=lookup_reference, triton="gather_pool_triton.lookup_triton")
-    return run(weight, rows)
+    return run(weight, rows, out_dtype)
 
 
 def bag_layout(offsets: torch.Tensor, batch_size: int, feature_mean: torch.Tensor):
