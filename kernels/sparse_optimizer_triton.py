@@ -7,10 +7,20 @@ pool_backward_update_triton (one row per program) call the same helpers:
   denominator, lazy Adam's step count and bias corrections.
 - ``update_columns``: one step on some columns of the rows, given their fp32 gradient.
 
-The optimizer is a runtime kernel argument (``SGD``, ``ADAGRAD``, ``ADAM``), not a constexpr:
-one compiled variant serves all three (the branch is uniform per program and the kernels are
-memory-bound), which keeps the number of variants kernels.compile_check must build small.
-Kernels take the optimizer and its hyper-parameters as the scalars of ``kernel_args``, in order.
+The optimizer is a ``tl.constexpr`` of the kernels (``SGD``, ``ADAGRAD``, ``ADAM``): one compiled
+variant per optimizer holds only that optimizer's registers (one variant for all three needed
+Adam's registers for SGD too, and spilled). Kernels take the optimizer id (``kernel_args(o)[0]``)
+as that constexpr and the hyper-parameters, ``kernel_args(o)[1:]``, as scalars, in order. The
+helpers also accept the id as a runtime scalar (a uniform branch per program).
+
+Rounding. Division and square root are IEEE round-to-nearest (``tl.sqrt_rn``, and
+``tl.fdiv(..., ieee_rounding=True)``: ``tl.div_rn`` that broadcasts); plain ``/`` and ``tl.sqrt``
+compile to approximations on NVIDIA GPUs (div.full.f32, sqrt.approx.f32). Adam's bias corrections
+1 - beta^t are computed in float64 (the float32 ``exp2`` is an approximation, and 1 - beta^t
+cancels most of its digits at small t), within one float32 ulp of the reference's. Products
+feeding a sum may compile to fused multiply-adds, and row sums run in another order than
+torch's, so updates match the reference to a few float32 ulps, not bit for bit
+(docs/kernels.md, tests/kernels/test_optimizer_rounding.py).
 """
 
 import math
@@ -30,7 +40,7 @@ def kernel_args(optimizer) -> tuple:
     beta1, beta2, 1 - beta1, 1 - beta2, log2(beta1), log2(beta2)).
 
     1 - beta is rounded once on the host in float64; log2(beta) lets a kernel compute beta^t as
-    exp2(t * log2(beta)), with no pow.
+    exp2(t * log2(beta)) (in float64: row_factors), with no pow.
     """
     o = optimizer
     log2_beta1 = math.log2(o.beta1) if o.beta1 > 0 else -math.inf
@@ -53,21 +63,24 @@ def row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log
     """(denom, bias1, bias2) of rows ``row``, a scalar or a block (``mask``: the real ones).
 
     Adagrad: m1[row] += sq / dim (sq: sum of g^2 over the whole row); denom = sqrt(m1[row]) + eps.
-    Adam: steps[row] += 1; bias = 1 - beta^t. Factors an optimizer does not use stay 1.
+    Adam: steps[row] += 1; bias = 1 - beta^t, from exp2 in float64: log2_beta's own float32
+    rounding then moves it by at most about one float32 ulp. Factors an optimizer does not use stay 1.
     """
     denom = tl.full(row.shape, 1.0, tl.float32)
     bias1 = tl.full(row.shape, 1.0, tl.float32)
     bias2 = tl.full(row.shape, 1.0, tl.float32)
     if optimizer == ADAGRAD:
-        acc = tl.load(m1_ptr + row, mask=mask, other=0.0) + sq / dim
+        acc = tl.load(m1_ptr + row, mask=mask, other=0.0) + tl.fdiv(
+            sq, dim.to(tl.float32), ieee_rounding=True
+        )
         tl.store(m1_ptr + row, acc, mask=mask)
-        denom = tl.sqrt(acc) + eps
+        denom = tl.sqrt_rn(acc) + eps
     elif optimizer == ADAM:
         t = tl.load(steps_ptr + row, mask=mask, other=0) + 1
         tl.store(steps_ptr + row, t, mask=mask)
-        tf = t.to(tl.float32)
-        bias1 = 1.0 - tl.exp2(tf * log2_beta1)
-        bias2 = 1.0 - tl.exp2(tf * log2_beta2)
+        tf = t.to(tl.float64)
+        bias1 = (1.0 - tl.exp2(tf * log2_beta1)).to(tl.float32)
+        bias2 = (1.0 - tl.exp2(tf * log2_beta2)).to(tl.float32)
     return denom, bias1, bias2
 
 
@@ -100,11 +113,13 @@ def update_columns(
     if optimizer == SGD:
         w = w - lr * g
     elif optimizer == ADAGRAD:
-        w = w - lr * g / denom
+        w = w - tl.fdiv(lr * g, denom, ieee_rounding=True)
     else:
         m1 = beta1 * tl.load(m1_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta1 * g
         m2 = beta2 * tl.load(m2_ptr + s_base + d, mask=mask, other=0.0) + one_minus_beta2 * g * g
         tl.store(m1_ptr + s_base + d, m1, mask=mask)
         tl.store(m2_ptr + s_base + d, m2, mask=mask)
-        w = w - lr * (m1 / bias1) / (tl.sqrt(m2 / bias2) + eps)
+        m1_hat = tl.fdiv(m1, bias1, ieee_rounding=True)
+        v_root = tl.sqrt_rn(tl.fdiv(m2, bias2, ieee_rounding=True)) + eps
+        w = w - tl.fdiv(lr * m1_hat, v_root, ieee_rounding=True)
     tl.store(weight_ptr + w_base + d, w.to(weight_ptr.dtype.element_ty), mask=mask)

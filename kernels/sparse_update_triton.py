@@ -7,7 +7,11 @@
 3. ``_update_kernel`` applies SGD / row-wise Adagrad / lazy Adam to each unique row exactly
    once: read weight row + state, fp32 math, write back in the storage dtype. Rows are walked
    in BLOCK_D-column chunks; row-wise Adagrad first sums g^2 over the whole row (its mean
-   scales every column), then updates.
+   scales every column), then updates. The optimizer is a constexpr: one variant each.
+
+Tiles: ``common_triton.tile_rows`` rows x BLOCK_D columns, one 16-byte vector of the weight a
+thread (Adam holds four operands: gradient, weight and both moments), which keeps every variant
+under common_triton.MAX_REGISTERS without spills.
 
 Optimizers, state layout and math: kernels.sparse_optimizer; the row math in Triton, shared with
 pool_backward_update_triton: kernels.sparse_optimizer_triton.
@@ -17,13 +21,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common_triton import column_block, column_mask, row_align
+from kernels.common_triton import (
+    NUM_WARPS,
+    column_block,
+    column_mask,
+    compile_dims,
+    row_align,
+    tile_rows,
+    vector_values,
+)
 from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
 from kernels.sparse_optimizer_triton import ADAGRAD, kernel_args, row_factors, update_columns
 from kernels.unique_partition_triton import unique_partition_triton
 
-# one program holds BLOCK_R x BLOCK_D fp32 values of each operand in registers
-_MAX_BLOCK_ELEMS = 4096
+# the merge's atomics hold no state between columns: 16 values a thread keep more adds in flight
+_MERGE_VALUES_PER_THREAD = 16
 
 
 @triton.jit(do_not_specialize=["num_grads", "dim"])
@@ -50,7 +62,7 @@ def _merge_kernel(
     tl.atomic_add(out_ptr + dst[:, None] + d[None, :], g, mask=mask, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["weight_stride", "num_unique", "dim", "optimizer"])
+@triton.jit(do_not_specialize=["weight_stride", "num_unique", "dim"])
 def _update_kernel(
     weight_ptr,  # [R, D] storage (fp32 / bf16 / fp16), updated in place
     weight_stride,  # elements between consecutive rows of weight
@@ -61,15 +73,17 @@ def _update_kernel(
     steps_ptr,  # adam: int64 [R] per-row step count (unused otherwise)
     num_unique,  # U
     dim,  # D
-    optimizer,  # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
     lr,  # learning rate
     eps,  # denominator epsilon
     beta1,  # adam first-moment decay
     beta2,  # adam second-moment decay
     one_minus_beta1,  # 1 - beta1, rounded once on the host in float64
     one_minus_beta2,  # 1 - beta2, same
-    log2_beta1,  # log2(beta1) in float64, so beta1^t = exp2(t * log2_beta1) needs no pow
-    log2_beta2,  # log2(beta2), same
+    # log2(beta1), so beta1^t = exp2(t * log2_beta1) needs no pow; a float64 argument: the bias
+    # correction then rounds to the reference's float32 (row_factors)
+    log2_beta1: tl.float64,
+    log2_beta2: tl.float64,  # log2(beta2), same
+    OPTIMIZER: tl.constexpr,  # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
     BLOCK_R: tl.constexpr,  # unique rows per program
     BLOCK_D: tl.constexpr,  # columns per step along the row (one of common_triton.BLOCK_DS)
     ALIGN: tl.constexpr,  # divides D and weight_stride (common_triton.row_align)
@@ -86,14 +100,14 @@ def _update_kernel(
     # per-row factors, computed before any column is written
     sq = tl.zeros([BLOCK_R], dtype=tl.float32)
     # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
-    if optimizer == ADAGRAD:
+    if OPTIMIZER == ADAGRAD:
         for d0 in range(0, dim, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             mask = u_mask[:, None] & column_mask(d, dim, ALIGN)[None, :]
             g = tl.load(grad_ptr + g_base[:, None] + d[None, :], mask=mask, other=0.0)
             sq += tl.sum(g * g, axis=1)  # masked columns load as 0
     denom, bias1, bias2 = row_factors(
-        row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, u_mask
+        row, sq, dim, m1_ptr, steps_ptr, OPTIMIZER, eps, log2_beta1, log2_beta2, u_mask
     )
 
     for d0 in range(0, dim, BLOCK_D):
@@ -109,7 +123,7 @@ def _update_kernel(
             d[None, :],
             mask,
             g,
-            optimizer,
+            OPTIMIZER,
             lr,
             eps,
             beta1,
@@ -152,7 +166,7 @@ def _merge_duplicates(rows, grads, num_rows: int, block_d: int):
     )
     num_unique = unique_rows.numel()
     merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
-    merge_k = _MAX_BLOCK_ELEMS // block_d
+    merge_k = tile_rows(block_d, _MERGE_VALUES_PER_THREAD)
     _merge_kernel[(triton.cdiv(rows.numel(), merge_k), triton.cdiv(dim, block_d))](
         grads.contiguous(),
         inverse,
@@ -162,6 +176,7 @@ def _merge_duplicates(rows, grads, num_rows: int, block_d: int):
         BLOCK_K=merge_k,
         BLOCK_D=block_d,
         ALIGN=row_align(dim),
+        num_warps=NUM_WARPS,
     )
     return unique_rows, merged, num_unique
 
@@ -169,12 +184,16 @@ def _merge_duplicates(rows, grads, num_rows: int, block_d: int):
 def _launch_update(weight, unique_rows, merged, num_unique: int, state, optimizer, block_d: int):
     """_update_kernel: each unique row updated once, BLOCK_R rows per program."""
     dim = weight.shape[1]
-    block_r = _MAX_BLOCK_ELEMS // block_d
-    # an optimizer without some state still passes tensors of the state's dtypes: the pointer types are
-    # part of the compiled signature, and the same variant then serves every optimizer
+    align = row_align(dim, weight.stride(0))
+    # one 16-byte vector of the weight a thread (4 fp32 or 8 bf16 columns; unaligned rows, read
+    # element by element: 4): Adam's four operands stay under the register bound without spills
+    block_r = tile_rows(block_d, vector_values(weight.dtype) if align > 1 else 4)
+    # an optimizer without some state still passes tensors (its variant never reads them): the kernel
+    # takes every pointer whatever the optimizer
     m1 = state.get("momentum1", unique_rows.new_empty(1, dtype=torch.float32))
     m2 = state.get("momentum2", unique_rows.new_empty(1, dtype=torch.float32))
     steps = state.get("row_steps", unique_rows.new_empty(1, dtype=torch.int64))
+    optimizer_id, *hyper_parameters = kernel_args(optimizer)
     _update_kernel[(triton.cdiv(num_unique, block_r),)](
         weight,
         weight.stride(0),
@@ -185,10 +204,14 @@ def _launch_update(weight, unique_rows, merged, num_unique: int, state, optimize
         steps,
         num_unique,
         dim,
-        *kernel_args(optimizer),
+        *hyper_parameters,
+        OPTIMIZER=optimizer_id,
         BLOCK_R=block_r,
         BLOCK_D=block_d,
-        ALIGN=row_align(dim, weight.stride(0)),
+        ALIGN=align,
+        num_warps=NUM_WARPS,
+        # no fused multiply-adds: each product rounds as in the torch reference (the same bits)
+        enable_fp_fusion=False,
     )
 
 
@@ -216,7 +239,7 @@ def sparse_update_triton(
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
     each storage dtype x (BLOCK_D, ALIGN) class, every optimizer, merged or unique rows."""
-    dims = (3, 16, 100, 128)  # every (BLOCK_D, ALIGN) class
+    dims = compile_dims()  # every (BLOCK_D, ALIGN) class
     rows = torch.tensor([3, 3, 0, 5], dtype=torch.int64)
     for optimizer in (SparseOptimizer(name, 0.1) for name in SPARSE_OPTIMIZERS):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
