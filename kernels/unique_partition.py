@@ -15,8 +15,10 @@ def unique_partition_reference(
     table_owner: torch.Tensor,
     world_size: int,
     key_space: int | None = None,
+    padded: bool = False,
 ):
-    """Pure-torch oracle: unique keys in order of first occurrence, then stably grouped by owner."""
+    """Pure-torch oracle: unique keys in order of first occurrence, then stably grouped by owner
+    (padded: followed by N - U zeros)."""
     if keys.numel() == 0:
         return (
             keys.new_empty(0),
@@ -37,7 +39,10 @@ def unique_partition_reference(
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=keys.device)
     counts = torch.bincount(owner, minlength=world_size)
-    return uniq[order], counts, position[inverse]
+    unique = uniq[order]
+    if padded:
+        unique = torch.cat([unique, unique.new_zeros(keys.numel() - unique.numel())])
+    return unique, counts, position[inverse]
 
 
 def unique_partition(
@@ -46,6 +51,7 @@ def unique_partition(
     table_owner: torch.Tensor,
     world_size: int,
     key_space: int | None = None,
+    padded: bool = False,
 ):
     """Deduplicate keys and group the unique ones by owner rank.
 
@@ -56,15 +62,19 @@ def unique_partition(
         world_size: number of ranks W.
         key_space: an exclusive bound of the keys known on the host (the total row count), or None.
             Only a hint for the kernel's strategy (kernels/unique_partition_triton.py); results are the same.
+        padded: return unique_keys with all N entries, the U = counts.sum() valid ones first (the
+            rest: any value), so that the Triton path never syncs with the host (its output size
+            would be U); the caller reads counts when it needs U (e.g. with the all-to-all counts).
     Returns:
-        unique_keys int64 [U]: in order of first occurrence in keys, then stably grouped by owner (rank 0's first).
-        counts int64 [W] number of unique keys per owner.
+        unique_keys int64 [U] (padded: [N]): in order of first occurrence in keys, then stably grouped
+            by owner (rank 0's first).
+        counts int64 [W] number of unique keys per owner (a device tensor).
         inverse int64 [N] with unique_keys[inverse] == keys.
-    The Triton kernel and this reference return identical tensors.
+    The Triton kernel and this reference return identical tensors (padded: identical valid prefixes).
     """
     run = by_device(
         keys,
         reference=unique_partition_reference,
         triton="unique_partition_triton.unique_partition_triton",
     )
-    return run(keys, table_offsets, table_owner, world_size, key_space)
+    return run(keys, table_offsets, table_owner, world_size, key_space, padded=padded)

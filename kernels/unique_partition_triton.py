@@ -14,14 +14,17 @@ found one of two ways:
 - hash (any non-negative int64 key, e.g. a huge key space): an open-addressing table built per
   call with ``tl.atomic_cas`` on the key slots (linear probing, capacity a power of two >= 2N),
   then ``atomic_min`` of positions per slot. Probing is bounded by ``max_probes`` rounds; a
-  program with unresolved lanes raises a flag and the launcher reruns without bound (always
-  terminates: the table has more free slots than keys), so a pathological key set costs time,
-  never correctness.
+  program with unresolved lanes raises a device flag. A second launch of the same kernel always
+  follows: each of its programs reads the flag and returns at once when it is clear (the usual
+  case: a launch of empty programs), else probes without bound on the same table (inserting is
+  idempotent: every key finds itself or the first free slot; always terminates, the table has
+  more free slots than keys). A pathological key set costs time, never correctness, and the host
+  never reads the flag.
 
 Then ``first[i] = rep[i] == i``; an exclusive cumsum of ``first`` numbers the unique keys;
 ``_scatter_kernel`` writes ``inverse[i] = number[rep[i]]`` and each unique key once. With W > 1
-the unique keys are grouped by owner with a stable sort of their owner ranks. One host sync:
-the W counts (which also size the output).
+the unique keys are grouped by owner with a stable sort of their owner ranks. Host syncs: one,
+the unique count that sizes the output; none with ``padded=True`` (the output keeps N entries).
 """
 
 import torch
@@ -89,10 +92,14 @@ def _insert_hash_kernel(
     # int32 [C] first position of each slot's key, pre-filled with N, atomically min-ed
     slot_pos_ptr,
     slot_of_ptr,  # int32 [N] out: slot of each position's key
-    overflow_ptr,  # int32 [1] out: set to 1 when some key found no slot within max_probes
+    overflow_ptr,  # int32 [1] set to 1 when some key found no slot within max_probes
     max_probes,  # bound on probing rounds
+    RERUN: tl.constexpr,  # 1: run only if overflow is set (then on the table the first pass left)
     BLOCK: tl.constexpr,  # positions per program
 ):
+    if RERUN:
+        if tl.load(overflow_ptr) == 0:
+            return
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
@@ -218,22 +225,44 @@ def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int)
         return rep, first
     capacity = triton.next_power_of_2(2 * n)
     slot_of = torch.empty(n, dtype=torch.int32, device=device)
-    for probes in (max_probes, capacity + 1):
-        slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
-        slot_pos = torch.full((capacity,), n, dtype=torch.int32, device=device)
-        overflow = torch.zeros(1, dtype=torch.int32, device=device)
+    slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
+    slot_pos = torch.full((capacity,), n, dtype=torch.int32, device=device)
+    overflow = torch.zeros(1, dtype=torch.int32, device=device)
+    # bounded probing, then the rerun that does nothing unless the flag is set: no host read
+    for rerun, probes in ((0, max_probes), (1, capacity + 1)):
         _insert_hash_kernel[grid](
-            keys, n, slot_keys, capacity - 1, slot_pos, slot_of, overflow, probes, BLOCK=BLOCK
-        )
-        # a sync only to learn whether the bounded probing sufficed; the first attempt almost always does
-        if int(overflow) == 0:
-            break
-    else:  # pragma: no cover - unbounded probing always resolves (capacity > n)
-        raise RuntimeError(
-            "unique_partition_triton: hash table overflow even with unbounded probing"
+            keys,
+            n,
+            slot_keys,
+            capacity - 1,
+            slot_pos,
+            slot_of,
+            overflow,
+            probes,
+            RERUN=rerun,
+            BLOCK=BLOCK,
         )
     _rep_hash_kernel[grid](slot_of, n, slot_pos, rep, first, BLOCK=BLOCK)
     return rep, first
+
+
+def _group_by_owner(unique, num_unique, inverse, table_offsets, table_owner, world_size: int):
+    """(unique keys stably grouped by owner, all N entries, the U valid ones first; counts [W];
+    inverse into the grouped keys). Device work only."""
+    n, device = unique.numel(), unique.device
+    # owner of each unique key; unused slots (>= U) go to a last bucket W, which the stable sort puts last
+    owner = owner_of(unique, table_offsets, table_owner, world_size)
+    owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
+    # index_add_, not bincount: bincount reads the largest value back to size its output (a host sync on CUDA)
+    counts = torch.zeros(world_size + 1, dtype=torch.int64, device=device).index_add_(
+        0, owner, torch.ones_like(owner)
+    )[:world_size]
+    order = torch.sort(
+        owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True
+    ).indices
+    position = torch.empty_like(order)
+    position[order] = torch.arange(n, device=device)
+    return unique[order], counts, position[inverse]
 
 
 def unique_partition_triton(
@@ -243,11 +272,13 @@ def unique_partition_triton(
     world_size: int,
     key_space: int | None = None,
     max_probes: int = _DEFAULT_MAX_PROBES,
+    padded: bool = False,
 ):
     """Same contract and outputs as kernels.unique_partition.unique_partition.
 
     key_space: an exclusive bound of the keys known on the host (e.g. total rows of all tables), which
     selects the direct map when <= DIRECT_MAX_KEYS; None (or a larger one) selects the hash table.
+    padded: unique_keys keeps all N entries (the first counts.sum() valid) and nothing syncs.
     """
     _check(keys, table_offsets, table_owner, world_size)
     device = keys.device
@@ -267,31 +298,22 @@ def unique_partition_triton(
     _scatter_kernel[(triton.cdiv(n, BLOCK),)](keys, n, rep, number, unique, inverse, BLOCK=BLOCK)
 
     num_unique = (number[-1] + first[-1]).to(torch.int64)
-    if world_size == 1:
-        counts = num_unique.reshape(1)
-        return unique[: int(num_unique)], counts, inverse  # the one host sync
-    # owner of each unique key; unused slots (>= U) go to a last bucket W, which the stable sort puts last
-    owner = owner_of(unique, table_offsets, table_owner, world_size)
-    owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
-    # index_add_, not bincount: bincount reads the largest value back to size its output (a host sync on CUDA)
-    counts = torch.zeros(world_size + 1, dtype=torch.int64, device=device).index_add_(
-        0, owner, torch.ones_like(owner)
-    )[:world_size]
-    order = torch.sort(
-        owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True
-    ).indices
-    position = torch.empty_like(order)
-    position[order] = torch.arange(n, device=device)
-    u = int(counts.sum())  # the one host sync
-    return unique[order[:u]], counts, position[inverse]
+    counts = num_unique.reshape(1)
+    if world_size > 1:
+        unique, counts, inverse = _group_by_owner(
+            unique, num_unique, inverse, table_offsets, table_owner, world_size
+        )
+    if padded:
+        return unique, counts, inverse
+    return unique[: int(num_unique)], counts, inverse  # the one host sync: the output's size
 
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
-    the direct map and the hash table (bounded and unbounded probing), one owner and several."""
+    the direct map and the hash table (the bounded pass and the rerun), one owner and several."""
     offsets = torch.tensor([0, 10, 50, 2**40], dtype=torch.int64)
     owners = torch.tensor([0, -1, -1], dtype=torch.int64)
     keys = torch.arange(300, dtype=torch.int64) * 7 % 60
     for world_size in (1, 3):
         yield lambda w=world_size: unique_partition_triton(keys, offsets, owners, w, key_space=60)
-        yield lambda w=world_size: unique_partition_triton(keys, offsets, owners, w)
+        yield lambda w=world_size: unique_partition_triton(keys, offsets, owners, w, padded=True)

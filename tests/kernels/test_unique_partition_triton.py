@@ -14,6 +14,7 @@ from kernels.common_triton import INTERPRETED  # noqa: E402
 from kernels.unique_partition import unique_partition_reference  # noqa: E402
 from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
 from tests.support.kernels import HAS_CUDA, check_unique_partition, needs_triton, on  # noqa: E402
+from training.profiling import HostSyncCensus  # noqa: E402
 
 WORLD_SIZES = (1, 2, 3, 8)
 
@@ -103,6 +104,56 @@ def test_unique_partition_single_table():
         and counts.tolist() == [1, 3]
         and inverse.tolist() == [1, 2, 1, 0, 3, 2]
     )
+
+
+PADDED_CASES = [
+    # (path, world_size, max_probes): max_probes=1 overflows the bounded hash pass, so the rerun works
+    ("direct", 1, 64),
+    ("direct", 3, 64),
+    ("hash", 1, 64),
+    ("hash", 3, 64),
+    ("hash", 3, 1),
+]
+
+
+def padded_inputs(path: str, world_size: int):
+    gen = torch.Generator().manual_seed(world_size)
+    keys, offsets = make_keys("random" if path == "direct" else "big", 300, gen)
+    owners = torch.tensor([min(1, world_size - 1), -1, -1], dtype=torch.int64)
+    key_space = 300 if path == "direct" else None
+    return keys, offsets, owners, key_space
+
+
+@needs_triton
+@pytest.mark.parametrize("path,world_size,max_probes", PADDED_CASES)
+def test_padded_agrees_with_unpadded_on_the_valid_prefix(path, world_size, max_probes):
+    keys, offsets, owners, key_space = padded_inputs(path, world_size)
+    args = (*on(keys, offsets, owners), world_size, key_space, max_probes)
+    unique, counts, inverse = unique_partition_triton(*args)
+    padded, padded_counts, padded_inverse = unique_partition_triton(*args, padded=True)
+    assert padded.numel() == keys.numel() and unique.numel() < keys.numel()
+    assert torch.equal(padded_counts, counts) and torch.equal(padded_inverse, inverse)
+    assert torch.equal(padded[: unique.numel()], unique)
+    check_unique_partition(keys, offsets, owners, world_size, (unique, counts, inverse))
+    # the reference pads the same way
+    ref = unique_partition_reference(keys, offsets, owners, world_size, padded=True)
+    assert ref[0].numel() == keys.numel()
+    assert torch.equal(ref[0][: unique.numel()], unique.cpu())
+
+
+@needs_triton
+@pytest.mark.parametrize("path,world_size,max_probes", PADDED_CASES)
+def test_padded_call_never_syncs(path, world_size, max_probes):
+    """With padded=True nothing reads a device value on the host, the hash path's overflow rerun
+    included; the unpadded call reads one: the unique count that sizes its output."""
+    keys, offsets, owners, key_space = padded_inputs(path, world_size)
+    args = (*on(keys, offsets, owners), world_size, key_space, max_probes)
+    with HostSyncCensus() as census:
+        unique_partition_triton(*args, padded=True)
+    assert not census.sites
+    with HostSyncCensus() as census:
+        unique_partition_triton(*args)
+    assert sum(census.sites.values()) == 1, census.sites
 
 
 def test_unique_partition_rejects_bad_input():
