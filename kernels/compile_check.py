@@ -1,7 +1,7 @@
 """Compile every Triton kernel specialization for real GPU targets, on a machine without a GPU.
 
     python -m kernels.compile_check                     # sm_90 and sm_80, every launcher's cases
-    python -m kernels.compile_check --arch 90 --ptx-dir /tmp/ptx --resources   # keep PTX, ptxas registers/spills
+    python -m kernels.compile_check --arch 90 --ptx-dir /tmp/ptx --resources   # keep PTX, check registers/spills
 
 Why: the Triton interpreter (how the kernels are tested on CPU) accepts code the compiler
 rejects, e.g. a kernel reading a plain module-level int. ``triton.compile`` runs the whole
@@ -14,7 +14,9 @@ sizes equal to 1, unaligned dims). The
 launchers run on small CPU tensors with a stand-in Triton driver whose JIT cache hook records
 each specialization exactly as Triton's binder derives it from the arguments (signature,
 constexprs, divisibility attributes) and skips the launch. The recorded specializations are
-then compiled for every target in a process pool. Kernels are never executed here: a pre-run
+then compiled for every target in a process pool; each result carries what ptxas reports
+(registers a thread, spill bytes) and what the PTX holds (global loads/stores by vector width,
+approximate float instructions and fused multiply-adds). Kernels are never executed here: a pre-run
 hook zeroes every tensor a launch is given, so host code reading a kernel's output sees zeros;
 that only changes which later launches a launcher makes, and every case is chosen so that all
 of its kernels are launched anyway.
@@ -35,6 +37,7 @@ import pkgutil
 import re
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -62,6 +65,7 @@ class Specialization:
     attrs: tuple  # ((arg index path, [[attr, value], ...]), ...)
     num_warps: int
     num_stages: int
+    enable_fp_fusion: bool = True
 
     def describe(self) -> str:
         names = [name for name, _ in self.signature]
@@ -127,6 +131,7 @@ def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
             ),
             num_warps=compile["num_warps"],
             num_stages=compile["num_stages"],
+            enable_fp_fusion=compile["enable_fp_fusion"],
         )
         seen[spec] = None
         return True  # handled: Triton neither compiles nor launches
@@ -169,8 +174,10 @@ class CompileResult:
     error: str | None = None
     # global loads/stores in the PTX by width: {"ld.v4": n, ..., "st.scalar": n}
     vector_ops: dict | None = None
-    registers: int | None = None
-    spill_bytes: int | None = None
+    # float32 instructions that round otherwise than torch's op-by-op math: {"div.full.f32": n, ...}
+    inexact_ops: dict | None = None
+    registers: int | None = None  # ptxas: registers a thread
+    spill_bytes: int | None = None  # ptxas: spill stores + spill loads, bytes
     ptx_path: str | None = None
 
 
@@ -180,16 +187,34 @@ _MEMORY_OP = re.compile(r"\b(ld|st)\.global(?:\.[\w:]+?)*?(?:\.(v[248]))?\.[bfsu
 
 def ptx_memory_ops(ptx: str) -> dict[str, int]:
     """Global loads and stores in PTX by vector width: {"ld.v4": n, "ld.scalar": n, "st.v4": n, ...}."""
-    counts: dict[str, int] = {}
-    for m in _MEMORY_OP.finditer(ptx):
-        key = f"{m.group(1)}.{m.group(2) or 'scalar'}"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return dict(Counter(f"{m[1]}.{m[2] or 'scalar'}" for m in _MEMORY_OP.finditer(ptx)))
 
 
-def _compile_one(
-    spec: Specialization, arch: int, ptx_dir: str | None, resources: bool
-) -> CompileResult:
+# what nvptx emits for a plain float32 division, sqrt, exp2, log2, 1/x (approximations, not IEEE
+# round-to-nearest), and fused multiply-adds (one rounding where torch's CPU ops round twice)
+_INEXACT_OP = re.compile(
+    r"\b(div\.full\.f32|div\.approx|sqrt\.approx|ex2\.approx|lg2\.approx|rcp\.approx|"
+    r"fma\.rn(?:\.ftz)?(?:\.sat)?\.f32)"
+)
+
+
+def ptx_inexact_ops(ptx: str) -> dict[str, int]:
+    """Float32 instructions in PTX that round otherwise than torch's op-by-op math, by kind:
+    {"div.full.f32": n, "sqrt.approx": n, "fma.rn.f32": n, ...}."""
+    return dict(Counter(m[1] for m in _INEXACT_OP.finditer(ptx)))
+
+
+def ptxas_resources(log: str) -> tuple[int | None, int | None]:
+    """(registers, spill stores + spill loads in bytes) from a ptxas -v log; None where absent."""
+    registers = spills = None
+    if m := re.search(r"Used (\d+) registers", log):
+        registers = int(m.group(1))
+    if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log):
+        spills = int(m.group(1)) + int(m.group(2))
+    return registers, spills
+
+
+def _compile_one(spec: Specialization, arch: int, ptx_dir: str | None) -> CompileResult:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -200,7 +225,8 @@ def _compile_one(
     result = CompileResult(spec, arch, 0.0)
     log = io.StringIO()
     try:
-        knobs.nvidia.dump_ptxas_log = resources  # ptxas -v: registers and spills, printed to stdout
+        # Triton always runs ptxas -v: this only prints its log (registers and spills) to stdout
+        knobs.nvidia.dump_ptxas_log = True
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
                 ASTSource(
@@ -210,7 +236,11 @@ def _compile_one(
                     {k: [list(a) for a in v] for k, v in spec.attrs},
                 ),
                 target=GPUTarget("cuda", arch, 32),
-                options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+                options={
+                    "num_warps": spec.num_warps,
+                    "num_stages": spec.num_stages,
+                    "enable_fp_fusion": spec.enable_fp_fusion,
+                },
             )
     except Exception as e:  # the compiler's own message names the kernel line
         result.error = f"{type(e).__name__}: {e}"
@@ -219,11 +249,8 @@ def _compile_one(
     result.seconds = time.perf_counter() - started
     ptx = compiled.asm["ptx"]
     result.vector_ops = ptx_memory_ops(ptx)
-    text = log.getvalue()
-    if m := re.search(r"Used (\d+) registers", text):
-        result.registers = int(m.group(1))
-    if m := re.search(r"(\d+) bytes spill stores", text):
-        result.spill_bytes = int(m.group(1))
+    result.inexact_ops = ptx_inexact_ops(ptx)
+    result.registers, result.spill_bytes = ptxas_resources(log.getvalue())
     if ptx_dir:
         os.makedirs(ptx_dir, exist_ok=True)
         tag = "_".join(f"{v}" for _, v in spec.constexprs)
@@ -239,7 +266,6 @@ def compile_all(
     arches=DEFAULT_ARCHES,
     workers: int | None = None,
     ptx_dir: str | None = None,
-    resources: bool = False,
     progress: bool = True,
 ) -> list[CompileResult]:
     """Compile every (specialization, arch) in a process pool; failures are returned, not raised."""
@@ -248,7 +274,7 @@ def compile_all(
     results = []
     # fresh processes: the parent has the recording driver installed
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_compile_one, spec, arch, ptx_dir, resources) for spec, arch in jobs]
+        futures = [pool.submit(_compile_one, spec, arch, ptx_dir) for spec, arch in jobs]
         for f in tqdm(futures, desc="compile", unit="kernel", disable=not progress):
             results.append(f.result())
     return results
@@ -264,7 +290,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="compile processes (0 = all cores)")
     parser.add_argument("--ptx-dir", default="", help="write each specialization's PTX here")
     parser.add_argument(
-        "--resources", action="store_true", help="report ptxas registers and spill bytes"
+        "--resources",
+        action="store_true",
+        help="fail when a specialization spills or uses more than MAX_REGISTERS registers",
     )
     parser.add_argument(
         "--module", action="append", help="only these kernel modules (default: all)"
@@ -280,7 +308,7 @@ def _print_table(results: list[CompileResult]) -> None:
     """One line per compiled (specialization, arch): time, PTX loads/stores by width, registers."""
     print(
         f"{'kernel specialization':<64} {'sm':>3} {'s':>5} {'ld v4/v2/1':>11} {'st v4/v2/1':>11} "
-        f"{'regs':>5} {'spill':>5}"
+        f"{'warps':>5} {'regs':>5} {'spill':>5}"
     )
     for r in sorted(results, key=lambda r: (r.spec.describe(), r.arch)):
         if r.error:
@@ -292,8 +320,10 @@ def _print_table(results: list[CompileResult]) -> None:
         )
         regs = "-" if r.registers is None else str(r.registers)
         spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
+        warps = r.spec.num_warps
         print(
-            f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {regs:>5} {spill:>5}"
+            f"{r.spec.describe():<64} {r.arch:>3} {r.seconds:>5.2f} {ld:>11} {st:>11} {warps:>5} "
+            f"{regs:>5} {spill:>5}"
         )
 
 
@@ -308,10 +338,24 @@ def _json_record(r: CompileResult) -> dict:
         "arch": r.arch,
         "seconds": r.seconds,
         "error": r.error,
+        "num_warps": r.spec.num_warps,
         "memory_ops": r.vector_ops,
+        "inexact_ops": r.inexact_ops,
         "registers": r.registers,
         "spill_bytes": r.spill_bytes,
     }
+
+
+def over_resource_bound(record: dict) -> str | None:
+    """Why a compiled --json record breaks the bound every kernel is held to (no spills, at most
+    common_triton.MAX_REGISTERS registers a thread), or None."""
+    from kernels.common_triton import MAX_REGISTERS
+
+    if record["registers"] is None or record["spill_bytes"] is None:
+        return "no ptxas resource report"
+    if record["spill_bytes"] or record["registers"] > MAX_REGISTERS:
+        return f"{record['registers']} registers, {record['spill_bytes']} spill bytes"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         arches,
         args.workers or None,
         args.ptx_dir or None,
-        args.resources,
         progress=not args.quiet,
     )
     failed = [r for r in results if r.error]
+    over = [(r, over_resource_bound(_json_record(r))) for r in results if not r.error]
+    over = [(r, why) for r, why in over if why and args.resources]
+    for r, why in over:
+        print(f"OVER BOUND {r.spec.describe()} sm_{r.arch}: {why}", file=sys.stderr)
     if not args.quiet:
         _print_table(results)
     if args.json:
@@ -341,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(specs)} specializations x {len(arches)} targets: {len(results) - len(failed)} compiled, "
         f"{len(failed)} failed in {time.perf_counter() - started:.1f} s"
+        + (f", {len(over)} over the resource bound" if args.resources else "")
     )
-    return 1 if failed else 0
+    return 1 if failed or over else 0
 
 
 if __name__ == "__main__":

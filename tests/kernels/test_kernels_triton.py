@@ -36,7 +36,7 @@ from tests.support.kernels import (  # noqa: E402
     on,
 )
 
-DIMS = (1, 3, 17, 128)
+DIMS = (1, 3, 16, 17, 64, 128)  # every column class: 16, 32, 64, 128 (aligned or not)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,17 +92,34 @@ def test_pool_backward(layout, pooling, dim):
     )
 
 
+def interpreter_bf16(x: torch.Tensor) -> torch.Tensor:
+    """x cast to bf16 the way the Triton interpreter casts: truncation (the low 16 bits of the fp32
+    value dropped). Compiled kernels round to nearest even, as torch does."""
+    bits = x.float().view(torch.int32) & -65536  # 0xFFFF0000
+    return bits.view(torch.float32).to(torch.bfloat16)  # exact: the dropped bits are zero
+
+
 @needs_triton
 @pytest.mark.parametrize("num_rows", [0, 1, 9])
+@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", DIMS)
-def test_lookup(dim, dtype, num_rows):
+def test_lookup(dim, dtype, out_dtype, num_rows):
+    """Rows read and cast in one pass: the same bits as index_select(...).to(out_dtype)."""
     gen = torch.Generator().manual_seed(dim)
-    weight = torch.randn(6, dim, generator=gen).to(dtype)
+    weight = (torch.randn(6, dim, generator=gen) * 1e3).to(dtype)  # fp16 keeps 1e3, bf16 rounds
     rows = torch.randint(0, 6, (num_rows,), generator=gen, dtype=torch.int64)
-    out = lookup_triton(*on(weight, rows)).cpu()
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, lookup_reference(weight, rows), rtol=0, atol=0)
+    out = lookup_triton(*on(weight, rows), out_dtype=out_dtype).cpu()
+    want = lookup_reference(weight, rows, out_dtype)
+    assert out.dtype == want.dtype == (out_dtype or torch.float32)
+    if INTERPRETED and want.dtype == torch.bfloat16 and dtype != torch.bfloat16:
+        want = interpreter_bf16(weight.index_select(0, rows))
+    assert torch.equal(out, want)
+
+
+def test_lookup_rejects_an_out_dtype_it_cannot_write():
+    with pytest.raises(ValueError, match="out_dtype"):
+        lookup_triton(torch.zeros(3, 4), torch.zeros(2, dtype=torch.int64), torch.float64)
 
 
 def test_gather_pool_rejects_bad_input():
