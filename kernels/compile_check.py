@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
     )
     failed = [r for r in results if r.error]
-    over = [(r, over_resource_bound(_json_record(r))) for r in results if not r.error]
-    over = [(r, why) for r, why in over if why and args.resources]
+    checked = [r for r in results if args.resources and not r.error]
+    over = [(r, why) for r in checked if (why := over_resource_bound(_json_record(r)))]
     for r, why in over:
         print(f"OVER BOUND {r.spec.describe()} sm_{r.arch}: {why}", file=sys.stderr)
     if not args.quiet:

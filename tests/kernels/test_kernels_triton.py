@@ -71,7 +71,8 @@ def test_gather_pool(layout, pooling, dim, dtype):
     rows = torch.randn(5, dim, generator=gen).to(dtype)
     out = gather_pool_triton(*on(rows, inverse, offsets), batch_size, on(feature_mean)).cpu()
     assert out.dtype == torch.float32 and out.shape == (batch_size, 2, dim)
-    # fp32 sums in value order, as the reference: the same bits
+    # the same bits: fp32 sums in value order, as the reference on the CPU, and 1/len rounded to
+    # nearest (tl.fdiv ieee_rounding; test_kernels_compile checks the PTX has no approximate division)
     torch.testing.assert_close(
         out, gather_pool_reference(rows, inverse, offsets, batch_size, feature_mean), rtol=0, atol=0
     )
