@@ -10,9 +10,9 @@ scheduling; no host sync (the caller passes U).
 
 import torch
 
+import kernels.pool_backward_update_triton as segments
 from kernels.common_triton import column_block
 from kernels.pool_backward_update_host_triton import bag_entries, check_pooled, optimizer_state
-from kernels.pool_backward_update_triton import CHUNK, Target, run_segments
 
 
 def _check_out(out, lookups, num_unique: int, dim: int, device):
@@ -59,31 +59,30 @@ def pool_backward_triton(
         if lookups is not None:
             lookups.zero_()
         return out
-    entries = bag_entries(inverse, num_unique, offsets, grad_pooled.shape[0], mean, CHUNK)
+    chunk = segments.CHUNK  # one value for the sort and the kernels (tests lower it)
+    entries = bag_entries(inverse, num_unique, offsets, grad_pooled.shape[0], mean, chunk)
     if lookups is None:  # the counts go to a scratch word
         lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
     stride = out.stride(0) if dim > 0 else 1
     scratch = torch.empty(1, dtype=torch.int64, device=device)
-    target = Target(
+    target = segments.Target(
         out, stride, *optimizer_state({}, device), lookups, lookups.stride(0), scratch, 0
     )
     hyper = (0.0,) * 8 + (scale, num_unique)
     grad = grad_pooled.float().contiguous().view(-1, dim)
-    run_segments(entries, grad, target, hyper, 0, True)
+    segments.run_segments(entries, chunk, grad, target, hyper, 0, True)
     return out
 
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles
     them): each out dtype x column class, both passes (N > CHUNK), with lookups and without."""
-    from kernels.pool_backward_update_triton import COMPILE_DIMS
-
-    n = 2 * CHUNK + 5
+    n = 2 * segments.CHUNK + 5
     offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
     inverse = torch.arange(n, dtype=torch.int64) % 5
     mean = torch.tensor([True, False])
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for dim in COMPILE_DIMS:
+        for dim in segments.COMPILE_DIMS:
             # a destination with a lookups column beside each row, as an exchange buffer has
             buffer = torch.zeros(5, column_block(dim) + 8, dtype=dtype)
             counts = buffer.view(torch.int32)[:, -1]

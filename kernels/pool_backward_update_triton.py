@@ -258,14 +258,15 @@ class Target(NamedTuple):
     step: int
 
 
-def run_segments(entries: Entries, grad, target: Target, hyper, optimizer: int, write_out: bool):
-    """Both passes over the sorted entries; -> int64 0-dim: rows updated (not write_out).
-
-    hyper: kernel_args(optimizer)[1:] then (out_scale, num_keys)."""
+def run_segments(
+    entries: Entries, chunk: int, grad, target: Target, hyper, optimizer: int, write_out: bool
+):
+    """Both passes over entries sorted in blocks of chunk; -> int64 0-dim: rows updated (not
+    write_out). hyper: kernel_args(optimizer)[1:] then (out_scale, num_keys)."""
     n, dim = entries.keys.numel(), grad.shape[1]
     block_d = column_block(dim)
     segs = lanes_per_program(block_d, NUM_WARPS)
-    blocks = triton.cdiv(n, CHUNK)
+    blocks = triton.cdiv(n, chunk)
     partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
     first = triton.cdiv(n, segs)
     # with one block no segment crosses a block boundary
@@ -276,7 +277,7 @@ def run_segments(entries: Entries, grad, target: Target, hyper, optimizer: int, 
             continue
         _segment_kernel[(programs,)](
             *entries, grad, n, dim, partial, done_part, *target, *hyper, n.bit_length(),
-            FINISH=finish, WRITE_OUT=write_out, OPTIMIZER=optimizer, CHUNK=CHUNK, SEGS=segs,
+            FINISH=finish, WRITE_OUT=write_out, OPTIMIZER=optimizer, CHUNK=chunk, SEGS=segs,
             UNROLL=UNROLL, BLOCK_D=block_d, ALIGN=row_align(dim, target.weight_stride),
             num_warps=NUM_WARPS,
         )  # fmt: skip
@@ -289,10 +290,10 @@ def _storage_target(weight, state, freq, last_step, step) -> Target:
     )
 
 
-def _run_update(entries, grad, weight, state, freq, last_step, step, optimizer):
+def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer):
     target = _storage_target(weight, state, freq, last_step, step)
     hyper = (*kernel_args(optimizer)[1:], 1.0, 0)
-    return run_segments(entries, grad, target, hyper, OPTIMIZER_IDS[optimizer.name], False)
+    return run_segments(entries, chunk, grad, target, hyper, OPTIMIZER_IDS[optimizer.name], False)
 
 
 def pool_backward_update_triton(
@@ -314,9 +315,10 @@ def pool_backward_update_triton(
     if value_rows.numel() == 0 or dim == 0:
         return torch.zeros((), dtype=torch.int64, device=weight.device)
     batch_size = grad_pooled.shape[0]
-    entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, CHUNK)
+    chunk = CHUNK
+    entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, chunk)
     grad = grad_pooled.float().contiguous().view(-1, dim)
-    return _run_update(entries, grad, weight, state, freq, last_step, step, optimizer)
+    return _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer)
 
 
 def merge_update_triton(
@@ -336,8 +338,10 @@ def merge_update_triton(
     check_rows(weight, rows, grads, counts, scale)
     if rows.numel() == 0 or weight.shape[1] == 0:
         return torch.zeros((), dtype=torch.int64, device=weight.device)
-    entries = row_entries(rows, weight.shape[0], counts, scale, CHUNK)
-    return _run_update(entries, grads.contiguous(), weight, state, freq, last_step, step, optimizer)
+    chunk = CHUNK
+    entries = row_entries(rows, weight.shape[0], counts, scale, chunk)
+    grads = grads.contiguous()
+    return _run_update(entries, chunk, grads, weight, state, freq, last_step, step, optimizer)
 
 
 # every column class of the launchers, 1-aligned and 8-aligned
