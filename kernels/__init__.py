@@ -14,7 +14,7 @@ This package imports nothing else of the project.
 from kernels.gather_pool import gather_pool, lookup
 from kernels.hash_table import find_or_insert
 from kernels.pool_backward import pool_backward
-from kernels.pool_backward_update import pool_backward_update
+from kernels.pool_backward_update import merge_update, pool_backward_update
 from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer, SparseOptimizerName
 from kernels.sparse_update import sparse_update
 from kernels.unique_partition import unique_partition
@@ -26,6 +26,7 @@ __all__ = [
     "find_or_insert",
     "gather_pool",
     "lookup",
+    "merge_update",
     "pool_backward",
     "pool_backward_update",
     "sparse_update",

@@ -1,65 +1,38 @@
-"""Triton backward of gather_pool: gradient per unique key without a dense table gradient.
+"""Triton backward of gather_pool: gradient per unique key, sorted segment sums, no atomics.
 
-One program per (BAGS consecutive bags, D-block) loads the bags' pooled gradients once, scales
-them (1/len for mean features) and atomically adds them into grad_unique[inverse[i]] for each
-value i, one value per bag per step. Work and traffic are O(N * D) with no sort and no [N, D]
-intermediate. (One rank uses kernels/pool_backward_update_triton.py instead: no atomics.)
-
-Float atomics make the summation order depend on scheduling, so results are deterministic
-only up to fp32 round-off (a key used k times sees k! possible orders). The project's
-equivalence tests compare to fp32 round-off, which this satisfies.
+The values are stably sorted by their unique index (``inverse``) and summed per key by the segment
+kernel of kernels.pool_backward_update_triton in its write-out mode: each key's sum of its values'
+bag gradients (times 1/len for mean features, times ``scale``) is written once to out[u] in out's
+dtype, with its number of values to lookups[u]; rows no value maps to are zeroed in the same pass.
+The sums run in value order (as the reference's index_add_), so the bits do not depend on
+scheduling; no host sync (the caller passes U).
 """
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.common_triton import check_bags, column_block, column_mask, row_align
-from kernels.gather_pool_triton import ROW_SIZES, bags_per_program
+import kernels.pool_backward_update_triton as segments
+from kernels.common_triton import column_block
+from kernels.pool_backward_update_host_triton import bag_entries, check_pooled, optimizer_state
 
 
-@triton.jit(do_not_specialize=ROW_SIZES)
-def _pool_backward_kernel(
-    grad_ptr,  # [B, F, D] gradient of the pooled output, any float dtype, contiguous
-    inverse_ptr,  # int64 [N] unique row of each value; values grouped by bag, bags feature-major
-    offsets_ptr,  # int64 [F*B+1] bag boundaries into inverse
-    mean_ptr,  # int32 [F] 1 where feature f is mean-pooled
-    out_ptr,  # float32 [U, D] out, zero-initialized, accumulated with atomics
-    batch_size,  # B
-    num_features,  # F
-    dim,  # D
-    BAGS: tl.constexpr,  # bags per program (gather_pool_triton.bags_per_program)
-    BLOCK_D: tl.constexpr,  # columns per program (one of common_triton.BLOCK_DS)
-    ALIGN: tl.constexpr,  # divides D (row_align)
-):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    bag = pid_b.to(tl.int64) * BAGS + tl.arange(0, BAGS)
-    bag_mask = bag < batch_size * num_features
-    start = tl.load(offsets_ptr + bag, mask=bag_mask, other=0)
-    length = tl.load(offsets_ptr + bag + 1, mask=bag_mask, other=0) - start
-    f = bag // batch_size
-    b = bag % batch_size
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = column_mask(d, dim, ALIGN)
-    is_mean = tl.load(mean_ptr + f, mask=bag_mask, other=0) != 0
-    scale = tl.where(is_mean & (length > 0), 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
-    src = tl.multiple_of((b * num_features + f) * dim, ALIGN)
-    g = tl.load(
-        grad_ptr + src[:, None] + d[None, :], mask=bag_mask[:, None] & d_mask[None, :], other=0.0
-    )
-    g = g.to(tl.float32) * scale[:, None]
-
-    for j in range(0, tl.max(length)):
-        v_mask = j < length
-        idx = tl.load(inverse_ptr + start + j, mask=v_mask, other=0)
-        # a key repeated in one bag or in two bags of the program hits one address twice: atomics add both
-        dst = tl.multiple_of(idx * dim, ALIGN)
-        tl.atomic_add(
-            out_ptr + dst[:, None] + d[None, :],
-            g,
-            mask=v_mask[:, None] & d_mask[None, :],
-            sem="relaxed",
+def _check_out(out, lookups, num_unique: int, dim: int, device):
+    """ValueError unless out and lookups are [U, D] / [U] destinations on device."""
+    if out is not None and (
+        out.shape != (num_unique, dim)
+        or out.dtype not in (torch.float32, torch.bfloat16, torch.float16)
+        or (num_unique > 0 and dim > 0 and out.stride(1) != 1)
+        or out.device != device
+    ):
+        raise ValueError(
+            f"out must be fp32/bf16/fp16 [{num_unique}, {dim}] with contiguous rows on {device}, "
+            f"got {out.dtype} {tuple(out.shape)} strides {out.stride()} on {out.device}"
+        )
+    if lookups is not None and (
+        lookups.shape != (num_unique,) or lookups.dtype != torch.int32 or lookups.device != device
+    ):
+        raise ValueError(
+            f"lookups must be int32 [{num_unique}] on {device}, got {lookups.dtype} "
+            f"{tuple(lookups.shape)} on {lookups.device}"
         )
 
 
@@ -69,51 +42,53 @@ def pool_backward_triton(
     offsets: torch.Tensor,
     feature_mean: torch.Tensor,
     num_unique: int,
+    scale: float = 1.0,
+    out: torch.Tensor | None = None,
+    lookups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Same contract as kernels.pool_backward.pool_backward: -> float32 [U, D]."""
-    if grad_pooled.dim() != 3 or not grad_pooled.is_floating_point():
-        raise ValueError(
-            f"grad_pooled must be a 3-D float tensor [B, F, D], got {grad_pooled.dtype} "
-            f"{tuple(grad_pooled.shape)}"
-        )
-    batch_size, num_features, dim = grad_pooled.shape
-    if feature_mean.numel() != num_features:
-        raise ValueError(
-            f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}"
-        )
-    mean = check_bags(inverse, offsets, batch_size, feature_mean, grad_pooled.device)
-    out = torch.zeros(num_unique, dim, dtype=torch.float32, device=grad_pooled.device)
-    num_bags = num_features * batch_size
-    if num_bags == 0 or dim == 0 or num_unique == 0:
+    """Same contract as kernels.pool_backward.pool_backward."""
+    device = grad_pooled.device
+    dim = grad_pooled.shape[-1] if grad_pooled.dim() == 3 else -1
+    mean = check_pooled(grad_pooled, inverse, offsets, feature_mean, dim, device)
+    _check_out(out, lookups, num_unique, dim, device)
+    if out is None:
+        out = torch.empty(num_unique, dim, dtype=torch.float32, device=device)
+    n = inverse.numel()
+    if n == 0 or num_unique == 0:
+        out.zero_()
+        if lookups is not None:
+            lookups.zero_()
         return out
-    block_d = column_block(dim)
-    bags = bags_per_program(block_d)
-    grid = (triton.cdiv(num_bags, bags), triton.cdiv(dim, block_d))
-    _pool_backward_kernel[grid](
-        grad_pooled.contiguous(),
-        inverse.contiguous(),
-        offsets.contiguous(),
-        mean,
-        out,
-        batch_size,
-        num_features,
-        dim,
-        BAGS=bags,
-        BLOCK_D=block_d,
-        ALIGN=row_align(dim),
+    chunk = segments.CHUNK  # one value for the sort and the kernels (tests lower it)
+    entries = bag_entries(inverse, num_unique, offsets, grad_pooled.shape[0], mean, chunk)
+    if lookups is None:  # the counts go to a scratch word
+        lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
+    stride = out.stride(0) if dim > 0 else 1
+    scratch = torch.empty(1, dtype=torch.int64, device=device)
+    target = segments.Target(
+        out, stride, *optimizer_state({}, device), lookups, lookups.stride(0), scratch, 0
     )
+    hyper = (0.0,) * 8 + (scale, num_unique)
+    grad = grad_pooled.float().contiguous().view(-1, dim)
+    segments.run_segments(entries, chunk, grad, target, hyper, 0, True)
     return out
 
 
 def compile_cases():
-    """Calls covering every specialization this launcher makes (kernels.compile_check compiles them)."""
-    from kernels.gather_pool_triton import COMPILE_DIMS
-
-    offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
-    inverse = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
+    """Calls covering every specialization this launcher makes (kernels.compile_check compiles
+    them): each out dtype x column class, both passes (N > CHUNK), with lookups and without."""
+    n = 2 * segments.CHUNK + 5
+    offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
+    inverse = torch.arange(n, dtype=torch.int64) % 5
     mean = torch.tensor([True, False])
-    for dtype in (torch.float32, torch.bfloat16):
-        for dim in COMPILE_DIMS:
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for dim in segments.COMPILE_DIMS:
+            # a destination with a lookups column beside each row, as an exchange buffer has
+            buffer = torch.zeros(5, column_block(dim) + 8, dtype=dtype)
+            counts = buffer.view(torch.int32)[:, -1]
+            yield lambda d=dim, b=buffer, c=counts: pool_backward_triton(
+                torch.zeros(2, 2, d), inverse, offsets, mean, 5, 0.5, b[:, :d], c
+            )
             yield lambda d=dim, t=dtype: pool_backward_triton(
-                torch.zeros(2, 2, d, dtype=t), inverse, offsets, mean, 5
+                torch.zeros(2, 2, d), inverse, offsets, mean, 5, out=torch.empty(5, d, dtype=t)
             )

@@ -1,4 +1,4 @@
-"""Backward of pooling fused with the sparse optimizer, for a rank that owns every row it looks up (W = 1).
+"""Segment sums fused with the sparse optimizer: the W = 1 backward and the owner's merge at W > 1.
 
 FBGEMM's table-batched embedding design: the values of the batch are grouped by the row they read
 (a stable sort), each row's gradient is the sum over its values of their bag's pooled gradient
@@ -9,6 +9,11 @@ last-update step of each row are written in the same pass.
 Same results as pool_backward (over the unique rows) followed by sparse_update(rows_unique=True)
 and the freq / last_step bookkeeping of embedding.ShardedEmbeddingCollection, which is what the
 reference below does (pool_backward_reference, then SparseOptimizer.update_rows).
+
+merge_update is the owner's half at W > 1: the gradient rows received from every rank (a row may
+come from several) are summed per row in entry order and each row gets one step, in the same
+kernel (kernels.pool_backward_update_triton). Both return the number of rows updated as a 0-dim
+int64 tensor on the weight's device: reading it is the caller's host sync, when it needs it.
 """
 
 import torch
@@ -35,7 +40,11 @@ def pool_backward_update_reference(
     freq.index_add_(0, rows, torch.bincount(inverse, minlength=rows.numel()))
     last_step[rows] = step
     optimizer.update_rows(weight, rows, grad, state)
-    return rows.numel()
+    return _count(rows.numel(), weight.device)
+
+
+def _count(num_rows: int, device) -> torch.Tensor:
+    return torch.full((), num_rows, dtype=torch.int64, device=device)
 
 
 def pool_backward_update(
@@ -49,7 +58,7 @@ def pool_backward_update(
     grad_pooled: torch.Tensor,
     feature_mean: torch.Tensor,
     optimizer: SparseOptimizer,
-) -> int:
+) -> torch.Tensor:
     """Apply the sparse optimizer to every row the batch looked up, with the gradient of its pooled output.
 
     Args:
@@ -64,7 +73,7 @@ def pool_backward_update(
         feature_mean: bool/int [F], true where feature f is mean-pooled.
         optimizer: the optimizer and its hyper-parameters (lr: the rate in force).
     Returns:
-        the number of distinct rows updated.
+        int64 0-dim tensor on weight's device: the number of distinct rows updated.
     """
     run = by_device(
         weight,
@@ -83,3 +92,62 @@ def pool_backward_update(
         feature_mean,
         optimizer,
     )
+
+
+def merge_update_reference(
+    weight,
+    state,
+    freq,
+    last_step,
+    step,
+    rows,
+    grads,
+    counts,
+    optimizer: SparseOptimizer,
+    scale=None,
+):
+    g = grads.float() if scale is None else grads.float() * scale[:, None]
+    unique_rows, inverse = torch.unique(rows, return_inverse=True)
+    merged = torch.zeros(unique_rows.numel(), g.shape[1], dtype=torch.float32, device=g.device)
+    merged.index_add_(0, inverse, g)
+    total = torch.zeros(unique_rows.numel(), dtype=torch.int64, device=g.device)
+    total.index_add_(0, inverse, counts.long())
+    looked_up = total > 0
+    unique_rows, merged, total = unique_rows[looked_up], merged[looked_up], total[looked_up]
+    freq.index_add_(0, unique_rows, total)
+    last_step[unique_rows] = step
+    optimizer.update_rows(weight, unique_rows, merged, state)
+    return _count(unique_rows.numel(), weight.device)
+
+
+def merge_update(
+    weight: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    freq: torch.Tensor,
+    last_step: torch.Tensor,
+    step: int,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    counts: torch.Tensor,
+    optimizer: SparseOptimizer,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The owner's update: sum the gradient rows received for each row, then one optimizer step.
+
+    Args:
+        weight, state, freq, last_step, step, optimizer: as for pool_backward_update.
+        rows: int64 [K] storage row of each received gradient; duplicates allowed (a row looked
+            up by several ranks), summed in entry order.
+        grads: float32 [K, D] the received gradients.
+        counts: int32/int64 [K] lookups behind each gradient; freq[row] += their sum. A row
+            whose counts sum to 0 is not touched at all (weight, state, freq, last_step).
+        scale: optional float32 [K], a factor per gradient row (applied before the sum).
+    Returns:
+        int64 0-dim tensor on weight's device: the number of distinct rows updated.
+    """
+    run = by_device(
+        weight,
+        reference=merge_update_reference,
+        triton="pool_backward_update_triton.merge_update_triton",
+    )
+    return run(weight, state, freq, last_step, step, rows, grads, counts, optimizer, scale)

@@ -1,25 +1,99 @@
-"""Host side of kernels.pool_backward_update_triton: argument checks, segments, work items (torch ops,
-one host sync for the number of rows U).
+"""Host side of the segment kernel (kernels.pool_backward_update_triton): argument checks and the
+sorted entries, in torch ops sized from N alone: no host sync.
 
-Values are stably sorted by the row they read, so each row's values form a contiguous segment
-(in value order); per sorted value we keep its pooled-gradient row (b * F + f) and bag scale
-(1/len for mean bags). Each segment is cut into work items of at most CHUNK values; a segment
-longer than that (a hot row) is a long segment, summed through a small fp32 buffer.
+An entry is (key, source row, scale, count): a value of the batch (key: its storage row or its
+unique index; source: its bag's pooled-gradient row b * F + f; scale: 1/len for mean bags) or a
+gradient row an owner received (key: the storage row; source: the row itself; scale: the
+caller's; count: its lookups). Entries are stably sorted by key: each key's entries form a
+segment, in entry order. Sorted positions are cut into blocks of CHUNK, and a segment into
+pieces at the block boundaries (kernels.segments_triton says how the two passes use them).
+The number of pieces is at most N, so the first pass's grid is sized from N: lanes past the
+last piece read the padding (N) and do nothing.
 """
 
 from typing import NamedTuple
 
 import torch
-import triton
 
 from kernels.common_triton import check_bags
-from kernels.sparse_optimizer_triton import kernel_args
 
 
-def check_args(
-    weight, state, freq, last_step, value_rows, offsets, grad_pooled, feature_mean, optimizer
-):
-    """The launcher's argument checks; returns feature_mean as check_bags gives it (int32)."""
+class Entries(NamedTuple):
+    """The sorted entries, in the segment kernel's argument order."""
+
+    keys: torch.Tensor  # int32 [N] sorted keys (int64 for key spaces of 2^31 and more)
+    pieces: torch.Tensor  # int64 [N+1] first sorted entry of each piece, then N (padding)
+    src: torch.Tensor  # int64 [N] source gradient row of each sorted entry
+    scale: torch.Tensor  # float32 scale of source row r: scale[r * scale_stride]
+    scale_stride: int  # 1, or 0 with scale = [1.0]
+    counts: torch.Tensor  # int64 [N] inclusive prefix sum of the sorted entries' counts, or [0]
+    has_counts: int  # 0: a segment's count is its number of entries
+
+
+def sort_entries(keys: torch.Tensor, key_space: int, chunk: int):
+    """(sorted keys, order, piece starts) of keys int64 [N >= 1] in [0, key_space)."""
+    n = keys.numel()
+    # 32-bit sort keys when the keys allow it: the radix sort then makes half the passes
+    narrow = keys.to(torch.int32) if key_space < 2**31 else keys
+    sorted_keys, order = torch.sort(narrow, stable=True)
+    mark = torch.empty(n, dtype=torch.bool, device=keys.device)
+    torch.ne(sorted_keys[1:], sorted_keys[:-1], out=mark[1:])
+    mark[::chunk] = True  # every block starts a piece (entry 0 included)
+    # at most N pieces: the padding rows hold N (nonzero_static never syncs, unlike nonzero)
+    pieces = torch.nonzero_static(mark, size=n + 1, fill_value=n).view(-1)
+    return sorted_keys, order, pieces
+
+
+def unit_scale(device) -> tuple[torch.Tensor, int]:
+    """(scale, scale_stride) when every entry's scale is 1."""
+    return torch.ones(1, dtype=torch.float32, device=device), 0
+
+
+def bag_entries(
+    keys: torch.Tensor,
+    key_space: int,
+    offsets: torch.Tensor,
+    batch_size: int,
+    mean: torch.Tensor,
+    chunk: int,
+) -> Entries:
+    """The values of a batch as entries: keys int64 [N] (values in bag order, bags feature-major),
+    offsets int64 [F*B+1], mean int32 [F]; sources are rows of grad_pooled [B, F, D]."""
+    n, device, num_features = keys.numel(), keys.device, mean.numel()
+    sorted_keys, order, pieces = sort_entries(keys, key_space, chunk)
+    lengths = offsets[1:] - offsets[:-1]
+    # bag f * B + b reads gradient row b * F + f
+    bag_row = torch.arange(batch_size * num_features, device=device)
+    bag_row = bag_row.view(batch_size, num_features).t().reshape(-1)
+    src = torch.repeat_interleave(bag_row, lengths, output_size=n)[order]
+    # the reference's scale (kernels.gather_pool.bag_layout), indexed by gradient row
+    is_mean = (mean != 0).view(num_features, 1).expand(num_features, batch_size).reshape(-1)
+    scale = torch.where(is_mean, 1.0 / lengths.clamp(min=1).float(), 1.0)
+    scale = scale.view(num_features, batch_size).t().contiguous().view(-1)
+    no_counts = torch.zeros(1, dtype=torch.int64, device=device)
+    return Entries(sorted_keys, pieces, src, scale, 1, no_counts, 0)
+
+
+def row_entries(
+    rows: torch.Tensor,
+    key_space: int,
+    counts: torch.Tensor,
+    scale: torch.Tensor | None,
+    chunk: int,
+) -> Entries:
+    """Received gradient rows as entries: rows int64 [K] storage rows, counts [K] their lookups,
+    scale float32 [K] or None; sources are the rows of grads [K, D] themselves."""
+    sorted_keys, order, pieces = sort_entries(rows, key_space, chunk)
+    prefix = torch.cumsum(counts[order], 0, dtype=torch.int64)
+    if scale is None:
+        scale, stride = unit_scale(rows.device)
+    else:
+        scale, stride = scale.contiguous(), 1
+    return Entries(sorted_keys, pieces, order, scale, stride, prefix, 1)
+
+
+def check_storage(weight, state, freq, last_step, optimizer) -> None:
+    """ValueError unless weight, its optimizer state and its counters fit together."""
     if (
         weight.dim() != 2
         or weight.dtype not in (torch.float32, torch.bfloat16, torch.float16)
@@ -29,16 +103,6 @@ def check_args(
             f"weight must be a 2-D fp32/bf16/fp16 tensor with contiguous rows, got {weight.dtype} "
             f"{tuple(weight.shape)}"
         )
-    if grad_pooled.dim() != 3 or grad_pooled.shape[2] != weight.shape[1]:
-        raise ValueError(
-            f"grad_pooled must be [B, F, D={weight.shape[1]}], got {tuple(grad_pooled.shape)}"
-        )
-    batch_size, num_features, dim = grad_pooled.shape
-    if feature_mean.numel() != num_features:
-        raise ValueError(
-            f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}"
-        )
-    mean = check_bags(value_rows, offsets, batch_size, feature_mean, weight.device)
     for name, t in (("freq", freq), ("last_step", last_step)):
         if t.dtype != torch.int64 or t.shape != (weight.shape[0],) or t.device != weight.device:
             raise ValueError(
@@ -46,100 +110,47 @@ def check_args(
                 f"{tuple(t.shape)} on {t.device}"
             )
     optimizer.check_state(state, weight)
-    return mean
 
 
-class Segments(NamedTuple):
-    """The sorted values grouped by the row they read, one segment per row (fields in the order
-    _segment_update_kernel takes them)."""
-
-    start: torch.Tensor  # int64 [U+1] segment s is sorted values start[s] .. start[s+1]
-    row: torch.Tensor  # int64 [U] local row of each segment
-    grad_row: torch.Tensor  # int32 [N] pooled-gradient row (b * F + f) of each sorted value
-    scale: torch.Tensor  # float32 [N] bag scale of each sorted value (1/len for mean bags, else 1)
-
-
-def segments(
-    value_rows: torch.Tensor,
-    offsets: torch.Tensor,
-    feature_mean: torch.Tensor,
-    batch_size: int,
-    num_rows: int,
-) -> Segments:
-    """The values stably sorted by row and grouped into segments; the one host sync (U)."""
-    n, device = value_rows.numel(), value_rows.device
-    num_features = feature_mean.numel()
-    lengths = offsets[1:] - offsets[:-1]
-    bag = torch.repeat_interleave(
-        torch.arange(lengths.numel(), device=device), lengths, output_size=n
-    )
-    f, b = bag // batch_size, bag % batch_size
-    scale = torch.where(
-        feature_mean.to(torch.bool)[f], 1.0 / lengths[bag].clamp(min=1).float(), 1.0
-    )
-    # 32-bit sort keys when the rows allow it: the radix sort then makes half the passes
-    keys = value_rows.to(torch.int32) if num_rows < 2**31 else value_rows
-    sorted_rows, order = torch.sort(keys, stable=True)
-    head = torch.ones(n, dtype=torch.bool, device=device)
-    head[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    starts = head.nonzero().squeeze(1)  # the one host sync: U rows
-    seg_start = torch.cat([starts, torch.full((1,), n, dtype=torch.int64, device=device)])
-    seg_row = sorted_rows[starts].to(torch.int64)
-    grad_row = (b * num_features + f).to(torch.int32)[order]
-    return Segments(seg_start, seg_row, grad_row, scale[order].contiguous())
+def check_pooled(grad_pooled, value_rows, offsets, feature_mean, dim: int, device) -> torch.Tensor:
+    """Argument checks of a pooled gradient and its bags; returns feature_mean as int32."""
+    if grad_pooled.dim() != 3 or grad_pooled.shape[2] != dim or not grad_pooled.is_floating_point():
+        raise ValueError(
+            f"grad_pooled must be a float [B, F, D={dim}], got {grad_pooled.dtype} "
+            f"{tuple(grad_pooled.shape)}"
+        )
+    batch_size, num_features, _ = grad_pooled.shape
+    if feature_mean.numel() != num_features:
+        raise ValueError(
+            f"feature_mean has {feature_mean.numel()} entries, grad_pooled has F={num_features}"
+        )
+    return check_bags(value_rows, offsets, batch_size, feature_mean, device)
 
 
-class WorkItems(NamedTuple):
-    """What the two kernels walk: work items of at most CHUNK values, and the long segments."""
-
-    item_seg: torch.Tensor  # int64 [num_items_bound + 1] segment of each work item
-    item_start: torch.Tensor  # int64 [U+1] first work item of each segment
-    num_items_bound: int  # programs of _segment_update_kernel
-    long_index: torch.Tensor  # int64 [U] index of each long segment among the long ones
-    num_long: torch.Tensor  # int64 [1] number of long segments
-    num_long_bound: int  # programs of _long_update_kernel, rows of partial
-    partial: torch.Tensor  # float32 [num_long_bound, D] zeroed, the long segments' sums
-    long_seg: torch.Tensor  # int64 [num_long_bound] segment of each long segment index
-
-
-def work_items(seg_start: torch.Tensor, n: int, dim: int, chunk: int) -> WorkItems:
-    """Work items of the segments seg_start [U+1] over n sorted values, sized without a host sync."""
-    device = seg_start.device
-    num_segments = seg_start.numel() - 1
-    seg_len = seg_start[1:] - seg_start[:-1]
-    item_start = torch.zeros(num_segments + 1, dtype=torch.int64, device=device)
-    torch.cumsum((seg_len + chunk - 1) // chunk, 0, out=item_start[1:])
-    # sum of ceil(len / chunk) <= U + N / chunk
-    num_items_bound = num_segments + triton.cdiv(n, chunk)
-    # the segment of every work item, without a sync: mark each segment's first item, then a running count
-    marks = torch.zeros(num_items_bound + 1, dtype=torch.int64, device=device)
-    marks.index_add_(
-        0, item_start[1:-1], torch.ones(num_segments - 1, dtype=torch.int64, device=device)
-    )
-    item_seg = torch.cumsum(marks, 0)
-    is_long = seg_len > chunk
-    long_index = torch.cumsum(is_long, 0) - is_long.long()
-    num_long = is_long.sum().reshape(1)
-    num_long_bound = max(1, n // (chunk + 1))  # a long segment has more than chunk values
-    partial = torch.zeros(num_long_bound, dim, dtype=torch.float32, device=device)
-    long_seg = torch.zeros(num_long_bound, dtype=torch.int64, device=device)
-    return WorkItems(
-        item_seg,
-        item_start,
-        num_items_bound,
-        long_index,
-        num_long,
-        num_long_bound,
-        partial,
-        long_seg,
-    )
+def check_rows(weight, rows, grads, counts, scale) -> None:
+    """Argument checks of merge_update's received rows."""
+    k, dim = rows.numel(), weight.shape[1]
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise ValueError(f"rows must be 1-D int64, got {rows.dtype} {tuple(rows.shape)}")
+    if grads.dtype != torch.float32 or grads.shape != (k, dim):
+        raise ValueError(
+            f"grads must be float32 [{k}, {dim}], got {grads.dtype} {tuple(grads.shape)}"
+        )
+    if counts.dtype not in (torch.int32, torch.int64) or counts.shape != (k,):
+        raise ValueError(
+            f"counts must be int32/int64 [{k}], got {counts.dtype} {tuple(counts.shape)}"
+        )
+    if scale is not None and (scale.dtype != torch.float32 or scale.shape != (k,)):
+        raise ValueError(f"scale must be float32 [{k}], got {scale.dtype} {tuple(scale.shape)}")
+    for name, t in (("rows", rows), ("grads", grads), ("counts", counts), ("scale", scale)):
+        if t is not None and t.device != weight.device:
+            raise ValueError(f"{name} on {t.device}, weight on {weight.device}")
 
 
-def update_args(weight, state, freq, last_step, step, value_rows, optimizer) -> tuple:
-    """The arguments both kernels take in the same place: the rows to update, their state, the optimizer."""
-    # an optimizer without some state still passes tensors of the state's dtypes: the pointer types are
-    # part of the compiled signature, and the same variant then serves every optimizer
-    m1 = state.get("momentum1", value_rows.new_empty(1, dtype=torch.float32))
-    m2 = state.get("momentum2", value_rows.new_empty(1, dtype=torch.float32))
-    steps = state.get("row_steps", value_rows.new_empty(1, dtype=torch.int64))
-    return (weight, weight.stride(0), m1, m2, steps, freq, last_step, step, *kernel_args(optimizer))
+def optimizer_state(state, device) -> tuple:
+    """(momentum1, momentum2, row_steps) pointers: an optimizer without some state still passes
+    tensors of the state's dtypes (the pointer types are part of the compiled signature)."""
+    m1 = state.get("momentum1", torch.empty(1, dtype=torch.float32, device=device))
+    m2 = state.get("momentum2", torch.empty(1, dtype=torch.float32, device=device))
+    steps = state.get("row_steps", torch.empty(1, dtype=torch.int64, device=device))
+    return m1, m2, steps

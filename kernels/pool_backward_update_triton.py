@@ -1,314 +1,299 @@
-"""Triton pooling backward fused with the sparse optimizer (W = 1): one pass per looked-up row.
+"""Triton segment kernel: sorted entries summed per key, then an optimizer step or a write-out.
 
-Host side (kernels.pool_backward_update_host_triton; one host sync, for the number of rows U):
-values are sorted by the row they read into one segment per row, and each segment is cut into
-work items of at most CHUNK values.
+One kernel serves three calls (host side: kernels.pool_backward_update_host_triton):
 
-``_segment_update_kernel``, one program per work item: sums the item's pooled-gradient rows (times
-their scale) in registers. A segment of one item (the usual case) is then updated right there:
-row-wise Adagrad / SGD / lazy Adam in fp32 on the row and its state, plus freq += segment length
-and last_step = step. A longer segment (a hot row: hundreds of values) adds its items' partial sums
-into a small fp32 buffer with atomics, and ``_long_update_kernel`` updates those rows from it.
+- pool_backward_update (W = 1): entries are the batch's values, keyed by storage row; each row's
+  gradient (the sum of its values' bag gradients) gets one optimizer step right there, with
+  freq += its lookups and last_step = step.
+- merge_update (the owner at W > 1): entries are the gradient rows received from every rank,
+  keyed by storage row; the same update. A row whose lookups sum to 0 is not touched.
+- pool_backward (the requester at W > 1, ``WRITE_OUT``): entries keyed by unique index; each
+  sum (times a scale) is written to out[u] in out's dtype, its lookups to lookups[u].
 
-No [U, D] gradient is written or read back, unlike pool_backward + sparse_update; short segments
-are summed in a fixed order, so the result is deterministic run to run (long ones to fp32
-round-off). The optimizer's row math: kernels.sparse_optimizer_triton.
+Two passes (kernels.segments_triton): the first sums every segment that fits in a block of CHUNK
+sorted entries and finishes it; pieces of longer segments (hot rows) write their partial sums to
+their own slots; the second (``FINISH``) sums each long segment's slots in order and finishes it.
+No atomics: the bits do not depend on scheduling. No host sync: grids are sized from N, and the
+number of rows updated comes back as a device tensor. The optimizer is a constexpr (its row math:
+kernels.sparse_optimizer_triton), so each variant holds one optimizer's code only.
 """
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.common_triton import column_block, column_mask, row_align
-from kernels.pool_backward_update_host_triton import check_args, segments, update_args, work_items
-from kernels.sparse_optimizer import SparseOptimizer
-from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
+from kernels.pool_backward_update_host_triton import (
+    Entries,
+    bag_entries,
+    check_pooled,
+    check_rows,
+    check_storage,
+    optimizer_state,
+    row_entries,
+)
+from kernels.segments_triton import (
+    finish_lanes,
+    lane_count,
+    lane_sum,
+    lanes_per_program,
+    piece_lanes,
+    zero_rows,
+)
+from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
+from kernels.sparse_optimizer_triton import (
+    ADAGRAD,
+    OPTIMIZER_IDS,
+    kernel_args,
+    row_factors,
+    update_columns,
+)
 
-CHUNK = 256  # values per work item: longer segments are split and finished by _long_update_kernel
-BLOCK_V = 8  # values summed per step
-NUM_WARPS = 2  # one row of 128 fp32 per program: 64 threads x 2 x 16-byte vectors
-_SIZES = ["num_segments", "dim", "weight_stride", "step", "optimizer", "num_long_bound"]
+CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
+UNROLL = 4  # entries a lane loads per step (independent loads in flight)
+NUM_WARPS = 1  # a [SEGS, BLOCK_D] tile of 128 fp32 per warp (lanes_per_program)
+_SIZES = [
+    "scale_stride",
+    "has_counts",
+    "n",
+    "dim",
+    "weight_stride",
+    "freq_stride",
+    "step",
+    "num_keys",
+    "search_steps",
+]
 
 
 @triton.jit
-def _sum_values(
-    grad_ptr,
-    grad_row_ptr,
-    scale_ptr,
-    start,
-    end,
-    d,
-    d_mask,
+def _emit(
+    cols,
+    acc,
+    fin,
+    part,
+    slot,
+    w_base,
+    s_base,
+    partial_ptr,
+    weight_ptr,
+    m1_ptr,
+    m2_ptr,
     dim,
-    BLOCK_V: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    out_scale,
+    lr,
+    eps,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    denom,
+    bias1,
+    bias2,
+    FINISH: tl.constexpr,
+    WRITE_OUT: tl.constexpr,
+    OPTIMIZER: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    """Sum over sorted values [start, end) of scale * pooled gradient row, columns d."""
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for v0 in range(start, end, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        v_mask = v < end
-        grow = tl.load(grad_row_ptr + v, mask=v_mask, other=0).to(tl.int64)
-        scale = tl.load(scale_ptr + v, mask=v_mask, other=0.0)
-        src = tl.multiple_of(grow * dim, ALIGN)
-        g = tl.load(
-            grad_ptr + src[:, None] + d[None, :], mask=v_mask[:, None] & d_mask[None, :], other=0.0
+    """Columns ``cols`` of the lanes' sums acc: partial pieces to their slots, finished lanes
+    (fin) written out or stepped by the optimizer."""
+    col_mask = column_mask(cols, dim, ALIGN)[None, :]
+    if not FINISH:
+        p_base = tl.multiple_of(slot * dim, ALIGN)
+        tl.store(partial_ptr + p_base[:, None] + cols[None, :], acc, mask=part[:, None] & col_mask)
+    mask = fin[:, None] & col_mask
+    if WRITE_OUT:
+        out = (acc * out_scale).to(weight_ptr.dtype.element_ty)
+        tl.store(weight_ptr + w_base[:, None] + cols[None, :], out, mask=mask)
+    else:
+        update_columns(
+            weight_ptr,
+            w_base[:, None],
+            m1_ptr,
+            m2_ptr,
+            s_base[:, None],
+            cols[None, :],
+            mask,
+            acc,
+            OPTIMIZER,
+            lr,
+            eps,
+            beta1,
+            beta2,
+            one_minus_beta1,
+            one_minus_beta2,
+            denom[:, None],
+            bias1[:, None],
+            bias2[:, None],
         )
-        acc += tl.sum(g.to(tl.float32) * scale[:, None], axis=0)
-    return acc
 
 
-@triton.jit(do_not_specialize=_SIZES)
-def _segment_update_kernel(
-    item_seg_ptr,  # int64 [>= items] segment of each work item (valid below item_start[U])
-    item_start_ptr,  # int64 [U+1] first work item of each segment; item_start[U] = number of items
-    seg_start_ptr,  # int64 [U+1] segment s is sorted values seg_start[s] .. seg_start[s+1]
-    seg_row_ptr,  # int64 [U] local row of each segment
-    grad_row_ptr,  # int32 [N] pooled-gradient row (b * F + f) of each sorted value
-    scale_ptr,  # float32 [N] bag scale of each sorted value (1/len for mean bags, else 1)
-    grad_ptr,  # [B*F, D] pooled gradient, contiguous
-    num_segments,  # U
+@triton.jit(do_not_specialize=_SIZES, do_not_specialize_on_alignment=["scale_ptr", "freq_ptr"])
+def _segment_kernel(
+    keys_ptr,  # int32/int64 [N] the entries' keys, stably sorted
+    pieces_ptr,  # int64 [N+1] first sorted entry of each piece, then N (padding)
+    src_ptr,  # int64 [N] source gradient row of each sorted entry
+    scale_ptr,  # float32: source row r is scaled by scale_ptr[r * scale_stride]
+    scale_stride,  # 1, or 0 (scale_ptr[0] = 1 for every entry)
+    counts_ptr,  # int64 [N] inclusive prefix sum of the sorted entries' lookups (has_counts)
+    has_counts,  # 0: a segment's lookups are its number of entries
+    grad_ptr,  # float32 [*, D] source gradient rows, contiguous
+    n,  # N, entries
     dim,  # D
-    weight_ptr,  # [R, D] storage, updated in place
-    weight_stride,  # elements between rows of weight
+    partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    done_ptr,  # int32 [programs] out: rows updated by each program (not WRITE_OUT)
+    weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
+    weight_stride,  # elements between rows of weight_ptr
     m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
     m2_ptr,  # adam: float32 [R, D]
     steps_ptr,  # adam: int64 [R]
-    freq_ptr,  # int64 [R] lookups per row, += segment length
-    last_step_ptr,  # int64 [R] set to step for every updated row
+    freq_ptr,  # int64 [R] += each row's lookups; WRITE_OUT: int32 lookups [U] = them
+    freq_stride,  # elements between entries of freq_ptr (0: a scratch word)
+    last_step_ptr,  # int64 [R] = step for every updated row (not WRITE_OUT)
     step,  # this update's step number
-    optimizer,  # SGD, ADAGRAD (row-wise) or ADAM (lazy) of sparse_optimizer_triton
-    lr,
-    eps,
-    beta1,
-    beta2,
-    one_minus_beta1,
-    one_minus_beta2,
-    log2_beta1,
-    log2_beta2,  # kernel_args
-    partial_ptr,  # float32 [num_long_bound, D] zeroed: partial sums of long segments (atomics)
-    long_index_ptr,  # int64 [U] index of each long segment among the long ones
-    long_seg_ptr,  # int64 [num_long_bound] out: segment of each long segment index
-    num_long_bound,  # rows of partial_ptr
-    CHUNK: tl.constexpr,  # values per work item
-    BLOCK_V: tl.constexpr,  # values summed per step
+    lr,  # learning rate
+    eps,  # denominator epsilon
+    beta1,  # adam first-moment decay
+    beta2,  # adam second-moment decay
+    one_minus_beta1,  # 1 - beta1, rounded once on the host in float64
+    one_minus_beta2,  # 1 - beta2, same
+    log2_beta1,  # log2(beta1): beta1^t = exp2(t * log2_beta1)
+    log2_beta2,  # log2(beta2), same
+    out_scale,  # WRITE_OUT: multiplies every sum written
+    num_keys,  # WRITE_OUT: U; rows of out that no entry maps to are zeroed
+    search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
+    FINISH: tl.constexpr,  # second pass: one lane per block, long segments from their slots
+    WRITE_OUT: tl.constexpr,  # write sums to out instead of an optimizer step
+    OPTIMIZER: tl.constexpr,  # SGD, ADAGRAD or ADAM of sparse_optimizer_triton (not WRITE_OUT)
+    CHUNK: tl.constexpr,  # sorted entries per block
+    SEGS: tl.constexpr,  # lanes per program
+    UNROLL: tl.constexpr,  # rows a lane loads per step
     BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
     ALIGN: tl.constexpr,  # divides D and weight_stride (row_align)
 ):
-    item = tl.program_id(0).to(tl.int64)
-    active = item < tl.load(item_start_ptr + num_segments)
-    s = tl.minimum(tl.load(item_seg_ptr + item, mask=active, other=0), num_segments - 1)
-    seg_lo = tl.load(seg_start_ptr + s)
-    seg_hi = tl.load(seg_start_ptr + s + 1)
-    k = item - tl.load(item_start_ptr + s)
-    start = seg_lo + k * CHUNK
-    # an inactive program sums nothing
-    end = tl.where(active, tl.minimum(start + CHUNK, seg_hi), start)
-    is_long = (seg_hi - seg_lo) > CHUNK
-    d = tl.arange(0, BLOCK_D)
-    # masks are built from a column bound of 0 on inactive programs (combining a scalar flag with a vector mask
-    # by & yields an int mask under the interpreter); the sums read from dim's columns either way
-    bound = tl.where(active, dim, 0)
-    first_mask = column_mask(d, dim, ALIGN)
-    first_write = column_mask(d, bound, ALIGN)
-    acc0 = _sum_values(
-        grad_ptr, grad_row_ptr, scale_ptr, start, end, d, first_mask, dim, BLOCK_V, BLOCK_D, ALIGN
-    )
-
-    if is_long:
-        li = tl.load(long_index_ptr + s)
-        tl.store(long_seg_ptr + li, s, mask=tl.where(active, k, 1) == 0)
-        p_base = tl.multiple_of(li * dim, ALIGN)
-        tl.atomic_add(partial_ptr + p_base + d, acc0, mask=first_write, sem="relaxed")
-        for d0 in range(BLOCK_D, dim, BLOCK_D):
-            cols = d0 + d
-            acc = _sum_values(
-                grad_ptr,
-                grad_row_ptr,
-                scale_ptr,
-                start,
-                end,
-                cols,
-                column_mask(cols, dim, ALIGN),
-                dim,
-                BLOCK_V,
-                BLOCK_D,
-                ALIGN,
-            )
-            tl.atomic_add(
-                partial_ptr + p_base + cols,
-                acc,
-                mask=column_mask(cols, bound, ALIGN),
-                sem="relaxed",
-            )
+    pid = tl.program_id(0)
+    lane = pid.to(tl.int64) * SEGS + tl.arange(0, SEGS)
+    if FINISH:
+        key, lo, hi, fin, slot, length = finish_lanes(keys_ptr, lane, n, search_steps, CHUNK)
+        start, part = lane, lane < 0
     else:
-        row = tl.load(seg_row_ptr + s)
-        sq = tl.sum(acc0 * acc0)
-        # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
-        if optimizer == ADAGRAD:
-            for d0 in range(BLOCK_D, dim, BLOCK_D):
-                cols = d0 + d
-                acc = _sum_values(
-                    grad_ptr,
-                    grad_row_ptr,
-                    scale_ptr,
-                    start,
-                    end,
-                    cols,
-                    column_mask(cols, dim, ALIGN),
-                    dim,
-                    BLOCK_V,
-                    BLOCK_D,
-                    ALIGN,
-                )
-                sq += tl.sum(acc * acc)
-        denom, bias1, bias2 = row_factors(
-            row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active
+        key, lo, hi, starts, ends, fin, part, slot = piece_lanes(
+            keys_ptr, pieces_ptr, lane, n, CHUNK
         )
-        w_base = tl.multiple_of(row * weight_stride, ALIGN)
-        s_base = tl.multiple_of(row * dim, ALIGN)
-        update_columns(
-            weight_ptr,
-            w_base,
-            m1_ptr,
-            m2_ptr,
-            s_base,
-            d,
-            first_write,
-            acc0,
-            optimizer,
-            lr,
-            eps,
-            beta1,
-            beta2,
-            one_minus_beta1,
-            one_minus_beta2,
-            denom,
-            bias1,
-            bias2,
-        )
-        for d0 in range(BLOCK_D, dim, BLOCK_D):
-            cols = d0 + d
-            acc = _sum_values(
-                grad_ptr,
-                grad_row_ptr,
-                scale_ptr,
-                start,
-                end,
-                cols,
-                column_mask(cols, dim, ALIGN),
-                dim,
-                BLOCK_V,
-                BLOCK_D,
-                ALIGN,
-            )
-            update_columns(
-                weight_ptr,
-                w_base,
-                m1_ptr,
-                m2_ptr,
-                s_base,
-                cols,
-                column_mask(cols, bound, ALIGN),
-                acc,
-                optimizer,
-                lr,
-                eps,
-                beta1,
-                beta2,
-                one_minus_beta1,
-                one_minus_beta2,
-                denom,
-                bias1,
-                bias2,
-            )
-        tl.store(
-            freq_ptr + row,
-            tl.load(freq_ptr + row, mask=active, other=0) + (seg_hi - seg_lo),
-            mask=active,
-        )
-        tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
-
-
-@triton.jit(do_not_specialize=_SIZES)
-def _long_update_kernel(
-    num_long_ptr,  # int64 [1] number of long segments
-    long_seg_ptr,  # int64 [num_long_bound] segment of each long segment index
-    partial_ptr,  # float32 [num_long_bound, D] their summed gradients
-    seg_start_ptr,  # int64 [U+1] segment boundaries (for the lookup counts)
-    seg_row_ptr,  # int64 [U] local row of each segment
-    num_segments,  # U
-    dim,  # D
-    # as above
-    weight_ptr,
-    weight_stride,
-    m1_ptr,
-    m2_ptr,
-    steps_ptr,
-    freq_ptr,
-    last_step_ptr,
-    step,
-    optimizer,
-    lr,
-    eps,
-    beta1,
-    beta2,
-    one_minus_beta1,
-    one_minus_beta2,
-    log2_beta1,
-    log2_beta2,
-    num_long_bound,  # rows of partial_ptr
-    BLOCK_D: tl.constexpr,  # columns per step
-    ALIGN: tl.constexpr,  # divides D and weight_stride
-):
-    li = tl.program_id(0).to(tl.int64)
-    active = li < tl.load(num_long_ptr)
-    s = tl.minimum(tl.load(long_seg_ptr + li, mask=active, other=0), num_segments - 1)
-    row = tl.load(seg_row_ptr + s)
-    d = tl.arange(0, BLOCK_D)
-    p_base = tl.multiple_of(li * dim, ALIGN)
-    bound = tl.where(active, dim, 0)  # see _segment_update_kernel
-    sq = tl.full((), 0.0, tl.float32)
-    if optimizer == ADAGRAD:
-        for d0 in range(0, dim, BLOCK_D):
-            cols = d0 + d
-            g = tl.load(
-                partial_ptr + p_base + cols, mask=column_mask(cols, bound, ALIGN), other=0.0
-            )
-            sq += tl.sum(g * g)
-    denom, bias1, bias2 = row_factors(
-        row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log2_beta2, active
-    )
+        start, length = lo, hi - lo
+    count = lane_count(counts_ptr, has_counts, lo, hi, fin)
+    if not WRITE_OUT:
+        fin = fin & (count > 0)  # a row nobody looked up is not touched (lazy optimizers)
+    length = tl.where(fin | part, length, 0)
+    row = key.to(tl.int64)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
-    for d0 in range(0, dim, BLOCK_D):
-        cols = d0 + d
-        mask = column_mask(cols, bound, ALIGN)
-        g = tl.load(partial_ptr + p_base + cols, mask=mask, other=0.0)
-        update_columns(
-            weight_ptr,
-            w_base,
-            m1_ptr,
-            m2_ptr,
-            s_base,
-            cols,
-            mask,
-            g,
-            optimizer,
-            lr,
-            eps,
-            beta1,
-            beta2,
-            one_minus_beta1,
-            one_minus_beta2,
-            denom,
-            bias1,
-            bias2,
+    d = tl.arange(0, BLOCK_D)
+    acc = lane_sum(
+        grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+        d, column_mask(d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+    )  # fmt: skip
+    denom = tl.sum(acc * acc, axis=1)
+    bias1, bias2 = denom, denom
+    if not WRITE_OUT:
+        # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        if OPTIMIZER == ADAGRAD:
+            for d0 in range(BLOCK_D, dim, BLOCK_D):
+                more = lane_sum(
+                    grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+                    d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D,
+                    ALIGN,
+                )  # fmt: skip
+                denom += tl.sum(more * more, axis=1)
+        denom, bias1, bias2 = row_factors(
+            row, denom, dim, m1_ptr, steps_ptr, OPTIMIZER, eps, log2_beta1, log2_beta2, fin
         )
-    length = tl.load(seg_start_ptr + s + 1) - tl.load(seg_start_ptr + s)
-    tl.store(freq_ptr + row, tl.load(freq_ptr + row, mask=active, other=0) + length, mask=active)
-    tl.store(last_step_ptr + row, step.to(tl.int64), mask=active)
+    _emit(
+        d, acc, fin, part, slot, w_base, s_base, partial_ptr, weight_ptr, m1_ptr, m2_ptr, dim,
+        out_scale, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2,
+        FINISH, WRITE_OUT, OPTIMIZER, ALIGN,
+    )  # fmt: skip
+    for d0 in range(BLOCK_D, dim, BLOCK_D):
+        acc = lane_sum(
+            grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+            d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+        )  # fmt: skip
+        _emit(
+            d0 + d, acc, fin, part, slot, w_base, s_base, partial_ptr, weight_ptr, m1_ptr, m2_ptr,
+            dim, out_scale, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1,
+            bias2, FINISH, WRITE_OUT, OPTIMIZER, ALIGN,
+        )  # fmt: skip
+    if WRITE_OUT:
+        tl.store(freq_ptr + row * freq_stride, count.to(tl.int32), mask=fin)
+        if not FINISH:
+            # rows no entry maps to: before each segment (after the previous key), after the last
+            prev = tl.load(keys_ptr + lo - 1, mask=starts & (lo > 0), other=-1).to(tl.int64)
+            zero_rows(
+                weight_ptr, weight_stride, freq_ptr, freq_stride, prev + 1,
+                tl.where(starts, row - prev - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
+            )  # fmt: skip
+            zero_rows(
+                weight_ptr, weight_stride, freq_ptr, freq_stride, row + 1,
+                tl.where(ends & (hi == n), num_keys - row - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
+            )  # fmt: skip
+    else:
+        freq = tl.load(freq_ptr + row * freq_stride, mask=fin, other=0)
+        tl.store(freq_ptr + row * freq_stride, freq + count, mask=fin)
+        tl.store(last_step_ptr + row, tl.zeros_like(row) + step, mask=fin)
+        tl.store(done_ptr + pid, tl.sum(fin.to(tl.int32)))
+
+
+class Target(NamedTuple):
+    """What the kernel writes, in its argument order (weight_ptr .. step)."""
+
+    weight: torch.Tensor  # storage [R, D], or out [U, D] (WRITE_OUT)
+    weight_stride: int
+    m1: torch.Tensor
+    m2: torch.Tensor
+    steps: torch.Tensor
+    freq: torch.Tensor  # int64 [R], or int32 lookups (WRITE_OUT)
+    freq_stride: int
+    last_step: torch.Tensor
+    step: int
+
+
+def run_segments(
+    entries: Entries, chunk: int, grad, target: Target, hyper, optimizer: int, write_out: bool
+):
+    """Both passes over entries sorted in blocks of chunk; -> int64 0-dim: rows updated (not
+    write_out). hyper: kernel_args(optimizer)[1:] then (out_scale, num_keys)."""
+    n, dim = entries.keys.numel(), grad.shape[1]
+    block_d = column_block(dim)
+    segs = lanes_per_program(block_d, NUM_WARPS)
+    blocks = triton.cdiv(n, chunk)
+    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
+    first = triton.cdiv(n, segs)
+    # with one block no segment crosses a block boundary
+    second = triton.cdiv(blocks, segs) if blocks > 1 else 0
+    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
+    for finish, programs, done_part in ((False, first, done[:first]), (True, second, done[first:])):
+        if programs == 0:
+            continue
+        _segment_kernel[(programs,)](
+            *entries, grad, n, dim, partial, done_part, *target, *hyper, n.bit_length(),
+            FINISH=finish, WRITE_OUT=write_out, OPTIMIZER=optimizer, CHUNK=chunk, SEGS=segs,
+            UNROLL=UNROLL, BLOCK_D=block_d, ALIGN=row_align(dim, target.weight_stride),
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+    return None if write_out else done.sum()
+
+
+def _storage_target(weight, state, freq, last_step, step) -> Target:
+    return Target(
+        weight, weight.stride(0), *optimizer_state(state, weight.device), freq, 1, last_step, step
+    )
+
+
+def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer):
+    target = _storage_target(weight, state, freq, last_step, step)
+    hyper = (*kernel_args(optimizer)[1:], 1.0, 0)
+    return run_segments(entries, chunk, grad, target, hyper, OPTIMIZER_IDS[optimizer.name], False)
 
 
 def pool_backward_update_triton(
@@ -322,75 +307,70 @@ def pool_backward_update_triton(
     grad_pooled,
     feature_mean,
     optimizer: SparseOptimizer,
-) -> int:
+) -> torch.Tensor:
     """Same contract as kernels.pool_backward_update.pool_backward_update (in place)."""
-    mean = check_args(
-        weight, state, freq, last_step, value_rows, offsets, grad_pooled, feature_mean, optimizer
-    )
-    batch_size, _, dim = grad_pooled.shape
-    n = value_rows.numel()
-    if n == 0 or dim == 0:
-        return 0
-    seg = segments(value_rows, offsets, mean, batch_size, weight.shape[0])
-    num_segments = seg.row.numel()
-    items = work_items(seg.start, n, dim, CHUNK)
-    block_d, align = column_block(dim), row_align(dim, weight.stride(0))
-    update = update_args(weight, state, freq, last_step, step, value_rows, optimizer)
-    grad = grad_pooled.contiguous()
-    _segment_update_kernel[(items.num_items_bound,)](
-        items.item_seg,
-        items.item_start,
-        *seg,
-        grad,
-        num_segments,
-        dim,
-        *update,
-        items.partial,
-        items.long_index,
-        items.long_seg,
-        items.num_long_bound,
-        CHUNK=CHUNK,
-        BLOCK_V=BLOCK_V,
-        BLOCK_D=block_d,
-        ALIGN=align,
-        num_warps=NUM_WARPS,
-    )
-    _long_update_kernel[(items.num_long_bound,)](
-        items.num_long,
-        items.long_seg,
-        items.partial,
-        seg.start,
-        seg.row,
-        num_segments,
-        dim,
-        *update,
-        items.num_long_bound,
-        BLOCK_D=block_d,
-        ALIGN=align,
-        num_warps=NUM_WARPS,
-    )
-    return num_segments
+    check_storage(weight, state, freq, last_step, optimizer)
+    dim = weight.shape[1]
+    mean = check_pooled(grad_pooled, value_rows, offsets, feature_mean, dim, weight.device)
+    if value_rows.numel() == 0 or dim == 0:
+        return torch.zeros((), dtype=torch.int64, device=weight.device)
+    batch_size = grad_pooled.shape[0]
+    chunk = CHUNK
+    entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, chunk)
+    grad = grad_pooled.float().contiguous().view(-1, dim)
+    return _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer)
+
+
+def merge_update_triton(
+    weight,
+    state,
+    freq,
+    last_step,
+    step,
+    rows,
+    grads,
+    counts,
+    optimizer: SparseOptimizer,
+    scale=None,
+) -> torch.Tensor:
+    """Same contract as kernels.pool_backward_update.merge_update (in place)."""
+    check_storage(weight, state, freq, last_step, optimizer)
+    check_rows(weight, rows, grads, counts, scale)
+    if rows.numel() == 0 or weight.shape[1] == 0:
+        return torch.zeros((), dtype=torch.int64, device=weight.device)
+    chunk = CHUNK
+    entries = row_entries(rows, weight.shape[0], counts, scale, chunk)
+    grads = grads.contiguous()
+    return _run_update(entries, chunk, grads, weight, state, freq, last_step, step, optimizer)
+
+
+# every column class of the launchers, 1-aligned and 8-aligned
+COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
 
 
 def compile_cases():
-    """Calls covering every specialization this launcher makes (kernels.compile_check compiles them):
-    each storage dtype x (BLOCK_D, ALIGN) class; the optimizer is a runtime argument."""
-    adagrad = SparseOptimizer("adagrad", 0.1)
-    offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
-    value_rows = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for dim in (3, 16, 100, 128):
-            weight = torch.zeros(8, dim, dtype=dtype)
-            freq, last = torch.zeros(8, dtype=torch.int64), torch.zeros(8, dtype=torch.int64)
-            yield lambda w=weight, f=freq, s=last, d=dim: pool_backward_update_triton(
-                w,
-                adagrad.init_state(8, d, "cpu"),
-                f,
-                s,
-                1,
-                value_rows,
-                offsets,
-                torch.zeros(2, 2, d),
-                torch.tensor([True, False]),
-                adagrad,
-            )
+    """Calls covering every specialization these launchers make (kernels.compile_check compiles
+    them): each optimizer x storage dtype x column class, both passes (N > CHUNK)."""
+    n = 2 * CHUNK + 5
+    offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
+    value_rows = torch.arange(n, dtype=torch.int64) % 5
+    for name in SPARSE_OPTIMIZERS:
+        o = SparseOptimizer(name, 0.1)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dim in COMPILE_DIMS:
+
+                def case(o=o, t=dtype, d=dim):
+                    weight = torch.zeros(8, d, dtype=t)
+                    state = o.init_state(8, d, "cpu")
+                    counters = [torch.zeros(8, dtype=torch.int64) for _ in range(2)]
+                    grad = torch.zeros(2, 2, d)
+                    mean = torch.tensor([True, False])
+                    pool_backward_update_triton(
+                        weight, state, *counters, 1, value_rows, offsets, grad, mean, o
+                    )
+                    merge_update_triton(
+                        weight, state, *counters, 1, value_rows, torch.zeros(n, d),
+                        torch.ones(n, dtype=torch.int32), o, torch.ones(n),
+                    )  # fmt: skip
+
+                yield case

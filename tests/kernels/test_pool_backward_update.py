@@ -1,4 +1,6 @@
-"""The fused pooling backward + sparse optimizer (W = 1) against pool_backward + sparse_update (the reference)."""
+"""The segment kernel's optimizer modes against their references: the fused W = 1 backward
+(pool_backward_update: pool_backward + sparse_update + freq / last_step) and the owner's merge
+(merge_update: received rows summed per row, then one step)."""
 
 import os
 
@@ -8,7 +10,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.pool_backward_update import pool_backward_update, pool_backward_update_reference  # noqa: E402
+import kernels.pool_backward_update_triton as segment_triton  # noqa: E402
+from kernels.pool_backward_update import (  # noqa: E402
+    merge_update,
+    merge_update_reference,
+    pool_backward_update,
+    pool_backward_update_reference,
+)
 from kernels.sparse_optimizer import SparseOptimizer  # noqa: E402
 from tests.support.kernels import DEVICE, needs_triton  # noqa: E402
 
@@ -18,86 +26,177 @@ CASES = {
     "irregular": (3, [0, 1, 3, 20, 2, 0], 9, "random"),
     "one_value": (1, [1, 0], 4, "random"),
     "all_empty": (2, [0, 0, 0, 0], 5, "random"),
-    # one row read more than CHUNK (256) times
-    "hot_row": (4, [150, 90, 200, 7, 0, 40, 3, 1], 12, "hot"),
+    # one row read more than CHUNK times (CHUNK is 16 in these tests): split over several blocks
+    "hot_row": (4, [30, 9, 20, 7, 0, 14, 3, 1], 12, "hot"),
 }
+SMALL_CHUNK = 16
 
 
-def make_case(name, dim, dtype, optimizer, gen):
+@pytest.fixture
+def triton_path(monkeypatch):
+    """Triton on CPU tensors (the interpreter), with blocks of SMALL_CHUNK entries: long segments
+    at small sizes."""
+    if DEVICE.type == "cpu":
+        monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    monkeypatch.setattr(segment_triton, "CHUNK", SMALL_CHUNK)
+
+
+def make_case(name, dim, dtype, gen):
     batch_size, lengths, rows, pattern = CASES[name]
     lengths = torch.tensor(lengths, dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     n = int(lengths.sum())
     value_rows = torch.randint(0, rows, (n,), generator=gen, dtype=torch.int64)
     if pattern == "hot":
-        value_rows = torch.where(torch.rand(n, generator=gen) < 0.7, 5, value_rows)
+        value_rows = torch.where(torch.rand(n, generator=gen) < 0.6, 5, value_rows)
     weight = torch.randn(rows, dim, generator=gen).to(dtype)
     grad = torch.randn(batch_size, 2, dim, generator=gen)
-    return weight, value_rows, offsets, grad, torch.tensor([True, False])
+    return weight, value_rows, offsets, grad
 
 
-def run(update, device, name, dim, dtype, optimizer, mean):
+def run_pooled(update, device, name, dim, dtype, optimizer, mean):
     gen = torch.Generator().manual_seed(dim * 13 + len(name))
-    weight, value_rows, offsets, grad, feature_mean = make_case(name, dim, dtype, optimizer, gen)
-    if not mean:
-        feature_mean = torch.tensor([False, False])
+    weight, value_rows, offsets, grad = make_case(name, dim, dtype, gen)
+    feature_mean = torch.tensor([mean, False])
     rows = weight.shape[0]
     weight = weight.to(device)
     state = SparseOptimizer(optimizer).init_state(rows, dim, device)
     freq = torch.arange(rows, dtype=torch.int64, device=device)
     last = torch.zeros(rows, dtype=torch.int64, device=device)
+    updated = []
     # the second step runs on non-zero state (adagrad accumulators, adam step counts)
     for step in (1, 2):
+        updated.append(
+            update(
+                weight,
+                state,
+                freq,
+                last,
+                step,
+                value_rows.to(device),
+                offsets.to(device),
+                (grad * step).to(device),
+                feature_mean.to(device),
+                SparseOptimizer(optimizer, 0.1),
+            )
+        )
+    state = {k: v.cpu() for k, v in state.items()}
+    return weight.cpu(), state, freq.cpu(), last.cpu(), [u.cpu() for u in updated]
+
+
+def assert_same(got, want, dtype, split: bool):
+    """Weights and state to round-off (split: a hot row's sum of partial sums), counters exact."""
+    # bf16 / fp16 storage: the interpreter casts by truncation, the reference rounds to nearest
+    tol = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    if split and dtype == torch.float32:
+        # the reference sums a hot row's gradients one after another, the kernel block by block
+        tol = {"rtol": 1e-4, "atol": 2e-3}
+    torch.testing.assert_close(got[0].float(), want[0].float(), **tol)
+    state_tol = {"rtol": 1e-4, "atol": 2e-3} if split else {}
+    for key in want[1]:
+        torch.testing.assert_close(got[1][key], want[1][key], msg=key, **state_tol)
+    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+    for u, v in zip(got[4], want[4], strict=True):
+        assert u.dtype == torch.int64 and u.dim() == 0 and torch.equal(u, v)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [3, 17, 200])  # 200: two column blocks
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_update_matches_pool_backward_then_sparse_update(
+    name, optimizer, dim, dtype, triton_path
+):
+    mean = name != "one_value"  # one mean and one sum feature; one_value: both sum
+    got = run_pooled(pool_backward_update, DEVICE, name, dim, dtype, optimizer, mean)
+    want = run_pooled(pool_backward_update_reference, "cpu", name, dim, dtype, optimizer, mean)
+    assert_same(got, want, dtype, split=name == "hot_row")
+
+
+def make_received(num_rows, k, dim, gen, hot=False):
+    """Gradient rows an owner received: rows with duplicates (some > SMALL_CHUNK times when hot),
+    counts with zeros (row 1: all of its counts are 0), a scale per row."""
+    rows = torch.randint(0, num_rows, (k,), generator=gen)
+    if hot:
+        rows = torch.where(torch.rand(k, generator=gen) < 0.5, 3, rows)
+    counts = torch.randint(0, 3, (k,), generator=gen, dtype=torch.int32)
+    counts[rows == 1] = 0
+    grads = torch.randn(k, dim, generator=gen)
+    scale = torch.rand(k, generator=gen) + 0.5
+    return rows, grads, counts, scale
+
+
+def run_merge(update, device, received, weight, optimizer, with_scale):
+    rows, grads, counts, scale = received
+    num_rows, dim = weight.shape
+    weight = weight.clone().to(device)
+    state = SparseOptimizer(optimizer).init_state(num_rows, dim, device)
+    freq = torch.arange(num_rows, dtype=torch.int64, device=device)
+    last = torch.zeros(num_rows, dtype=torch.int64, device=device)
+    updated = [
         update(
             weight,
             state,
             freq,
             last,
             step,
-            value_rows.to(device),
-            offsets.to(device),
-            (grad * step).to(device),
-            feature_mean.to(device),
+            rows.to(device),
+            (grads * step).to(device),
+            counts.to(device),
             SparseOptimizer(optimizer, 0.1),
+            scale.to(device) if with_scale else None,
         )
-    return weight.cpu(), {k: v.cpu() for k, v in state.items()}, freq.cpu(), last.cpu()
+        for step in (1, 2)
+    ]
+    state = {k: v.cpu() for k, v in state.items()}
+    return weight.cpu(), state, freq.cpu(), last.cpu(), [u.cpu() for u in updated]
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim", [1, 17, 200])  # 200: two column blocks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [16, 100])
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
-@pytest.mark.parametrize("name", list(CASES))
-def test_fused_update_matches_pool_backward_then_sparse_update(
-    name, optimizer, dim, dtype, monkeypatch
-):
-    mean = name != "one_value"  # one mean and one sum feature; one_value: both sum
-    if DEVICE.type == "cpu":
-        monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
-    got = run(pool_backward_update, DEVICE, name, dim, dtype, optimizer, mean)
-    want = run(pool_backward_update_reference, "cpu", name, dim, dtype, optimizer, mean)
-    # bf16 storage: the interpreter casts by truncation, the reference rounds to nearest
-    # fp32: round-off (sum order)
-    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
-    if name == "hot_row" and dtype == torch.float32:
-        # the reference sums a hot row's ~370 gradients one after another in fp32 (index_add_): measured 6e-4 off
-        # the float64 sum, the kernel's blockwise sums 3e-5 (test_hot_row_gradient_is_accurate)
-        tol = {"rtol": 1e-4, "atol": 2e-3}
-    torch.testing.assert_close(got[0].float(), want[0].float(), **tol)
-    state_tol = {"rtol": 1e-4, "atol": 2e-3} if name == "hot_row" else {}
-    for key in want[1]:
-        torch.testing.assert_close(got[1][key], want[1][key], msg=key, **state_tol)
-    # lookup counts and last-update steps
-    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+@pytest.mark.parametrize("hot", [False, True])
+def test_merge_update_matches_reference(hot, optimizer, dim, dtype, triton_path):
+    gen = torch.Generator().manual_seed(dim + hot)
+    received = make_received(10, 40 if hot else 25, dim, gen, hot)
+    weight = torch.randn(10, dim, generator=gen).to(dtype)
+    for with_scale in (False, True):
+        got = run_merge(merge_update, DEVICE, received, weight, optimizer, with_scale)
+        want = run_merge(merge_update_reference, "cpu", received, weight, optimizer, with_scale)
+        assert_same(got, want, dtype, split=hot)
+
+
+@needs_triton
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_merge_update_leaves_rows_nobody_looked_up(optimizer, triton_path):
+    """Rows received only with count 0 (replicated rows appended by every rank): weight, state,
+    freq and last_step unchanged, not counted; the others stepped once."""
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.tensor([4, 1, 4, 6, 1, 2, 6], dtype=torch.int64)
+    counts = torch.tensor([1, 0, 2, 0, 0, 1, 0], dtype=torch.int32)
+    grads = torch.randn(7, 8, generator=gen)
+    weight = torch.randn(8, 8, generator=gen)
+    got = run_merge(merge_update, DEVICE, (rows, grads, counts, None), weight, optimizer, False)
+    untouched = torch.tensor([1, 6])
+    assert torch.equal(got[0][untouched], weight[untouched])
+    assert torch.equal(got[2][untouched], untouched) and not got[3][untouched].any()
+    for value in got[1].values():
+        assert not value[untouched].any()
+    assert torch.equal(got[2][[2, 4]], torch.tensor([2 + 2, 4 + 2 * 3]))  # 2 steps' counts
+    assert torch.equal(got[3][[2, 4]], torch.tensor([2, 2]))
+    assert [int(u) for u in got[4]] == [2, 2]
 
 
 def test_reference_touches_only_looked_up_rows():
     gen = torch.Generator().manual_seed(0)
-    weight, value_rows, offsets, grad, mean = make_case("irregular", 4, torch.float32, "adam", gen)
+    weight, value_rows, offsets, grad = make_case("irregular", 4, torch.float32, gen)
     before = weight.clone()
     state = SparseOptimizer("adam").init_state(9, 4, "cpu")
     freq, last = torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.int64)
-    pool_backward_update_reference(
+    mean = torch.tensor([True, False])
+    updated = pool_backward_update_reference(
         weight, state, freq, last, 7, value_rows, offsets, grad, mean, SparseOptimizer("adam", 0.1)
     )
     touched = torch.zeros(9, dtype=torch.bool)
@@ -109,18 +208,18 @@ def test_reference_touches_only_looked_up_rows():
     assert torch.equal(last, torch.where(touched, 7, 0)) and torch.equal(
         state["row_steps"], touched.long()
     )
+    assert updated.dim() == 0 and int(updated) == int(touched.sum())
 
 
 @needs_triton
-def test_hot_row_gradient_is_accurate(monkeypatch):
-    """A row read 373 times (long segment: split in chunks, atomics, _long_update_kernel) gets the float64 sum of
-    its values' gradients to fp32 round-off; SGD with lr 1 from zero weights exposes the gradient itself."""
-    if DEVICE.type == "cpu":
-        monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+def test_hot_row_gradient_is_accurate(triton_path):
+    """A row read 60% of the time (split over many blocks, summed from its slots) gets the float64
+    sum of its values' gradients to fp32 round-off; SGD with lr 1 from zero weights exposes the
+    gradient itself."""
     gen = torch.Generator().manual_seed(5)
-    weight, value_rows, offsets, grad, _ = make_case("hot_row", 4, torch.float32, "sgd", gen)
+    _, value_rows, offsets, grad = make_case("hot_row", 4, torch.float32, gen)
     mean = torch.tensor([True, False])
-    batch_size, num_rows = grad.shape[0], weight.shape[0]
+    batch_size, num_rows = grad.shape[0], 12
     exact = torch.zeros(num_rows, 4, dtype=torch.float64)
     lengths = offsets[1:] - offsets[:-1]
     for v, bag in enumerate(
@@ -142,8 +241,6 @@ def test_hot_row_gradient_is_accurate(monkeypatch):
         mean.to(DEVICE),
         SparseOptimizer("sgd", 1.0),
     )
-    assert int((value_rows == 5).sum()) > 256  # the long-segment path ran
-    torch.testing.assert_close(-w.cpu().double(), exact, rtol=1e-5, atol=1e-4)
-    assert torch.equal(freq.cpu(), torch.bincount(value_rows, minlength=num_rows)) and bool(
-        (last.cpu() == 1).any()
-    )
+    assert int((value_rows == 5).sum()) > 3 * SMALL_CHUNK  # the hot row spans several blocks
+    torch.testing.assert_close(-w.cpu().double(), exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(freq.cpu(), torch.bincount(value_rows, minlength=num_rows))
