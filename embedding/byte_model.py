@@ -4,6 +4,8 @@ the device's memory bandwidth)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from embedding.sparse_dist import SparseDist
@@ -28,7 +30,26 @@ def exchange_bytes(emb, sd: SparseDist) -> int:
     )
 
 
-def memory_bytes(emb, sd: SparseDist, updated_rows: int) -> int:
+class MemoryBytes(NamedTuple):
+    """fixed + per_row * rows bytes; rows (the rows the step updated) may be a 0-dim device tensor,
+    read only when the metrics log (total())."""
+
+    fixed: int
+    per_row: int
+    rows: torch.Tensor | int
+
+    @staticmethod
+    def total(steps: list[MemoryBytes]) -> int:
+        """The bytes of several steps, with one host read for all their device counts."""
+        fixed = sum(b.fixed + b.per_row * b.rows for b in steps if not torch.is_tensor(b.rows))
+        counted = [(b.fixed, b.per_row, b.rows) for b in steps if torch.is_tensor(b.rows)]
+        if not counted:
+            return fixed
+        rows = torch.stack([r.reshape(()).to(torch.int64) for _, _, r in counted]).tolist()
+        return fixed + sum(f + p * r for (f, p, _), r in zip(counted, rows, strict=True))
+
+
+def memory_bytes(emb, sd: SparseDist, updated_rows: torch.Tensor | int) -> MemoryBytes:
     """Device-memory bytes the step's embedding kernels must move at least: owner row reads, pooling
     reads/writes, pooled-gradient reads, and the read-modify-write of updated rows and their optimizer
     state."""
@@ -40,11 +61,18 @@ def memory_bytes(emb, sd: SparseDist, updated_rows: int) -> int:
     state = 0
     if emb.layout.num_local_rows:
         state = sum(v[:1].numel() * v.element_size() for v in storage.state.values())
+    # + the lookup count and last step of each updated row
+    per_row = 2 * (row + state) + 16
     if sd.single_rank:  # rows read per value in both passes (pooling, then the fused backward)
-        update = updated_rows * (2 * (row + state) + 16)  # + the lookup count and last step
-        return values * (8 + row) + bags_out + values * (4 + 4 + f32_row) + update
-    forward = sd.owner_rows.numel() * row + values * (8 + f32_row) + bags_out
+        fixed = values * (8 + row) + bags_out + values * (4 + 4 + f32_row)
+        return MemoryBytes(fixed, per_row, updated_rows)
+    wire = emb.exchange.element_size() * emb.dim if emb.exchange.distributed else row
+    received = sd.owner_rows.numel()
+    # owner: rows read and written in the wire dtype; requester: pooled from them
+    forward = received * (8 + row + wire) + values * (8 + wire) + bags_out
+    # requester: sorted values, pooled gradients read, unique gradients written; owner: received
+    # gradients read in the merge (+ its sort)
     backward = (
-        bags_out + values * 8 + sd.unique_keys.numel() * f32_row + updated_rows * 2 * (row + state)
+        bags_out + values * 16 + sd.unique_keys.numel() * (wire + 4) + received * (f32_row + 16)
     )
-    return forward + backward
+    return MemoryBytes(forward + backward, per_row, updated_rows)

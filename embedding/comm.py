@@ -8,6 +8,8 @@ travel in a [W] all-to-all beside the message. Scaling by a power of two adds no
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 
@@ -16,15 +18,30 @@ EXCHANGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.
 _FP16_TOP_EXPONENT = 14
 
 
-class Exchange:
-    """all-to-all with variable splits on one process group (None for a single process)."""
+class GradientMessage(NamedTuple):
+    """The backward's message to the owners: each unique key's gradient and lookup count, one row each.
+    The pooling backward writes ``grads`` and ``lookups`` (views into ``buffer``) in place."""
 
-    def __init__(self, group, rank: int, world_size: int, dtype: str = "fp32"):
+    buffer: (
+        torch.Tensor
+    )  # [U, width] in the exchange dtype (fp16: float32, scaled and packed later)
+    grads: torch.Tensor  # [U, D] view: the gradient of each unique key
+    lookups: torch.Tensor  # [U] int32 view: the lookups of each unique key, bit-cast into buffer
+
+
+class Exchange:
+    """all-to-all with variable splits on one process group (None for a single process).
+
+    ``input_group`` (default: group) carries the ids of input_dist: a communicator of its own, so
+    the next batch's id exchange does not queue behind this batch's rows and gradients."""
+
+    def __init__(self, group, rank: int, world_size: int, dtype: str = "fp32", input_group=None):
         if dtype not in EXCHANGE_DTYPES:
             raise ValueError(
                 f"embedding.exchange_dtype is {dtype!r}; expected one of {tuple(EXCHANGE_DTYPES)}"
             )
         self.group = group
+        self.input_group = input_group if input_group is not None else group
         self.rank = rank
         self.world_size = world_size
         self.dtype = EXCHANGE_DTYPES[dtype]
@@ -38,16 +55,20 @@ class Exchange:
         if not self.distributed:
             return send_counts.clone()
         recv = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv, send_counts, group=self.group)
+        dist.all_to_all_single(recv, send_counts, group=self.input_group)
         return recv
 
-    def start(self, tensor: torch.Tensor, send_splits: list[int], recv_splits: list[int]):
-        """Begin sending tensor's rows split by send_splits; returns (output, work or None)."""
+    def start(
+        self, tensor: torch.Tensor, send_splits: list[int], recv_splits: list[int], ids=False
+    ):
+        """Begin sending tensor's rows split by send_splits (on the input group when ids); returns
+        (output, work or None)."""
         if not self.distributed:
             return tensor, None
         out = tensor.new_empty((sum(recv_splits), *tensor.shape[1:]))
+        group = self.input_group if ids else self.group
         work = dist.all_to_all_single(
-            out, tensor.contiguous(), recv_splits, send_splits, group=self.group, async_op=True
+            out, tensor.contiguous(), recv_splits, send_splits, group=group, async_op=True
         )
         return out, work
 
@@ -79,32 +100,53 @@ class Exchange:
             return rows
         return self.all_to_all(rows.to(self.dtype), send_splits, recv_splits)
 
-    def gradients(
-        self, grads: torch.Tensor, send_splits: list[int], recv_splits: list[int]
-    ) -> torch.Tensor:
-        """float32 gradients [U, D] to the owners: float32 [sum(recv_splits), D], compressed on the wire."""
-        if not self.distributed or self.dtype == torch.float32:
-            return self.all_to_all(grads, send_splits, recv_splits)
-        if self.dtype == torch.bfloat16:
-            return self.all_to_all(grads.to(torch.bfloat16), send_splits, recv_splits).float()
-        device, w = grads.device, self.world_size
-        dest = torch.repeat_interleave(
-            torch.arange(w, device=device),
-            torch.tensor(send_splits, device=device),
-            output_size=grads.shape[0],
-        )
-        amax = torch.zeros(w, device=device).scatter_reduce_(0, dest, grads.abs().amax(1), "amax")
+    def gradient_message(self, rows: int, dim: int, device) -> GradientMessage:
+        """An empty message of ``rows`` gradients and lookup counts (GradientMessage)."""
+        wire = torch.float32 if self.dtype == torch.float16 else self.dtype
+        size = torch.empty(0, dtype=wire).element_size()
+        count_col = -(-dim * size // 4)  # the int32 column after the gradient's bytes
+        buffer = torch.empty(rows, (count_col + 1) * 4 // size, dtype=wire, device=device)
+        return GradientMessage(buffer, buffer[:, :dim], buffer.view(torch.int32)[:, count_col])
+
+    def gradients(self, message: GradientMessage, sd) -> tuple[torch.Tensor, torch.Tensor]:
+        """A GradientMessage to the owners (one all-to-all): (float32 [K, D] gradients, int32 [K]
+        lookup counts) of the K keys this rank received (sd: the batch's SparseDist)."""
+        dim = message.grads.shape[1]
+        if self.dtype == torch.float16 and self.distributed:
+            message = self._fp16_message(message, sd)
+        received = self.all_to_all(message.buffer, sd.send_splits, sd.recv_splits)
+        count_col = -(-dim * received.element_size() // 4)
+        lookups = received.view(torch.int32)[:, count_col]
+        grads = received[:, :dim]
+        if self.dtype == torch.float16 and self.distributed:
+            # the scale each source used for this rank
+            source_scale = self.all_to_all(
+                self._scale, [1] * self.world_size, [1] * self.world_size
+            )
+            source = self._ranks(sd.recv_counts, received.shape[0])
+            return grads.float() / source_scale[source, None], lookups
+        return grads.float(), lookups
+
+    def _ranks(self, counts: torch.Tensor, total: int) -> torch.Tensor:
+        """The rank of each of ``total`` rows grouped by rank, counts[r] rows for rank r (no sync)."""
+        ranks = torch.arange(self.world_size, device=counts.device)
+        return torch.repeat_interleave(ranks, counts, output_size=total)
+
+    def _fp16_message(self, message: GradientMessage, sd) -> GradientMessage:
+        """fp16 on the wire: one power-of-two scale per destination brings its largest |gradient| to
+        [2^14, 2^15) (kept in self._scale for gradients() to send)."""
+        grads, rows = message.grads, message.grads.shape[0]
+        dest = self._ranks(sd.send_counts, rows)
+        amax = torch.zeros(self.world_size, device=grads.device)
+        amax.scatter_reduce_(0, dest, grads.abs().amax(1), "amax")
         exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)), torch.zeros_like(amax))
-        scale = torch.exp2(_FP16_TOP_EXPONENT - exponent)  # one per destination
-        received = self.all_to_all((grads * scale[dest, None]).half(), send_splits, recv_splits)
-        # the scale each source used for this rank
-        source_scale = self.all_to_all(scale, [1] * w, [1] * w)
-        source = torch.repeat_interleave(
-            torch.arange(w, device=device),
-            torch.tensor(recv_splits, device=device),
-            output_size=received.shape[0],
-        )
-        return received.float() / source_scale[source, None]
+        self._scale = torch.exp2(_FP16_TOP_EXPONENT - exponent)  # one per destination
+        dim = grads.shape[1]
+        count_col = -(-dim * 2 // 4)
+        buffer = torch.empty(rows, (count_col + 1) * 2, dtype=torch.float16, device=grads.device)
+        buffer[:, :dim] = grads * self._scale[dest, None]
+        buffer.view(torch.int32)[:, count_col] = message.lookups
+        return GradientMessage(buffer, buffer[:, :dim], buffer.view(torch.int32)[:, count_col])
 
     def element_size(self) -> int:
         """Bytes per exchanged row element."""

@@ -170,11 +170,13 @@ class DynamicTables:
         )
         recv_matrix = received.view(w, s_count).tolist()
         recv_splits = [sum(row) for row in recv_matrix]
-        recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
+        recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)
         lookups = torch.zeros(unique_keys.numel(), dtype=torch.int32, device=device).index_add_(
             0, inverse, torch.ones_like(inverse, dtype=torch.int32)
         )
-        recv_lookups, lookups_work = self.exchange.start(lookups, send_splits, recv_splits)
+        recv_lookups, lookups_work = self.exchange.start(
+            lookups, send_splits, recv_splits, ids=True
+        )
         return SparseDist(
             kjt.batch_size,
             kjt.offsets,
@@ -187,6 +189,9 @@ class DynamicTables:
             segments=recv_matrix,
             recv_lookups=recv_lookups,
             _lookups_work=lookups_work,
+            # per rank, for the gradients' exchange (the static path has them without a copy)
+            send_counts=torch.tensor(send_splits, device=device),
+            recv_counts=torch.tensor(recv_splits, device=device),
         )
 
     # ---- compute --------------------------------------------------------------------------------

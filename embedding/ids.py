@@ -7,12 +7,17 @@ import dataclasses
 import torch
 
 from embedding.tables import Table, feature_names
+from kernels.id_check import DYNAMIC, ERROR, MODULO, check_ids, new_record
 
 
 class IdChecker:
     """Per value of a batch (KeyedJagged, features in the tables' order): its table, and its id
     under the table's out_of_range policy ("error", or "modulo": ids >= rows become id % rows). A
-    dynamic table takes any non-negative id."""
+    dynamic table takes any non-negative id. One fused pass (kernels.id_check).
+
+    A bad id raises ValueError naming feature, table, sample and id: at once (one host sync per
+    batch), or, for training batches after defer(), at the next raise_pending() (no host sync per
+    batch: the first bad id is kept on the device and reads as row 0 meanwhile)."""
 
     def __init__(self, tables: list[Table], table_rows: torch.Tensor, device):
         policies = {
@@ -26,17 +31,41 @@ class IdChecker:
         self.feature_table = torch.tensor(
             [index[t.name] for t in tables for _ in t.features], dtype=torch.int64, device=device
         )
-        self.any_modulo = any(t.out_of_range == "modulo" for t in tables)
-        self.table_modulo = torch.tensor(
-            [t.out_of_range == "modulo" and not t.dynamic for t in tables], device=device
-        )
-        self.any_dynamic = any(t.dynamic for t in tables)
-        self.table_dynamic = torch.tensor([t.dynamic is not None for t in tables], device=device)
+        policy = [
+            DYNAMIC if t.dynamic else MODULO if t.out_of_range == "modulo" else ERROR
+            for t in tables
+        ]
+        self.table_policy = torch.tensor(policy, dtype=torch.int32, device=device)
+        self.no_base = torch.zeros(len(tables), dtype=torch.int64, device=device)
+        self.record = new_record(device)  # checks that raise at once
+        # deferred checking (defer()): the first bad id of the training batches, kept on the device
+        self.deferred = False
+        self.pending = new_record(device)
+        self.first_step = 0  # the step of the first batch checked since the last clean read
+        self.batch_sizes: list[int] = []  # the batch size of each batch checked since then
 
-    def check(self, kjt):
-        """(the batch with the policies applied, table index of every value). Raises ValueError
-        naming feature, table, sample and id of the first id still out of range (any id of an
-        "error" table outside [0, rows), any negative id). One host sync, as without modulo."""
+    def defer(self, first_step: int) -> None:
+        """Training batches (grad enabled) from now on are checked without a host sync; the first batch
+        checked is step first_step + 1's."""
+        self.deferred, self.first_step, self.batch_sizes = True, first_step, []
+        self.pending.copy_(new_record("cpu"))
+
+    def raise_pending(self) -> None:
+        """Raise the ValueError of the first bad id the deferred checks kept, if any (one host sync)."""
+        if not self.batch_sizes:
+            return
+        if self.pending.is_cuda:  # it may come from the pipeline's side stream
+            torch.cuda.synchronize(self.pending.device)
+        flag, where, value = self.pending[1:].tolist()  # the deferred check's one read
+        if not flag:  # every batch so far was clean: count the next ones from here
+            self.first_step += len(self.batch_sizes)
+            self.batch_sizes = []
+            return
+        batch, bag = where >> 32, where & 0xFFFFFFFF
+        f, b = divmod(bag, self.batch_sizes[batch])
+        self._raise(f, b, value, f"step {self.first_step + batch + 1}: ")
+
+    def _check(self, kjt, base: torch.Tensor, want_table: bool):
         missing = [f for f in self.features if f not in kjt.keys]
         if missing:
             raise ValueError(
@@ -46,40 +75,48 @@ class IdChecker:
             raise ValueError(
                 f"batch features {list(kjt.keys)} do not match the tables' features {self.features}"
             )
-        lengths = kjt.offsets[1:] - kjt.offsets[:-1]
-        # output_size: no host sync to size the result
-        value_table = self.feature_table.repeat_interleave(kjt.batch_size).repeat_interleave(
-            lengths, output_size=kjt.values.numel()
+        deferred = self.deferred and torch.is_grad_enabled()
+        record = self.pending if deferred else self.record
+        out, value_table = check_ids(
+            kjt.values,
+            kjt.offsets,
+            kjt.batch_size,
+            self.feature_table,
+            self.table_rows,
+            self.table_policy,
+            base,
+            record,
+            len(self.batch_sizes) if deferred else 0,
+            want_table,
         )
-        limit = self.table_rows[value_table]
-        values = kjt.values
-        if self.any_modulo:
-            values = torch.where(
-                self.table_modulo[value_table] & (values >= limit), values % limit, values
-            )
-        bad = (values < 0) | (values >= limit)
-        if self.any_dynamic:  # any non-negative int64 is a dynamic table's key
-            bad = (values < 0) | ((values >= limit) & ~self.table_dynamic[value_table])
-        if bool(bad.any()):
-            self._raise_bad_id(kjt, values, bad)
-        checked = kjt if values is kjt.values else dataclasses.replace(kjt, values=values)
-        return checked, value_table
+        if deferred:
+            self.batch_sizes.append(kjt.batch_size)
+        else:
+            flag, where, value = record[1:].tolist()  # the check's one host sync
+            if flag:
+                record.copy_(new_record("cpu"))
+                self._raise(*divmod(where & 0xFFFFFFFF, kjt.batch_size), value)
+        return out, value_table
 
-    def _raise_bad_id(self, kjt, values: torch.Tensor, bad: torch.Tensor):
-        i = int(bad.nonzero()[0])
-        at = torch.tensor(i, device=kjt.offsets.device)
-        bag = int(torch.searchsorted(kjt.offsets, at, right=True)) - 1
-        f, b = divmod(bag, kjt.batch_size)
+    def check(self, kjt):
+        """(the batch with the policies applied, table index of every value)."""
+        values, value_table = self._check(kjt, self.no_base, True)
+        return dataclasses.replace(kjt, values=values), value_table
+
+    def shifted(self, kjt, base: torch.Tensor) -> torch.Tensor:
+        """Each checked id + base[its table] (int64 [N]: e.g. storage rows or fused keys)."""
+        return self._check(kjt, base, False)[0]
+
+    def _raise(self, f: int, b: int, value: int, prefix: str = ""):
         table = self.tables[int(self.feature_table[f])]
         size = "dynamic" if table.dynamic else f"{table.num_embeddings} rows"
-        where = f"feature {self.features[f]!r} (table {table.name!r}, {size}): sample {b}"
-        if int(values[i]) < 0:
+        where = f"{prefix}feature {self.features[f]!r} (table {table.name!r}, {size}): sample {b}"
+        if value < 0:
             raise ValueError(
-                f"{where} has negative id {int(values[i])} (an error under every "
-                "out_of_range policy)"
+                f"{where} has negative id {value} (an error under every out_of_range policy)"
             )
         raise ValueError(
-            f"{where} has id {int(values[i])} outside [0, {table.num_embeddings}) "
+            f"{where} has id {value} outside [0, {table.num_embeddings}) "
             f"(out_of_range={table.out_of_range!r}; 'modulo' would map it to "
             "id % rows)"
         )

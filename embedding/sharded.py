@@ -29,9 +29,9 @@ from kernels import (
     SparseOptimizer,
     gather_pool,
     lookup,
+    merge_update,
     pool_backward,
     pool_backward_update,
-    sparse_update,
     unique_partition,
 )
 
@@ -60,6 +60,7 @@ class ShardedEmbeddingCollection(nn.Module):
         storage_dtype: str = "float32",
         exchange_dtype: str = "fp32",
         always_exchange: bool = False,
+        input_group=None,
     ):
         super().__init__()
         dims = {t.dim for t in tables}
@@ -75,7 +76,7 @@ class ShardedEmbeddingCollection(nn.Module):
         # the path every batch takes (SparseDist.single_rank)
         self.single_rank = world_size == 1 and not always_exchange
         # rows and gradients on the wire
-        self.exchange = Exchange(group, rank, world_size, exchange_dtype)
+        self.exchange = Exchange(group, rank, world_size, exchange_dtype, input_group)
         shards = {
             t: DynamicShard(table, rank, world_size, device)
             for t, table in enumerate(tables)
@@ -153,6 +154,11 @@ class ShardedEmbeddingCollection(nn.Module):
         """The batch with every table's out-of-range policy applied (embedding.ids.IdChecker)."""
         return self.ids.check(kjt)[0]
 
+    def raise_bad_ids(self) -> None:
+        """Raise the error of the first out-of-range id that training batches had since the last call
+        (ids are checked on the device; IdChecker.defer)."""
+        self.ids.raise_pending()
+
     def _stage(self, name: str, training: bool = True):
         """The timer's stage ``name`` while timing a training step, else a no-op."""
         return self.timer.stage(name) if self.timer is not None and training else nullcontext()
@@ -172,26 +178,32 @@ class ShardedEmbeddingCollection(nn.Module):
             return self._input_dist(kjt)
 
     def _input_dist(self, kjt) -> SparseDist:
-        kjt, value_table = self.ids.check(kjt)
         layout = self.layout
-        if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
-            dynamic = self.dynamic.local_keys(kjt) if self.dynamic else None  # rows: compute
-            rows = kjt.values + layout.local_base[value_table]
-            return SparseDist.local(kjt.batch_size, kjt.offsets, rows, dynamic)
         if self.dynamic:
-            return self.dynamic.input_dist(kjt, value_table)
-        keys = kjt.values + layout.table_offsets[value_table]  # fused key space: table offset + row
+            kjt, value_table = self.ids.check(kjt)
+            if not self.single_rank:
+                return self.dynamic.input_dist(kjt, value_table)
+            rows = kjt.values + layout.local_base[value_table]  # dynamic tables' rows: compute
+            return SparseDist.local(kjt.batch_size, kjt.offsets, rows, self.dynamic.local_keys(kjt))
+        if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
+            rows = self.ids.shifted(kjt, layout.local_base)
+            return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
+        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
         unique_keys, send_counts, inverse = unique_partition(
             keys,
             layout.table_offsets,
             layout.table_owner,
             self.world_size,
             key_space=layout.num_keys,
+            padded=True,
         )
         recv_counts = self.exchange.exchange_counts(send_counts)
-        splits = torch.cat([send_counts, recv_counts]).tolist()  # one host sync for both
+        # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
+        splits = torch.cat([send_counts, recv_counts]).tolist()
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
-        recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits)
+        unique_keys = unique_keys[: sum(send_splits)]
+        recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)
         return SparseDist(
             kjt.batch_size,
             kjt.offsets,
@@ -201,15 +213,16 @@ class ShardedEmbeddingCollection(nn.Module):
             recv_splits,
             recv_keys,
             work,
+            send_counts=send_counts,
+            recv_counts=recv_counts,
         )
 
     # ---- phase 2: compute ------------------------------------------------------------------------
     def compute(self, sd: SparseDist) -> torch.Tensor:
-        """Owner: look up the rows of every received key.
+        """Owner: look up the rows of every received key, in the exchange dtype (one pass: the
+        rows are read straight from the table and cast while written).
 
-        Keys asked by several ranks are read once (deduplicated again across senders).
-        Example (rank 1 above): recv_keys [12, 12] -> local rows [2, 2] -> unique [2] -> rows
-        [[w2], [w2]]
+        Example (rank 1 above): recv_keys [12, 12] -> local rows [2, 2] -> rows [[w2], [w2]]
         """
         sd.wait()
         step = self.num_updates + 1  # the step whose backward updates these rows (admission)
@@ -219,16 +232,12 @@ class ShardedEmbeddingCollection(nn.Module):
             return None
         layout = self.layout
         if self.dynamic:
-            local = self.dynamic.local_rows(sd, step)
+            sd.owner_rows = self.dynamic.local_rows(sd, step)
         else:
-            local = layout.local_rows(sd.recv_keys)
-        # the sort-free dedup of input_dist over the storage rows (one table, one owner), not
-        # torch.unique
-        rows = max(layout.num_local_rows, 1)
-        sd.owner_rows, _, sd.owner_inverse = unique_partition(
-            local, layout.local_space, layout.local_owner, 1, key_space=rows
-        )
-        return lookup(self.storage.weight, sd.owner_rows).index_select(0, sd.owner_inverse)
+            sd.owner_rows = layout.local_rows(sd.recv_keys)
+        # with one rank the rows are not sent: they stay in the storage dtype, as pooled at W=1
+        wire = self.exchange.dtype if self.exchange.distributed else None
+        return lookup(self.storage.weight, sd.owner_rows, out_dtype=wire)
 
     # ---- phase 3: output_dist --------------------------------------------------------------------
     def output_dist(self, sd: SparseDist, served_rows: torch.Tensor) -> torch.Tensor:
@@ -272,64 +281,72 @@ class ShardedEmbeddingCollection(nn.Module):
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
             return
         with self._stage("grad_dist"):
-            rows, grads, counts = self._gradients_to_owners(sd, grad_pooled)
+            grads, lookups = self._gradients_to_owners(sd, grad_pooled)
         with self._stage("sparse_update"):
             self.num_updates += 1
-            storage.freq.index_add_(0, rows, counts)
-            storage.last_step[rows] = self.num_updates
-            # rows_unique: merged across senders in _gradients_to_owners
-            sparse_update(storage.weight, rows, grads, storage.state, o, rows_unique=True)
+            rows, counts, scale = sd.owner_rows, lookups, None
+            if self.layout.num_replicated_rows:
+                rows, grads, counts, scale = self._with_replicated(rows, grads, counts)
+            # the received gradients of equal rows merged (in a fixed order) and the optimizer
+            # applied, in one pass; lookup counts and last step written beside
+            updated = merge_update(
+                storage.weight,
+                storage.state,
+                storage.freq,
+                storage.last_step,
+                self.num_updates,
+                rows,
+                grads,
+                counts,
+                o,
+                scale=scale,
+            )
             if self.dynamic:
                 self.dynamic.reset_null_row()
         self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
-        self.last_memory_bytes = byte_model.memory_bytes(self, sd, rows.numel())
+        self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
 
     def _gradients_to_owners(self, sd: SparseDist, grad_pooled: torch.Tensor):
-        """(storage rows, [rows, D] summed gradients, [rows] lookup counts) of the rows this rank
-        owns."""
-        num_unique = sd.unique_keys.numel()
-        grad_unique = pool_backward(
-            grad_pooled, sd.inverse, sd.offsets, self.feature_mean, num_unique
-        )
-        grad_unique = grad_unique * (1.0 / self.world_size)
-        # lookups of each unique key travel beside the gradients, exact (index_add_: unlike
-        # bincount, no sync); with dynamic tables they travelled with the keys already
-        received_lookups = sd.recv_lookups
-        if received_lookups is None:
-            lookups = torch.zeros(num_unique, dtype=torch.int32, device=grad_unique.device)
-            lookups.index_add_(0, sd.inverse, torch.ones_like(sd.inverse, dtype=torch.int32))
-            received_lookups = self.exchange.all_to_all(lookups, sd.send_splits, sd.recv_splits)
-        received = self.exchange.gradients(grad_unique, sd.send_splits, sd.recv_splits)
-        rows = sd.owner_rows
-        grads = torch.zeros(rows.numel(), self.dim, dtype=torch.float32, device=received.device)
-        grads.index_add_(0, sd.owner_inverse, received)
-        counts = torch.zeros(rows.numel(), dtype=torch.int64, device=received.device)
-        counts.index_add_(0, sd.owner_inverse, received_lookups.long())
-        if self.layout.num_replicated_rows:
-            rows, grads, counts = self._all_reduce_replicated(rows, grads, counts)
-        return rows, grads, counts
+        """(float32 [K, D] gradients, int32 [K] lookup counts) of the K keys this rank received.
 
-    def _all_reduce_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
-        """Sum replicated tables' gradients and lookup counts over ranks, densely (one float32
-        all-reduce: counts are exact below 2^24 per batch). One host sync: no boolean-mask indexing
-        (each is a nonzero)."""
+        The pooling backward writes each unique key's gradient (times 1/W: each rank's loss is a
+        mean over its own samples) and lookup count straight into the message (sort + segment
+        sums, no atomics); one all-to-all carries both."""
+        num_unique = sd.unique_keys.numel()
+        message = self.exchange.gradient_message(num_unique, self.dim, grad_pooled.device)
+        pool_backward(
+            grad_pooled,
+            sd.inverse,
+            sd.offsets,
+            self.feature_mean,
+            num_unique,
+            scale=1.0 / self.world_size,
+            out=message.grads,
+            lookups=message.lookups,
+        )
+        return self.exchange.gradients(message, sd)
+
+    def _with_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
+        """Replicated tables' gradients and lookup counts summed over ranks, densely (one float32
+        all-reduce: counts are exact below 2^24 per batch), appended as one entry per replicated row
+        (rows nobody looked up have count 0: merge_update leaves them untouched); the entries
+        received for them get scale 0. No host sync."""
         n, dim = self.layout.num_replicated_rows, self.dim
         is_rep = rows < n
-        # other tables' rows are written to a scratch row n, dropped before the all-reduce
-        scratch = torch.zeros(n + 1, dim + 1, dtype=torch.float32, device=grads.device)
-        scratch.index_put_(
+        # a rank asks itself for each replicated row at most once (input_dist dedups): no
+        # duplicates, a deterministic index_put_. Other tables' rows go to a scratch row n
+        dense = torch.zeros(n + 1, dim + 1, dtype=torch.float32, device=grads.device)
+        dense.index_put_(
             (torch.where(is_rep, rows, n),), torch.cat([grads, counts.float().unsqueeze(1)], 1)
         )
-        dense = scratch[:n]  # column dim >= 1 marks touched rows: lazy optimizers update the union
+        dense = dense[:n]
         self.exchange.all_reduce_(dense)
-        touched = dense[:, dim] > 0
-        num_touched, num_other = torch.stack([touched.sum(), (~is_rep).sum()]).tolist()
-        rep_rows = torch.nonzero_static(touched, size=num_touched).squeeze(1)
-        other = torch.nonzero_static(~is_rep, size=num_other).squeeze(1)
+        rep_rows = torch.arange(n, device=rows.device)
         return (
-            torch.cat([rep_rows, rows[other]]),
-            torch.cat([dense[rep_rows, :dim], grads[other]]),
-            torch.cat([dense[rep_rows, dim].round().long(), counts[other]]),
+            torch.cat([rows, rep_rows]),
+            torch.cat([grads, dense[:, :dim]]),
+            torch.cat([torch.where(is_rep, 0, counts.long()), dense[:, dim].round().long()]),
+            torch.cat([(~is_rep).float(), torch.ones(n, device=grads.device)]),
         )
 
     # ---- module API ------------------------------------------------------------------------------
@@ -351,7 +368,7 @@ class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, pooled, module, sd):
         ctx.module, ctx.sd = module, sd
-        return pooled.clone()
+        return pooled
 
     @staticmethod
     def backward(ctx, grad_pooled):

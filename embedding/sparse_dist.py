@@ -35,9 +35,11 @@ class SparseDist:
     recv_lookups: torch.Tensor | None = None
     _lookups_work: object = None
     dynamic: list | None = None
-    # set by compute (exchange path): the distinct storage rows served, each received key's row
+    # int64 [W] on the device: send_splits and recv_splits (the fp16 gradient exchange's scales)
+    send_counts: torch.Tensor | None = None
+    recv_counts: torch.Tensor | None = None
+    # set by compute (exchange path): the storage row of each received key
     owner_rows: torch.Tensor | None = None
-    owner_inverse: torch.Tensor | None = None
 
     @classmethod
     def local(

@@ -1,5 +1,7 @@
 """embedding.exchange_dtype: rows and gradients cross the all-to-all in 16 bits; training stays close to fp32."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -19,8 +21,19 @@ def _send_gradients(rank, world_size, group, dtype):
         [torch.randn(n, 5, generator=gen) * 10.0 ** -(3 * d + rank) for d, n in enumerate(splits)]
     )
     ex = Exchange(group, rank, world_size, dtype)
-    counts = ex.all_to_all(torch.tensor(splits), [1, 1], [1, 1]).tolist()
-    return grads, ex.gradients(grads, splits, counts), counts
+    send_counts = torch.tensor(splits)
+    recv_counts = ex.all_to_all(send_counts, [1, 1], [1, 1])
+    counts = recv_counts.tolist()
+    message = ex.gradient_message(grads.shape[0], grads.shape[1], grads.device)
+    message.grads.copy_(grads)
+    message.lookups.copy_(torch.arange(grads.shape[0]) + 10 * rank)  # travel beside, exactly
+    sd = SimpleNamespace(
+        send_splits=splits, recv_splits=counts, send_counts=send_counts, recv_counts=recv_counts
+    )
+    received, lookups = ex.gradients(message, sd)
+    # rank 0 gets both ranks' first 3 rows, rank 1 their last 2
+    assert lookups.tolist() == ([0, 1, 2, 10, 11, 12] if rank == 0 else [3, 4, 13, 14])
+    return grads, received, counts
 
 
 def _send_gradients_all(rank, world_size, group):
