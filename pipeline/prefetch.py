@@ -55,10 +55,17 @@ def map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     return obj
 
 
-def _tensors(obj) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    map_tensors(obj, lambda t: found.append(t) or t)
-    return found
+def all_tensors(obj) -> list[torch.Tensor]:
+    """Every tensor in a Batch/KeyedJagged/dataclass/tuple/list/dict tree (containers left as they are)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in all_tensors(v)]
+    return []
 
 
 class _PinnedSlot:
@@ -255,7 +262,7 @@ class PrefetchLoader:
         if delivery.ready is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(delivery.ready)
-            for t in _tensors(delivery.item):
+            for t in all_tensors(delivery.item):
                 if t.device.type == "cuda":
                     t.record_stream(current)
             self._pending_timings.append(delivery)

@@ -25,6 +25,7 @@ class DistContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     group: object = None
+    input_group: object = None  # the embeddings' id exchange (input_dist)
 
     def log(self, *args) -> None:
         """Print from rank 0 only: every rank runs the same code, one copy of each line is enough."""
@@ -92,6 +93,8 @@ def setup_distributed(cfg: Config) -> DistContext:
         init_process_group(backend, timeout, device if backend == "nccl" else None)
         # embedding exchanges stay apart from DDP's all-reduces; new_group's timeout does not default to the world's
         env.group = dist.new_group(backend=backend, timeout=timeout)
+        # and the next batch's ids (input_dist, pipelined on a side stream) from both
+        env.input_group = dist.new_group(backend=backend, timeout=timeout)
     return env
 
 

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.batch import Batch
 from pipeline.prefetch import PrefetchLoader
-from pipeline.train_pipeline import SparseDistPipeline
+from pipeline.train_pipeline import SparseDistPipeline, side_stream
 from training.build import Parts
 from training.config import Config
 from training.lr_schedule import apply_lr
@@ -36,13 +36,17 @@ def train_step(
     sparse_dist,
     timer: StageTimer,
     before_backward: BeforeBackward | None = None,
+    after_forward: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One step on the local batch; returns the local mean loss. The embeddings time their own stages
-    (lookup, output_dist, grad_dist, sparse_update) into the timer."""
+    (lookup, output_dist, grad_dist, sparse_update) into the timer. after_forward() runs once the
+    forward is queued (the pipeline starts the next batch's input_dist there, overlapping this step)."""
     pooled = parts.embeddings(sparse_dist)
     with timer.stage("dense_fwd"), parts.autocast:
         logits = parts.step_model(batch.dense, pooled).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    if after_forward is not None:
+        after_forward()
     if before_backward is not None:
         loss, skip = before_backward(loss)
         if skip:  # no dense and no sparse update from this batch
@@ -68,8 +72,9 @@ def train_loop(
     """Train steps first_step + 1 .. train.steps on parts.data's batches (or the given host batches, this rank's
     slices of steps first_step + 1, ...), yielding each step's result.
 
-    The next batch's input_dist runs before this one's step (train.pipelined: the id exchange overlaps the
-    step); the learning rates are set for every step before its backward, which applies the sparse update."""
+    The next batch's input_dist runs once this step's forward is queued (train.pipelined: on CUDA on a
+    side stream, so the id exchange overlaps the step); the learning rates are set for every step before
+    its backward, which applies the sparse update."""
     if batches is None:
         batches = parts.data.train_batches(first_step)
     else:
@@ -78,9 +83,12 @@ def train_loop(
         )
     timer = timer or StageTimer(next(parts.model.parameters()).device)
     parts.embeddings.timer = timer
-    pipeline = SparseDistPipeline(
-        batches, parts.embeddings.input_dist, pipelined=cfg.train.pipelined
-    )
+    emb = parts.embeddings
+    # dynamic tables' input_dist reads and grows their hash index: it stays on the step's stream
+    stream = None if emb.dynamic else side_stream(emb.weight.device, cfg.train.pipelined)
+    pipeline = SparseDistPipeline(batches, emb.input_dist, cfg.train.pipelined, stream)
+    # the id range check reads its device-side flag at log steps (the error names the step)
+    emb.ids.defer(first_step)
     try:
         for step, (batch, sparse_dist) in enumerate(pipeline, start=first_step + 1):
             if profiler is not None:
@@ -91,9 +99,14 @@ def train_loop(
             # side-stream copy time, overlapped with compute on GPU
             timer.add("h2d", batches.h2d_ms)
             dense_lr, sparse_lr = apply_lr(step, cfg, parts.optimizer, parts.embeddings)
-            loss = train_step(parts, batch, sparse_dist, timer, before_backward)
+            loss = train_step(
+                parts, batch, sparse_dist, timer, before_backward, pipeline.start_next
+            )
+            if step % cfg.run.log_every == 0 or step == cfg.train.steps:
+                emb.raise_bad_ids()
             if profiler is not None:
                 profiler.after_step(step)
             yield StepResult(step, loss, dense_lr, sparse_lr)
     finally:
         batches.close()
+        emb.ids.deferred = False  # batches checked outside this loop raise at once

@@ -10,6 +10,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from embedding.byte_model import MemoryBytes
 from models.flops import dense_flops_per_sample
 from training.build import Parts
 from training.config import Config, to_dict
@@ -61,6 +62,8 @@ class RunMetrics:
         self.warmup_stages: dict[str, float] = {}
         self.measured_start: float | None = None
         self.measured_memory_bytes = 0
+        # embedding.byte_model.MemoryBytes of each step of the window, and whether it is measured
+        self.window_memory: list = []
         self.end = None
         self.last_window_loss = float("nan")
         self.history: list[dict] = []  # every metrics line
@@ -70,7 +73,8 @@ class RunMetrics:
 
     def _new_window(self) -> None:
         self.window_losses: list[torch.Tensor] = []
-        self.window_bytes = self.window_memory_bytes = 0
+        self.window_bytes = 0
+        self.window_memory = []
         self.window_start = time.perf_counter()
 
     def step_done(self, result: StepResult) -> None:
@@ -78,9 +82,7 @@ class RunMetrics:
         emb, step = self.parts.embeddings, result.step
         self.window_losses.append(result.loss)
         self.window_bytes += emb.last_exchange_bytes
-        self.window_memory_bytes += emb.last_memory_bytes
-        if self.measured_start is not None:
-            self.measured_memory_bytes += emb.last_memory_bytes
+        self.window_memory.append((self.measured_start is not None, emb.last_memory_bytes))
         if step - self.first_step == self.unmeasured:
             self.env.synchronize()
             self.measured_start = time.perf_counter()
@@ -111,7 +113,10 @@ class RunMetrics:
         step_ms = elapsed * 1e3 / n
         self.last_window_loss = float(losses.mean())
         sps = n * self.cfg.train.global_batch_size / elapsed
-        emb_bps = self.window_memory_bytes / elapsed  # this rank's embedding kernels
+        measured = MemoryBytes.total([b for m, b in self.window_memory if m])
+        self.measured_memory_bytes += measured
+        window_bytes = measured + MemoryBytes.total([b for m, b in self.window_memory if not m])
+        emb_bps = window_bytes / elapsed  # this rank's embedding kernels
         utilization = mfu(self.flops.training, sps / env.world_size, env.device, self.dtype)
         line = {
             "step": step,

@@ -1,6 +1,7 @@
 """Bad input: the per-table out-of-range id policy ("error" / "modulo"), and dataset batches checked like
 synthetic ones (NaN/inf dense, labels outside [0, 1]) with the file, row and byte offset named."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -344,3 +345,29 @@ def test_truncated_file_and_bad_metadata_name_the_file(tmp_path):
     meta_path.write_bytes(b'{"format": "\xff"}')
     with pytest.raises(DatasetError, match=rf"^{meta_path}: not UTF-8 text \(byte offset 12\)"):
         BinaryDataset(tmp_path / "ds")
+
+
+def test_training_reads_the_id_check_at_log_steps_and_names_the_step(toml):
+    """In training the range check costs no host sync: the first bad id is kept on the device and raised at the
+    next log step, naming the step it came in, its feature, table, sample and id."""
+    cfg, parts = load_parts(["--config", toml, "--train.steps", "6", "--run.log_every", "4"])
+    batches = list(host_batches(cfg))
+    sparse = batches[2].sparse  # step 3
+    f = sparse.keys.index("shared_b")
+    lengths = sparse.lengths()[f * sparse.batch_size : (f + 1) * sparse.batch_size]
+    sample = int(lengths.nonzero()[1])  # the second sample with a value
+    values = sparse.values.clone()
+    values[int(sparse.offsets[f * sparse.batch_size + sample])] = 23
+    batches[2] = Batch(
+        batches[2].dense, batches[2].labels, dataclasses.replace(sparse, values=values)
+    )
+    steps = []
+    with pytest.raises(
+        ValueError,
+        match=rf"^step 3: feature 'shared_b' \(table 'shared', 23 rows\): sample {sample} has id 23 outside",
+    ):
+        train_losses(cfg, parts, batches=batches, after_step=lambda r: steps.append(r.step))
+    assert steps == [1, 2, 3]  # raised in step 4, a log step, before it was handed out
+    # outside training the check is immediate
+    with pytest.raises(ValueError, match=r"^feature 'shared_b'"):
+        parts.embeddings.input_dist(batches[2].sparse)
