@@ -216,7 +216,7 @@ def _probe_ddp(probe: Probe, all_reduce) -> None:
     """DDP's gradient all-reduce through a timed comm hook; its forward's collectives (bucket rebuild and
     buffer broadcast, made in C++ by DistributedDataParallel._pre_forward) as one collective."""
     ddp = torch.nn.parallel.DistributedDataParallel
-    ddp_init, pre_forward = ddp.__init__, ddp._pre_forward
+    ddp_init, pre_forward = ddp.__init__, getattr(ddp, "_pre_forward", None)
 
     def probed_ddp_init(self, *args, **kwargs):
         ddp_init(self, *args, **kwargs)
@@ -226,7 +226,11 @@ def _probe_ddp(probe: Probe, all_reduce) -> None:
         with probe.collective("ddp_pre_forward", 0):
             return pre_forward(self, *args, **kwargs)
 
-    ddp.__init__, ddp._pre_forward = probed_ddp_init, probed_pre_forward
+    ddp.__init__ = probed_ddp_init
+    if (
+        pre_forward is not None
+    ):  # a torch without it: a collective there ends in the lock's timeout error
+        ddp._pre_forward = probed_pre_forward
 
 
 def _device_sync():

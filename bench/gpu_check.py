@@ -33,6 +33,8 @@ import shutil
 import sys
 import time
 
+# the budget counts from here, before torch's import: end to end is what the lent machine's time sees
+STARTED = time.monotonic()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -145,7 +147,8 @@ def _out_dir(args, use_cuda: bool, date: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.monotonic()
+    # run as a script: since the process started; called again (the tests): since this call
+    started = STARTED if argv is None else time.monotonic()
     args, groups = parse_args(argv)
     use_cuda = args.device == "cuda" or (
         args.device == "auto" and not args.quick and torch.cuda.is_available()

@@ -27,8 +27,8 @@ Defaults (H100 SXM, NVLink 4 + NVSwitch, one 400 Gb/s NDR NIC per GPU), bytes/s:
   (https://github.com/NVIDIA/nccl-tests/issues/290); an all-to-all does not aggregate several NICs
   (https://github.com/NVIDIA/nccl-tests/issues/267), hence one NIC per GPU.
 - latency per collective: no published H100 figure found; assumed 30 us on NVLink, 60 us across nodes.
-The local work holds the probe's extra device syncs and the other ranks' lock hand-offs are not in it, so
-the projection errs slow on local work, and fast wherever NCCL falls short of the busbw above.
+The local work includes the probe's extra device syncs (the lock hand-offs are counted as communication),
+so the projection errs slow on local work, and fast wherever NCCL falls short of the figures above.
 """
 
 from __future__ import annotations
