@@ -43,12 +43,12 @@ def _kernels_section(kernels: list[dict]) -> list[str]:
         "Byte models (what each GB/s counts) and workloads, per benchmark:",
         "",
     ]
-    seen = set()
+    ops = {}  # (bench, byte model) -> the operations it counts, in order
     for k in kernels:
-        op = k["impl"].split(":")[0]
-        if (k["bench"], op) not in seen:
-            seen.add((k["bench"], op))
-            lines.append(f"- {k['bench']} / {op}: {k.get('byte_model', '?')}")
+        op_list = ops.setdefault((k["bench"], k.get("byte_model", "?")), [])
+        if k["impl"].split(":")[0] not in op_list:
+            op_list.append(k["impl"].split(":")[0])
+    lines += [f"- {bench} / {', '.join(names)}: {model}" for (bench, model), names in ops.items()]
     for bench in dict.fromkeys(k["bench"] for k in kernels):
         workload = next(k.get("workload", "") for k in kernels if k["bench"] == bench)
         lines.append(f"- {bench} workload: {workload}")
