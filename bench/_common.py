@@ -1,12 +1,18 @@
-"""Shared pieces of the kernel microbenchmarks: timing, bandwidth, workload shapes, result log.
+"""Shared pieces of the kernel microbenchmarks: timing, bandwidth, the implementation under test, result log.
 
-Timing: on CUDA ``triton.testing.do_bench`` (warm-up excluded, quantiles 0.5/0.2/0.8). On CPU
-the Triton kernels only run under the interpreter, so CPU numbers exist to keep the scripts
-alive, not to judge the kernels: a few perf_counter repetitions after one warm-up call.
+Timing: on CUDA ``triton.testing.do_bench``: the first call (compilation, autotuning) and a warm-up are not
+timed, the L2 cache is flushed before every repetition, the device is synchronized, and the median with the
+20th/80th percentiles is kept. On CPU the Triton kernels only run under the interpreter, so CPU numbers exist
+to keep the scripts alive, not to judge the kernels: one untimed call, then the median of a few
+perf_counter repetitions.
 
-Bandwidth: every benchmark counts the bytes the operation must move at minimum (documented
-per script) and reports GB/s, % of the device's spec peak (when known) and % of a measured
-device-to-device copy, the practical ceiling.
+Bandwidth: every benchmark states its byte model (the bytes the operation must read and write at least,
+printed with the table and kept in each row) and reports GB/s, % of the device's spec peak (when known)
+and % of the measured device-to-device copy bandwidth (copy_bandwidth), the practical ceiling.
+
+Implementations: the Triton rows call the public functions of kernels/ (kernels/__init__.py), which run
+Triton on CUDA tensors; on CPU setup_interpreter sets RECFUSE_FORCE_TRITON=1 so that they run Triton under
+the interpreter. The baselines call the torch references (``X_reference``) or torch ops directly.
 """
 
 import datetime
@@ -33,51 +39,25 @@ PEAK_BYTES_PER_S = (
     ("A100", 2.0e12),
 )
 
-# MLPerf DLRM-DCNv2 (Criteo 1TB, max_ind_range 40M): rows and multi-hot size per table
-DLRM_ROWS = [
-    40000000,
-    39060,
-    17295,
-    7424,
-    20265,
-    3,
-    7122,
-    1543,
-    63,
-    40000000,
-    3067956,
-    405282,
-    10,
-    2209,
-    11938,
-    155,
-    4,
-    976,
-    14,
-    40000000,
-    40000000,
-    40000000,
-    590152,
-    12973,
-    108,
-    36,
-]
-DLRM_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
-
-SIZES = {
-    # CPU default: small enough for the Triton interpreter
-    "small": {"batch": 32, "rows": [1000, 50, 20000, 7], "hot": [1, 3, 2, 1], "dim": 16},
-    "medium": {"batch": 4096, "rows": DLRM_ROWS, "hot": DLRM_HOT, "dim": 128},
-    "dlrm": {"batch": 65536, "rows": DLRM_ROWS, "hot": DLRM_HOT, "dim": 128},
-}
-
 
 def setup_interpreter() -> torch.device:
-    """Pick the device; without CUDA route Triton to its interpreter (before kernels.*_triton import)."""
+    """Pick the device; without CUDA route Triton to its interpreter (before kernels.*_triton import) and
+    make the public kernels/ functions run Triton on CPU tensors (kernels/dispatch.py)."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("RECFUSE_FORCE_TRITON", "1")
     return torch.device("cpu")
+
+
+def kernel_label(tensor: torch.Tensor) -> str:
+    """What a public kernels/ function runs on this tensor: Triton (compiled or interpreted) or the
+    torch reference (RECFUSE_DISABLE_TRITON=1, or no triton)."""
+    from kernels.dispatch import use_triton
+
+    if not use_triton(tensor):
+        return "torch reference (public function)"
+    return "triton (interpreter)" if tensor.device.type == "cpu" else "triton"
 
 
 def device_name(device: torch.device) -> str:
@@ -96,10 +76,11 @@ def peak_bytes_per_s(name: str):
 
 
 def bench(fn, device: torch.device, cpu_reps: int = 5):
-    """(median, p20, p80) milliseconds of fn()."""
+    """(median, p20, p80) milliseconds of fn(), its first call excluded."""
     if device.type == "cuda":
         import triton.testing
 
+        # do_bench calls fn once untimed, flushes L2 before each rep and synchronizes around them
         return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
     fn()  # warm-up: first-call costs (allocations, interpreter setup) are not the steady state
     times = []
@@ -138,46 +119,24 @@ def git_commit() -> str:
         return "unknown"
 
 
-def make_batch(size: str, device: torch.device, seed: int = 0):
-    """Multi-hot batch in the KeyedJagged layout: fused keys [N], offsets [F*B+1], table offsets/owners.
-
-    Ids are skewed (u^3 of a uniform u) so that hot rows repeat, as with real power-law ids.
-    """
-    spec = SIZES[size]
-    gen = torch.Generator().manual_seed(seed)
-    batch, rows, hot = spec["batch"], spec["rows"], spec["hot"]
-    table_offsets = torch.tensor([0, *torch.tensor(rows).cumsum(0).tolist()], dtype=torch.int64)
-    lengths, values = [], []
-    for t, (num_rows, h) in enumerate(zip(rows, hot, strict=True)):
-        # bag lengths vary in [0, 2h]: empty bags and longer ones, mean h
-        length = torch.randint(0, 2 * h + 1, (batch,), generator=gen)
-        n = int(length.sum())
-        ids = (torch.rand(n, generator=gen) ** 3 * num_rows).long().clamp(max=num_rows - 1)
-        lengths.append(length)
-        values.append(ids + table_offsets[t])
-    lengths = torch.cat(lengths)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    return {
-        "keys": torch.cat(values).to(device),
-        "offsets": offsets.to(device),
-        "table_offsets": table_offsets.to(device),
-        "batch": batch,
-        "num_features": len(rows),
-        "dim": spec["dim"],
-    }
-
-
 class Report:
-    """Collects rows, prints a table, appends them to bench/results/kernels.jsonl."""
+    """Collects rows, prints a table with the byte models, appends the rows to bench/results/kernels.jsonl.
 
-    def __init__(self, bench_name: str, size: str, device: torch.device):
+    ``byte_models`` maps each operation (the part of an impl name before ":") to the bytes it must move,
+    in words; every row names its operation's model, so a GB/s figure always says what it counts."""
+
+    def __init__(self, bench_name: str, size: str, device: torch.device, byte_models: dict):
         self.bench_name, self.size, self.device = bench_name, size, device
+        self.byte_models = byte_models
         self.name = device_name(device)
         self.peak = peak_bytes_per_s(self.name)
         self.copy = copy_bandwidth(device)
         self.rows = []
 
     def add(self, impl: str, times_ms, num_bytes: int, note: str = ""):
+        op = impl.split(":")[0]
+        if op not in self.byte_models:
+            raise KeyError(f"{impl!r}: no byte model for {op!r} (have {sorted(self.byte_models)})")
         median, p20, p80 = times_ms
         gbps = num_bytes / (median * 1e-3) / 1e9
         self.rows.append(
@@ -192,6 +151,7 @@ class Report:
                 "ms_p20": p20,
                 "ms_p80": p80,
                 "bytes": num_bytes,
+                "byte_model": self.byte_models[op],
                 "gb_per_s": gbps,
                 "pct_peak": None if self.peak is None else 100 * gbps * 1e9 / self.peak,
                 "pct_copy": 100 * gbps * 1e9 / self.copy,
@@ -199,22 +159,32 @@ class Report:
             }
         )
 
-    def finish(self, extra: str = ""):
+    def finish(self, workload: str = ""):
         peak = "unknown" if self.peak is None else f"{self.peak / 1e9:.0f} GB/s"
         print(
             f"{self.bench_name} [{self.size}] on {self.name}: spec peak {peak}, "
-            f"measured copy {self.copy / 1e9:.1f} GB/s {extra}"
+            f"measured copy {self.copy / 1e9:.1f} GB/s (read + write)"
         )
-        header = f"{'impl':<44} {'median ms':>10} {'p20':>9} {'p80':>9} {'MB':>9} {'GB/s':>8} {'%peak':>6} {'%copy':>6}"
+        print(f"workload: {workload}")
+        print("byte models (bytes the operation must move at least; GB/s = bytes / median time):")
+        ops_of = {}
+        for op, model in self.byte_models.items():
+            ops_of.setdefault(model, []).append(op)
+        for model, ops in ops_of.items():
+            print(f"  {', '.join(ops)}: {model}")
+        header = (
+            f"{'impl':<52} {'median ms':>10} {'p20':>9} {'p80':>9} {'MB':>9} {'GB/s':>8} "
+            f"{'%peak':>6} {'%copy':>6}"
+        )
         print(header)
         print("-" * len(header))
         for r in self.rows:
             pct = "-" if r["pct_peak"] is None else f"{r['pct_peak']:.1f}"
             print(
-                f"{r['impl']:<44} {r['ms_median']:>10.3f} {r['ms_p20']:>9.3f} {r['ms_p80']:>9.3f} "
+                f"{r['impl']:<52} {r['ms_median']:>10.3f} {r['ms_p20']:>9.3f} {r['ms_p80']:>9.3f} "
                 f"{r['bytes'] / 1e6:>9.3f} {r['gb_per_s']:>8.2f} {pct:>6} {r['pct_copy']:>6.1f}  {r['note']}"
             )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
             for r in self.rows:
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps({**r, "workload": workload}) + "\n")

@@ -6,7 +6,7 @@ keys and then tombstones them again (one K-element scatter, counted in the time)
 table.
 
 Implementations:
-- triton find_or_insert (kernels/hash_table_triton.py; interpreted on CPU);
+- the public kernels.find_or_insert: Triton on CUDA (kernels/hash_table_triton.py), interpreted on CPU;
 - its torch reference (vectorized probing rounds, one host sync per round);
 - torch.unique baseline: a dynamic table kept as a sorted key array, find-or-insert as
   torch.unique(cat(table keys, batch keys), return_inverse=True) (a sort of S + K keys per step).
@@ -25,14 +25,19 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench._common import Report, bench, setup_interpreter  # noqa: E402
+from bench._common import Report, bench, kernel_label, setup_interpreter  # noqa: E402
 
 DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
-from kernels.hash_table import EMPTY, TOMBSTONE, find_or_insert, find_or_insert_reference  # noqa: E402
-from kernels.hash_table_triton import find_or_insert_triton  # noqa: E402
+from kernels import find_or_insert  # noqa: E402
+from kernels.hash_table import EMPTY, TOMBSTONE, find_or_insert_reference  # noqa: E402
+
+BYTE_MODELS = {
+    "find_or_insert": "keys read 8K + one slot read per key 8K + slots written 8K + inserted flags 1K "
+    "(the same count for every row, so GB/s compares them; keys/s in the note)"
+}
 
 # (slots, keys). "dlrm" (bench/gpu_check.py): one rank's index of a 40M-id table over 8 GPUs at half load (2^24
 # slots), and 2^20 distinct ids in a step
@@ -48,8 +53,10 @@ def workload(slots: int, num_keys: int, hit: float, device):
     gen = torch.Generator().manual_seed(0)
     held = torch.randint(0, 2**63 - 1, (slots // 2,), generator=gen, dtype=torch.int64).unique()
     table = torch.full((slots,), EMPTY, dtype=torch.int64, device=device)
-    # Triton on a GPU: the reference would take minutes at the large sizes
-    find_or_insert(table, held.to(device))
+    # Triton on a GPU (the reference would take minutes at the large sizes), the reference on CPU (the
+    # interpreter would take minutes there)
+    fill = find_or_insert if device.type == "cuda" else find_or_insert_reference
+    fill(table, held.to(device))
     old = held[torch.randperm(held.numel(), generator=gen)[: int(num_keys * hit)]]
     new = torch.randint(0, 2**63 - 1, (num_keys - old.numel(),), generator=gen, dtype=torch.int64)
     keys = torch.cat([old, new])[torch.randperm(num_keys, generator=gen)]
@@ -87,22 +94,24 @@ def main():
     def unique_baseline():
         return torch.unique(torch.cat([sorted_held, keys]), sorted=True, return_inverse=True)
 
-    report = Report("hash_table", args.size, DEVICE)
+    report = Report("hash_table", args.size, DEVICE, BYTE_MODELS)
     num_bytes = 8 * num_keys * 3 + num_keys
-    suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
     rows = (
         []
         if args.no_triton
-        else [(f"triton find_or_insert{suffix}", round_trip(find_or_insert_triton))]
+        else [(f"find_or_insert: {kernel_label(keys)}", round_trip(find_or_insert))]
     )
     rows += [
-        ("torch reference (probing rounds)", round_trip(find_or_insert_reference)),
-        ("torch.unique(table keys + batch keys)", unique_baseline),
+        ("find_or_insert: torch reference (probing rounds)", round_trip(find_or_insert_reference)),
+        ("find_or_insert: torch.unique(table keys + batch keys)", unique_baseline),
     ]
     for name, fn in rows:
         times = bench(fn, DEVICE, args.reps)
         report.add(name, times, num_bytes, note=f"{num_keys / (times[0] * 1e-3) / 1e6:.2f} Mkeys/s")
-    report.finish(f"| S={slots} slots, K={num_keys} keys, {held.numel()} held, {args.hit:.0%} hits")
+    report.finish(
+        f"S={slots:,} slots, K={num_keys:,} distinct random 63-bit keys, {held.numel():,} held, "
+        f"{args.hit:.0%} hits"
+    )
 
 
 if __name__ == "__main__":

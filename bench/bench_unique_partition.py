@@ -1,10 +1,12 @@
-"""Microbenchmark: Triton unique + partition-by-owner (direct map and hash table) vs torch.unique + argsort.
+"""Microbenchmark: unique + partition-by-owner of one rank's keys (the public kernels.unique_partition, direct
+map and hash table) vs torch.unique + argsort.
 
-Bytes counted (minimum the op must move): keys read (8N) + inverse written (8N) + unique keys
-written (8U). The map / hash table traffic of the Triton kernels is overhead, not counted.
+Workload (bench/shapes.py): one rank's batch of the size (--size dlrm: 8192 samples of MLPerf DLRM-DCNv2,
+1.75M keys), Zipf ids over the full tables (--zipf), fused into one key space (204M keys); tables of 1M
+rows or more row-wise, the rest whole tables dealt round-robin over --world-size ranks.
 
     python bench/bench_unique_partition.py                 # CPU: small, Triton interpreted
-    python bench/bench_unique_partition.py --size dlrm     # GPU: MLPerf DLRM-DCNv2 global batch
+    python bench/bench_unique_partition.py --size dlrm     # GPU: one rank's MLPerf step over 8 ranks
 """
 
 import argparse
@@ -13,14 +15,20 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench._common import SIZES, Report, bench, make_batch, setup_interpreter  # noqa: E402
+from bench._common import Report, bench, kernel_label, setup_interpreter  # noqa: E402
+from bench.shapes import SIZES, ZIPF_EXPONENT, describe, make_batch  # noqa: E402
 
 DEVICE = setup_interpreter()
 
 import torch  # noqa: E402
 
+from kernels import unique_partition  # noqa: E402
 from kernels.unique_partition import unique_partition_reference  # noqa: E402
-from kernels.unique_partition_triton import unique_partition_triton  # noqa: E402
+
+BYTE_MODELS = {
+    "unique_partition": "keys read 8N + inverse written 8N + unique keys written 8U + counts 8W; the "
+    "kernels' map or hash-table traffic is overhead, not counted"
+}
 
 
 def table_owner(num_rows: list[int], world_size: int) -> torch.Tensor:
@@ -31,55 +39,45 @@ def table_owner(num_rows: list[int], world_size: int) -> torch.Tensor:
     )
 
 
-def main():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--size", choices=list(SIZES), default="small" if DEVICE.type == "cpu" else "dlrm"
     )
     parser.add_argument("--world-size", type=int, default=8)
+    parser.add_argument("--zipf", type=float, default=ZIPF_EXPONENT, help="Zipf exponent of ids")
     parser.add_argument("--reps", type=int, default=5, help="CPU repetitions")
-    args = parser.parse_args()
+    return parser
 
-    batch = make_batch(args.size, DEVICE)
-    keys, offsets = batch["keys"], batch["table_offsets"]
-    owners = table_owner(SIZES[args.size]["rows"], args.world_size).to(DEVICE)
-    num_unique = unique_partition_reference(keys, offsets, owners, args.world_size)[0].numel()
+
+def main():
+    args = _parser().parse_args()
+    batch = make_batch(args.size, DEVICE, exponent=args.zipf)
+    keys, offsets, w = batch["keys"], batch["table_offsets"], args.world_size
+    owners = table_owner(SIZES[args.size]["rows"], w).to(DEVICE)
+    num_unique = unique_partition_reference(keys, offsets, owners, w)[0].numel()
     n = keys.numel()
-    num_bytes = 8 * n + 8 * n + 8 * num_unique
+    num_bytes = 8 * n + 8 * n + 8 * num_unique + 8 * w
 
-    report = Report("unique_partition", args.size, DEVICE)
-    suffix = " (interpreter)" if DEVICE.type == "cpu" else ""
-    key_space = sum(SIZES[args.size]["rows"])
-    report.add(
-        f"triton direct map{suffix}",
-        bench(
-            lambda: unique_partition_triton(
-                keys, offsets, owners, args.world_size, key_space=key_space
-            ),
-            DEVICE,
-            args.reps,
+    report = Report("unique_partition", args.size, DEVICE, BYTE_MODELS)
+    label = kernel_label(keys)
+    key_space = int(offsets[-1])
+    for impl, fn in (
+        (
+            f"unique_partition: {label}, direct map",
+            lambda: unique_partition(keys, offsets, owners, w, key_space=key_space),
         ),
-        num_bytes,
-    )
-    report.add(
-        f"triton hash table{suffix}",
-        bench(
-            lambda: unique_partition_triton(keys, offsets, owners, args.world_size),
-            DEVICE,
-            args.reps,
+        (
+            f"unique_partition: {label}, hash table",
+            lambda: unique_partition(keys, offsets, owners, w),
         ),
-        num_bytes,
-    )
-    report.add(
-        "torch.unique + argsort by owner",
-        bench(
-            lambda: unique_partition_reference(keys, offsets, owners, args.world_size),
-            DEVICE,
-            args.reps,
+        (
+            "unique_partition: torch.unique + argsort by owner",
+            lambda: unique_partition_reference(keys, offsets, owners, w),
         ),
-        num_bytes,
-    )
-    report.finish(f"| N={n} U={num_unique} W={args.world_size}")
+    ):
+        report.add(impl, bench(fn, DEVICE, args.reps), num_bytes)
+    report.finish(f"{describe(batch, args.size, shard=False)}, U={num_unique:,} W={w}")
 
 
 if __name__ == "__main__":

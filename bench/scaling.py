@@ -1,291 +1,261 @@
-"""Project samples/s from one measured run to W GPUs on a node and across nodes (weak scaling).
+"""Project samples/s at W = 2, 4, 8 GPUs on one node and 2 x 8 across two, from a measured W > 1 run.
 
-    python bench/scaling.py                            # the built-in example step (not a measurement)
-    python bench/scaling.py --measured runs/x/summary.json --alltoall-jsonl bench/results/alltoall.jsonl
+    python bench/local_work.py --nproc 2 --out DIR -- --config configs/tiny.toml   # measure (CPU or 1 GPU)
+    python bench/scaling.py --run DIR [--baseline W1_RUN/summary.json]              # project
 
-Model of one step (per-GPU batch fixed, so every local stage keeps its measured time), over
-train.py's stages (training.stages.STAGES, the summary.json "stage_ms" keys):
-  step = local + alltoall + exposed allreduce
-  local      = every stage but h2d (a side-stream copy, overlapped on GPU)
-  alltoall   = exchange_bytes_per_rank * (n-1)/n / alltoall_busbw      (nccl-tests busbw definition)
-  allreduce  = 2(n-1)/n * allreduce_bytes / allreduce_busbw           (ring all-reduce)
-  exposed allreduce = max(dense_bwd, allreduce) - dense_bwd with overlap (DDP all-reduces buckets
-                      during the dense backward), allreduce without
-  samples/s  = n * local_batch / step
-The measured stage times must exclude communication, i.e. come from a 1-GPU run: there the
-exchange stages (input_dist, output_dist, grad_dist) hold only their local work (dedup, pooling
-and its backward, merging) and dense_bwd no all-reduce; the exchanges are added back from bytes
-and bandwidth. From a W > 1 run they would be counted twice.
-
-Across nodes (G GPUs per node, one NIC of inter_node_bw per GPU): of each rank's all-to-all buffer,
-(G-1)/W stays on the node and (W-G)/W crosses the network, both at once, so the slower part sets the
-time; a ring all-reduce over all W ranks runs at its slowest link, min(intra busbw, NIC). NCCL's
-tree/NVLS algorithms can beat the ring, so the all-reduce projection is conservative.
+A projection, not a measurement. One step of a rank at W (per-GPU batch fixed: weak scaling) is
+  step = local work + all-to-alls + all-reduce of replicated tables + exposed dense all-reduce
+- local work: per stage (training.stages.STAGES but h2d, a side-stream copy), the stage time minus its
+  communication, measured with W_m > 1 ranks on one machine (bench/local_work.py: every W > 1 step's work,
+  dedup, exchange bookkeeping, unfused backward, merging, the largest over ranks) and taken as the same at
+  every W: the per-rank batch, its distinct ids and the rows an owner serves do not grow with W.
+- all-to-alls: the off-rank bytes of the embedding byte model at W_m (summary.json exchange_bytes_per_rank,
+  embedding/byte_model.py, less the replicated tables' all-reduce) give each rank's send buffer
+  S = bytes * W_m / (W_m - 1); at W, (W-1)/W of it crosses a link (nccl-tests' busbw definition):
+  time = calls * latency + S (W-1)/W / busbw. Across nodes (G GPUs per node, one NIC each), (G-1)/W of S
+  goes over NVLink and (W-G)/W over the NIC at once: S * max((G-1)/W / busbw, (W-G)/W / NIC).
+- all-reduces (ring): calls * latency + 2 (W-1)/W * bytes / busbw; across nodes the ring runs at
+  min(NVLink busbw, NIC). The dense one overlaps at most ``--overlap`` of the dense backward (default 0:
+  fully exposed). calls: the collectives per step the probe counted (DDP buckets included).
+Defaults (H100 SXM, NVLink 4 + NVSwitch, one 400 Gb/s NDR NIC per GPU), bytes/s:
+- NVLink busbw 370 GB/s for all-to-all and all-reduce: per the NCCL team, NCCL's effective NVLink
+  bandwidth on H100 after protocol overhead (~20% under the 450 GB/s line rate), seen as the busbw of
+  collectives other than all-reduce and of ring all-reduce; NVLink SHARP all-reduce reaches ~480 GB/s
+  busbw, at large (GB) buffers only, and the step's buffers are MBs
+  (NVIDIA/nccl-tests#212, https://github.com/NVIDIA/nccl-tests/issues/212).
+- NIC 46 GB/s: the low end of the 46-48 GB/s the NCCL team expects per 400 Gb/s NDR NIC
+  (https://github.com/NVIDIA/nccl-tests/issues/290); an all-to-all does not aggregate several NICs
+  (https://github.com/NVIDIA/nccl-tests/issues/267), hence one NIC per GPU.
+- latency per collective: no published H100 figure found; assumed 30 us on NVLink, 60 us across nodes.
+The local work includes the probe's extra device syncs (the lock hand-offs are counted as communication),
+so the projection errs slow on local work, and fast wherever NCCL falls short of the figures above.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from training.stages import EXCHANGE_STAGES, OVERLAPPED_STAGES, STAGES  # noqa: E402
 
-# a step's exchange is this many all-to-alls (ids, rows, gradients): a measured busbw is read at 1/3 of its bytes
-ALLTOALLS_PER_STEP = 3
-
-# An illustrative DCN-v2 step on one GPU (NOT a measurement): replace it with --measured.
-EXAMPLE = {
-    "stage_ms": {
-        "data_wait": 0.5,
-        "h2d": 0.5,
-        "input_dist": 2.0,
-        "lookup": 4.0,
-        "output_dist": 3.0,
-        "dense_fwd": 7.0,
-        "dense_bwd": 13.0,
-        "grad_dist": 2.0,
-        "sparse_update": 2.0,
-        "dense_optimizer": 2.0,
-    },
-    # local batch 8192, 26 features x 128 dims fp32 pooled rows out and gradients back, plus int64 ids
-    "exchange_bytes_per_rank": 2 * 8192 * 26 * 128 * 4 + 8192 * 26 * 8,
-    "allreduce_bytes": 16_044_545 * 4,  # MLPerf DCN-v2 dense parameters x fp32
-    "local_batch": 8192,
+LABEL = "projection, not a measurement"
+# defaults, cited in the module docstring: bytes/s, seconds, GPUs
+LINK_DEFAULTS = {
+    "nvlink_busbw": 370e9,
+    "nic_bw": 46e9,
+    "nvlink_latency": 30e-6,
+    "nic_latency": 60e-6,
+    "gpus_per_node": 8,
 }
+# (nodes, GPUs per node) of the table
+WORLDS = ((1, 2), (1, 4), (1, 8), (2, 8))
 
 
-def alltoall_ms(exchange_bytes_per_rank: float, world_size: int, busbw: float) -> float:
-    """Time of all-to-alls moving that many send-buffer bytes per rank, from nccl-tests' busbw."""
-    if world_size <= 1:
-        return 0.0
-    return exchange_bytes_per_rank * (world_size - 1) / world_size / busbw * 1e3
-
-
-def allreduce_ms(allreduce_bytes: float, world_size: int, busbw: float) -> float:
-    """Ring all-reduce time: each rank sends and receives 2(n-1)/n of the buffer."""
-    if world_size <= 1:
-        return 0.0
-    return 2.0 * (world_size - 1) / world_size * allreduce_bytes / busbw * 1e3
-
-
-def project(
-    stage_ms: dict,
-    exchange_bytes_per_rank: float,
-    allreduce_bytes: float,
-    local_batch: int,
-    world_size: int,
-    alltoall_busbw: float,
-    allreduce_busbw: float,
-    overlap: bool,
-) -> dict:
-    """Projected step for ``world_size`` GPUs at a fixed per-GPU batch. Bandwidths in bytes/s.
-
-    Returns step_ms, samples_per_s (global), samples_per_s_per_gpu, scaling_efficiency (per-GPU
-    throughput relative to the same step with no communication, i.e. W = 1), and the pieces."""
-    missing = [s for s in STAGES if s not in stage_ms]
-    if missing:
-        raise ValueError(f"stage_ms lacks {missing} (expected {STAGES})")
-    a2a = alltoall_ms(exchange_bytes_per_rank, world_size, alltoall_busbw)
-    ar = allreduce_ms(allreduce_bytes, world_size, allreduce_busbw)
-    dense_bwd = stage_ms["dense_bwd"]
-    exposed_ar = max(dense_bwd, ar) - dense_bwd if overlap else ar
-    local = sum(stage_ms[s] for s in STAGES if s not in OVERLAPPED_STAGES)
-    step = local + exposed_ar + a2a
+def inputs_from_run(directory: str) -> dict:
+    """What the projection takes from a bench/local_work.py run: local work, bytes and collectives."""
+    lw = json.load(open(os.path.join(directory, "local_work.json")))
+    if lw["world_size"] < 2:
+        raise ValueError(
+            f"{directory}: measured at W={lw['world_size']}; the W > 1 work needs W >= 2"
+        )
+    calls = {k: math.ceil(v["calls"] - 1e-6) for k, v in lw["collectives"].items()}
+    in_stage = {k: v for k, v in lw["collectives"].items() if not k.startswith("outside_stages/")}
+    replicated = sum(
+        v["bytes"]
+        for k, v in in_stage.items()
+        if k.split("/")[0] in EXCHANGE_STAGES and k.endswith("/all_reduce")
+    )
     return {
-        "world_size": world_size,
-        "local_batch": local_batch,
-        "global_batch": local_batch * world_size,
-        "alltoall_ms": a2a,
-        "allreduce_ms": ar,
-        "exposed_allreduce_ms": exposed_ar,
-        # the exchange stages' projected time: their measured local work plus the all-to-alls
-        "exchange_ms": sum(stage_ms[s] for s in EXCHANGE_STAGES) + a2a,
-        "step_ms": step,
-        "samples_per_s": world_size * local_batch / step * 1e3,
-        "samples_per_s_per_gpu": local_batch / step * 1e3,
-        "scaling_efficiency": local / step,
+        "source": directory,
+        "device": lw["device"],
+        "measured_world": lw["world_size"],
+        "measured_steps": lw["measured_steps"],
+        "device_lock": lw["device_lock"],
+        "dense_compiled": lw["dense_compiled"],
+        "local_batch": lw["local_batch"],
+        "local_stage_ms": lw["local_stage_ms"],
+        "alltoall_offrank_bytes": max(lw["exchange_bytes_per_rank"] - replicated, 0.0),
+        "alltoall_calls": sum(c for k, c in calls.items() if k in in_stage and "/all_to_all" in k),
+        "replicated_bytes": replicated,
+        "replicated_calls": sum(
+            c for k, c in calls.items() if k.split("/")[0] in EXCHANGE_STAGES and "/all_reduce" in k
+        ),
+        "allreduce_bytes": lw["allreduce_bytes"],
+        "allreduce_calls": max(calls.get("dense_bwd/ddp_allreduce", 1), 1),
     }
 
 
-def cross_node_busbw(
-    gpus_per_node: int,
-    nodes: int,
-    intra_alltoall_busbw: float,
-    intra_allreduce_busbw: float,
-    inter_node_bw: float,
-) -> tuple[float, float]:
-    """Effective (all-to-all busbw, all-reduce busbw) for ``nodes`` x ``gpus_per_node`` GPUs, bytes/s.
-    ``inter_node_bw`` is each GPU's own network bandwidth (400 Gb/s NIC = 50e9 B/s)."""
-    world = gpus_per_node * nodes
-    if nodes <= 1:
-        return intra_alltoall_busbw, intra_allreduce_busbw
-    # share of the send buffer going to other GPUs of the node
-    on_node = (gpus_per_node - 1) / world
-    off_node = (world - gpus_per_node) / world
-    seconds_per_byte = max(on_node / intra_alltoall_busbw, off_node / inter_node_bw)
-    alltoall = (world - 1) / world / seconds_per_byte
-    return alltoall, min(intra_allreduce_busbw, inter_node_bw)
+def alltoall_ms(inputs: dict, nodes: int, per_node: int, links: dict) -> float:
+    """The step's all-to-alls at nodes x per_node GPUs, from the send buffer the byte model implies."""
+    world, measured = nodes * per_node, inputs["measured_world"]
+    send = inputs["alltoall_offrank_bytes"] * measured / (measured - 1)
+    if nodes == 1:
+        seconds = send * (world - 1) / world / links["nvlink_busbw"]
+        latency = links["nvlink_latency"]
+    else:
+        on_node, off_node = (per_node - 1) / world, (world - per_node) / world
+        seconds = send * max(on_node / links["nvlink_busbw"], off_node / links["nic_bw"])
+        latency = links["nic_latency"]
+    return 1e3 * (inputs["alltoall_calls"] * latency + seconds)
 
 
-def busbw_from_jsonl(path: str, nbytes: float) -> float:
-    """busbw (bytes/s) of the newest bench/alltoall.py run at the size nearest ``nbytes``."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{path} has no results")
-    newest = max((r["date"], r["git_commit"], r["world_size"]) for r in rows)
-    run = [r for r in rows if (r["date"], r["git_commit"], r["world_size"]) == newest]
-    nearest = min(run, key=lambda r: abs(r["bytes"] - nbytes))
-    return nearest["busbw_GBps"] * 1e9
+def allreduce_ms(nbytes: float, calls: int, nodes: int, per_node: int, links: dict) -> float:
+    """Ring all-reduce of nbytes in ``calls`` collectives; across nodes the ring runs at its slowest link."""
+    world = nodes * per_node
+    busbw = links["nvlink_busbw"] if nodes == 1 else min(links["nvlink_busbw"], links["nic_bw"])
+    latency = links["nvlink_latency"] if nodes == 1 else links["nic_latency"]
+    return 1e3 * (calls * latency + 2 * (world - 1) / world * nbytes / busbw)
 
 
-def load_measured(path: str) -> dict:
-    """A JSON file with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch (summary.json keys)
-    and optionally world_size."""
-    data = json.loads(Path(path).read_text())
-    keys = ("stage_ms", "exchange_bytes_per_rank", "allreduce_bytes", "local_batch")
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}")
-    missing = [s for s in STAGES if s not in data["stage_ms"]]
-    if missing:
-        raise ValueError(f"{path}: stage_ms lacks {missing} (train.py's stages are {STAGES})")
-    return {k: data[k] for k in (*keys, "world_size") if k in data}
+def project(inputs: dict, nodes: int, per_node: int, links: dict, overlap: float = 0.0) -> dict:
+    """The projected step at nodes x per_node GPUs; ``overlap``: the share of the dense backward that can
+    hide the dense all-reduce (0: none)."""
+    local = inputs["local_stage_ms"]
+    local_ms = sum(local[s] for s in STAGES if s not in OVERLAPPED_STAGES)
+    a2a = alltoall_ms(inputs, nodes, per_node, links)
+    replicated = allreduce_ms(
+        inputs["replicated_bytes"], inputs["replicated_calls"], nodes, per_node, links
+    )
+    dense = allreduce_ms(
+        inputs["allreduce_bytes"], inputs["allreduce_calls"], nodes, per_node, links
+    )
+    exposed = max(dense - overlap * local["dense_bwd"], 0.0)
+    step = local_ms + a2a + replicated + exposed
+    world = nodes * per_node
+    return {
+        "nodes": nodes,
+        "world_size": world,
+        "local_ms": local_ms,
+        "alltoall_ms": a2a,
+        "replicated_allreduce_ms": replicated,
+        "dense_allreduce_ms": dense,
+        "exposed_allreduce_ms": exposed,
+        "step_ms": step,
+        "samples_per_s": world * inputs["local_batch"] / step * 1e3,
+        "samples_per_s_per_gpu": inputs["local_batch"] / step * 1e3,
+    }
+
+
+def baseline_from(path: str, local_batch: int) -> dict:
+    """A W = 1 run's summary.json: its samples/s per GPU, if it had the same per-GPU batch."""
+    s = json.load(open(path))
+    if s["world_size"] != 1 or s["local_batch"] != local_batch:
+        raise ValueError(
+            f"{path}: W={s['world_size']}, batch {s['local_batch']}; the baseline must be a W = 1 run "
+            f"at the projected per-GPU batch {local_batch}"
+        )
+    return {"path": path, "samples_per_s": s["samples_per_sec"], "device": s["device"]}
+
+
+def format_inputs(inputs: dict, links: dict, overlap: float) -> list[str]:
+    """The inputs of the projection, each with where it came from."""
+    local = inputs["local_stage_ms"]
+    stages = ", ".join(f"{s} {local[s]:.3f}" for s in STAGES if s not in OVERLAPPED_STAGES)
+    return [
+        f"Inputs ({LABEL}):",
+        f"- local work, ms per step (measured: {inputs['source']}, W={inputs['measured_world']} ranks on "
+        f"one {inputs['device']}, {inputs['measured_steps']} steps after warm-up, device lock "
+        f"{'on' if inputs['device_lock'] else 'off'}, dense compile {inputs['dense_compiled']}): {stages}",
+        f"- per-GPU batch {inputs['local_batch']} (weak scaling); h2d not counted (side stream)",
+        *(
+            [
+                "- the local work was measured on a CPU: paired with GPU links, only the arithmetic holds"
+            ]
+            if inputs["device"] == "cpu"
+            else []
+        ),
+        f"- all-to-all: {inputs['alltoall_offrank_bytes'] / 1e6:.3f} MB off-rank per step at W="
+        f"{inputs['measured_world']} (embedding byte model), {inputs['alltoall_calls']} calls per step",
+        f"- all-reduce: replicated tables {inputs['replicated_bytes'] / 1e6:.3f} MB in "
+        f"{inputs['replicated_calls']} calls; dense gradients {inputs['allreduce_bytes'] / 1e6:.3f} MB in "
+        f"{inputs['allreduce_calls']} DDP buckets, overlapping {overlap:.0%} of the dense backward",
+        f"- links (assumed, sources in bench/scaling.py): NVLink busbw {links['nvlink_busbw'] / 1e9:.0f} GB/s, "
+        f"NIC {links['nic_bw'] / 1e9:.0f} GB/s per GPU, latency {links['nvlink_latency'] * 1e6:.0f} us "
+        f"(NVLink) / {links['nic_latency'] * 1e6:.0f} us (across nodes) per collective, "
+        f"{links['gpus_per_node']} GPUs per node",
+    ]
+
+
+def format_table(rows: list[dict], baseline: dict | None) -> list[str]:
+    """Markdown table of the projected steps; every number in it is projected, none measured."""
+    vs = f"vs W=1 measured ({baseline['samples_per_s']:,.0f}/s)" if baseline else "vs W=1"
+    lines = [
+        f"Projected step ({LABEL}):",
+        "",
+        f"| GPUs | local ms | all-to-all ms | replicated all-reduce ms | dense all-reduce ms (exposed) | "
+        f"step ms | samples/s | samples/s per GPU | per GPU {vs} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gpus = (
+            f"{r['world_size']}"
+            if r["nodes"] == 1
+            else f"{r['nodes']} x {r['world_size'] // r['nodes']}"
+        )
+        ratio = f"{r['samples_per_s_per_gpu'] / baseline['samples_per_s']:.1%}" if baseline else "-"
+        lines.append(
+            f"| {gpus} | {r['local_ms']:.3f} | {r['alltoall_ms']:.3f} | {r['replicated_allreduce_ms']:.3f} | "
+            f"{r['dense_allreduce_ms']:.3f} ({r['exposed_allreduce_ms']:.3f}) | {r['step_ms']:.3f} | "
+            f"{r['samples_per_s']:,.0f} | {r['samples_per_s_per_gpu']:,.0f} | {ratio} |"
+        )
+    return lines
+
+
+def projection_report(run_dir: str, links: dict, overlap: float = 0.0, baseline: str = "") -> str:
+    """The whole projection as markdown: inputs, then the table for WORLDS."""
+    inputs = inputs_from_run(run_dir)
+    base = baseline_from(baseline, inputs["local_batch"]) if baseline else None
+    worlds = [(n, g) for n, g in WORLDS if g <= links["gpus_per_node"]]
+    rows = [project(inputs, n, g, links, overlap) for n, g in worlds]
+    return "\n".join([*format_inputs(inputs, links, overlap), "", *format_table(rows, base)])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--run", required=True, help="a bench/local_work.py result directory (W > 1)")
     p.add_argument(
-        "--measured",
-        default="",
-        help="JSON with stage_ms, exchange_bytes_per_rank, allreduce_bytes, local_batch",
+        "--baseline", default="", help="summary.json of a W = 1 run at the same per-GPU batch"
     )
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--max-nodes", type=int, default=8)
+    d = LINK_DEFAULTS
     p.add_argument(
-        "--alltoall-busbw", type=float, default=300.0, help="intra-node all-to-all busbw, GB/s"
+        "--nvlink-busbw", type=float, default=d["nvlink_busbw"] / 1e9, help="GB/s, all collectives"
     )
+    p.add_argument("--nic-gbps", type=float, default=d["nic_bw"] * 8 / 1e9, help="Gb/s per GPU")
     p.add_argument(
-        "--alltoall-jsonl",
-        default="",
-        help="take the all-to-all busbw from bench/alltoall.py results instead",
+        "--nvlink-latency-us", type=float, default=d["nvlink_latency"] * 1e6, help="per collective"
     )
     p.add_argument(
-        "--allreduce-busbw", type=float, default=400.0, help="intra-node all-reduce busbw, GB/s"
+        "--nic-latency-us", type=float, default=d["nic_latency"] * 1e6, help="across nodes"
     )
+    p.add_argument("--gpus-per-node", type=int, default=d["gpus_per_node"])
     p.add_argument(
-        "--inter-node-gbps", type=float, default=400.0, help="network bandwidth per GPU, Gb/s"
-    )
-    p.add_argument(
-        "--no-overlap", action="store_true", help="all-reduce does not overlap dense backward"
-    )
-    p.add_argument(
-        "--exchange-bytes",
+        "--overlap",
         type=float,
-        default=None,
-        help="all-to-all bytes per rank per step (a W=1 run sends none off-rank: take them from a W>1 "
-        "run's summary.json exchange_bytes_per_rank)",
+        default=0.0,
+        help="share of the dense backward hiding the all-reduce",
     )
     return p.parse_args(argv)
 
 
-def print_assumptions(args, measured: dict, exchange: float, links: tuple, overlap: bool) -> None:
-    """What the projection takes as given: the measured step, bytes, bandwidths and overlap."""
-    a2a_bw, ar_bw, inter_bw = links
-    print("Assumptions:")
-    print(
-        f"  measured step: {args.measured or 'built-in EXAMPLE (illustrative, not a measurement)'}"
-    )
-    print(
-        "  stage ms (communication excluded): "
-        + ", ".join(f"{k}={measured['stage_ms'][k]:g}" for k in STAGES)
-    )
-    if measured.get("world_size", 1) > 1:
-        print(
-            f"  WARNING: measured at W={measured['world_size']}: its {', '.join(EXCHANGE_STAGES)} "
-            "and dense_bwd already "
-            "hold communication, which the projection adds again; measure at W=1"
-        )
-    print(
-        f"  not counted (side stream, overlapped with the step on GPU): {', '.join(OVERLAPPED_STAGES)}"
-    )
-    print(f"  local batch {measured['local_batch']} per GPU, fixed (weak scaling)")
-    if exchange == 0:
-        print(
-            "  WARNING: no all-to-all bytes (a W=1 run sends none off-rank); give --exchange-bytes"
-        )
-    print(f"  all-to-all bytes per rank per step {exchange / 1e6:.3f} MB", end="")
-    print(f"; all-reduce bytes (dense params x 4) {measured['allreduce_bytes'] / 1e6:.3f} MB")
-    print(
-        f"  intra-node busbw: all-to-all {a2a_bw / 1e9:.1f} GB/s, all-reduce {ar_bw / 1e9:.1f} GB/s (ring)"
-    )
-    print(
-        f"  inter-node: {args.inter_node_gbps:g} Gb/s = {inter_bw / 1e9:.1f} GB/s per GPU, "
-        f"{args.gpus_per_node} GPUs per node"
-    )
-    print(
-        f"  all-reduce {'overlaps' if overlap else 'does not overlap'} the dense backward; other stages are serial"
-    )
-
-
-def worlds(gpus_per_node: int, max_nodes: int) -> list[tuple[int, int]]:
-    """(nodes, GPUs per node) of the table: 1, 2, 4, 8 GPUs on one node, then 2, 4, ... full nodes."""
-    out = [(1, w) for w in (1, 2, 4, 8) if w <= gpus_per_node]
-    nodes = 2
-    while nodes <= max_nodes:
-        out.append((nodes, gpus_per_node))
-        nodes *= 2
-    return out
-
-
-def print_projections(args, measured: dict, exchange: float, links: tuple, overlap: bool) -> None:
-    """The projected step, throughput and efficiency at each world size."""
-    print(
-        f"{'nodes':>5} {'GPUs':>5} {'a2a GB/s':>9} {'ar GB/s':>8} {'a2a ms':>8} {'ar ms':>8}",
-        end="",
-    )
-    print(f" {'step ms':>8} {'samples/s':>12} {'eff':>6}")
-    for n_nodes, per_node in worlds(args.gpus_per_node, args.max_nodes):
-        a2a, ar = cross_node_busbw(per_node, n_nodes, *links)
-        r = project(
-            measured["stage_ms"],
-            exchange,
-            measured["allreduce_bytes"],
-            measured["local_batch"],
-            n_nodes * per_node,
-            a2a,
-            ar,
-            overlap,
-        )
-        print(
-            f"{n_nodes:>5} {r['world_size']:>5} {a2a / 1e9:>9.1f} {ar / 1e9:>8.1f} {r['alltoall_ms']:>8.2f} "
-            f"{r['allreduce_ms']:>8.2f} {r['step_ms']:>8.2f} {r['samples_per_s']:>12.0f} "
-            f"{r['scaling_efficiency']:>6.1%}"
-        )
+def links_from(args: argparse.Namespace) -> dict:
+    return {
+        "nvlink_busbw": args.nvlink_busbw * 1e9,
+        "nic_bw": args.nic_gbps * 1e9 / 8,
+        "nvlink_latency": args.nvlink_latency_us * 1e-6,
+        "nic_latency": args.nic_latency_us * 1e-6,
+        "gpus_per_node": args.gpus_per_node,
+    }
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    measured = load_measured(args.measured) if args.measured else EXAMPLE
-    exchange = (
-        measured["exchange_bytes_per_rank"] if args.exchange_bytes is None else args.exchange_bytes
-    )
-    a2a_bw = (
-        busbw_from_jsonl(args.alltoall_jsonl, exchange / ALLTOALLS_PER_STEP)
-        if args.alltoall_jsonl
-        else args.alltoall_busbw * 1e9
-    )
-    # bytes/s: intra-node all-to-all and all-reduce busbw, each GPU's network bandwidth
-    links = (a2a_bw, args.allreduce_busbw * 1e9, args.inter_node_gbps * 1e9 / 8)
-    overlap = not args.no_overlap
-    print_assumptions(args, measured, exchange, links, overlap)
-    print()
-    print_projections(args, measured, exchange, links, overlap)
+    print(projection_report(args.run, links_from(args), args.overlap, args.baseline))
 
 
 if __name__ == "__main__":
