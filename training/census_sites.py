@@ -84,7 +84,6 @@ class HostTensors:
         self.patches = patches
         self.on_copy = on_copy or (lambda name, direction, site: None)
         self._tensors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self.from_python = 0  # > 0 while torch.tensor / as_tensor / new_tensor runs in this thread
 
     def add(self, tensor) -> None:
         if isinstance(tensor, torch.Tensor):
@@ -126,11 +125,7 @@ class HostTensors:
                 return original(data, *args, **kwargs)
             positional = args[1] if name == "as_tensor" and len(args) > 1 else None
             device = kwargs.get("device", positional)
-            self.from_python += 1
-            try:
-                out = original(data, *args, **kwargs)
-            finally:
-                self.from_python -= 1
+            out = original(data, *args, **kwargs)
             host_source = not isinstance(data, torch.Tensor) or self.has(data)
             if device is None:
                 if host_source:
@@ -152,13 +147,9 @@ class HostTensors:
 
     def _new_tensor(self, original):
         def wrapper(tensor, data, *args, **kwargs):
+            out = original(tensor, data, *args, **kwargs)
             if not self.patches.mine():
-                return original(tensor, data, *args, **kwargs)
-            self.from_python += 1
-            try:
-                out = original(tensor, data, *args, **kwargs)
-            finally:
-                self.from_python -= 1
+                return out
             if kwargs.get("device") is None and self.has(tensor):
                 self.add(out)
             else:

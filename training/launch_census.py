@@ -125,10 +125,7 @@ class LaunchCensus:
         tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.host.all_host(tensors):
             return  # runs on the CPU in a CUDA run too
-        if name == "lift_fresh":
-            # torch.tensor(data): a memcpy; a Python scalar set into a tensor: a fill kernel
-            launches = 0 if self.host.from_python else 1
-        elif name == "copy_" and any(self.host.has(t) for t in args[:2]):
+        if name == "copy_" and any(self.host.has(t) for t in args[:2]):
             launches = 0  # host<->device: a memcpy
         else:
             launches = launch_table.launches(name, args, kwargs, out)

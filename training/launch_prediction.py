@@ -114,6 +114,9 @@ def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> di
         _like(*spec) if isinstance(spec, tuple) and len(spec) == 3 else spec
         for spec in dense.inputs
     ]
+    # dynamo marks the frames it saw run under a dispatch mode (the census's) to run eagerly from then on:
+    # a fresh start (a CPU run that compiles its own dense network recompiles it once)
+    torch.compiler.reset()
     compiled = torch.compile(module)  # the default mode, as training/build.py
     census = LaunchCensus(set_aside=False, run_triton=False)
     with _triton_codegen_on_cpu():
@@ -224,7 +227,12 @@ def _replace_dense(census, dense, autocast, sites: Counter, components: Counter)
 
 def _replace_optimizer(census, sites: Counter, components: Counter) -> dict:
     optimizer = census.optimizer
-    predicted = predict_cuda_optimizer(optimizer)
+    try:
+        predicted = predict_cuda_optimizer(optimizer)
+    except Exception as e:  # an optimizer without foreach / fused: the eager ops stay
+        sites.update(census.set_aside["optimizer"])
+        components.update(census.set_aside_components["optimizer"])
+        return {"how": f"eager (no fused prediction: {type(e).__name__}: {e})"}
     kind = "fused" if type(optimizer).__name__ in FUSED_ON_CUDA else "foreach"
     for label, n in predicted.items():
         sites[f"<{kind} {type(optimizer).__name__}> {label}"] += n * census.optimizer_steps

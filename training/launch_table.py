@@ -8,8 +8,9 @@ the same layout, as in ``clone()`` of a contiguous tensor) are not launches. Mos
 reduction kernel this table does not know of); these launch none (views, metadata, allocation, host-side
 scalars) or several, as their CUDA implementations (PyTorch 2.x sources) do:
 
-- 0: views, ``empty*``, ``set_``, ``_local_scalar_dense`` (``.item()`` is a memcpy); any op whose outputs
-  are all empty;
+- 0: views, ``empty*``, ``set_``, ``_local_scalar_dense`` (``.item()`` is a memcpy), ``lift_fresh``
+  (``torch.tensor(data)``: a memcpy; ``t[i] = 3``: a CPU scalar the kernel takes by value); any op whose
+  outputs are all empty;
 - 0 or 1: ``copy_``, ``clone``, ``_to_copy``: a memcpy when dtype and dense layout match, else a copy kernel;
 - ``sort``: 2 up to 4096 elements per row (index fill + one bitonic block sort), else 3 + key bits / 8 (the
   index fill and CUB's onesweep radix sort: histogram, exclusive sum, a pass per 8 key bits);
@@ -50,7 +51,10 @@ NO_KERNEL = frozenset(
         "empty_permuted",
         *("set_", "resize_", "resize_as_", "record_stream", "is_same_size", "result_type"),
         *("_has_compatible_shallow_copy_type", "is_pinned", "_pin_memory", "_local_scalar_dense"),
-        "scalar_tensor",  # a Python scalar operand: a CPU "wrapped number" passed to the kernel by value
+        # a Python scalar operand, or a scalar set into a CUDA tensor (t[i] = 3): a CPU tensor passed to the
+        # kernel by value
+        "scalar_tensor",
+        "lift_fresh",  # also torch.tensor(data, device=...): a host->device memcpy
     }
 )
 # multi_tensor_apply (aten/src/ATen/native/cuda/MultiTensorApply.cuh), with 32 KB kernel arguments

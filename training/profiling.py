@@ -11,10 +11,15 @@ CUDA runtime/driver calls the step makes; this counts them over a few steps afte
         profiler.after_step(step)
     profiler.result   # {"steps": 5, "syncs_per_step": 2.0, "launches_per_step": 57.4, ...} on CUDA
 
-On CPU nothing waits for a device, so the profile predicts instead: HostSyncCensus lists the calls that
-would block the host on a GPU (``.item()``, ``.tolist()``, ``bool(t)``, ``nonzero``, ``torch.unique``, ...)
-with the line of code that made each (``predicted_syncs_per_step`` and ``sync_sites``);
-tests/training/test_host_syncs.py holds the training step to its budget with it.
+On CPU nothing waits for a device and nothing launches, so the profile predicts instead, per line of code
+(labelled so: ``predicted_*`` counts and a ``prediction`` note). training.census.HostSyncCensus lists the
+calls that would block the host on a GPU (``.item()``, ``.tolist()``, ``nonzero``, ``torch.unique``, pageable
+host->device copies, ...: ``predicted_syncs_per_step``, ``sync_sites``); training.launch_census.LaunchCensus
+the kernels a CUDA step would launch (aten ops weighted by their CUDA implementations, Triton kernels,
+collectives), with the dense network as torch.compile would run it and the dense optimizer fused
+(training.launch_prediction: ``predicted_launches_per_step``, ``launch_sites``, ``launch_components`` per
+training.stages stage, ``launch_method``). tests/training/test_host_syncs.py and test_launches.py hold the
+step to its budgets.
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ class StepProfiler:
         syncs.__exit__(None, None, None)
         self.result = {
             "steps": self.steps,
+            "prediction": "CPU census of what a CUDA step would do (training.census, "
+            "training.launch_census, training.launch_prediction): no device was measured",
             "predicted_syncs_per_step": sum(syncs.sites.values()) / self.steps,
             "sync_sites": {site: n / self.steps for site, n in sorted(syncs.sites.items())},
             **launch_report(launches, self.steps, self.dense_autocast, self.dense_compiled),
