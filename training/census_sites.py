@@ -41,11 +41,6 @@ class Site:
             frame = frame.f_back
 
 
-def caller_site() -> Site:
-    """The Site of the code that called into the census (the frame below the census's own)."""
-    return Site(sys._getframe(1))
-
-
 class ThreadPatches:
     """Replaces attributes of torch (functions, Tensor methods) for the duration of a census; the replacements
     act only in the thread that made the patches (``mine()``), other threads get the original behaviour."""

@@ -63,7 +63,13 @@ class LaunchCensus:
 
     set_aside: put the dense network's and torch.optim's ops in ``set_aside`` (part -> sites) instead.
     run_triton=False counts Triton launches without running them (for compiled code whose kernels need no
-    results to be counted). CPU runs only, as training.census.HostSyncCensus."""
+    results to be counted). CPU runs only, as training.census.HostSyncCensus.
+
+    What it misses: code that only runs on CUDA (``if t.is_cuda`` branches, CUDA events), kernels a library
+    adds on its own (cuBLAS split-K reductions, CUB's temporary-storage passes beyond training.launch_table,
+    NCCL's proxy work), memcpys (not launches, as torch.profiler's count in training.profiling), factory calls
+    without a device (host tensors on CUDA; counted as device launches: an upper bound), Triton autotuning
+    benchmarks, C++ extensions' own launches, and other threads (the prefetch thread's copies)."""
 
     def __init__(self, set_aside: bool = True, run_triton: bool = True):
         self.sites: Counter = Counter()
