@@ -108,9 +108,12 @@ def build(cfg: Config, env: DistContext) -> Parts:
     dense = dense.to(env.device)
     cuda = env.device.type == "cuda"
     # broadcast_buffers=False: the dense network's buffers (the interaction's index tensors) never
-    # change, so DDP need not broadcast them from rank 0 before every forward
+    # change, so DDP need not broadcast them from rank 0 before every forward;
+    # gradient_as_bucket_view: the backward writes gradients straight into DDP's all-reduce buckets
+    # (no copy per parameter)
+    ddp = dict(broadcast_buffers=False, gradient_as_bucket_view=True)
     model = (
-        DDP(dense, device_ids=[env.device.index] if cuda else None, broadcast_buffers=False)
+        DDP(dense, device_ids=[env.device.index] if cuda else None, **ddp)
         if env.world_size > 1
         else dense
     )

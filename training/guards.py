@@ -89,10 +89,10 @@ class LossGuard:
         self.steps_done = step
         # skipped steps changed nothing: their loss is no reason to stop
         if not self.cfg.train.skip_nonfinite_loss:
-            self._first_bad = torch.where(
-                torch.isfinite(loss) | (self._first_bad != self._never),
-                self._first_bad,
-                torch.tensor(step, device=self._first_bad.device),
+            # steps only grow: the minimum keeps the first (a scalar argument, not a host->device copy);
+            # loss * 0 is 0 exactly when the loss is finite (two kernels; isfinite takes four)
+            self._first_bad = torch.minimum(
+                self._first_bad, torch.where(loss * 0 == 0, self._never, step)
             )
         inject_fault(self.cfg, self.env.rank, step)
 

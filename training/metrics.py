@@ -45,8 +45,14 @@ class RunMetrics:
         self.timer = StageTimer(env.device)  # stage names: training.stages.STAGES
         # steps excluded from samples/s: warm-up, then the profiled ones (the profiler slows them)
         self.unmeasured = cfg.train.warmup_steps + cfg.run.profile_steps
+        # on CPU the launch census predicts the dense network as a CUDA run would run it: compiled
+        # unless model.compile is "off", under bf16 autocast when train.bf16
         self.profiler = StepProfiler(
-            env.device, first_step + cfg.train.warmup_steps + 1, cfg.run.profile_steps
+            env.device,
+            first_step + cfg.train.warmup_steps + 1,
+            cfg.run.profile_steps,
+            dense_compiled=cfg.model.compile != "off",
+            dense_autocast=torch.bfloat16 if cfg.train.bf16 else None,
         )
         emb = parts.embeddings
         self.flops = dense_flops_per_sample(
