@@ -17,7 +17,8 @@ def lookup(
     """Rows of the owner's local storage: weight [R, D] (any float dtype), rows int64 [K]
     -> [K, D] in out_dtype (float32, bfloat16 or float16; None: float32). The Triton kernel reads
     each row and writes it cast in one pass (no separate cast of the [K, D] result); both paths give
-    the same bits (torch's casts: exact widening, narrowing rounded to nearest even)."""
+    the same bits (torch's casts: exact widening, narrowing rounded to nearest even; the Triton
+    interpreter alone truncates to bf16)."""
     run = by_device(weight, reference=lookup_reference, triton="gather_pool_triton.lookup_triton")
     return run(weight, rows, out_dtype)
 

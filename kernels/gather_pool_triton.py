@@ -11,8 +11,7 @@ step into a [BAGS, BLOCK_D] tile (a bag of one value, the Kaggle case, no longer
 program), accumulates in fp32 in value order (the order of the reference on a CPU: the same
 sums, bit for bit), scales mean bags by 1/len rounded to nearest as torch's division does
 (``tl.fdiv(..., ieee_rounding=True)``; a plain ``/`` compiles to an approximate division) and
-writes pooled[b, f, :] once.
-Nothing of size N x D is ever materialized.
+writes pooled[b, f, :] once. Nothing of size N x D is ever materialized.
 
 Tiles: ``common_triton.tile_rows`` rows (or bags) x BLOCK_D columns, a fixed number of values a
 thread, so fp32 and bf16 rows move as 16-byte vectors in every BLOCK_D class.

@@ -17,10 +17,12 @@ Rounding. Division and square root are IEEE round-to-nearest (``tl.sqrt_rn``, an
 ``tl.fdiv(..., ieee_rounding=True)``: ``tl.div_rn`` that broadcasts); plain ``/`` and ``tl.sqrt``
 compile to approximations on NVIDIA GPUs (div.full.f32, sqrt.approx.f32). Adam's bias corrections
 1 - beta^t are computed in float64 (the float32 ``exp2`` is an approximation, and 1 - beta^t
-cancels most of its digits at small t), within one float32 ulp of the reference's. Products
-feeding a sum may compile to fused multiply-adds, and row sums run in another order than
-torch's, so updates match the reference to a few float32 ulps, not bit for bit
-(docs/kernels.md, tests/kernels/test_optimizer_rounding.py).
+cancels most of its digits at small t) and rounded once: the reference's float32 when log2(beta)
+comes as a float64 argument, within one float32 ulp of it from a float32 one. A kernel launched
+with ``enable_fp_fusion=False`` also rounds every product as torch does (no fused multiply-adds):
+sparse_update_triton's then gives the reference's bits for SGD and Adam; row-wise Adagrad's row
+sum of g^2 runs in another order than torch's mean (docs/kernels.md "Exactness",
+tests/kernels/test_optimizer_rounding.py).
 """
 
 import math
@@ -63,8 +65,9 @@ def row_factors(row, sq, dim, m1_ptr, steps_ptr, optimizer, eps, log2_beta1, log
     """(denom, bias1, bias2) of rows ``row``, a scalar or a block (``mask``: the real ones).
 
     Adagrad: m1[row] += sq / dim (sq: sum of g^2 over the whole row); denom = sqrt(m1[row]) + eps.
-    Adam: steps[row] += 1; bias = 1 - beta^t, from exp2 in float64: log2_beta's own float32
-    rounding then moves it by at most about one float32 ulp. Factors an optimizer does not use stay 1.
+    Adam: steps[row] += 1; bias = 1 - beta^t, from exp2 in float64 (log2_beta: a float64 or float32
+    scalar; float32's rounding moves the bias by up to about one float32 ulp). Factors an optimizer
+    does not use stay 1.
     """
     denom = tl.full(row.shape, 1.0, tl.float32)
     bias1 = tl.full(row.shape, 1.0, tl.float32)
