@@ -1,7 +1,7 @@
 """Triton backward of gather_pool: gradient per unique key, sorted segment sums, no atomics.
 
 The values are stably sorted by their unique index (``inverse``) and summed per key by the segment
-kernel of kernels.pool_backward_update_triton in its write-out mode: each key's sum of its values'
+kernel (kernels.segments_triton) in its write-out mode: each key's sum of its values'
 bag gradients (times 1/len for mean features, times ``scale``) is written once to out[u] in out's
 dtype, with its number of values to lookups[u]; rows no value maps to are zeroed in the same pass.
 The sums run in value order (as the reference's index_add_), so the bits do not depend on
@@ -9,10 +9,50 @@ scheduling; no host sync (the caller passes U).
 """
 
 import torch
+import triton
+import triton.language as tl
 
-import kernels.pool_backward_update_triton as segments
-from kernels.common_triton import column_block
-from kernels.pool_backward_update_host_triton import bag_entries, check_pooled, optimizer_state
+import kernels.segments_triton as segments
+from kernels.common_triton import column_block, row_align
+from kernels.pool_backward_update_host_triton import bag_entries, check_pooled
+from kernels.segments_triton import SIZES, segment_pass
+
+
+@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=["scale_ptr", "lookups_ptr"])
+def _pool_backward_kernel(
+    keys_ptr,  # int32/int64 [N] the values' unique indices (inverse), stably sorted
+    pieces_ptr,  # int64 [N+1] first sorted value of each piece, then N (padding)
+    src_ptr,  # int64 [N] pooled-gradient row (b * F + f) of each sorted value
+    scale_ptr,  # float32 [B*F] bag scale (1/len for mean bags) by pooled-gradient row
+    scale_stride,  # 1
+    counts_ptr,  # unused (a key's lookups are its number of values)
+    has_counts,  # 0
+    grad_ptr,  # float32 [B*F, D] pooled gradient, contiguous
+    n,  # N, values
+    dim,  # D
+    partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    search_steps,  # FINISH: binary-search halvings over N values (N.bit_length())
+    out_ptr,  # [U, D] out (fp32/bf16/fp16), every row written
+    out_stride,  # elements between rows of out
+    lookups_ptr,  # int32 [U] out: each key's number of values (a scratch word: stride 0)
+    lookups_stride,  # elements between entries of lookups
+    out_scale,  # multiplies every sum (the caller's 1/W)
+    num_unique,  # U
+    FINISH: tl.constexpr,  # second pass: one lane per block, long segments from their slots
+    CHUNK: tl.constexpr,  # sorted values per block
+    SEGS: tl.constexpr,  # lanes per program (segments_triton.lanes_per_program)
+    UNROLL: tl.constexpr,  # rows a lane loads per step
+    BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,  # divides D and out_stride (row_align)
+):
+    # the optimizer's arguments are unused in this mode: out and lookups stand in for them
+    segment_pass(
+        keys_ptr, pieces_ptr, src_ptr, scale_ptr, scale_stride, counts_ptr, has_counts, grad_ptr,
+        n, dim, partial_ptr, search_steps, lookups_ptr, out_ptr, out_stride, out_ptr, out_ptr,
+        lookups_ptr, lookups_ptr, lookups_stride, lookups_ptr, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, out_scale, num_unique,
+        FINISH, True, 0, CHUNK, SEGS, UNROLL, BLOCK_D, ALIGN,
+    )  # fmt: skip
 
 
 def _check_out(out, lookups, num_unique: int, dim: int, device):
@@ -64,13 +104,10 @@ def pool_backward_triton(
     if lookups is None:  # the counts go to a scratch word
         lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
     stride = out.stride(0) if dim > 0 else 1
-    scratch = torch.empty(1, dtype=torch.int64, device=device)
-    target = segments.Target(
-        out, stride, *optimizer_state({}, device), lookups, lookups.stride(0), scratch, 0
-    )
-    hyper = (0.0,) * 8 + (scale, num_unique)
     grad = grad_pooled.float().contiguous().view(-1, dim)
-    segments.run_segments(entries, chunk, grad, target, hyper, 0, True)
+    args = (out, stride, lookups, lookups.stride(0), scale, num_unique)
+    align = row_align(dim, stride)
+    segments.run_segments(_pool_backward_kernel, entries, chunk, grad, align, args, False)
     return out
 
 

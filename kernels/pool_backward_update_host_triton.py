@@ -33,6 +33,8 @@ class Entries(NamedTuple):
 def sort_entries(keys: torch.Tensor, key_space: int, chunk: int):
     """(sorted keys, order, piece starts) of keys int64 [N >= 1] in [0, key_space)."""
     n = keys.numel()
+    if n >= 2**31:  # the kernels' positions are int32
+        raise ValueError(f"at most 2^31 - 1 entries per call, got {n}")
     # 32-bit sort keys when the keys allow it: the radix sort then makes half the passes
     narrow = keys.to(torch.int32) if key_space < 2**31 else keys
     sorted_keys, order = torch.sort(narrow, stable=True)

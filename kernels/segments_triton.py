@@ -17,10 +17,31 @@ b it covers) and is finished. Every sum runs in a fixed order: the bits do not d
 scheduling. Lanes sum their entries one after another, in entry order, as ``index_add_`` does.
 """
 
+import torch
 import triton
 import triton.language as tl
 
-from kernels.common_triton import INTERPRETED, column_mask
+from kernels.common_triton import INTERPRETED, column_block, column_mask
+from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
+
+CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
+ROWS_IN_FLIGHT = 4  # rows a program loads per step: SEGS lanes x UNROLL rows each
+NUM_WARPS = 1  # a [SEGS, BLOCK_D] tile of 128 fp32 per warp (lanes_per_program)
+# dims that reach every column class (common_triton.column_block), 1-aligned and 8-aligned
+COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
+# sizes that change per call are not value-specialized (kernels/common_triton.py)
+SIZES = [
+    "scale_stride",
+    "has_counts",
+    "n",
+    "dim",
+    "search_steps",
+    "weight_stride",
+    "out_stride",
+    "lookups_stride",
+    "step",
+    "num_unique",
+]
 
 # the interpreter runs programs one after another, each op costing the same at any width: it gets
 # more lanes per program (the lane logic is the same at any SEGS)
@@ -31,8 +52,8 @@ INTERPRETER_LANES = 16
 def piece_lanes(keys_ptr, pieces_ptr, lane, n, CHUNK: tl.constexpr):
     """First pass: (key, lo, hi, whole, part, slot) of pieces ``lane`` (entries lo .. hi)."""
     in_range = lane < n
-    lo = tl.load(pieces_ptr + lane, mask=in_range, other=n)
-    hi = tl.load(pieces_ptr + lane + 1, mask=in_range, other=n)
+    lo = tl.load(pieces_ptr + lane, mask=in_range, other=n).to(tl.int32)
+    hi = tl.load(pieces_ptr + lane + 1, mask=in_range, other=n).to(tl.int32)
     valid = lo < n  # the piece list is padded with N
     key = tl.load(keys_ptr + lo, mask=valid, other=0)
     prev = tl.load(keys_ptr + lo - 1, mask=valid & (lo > 0), other=0)
@@ -42,7 +63,7 @@ def piece_lanes(keys_ptr, pieces_ptr, lane, n, CHUNK: tl.constexpr):
     whole = starts & ends
     part = valid & (whole == 0)
     # a split segment's piece that does not start its block ends it: the block's last piece
-    slot = 2 * (lo // CHUNK) + (lo % CHUNK != 0).to(tl.int64)
+    slot = 2 * (lo // CHUNK) + (lo % CHUNK != 0).to(tl.int32)
     return key, lo, hi, starts, ends, whole, part, slot
 
 
@@ -78,7 +99,7 @@ def finish_lanes(keys_ptr, lane, n, search_steps, CHUNK: tl.constexpr):
     active = valid & (after == key) & ((block == 0) | (before != key))
     lo = search(keys_ptr, block, last + 1, key, active, search_steps, False)
     hi = search(keys_ptr, last + 1, tl.zeros_like(lane) + n, key, active, search_steps, True)
-    first_slot = 2 * lane + (first != key).to(tl.int64)
+    first_slot = 2 * lane + (first != key).to(tl.int32)
     slots = tl.where(active, (hi - 1) // CHUNK - lane + 1, 0)
     return key, lo, hi, active, first_slot, slots
 
@@ -120,7 +141,7 @@ def lane_sum(
             j = j0 + u
             m = j < length
             if FINISH:
-                row = tl.where(j == 0, first_slot, 2 * (start + j))
+                row = tl.where(j == 0, first_slot, 2 * (start + j)).to(tl.int64)
                 scale = tl.full([SEGS], 1.0, tl.float32)
                 ptr = partial_ptr
             else:
@@ -162,7 +183,217 @@ def zero_rows(
             tl.store(out_ptr + base[:, None] + cols[None, :], zero, mask=mask)
 
 
-def lanes_per_program(block_d: int, num_warps: int) -> int:
-    """SEGS: a [SEGS, BLOCK_D] tile holds 4 fp32 columns (one 16-byte vector) per thread."""
-    lanes = max(1, 128 * num_warps // block_d)
-    return lanes * INTERPRETER_LANES if INTERPRETED else lanes
+@triton.jit
+def emit(
+    cols,
+    acc,
+    fin,
+    part,
+    slot,
+    w_base,
+    s_base,
+    partial_ptr,
+    weight_ptr,
+    m1_ptr,
+    m2_ptr,
+    dim,
+    out_scale,
+    lr,
+    eps,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    denom,
+    bias1,
+    bias2,
+    FINISH: tl.constexpr,
+    WRITE_OUT: tl.constexpr,
+    OPTIMIZER: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """Columns ``cols`` of the lanes' sums acc: partial pieces to their slots, finished lanes
+    (fin) written out or stepped by the optimizer."""
+    col_mask = column_mask(cols, dim, ALIGN)[None, :]
+    if not FINISH:
+        p_base = tl.multiple_of(slot.to(tl.int64) * dim, ALIGN)
+        tl.store(partial_ptr + p_base[:, None] + cols[None, :], acc, mask=part[:, None] & col_mask)
+    mask = fin[:, None] & col_mask
+    if WRITE_OUT:
+        out = (acc * out_scale).to(weight_ptr.dtype.element_ty)
+        tl.store(weight_ptr + w_base[:, None] + cols[None, :], out, mask=mask)
+    else:
+        update_columns(
+            weight_ptr,
+            w_base[:, None],
+            m1_ptr,
+            m2_ptr,
+            s_base[:, None],
+            cols[None, :],
+            mask,
+            acc,
+            OPTIMIZER,
+            lr,
+            eps,
+            beta1,
+            beta2,
+            one_minus_beta1,
+            one_minus_beta2,
+            denom[:, None],
+            bias1[:, None],
+            bias2[:, None],
+        )
+
+
+@triton.jit
+def segment_pass(
+    keys_ptr,  # int32/int64 [N] the entries' keys, stably sorted
+    pieces_ptr,  # int64 [N+1] first sorted entry of each piece, then N (padding)
+    src_ptr,  # int64 [N] source gradient row of each sorted entry
+    scale_ptr,  # float32: source row r is scaled by scale_ptr[r * scale_stride]
+    scale_stride,  # 1, or 0 (scale_ptr[0] = 1 for every entry)
+    counts_ptr,  # int64 [N] inclusive prefix sum of the sorted entries' lookups (has_counts)
+    has_counts,  # 0: a segment's lookups are its number of entries
+    grad_ptr,  # float32 [*, D] source gradient rows, contiguous
+    n,  # N, entries
+    dim,  # D
+    partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
+    done_ptr,  # int32 [programs] out: rows updated by each program (not WRITE_OUT)
+    weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
+    weight_stride,  # elements between rows of weight_ptr
+    m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
+    m2_ptr,  # adam: float32 [R, D]
+    steps_ptr,  # adam: int64 [R]
+    freq_ptr,  # int64 [R] += each row's lookups; WRITE_OUT: int32 lookups [U] = them
+    freq_stride,  # elements between entries of freq_ptr (0: a scratch word)
+    last_step_ptr,  # int64 [R] = step for every updated row (not WRITE_OUT)
+    step,  # this update's step number
+    lr,  # learning rate
+    eps,  # denominator epsilon
+    beta1,  # adam first-moment decay
+    beta2,  # adam second-moment decay
+    one_minus_beta1,  # 1 - beta1, rounded once on the host in float64
+    one_minus_beta2,  # 1 - beta2, same
+    log2_beta1,  # log2(beta1): beta1^t = exp2(t * log2_beta1)
+    log2_beta2,  # log2(beta2), same
+    out_scale,  # WRITE_OUT: multiplies every sum written
+    num_keys,  # WRITE_OUT: U; rows of out that no entry maps to are zeroed
+    FINISH: tl.constexpr,  # second pass: one lane per block, long segments from their slots
+    WRITE_OUT: tl.constexpr,  # write sums to out instead of an optimizer step
+    OPTIMIZER: tl.constexpr,  # SGD, ADAGRAD or ADAM of sparse_optimizer_triton (not WRITE_OUT)
+    CHUNK: tl.constexpr,  # sorted entries per block
+    SEGS: tl.constexpr,  # lanes per program
+    UNROLL: tl.constexpr,  # rows a lane loads per step
+    BLOCK_D: tl.constexpr,  # columns per step (one of common_triton.BLOCK_DS)
+    ALIGN: tl.constexpr,  # divides D and weight_stride (row_align)
+):
+    """One pass of the segment kernel (the module docstring); the kernels of
+    pool_backward_update_triton and pool_backward_triton are this with their mode."""
+    pid = tl.program_id(0)
+    # positions are int32 (N < 2^31, checked by the launchers): fewer registers
+    lane = pid * SEGS + tl.arange(0, SEGS)
+    if FINISH:
+        key, lo, hi, fin, slot, length = finish_lanes(keys_ptr, lane, n, search_steps, CHUNK)
+        start, part = lane, lane < 0
+    else:
+        key, lo, hi, starts, ends, fin, part, slot = piece_lanes(
+            keys_ptr, pieces_ptr, lane, n, CHUNK
+        )
+        start, length = lo, hi - lo
+    count = lane_count(counts_ptr, has_counts, lo, hi, fin)
+    if not WRITE_OUT:
+        fin = fin & (count > 0)  # a row nobody looked up is not touched (lazy optimizers)
+    length = tl.where(fin | part, length, 0)
+    row = key.to(tl.int64)
+    # the per-row bookkeeping first: its values are dead before the sums (fewer registers)
+    if WRITE_OUT:
+        tl.store(freq_ptr + row * freq_stride, count.to(tl.int32), mask=fin)
+        if not FINISH:
+            # rows no entry maps to: before each segment (after the previous key), after the last
+            prev = tl.load(keys_ptr + lo - 1, mask=starts & (lo > 0), other=-1).to(tl.int64)
+            zero_rows(
+                weight_ptr, weight_stride, freq_ptr, freq_stride, prev + 1,
+                tl.where(starts, row - prev - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
+            )  # fmt: skip
+            zero_rows(
+                weight_ptr, weight_stride, freq_ptr, freq_stride, row + 1,
+                tl.where(ends & (hi == n), num_keys - row - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
+            )  # fmt: skip
+    else:
+        freq = tl.load(freq_ptr + row * freq_stride, mask=fin, other=0)
+        tl.store(freq_ptr + row * freq_stride, freq + count, mask=fin)
+        tl.store(last_step_ptr + row, tl.zeros_like(row) + step, mask=fin)
+        tl.store(done_ptr + pid, tl.sum(fin.to(tl.int32)))
+    w_base = tl.multiple_of(row * weight_stride, ALIGN)
+    s_base = tl.multiple_of(row * dim, ALIGN)
+    d = tl.arange(0, BLOCK_D)
+    acc = lane_sum(
+        grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+        d, column_mask(d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+    )  # fmt: skip
+    denom = tl.sum(acc * acc, axis=1)
+    bias1, bias2 = denom, denom
+    if not WRITE_OUT:
+        # row-wise Adagrad needs the whole row's mean(g^2) before any column moves
+        if OPTIMIZER == ADAGRAD:
+            for d0 in range(BLOCK_D, dim, BLOCK_D):
+                more = lane_sum(
+                    grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+                    d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D,
+                    ALIGN,
+                )  # fmt: skip
+                denom += tl.sum(more * more, axis=1)
+        denom, bias1, bias2 = row_factors(
+            row, denom, dim, m1_ptr, steps_ptr, OPTIMIZER, eps, log2_beta1, log2_beta2, fin
+        )
+    emit(
+        d, acc, fin, part, slot, w_base, s_base, partial_ptr, weight_ptr, m1_ptr, m2_ptr, dim,
+        out_scale, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1, bias2,
+        FINISH, WRITE_OUT, OPTIMIZER, ALIGN,
+    )  # fmt: skip
+    for d0 in range(BLOCK_D, dim, BLOCK_D):
+        acc = lane_sum(
+            grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+            d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+        )  # fmt: skip
+        emit(
+            d0 + d, acc, fin, part, slot, w_base, s_base, partial_ptr, weight_ptr, m1_ptr, m2_ptr,
+            dim, out_scale, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1,
+            bias2, FINISH, WRITE_OUT, OPTIMIZER, ALIGN,
+        )  # fmt: skip
+
+
+def lanes_per_program(block_d: int) -> tuple[int, int]:
+    """(SEGS, UNROLL): a [SEGS, BLOCK_D] tile holds 4 fp32 columns (one 16-byte vector) per thread,
+    and a step loads ROWS_IN_FLIGHT rows (more would hold more registers: spills)."""
+    lanes = max(1, 128 * NUM_WARPS // block_d)
+    unroll = max(1, ROWS_IN_FLIGHT // lanes)
+    return lanes * INTERPRETER_LANES if INTERPRETED else lanes, unroll
+
+
+def run_segments(
+    kernel, entries, chunk: int, grad, align: int, args: tuple, count_rows: bool, **modes
+):
+    """Both passes of ``kernel`` (a wrapper of segment_pass) over entries sorted in blocks of
+    chunk, grad [*, D] their source rows; args: the kernel's arguments after done_ptr.
+    count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
+    n, dim = entries.keys.numel(), grad.shape[1]
+    block_d = column_block(dim)
+    segs, unroll = lanes_per_program(block_d)
+    blocks = triton.cdiv(n, chunk)
+    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
+    first = triton.cdiv(n, segs)
+    # with one block no segment crosses a block boundary
+    second = triton.cdiv(blocks, segs) if blocks > 1 else 0
+    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
+    for finish, programs, start in ((False, first, 0), (True, second, first)):
+        if programs == 0:
+            continue
+        counted = (done[start:],) if count_rows else ()
+        kernel[(programs,)](
+            *entries, grad, n, dim, partial, n.bit_length(), *counted, *args,
+            FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
+            num_warps=NUM_WARPS, **modes,
+        )  # fmt: skip
+    return done.sum() if count_rows else None
