@@ -68,12 +68,11 @@ def bag_entries(
     bag_row = torch.arange(batch_size * num_features, device=device)
     bag_row = bag_row.view(batch_size, num_features).t().reshape(-1)
     src = torch.repeat_interleave(bag_row, lengths, output_size=n)[order]
-    # the reference's scale (kernels.gather_pool.bag_layout), indexed by gradient row
-    is_mean = (mean != 0).view(num_features, 1).expand(num_features, batch_size).reshape(-1)
-    scale = torch.where(is_mean, 1.0 / lengths.clamp(min=1).float(), 1.0)
-    scale = scale.view(num_features, batch_size).t().contiguous().view(-1)
-    no_counts = torch.zeros(1, dtype=torch.int64, device=device)
-    return Entries(sorted_keys, pieces, src, scale, 1, no_counts, 0)
+    # the reference's scale (kernels.gather_pool.bag_layout), by gradient row: [B, F]
+    inverse_length = torch.reciprocal(lengths.clamp(min=1)).view(num_features, batch_size).t()
+    scale = torch.where((mean != 0).view(1, num_features), inverse_length, 1.0)
+    no_counts = torch.empty(1, dtype=torch.int64, device=device)  # never read (has_counts 0)
+    return Entries(sorted_keys, pieces, src, scale.contiguous().view(-1), 1, no_counts, 0)
 
 
 def row_entries(

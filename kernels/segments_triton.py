@@ -164,17 +164,21 @@ def zero_rows(
     lookups_stride,
     first,
     count,
+    second,
+    second_count,
     dim,
     SEGS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    """Per lane, rows first .. first + count of out and their lookups set to 0."""
+    """Per lane, rows first .. first + count, then second .. second + second_count, of out and
+    their lookups set to 0 (one loop: one store site)."""
     d = tl.arange(0, BLOCK_D)
     zero = tl.zeros([SEGS, BLOCK_D], dtype=out_ptr.dtype.element_ty)
-    for r in range(0, tl.max(count)):
-        m = r < count
-        row = first + r
+    total = count + second_count
+    for r in range(0, tl.max(total)):
+        m = r < total
+        row = tl.where(r < count, first + r, second + (r - count))
         tl.store(lookups_ptr + row * lookups_stride, tl.zeros([SEGS], tl.int32), mask=m)
         base = tl.multiple_of(row * out_stride, ALIGN)
         for d0 in range(0, dim, BLOCK_D):
@@ -313,12 +317,10 @@ def segment_pass(
             # rows no entry maps to: before each segment (after the previous key), after the last
             prev = tl.load(keys_ptr + lo - 1, mask=starts & (lo > 0), other=-1).to(tl.int64)
             zero_rows(
-                weight_ptr, weight_stride, freq_ptr, freq_stride, prev + 1,
-                tl.where(starts, row - prev - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
-            )  # fmt: skip
-            zero_rows(
-                weight_ptr, weight_stride, freq_ptr, freq_stride, row + 1,
-                tl.where(ends & (hi == n), num_keys - row - 1, 0), dim, SEGS, BLOCK_D, ALIGN,
+                weight_ptr, weight_stride, freq_ptr, freq_stride,
+                prev + 1, tl.where(starts, row - prev - 1, 0),
+                row + 1, tl.where(ends & (hi == n), num_keys - row - 1, 0),
+                dim, SEGS, BLOCK_D, ALIGN,
             )  # fmt: skip
     else:
         freq = tl.load(freq_ptr + row * freq_stride, mask=fin, other=0)
