@@ -189,9 +189,9 @@ class DynamicTables:
             segments=recv_matrix,
             recv_lookups=recv_lookups,
             _lookups_work=lookups_work,
-            # per rank, for the gradients' exchange (the static path has them without a copy)
-            send_counts=torch.tensor(send_splits, device=device),
-            recv_counts=torch.tensor(recv_splits, device=device),
+            # per rank on the device, for the gradients' exchange (no host->device copy)
+            send_counts=send.sum(0),
+            recv_counts=received.view(w, s_count).sum(1),
         )
 
     # ---- compute --------------------------------------------------------------------------------
