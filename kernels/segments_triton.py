@@ -26,7 +26,7 @@ from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
 
 CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
 ROWS_IN_FLIGHT = 4  # rows a program loads per step: SEGS lanes x UNROLL rows each
-NUM_WARPS = 1  # a [SEGS, BLOCK_D] tile of 128 fp32 per warp (lanes_per_program)
+LANE_ELEMENTS = 128  # a program's [SEGS, BLOCK_D] tile: 4 fp32 a thread of one warp
 # dims that reach every column class (common_triton.column_block), 1-aligned and 8-aligned
 COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
 # sizes that change per call are not value-specialized (kernels/common_triton.py)
@@ -366,10 +366,11 @@ def segment_pass(
         )  # fmt: skip
 
 
-def lanes_per_program(block_d: int) -> tuple[int, int]:
+def lanes_per_program(block_d: int, align: int) -> tuple[int, int]:
     """(SEGS, UNROLL): a [SEGS, BLOCK_D] tile holds 4 fp32 columns (one 16-byte vector) per thread,
-    and a step loads ROWS_IN_FLIGHT rows (more would hold more registers: spills)."""
-    lanes = max(1, 128 * NUM_WARPS // block_d)
+    half that for unaligned rows (moved element by element: an address each, no spills), and a
+    step loads ROWS_IN_FLIGHT rows (more would hold more registers: spills)."""
+    lanes = max(1, LANE_ELEMENTS // block_d // (1 if align == 8 else 2))
     unroll = max(1, ROWS_IN_FLIGHT // lanes)
     return lanes * INTERPRETER_LANES if INTERPRETED else lanes, unroll
 
@@ -382,7 +383,7 @@ def run_segments(
     count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
     n, dim = entries.keys.numel(), grad.shape[1]
     block_d = column_block(dim)
-    segs, unroll = lanes_per_program(block_d)
+    segs, unroll = lanes_per_program(block_d, align)
     blocks = triton.cdiv(n, chunk)
     partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
     first = triton.cdiv(n, segs)
@@ -396,6 +397,6 @@ def run_segments(
         kernel[(programs,)](
             *entries, grad, n, dim, partial, n.bit_length(), *counted, *args,
             FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
-            num_warps=NUM_WARPS, **modes,
+            num_warps=1, **modes,
         )  # fmt: skip
     return done.sum() if count_rows else None
