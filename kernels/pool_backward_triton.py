@@ -12,10 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels.segments_triton as segments
+import kernels.pool_backward_update_host_triton as host
 from kernels.common_triton import column_block, row_align
 from kernels.pool_backward_update_host_triton import bag_entries, check_pooled
-from kernels.segments_triton import SIZES, segment_pass
+from kernels.segments_triton import COMPILE_DIMS, SIZES, segment_pass
 
 
 @triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=["scale_ptr", "lookups_ptr"])
@@ -99,7 +99,7 @@ def pool_backward_triton(
         if lookups is not None:
             lookups.zero_()
         return out
-    chunk = segments.CHUNK  # one value for the sort and the kernels (tests lower it)
+    chunk = host.CHUNK  # one value for the sort and the kernels (tests lower it)
     entries = bag_entries(inverse, num_unique, offsets, grad_pooled.shape[0], mean, chunk)
     if lookups is None:  # the counts go to a scratch word
         lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
@@ -107,19 +107,19 @@ def pool_backward_triton(
     grad = grad_pooled.float().contiguous().view(-1, dim)
     args = (out, stride, lookups, lookups.stride(0), scale, num_unique)
     align = row_align(dim, stride)
-    segments.run_segments(_pool_backward_kernel, entries, chunk, grad, align, args, False)
+    host.run_segments(_pool_backward_kernel, entries, chunk, grad, align, args, False)
     return out
 
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles
     them): each out dtype x column class, both passes (N > CHUNK), with lookups and without."""
-    n = 2 * segments.CHUNK + 5
+    n = 2 * host.CHUNK + 5
     offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
     inverse = torch.arange(n, dtype=torch.int64) % 5
     mean = torch.tensor([True, False])
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for dim in segments.COMPILE_DIMS:
+        for dim in COMPILE_DIMS:
             # a destination with a lookups column beside each row, as an exchange buffer has
             buffer = torch.zeros(5, column_block(dim) + 8, dtype=dtype)
             counts = buffer.view(torch.int32)[:, -1]

@@ -1,5 +1,5 @@
-"""Host side of the segment kernel (kernels.pool_backward_update_triton): argument checks and the
-sorted entries, in torch ops sized from N alone: no host sync.
+"""Host side of the segment kernel (kernels.segments_triton): argument checks, the sorted entries
+and the two launches, in torch ops sized from N alone: no host sync.
 
 An entry is (key, source row, scale, count): a value of the batch (key: its storage row or its
 unique index; source: its bag's pooled-gradient row b * F + f; scale: 1/len for mean bags) or a
@@ -14,8 +14,16 @@ last piece read the padding (N) and do nothing.
 from typing import NamedTuple
 
 import torch
+import triton
 
-from kernels.common_triton import check_bags
+from kernels.common_triton import INTERPRETED, check_bags, column_block
+
+CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
+ROWS_IN_FLIGHT = 4  # rows a program loads per step: SEGS lanes x UNROLL rows each
+LANE_ELEMENTS = 128  # a program's [SEGS, BLOCK_D] tile: 4 fp32 a thread of one warp
+# the interpreter runs programs one after another, each op costing the same at any width: it gets
+# more lanes per program (the lane logic is the same at any SEGS)
+INTERPRETER_LANES = 16
 
 
 class Entries(NamedTuple):
@@ -155,3 +163,39 @@ def optimizer_state(state, device) -> tuple:
     m2 = state.get("momentum2", torch.empty(1, dtype=torch.float32, device=device))
     steps = state.get("row_steps", torch.empty(1, dtype=torch.int64, device=device))
     return m1, m2, steps
+
+
+def lanes_per_program(block_d: int, align: int) -> tuple[int, int]:
+    """(SEGS, UNROLL): a [SEGS, BLOCK_D] tile holds 4 fp32 columns (one 16-byte vector) per thread,
+    half that for unaligned rows (moved element by element: an address each, no spills), and a
+    step loads ROWS_IN_FLIGHT rows (more would hold more registers: spills)."""
+    lanes = max(1, LANE_ELEMENTS // block_d // (1 if align == 8 else 2))
+    unroll = max(1, ROWS_IN_FLIGHT // lanes)
+    return lanes * INTERPRETER_LANES if INTERPRETED else lanes, unroll
+
+
+def run_segments(
+    kernel, entries, chunk: int, grad, align: int, args: tuple, count_rows: bool, **modes
+):
+    """Both passes of ``kernel`` (a wrapper of segment_pass) over entries sorted in blocks of
+    chunk, grad [*, D] their source rows; args: the kernel's arguments after done_ptr.
+    count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
+    n, dim = entries.keys.numel(), grad.shape[1]
+    block_d = column_block(dim)
+    segs, unroll = lanes_per_program(block_d, align)
+    blocks = triton.cdiv(n, chunk)
+    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
+    first = triton.cdiv(n, segs)
+    # with one block no segment crosses a block boundary
+    second = triton.cdiv(blocks, segs) if blocks > 1 else 0
+    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
+    for finish, programs, start in ((False, first, 0), (True, second, first)):
+        if programs == 0:
+            continue
+        counted = (done[start:],) if count_rows else ()
+        kernel[(programs,)](
+            *entries, grad, n, dim, partial, n.bit_length(), *counted, *args,
+            FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
+            num_warps=1, **modes,
+        )  # fmt: skip
+    return done.sum() if count_rows else None

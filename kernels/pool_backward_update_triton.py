@@ -1,20 +1,20 @@
-"""Triton segment kernel: sorted entries summed per key, then an optimizer step or a write-out.
+"""Triton sparse optimizer fused with segment sums: pool_backward_update (W = 1) and merge_update.
 
-One kernel serves three calls (host side: kernels.pool_backward_update_host_triton):
+The segment kernel (kernels.segments_triton; host side: kernels.pool_backward_update_host_triton)
+serves three calls; this module holds its optimizer mode, ``_segment_update_kernel``:
 
 - pool_backward_update (W = 1): entries are the batch's values, keyed by storage row; each row's
   gradient (the sum of its values' bag gradients) gets one optimizer step right there, with
   freq += its lookups and last_step = step.
 - merge_update (the owner at W > 1): entries are the gradient rows received from every rank,
   keyed by storage row; the same update. A row whose lookups sum to 0 is not touched.
-- pool_backward (the requester at W > 1, ``WRITE_OUT``): entries keyed by unique index; each
-  sum (times a scale) is written to out[u] in out's dtype, its lookups to lookups[u].
+- pool_backward (the requester at W > 1; kernels.pool_backward_triton): the write-out mode.
 
-Two passes (kernels.segments_triton): the first sums every segment that fits in a block of CHUNK
-sorted entries and finishes it; pieces of longer segments (hot rows) write their partial sums to
-their own slots; the second (``FINISH``) sums each long segment's slots in order and finishes it.
-No atomics: the bits do not depend on scheduling. No host sync: grids are sized from N, and the
-number of rows updated comes back as a device tensor. The optimizer is a constexpr (its row math:
+Two passes: the first sums every segment that fits in a block of CHUNK sorted entries and
+finishes it; pieces of longer segments (hot rows) write their partial sums to their own slots;
+the second (``FINISH``) sums each long segment's slots in order and finishes it. No atomics: the
+bits do not depend on scheduling. No host sync: grids are sized from N, and the number of rows
+updated comes back as a device tensor. The optimizer is a constexpr (its row math:
 kernels.sparse_optimizer_triton), so each variant holds one optimizer's code only.
 """
 
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels.segments_triton as segments
+import kernels.pool_backward_update_host_triton as host
 from kernels.common_triton import row_align
 from kernels.pool_backward_update_host_triton import (
     bag_entries,
@@ -32,7 +32,7 @@ from kernels.pool_backward_update_host_triton import (
     optimizer_state,
     row_entries,
 )
-from kernels.segments_triton import SIZES, segment_pass
+from kernels.segments_triton import COMPILE_DIMS, SIZES, segment_pass
 from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
 from kernels.sparse_optimizer_triton import OPTIMIZER_IDS, kernel_args
 
@@ -89,7 +89,7 @@ def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, opti
     """Both passes of _segment_update_kernel; -> int64 0-dim: rows updated."""
     m1, m2, steps = optimizer_state(state, weight.device)
     args = (weight, weight.stride(0), m1, m2, steps, freq, last_step, step)
-    return segments.run_segments(
+    return host.run_segments(
         _segment_update_kernel,
         entries,
         chunk,
@@ -120,7 +120,7 @@ def pool_backward_update_triton(
     if value_rows.numel() == 0 or dim == 0:
         return torch.zeros((), dtype=torch.int64, device=weight.device)
     batch_size = grad_pooled.shape[0]
-    chunk = segments.CHUNK  # one value for the sort and the kernels (tests lower it)
+    chunk = host.CHUNK  # one value for the sort and the kernels (tests lower it)
     entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, chunk)
     grad = grad_pooled.float().contiguous().view(-1, dim)
     return _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer)
@@ -143,7 +143,7 @@ def merge_update_triton(
     check_rows(weight, rows, grads, counts, scale)
     if rows.numel() == 0 or weight.shape[1] == 0:
         return torch.zeros((), dtype=torch.int64, device=weight.device)
-    chunk = segments.CHUNK
+    chunk = host.CHUNK
     entries = row_entries(rows, weight.shape[0], counts, scale, chunk)
     grads = grads.contiguous()
     return _run_update(entries, chunk, grads, weight, state, freq, last_step, step, optimizer)
@@ -152,13 +152,13 @@ def merge_update_triton(
 def compile_cases():
     """Calls covering every specialization these launchers make (kernels.compile_check compiles
     them): each optimizer x storage dtype x column class, both passes (N > CHUNK)."""
-    n = 2 * segments.CHUNK + 5
+    n = 2 * host.CHUNK + 5
     offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
     value_rows = torch.arange(n, dtype=torch.int64) % 5
     for name in SPARSE_OPTIMIZERS:
         o = SparseOptimizer(name, 0.1)
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for dim in segments.COMPILE_DIMS:
+            for dim in COMPILE_DIMS:
 
                 def case(o=o, t=dtype, d=dim):
                     weight = torch.zeros(8, d, dtype=t)

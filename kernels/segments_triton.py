@@ -1,4 +1,8 @@
-"""Triton helpers of the segment kernel (kernels.pool_backward_update_triton): lanes, sums, searches.
+"""The segment kernel: sorted entries summed per key, then an optimizer step or a write-out.
+
+``segment_pass`` is the kernel's body; kernels.pool_backward_update_triton (optimizer steps) and
+kernels.pool_backward_triton (write-out) wrap it with their mode, and
+kernels.pool_backward_update_host_triton sorts the entries and launches both passes.
 
 Entries (a value, or a gradient row received by an owner) are stably sorted by key, so each key's
 entries form a contiguous segment, in entry order. Sorted positions are cut into blocks of CHUNK;
@@ -17,16 +21,12 @@ b it covers) and is finished. Every sum runs in a fixed order: the bits do not d
 scheduling. Lanes sum their entries one after another, in entry order, as ``index_add_`` does.
 """
 
-import torch
 import triton
 import triton.language as tl
 
-from kernels.common_triton import INTERPRETED, column_block, column_mask
+from kernels.common_triton import column_mask
 from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
 
-CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
-ROWS_IN_FLIGHT = 4  # rows a program loads per step: SEGS lanes x UNROLL rows each
-NUM_WARPS = 1  # a [SEGS, BLOCK_D] tile of 128 fp32 per warp (lanes_per_program)
 # dims that reach every column class (common_triton.column_block), 1-aligned and 8-aligned
 COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
 # sizes that change per call are not value-specialized (kernels/common_triton.py)
@@ -43,14 +43,11 @@ SIZES = [
     "num_unique",
 ]
 
-# the interpreter runs programs one after another, each op costing the same at any width: it gets
-# more lanes per program (the lane logic is the same at any SEGS)
-INTERPRETER_LANES = 16
-
 
 @triton.jit
 def piece_lanes(keys_ptr, pieces_ptr, lane, n, CHUNK: tl.constexpr):
-    """First pass: (key, lo, hi, whole, part, slot) of pieces ``lane`` (entries lo .. hi)."""
+    """First pass: (key, lo, hi, starts, ends, whole, part, slot) of pieces ``lane`` (entries
+    lo .. hi; starts / ends: the piece starts / ends its segment)."""
     in_range = lane < n
     lo = tl.load(pieces_ptr + lane, mask=in_range, other=n).to(tl.int32)
     hi = tl.load(pieces_ptr + lane + 1, mask=in_range, other=n).to(tl.int32)
@@ -364,38 +361,3 @@ def segment_pass(
             dim, out_scale, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom, bias1,
             bias2, FINISH, WRITE_OUT, OPTIMIZER, ALIGN,
         )  # fmt: skip
-
-
-def lanes_per_program(block_d: int) -> tuple[int, int]:
-    """(SEGS, UNROLL): a [SEGS, BLOCK_D] tile holds 4 fp32 columns (one 16-byte vector) per thread,
-    and a step loads ROWS_IN_FLIGHT rows (more would hold more registers: spills)."""
-    lanes = max(1, 128 * NUM_WARPS // block_d)
-    unroll = max(1, ROWS_IN_FLIGHT // lanes)
-    return lanes * INTERPRETER_LANES if INTERPRETED else lanes, unroll
-
-
-def run_segments(
-    kernel, entries, chunk: int, grad, align: int, args: tuple, count_rows: bool, **modes
-):
-    """Both passes of ``kernel`` (a wrapper of segment_pass) over entries sorted in blocks of
-    chunk, grad [*, D] their source rows; args: the kernel's arguments after done_ptr.
-    count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
-    n, dim = entries.keys.numel(), grad.shape[1]
-    block_d = column_block(dim)
-    segs, unroll = lanes_per_program(block_d)
-    blocks = triton.cdiv(n, chunk)
-    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
-    first = triton.cdiv(n, segs)
-    # with one block no segment crosses a block boundary
-    second = triton.cdiv(blocks, segs) if blocks > 1 else 0
-    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
-    for finish, programs, start in ((False, first, 0), (True, second, first)):
-        if programs == 0:
-            continue
-        counted = (done[start:],) if count_rows else ()
-        kernel[(programs,)](
-            *entries, grad, n, dim, partial, n.bit_length(), *counted, *args,
-            FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
-            num_warps=NUM_WARPS, **modes,
-        )  # fmt: skip
-    return done.sum() if count_rows else None

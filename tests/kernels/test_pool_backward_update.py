@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels.segments_triton as segments_triton  # noqa: E402
+import kernels.pool_backward_update_host_triton as segment_host  # noqa: E402
 from kernels.pool_backward_update import (  # noqa: E402
     merge_update,
     merge_update_reference,
@@ -38,7 +38,7 @@ def triton_path(monkeypatch):
     at small sizes."""
     if DEVICE.type == "cpu":
         monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
-    monkeypatch.setattr(segments_triton, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(segment_host, "CHUNK", SMALL_CHUNK)
 
 
 def make_case(name, dim, dtype, gen):

@@ -9,7 +9,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels.segments_triton as segments_triton  # noqa: E402
+import kernels.pool_backward_update_host_triton as segment_host  # noqa: E402
 from kernels.common_triton import INTERPRETED  # noqa: E402
 from kernels.pool_backward import pool_backward, pool_backward_reference  # noqa: E402
 from kernels.pool_backward_update import merge_update, pool_backward_update  # noqa: E402
@@ -39,7 +39,7 @@ def triton_path(monkeypatch):
 @pytest.fixture
 def small_chunk(monkeypatch, triton_path):
     """Blocks of SMALL_CHUNK entries: segments split over blocks at small sizes."""
-    monkeypatch.setattr(segments_triton, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(segment_host, "CHUNK", SMALL_CHUNK)
 
 
 def make_bags(layout, pooling, dim, gen):
@@ -68,7 +68,7 @@ def zipf_rows(n, num_rows, gen):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_pool_backward_matches_reference(layout, pooling, dim, triton_path, monkeypatch):
     if layout == "hot":  # else every segment fits in one block (N < CHUNK): never split
-        monkeypatch.setattr(segments_triton, "CHUNK", SMALL_CHUNK)
+        monkeypatch.setattr(segment_host, "CHUNK", SMALL_CHUNK)
     gen = torch.Generator().manual_seed(dim + len(layout))
     grad, inverse, offsets, mean = make_bags(layout, pooling, dim, gen)
     got = pool_backward(*on(grad, inverse, offsets, mean), 9).cpu()
