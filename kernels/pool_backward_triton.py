@@ -22,15 +22,16 @@ from kernels.segments_triton import COMPILE_DIMS, SIZES, segment_pass
 def _pool_backward_kernel(
     keys_ptr,  # int32/int64 [N] the values' unique indices (inverse), stably sorted
     pieces_ptr,  # int64 [N+1] first sorted value of each piece, then N (padding)
-    src_ptr,  # int64 [N] pooled-gradient row (b * F + f) of each sorted value
+    src_ptr,  # int32 [N] pooled-gradient row (b * F + f) of each sorted value
     scale_ptr,  # float32 [B*F] bag scale (1/len for mean bags) by pooled-gradient row
-    scale_stride,  # 1
+    has_scale,  # 1
     counts_ptr,  # unused (a key's lookups are its number of values)
     has_counts,  # 0
     grad_ptr,  # float32 [B*F, D] pooled gradient, contiguous
     n,  # N, values
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
     search_steps,  # FINISH: binary-search halvings over N values (N.bit_length())
     out_ptr,  # [U, D] out (fp32/bf16/fp16), every row written
     out_stride,  # elements between rows of out
@@ -47,10 +48,10 @@ def _pool_backward_kernel(
 ):
     # the optimizer's arguments are unused in this mode: out and lookups stand in for them
     segment_pass(
-        keys_ptr, pieces_ptr, src_ptr, scale_ptr, scale_stride, counts_ptr, has_counts, grad_ptr,
-        n, dim, partial_ptr, search_steps, lookups_ptr, out_ptr, out_stride, out_ptr, out_ptr,
-        lookups_ptr, lookups_ptr, lookups_stride, lookups_ptr, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-        0.0, 0.0, out_scale, num_unique,
+        keys_ptr, pieces_ptr, src_ptr, scale_ptr, has_scale, counts_ptr, has_counts, grad_ptr,
+        n, dim, partial_ptr, count_slots_ptr, search_steps, lookups_ptr, out_ptr, out_stride,
+        out_ptr, out_ptr, lookups_ptr, lookups_ptr, lookups_stride, lookups_ptr, 0, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, out_scale, num_unique,
         FINISH, True, 0, CHUNK, SEGS, UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
 

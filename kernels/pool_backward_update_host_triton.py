@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 import triton
+import triton.language as tl
 
 from kernels.common_triton import INTERPRETED, check_bags, column_block
 
@@ -31,15 +32,67 @@ class Entries(NamedTuple):
 
     keys: torch.Tensor  # int32 [N] sorted keys (int64 for key spaces of 2^31 and more)
     pieces: torch.Tensor  # int64 [N+1] first sorted entry of each piece, then N (padding)
-    src: torch.Tensor  # int64 [N] source gradient row of each sorted entry
-    scale: torch.Tensor  # float32 scale of source row r: scale[r * scale_stride]
-    scale_stride: int  # 1, or 0 with scale = [1.0]
-    counts: torch.Tensor  # int64 [N] inclusive prefix sum of the sorted entries' counts, or [0]
-    has_counts: int  # 0: a segment's count is its number of entries
+    src: torch.Tensor  # int32 [N] source of each sorted entry: its gradient row
+    scale: torch.Tensor  # float32 scale of each source (gradient row)
+    has_scale: int  # 0: every scale is 1 (scale is not read)
+    counts: torch.Tensor  # int32 lookups of each source
+    has_counts: int  # 0: every entry counts 1 (counts is not read)
 
 
-def sort_entries(keys: torch.Tensor, key_space: int, chunk: int):
-    """(sorted keys, order, piece starts) of keys int64 [N >= 1] in [0, key_space)."""
+@triton.jit(do_not_specialize=["n"])
+def _mark_kernel(
+    keys_ptr,  # int32/int64 [N] sorted keys
+    order_ptr,  # int64 [N] entry of each sorted position
+    value_src_ptr,  # int32 [N] source row of each entry (GATHER)
+    mark_ptr,  # bool [N] out: a piece starts at this position
+    src_ptr,  # int32 [N] out: source row of each sorted entry
+    n,  # N
+    CHUNK: tl.constexpr,  # sorted entries per block
+    GATHER: tl.constexpr,  # sources from value_src (else the entry itself)
+    BLOCK: tl.constexpr,  # positions per program
+):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = p < n
+    key = tl.load(keys_ptr + p, mask=m, other=0)
+    prev = tl.load(keys_ptr + p - 1, mask=m & (p > 0), other=0)
+    # a segment's first entry, and every block's: pieces never cross a block boundary
+    tl.store(mark_ptr + p, (p % CHUNK == 0) | (key != prev), mask=m)
+    entry = tl.load(order_ptr + p, mask=m, other=0)
+    if GATHER:
+        src = tl.load(value_src_ptr + entry, mask=m, other=0)
+    else:
+        src = entry.to(tl.int32)
+    tl.store(src_ptr + p, src, mask=m)
+
+
+@triton.jit(do_not_specialize=["batch_size", "num_features"])
+def _bag_sources_kernel(
+    offsets_ptr,  # int64 [F*B+1] bag boundaries into the values (bags feature-major)
+    mean_ptr,  # int32 [F] 1 where feature f is mean-pooled
+    value_src_ptr,  # int32 [N] out: pooled-gradient row b * F + f of each value
+    scale_ptr,  # float32 [B*F] out: scale of each pooled-gradient row (1/len for mean bags)
+    batch_size,  # B
+    num_features,  # F
+    BAGS: tl.constexpr,  # bags per program
+):
+    bag = tl.program_id(0) * BAGS + tl.arange(0, BAGS)
+    m = bag < batch_size * num_features
+    start = tl.load(offsets_ptr + bag, mask=m, other=0)
+    length = (tl.load(offsets_ptr + bag + 1, mask=m, other=0) - start).to(tl.int32)
+    f = bag // batch_size
+    row = (bag % batch_size) * num_features + f
+    is_mean = tl.load(mean_ptr + f, mask=m, other=0) != 0
+    # IEEE division, as the reference's 1.0 / len: the same bits
+    inverse = tl.div_rn(tl.full([BAGS], 1.0, tl.float32), tl.maximum(length, 1).to(tl.float32))
+    tl.store(scale_ptr + row, tl.where(is_mean, inverse, 1.0), mask=m)
+    # the bags of a program mostly share one feature, so one length
+    for j in range(0, tl.max(length)):
+        tl.store(value_src_ptr + start + j, row, mask=m & (j < length))
+
+
+def sort_entries(keys: torch.Tensor, key_space: int, chunk: int, value_src=None):
+    """(sorted keys, piece starts, source of each sorted entry) of keys int64 [N >= 1] in
+    [0, key_space); sources: value_src int32 [N] of each entry, or the entry itself."""
     n = keys.numel()
     if n >= 2**31:  # the kernels' positions are int32
         raise ValueError(f"at most 2^31 - 1 entries per call, got {n}")
@@ -47,16 +100,15 @@ def sort_entries(keys: torch.Tensor, key_space: int, chunk: int):
     narrow = keys.to(torch.int32) if key_space < 2**31 else keys
     sorted_keys, order = torch.sort(narrow, stable=True)
     mark = torch.empty(n, dtype=torch.bool, device=keys.device)
-    torch.ne(sorted_keys[1:], sorted_keys[:-1], out=mark[1:])
-    mark[::chunk] = True  # every block starts a piece (entry 0 included)
+    src = torch.empty(n, dtype=torch.int32, device=keys.device)
+    gather = value_src is not None
+    _mark_kernel[(triton.cdiv(n, 1024),)](
+        sorted_keys, order, value_src if gather else src, mark, src, n,
+        CHUNK=chunk, GATHER=gather, BLOCK=1024,
+    )  # fmt: skip
     # at most N pieces: the padding rows hold N (nonzero_static never syncs, unlike nonzero)
     pieces = torch.nonzero_static(mark, size=n + 1, fill_value=n).view(-1)
-    return sorted_keys, order, pieces
-
-
-def unit_scale(device) -> tuple[torch.Tensor, int]:
-    """(scale, scale_stride) when every entry's scale is 1."""
-    return torch.ones(1, dtype=torch.float32, device=device), 0
+    return sorted_keys, pieces, src
 
 
 def bag_entries(
@@ -69,18 +121,15 @@ def bag_entries(
 ) -> Entries:
     """The values of a batch as entries: keys int64 [N] (values in bag order, bags feature-major),
     offsets int64 [F*B+1], mean int32 [F]; sources are rows of grad_pooled [B, F, D]."""
-    n, device, num_features = keys.numel(), keys.device, mean.numel()
-    sorted_keys, order, pieces = sort_entries(keys, key_space, chunk)
-    lengths = offsets[1:] - offsets[:-1]
-    # bag f * B + b reads gradient row b * F + f
-    bag_row = torch.arange(batch_size * num_features, device=device)
-    bag_row = bag_row.view(batch_size, num_features).t().reshape(-1)
-    src = torch.repeat_interleave(bag_row, lengths, output_size=n)[order]
-    # the reference's scale (kernels.gather_pool.bag_layout), by gradient row: [B, F]
-    inverse_length = torch.reciprocal(lengths.clamp(min=1)).view(num_features, batch_size).t()
-    scale = torch.where((mean != 0).view(1, num_features), inverse_length, 1.0)
-    no_counts = torch.empty(1, dtype=torch.int64, device=device)  # never read (has_counts 0)
-    return Entries(sorted_keys, pieces, src, scale.contiguous().view(-1), 1, no_counts, 0)
+    n, device, num_bags = keys.numel(), keys.device, offsets.numel() - 1
+    value_src = torch.empty(n, dtype=torch.int32, device=device)
+    scale = torch.empty(num_bags, dtype=torch.float32, device=device)
+    if num_bags:
+        _bag_sources_kernel[(triton.cdiv(num_bags, 128),)](
+            offsets, mean, value_src, scale, batch_size, mean.numel(), BAGS=128, num_warps=4
+        )
+    sorted_keys, pieces, src = sort_entries(keys, key_space, chunk, value_src)
+    return Entries(sorted_keys, pieces, src, scale, 1, src, 0)
 
 
 def row_entries(
@@ -92,13 +141,11 @@ def row_entries(
 ) -> Entries:
     """Received gradient rows as entries: rows int64 [K] storage rows, counts [K] their lookups,
     scale float32 [K] or None; sources are the rows of grads [K, D] themselves."""
-    sorted_keys, order, pieces = sort_entries(rows, key_space, chunk)
-    prefix = torch.cumsum(counts[order], 0, dtype=torch.int64)
-    if scale is None:
-        scale, stride = unit_scale(rows.device)
-    else:
-        scale, stride = scale.contiguous(), 1
-    return Entries(sorted_keys, pieces, order, scale, stride, prefix, 1)
+    sorted_keys, pieces, src = sort_entries(rows, key_space, chunk)
+    counts = counts.to(torch.int32).contiguous()  # one pointer type (lookups per entry < 2^31)
+    if scale is None:  # not read: any float32 tensor stands in
+        return Entries(sorted_keys, pieces, src, torch.empty(1, device=rows.device), 0, counts, 1)
+    return Entries(sorted_keys, pieces, src, scale.contiguous(), 1, counts, 1)
 
 
 def check_storage(weight, state, freq, last_step, optimizer) -> None:
@@ -185,6 +232,7 @@ def run_segments(
     segs, unroll = lanes_per_program(block_d, align)
     blocks = triton.cdiv(n, chunk)
     partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
+    count_slots = torch.empty(2 * blocks, dtype=torch.int64, device=grad.device)
     first = triton.cdiv(n, segs)
     # with one block no segment crosses a block boundary
     second = triton.cdiv(blocks, segs) if blocks > 1 else 0
@@ -194,8 +242,20 @@ def run_segments(
             continue
         counted = (done[start:],) if count_rows else ()
         kernel[(programs,)](
-            *entries, grad, n, dim, partial, n.bit_length(), *counted, *args,
+            *entries, grad, n, dim, partial, count_slots, n.bit_length(), *counted, *args,
             FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
             num_warps=1, **modes,
         )  # fmt: skip
     return done.sum() if count_rows else None
+
+
+def compile_cases():
+    """Calls covering every specialization of this module's kernels (kernels.compile_check
+    compiles them): sources gathered or not, 32- and 64-bit sort keys."""
+    offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
+    keys = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
+    mean = torch.tensor([1, 0], dtype=torch.int32)
+    counts = torch.ones(6, dtype=torch.int32)
+    yield lambda: bag_entries(keys, 5, offsets, 2, mean, CHUNK)
+    yield lambda: row_entries(keys, 5, counts, None, CHUNK)
+    yield lambda: row_entries(keys, 2**31, counts, torch.ones(6), CHUNK)

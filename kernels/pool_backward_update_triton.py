@@ -37,19 +37,22 @@ from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer
 from kernels.sparse_optimizer_triton import OPTIMIZER_IDS, kernel_args
 
 
-@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=["scale_ptr", "freq_ptr"])
+@triton.jit(
+    do_not_specialize=SIZES, do_not_specialize_on_alignment=["scale_ptr", "counts_ptr", "freq_ptr"]
+)
 def _segment_update_kernel(
     keys_ptr,  # int32/int64 [N] the entries' keys (storage rows), stably sorted
     pieces_ptr,  # int64 [N+1] first sorted entry of each piece, then N (padding)
-    src_ptr,  # int64 [N] source gradient row of each sorted entry
-    scale_ptr,  # float32: source row r is scaled by scale_ptr[r * scale_stride]
-    scale_stride,  # 1, or 0 (scale_ptr[0] = 1 for every entry)
-    counts_ptr,  # int64 [N] inclusive prefix sum of the sorted entries' lookups (has_counts)
-    has_counts,  # 0: a row's lookups are its number of entries
+    src_ptr,  # int32 [N] source gradient row of each sorted entry
+    scale_ptr,  # float32: source row r is scaled by scale_ptr[r] (has_scale)
+    has_scale,  # 0: every scale is 1
+    counts_ptr,  # int32: source row r holds counts_ptr[r] lookups (has_counts)
+    has_counts,  # 0: every entry is one lookup
     grad_ptr,  # float32 [*, D] source gradient rows, contiguous
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
     done_ptr,  # int32 [programs] out: rows updated by each program
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place
@@ -77,10 +80,10 @@ def _segment_update_kernel(
     ALIGN: tl.constexpr,  # divides D and weight_stride (row_align)
 ):
     segment_pass(
-        keys_ptr, pieces_ptr, src_ptr, scale_ptr, scale_stride, counts_ptr, has_counts, grad_ptr,
-        n, dim, partial_ptr, search_steps, done_ptr, weight_ptr, weight_stride, m1_ptr, m2_ptr,
-        steps_ptr, freq_ptr, 1, last_step_ptr, step, lr, eps, beta1, beta2, one_minus_beta1,
-        one_minus_beta2, log2_beta1, log2_beta2, 1.0, 0,
+        keys_ptr, pieces_ptr, src_ptr, scale_ptr, has_scale, counts_ptr, has_counts, grad_ptr,
+        n, dim, partial_ptr, count_slots_ptr, search_steps, done_ptr, weight_ptr, weight_stride,
+        m1_ptr, m2_ptr, steps_ptr, freq_ptr, 1, last_step_ptr, step, lr, eps, beta1, beta2,
+        one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2, 1.0, 0,
         FINISH, False, OPTIMIZER, CHUNK, SEGS, UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
 

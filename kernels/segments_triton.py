@@ -31,7 +31,7 @@ from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
 COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
 # sizes that change per call are not value-specialized (kernels/common_triton.py)
 SIZES = [
-    "scale_stride",
+    "has_scale",
     "has_counts",
     "n",
     "dim",
@@ -65,17 +65,14 @@ def piece_lanes(keys_ptr, pieces_ptr, lane, n, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def search(keys_ptr, a, b, key, mask, steps, UPPER: tl.constexpr):
-    """Per lane, the first position p in [a, b) of the sorted keys with keys[p] > key (UPPER) or
-    keys[p] >= key, else b; ``steps`` >= log2(b - a + 1) halvings."""
+def search(keys_ptr, a, b, key, mask, steps):
+    """Per lane, the first position p in [a, b) of the sorted keys with keys[p] > key, else b;
+    ``steps`` >= log2(b - a + 1) halvings."""
     for _ in range(steps):
         go = mask & (a < b)
         mid = (a + b) // 2
         v = tl.load(keys_ptr + mid, mask=go, other=0)
-        if UPPER:
-            right = v <= key
-        else:
-            right = v < key
+        right = v <= key
         a = tl.where(go & right, mid + 1, a)
         b = tl.where(go & (right == 0), mid, b)
     return a
@@ -83,8 +80,8 @@ def search(keys_ptr, a, b, key, mask, steps, UPPER: tl.constexpr):
 
 @triton.jit
 def finish_lanes(keys_ptr, lane, n, search_steps, CHUNK: tl.constexpr):
-    """Second pass: (key, lo, hi, active, first_slot, slots) of the segment that starts in block
-    ``lane`` and crosses its end (active), entries lo .. hi, summed from ``slots`` slots."""
+    """Second pass: (key, hi, active, first_slot, slots) of the segment that starts in block
+    ``lane`` and crosses its end (active), its entries ending at hi, summed from ``slots`` slots."""
     block = lane * CHUNK
     last = tl.minimum(block + CHUNK, n) - 1
     valid = (block < n) & (last + 1 < n)
@@ -94,20 +91,38 @@ def finish_lanes(keys_ptr, lane, n, search_steps, CHUNK: tl.constexpr):
     first = tl.load(keys_ptr + block, mask=valid, other=0)
     # crosses the block's end and did not come in from the block before
     active = valid & (after == key) & ((block == 0) | (before != key))
-    lo = search(keys_ptr, block, last + 1, key, active, search_steps, False)
-    hi = search(keys_ptr, last + 1, tl.zeros_like(lane) + n, key, active, search_steps, True)
+    hi = search(keys_ptr, last + 1, tl.zeros_like(lane) + n, key, active, search_steps)
     first_slot = 2 * lane + (first != key).to(tl.int32)
     slots = tl.where(active, (hi - 1) // CHUNK - lane + 1, 0)
-    return key, lo, hi, active, first_slot, slots
+    return key, hi, active, first_slot, slots
 
 
 @triton.jit
-def lane_count(counts_ptr, has_counts, lo, hi, mask):
-    """Lookups of the segments lo .. hi: their entries' counts (a prefix sum), or their length."""
-    use = tl.where(has_counts != 0, mask, False)
-    end = tl.load(counts_ptr + hi - 1, mask=use, other=0)
-    begin = tl.load(counts_ptr + lo - 1, mask=use & (lo > 0), other=0)
-    return tl.where(use, end - begin, hi - lo)
+def lane_count(
+    src_ptr,
+    counts_ptr,
+    has_counts,
+    count_slots_ptr,
+    start,
+    first_slot,
+    length,
+    FINISH: tl.constexpr,
+):
+    """Per lane, the lookups of ``length`` rows (as lane_sum walks them): FINISH, the slots'
+    counts; else the entries' counts, or their number (has_counts 0, nothing read)."""
+    total = tl.zeros_like(length).to(tl.int64)
+    if FINISH:
+        for j in range(0, tl.max(length)):
+            slot = tl.where(j == 0, first_slot, 2 * (start + j))
+            total += tl.load(count_slots_ptr + slot, mask=j < length, other=0)
+    else:
+        walked = tl.where(has_counts != 0, length, 0)
+        total += length - walked
+        for j in range(0, tl.max(walked)):
+            m = j < walked
+            row = tl.load(src_ptr + start + j, mask=m, other=0)
+            total += tl.load(counts_ptr + row, mask=m, other=0)
+    return total
 
 
 @triton.jit
@@ -115,7 +130,7 @@ def lane_sum(
     grad_ptr,
     src_ptr,
     scale_ptr,
-    scale_stride,
+    has_scale,
     partial_ptr,
     start,
     first_slot,
@@ -131,7 +146,8 @@ def lane_sum(
 ):
     """Per lane, columns ``cols`` of the sum of ``length`` rows, one after another:
     FINISH: the slots first_slot, 2 * (start + 1), 2 * (start + 2), ... of partial;
-    else: sorted entries start, start + 1, ...: scale[r] * gradient row r, r their source row."""
+    else: sorted entries start, start + 1, ...: scale[r] * gradient row r, r their source row
+    (scale 1 where has_scale is 0)."""
     acc = tl.zeros([SEGS, BLOCK_D], dtype=tl.float32)
     for j0 in range(0, tl.max(length), UNROLL):
         for u in tl.static_range(UNROLL):
@@ -142,8 +158,9 @@ def lane_sum(
                 scale = tl.full([SEGS], 1.0, tl.float32)
                 ptr = partial_ptr
             else:
-                row = tl.load(src_ptr + start + j, mask=m, other=0)
-                scale = tl.load(scale_ptr + row * scale_stride, mask=m, other=0.0)
+                row = tl.load(src_ptr + start + j, mask=m, other=0).to(tl.int64)
+                scaled = tl.where(has_scale != 0, m, False)
+                scale = tl.load(scale_ptr + row, mask=scaled, other=1.0)
                 ptr = grad_ptr
             base = tl.multiple_of(row * dim, ALIGN)
             x = tl.load(
@@ -250,15 +267,16 @@ def emit(
 def segment_pass(
     keys_ptr,  # int32/int64 [N] the entries' keys, stably sorted
     pieces_ptr,  # int64 [N+1] first sorted entry of each piece, then N (padding)
-    src_ptr,  # int64 [N] source gradient row of each sorted entry
-    scale_ptr,  # float32: source row r is scaled by scale_ptr[r * scale_stride]
-    scale_stride,  # 1, or 0 (scale_ptr[0] = 1 for every entry)
-    counts_ptr,  # int64 [N] inclusive prefix sum of the sorted entries' lookups (has_counts)
-    has_counts,  # 0: a segment's lookups are its number of entries
+    src_ptr,  # int32 [N] source gradient row of each sorted entry
+    scale_ptr,  # float32: source row r is scaled by scale_ptr[r] (has_scale)
+    has_scale,  # 0: every scale is 1
+    counts_ptr,  # int32: source row r holds counts_ptr[r] lookups (has_counts)
+    has_counts,  # 0: every entry is one lookup
     grad_ptr,  # float32 [*, D] source gradient rows, contiguous
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
+    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
     done_ptr,  # int32 [programs] out: rows updated by each program (not WRITE_OUT)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
@@ -295,19 +313,23 @@ def segment_pass(
     # positions are int32 (N < 2^31, checked by the launchers): fewer registers
     lane = pid * SEGS + tl.arange(0, SEGS)
     if FINISH:
-        key, lo, hi, fin, slot, length = finish_lanes(keys_ptr, lane, n, search_steps, CHUNK)
+        key, hi, fin, slot, length = finish_lanes(keys_ptr, lane, n, search_steps, CHUNK)
         start, part = lane, lane < 0
     else:
         key, lo, hi, starts, ends, fin, part, slot = piece_lanes(
             keys_ptr, pieces_ptr, lane, n, CHUNK
         )
-        start, length = lo, hi - lo
-    count = lane_count(counts_ptr, has_counts, lo, hi, fin)
+        start, length = lo, tl.where(fin | part, hi - lo, 0)
+    count = lane_count(
+        src_ptr, counts_ptr, has_counts, count_slots_ptr, start, slot, length, FINISH
+    )
     if not WRITE_OUT:
         fin = fin & (count > 0)  # a row nobody looked up is not touched (lazy optimizers)
-    length = tl.where(fin | part, length, 0)
+        length = tl.where(fin | part, length, 0)
     row = key.to(tl.int64)
     # the per-row bookkeeping first: its values are dead before the sums (fewer registers)
+    if not FINISH:
+        tl.store(count_slots_ptr + slot, count, mask=part)
     if WRITE_OUT:
         tl.store(freq_ptr + row * freq_stride, count.to(tl.int32), mask=fin)
         if not FINISH:
@@ -328,7 +350,7 @@ def segment_pass(
     s_base = tl.multiple_of(row * dim, ALIGN)
     d = tl.arange(0, BLOCK_D)
     acc = lane_sum(
-        grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+        grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
         d, column_mask(d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
     denom = tl.sum(acc * acc, axis=1)
@@ -338,7 +360,7 @@ def segment_pass(
         if OPTIMIZER == ADAGRAD:
             for d0 in range(BLOCK_D, dim, BLOCK_D):
                 more = lane_sum(
-                    grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+                    grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
                     d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D,
                     ALIGN,
                 )  # fmt: skip
@@ -353,7 +375,7 @@ def segment_pass(
     )  # fmt: skip
     for d0 in range(BLOCK_D, dim, BLOCK_D):
         acc = lane_sum(
-            grad_ptr, src_ptr, scale_ptr, scale_stride, partial_ptr, start, slot, length,
+            grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
             d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
         )  # fmt: skip
         emit(
