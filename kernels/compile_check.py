@@ -79,8 +79,9 @@ class Specialization:
         return f"{self.kernel}[{consts}]({dtypes})"
 
 
-class _RecordingDriver:
-    """The parts of a Triton driver that JITFunction.run touches before compiling."""
+class TargetDriver:
+    """The parts of a Triton driver that JITFunction.run (and inductor's code generation) touches before
+    compiling: a GPU target on a machine without one."""
 
     def __init__(self, target):
         self.target = target
@@ -138,7 +139,7 @@ def record(modules: tuple[str, ...] | None = None) -> list[Specialization]:
 
     # reset_active() would build the real driver, which fails without a GPU: put the old one back as it was
     previous_driver, previous_hook = driver._active, knobs.runtime.jit_cache_hook
-    driver.set_active(_RecordingDriver(GPUTarget("cuda", 90, 32)))
+    driver.set_active(TargetDriver(GPUTarget("cuda", 90, 32)))
     knobs.runtime.jit_cache_hook = hook
 
     def zero_tensors(*args, **kwargs):

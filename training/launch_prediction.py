@@ -28,29 +28,11 @@ from collections import Counter
 
 import torch
 
+from kernels.compile_check import TargetDriver
 from training.launch_census import DenseCall, LaunchCensus
 
 # torch.optim optimizers training/build.py makes fused on CUDA; the others are foreach there
 FUSED_ON_CUDA = ("Adam", "AdamW")
-
-
-class _CodegenDriver:
-    """The parts of a Triton driver inductor's code generation asks for: an sm_90 target."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return self.target
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -64,7 +46,7 @@ def _triton_codegen_on_cpu():
     previous_driver, previous_env = driver._active, os.environ.get("TRITON_INTERPRET")
     previous_run = InterpretedFunction.run
     os.environ["TRITON_INTERPRET"] = "1"
-    driver.set_active(_CodegenDriver(GPUTarget("cuda", 90, 32)))
+    driver.set_active(TargetDriver(GPUTarget("cuda", 90, 32)))
     InterpretedFunction.run = lambda kernel, *args, grid, warmup, **kwargs: None
     try:
         # inductor warns that CPU Triton kernels cannot run: they never do here
