@@ -389,19 +389,9 @@ class EmbeddingCollection(ShardedEmbeddingCollection):
         storage_dtype: str = "float32",
         always_exchange: bool = False,
     ):
+        options = dict(storage_dtype=storage_dtype)
         plan = plan_sharding(
-            tables,
-            1,
-            storage_dtype=storage_dtype,
-            optimizer=optimizer.name,
-            default_placement="table",
+            tables, 1, optimizer=optimizer.name, default_placement="table", **options
         )
-        super().__init__(
-            tables,
-            plan,
-            optimizer,
-            device=device,
-            seed=seed,
-            storage_dtype=storage_dtype,
-            always_exchange=always_exchange,
-        )
+        options.update(device=device, seed=seed, always_exchange=always_exchange)
+        super().__init__(tables, plan, optimizer, **options)
