@@ -100,10 +100,9 @@ class ShardedEmbeddingCollection(nn.Module):
         self.num_updates = 0
         # makes autograd call our backward
         self._anchor = torch.zeros((), device=device, requires_grad=True)
-        # bytes this rank sent to other ranks, and device-memory bytes moved (an estimate), in the
-        # last forward + backward
-        self.last_exchange_bytes = 0
-        self.last_memory_bytes = 0
+        # bytes this rank sent to other ranks, and device-memory bytes moved (an estimate,
+        # embedding.byte_model.MemoryBytes), in the last forward + backward
+        self.last_exchange_bytes, self.last_memory_bytes = 0, 0
         # optional training.stages.StageTimer: training steps record input_dist, lookup,
         # output_dist, grad_dist and sparse_update into it (evaluation, under no_grad, is not timed)
         self.timer = None
