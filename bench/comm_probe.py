@@ -217,10 +217,17 @@ def _probe_ddp(probe: Probe, all_reduce) -> None:
     buffer broadcast, made in C++ by DistributedDataParallel._pre_forward) as one collective."""
     ddp = torch.nn.parallel.DistributedDataParallel
     ddp_init, pre_forward = ddp.__init__, getattr(ddp, "_pre_forward", None)
+    register = ddp.register_comm_hook
 
     def probed_ddp_init(self, *args, **kwargs):
         ddp_init(self, *args, **kwargs)
-        self.register_comm_hook(None, _ddp_hook(probe, all_reduce))
+        register(self, None, _ddp_hook(probe, all_reduce))
+
+    def probed_register(self, state, hook):
+        """training.build registers DDP's allreduce_hook (divide, then all-reduce): the probe's hook, set at
+        construction (a DDP takes one), does the same, timed."""
+
+    ddp.register_comm_hook = probed_register
 
     def probed_pre_forward(self, *args, **kwargs):
         with probe.collective("ddp_pre_forward", 0):

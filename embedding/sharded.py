@@ -280,12 +280,12 @@ class ShardedEmbeddingCollection(nn.Module):
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
             return
         with self._stage("grad_dist"):
-            grads, lookups = self._gradients_to_owners(sd, grad_pooled)
-        with self._stage("sparse_update"):
-            self.num_updates += 1
-            rows, counts, scale = sd.owner_rows, lookups, None
+            grads, counts = self._gradients_to_owners(sd, grad_pooled)
+            rows, scale = sd.owner_rows, None
             if self.layout.num_replicated_rows:
                 rows, grads, counts, scale = self._with_replicated(rows, grads, counts)
+        with self._stage("sparse_update"):
+            self.num_updates += 1
             # the received gradients of equal rows merged (in a fixed order) and the optimizer
             # applied, in one pass; lookup counts and last step written beside
             updated = merge_update(

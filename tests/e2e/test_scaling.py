@@ -146,9 +146,9 @@ def test_projection_from_a_real_two_rank_run(tmp_path):
         assert all(rank["comm_ms"][s] > 0 for s in ("input_dist", "output_dist", "grad_dist"))
         assert "sparse_update" not in rank["comm_ms"] and "dense_optimizer" not in rank["comm_ms"]
     inputs = scaling.inputs_from_run(str(tmp_path / "probe"))
-    # counts + keys, rows, lookups + gradients; replicated tables (category, device, hour: 274 rows of
-    # dim 16 + a count) all-reduced in float32, as embedding/byte_model.py counts them
-    assert inputs["alltoall_calls"] == 5 and inputs["replicated_bytes"] == 4 * 17 * 274
+    # counts, keys, rows, gradients with their lookup counts (one message); replicated tables (category,
+    # device, hour: 274 rows of dim 16 + a count) all-reduced in float32, as embedding/byte_model.py counts them
+    assert inputs["alltoall_calls"] == 4 and inputs["replicated_bytes"] == 4 * 17 * 274
     assert inputs["alltoall_offrank_bytes"] == result["exchange_bytes_per_rank"] - 4 * 17 * 274
     text = scaling.projection_report(str(tmp_path / "probe"), scaling.LINK_DEFAULTS)
     assert "W=2 ranks on one cpu" in text and text.count("| 2 x 8 |") == 1
