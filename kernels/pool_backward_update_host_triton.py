@@ -1,5 +1,9 @@
 """Host side of the segment kernel (kernels.segments_triton): argument checks, the sorted entries
-and the two launches, in torch ops sized from N alone: no host sync.
+and the two passes' launches, sized from N alone: no host sync.
+
+Per call: the keys cast to int32, a stable torch.sort, ``_mark_kernel`` (piece starts, and each
+sorted entry's source row), nonzero_static (the piece list) and the two passes; a batch's values
+first get their bag's gradient row and scale from ``_bag_sources_kernel``.
 
 An entry is (key, source row, scale, count): a value of the batch (key: its storage row or its
 unique index; source: its bag's pooled-gradient row b * F + f; scale: 1/len for mean bags) or a
