@@ -105,7 +105,7 @@ def pool_backward_triton(
     if lookups is None:  # the counts go to a scratch word
         lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
     stride = out.stride(0) if dim > 0 else 1
-    grad = grad_pooled.float().contiguous().view(-1, dim)
+    grad = grad_pooled.float().contiguous().view(grad_pooled.shape[0] * grad_pooled.shape[1], dim)
     args = (out, stride, lookups, lookups.stride(0), scale, num_unique)
     align = row_align(dim, stride)
     host.run_segments(_pool_backward_kernel, entries, chunk, grad, align, args, False)

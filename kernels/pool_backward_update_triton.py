@@ -125,7 +125,7 @@ def pool_backward_update_triton(
     batch_size = grad_pooled.shape[0]
     chunk = host.CHUNK  # one value for the sort and the kernels (tests lower it)
     entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, chunk)
-    grad = grad_pooled.float().contiguous().view(-1, dim)
+    grad = grad_pooled.float().contiguous().view(grad_pooled.shape[0] * grad_pooled.shape[1], dim)
     return _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer)
 
 

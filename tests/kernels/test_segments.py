@@ -196,3 +196,12 @@ def test_no_host_sync(entry, small_chunk):
     assert not census.sites, census.sites
     if entry != "pool":
         assert result[-1].dim() == 0 and int(result[-1]) > 0
+
+
+@needs_triton
+def test_pool_backward_of_zero_columns_still_counts_lookups(triton_path):
+    grad, inverse, offsets, mean = make_bags("irregular", "mixed", 0, torch.Generator())
+    lookups = torch.full((9,), 7, dtype=torch.int32, device=DEVICE)
+    out = pool_backward(*on(grad, inverse, offsets, mean), 9, lookups=lookups)
+    assert out.shape == (9, 0)
+    assert torch.equal(lookups.cpu(), torch.bincount(inverse, minlength=9).int())
