@@ -93,9 +93,9 @@ class ShardedEmbeddingCollection(nn.Module):
         self.dynamic = DynamicTables(
             shards, self.features, self.layout, self.storage, self.exchange, seed
         )
-        self.feature_mean = torch.tensor(
-            [t.pooling == "mean" for t in tables for _ in t.features], device=device
-        )
+        # int32, as the kernels take it (no conversion per call)
+        mean = [t.pooling == "mean" for t in tables for _ in t.features]
+        self.feature_mean = torch.tensor(mean, dtype=torch.int32, device=device)
         # sparse updates applied so far (= training steps); restored by checkpoints
         self.num_updates = 0
         # makes autograd call our backward
