@@ -223,8 +223,8 @@ def test_single_rank_kaggle_step_launch_budget():
     strict=True,
     reason="budget 90; today 159: input_dist 35 (owner_of and the dedup's host side), grad_dist 30 (the "
     "pooling backward's sort and segment bookkeeping, the replicated tables' all-reduce), sparse_update 11 "
-    "(merge_update), lookup 10 (ShardLayout.local_rows), output_dist 2, dense_fwd 29 and dense_bwd 36 (compiled bf16 network, eager "
-    "loss, DDP), LossGuard.step_done 4, optimizer 2",
+    "(merge_update), lookup 10 (ShardLayout.local_rows), output_dist 2, dense_fwd 29 and dense_bwd 36 "
+    "(compiled bf16 network, eager loss, DDP), LossGuard.step_done 4, optimizer 2",
 )
 def test_two_rank_step_launch_budget():
     assert step_profile(2)["predicted_launches_per_step"] <= 90
