@@ -14,44 +14,21 @@ owner's shard, drawn from a power law, never ``arange`` rows (a sequential copy,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from pipeline.synthetic import zipf_ids
+from training.config import load_config
 
-# MLPerf DLRM-DCNv2 (Criteo 1TB, max_ind_range 40M): rows and multi-hot size per table
-DLRM_ROWS = [
-    40000000,
-    39060,
-    17295,
-    7424,
-    20265,
-    3,
-    7122,
-    1543,
-    63,
-    40000000,
-    3067956,
-    405282,
-    10,
-    2209,
-    11938,
-    155,
-    4,
-    976,
-    14,
-    40000000,
-    40000000,
-    40000000,
-    590152,
-    12973,
-    108,
-    36,
-]
-DLRM_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# configs/dcnv2_criteo_1tb.toml's data.zipf_exponent (also the schema's default)
-ZIPF_EXPONENT = 1.05
+# MLPerf DLRM-DCNv2 (Criteo 1TB, max_ind_range 40M), as the training config has it: rows and multi-hot
+# size per table, and the ids' Zipf exponent
+_MLPERF = load_config(["--config", os.path.join(ROOT, "configs", "dcnv2_criteo_1tb.toml")])
+DLRM_ROWS = [t.num_embeddings for t in _MLPERF.embedding.tables]
+DLRM_HOT = list(_MLPERF.data.multi_hot_sizes)
+ZIPF_EXPONENT = _MLPERF.data.zipf_exponent
 
 # batch: one rank's samples per step; world: the shards a table is split into (owner-side kernels read
 # one); fixed_bags: every bag holds exactly its table's multi-hot size (MLPerf), else 0..2h ids
