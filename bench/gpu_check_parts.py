@@ -139,6 +139,16 @@ def train_args(check: Check, spec: dict, run_dir: str | None) -> list[str]:
     return args if run_dir is None else [*args, "--run.dir", run_dir]
 
 
+def _logged_run(cmd: list[str], run_dir: str, result: dict, timeout: float, what: str) -> None:
+    """Run cmd, its command line and output in run_dir/log.txt; a failure is kept in result and raised."""
+    code, out, err = run_command(cmd, timeout)
+    with open(os.path.join(run_dir, "log.txt"), "w") as f:
+        f.write(" ".join(cmd) + "\n" + out + err)
+    if code != 0:
+        result["error"] = err[-3000:]
+        raise RuntimeError(f"{what} failed: see runs/{os.path.basename(run_dir)}/log.txt")
+
+
 def run_part(spec: dict):
     def run(check: Check, timeout: float) -> None:
         run_dir = os.path.join(check.out, "runs", spec["name"])
@@ -146,12 +156,7 @@ def run_part(spec: dict):
         cmd = [sys.executable, "train.py", *train_args(check, spec, run_dir)]
         result = {"spec": spec}
         check.runs.append(result)
-        code, out, err = run_command(cmd, timeout)
-        with open(os.path.join(run_dir, "log.txt"), "w") as f:
-            f.write(" ".join(cmd) + "\n" + out + err)
-        if code != 0:
-            result["error"] = err[-3000:]
-            raise RuntimeError(f"train.py failed: see runs/{spec['name']}/log.txt")
+        _logged_run(cmd, run_dir, result, timeout, "train.py")
         result["summary"] = json.load(open(os.path.join(run_dir, "summary.json")))
 
     return run
@@ -165,12 +170,7 @@ def scaling_part(spec: dict):
         cmd = local_work.probe_command(run_dir, spec["nproc"], train_args(check, spec, None))
         result = {"spec": spec}
         check.scaling.append(result)
-        code, out, err = run_command(cmd, timeout)
-        with open(os.path.join(run_dir, "log.txt"), "w") as f:
-            f.write(" ".join(cmd) + "\n" + out + err)
-        if code != 0:
-            result["error"] = err[-3000:]
-            raise RuntimeError(f"the W={spec['nproc']} run failed: see runs/{spec['name']}/log.txt")
+        _logged_run(cmd, run_dir, result, timeout, f"the W={spec['nproc']} run")
         result["local_work"] = local_work.aggregate(run_dir)
         base = next((r for r in check.runs if r["spec"]["name"] == spec["baseline"]), None)
         baseline = ""
