@@ -101,53 +101,61 @@ class Exchange:
         return self.all_to_all(rows.to(self.dtype), send_splits, recv_splits)
 
     def gradient_message(self, rows: int, dim: int, device) -> GradientMessage:
-        """An empty message of ``rows`` gradients and lookup counts (GradientMessage)."""
-        wire = torch.float32 if self.dtype == torch.float16 else self.dtype
-        size = torch.empty(0, dtype=wire).element_size()
-        count_col = -(-dim * size // 4)  # the int32 column after the gradient's bytes
-        buffer = torch.empty(rows, (count_col + 1) * 4 // size, dtype=wire, device=device)
-        return GradientMessage(buffer, buffer[:, :dim], buffer.view(torch.int32)[:, count_col])
+        """An empty message of ``rows`` gradients and lookup counts (GradientMessage): in the exchange
+        dtype on the wire, float32 when nothing is sent or fp16 (scaled and packed by gradients())."""
+        sent_as_is = self.distributed and self.dtype != torch.float16
+        return _message(rows, dim, self.dtype if sent_as_is else torch.float32, device)
 
     def gradients(self, message: GradientMessage, sd) -> tuple[torch.Tensor, torch.Tensor]:
         """A GradientMessage to the owners (one all-to-all): (float32 [K, D] gradients, int32 [K]
         lookup counts) of the K keys this rank received (sd: the batch's SparseDist)."""
-        dim = message.grads.shape[1]
-        if self.dtype == torch.float16 and self.distributed:
-            message = self._fp16_message(message, sd)
-        received = self.all_to_all(message.buffer, sd.send_splits, sd.recv_splits)
-        count_col = -(-dim * received.element_size() // 4)
-        lookups = received.view(torch.int32)[:, count_col]
-        grads = received[:, :dim]
-        if self.dtype == torch.float16 and self.distributed:
+        fp16 = self.dtype == torch.float16 and self.distributed
+        if fp16:
+            message, scale = self._fp16_message(message, sd)
+        received = _message_view(
+            self.all_to_all(message.buffer, sd.send_splits, sd.recv_splits), message.grads.shape[1]
+        )
+        if fp16:
             # the scale each source used for this rank
-            source_scale = self.all_to_all(
-                self._scale, [1] * self.world_size, [1] * self.world_size
-            )
-            source = self._ranks(sd.recv_counts, received.shape[0])
-            return grads.float() / source_scale[source, None], lookups
-        return grads.float(), lookups
+            source_scale = self.all_to_all(scale, [1] * self.world_size, [1] * self.world_size)
+            source = self._ranks(sd.recv_counts, received.buffer.shape[0])
+            return received.grads.float() / source_scale[source, None], received.lookups
+        return received.grads.float(), received.lookups
 
     def _ranks(self, counts: torch.Tensor, total: int) -> torch.Tensor:
         """The rank of each of ``total`` rows grouped by rank, counts[r] rows for rank r (no sync)."""
         ranks = torch.arange(self.world_size, device=counts.device)
         return torch.repeat_interleave(ranks, counts, output_size=total)
 
-    def _fp16_message(self, message: GradientMessage, sd) -> GradientMessage:
+    def _fp16_message(self, message: GradientMessage, sd) -> tuple[GradientMessage, torch.Tensor]:
         """fp16 on the wire: one power-of-two scale per destination brings its largest |gradient| to
-        [2^14, 2^15) (kept in self._scale for gradients() to send)."""
+        [2^14, 2^15). Returns the fp16 message and the [W] scales."""
         grads, rows = message.grads, message.grads.shape[0]
         dest = self._ranks(sd.send_counts, rows)
         amax = torch.zeros(self.world_size, device=grads.device)
         amax.scatter_reduce_(0, dest, grads.abs().amax(1), "amax")
         exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)), torch.zeros_like(amax))
-        self._scale = torch.exp2(_FP16_TOP_EXPONENT - exponent)  # one per destination
-        dim = grads.shape[1]
-        count_col = -(-dim * 2 // 4)
-        buffer = torch.empty(rows, (count_col + 1) * 2, dtype=torch.float16, device=grads.device)
-        buffer[:, :dim] = grads * self._scale[dest, None]
-        buffer.view(torch.int32)[:, count_col] = message.lookups
-        return GradientMessage(buffer, buffer[:, :dim], buffer.view(torch.int32)[:, count_col])
+        scale = torch.exp2(_FP16_TOP_EXPONENT - exponent)  # one per destination
+        packed = _message(rows, grads.shape[1], torch.float16, grads.device)
+        packed.grads.copy_(grads * scale[dest, None])
+        packed.lookups.copy_(message.lookups)
+        return packed, scale
 
     def element_size(self) -> int:
         """Bytes per exchanged row element."""
         return torch.empty(0, dtype=self.dtype).element_size()
+
+
+def _message(rows: int, dim: int, dtype: torch.dtype, device) -> GradientMessage:
+    """An empty GradientMessage of ``rows`` rows in ``dtype``."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    count_col = -(-dim * size // 4)  # the int32 column after the gradient's bytes
+    return _message_view(
+        torch.empty(rows, (count_col + 1) * 4 // size, dtype=dtype, device=device), dim
+    )
+
+
+def _message_view(buffer: torch.Tensor, dim: int) -> GradientMessage:
+    """The gradients and lookup counts in a message buffer (sent or received)."""
+    count_col = -(-dim * buffer.element_size() // 4)
+    return GradientMessage(buffer, buffer[:, :dim], buffer.view(torch.int32)[:, count_col])
