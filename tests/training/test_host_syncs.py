@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.step_profiles import by_file, step_profile
+from tests.support.step_profiles import by_file, step_profile
 from training.census import HostSyncCensus
 
 THIS = "tests/training/test_host_syncs.py"

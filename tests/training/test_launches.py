@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from models.mlp import MLP
-from tests.training.step_profiles import by_file, step_profile
+from tests.support.step_profiles import by_file, step_profile
 from training.launch_census import LaunchCensus
 from training.launch_prediction import launch_report, predict_cuda_optimizer
 from training.launch_table import multi_tensor_launches
