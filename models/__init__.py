@@ -9,11 +9,15 @@ from models.dlrm import DLRM
 from models.init import init_weights_
 from models.interactions import CrossNetwork, DotInteraction, FactorizationMachine
 from models.mlp import MLP
+from models.network import flatten_linears_
 
 
 def build_model(cfg, num_dense: int, num_features: int, dim: int, seed: int = 0) -> nn.Module:
     """The dense network named by cfg.name (a training.config.ModelConfig), initialised by cfg.init (seed: run.seed)."""
-    return init_weights_(_architecture(cfg, num_dense, num_features, dim), cfg.init, seed)
+    # one buffer for the Linear parameters: bf16 autocast casts them in one kernel (models.network)
+    return flatten_linears_(
+        init_weights_(_architecture(cfg, num_dense, num_features, dim), cfg.init, seed)
+    )
 
 
 def _architecture(cfg, num_dense: int, num_features: int, dim: int) -> nn.Module:

@@ -16,15 +16,15 @@ MLPerf DLRM-DCNv2 (Criteo 1TB) is: name="dcnv2", bottom_mlp=[512, 256, 128], emb
 """
 
 import torch
-from torch import nn
 
 from models.interactions import CrossNetwork
 from models.mlp import MLP
+from models.network import Network
 
 DCN_STRUCTURES = ("stacked", "parallel")
 
 
-class DCNv2(nn.Module):
+class DCNv2(Network):
     """Dense part of DCN-v2. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B]."""
 
     def __init__(
@@ -59,7 +59,7 @@ class DCNv2(nn.Module):
             head_in += self.deep.out_features
         self.top = MLP(head_in, [*top_mlp, 1], last_activation=False)
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         bottom = self.bottom(dense)
         x0 = torch.cat([bottom, pooled.to(bottom.dtype).flatten(1)], dim=1)
         head_in = self.cross(x0)

@@ -19,9 +19,10 @@ from torch import nn
 
 from models.interactions import FactorizationMachine
 from models.mlp import MLP
+from models.network import Network
 
 
-class DeepFM(nn.Module):
+class DeepFM(Network):
     """Dense part of DeepFM. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B]."""
 
     def __init__(
@@ -43,7 +44,7 @@ class DeepFM(nn.Module):
         self.fm = FactorizationMachine()
         self.deep = MLP((num_features + 1) * dim, [*deep_mlp, 1], last_activation=False)
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         dense_field = self.bottom(dense)
         pooled = pooled.to(dense_field.dtype)
         fields = torch.cat([dense_field.unsqueeze(1), pooled], dim=1)  # [B, F+1, D]

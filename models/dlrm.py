@@ -1,13 +1,13 @@
 """DLRM (Naumov et al. 2019): bottom MLP -> dot interaction with pooled embeddings -> top MLP."""
 
 import torch
-from torch import nn
 
 from models.interactions import DotInteraction
 from models.mlp import MLP
+from models.network import Network
 
 
-class DLRM(nn.Module):
+class DLRM(Network):
     """Dense part of DLRM. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B].
 
     The bottom MLP's last size must equal the embedding dim D so the dense vector joins the
@@ -26,6 +26,6 @@ class DLRM(nn.Module):
         self.interaction = DotInteraction(num_features)
         self.top = MLP(dim + self.interaction.num_pairs, [*top_mlp, 1], last_activation=False)
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         x = self.bottom(dense)
         return self.top(self.interaction(x, pooled.to(x.dtype))).squeeze(1)
