@@ -18,6 +18,8 @@ import torch.distributed as dist
 from training.config import Config
 from training.distributed import DistContext, restart_count
 
+_NEVER = 2**62  # a step no run reaches
+
 
 class NonFiniteLoss(FloatingPointError):
     pass
@@ -39,9 +41,9 @@ class LossGuard:
         # steps skipped for a non-finite loss (train.skip_nonfinite_loss)
         self.skipped_steps = skipped_steps
         self.steps_done = first_step
-        self._never = torch.tensor(2**62, dtype=torch.int64, device=env.device)
-        # first local step with a non-finite loss (no host sync per step)
-        self._first_bad = self._never.clone()
+        # (step, local loss) of the steps no check has read yet: checking each step would cost a launch or
+        # a host sync; they are read at log steps (check_window) and before a save (check_before_save)
+        self._unchecked: list[tuple[int, torch.Tensor]] = []
 
     def _raise(self, step: int) -> None:
         where = self.last_checkpoint() or "none (nothing saved yet)"
@@ -81,28 +83,31 @@ class LossGuard:
         bad = (~finite).nonzero()
         if bad.numel():
             self._raise(step - losses.numel() + 1 + int(bad[0]))
-        self._first_bad = self._never.clone()
+        self._unchecked = [(s, loss) for s, loss in self._unchecked if s > step]
         return losses
 
     def step_done(self, step: int, loss: torch.Tensor) -> None:
-        """Remember the first non-finite loss (on the device), then the fault injections of this step."""
+        """Keep the step's loss for the next check (no device work), then the fault injections of this step."""
         self.steps_done = step
         # skipped steps changed nothing: their loss is no reason to stop
         if not self.cfg.train.skip_nonfinite_loss:
-            # steps only grow: the minimum keeps the first (a scalar argument, not a host->device copy);
-            # loss * 0 is 0 exactly when the loss is finite (two kernels; isfinite takes four)
-            self._first_bad = torch.minimum(
-                self._first_bad, torch.where(loss * 0 == 0, self._never, step)
-            )
+            self._unchecked.append((step, loss))
         inject_fault(self.cfg, self.env.rank, step)
 
     def check_before_save(self) -> None:
         """Collective: never write weights that a non-finite loss has touched."""
-        first_bad = self._first_bad.clone()
+        first_bad = torch.tensor(_NEVER, dtype=torch.int64)
+        if self._unchecked:
+            steps = torch.tensor([s for s, _ in self._unchecked], dtype=torch.int64)
+            # one host read per save: the first unchecked step whose local loss is not finite
+            finite = torch.isfinite(torch.stack([loss for _, loss in self._unchecked])).cpu()
+            first_bad = torch.where(finite, _NEVER, steps).min()
         if self.env.world_size > 1:
+            first_bad = first_bad.to(self.env.device)
             dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
-        if int(first_bad) != int(self._never):
+        if int(first_bad) != _NEVER:
             self._raise(int(first_bad))
+        self._unchecked.clear()
 
 
 def inject_fault(cfg: Config, rank: int, step: int) -> None:
