@@ -18,6 +18,7 @@ from embedding import (
     resolve_tables,
 )
 from models import build_model
+from models.objective import Objective
 from training.config import Config
 from training.data import DatasetSource, SyntheticSource, open_source
 from training.distributed import DistContext
@@ -40,8 +41,8 @@ class Parts:
     optimizer: torch.optim.Optimizer  # the dense optimizer
     data: SyntheticSource | DatasetSource
     autocast: object  # bf16 autocast of the dense network on CUDA (train.bf16), else a no-op
-    # what a training step calls: model, or torch.compile(model) (model.compile)
-    step_model: torch.nn.Module
+    # what a training step calls: the loss of model's logits (models.objective), compiled or not (model.compile)
+    step_loss: torch.nn.Module
 
 
 def dense_autocast(cfg: Config, device: torch.device):
@@ -130,5 +131,5 @@ def build(cfg: Config, env: DistContext) -> Parts:
         _dense_optimizer(cfg, model, env.device),
         data,
         dense_autocast(cfg, env.device),
-        torch.compile(model) if compiled else model,
+        torch.compile(Objective(model)) if compiled else Objective(model),
     )

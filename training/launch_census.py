@@ -82,6 +82,7 @@ class LaunchCensus:
         self._set_aside, self._run_triton = set_aside, run_triton
         self._stages: list[str] = []
         self._dense_depth, self._dense_root, self._in_optimizer = 0, None, False
+        self._dense_counted = None  # the module whose calls DenseCall counts
         self._dense_nodes: set = set()
         self._handles: list = []
         census = self
@@ -125,8 +126,8 @@ class LaunchCensus:
         site = Site(sys._getframe(1))
         if site.in_triton:
             return  # Triton's interpreter copying a kernel's arguments
-        if namespace == "c10d":
-            self._add(site, f"c10d.{name}", 1)
+        if namespace == "c10d":  # DDP's collectives run eagerly around a compiled network too
+            self._add(site, f"c10d.{name}", 1, set_aside=False)
             return
         tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.host.all_host(tensors):
@@ -138,12 +139,12 @@ class LaunchCensus:
         if launches:
             self._add(site, name, launches)
 
-    def _add(self, site: Site, label: str, launches: int) -> None:
+    def _add(self, site: Site, label: str, launches: int, set_aside: bool = True) -> None:
         key = f"{site.where or '?'} {label}"
         stage = self._stages[-1] if self._stages else None
         data = site.where is not None and site.where.startswith("pipeline/")
         component = stage or ("data" if data else "other")
-        part = self._part() if self._set_aside else None
+        part = self._part() if self._set_aside and set_aside else None
         if part is not None:
             self.set_aside[part][key] += launches
             self.set_aside_components[part][component] += launches
@@ -220,13 +221,15 @@ class LaunchCensus:
         elif type(module).__module__.split(".")[0] in DENSE_PACKAGES:
             self._dense_root, self._dense_depth = module, 1
             if self.dense is None:
-                self.dense = DenseCall(module, inputs)
+                # predicted without DDP around the network (models.objective.Objective.bare)
+                self.dense = DenseCall(getattr(module, "bare", lambda: module)(), inputs)
+                self._dense_counted = module
 
     def _dense_exit(self, module, inputs, output) -> None:
         if not self._patches.mine() or module is not self._dense_root or not self._dense_depth:
             return
         self._dense_depth -= 1
-        if self._dense_depth or self.dense is None or module is not self.dense.module:
+        if self._dense_depth or self.dense is None or module is not self._dense_counted:
             return
         self.dense.forwards += 1
         outputs = [t for t in _tensors(output) if t.grad_fn is not None]

@@ -10,8 +10,11 @@ their eager ops (set aside by the census) are replaced here:
   every Triton kernel the generated code launches (counted, never run: the kernels are stubbed, so bf16 works
   under the interpreter) and every aten op it calls (the GEMMs: ``extern_kernels.mm/addmm/bmm``, cuBLAS),
   forward and backward graph apart. On a GPU, fusion can differ where inductor's choices depend on the device
-  (split reductions use the SM count) or on the batch size (the test runs are tiny); DDP's graph breaks at
-  bucket boundaries (one bucket for these small networks) are not modelled.
+  (split reductions use the SM count; a cat of a few inputs is one pointwise kernel on CUDA, copies on CPU)
+  or on the batch size (the test runs are tiny). The network is compiled with its loss (models.objective) as one
+  graph; under DDP (W > 1) dynamo breaks the graph at DDP's forward, so the loss is a graph of its own there (a
+  kernel or two more than predicted), and DDP's graph breaks at bucket boundaries (one bucket for these small
+  networks) are not modelled.
 - the dense optimizer: on CUDA training/build.py makes Adam ``fused`` and every other torch.optim optimizer
   ``foreach`` (FUSED_ON_CUDA mirrors it). The prediction runs a copy of the optimizer with those flags, over
   tensors shaped like its parameters, and counts its second step: ``_fused_*`` and ``_foreach_*`` ops are

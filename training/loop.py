@@ -3,6 +3,7 @@ update, dense optimizer step), and the loop over a run's batches that train.py a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ class StepResult:
     sparse_lr: float
 
 
+@functools.cache
+def _one(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """backward()'s seed gradient, made once: loss.backward() fills a new one every step (a launch)."""
+    return torch.ones((), device=device, dtype=dtype)
+
+
 def train_step(
     parts: Parts,
     batch,
@@ -43,8 +50,7 @@ def train_step(
     forward is queued (the pipeline starts the next batch's input_dist there, overlapping this step)."""
     pooled = parts.embeddings(sparse_dist)
     with timer.stage("dense_fwd"), parts.autocast:
-        logits = parts.step_model(batch.dense, pooled).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss = parts.step_loss(batch.dense, pooled, batch.labels)
     if after_forward is not None:
         after_forward()
     if before_backward is not None:
@@ -54,7 +60,7 @@ def train_step(
     # the timer takes the embeddings' grad_dist + sparse_update out of it
     with timer.stage("dense_bwd"):
         parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(_one(loss.device, loss.dtype))
     with timer.stage("dense_optimizer"):
         parts.optimizer.step()
     return loss.detach()

@@ -2,7 +2,8 @@
 in the interpreter), on CPU: the census's predicted syncs and launches per step. test_host_syncs.py and
 test_launches.py read the same run: each world size trains once per test session.
 
-The profiled steps (2 and 3 of 4, after one warm-up step) do not log (run.log_every 4)."""
+The profiled steps (3 and 4 of 5) do not log (run.log_every 5). Two warm-up steps: DDP rebuilds its buckets
+(a broadcast) in the forward after the first backward, once per run."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def step_profile(world_size: int) -> dict:
         "train.py",
         *("--config", config, *args, "--train.global_batch_size", str(BATCH[world_size])),
         *("--run.device", "cpu", "--run.dir", run_dir),
-        *("--train.steps", "4", "--train.warmup_steps", "1", "--run.profile_steps", "2"),
-        *("--run.log_every", "4", "--eval.every", "0"),
+        *("--train.steps", "5", "--train.warmup_steps", "2", "--run.profile_steps", "2"),
+        *("--run.log_every", "5", "--eval.every", "0"),
         *("--eval.samples", "64", "--eval.batch_size", "32"),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -181,7 +181,8 @@ def _check_profile(profile: dict, world_size: int) -> None:
     assert any(s.startswith("<compiled dense forward> ") for s in sites)
     assert any(s.startswith("<compiled dense backward> ") for s in sites)
     assert any(s.startswith(("<foreach ", "<fused ")) for s in sites)
-    assert not any(s.startswith("models/") for s in sites)  # compiled, not eager
+    # compiled, not eager (DDP's collectives around the network run eagerly)
+    assert not any(s.startswith("models/") and " c10d." not in s for s in sites)
     assert any(" c10d." in s for s in sites) == (world_size > 1)
     assert set(profile["launch_components"]) >= {"dense_fwd", "dense_bwd", "dense_optimizer"}
 
@@ -197,7 +198,7 @@ def test_two_rank_step_launches_add_up():
 
 
 # today's predicted launches per step: a change that adds launches to the step fails here
-TODAY = {1: 99, 2: 159}
+TODAY = {1: 68, 2: 133}
 
 
 @pytest.mark.slow
@@ -209,10 +210,10 @@ def test_step_launches_do_not_grow(world_size):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="budget 60; today 99: dense_fwd 36 (the compiled bf16 network 31: 8 GEMMs and 13 separate "
-    "bf16 casts of weights among its Triton kernels; the eager loss 5), dense_bwd 44 (compiled 38, loss "
-    "backward 6), sparse_update 11 (the fused backward: sort, segment bookkeeping, 2 kernels), "
-    "input_dist 2, output_dist 1, LossGuard.step_done 4, optimizer 1",
+    reason="budget 60; today 68: dense_fwd 20 (the compiled bf16 network with its loss: 8 GEMMs, 5 ReLUs, "
+    "casts of the flat Linear buffer, the dense input and the pooled embeddings), dense_bwd 33 (15 GEMMs, "
+    "6 bias-gradient sums, 5 ReLU backwards, the interaction's scatter), sparse_update 11 (the fused "
+    "backward: sort, segment bookkeeping, 2 kernels), input_dist 2, output_dist 1, optimizer 1",
 )
 def test_single_rank_kaggle_step_launch_budget():
     assert step_profile(1)["predicted_launches_per_step"] <= 60
@@ -221,10 +222,10 @@ def test_single_rank_kaggle_step_launch_budget():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="budget 90; today 159: input_dist 35 (owner_of and the dedup's host side), grad_dist 30 (the "
+    reason="budget 90; today 133: input_dist 35 (owner_of and the dedup's host side), grad_dist 30 (the "
     "pooling backward's sort and segment bookkeeping, the replicated tables' all-reduce), sparse_update 11 "
-    "(merge_update), lookup 10 (ShardLayout.local_rows), output_dist 2, dense_fwd 29 and dense_bwd 36 "
-    "(compiled bf16 network, eager loss, DDP), LossGuard.step_done 4, optimizer 2",
+    "(merge_update), lookup 10 (ShardLayout.local_rows), output_dist 2, dense_fwd 16 and dense_bwd 27 "
+    "(the compiled bf16 network with its loss, DDP), optimizer 2",
 )
 def test_two_rank_step_launch_budget():
     assert step_profile(2)["predicted_launches_per_step"] <= 90
