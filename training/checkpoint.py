@@ -309,6 +309,8 @@ class Checkpointer:
     def save(self, step: int, skipped_steps: int) -> str:
         started = time.perf_counter()
         self.last_path = save(self.cfg, self.parts, step, self.env, skipped_steps, self.bad)
+        # a re-saved step replaced the checkpoint that failed: it counts again
+        self.bad = [p for p in self.bad if p != self.last_path]
         if self.env.rank == 0:  # save() ends with a barrier: this is the whole group's time
             size = sum(
                 os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path)

@@ -139,6 +139,15 @@ def test_failed_checkpoints_are_pruned_before_good_ones(toml, saved, tmp_path):
     assert [s for s, _ in checkpoint.complete_checkpoints(str(run))] == [3, 6]
 
 
+def test_resaved_step_counts_again(toml, saved, tmp_path):
+    run = _copy(saved, tmp_path)
+    _flip(run / "checkpoints" / "step_4" / "dense.pt")
+    flags = ["--train.resume", "auto", "--train.checkpoint_every", "2", "--train.steps", "6"]
+    train.main(_args(toml, run, *flags))
+    # step_4 was re-saved whole: kept beside step_6, the older step_2 pruned
+    assert [s for s, _ in checkpoint.complete_checkpoints(str(run))] == [4, 6]
+
+
 def test_no_checkpoint_verifies(toml, saved, tmp_path):
     run = _copy(saved, tmp_path)
     for step in (2, 4):
