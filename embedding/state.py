@@ -119,8 +119,8 @@ def tracked_digests(
     )
     for t in range(len(layout.tables)):
         for i, name in enumerate(names):
-            values = tracked[name]
-            values = values.reshape(values.shape[0], -1)
+            values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
+            values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
             _digest_table(sums[t, i], layout, dynamic, t, values, _digest_key(t, name), chunk_elems)
     exchange.all_reduce_(sums)
     return [
