@@ -20,7 +20,7 @@ import torch
 from training.build import build
 from training.checkpoint import Checkpointer
 from training.config import Config, load_config
-from training.digest import weights_digest
+from training.digest import optimizer_digest, weights_digest
 from training.distributed import explain_timeouts, setup_distributed, shutdown
 from training.evaluate import evaluate
 from training.export import export_embeddings
@@ -78,8 +78,12 @@ def run(cfg: Config) -> dict:
 def finish(
     cfg: Config, parts, env, guard: LossGuard, ckpt: Checkpointer, warm: dict | None
 ) -> dict:
-    """Collective: what the summary adds at the end: weights_digest, dynamic tables, export, checkpoint."""
-    out = {"weights_digest": weights_digest(parts), "skipped_steps": guard.skipped_steps}
+    """Collective: what the summary adds at the end: weights/optimizer digests, dynamic tables, export, checkpoint."""
+    out = {
+        "weights_digest": weights_digest(parts),
+        "optimizer_digest": optimizer_digest(parts),
+        "skipped_steps": guard.skipped_steps,
+    }
     if parts.embeddings.dynamic:
         out["dynamic"] = parts.embeddings.dynamic_metrics()
     if cfg.export.enabled:

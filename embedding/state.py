@@ -9,6 +9,8 @@ and rows (of live keys), plus the keys counted and not yet admitted ("pending_*"
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from embedding.comm import Exchange
@@ -45,6 +47,88 @@ def _bits(block: torch.Tensor) -> torch.Tensor:
     return block.float().view(torch.int32).to(torch.int64) & _LOW32
 
 
+def _digest_key(t: int, name: str) -> int:
+    """The key mixed into the digest of table t's tracked tensor `name` (the weights keep the key
+    they always had, so weights digests stay comparable)."""
+    seed = t + 0x5EED
+    if name != "weight":
+        seed ^= zlib.crc32(name.encode()) << 24
+    return int(splitmix64(torch.tensor([seed], dtype=torch.int64))[0])
+
+
+def _value_bits(block: torch.Tensor) -> torch.Tensor:
+    """Stored values as non-negative int64 bits: floats by their float32 bits, integers as is."""
+    return _bits(block) if block.is_floating_point() else block.to(torch.int64)
+
+
+def _digest_table(
+    sums: torch.Tensor,
+    layout: ShardLayout,
+    dynamic: DynamicTables,
+    t: int,
+    values: torch.Tensor,
+    key: int,
+    chunk_elems: int,
+) -> None:
+    """sums [2] += this rank's contributions of table t's tensor `values` ([local rows, C])."""
+    table, device, width = layout.tables[t], values.device, values.shape[1]
+    columns = torch.arange(width, dtype=torch.int64, device=device)
+    rows_per_chunk = max(1, chunk_elems // max(width, 1))
+    if table.dynamic:
+        keys, rows = dynamic.live(t)
+        for start in range(0, keys.numel(), rows_per_chunk):
+            chunk = slice(start, start + rows_per_chunk)
+            positions = splitmix64(keys[chunk])[:, None] * width + columns
+            _add_digest(sums, positions, _value_bits(values[rows[chunk]]), key)
+        return
+    if layout.count[t] == 0 or not layout.primary(t):
+        return
+    # local row i of this table is global row first + i * step (row-wise: rank + i * W)
+    first, step = (layout.rank, layout.world_size) if layout.kinds[t] == "row" else (0, 1)
+    base, n = layout.base[t], layout.count[t]
+    for start in range(0, n, rows_per_chunk):
+        block = values[base + start : base + min(start + rows_per_chunk, n)]
+        local = start + torch.arange(block.shape[0], dtype=torch.int64, device=device)
+        rows = first + local * step
+        _add_digest(sums, rows[:, None] * width + columns, _value_bits(block), key)
+
+
+def tracked_digests(
+    layout: ShardLayout,
+    storage: RowStorage,
+    dynamic: DynamicTables,
+    exchange: Exchange,
+    names: tuple[str, ...] = ("weight",),
+    chunk_elems: int = 1 << 22,
+) -> list[list[int]]:
+    """[table][name]: a 64-bit digest of each named tracked tensor (weights, optimizer state) of
+    every table, the same under any plan and world size (collective).
+
+    Each element contributes splitmix64(global position * K1 ^ value bits * K2 ^ key): a bijection
+    of its bits at a fixed position, so changing any one value changes the digest. A tensor of C
+    values per row puts element (row, c) at position row * C + c; a dynamic table's rows are at
+    splitmix64(key) over its live keys: independent of the slots, rows and ranks that hold them.
+    The key differs per table and tensor. The contributions are summed mod 2^64 (order-free),
+    shard by shard on the device in chunks of chunk_elems, then over ranks by one all-reduce of
+    2 x T x len(names) int64 (32-bit halves, so the sums cannot overflow). Replicated tables count
+    once (rank 0's)."""
+    tracked = storage.tracked()
+    # low, high 32-bit halves
+    sums = torch.zeros(
+        len(layout.tables), len(names), 2, dtype=torch.int64, device=storage.weight.device
+    )
+    for t in range(len(layout.tables)):
+        for i, name in enumerate(names):
+            values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
+            values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
+            _digest_table(sums[t, i], layout, dynamic, t, values, _digest_key(t, name), chunk_elems)
+    exchange.all_reduce_(sums)
+    return [
+        [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in table]
+        for table in sums.tolist()
+    ]
+
+
 def table_digests(
     layout: ShardLayout,
     storage: RowStorage,
@@ -53,41 +137,9 @@ def table_digests(
     chunk_elems: int = 1 << 22,
 ) -> list[int]:
     """A 64-bit digest of every table's weights, the same under any plan and world size
-    (collective).
-
-    Each element contributes splitmix64(global position * K1 ^ float32 bits * K2 ^ table key): a
-    bijection of its bits at a fixed position, so changing any one value changes the digest. A
-    dynamic table's position is splitmix64(key) * D + column over its live keys: independent of the
-    slots, rows and ranks that hold them. The contributions are summed mod 2^64 (order-free), shard
-    by shard on the device in chunks of chunk_elems, then over ranks by one all-reduce of 2 x T
-    int64 (32-bit halves, so the sums cannot overflow). Replicated tables count once (rank 0's)."""
-    weight = storage.weight
-    device, dim = weight.device, weight.shape[1]
-    # low, high 32-bit halves
-    sums = torch.zeros(len(layout.tables), 2, dtype=torch.int64, device=device)
-    columns = torch.arange(dim, dtype=torch.int64, device=device)
-    rows_per_chunk = max(1, chunk_elems // max(dim, 1))
-    for t, table in enumerate(layout.tables):
-        key = int(splitmix64(torch.tensor([t + 0x5EED], dtype=torch.int64))[0])
-        if table.dynamic:
-            keys, rows = dynamic.live(t)
-            for start in range(0, keys.numel(), rows_per_chunk):
-                chunk = slice(start, start + rows_per_chunk)
-                positions = splitmix64(keys[chunk])[:, None] * dim + columns
-                _add_digest(sums[t], positions, _bits(weight[rows[chunk]]), key)
-            continue
-        if layout.count[t] == 0 or not layout.primary(t):
-            continue
-        # local row i of this table is global row first + i * step (row-wise: rank + i * W)
-        first, step = (layout.rank, layout.world_size) if layout.kinds[t] == "row" else (0, 1)
-        base, n = layout.base[t], layout.count[t]
-        for start in range(0, n, rows_per_chunk):
-            block = weight[base + start : base + min(start + rows_per_chunk, n)]
-            local = start + torch.arange(block.shape[0], dtype=torch.int64, device=device)
-            rows = first + local * step
-            _add_digest(sums[t], rows[:, None] * dim + columns, _bits(block), key)
-    exchange.all_reduce_(sums)
-    return [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in sums.tolist()]
+    (collective; tracked_digests)."""
+    digests = tracked_digests(layout, storage, dynamic, exchange, ("weight",), chunk_elems)
+    return [d[0] for d in digests]
 
 
 def full_state_dict(

@@ -1,32 +1,35 @@
-"""Checkpoints: save, load (at any world size), prune, and which one to resume from.
+"""Checkpoints: save, verify, load (at any world size), prune, and which one to resume from.
 
 One checkpoint is <run.dir>/checkpoints/step_<N>/ (N = steps done = next data step):
-    manifest.json        rank 0: step, world size, plan, table shapes, optimizer, config, files and sizes
+    manifest.json        rank 0: step, world size, plan, table shapes, optimizer, config, and every file's
+                         size and xxh3_64 (its own checksum too: training.checkpoint_files)
     dense.pt             rank 0: dense model state_dict and dense optimizer state (replicated by DDP)
     shard_<rank>.pt      every rank: its part of every table (embedding.state.shard_tables), its RNG
                          states and the embedding update counter
-Saving writes into .tmp_step_<N>/ and rank 0 renames it into place after writing the manifest last, so a
-directory without manifest.json is never a checkpoint and a crash mid-save leaves the previous one intact.
-Loading keeps the rows this rank owns under its current plan: a checkpoint written at W ranks loads at
-any W' (docs/checkpoints.md).
+Saving: every rank hashes its shard as it writes it into .tmp_step_<N>/, rank 0 gathers the checksums into
+the manifest (written last) and renames the directory into place; deletes rename to debris first
+(checkpoint_files), so a crash at any moment leaves the previous checkpoints intact and nothing
+half-written or half-deleted under a checkpoint's name. Loading: every rank verifies the files it reads;
+under resume "auto" the ranks agree on the newest checkpoint that verifies on all of them. Loading keeps
+the rows this rank owns under its current plan: a checkpoint written at W ranks loads at any W'
+(docs/checkpoints.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
+import pickle
 import time
+import zipfile
 
 import torch
+import torch.distributed as dist
 
+from training import checkpoint_files as files
+from training.checkpoint_files import CheckpointError, read_manifest
 from training.config import Config, to_dict
 from training.distributed import DistContext, restart_count, unwrap
-
-FORMAT = 1
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP_DIR = re.compile(r"^\.tmp_step_(\d+)$")
+from training.guards import fail_point
 
 
 def resume_setting(cfg: Config) -> str:
@@ -39,34 +42,24 @@ def checkpoint_root(run_dir: str) -> str:
 
 
 def complete_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every complete checkpoint (has manifest.json) in run_dir, oldest first."""
+    """(step, path) of every complete checkpoint (has manifest.json) in run_dir, oldest first; whether
+    its files are intact is verify()'s."""
     root = checkpoint_root(run_dir)
     found = []
     for name in os.listdir(root) if os.path.isdir(root) else []:
-        m = _STEP_DIR.match(name)
-        if m and os.path.isfile(os.path.join(root, name, "manifest.json")):
+        m = files.STEP_DIR.match(name)
+        if m and files.has_manifest(os.path.join(root, name)):
             found.append((int(m.group(1)), os.path.join(root, name)))
     return sorted(found)
 
 
-def resolve_resume(cfg: Config) -> str | None:
-    """Checkpoint directory to resume from, or None for a fresh start."""
-    setting = resume_setting(cfg)
-    if not setting:
-        return None
-    if setting == "auto":
-        found = complete_checkpoints(cfg.run.dir)
-        return found[-1][1] if found else None
-    if not os.path.isfile(os.path.join(setting, "manifest.json")):
-        raise FileNotFoundError(
-            f"train.resume={setting!r} is not a complete checkpoint (no manifest.json)"
-        )
-    return setting
-
-
-def read_manifest(path: str) -> dict:
-    with open(os.path.join(path, "manifest.json")) as f:
-        return json.load(f)
+def _all_gather(env: DistContext, value) -> list:
+    """Every rank's value, in rank order (collective)."""
+    if env.world_size == 1:
+        return [value]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, value)
+    return out
 
 
 def table_kinds(emb) -> dict[str, dict]:
@@ -84,40 +77,112 @@ def _placements(emb) -> dict[str, dict]:
     }
 
 
+# ---- verify and choose ----------------------------------------------------------------------------------
+def _files_to_read(manifest: dict, emb, env: DistContext) -> list[str]:
+    shards = sorted(name for name in manifest["files"] if name.startswith("shard_"))
+    if manifest["world_size"] == env.world_size and manifest["plan"] == _placements(emb):
+        # own shard + rank 0's (replicated tables)
+        shards = sorted({f"shard_{env.rank:05d}.pt", "shard_00000.pt"})
+    return [*shards, "dense.pt"]
+
+
+def verify(path: str, parts, env: DistContext) -> dict:
+    """The manifest, once every file it lists has its size and every file this rank reads its checksum;
+    else CheckpointError naming the file and what is wrong."""
+    manifest = read_manifest(path)
+    listed = manifest["files"]
+    for name, entry in listed.items():
+        files.check_file(path, name, entry if isinstance(entry, int) else entry["size"])
+    for name in _files_to_read(manifest, parts.embeddings, env):
+        if name not in listed:
+            raise CheckpointError(f"{path}/manifest.json is corrupt: it does not list {name}")
+        files.check_file(path, name, listed[name])
+    return manifest
+
+
+def _agreed_problem(path: str, parts, env: DistContext) -> str | None:
+    """Collective: what is wrong with the checkpoint on the first rank that found a problem, or None; the
+    same answer on every rank, so that all load the same checkpoint."""
+    try:
+        verify(path, parts, env)
+        problem = None
+    except CheckpointError as e:
+        problem = str(e)
+    found = [p for p in _all_gather(env, problem) if p]
+    return found[0] if found else None
+
+
+def choose_checkpoint(cfg: Config, parts, env: DistContext) -> tuple[str | None, list[str]]:
+    """Collective: (the checkpoint to resume from, None for a fresh start; the checkpoints skipped because
+    they failed verification). "auto" takes the newest that verifies on every rank; an explicit path that
+    fails is an error."""
+    setting = resume_setting(cfg)
+    if not setting:
+        return None, []
+    root = checkpoint_root(cfg.run.dir)
+    if env.rank == 0:
+        files.recover(root)
+    env.barrier()
+    if setting != "auto":
+        problem = _agreed_problem(setting, parts, env)
+        if problem:
+            raise CheckpointError(f"train.resume={setting!r}: {problem}")
+        return setting, []
+    # rank 0's listing: every rank tries the same candidates in the same order
+    candidates = _all_gather(env, [p for _, p in complete_checkpoints(cfg.run.dir)])[0]
+    skipped, problems = [], []
+    for path in reversed(candidates):
+        problem = _agreed_problem(path, parts, env)
+        if problem is None:
+            return path, skipped
+        env.log(f"train.resume=auto: skipping checkpoint {path}: {problem}")
+        skipped.append(path)
+        problems.append(problem)
+    if problems:
+        raise CheckpointError(
+            f"train.resume=auto: no checkpoint in {root} verifies; the newest: {problems[0]}"
+        )
+    return None, []
+
+
 # ---- save -----------------------------------------------------------------------------------------------
-def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0) -> str:
-    """Collective: every rank writes its shard, rank 0 the dense state and manifest; returns the path."""
+def _save_hashed(obj, path: str) -> dict:
+    return files.write_hashed(path, lambda f: torch.save(obj, f))
+
+
+def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0, bad=()) -> str:
+    """Collective: every rank writes its shard, rank 0 the dense state and manifest; returns the path.
+    `bad`: checkpoints that failed verification (pruned first)."""
     root = checkpoint_root(cfg.run.dir)
     final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".tmp_step_{step}")
     if env.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(root, exist_ok=True)
+        files.clean(root)  # what interrupted saves and deletes left
         os.makedirs(tmp)
     env.barrier()
     emb = parts.embeddings
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    _save_durably(
-        {
-            "step": step,
-            "rank": env.rank,
-            "world_size": env.world_size,
-            "num_updates": emb.num_updates,
-            "rng": rng,
-            "tables": emb.shard_tables(),
-        },
-        os.path.join(tmp, f"shard_{env.rank:05d}.pt"),
-    )
+    shard = {
+        "step": step,
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "num_updates": emb.num_updates,
+        "rng": rng,
+        "tables": emb.shard_tables(),
+    }
+    written = {f"shard_{env.rank:05d}.pt": _save_hashed(shard, f"{tmp}/shard_{env.rank:05d}.pt")}
     if env.rank == 0:
-        _save_durably(
-            {"model": unwrap(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict()},
-            os.path.join(tmp, "dense.pt"),
-        )
-    env.barrier()  # every shard is on disk
+        dense = {
+            "model": unwrap(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+        }
+        written["dense.pt"] = _save_hashed(dense, os.path.join(tmp, "dense.pt"))
+    fail_point(cfg, env.rank, "save:shards")
+    gathered = _all_gather(env, written)  # every shard is on disk, hashed by the rank that wrote it
     if env.rank == 0:
-        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
         manifest = {
-            "format": FORMAT,
             "step": step,
             "next_data_step": step,
             "world_size": env.world_size,
@@ -126,49 +191,29 @@ def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0
             "dynamic": table_kinds(emb),
             "sparse_optimizer": emb.optimizer.name,
             "skipped_steps": skipped_steps,
-            "files": files,
+            "files": {name: e for part in gathered for name, e in sorted(part.items())},
             "config": to_dict(cfg),
         }
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(root)  # the rename itself survives a power loss
-        prune(cfg.run.dir, cfg.train.keep_checkpoints)
+        files.write_manifest(tmp, manifest)
+        fail_point(cfg, 0, "save:manifest")
+        files.put_in_place(root, tmp, final, lambda: fail_point(cfg, 0, "save:rename"))
+        prune(cfg, final, bad)
     env.barrier()
     return final
 
 
-def _save_durably(obj, path: str) -> None:
-    """torch.save, flushed to the disk: the manifest written after the barrier must not point at shard
-    bytes still in the page cache when the power goes."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def prune(run_dir: str, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (keep <= 0 keeps all) and stale temporaries."""
-    root = checkpoint_root(run_dir)
-    found = complete_checkpoints(run_dir)
-    for _, path in found[: max(len(found) - keep, 0)] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
-    newest = found[-1][0] if found else -1
-    for name in os.listdir(root):
-        m = _TMP_DIR.match(name)
-        if m and int(m.group(1)) <= newest:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+def prune(cfg: Config, newest: str, bad=()) -> None:
+    """Delete all but the newest train.keep_checkpoints complete checkpoints (<= 0 keeps all), never
+    `newest` (the one just saved, hashed as it was written); checkpoints in `bad` (failed verification)
+    are deleted and not counted."""
+    root, keep = checkpoint_root(cfg.run.dir), cfg.train.keep_checkpoints
+    others = [p for _, p in complete_checkpoints(cfg.run.dir) if p != newest]
+    good = [p for p in others if p not in bad]
+    doomed = [p for p in others if p in bad]
+    if keep > 0:
+        doomed += good[: max(len(good) - (keep - 1), 0)]
+    for path in doomed:
+        files.remove(root, os.path.basename(path), lambda: fail_point(cfg, 0, "prune"))
 
 
 # ---- load -----------------------------------------------------------------------------------------------
@@ -190,27 +235,32 @@ def _check_compatible(path: str, manifest: dict, emb) -> None:
         )
 
 
-def load(path: str, parts, env: DistContext) -> int:
-    """Load a checkpoint written at any world size into this rank's parts; returns its step."""
-    manifest = read_manifest(path)
+def _torch_load(path: str, **kwargs):
+    """torch.load; a file it cannot read (a checkpoint without checksums) is an error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} cannot be read: {first}") from None
+
+
+def load(path: str, parts, env: DistContext, check: bool = True) -> int:
+    """Load a checkpoint written at any world size into this rank's parts; returns its step. check=False
+    where verify() has just run."""
+    manifest = verify(path, parts, env) if check else read_manifest(path)
     emb = parts.embeddings
     _check_compatible(path, manifest, emb)
-    shards = sorted(name for name in manifest["files"] if name.startswith("shard_"))
-    if manifest["world_size"] == env.world_size and manifest["plan"] == _placements(emb):
-        # own shard + rank 0's (replicated tables)
-        shards = sorted({f"shard_{env.rank:05d}.pt", "shard_00000.pt"})
+    *shards, _dense = _files_to_read(manifest, emb, env)
     index = {t.name: i for i, t in enumerate(emb.tables)}
     own_rng = None
     for name in shards:
-        shard = torch.load(
-            os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True
-        )
+        shard = _torch_load(os.path.join(path, name), mmap=True)
         emb.num_updates = int(shard["num_updates"])  # the same on every rank
         if shard["rank"] == env.rank or (own_rng is None and shard["rank"] == 0):
             own_rng = shard["rng"]
         for table_name, state in shard["tables"].items():
             emb.load_table_state(index[table_name], state, f"checkpoint {path}/{name}")
-    dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
+    dense = _torch_load(os.path.join(path, "dense.pt"))
     unwrap(parts.model).load_state_dict(dense["model"])
     parts.optimizer.load_state_dict(dense["optimizer"])
     if own_rng is not None:
@@ -230,17 +280,19 @@ class Checkpointer:
         self.cfg, self.parts, self.env = cfg, parts, env
         self.enabled = cfg.train.checkpoint_every > 0 or bool(resume_setting(cfg))
         self.last_path: str | None = None
+        self.bad: list[str] = []  # checkpoints that failed verification at restore (pruned first)
         self.skipped_steps = 0  # as recorded by the checkpoint resumed from
         # checkpoint_save_ms / checkpoint_bytes / checkpoint_load_ms (rank 0)
         self.timings: dict[str, float] = {}
 
     def restore(self) -> int:
-        """Resume from the checkpoint train.resume names (or the newest one); returns its step, 0 on a fresh start."""
-        path = resolve_resume(self.cfg)
+        """Resume from the checkpoint train.resume names (or the newest that verifies); returns its step, 0
+        on a fresh start. checkpoint_load_ms includes the verification."""
+        started = time.perf_counter()
+        path, self.bad = choose_checkpoint(self.cfg, self.parts, self.env)
         if path is None:
             return 0
-        started = time.perf_counter()
-        step = load(path, self.parts, self.env)
+        step = load(path, self.parts, self.env, check=False)
         self.env.barrier()  # the group's load time, not just this rank's
         self.timings["checkpoint_load_ms"] = (time.perf_counter() - started) * 1e3
         self.skipped_steps = read_manifest(path).get("skipped_steps", 0)
@@ -256,7 +308,9 @@ class Checkpointer:
 
     def save(self, step: int, skipped_steps: int) -> str:
         started = time.perf_counter()
-        self.last_path = save(self.cfg, self.parts, step, self.env, skipped_steps)
+        self.last_path = save(self.cfg, self.parts, step, self.env, skipped_steps, self.bad)
+        # a re-saved step replaced the checkpoint that failed: it counts again
+        self.bad = [p for p in self.bad if p != self.last_path]
         if self.env.rank == 0:  # save() ends with a barrier: this is the whole group's time
             size = sum(
                 os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path)

@@ -127,3 +127,12 @@ def inject_fault(cfg: Config, rank: int, step: int) -> None:
         sys.stdout.flush()
         time.sleep(max(100 * t.timeout_s, 600))
         os._exit(1)
+
+
+def fail_point(cfg: Config, rank: int, name: str) -> None:
+    """Test-only fault at a named moment of checkpointing (train.fail_at, rank train.fail_rank), on the
+    first torchrun attempt: the rank exits abruptly, as a killed process would."""
+    t = cfg.train
+    if t.fail_at == name and t.fail_rank == rank and restart_count() == 0:
+        print(f"rank {rank}: injected failure at {name} (train.fail_at)", flush=True)
+        os._exit(1)

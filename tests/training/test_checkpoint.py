@@ -26,6 +26,7 @@ from tests.support.training import (
     train_with_checkpoints,
 )
 from training import checkpoint
+from training.checkpoint_files import CheckpointError
 from training.config import load_config
 from training.digest import weights_digest
 from training.distributed import explain_timeouts
@@ -153,15 +154,15 @@ def test_resharding_2_to_4_to_1(runs, toml):
 
 
 def test_crash_during_save_keeps_previous_checkpoint(toml, tmp_path, monkeypatch):
-    real_save = torch.save
+    real_write = checkpoint.files.write_hashed
 
-    def failing_save(obj, path, *args, **kwargs):
-        if "step_4" in str(path) and "dense" in str(path):
-            real_save({"half": torch.zeros(3)}, path)
+    def failing_write(path, write):
+        if "step_4" in path and path.endswith("dense.pt"):
+            real_write(path, lambda f: f.write(b"half a file"))
             raise OSError("disk full (injected)")
-        return real_save(obj, path, *args, **kwargs)
+        return real_write(path, write)
 
-    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    monkeypatch.setattr(checkpoint.files, "write_hashed", failing_write)
     with pytest.raises(OSError, match="injected"):
         _run(
             0,
@@ -172,12 +173,10 @@ def test_crash_during_save_keeps_previous_checkpoint(toml, tmp_path, monkeypatch
             4,
             ["--train.checkpoint_every", "2", "--train.keep_checkpoints", "1"],
         )
-    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint.files, "write_hashed", real_write)
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [2]
     # the half checkpoint is not a checkpoint
     assert os.path.isdir(tmp_path / "checkpoints" / ".tmp_step_4")
-    cfg = load_config(["--config", toml, "--run.dir", str(tmp_path), "--train.resume", "auto"])
-    assert checkpoint.resolve_resume(cfg).endswith("step_2")
     losses, *_ = _run(0, 1, None, toml, str(tmp_path), 4, ["--train.resume", "auto"])
     assert sorted(losses) == [3, 4]
 
@@ -193,8 +192,11 @@ def test_keep_last_k(toml, tmp_path):
         ["--train.checkpoint_every", "1", "--train.keep_checkpoints", "2"],
     )
     assert [s for s, _ in checkpoint.complete_checkpoints(str(tmp_path))] == [5, 6]
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        checkpoint.resolve_resume(load_config(["--config", toml, "--train.resume", str(tmp_path)]))
+    cfg, parts = load_parts(["--config", toml, "--train.resume", str(tmp_path)])
+    with pytest.raises(
+        CheckpointError, match="manifest.json is missing: not a complete checkpoint"
+    ):
+        checkpoint.choose_checkpoint(cfg, parts, context())
 
 
 @pytest.mark.slow

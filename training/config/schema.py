@@ -190,7 +190,12 @@ class TrainConfig:
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
     fail_at_step: int = 0
-    fail_rank: int = 0  # rank that fail_at_step kills
+    # fault injection: rank fail_rank exits abruptly at this moment of a checkpoint (first torchrun attempt only):
+    # "save:shards" (its shard file written, the manifest not), "save:manifest" (the manifest written in the
+    # temporary directory, not renamed), "save:rename" (an existing step_N moved aside, the new one not yet in its
+    # place), "prune" (a checkpoint renamed to debris, not yet deleted); the last three act on rank 0; "" = off
+    fail_at: Literal["", "save:shards", "save:manifest", "save:rename", "prune"] = ""
+    fail_rank: int = 0  # rank that fail_at_step and fail_at kill
     # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
     hang_at_step: int = 0
     hang_rank: int = 0  # rank that hang_at_step hangs
