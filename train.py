@@ -89,7 +89,9 @@ def finish(
         rows = export_embeddings(
             parts.embeddings, out_dir, cfg.export.min_freq, env.rank, cfg.export.since_step
         )
-        out["export"] = {"dir": out_dir, "rows": rows}
+        # written whole into out_dir/step_<N> and named by out_dir/latest (training/export.py)
+        step_dir = os.path.join(out_dir, f"step_{parts.embeddings.num_updates}")
+        out["export"] = {"dir": out_dir, "path": step_dir, "rows": rows}
     if ckpt.last_path:
         out["checkpoint"] = ckpt.last_path
     if warm is not None:

@@ -153,7 +153,7 @@ def test_export_of_live_keys_and_since_step(toml, tmp_path):
     )
     full_dir, meta = (
         tmp_path / "a" / "export",
-        json.load(open(tmp_path / "a" / "export" / "meta.json")),
+        json.load(open(os.path.join(summary["export"]["path"], "meta.json"))),
     )
     assert (
         meta["step"] == STEPS
