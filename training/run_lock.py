@@ -190,11 +190,11 @@ def hold_run_dir(cfg: Config, env: DistContext) -> None:
     released_run_dir_locks() ends or this process exits); every rank raises if another run has it."""
     refusal = None
     if env.rank == 0:
-        os.makedirs(cfg.run.dir, exist_ok=True)
         key = os.path.realpath(cfg.run.dir)
         for other in [d for d in _HELD if d != key]:  # an earlier run of this process is over
             _HELD.pop(other).release()
         try:
+            os.makedirs(cfg.run.dir, exist_ok=True)
             if key not in _HELD:
                 _HELD[key] = RunLock(cfg.run.dir).acquire()
                 note = _HELD[key].takeover_note()
@@ -202,6 +202,8 @@ def hold_run_dir(cfg: Config, env: DistContext) -> None:
                     env.log(note)
         except RunDirInUse as e:
             refusal = str(e)
+        except OSError as e:  # e.g. a run.dir that cannot be created: every rank stops, none waits
+            refusal = f"run.dir {cfg.run.dir!r} cannot hold the run's lock: {e}"
     _agree(env, refusal)
 
 
