@@ -27,21 +27,23 @@ from training.export import export_embeddings
 from training.guards import LossGuard
 from training.loop import train_loop
 from training.metrics import RunMetrics
+from training.run_lock import hold_run_dir, refuse_other_runs_output, released_run_dir_locks
 from training.warm_start import resume_or_warm_start
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(argv)
-    with explain_timeouts(cfg):
+    with explain_timeouts(cfg), released_run_dir_locks():
         return run(cfg)
 
 
 def run(cfg: Config) -> dict:
     env = setup_distributed(cfg)  # rank, world size, device, process groups
-    os.makedirs(cfg.run.dir, exist_ok=True)
+    hold_run_dir(cfg, env)  # one run per run.dir: a second one is refused before writing there
     torch.manual_seed(cfg.run.seed)
     # data source, tables, plan, sharded embeddings, dense model (DDP), optimizer
     parts = build(cfg, env)
+    refuse_other_runs_output(cfg, env)  # a new run must not mix its output with another config's
     ckpt = Checkpointer(cfg, parts, env)
     first_step, warm = resume_or_warm_start(cfg, parts, env, ckpt)
     guard = LossGuard(cfg, env, lambda: ckpt.last_path, first_step, ckpt.skipped_steps)
@@ -91,7 +93,9 @@ def finish(
         rows = export_embeddings(
             parts.embeddings, out_dir, cfg.export.min_freq, env.rank, cfg.export.since_step
         )
-        out["export"] = {"dir": out_dir, "rows": rows}
+        # written whole into out_dir/step_<N> and named by out_dir/latest (training/export.py)
+        step_dir = os.path.join(out_dir, f"step_{parts.embeddings.num_updates}")
+        out["export"] = {"dir": out_dir, "path": step_dir, "rows": rows}
     if ckpt.last_path:
         out["checkpoint"] = ckpt.last_path
     if warm is not None:

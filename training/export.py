@@ -1,28 +1,78 @@
 """Embedding export for serving and warm starts (DeepRec's format): per table the exported rows' keys,
-values, lookup counts and last update step, and a meta.json.
+values, lookup counts and last update step, a meta.json, and a manifest of every file's checksum.
 
-    <dir>/<table>/{keys,values,freq,last_step}.npy     sorted by key: row ids (static), raw ids (dynamic)
-    <dir>/meta.json                                    step, filters, each table's dim, kind and rows
+    <dir>/step_<N>/<table>/{keys,values,freq,last_step}.npy   sorted by key: row ids (static), raw ids (dynamic)
+    <dir>/step_<N>/meta.json        step, filters, each table's dim, kind and rows
+    <dir>/step_<N>/manifest.json    every file's size and xxh3_64, written last
+    <dir>/latest                    the name of the newest complete export ("step_<N>")
+
+An export is written into <dir>/.tmp_step_<N>/, verified against its manifest, then renamed into place and
+named by `latest`: a crash mid-export leaves the previous export whole and current. The newest KEEP_EXPORTS
+exports are kept. Readers (load_export, warm starts) take <dir> (its latest), or one step_<N> directory,
+and verify each file they read against the manifest.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import shutil
+import time
 
 import numpy as np
 import torch
+import xxhash
 
 EXPORT_FILES = ("keys", "values", "freq", "last_step")
+KEEP_EXPORTS = 2  # the new export and the one before it
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_SCRATCH_DIR = re.compile(r"^\.(tmp|old)_step_(\d+)$")
+_CHUNK = 1 << 24
+
+
+class ExportError(ValueError):
+    """An export that cannot be read as written: the message names the export, table and file."""
+
+
+# ---- write ----------------------------------------------------------------------------------------------
+def _write_file(path: str, data: bytes) -> dict:
+    """Write data durably; returns its manifest entry."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": len(data), "xxh3_64": xxhash.xxh3_64_hexdigest(data)}
+
+
+def write_table(tmp: str, table: str, arrays: list[np.ndarray]) -> dict[str, dict]:
+    """One table's files (EXPORT_FILES order) into the temporary export; returns their manifest entries."""
+    os.makedirs(os.path.join(tmp, table), exist_ok=True)
+    entries = {}
+    for name, array in zip(EXPORT_FILES, arrays, strict=True):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        entries[f"{table}/{name}.npy"] = _write_file(
+            os.path.join(tmp, table, f"{name}.npy"), buf.getvalue()
+        )
+    return entries
 
 
 def export_embeddings(
     emb, out_dir: str, min_freq: int, rank: int, since_step: int = 0
 ) -> dict[str, int]:
     """Collective. Rank 0 writes the rows of emb (a ShardedEmbeddingCollection) looked up at least
-    max(min_freq, 1) times and updated after since_step (an incremental export) into out_dir. Only the exported
-    rows are gathered, one table at a time. Returns {table: rows exported}."""
-    counts, tables = {}, {}
+    max(min_freq, 1) times and updated after since_step (an incremental export) as out_dir/step_<N>
+    (module docstring). Only the exported rows are gathered, one table at a time. Every rank returns
+    once the export is in place, or raises rank 0's error. Returns {table: rows exported}."""
+    step = emb.num_updates
+    tmp = os.path.join(out_dir, f".tmp_step_{step}")
+    counts, tables, files, failure = {}, {}, {}, None
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
     for t, table in enumerate(emb.tables):
         gathered = [
             p
@@ -37,26 +87,205 @@ def export_embeddings(
             "rows": keys.numel(),
             "num_embeddings": table.num_embeddings,
         }
-        if rank == 0:
+        if rank == 0 and failure is None:
             order = torch.argsort(keys)
-            d = os.path.join(out_dir, table.name)
-            os.makedirs(d, exist_ok=True)
-            for i, name in enumerate(EXPORT_FILES):
-                np.save(
-                    os.path.join(d, f"{name}.npy"),
-                    torch.cat([p[i] for p in gathered])[order].numpy(),
-                )
-    if rank == 0:
-        meta = {
-            "step": emb.num_updates,
-            "since_step": since_step,
-            "min_freq": min_freq,
-            "tables": tables,
-        }
-        with open(os.path.join(out_dir, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+            arrays = [torch.cat([p[i] for p in gathered])[order].numpy() for i in range(4)]
+            try:  # keep joining the gathers: the other ranks must not wait for a rank that stopped
+                files.update(write_table(tmp, table.name, arrays))
+            except Exception as e:
+                failure = e
+    if rank == 0 and failure is None:
+        meta = {"step": step, "since_step": since_step, "min_freq": min_freq, "tables": tables}
+        try:
+            _publish(out_dir, tmp, step, meta, files)
+        except Exception as e:
+            failure = e
+    _raise_rank0_failure(emb, rank, failure, out_dir)
     return counts
 
 
+def _raise_rank0_failure(emb, rank: int, failure: Exception | None, out_dir: str) -> None:
+    said = emb.exchange.gather_objects(
+        None if failure is None else f"{type(failure).__name__}: {failure}"
+    )
+    if failure is not None:
+        raise failure
+    if said[0] is not None:
+        raise ExportError(
+            f"export to {out_dir} failed on rank 0 ({said[0]}); the previous one stays"
+        )
+
+
+def _publish(out_dir: str, tmp: str, step: int, meta: dict, files: dict) -> None:
+    """meta.json and the manifest (last) into tmp, verify, rename into place, point `latest` at it."""
+    files["meta.json"] = _write_file(
+        os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1).encode()
+    )
+    manifest = {"kind": "export", "step": step, "written": time.time(), "files": files}
+    _write_file(os.path.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
+    for name in files:  # what is on disk is what the manifest says
+        _verify_file(tmp, name, manifest)
+    final, old = os.path.join(out_dir, f"step_{step}"), os.path.join(out_dir, f".old_step_{step}")
+    if os.path.exists(final):  # a re-export of the same step
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _write_latest(out_dir, f"step_{step}")
+    _fsync_dir(out_dir)
+    _prune(out_dir)
+
+
+def _write_latest(out_dir: str, name: str) -> None:
+    tmp = os.path.join(out_dir, f".{LATEST}.tmp.{os.getpid()}")
+    _write_file(tmp, f"{name}\n".encode())
+    os.replace(tmp, os.path.join(out_dir, LATEST))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _written(path: str) -> float:
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            return float(json.load(f)["written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return os.path.getmtime(path)
+
+
+def complete_exports(out_dir: str) -> list[str]:
+    """The complete step_<N> directories (with a manifest) of out_dir, oldest written first."""
+    found = [
+        os.path.join(out_dir, n)
+        for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+        if _STEP_DIR.match(n) and os.path.isfile(os.path.join(out_dir, n, "manifest.json"))
+    ]
+    return sorted(found, key=_written)
+
+
+def _prune(out_dir: str) -> None:
+    """Keep `latest` and the newest others up to KEEP_EXPORTS; drop leftovers of interrupted exports."""
+    latest = os.path.join(out_dir, _read_latest(out_dir))
+    others = [p for p in complete_exports(out_dir) if p != latest]
+    for path in others[: max(len(others) - (KEEP_EXPORTS - 1), 0)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in os.listdir(out_dir):
+        if _SCRATCH_DIR.match(name):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+# ---- read -----------------------------------------------------------------------------------------------
+def _read_latest(out_dir: str) -> str:
+    with open(os.path.join(out_dir, LATEST)) as f:
+        return f.read().strip()
+
+
+def resolve_export(path: str) -> str:
+    """The export directory that path names: path/latest's target, path itself (one export), or the newest
+    complete export when `latest` is missing; an export written before manifests is path itself."""
+    if _SCRATCH_DIR.match(os.path.basename(os.path.normpath(path))):
+        raise ExportError(f"export {path} is an unfinished temporary directory, not an export")
+    if os.path.isfile(os.path.join(path, LATEST)):
+        name = _read_latest(path)
+        target, old = os.path.join(path, name), os.path.join(path, f".old_{name}")
+        if os.path.isfile(os.path.join(target, "manifest.json")):
+            return target
+        # a re-export of the same step stopped between its two renames: the previous one is whole
+        if os.path.isfile(os.path.join(old, "manifest.json")):
+            return old
+        raise ExportError(f"export {path}: {LATEST} names {name!r}, which is not a complete export")
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        return path
+    found = complete_exports(path)
+    return found[-1] if found else path
+
+
+def _verify_file(path: str, name: str, manifest: dict) -> str:
+    """The file's full path once its size and checksum match the manifest; raises naming it otherwise."""
+    table, _, file = name.rpartition("/")
+    what = f"export {path}: " + (f"table {table!r} file {file}" if table else f"file {file}")
+    full = os.path.join(path, name)
+    if not os.path.isfile(full):
+        raise ExportError(f"{what} is missing (manifest.json lists it)")
+    digest = xxhash.xxh3_64()
+    with open(full, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    want = manifest["files"][name]["xxh3_64"]
+    if digest.hexdigest() != want:
+        raise ExportError(
+            f"{what} is corrupt: its xxh3_64 is {digest.hexdigest()}, manifest.json says {want}"
+        )
+    return full
+
+
+class Export:
+    """One export as written: meta (None for an export without meta.json), manifest (None for one written
+    before manifests: its files are not verified), and table(name) for a table's verified arrays."""
+
+    def __init__(self, path: str):
+        self.path = resolve_export(path)
+        if not os.path.isdir(self.path):
+            raise ExportError(f"export {path} does not exist")
+        self.manifest = self._read_json("manifest.json")
+        self.meta = self._read_json("meta.json")
+
+    def _read_json(self, name: str) -> dict | None:
+        full = os.path.join(self.path, name)
+        if name == "meta.json" and self.manifest is not None:
+            _verify_file(self.path, name, self.manifest)
+        elif not os.path.isfile(full):
+            return None
+        try:
+            with open(full) as f:
+                return json.load(f)
+        except ValueError as e:
+            raise ExportError(f"export {self.path}: {name} is not JSON ({e})") from None
+
+    def table_names(self) -> list[str]:
+        if self.meta is not None:
+            return list(self.meta["tables"])
+        return [
+            n
+            for n in sorted(os.listdir(self.path))
+            if os.path.isfile(os.path.join(self.path, n, "keys.npy"))
+        ]
+
+    def table(self, table: str) -> dict[str, np.ndarray]:
+        """The table's arrays by EXPORT_FILES name, checked against the manifest and against each other."""
+        where = f"export {self.path}: table {table!r}"
+        if table not in self.table_names():
+            raise ExportError(f"{where} is not in the export (it has {self.table_names()})")
+        arrays = {}
+        for name in EXPORT_FILES:
+            rel = f"{table}/{name}.npy"
+            full = os.path.join(self.path, rel)
+            if self.manifest is not None:
+                _verify_file(self.path, rel, self.manifest)
+            elif not os.path.isfile(full):
+                raise ExportError(f"{where} file {name}.npy is missing")
+            try:
+                arrays[name] = np.load(full)
+            except (ValueError, OSError) as e:
+                raise ExportError(
+                    f"{where} file {name}.npy is not a readable .npy file ({e})"
+                ) from None
+        rows = {name: len(a) for name, a in arrays.items()}
+        if len(set(rows.values())) > 1:
+            listed = ", ".join(f"{n} in {name}.npy" for name, n in rows.items())
+            raise ExportError(f"{where} has mismatched rows: {listed}")
+        if self.meta is not None and self.meta["tables"][table]["rows"] != rows["keys"]:
+            raise ExportError(
+                f"{where} has {rows['keys']} rows in keys.npy but meta.json says "
+                f"{self.meta['tables'][table]['rows']}: its files come from another export"
+            )
+        return arrays
+
+
 def load_export(out_dir: str, table: str) -> dict[str, np.ndarray]:
-    return {name: np.load(os.path.join(out_dir, table, f"{name}.npy")) for name in EXPORT_FILES}
+    """A table's verified arrays from out_dir's latest export (or the one export out_dir is)."""
+    return Export(out_dir).table(table)

@@ -1,5 +1,7 @@
 """Warm start (train.init_from DIR): a new run begins from another run's tables, e.g. the next day of incremental
-training. DIR is a checkpoint (manifest.json, any world size) or an export (meta.json, training.export).
+training. DIR is a checkpoint (manifest.json, any world size) or an export (training.export): an export
+directory, whose `latest` is read, or one export step_<N>; every file read is checked against the export's manifest,
+and a missing, corrupt or mismatched file is an error naming the table and file.
 
 - Tables of the config that DIR also has are loaded: their rows (static tables: ids below the new num_embeddings),
   freq and last_step, and from a checkpoint trained with the same sparse optimizer its state too. Dynamic tables
@@ -14,16 +16,14 @@ training. DIR is a checkpoint (manifest.json, any world size) or an export (meta
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import torch
 
 from training.checkpoint import Checkpointer, read_manifest
 from training.config import Config
 from training.distributed import DistContext, unwrap
-from training.export import EXPORT_FILES
+from training.export import Export, ExportError
 
 
 def resume_or_warm_start(
@@ -45,22 +45,19 @@ def _tables_of_checkpoint(manifest: dict) -> dict[str, dict]:
     }
 
 
-def _tables_of_export(path: str) -> tuple[dict[str, dict], int]:
+def _tables_of_export(export: Export) -> tuple[dict[str, dict], int]:
     """({table: {dim, dynamic}}, step) of an export; exports without meta.json hold static tables."""
-    meta_path = os.path.join(path, "meta.json")
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    if export.meta is not None:
+        tables = export.meta["tables"]
         return {
-            name: {"dim": t["dim"], "dynamic": t["dynamic"]} for name, t in meta["tables"].items()
-        }, meta["step"]
+            n: {"dim": t["dim"], "dynamic": t["dynamic"]} for n, t in tables.items()
+        }, export.meta["step"]
     tables, step = {}, 0
-    for name in sorted(os.listdir(path)):
-        if os.path.isfile(os.path.join(path, name, "keys.npy")):
-            values = np.load(os.path.join(path, name, "values.npy"), mmap_mode="r")
-            tables[name] = {"dim": values.shape[1], "dynamic": False}
-            last = np.load(os.path.join(path, name, "last_step.npy"))
-            step = max(step, int(last.max()) if last.size else 0)
+    for name in export.table_names():
+        arrays = export.table(name)
+        tables[name] = {"dim": arrays["values"].shape[1], "dynamic": False}
+        last = arrays["last_step"]
+        step = max(step, int(last.max()) if last.size else 0)
     return tables, step
 
 
@@ -119,15 +116,12 @@ def _from_checkpoint(path: str, parts, where: str) -> tuple[dict, dict[str, int]
     return source, load, sorted(set(own) - set(fits))
 
 
-def _from_export(path: str, emb, where: str) -> tuple[dict, dict[str, int], list[str]]:
-    source, step = _tables_of_export(path)
+def _from_export(export: Export, emb, where: str) -> tuple[dict, dict[str, int], list[str]]:
+    source, step = _tables_of_export(export)
     load = compatible_tables(source, emb, where)
     optional = ("freq", "last_step", *emb.optimizer_state_names())
     for table_name, t in load.items():
-        arrays = {
-            k: torch.from_numpy(np.load(os.path.join(path, table_name, f"{k}.npy")))
-            for k in EXPORT_FILES
-        }
+        arrays = {k: torch.from_numpy(v) for k, v in export.table(table_name).items()}
         ids = "keys" if emb.tables[t].dynamic else "rows"
         state = {
             ids: arrays["keys"],
@@ -135,18 +129,33 @@ def _from_export(path: str, emb, where: str) -> tuple[dict, dict[str, int], list
             "freq": arrays["freq"],
             "last_step": arrays["last_step"],
         }
-        emb.load_table_state(t, state, where, optional)
+        emb.load_table_state(t, state, f"{where} ({export.path})", optional)
     emb.num_updates = step
     return source, load, ["(an export has no dense weights)"]
+
+
+def _is_checkpoint(path: str) -> bool:
+    try:
+        return read_manifest(path).get("kind") != "export"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
     """Load what fits from a checkpoint or export directory (module docstring); returns what was loaded and skipped."""
     emb, where = parts.embeddings, f"train.init_from={path!r}"
-    if os.path.isfile(os.path.join(path, "manifest.json")):
+    origin = path
+    if _is_checkpoint(path):
         source, load, dense_skipped = _from_checkpoint(path, parts, where)
     elif os.path.isdir(path):
-        source, load, dense_skipped = _from_export(path, emb, where)
+        try:  # path's latest export; each file is checked against its manifest
+            export = Export(path)
+            source, load, dense_skipped = _from_export(export, emb, where)
+        except ExportError as e:
+            raise ExportError(f"{where}: {e}") from None
+        origin = export.path
+        if export.manifest is None:
+            origin += " (written before export manifests: its files are not verified)"
     else:
         raise FileNotFoundError(
             f"{where} is neither a checkpoint (manifest.json) nor an export directory"
@@ -159,7 +168,7 @@ def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
     }
     if rank == 0:
         print(
-            f"warm start from {path} at embedding step {emb.num_updates}: "
+            f"warm start from {origin} at embedding step {emb.num_updates}: "
             + "; ".join(f"{k} {v}" for k, v in report.items()),
             flush=True,
         )

@@ -219,7 +219,8 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    """DeepRec-style embedding export at the end of training: <dir>/<table>/{keys,values,freq,last_step}.npy."""
+    """DeepRec-style embedding export at the end of training: <dir>/step_<N>/<table>/{keys,values,freq,last_step}.npy
+    written whole then named by <dir>/latest (training/export.py)."""
 
     enabled: bool = False  # export after training
     dir: str = ""  # "" = <run.dir>/export
