@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from training import jsonio
 from training.config import Config, to_dict
 from training.distributed import DistContext, restart_count, unwrap
 
@@ -130,7 +131,7 @@ def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0
             "config": to_dict(cfg),
         }
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
+            jsonio.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)

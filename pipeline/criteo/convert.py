@@ -133,7 +133,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 
 def _write_meta(directory: Path, meta: dict) -> None:
     tmp = directory / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, directory / "meta.json")
 
 
