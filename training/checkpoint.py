@@ -24,6 +24,7 @@ import torch
 from training import jsonio
 from training.config import Config, to_dict
 from training.distributed import DistContext, restart_count, unwrap
+from training.resume_checks import check_dense_optimizer
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -213,6 +214,7 @@ def load(path: str, parts, env: DistContext) -> int:
             emb.load_table_state(index[table_name], state, f"checkpoint {path}/{name}")
     dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
     unwrap(parts.model).load_state_dict(dense["model"])
+    check_dense_optimizer(path, manifest, parts.optimizer)
     parts.optimizer.load_state_dict(dense["optimizer"])
     if own_rng is not None:
         torch.set_rng_state(own_rng["torch"])
