@@ -6,6 +6,8 @@
     torchrun --standalone --nproc_per_node=4 train.py --config configs/tiny.toml --run.dir /tmp/x --train.steps 50
     # single process without torchrun
     python train.py --config configs/tiny.toml
+    # every config key with its type, default and documentation
+    python train.py --help
 
 Writes <run.dir>/metrics.jsonl (one line per log step) and <run.dir>/summary.json; docs/design.md follows one
 step through the code.
@@ -14,12 +16,15 @@ step through the code.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
 from training.build import build
 from training.checkpoint import Checkpointer
+from training.cli import one_line_errors, print_help_if_asked
 from training.config import Config, load_config
+from training.config.validate import check_runnable
 from training.digest import optimizer_digest, weights_digest
 from training.distributed import explain_timeouts, setup_distributed, shutdown
 from training.evaluate import evaluate
@@ -32,9 +37,15 @@ from training.warm_start import resume_or_warm_start
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load_config(argv)
-    with explain_timeouts(cfg), released_run_dir_locks():
-        return run(cfg)
+    """The command line: --help prints every key; a config or dataset error prints one line
+    (`error: ...`, rank 0) and exits 2 before anything is written; other errors keep their traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    print_help_if_asked(argv, __doc__)
+    with one_line_errors():
+        cfg = load_config(argv)
+        check_runnable(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+        with explain_timeouts(cfg), released_run_dir_locks():
+            return run(cfg)
 
 
 def run(cfg: Config) -> dict:

@@ -16,7 +16,6 @@ the interpreter. The baselines call the torch references (``X_reference``) or to
 """
 
 import datetime
-import json
 import os
 import pathlib
 import statistics
@@ -24,6 +23,8 @@ import subprocess
 import time
 
 import torch
+
+from training import jsonio
 
 # where Report appends its rows; bench/gpu_check.py points it into its own result directory
 RESULTS = pathlib.Path(
@@ -187,4 +188,4 @@ class Report:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
             for r in self.rows:
-                f.write(json.dumps({**r, "workload": workload}) + "\n")
+                f.write(jsonio.dumps({**r, "workload": workload}) + "\n")

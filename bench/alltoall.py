@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import socket
@@ -27,6 +26,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training import jsonio  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alltoall.jsonl"
 
@@ -157,7 +159,7 @@ def run(args) -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
                 for r in rows:
-                    f.write(json.dumps(r) + "\n")
+                    f.write(jsonio.dumps(r) + "\n")
             print(f"appended {len(rows)} lines to {args.out}")
 
 

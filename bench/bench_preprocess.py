@@ -41,6 +41,9 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training import jsonio  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "preprocess.jsonl"
 
 # rows of the 26 Criteo Kaggle tables (as counted by the DLRM reference): the generator's value ranges
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as f:
             for r in results:
-                f.write(json.dumps(r) + "\n")
+                f.write(jsonio.dumps(r) + "\n")
         print(f"appended {len(results)} lines to {args.results}")
     return 0
 

@@ -13,7 +13,6 @@ bench/results/synthetic.jsonl with device, date and commit.
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import statistics
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench._common import bench, device_name, git_commit  # noqa: E402
+from training import jsonio  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import SyntheticSource  # noqa: E402
 from training.distributed import DistContext  # noqa: E402
@@ -113,7 +113,7 @@ def _report(row: dict, record: bool) -> None:
     if record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(jsonio.dumps(row) + "\n")
 
 
 def main():

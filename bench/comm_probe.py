@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from training import jsonio  # noqa: E402
 from training.stages import StageTimer  # noqa: E402
 
 # the collectives the training code calls as dist.<name>; each is wrapped where torch has it
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         train.main(train_args)
     finally:
         with open(os.path.join(out, f"probe_rank{rank}.json"), "w") as f:
-            json.dump({"rank": rank, "lock": lock is not None, "windows": probe.windows}, f)
+            jsonio.dump({"rank": rank, "lock": lock is not None, "windows": probe.windows}, f)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from bench.torchrec_side import quiet_torchrec, run_torchrec  # noqa: E402
 from embedding import resolve_tables  # noqa: E402
 from training.build import sharding_plan  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
-from training.metrics import write_json_atomic  # noqa: E402
+from training.jsonio import write_json_atomic  # noqa: E402
 
 INSTALL = (
     "pip install --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 "

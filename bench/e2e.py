@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench._common import git_commit  # noqa: E402
+from training import jsonio  # noqa: E402
 
 
 def run_one(config: str, world_size: int, out_dir: str, extra: list[str]) -> dict:
@@ -67,7 +68,7 @@ def run_one(config: str, world_size: int, out_dir: str, extra: list[str]) -> dic
         "metrics": metrics,
     }
     with open(os.path.join(out_dir, f"e2e_{name}.json"), "w") as f:
-        json.dump(result, f, indent=1)
+        jsonio.dump(result, f, indent=1)
     return result
 
 

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from bench._common import copy_bandwidth, device_name, git_commit  # noqa: E402
 from bench.gpu_check_parts import Check, PartTimeout, plan  # noqa: E402
 from bench.gpu_check_report import render  # noqa: E402
+from training import jsonio  # noqa: E402
 
 GROUPS = ("kernels", "runs", "scaling", "tests", "extra_runs")
 DEFAULT_GROUPS = ("kernels", "runs", "scaling", "tests")
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         check.parts.append(run_part(check, part, args.budget_s - (time.monotonic() - started)))
         print(f"gpu_check: {part.name}: {check.parts[-1]['status']}", flush=True)
         with open(os.path.join(out, "parts.json"), "w") as f:
-            json.dump(check.parts, f, indent=1)
+            jsonio.dump(check.parts, f, indent=1)
         render(check, args.budget_s, time.monotonic() - started)
     for d in (os.path.join(out, x) for x in os.listdir(out) if x.startswith("dataset_")):
         shutil.rmtree(d)  # generated data is not a result

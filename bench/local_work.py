@@ -27,6 +27,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from training import jsonio  # noqa: E402
 from training.stages import STAGES  # noqa: E402
 
 SUMMARY_KEYS = ("world_size", "local_batch", "exchange_bytes_per_rank", "allreduce_bytes", "device")
@@ -117,7 +118,7 @@ def aggregate(out: str) -> dict:
         "ranks": ranks,
     }
     with open(os.path.join(out, "local_work.json"), "w") as f:
-        json.dump(result, f, indent=1)
+        jsonio.dump(result, f, indent=1)
     return result
 
 

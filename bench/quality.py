@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench._common import git_commit  # noqa: E402
+from training import jsonio  # noqa: E402
 
 METRICS = (("auc", "eval AUC"), ("logloss", "eval logloss"))
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump(result, f, indent=1)
+        jsonio.dump(result, f, indent=1)
     table = markdown_table(rows)
     title = f"{os.path.basename(args.config)} {' '.join(extra)} | seeds {args.seeds} | W={args.world_size}"
     plot(runs, rows, os.path.join(args.out, "quality.png"), title)

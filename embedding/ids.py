@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -43,6 +44,9 @@ class IdChecker:
         self.pending = new_record(device)
         self.first_step = 0  # the step of the first batch checked since the last clean read
         self.batch_sizes: list[int] = []  # the batch size of each batch checked since then
+        # locate(step, sample, feature): where a training sample came from, e.g. "row R of <file> (byte
+        # offset O)" for a dataset (training.data.DatasetSource.locate), or None when unknown
+        self.locate: Callable[[int, int, str], str | None] | None = None
 
     def defer(self, first_step: int) -> None:
         """Training batches (grad enabled) from now on are checked without a host sync; the first batch
@@ -63,7 +67,9 @@ class IdChecker:
             return
         batch, bag = where >> 32, where & 0xFFFFFFFF
         f, b = divmod(bag, self.batch_sizes[batch])
-        self._raise(f, b, value, f"step {self.first_step + batch + 1}: ")
+        step = self.first_step + batch + 1
+        source = self.locate(step, b, self.features[f]) if self.locate is not None else None
+        self._raise(f, b, value, f"step {step}: ", source)
 
     def _check(self, kjt, base: torch.Tensor, want_table: bool):
         missing = [f for f in self.features if f not in kjt.keys]
@@ -107,10 +113,12 @@ class IdChecker:
         """Each checked id + base[its table] (int64 [N]: e.g. storage rows or fused keys)."""
         return self._check(kjt, base, False)[0]
 
-    def _raise(self, f: int, b: int, value: int, prefix: str = ""):
+    def _raise(self, f: int, b: int, value: int, prefix: str = "", source: str | None = None):
         table = self.tables[int(self.feature_table[f])]
         size = "dynamic" if table.dynamic else f"{table.num_embeddings} rows"
         where = f"{prefix}feature {self.features[f]!r} (table {table.name!r}, {size}): sample {b}"
+        if source:
+            where += f", {source},"
         if value < 0:
             raise ValueError(
                 f"{where} has negative id {value} (an error under every out_of_range policy)"

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(results)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([_json_record(r) for r in results], f, indent=1)
+            json.dump([_json_record(r) for r in results], f, indent=1, allow_nan=False)
     for r in failed:
         print(
             f"FAILED {r.spec.module}.{r.spec.describe()} for sm_{r.arch}:\n{r.error}\n",

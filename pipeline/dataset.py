@@ -146,13 +146,20 @@ class BinaryDataset:
         self, row_range: str | tuple[int, int] | None, default: tuple[int, int]
     ) -> tuple[int, int]:
         """A "start:end" string, a (start, end) tuple or None/"" (-> default), checked against the row count."""
+        if not self.num_rows:
+            raise DatasetError(f"dataset {self.path} has no rows (meta.json num_rows is 0)")
         if row_range is None or row_range == "":
             return default
         if isinstance(row_range, str):
-            return parse_range(row_range, self.num_rows)
+            try:
+                return parse_range(row_range, self.num_rows)
+            except ValueError as e:
+                raise ValueError(f"dataset {self.path}: {e}") from None
         start, end = (int(v) for v in row_range)
         if not 0 <= start < end <= self.num_rows:
-            raise ValueError(f"row range {row_range} is empty or outside the {self.num_rows} rows")
+            raise ValueError(
+                f"dataset {self.path}: row range {row_range} is empty or outside its {self.num_rows} rows"
+            )
         return start, end
 
     # ---- batches -------------------------------------------------------------------------
@@ -197,8 +204,17 @@ class BinaryDataset:
         return starts, lengths, positions
 
     def steps_per_epoch(self, global_batch_size: int, row_range=None) -> int:
+        """Global batches per pass over the train range; an error naming the dataset when there is none."""
         start, end = self.resolve_range(row_range, self.default_train_range)
+        if end - start < global_batch_size:
+            raise DatasetError(self._too_few_rows(start, end, global_batch_size))
         return (end - start) // global_batch_size
+
+    def _too_few_rows(self, start: int, end: int, global_batch_size: int) -> str:
+        return (
+            f"dataset {self.path}: train range [{start}, {end}) has fewer rows than one global batch "
+            f"of {global_batch_size}"
+        )
 
     def train_batches(
         self,
@@ -256,9 +272,7 @@ class BinaryDataset:
         start, end = self.resolve_range(row_range, self.default_train_range)
         steps = (end - start) // global_batch_size
         if steps == 0:
-            raise ValueError(
-                f"train range [{start}, {end}) has fewer rows than one global batch of {global_batch_size}"
-            )
+            raise DatasetError(self._too_few_rows(start, end, global_batch_size))
         for step in range(start_step, epochs * steps):
             epoch, in_epoch = divmod(step, steps)
             if in_epoch == 0 or step == start_step:

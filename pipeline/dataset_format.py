@@ -165,7 +165,7 @@ def write_dataset(
         "files": files,
         "options": {"ids": "written by pipeline.dataset_format.write_dataset"},
     }
-    (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(partial, directory)
     return meta

@@ -103,6 +103,8 @@ def build(cfg: Config, env: DistContext) -> Parts:
         exchange_dtype=e.exchange_dtype,
         input_group=env.input_group,
     )
+    if isinstance(data, DatasetSource):  # a bad id's error then names its file and row
+        embeddings.ids.locate = data.locate
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
     dense = build_model(
         cfg.model, cfg.data.num_dense, len(embeddings.features), e.dim, seed=cfg.run.seed

@@ -30,6 +30,7 @@ from training.checkpoint_files import CheckpointError, read_manifest
 from training.config import Config, to_dict
 from training.distributed import DistContext, restart_count, unwrap
 from training.guards import fail_point
+from training.resume_checks import check_dense_optimizer
 
 
 def resume_setting(cfg: Config) -> str:
@@ -262,6 +263,7 @@ def load(path: str, parts, env: DistContext, check: bool = True) -> int:
             emb.load_table_state(index[table_name], state, f"checkpoint {path}/{name}")
     dense = _torch_load(os.path.join(path, "dense.pt"))
     unwrap(parts.model).load_state_dict(dense["model"])
+    check_dense_optimizer(path, manifest, parts.optimizer)
     parts.optimizer.load_state_dict(dense["optimizer"])
     if own_rng is not None:
         torch.set_rng_state(own_rng["torch"])

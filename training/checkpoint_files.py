@@ -84,14 +84,14 @@ def check_file(directory: str, name: str, entry) -> None:
 
 
 def _canonical(manifest: dict) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def write_manifest(directory: str, manifest: dict) -> None:
     body = {**manifest, "format": FORMAT}
     body["manifest_xxh3_64"] = xxhash.xxh3_64_hexdigest(_canonical(body))
     with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(body, f, indent=1, sort_keys=True)
+        json.dump(body, f, indent=1, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
 

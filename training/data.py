@@ -6,6 +6,7 @@ preprocessed dataset alike, as this rank's slice of every global batch (pipeline
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import torch
@@ -108,6 +109,26 @@ class DatasetSource:
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.eval_dataset = eval_dataset or dataset
         self.transform = multi_hot_from_config(cfg)
+        # where(b, key, column) of the latest train steps' batches, for the id check's error (locate); the
+        # check is read at least every run.log_every steps and the loader runs prefetch_depth ahead
+        self.recent: OrderedDict[str, Callable[[int, str, int], str]] = OrderedDict()
+        self.keep = cfg.run.log_every + cfg.data.prefetch_depth + 16
+
+    def _remember(self, batch: Batch, at: str, where: Callable[[int, str, int], str]) -> Batch:
+        """check_batch, keeping the batch's where() (called in the prefetch thread)."""
+        self.recent[at] = where
+        while len(self.recent) > self.keep:
+            self.recent.popitem(last=False)
+        return check_batch(batch, at, where)
+
+    def locate(self, step: int, sample: int, feature: str) -> str | None:
+        """ "row R of <sparse file> (byte offset O)": where the id of feature of sample (this rank's index)
+        of train step `step` was read, or None once forgotten."""
+        where = self.recent.get(f"step {step}")
+        names = self.dataset.feature_names
+        if where is None or feature not in names:
+            return None
+        return where(sample, "sparse", names.index(feature))
 
     def train_batches(self, first_step: int = 0) -> PrefetchLoader:
         cfg, env = self.cfg, self.env
@@ -120,7 +141,7 @@ class DatasetSource:
             env.device,
             cfg.run.seed,
             first_step,
-            check=check_batch,
+            check=self._remember,
             transform=self.transform,
             last_step=cfg.train.steps,
         )

@@ -3,7 +3,6 @@ summary (summary.json). Throughput counts only the steps after train.warmup_step
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -16,21 +15,11 @@ from training.build import Parts
 from training.config import Config, to_dict
 from training.distributed import DistContext
 from training.guards import LossGuard
+from training.jsonio import dumps, write_json_atomic
 from training.loop import StepResult
 from training.peak import hbm_bandwidth, mfu, peak_flops, peak_memory_gib
 from training.profiling import StepProfiler
 from training.stages import STAGES, StageTimer
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write to a temporary name then rename, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class RunMetrics:
@@ -146,7 +135,7 @@ class RunMetrics:
             line["dynamic"] = self.parts.embeddings.dynamic_metrics()
         self.history.append(line)
         if self.file:
-            self.file.write(json.dumps(line) + "\n")
+            self.file.write(dumps(line) + "\n")
             self.file.flush()
         env.log(
             f"step {step:6d} | loss {line['loss']:.5f} | {sps:10.0f} samples/s | {step_ms:7.2f} ms/step | "

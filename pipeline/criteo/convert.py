@@ -133,7 +133,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 
 def _write_meta(directory: Path, meta: dict) -> None:
     tmp = directory / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, directory / "meta.json")
 
 
@@ -253,7 +253,21 @@ def _run_pass(
                 writers["labels"].write(result.labels)
                 writers["sparse"].write(result.sparse)
             bar.update(result.progress)
+    _require_rows(paths, sources)
     return sources
+
+
+def _require_rows(paths: list[Path], sources: list[_SourceStats]) -> None:
+    """An input without a single row would make an empty dataset that no run can train on."""
+    if any(s.rows for s in sources):
+        return
+    bad = sum(s.bad_lines for s in sources)
+    skipped = f" ({bad} malformed lines skipped)" if bad else ""
+    names = ", ".join(str(p) for p in paths)
+    raise CriteoFormatError(
+        f"no rows in the input: {names} {'has' if len(paths) == 1 else 'have'} no data lines"
+        f"{skipped}; a dataset needs at least one row"
+    )
 
 
 def _count_vocabulary(pool, job: Job, min_freq: int) -> Vocabulary:

@@ -144,7 +144,7 @@ def save_vocabulary(directory: Path, vocab: Vocabulary) -> dict:
         "ids": "values[i] of <table>.npy has id i + 1; unseen and empty values have id 0",
         "files": files,
     }
-    (directory / "vocab.json").write_text(json.dumps(info, indent=2) + "\n")
+    (directory / "vocab.json").write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
     return info
 
 

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,11 +154,16 @@ def test_irregular_inputs(tmp_path):
         PreprocessOptions(hash_rows=[50], chunk_rows=1, workers=5, progress=False),
     )
     assert many["workers"] == 5 and _snapshot(tmp_path / "w5") == base
-    nothing = preprocess(
-        [empty], tmp_path / "none", PreprocessOptions(min_freq=1, workers=3, progress=False)
-    )
-    assert nothing["num_rows"] == 0 and nothing["table_rows"] == [1] * 26
-    assert (tmp_path / "none" / "dense.bin").stat().st_size == 0
+    # an input without any row is refused, naming its files; nothing is written
+    for opts in (PreprocessOptions(min_freq=1), PreprocessOptions(hash_rows=[5])):
+        with pytest.raises(
+            CriteoFormatError,
+            match=rf"^no rows in the input: {empty}, {empty_gz} have no data lines; a dataset needs",
+        ):
+            preprocess(
+                [empty, empty_gz], tmp_path / "none", replace(opts, workers=3, progress=False)
+            )
+        assert not (tmp_path / "none").exists() and not (tmp_path / ".none.partial").exists()
 
 
 def test_pieces_cover_the_input_at_line_starts(tmp_path):

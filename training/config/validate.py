@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from training.config.schema import Config, OptimizerConfig, TableConfig
 
 
@@ -9,19 +12,124 @@ class ConfigError(ValueError):
     """A config value the run cannot use; the message names the key."""
 
 
+# the range of every numeric key that has one, as the error states it (every float must also be finite)
+RANGES = {
+    "run.seed": ">= 0",
+    "run.log_every": ">= 1",
+    "run.profile_steps": ">= 0",
+    "data.num_dense": ">= 1",
+    "data.zipf_exponent": ">= 0",
+    "data.epochs": ">= 1",
+    "data.prefetch_depth": ">= 1",
+    "data.shuffle_block_rows": ">= 1",
+    "model.cross_layers": ">= 1",
+    "model.cross_low_rank": ">= 0",
+    "embedding.dim": ">= 1",
+    "embedding.row_scale": "> 0",
+    "embedding.replicate_below_bytes": ">= 0",
+    "embedding.memory_budget_bytes": ">= 0",
+    "optimizer.dense_lr": ">= 0",
+    "optimizer.sparse_lr": ">= 0",
+    "optimizer.eps": "> 0",
+    "optimizer.beta1": "in [0, 1)",
+    "optimizer.beta2": "in [0, 1)",
+    "train.steps": ">= 0",
+    "train.global_batch_size": ">= 1",
+    "train.warmup_steps": ">= 0",
+    "train.checkpoint_every": ">= 0",
+    "train.keep_checkpoints": ">= 0",
+    "train.timeout_s": "> 0",
+    "train.fail_at_step": ">= 0",
+    "train.fail_rank": ">= 0",
+    "train.hang_at_step": ">= 0",
+    "train.hang_rank": ">= 0",
+    "train.inject_nan_loss_step": ">= 0",
+    "train.inject_nan_loss_rank": ">= 0",
+    "eval.every": ">= 0",
+    "eval.samples": ">= 1",
+    "eval.batch_size": ">= 1",
+    "export.min_freq": ">= 0",
+}
+# keys of [[embedding.tables]] entries (the dynamic-table ones are checked with their table)
+TABLE_RANGES = {"bag_min": ">= -1", "bag_max": ">= -1"}
+# list keys whose every item is a size
+SIZE_LISTS = ("model.bottom_mlp", "model.top_mlp", "model.deep_mlp")
+
+
+def _in_range(value, rule: str) -> bool:
+    if rule.startswith("in ["):  # "in [lo, hi)"
+        lo, hi = (float(v) for v in rule[4:-1].split(","))
+        return lo <= value < hi
+    op, bound = rule.split()
+    return value >= float(bound) if op == ">=" else value > float(bound)
+
+
+def _check_value(key: str, value, rule: str | None) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' is {value}; it must be a finite number")
+    if rule is not None and not _in_range(value, rule):
+        raise ConfigError(f"config key '{key}' is {value!r}; it must be {rule}")
+
+
+def validate_ranges(cfg: Config) -> None:
+    """Every numeric key within its range (RANGES), every float finite, every size >= 1."""
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            key, value = f"{section.name}.{f.name}", getattr(part, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                _check_value(key, value, RANGES.get(key))
+    for key in SIZE_LISTS:
+        section, name = key.split(".")
+        for i, size in enumerate(getattr(getattr(cfg, section), name)):
+            if size < 1:
+                raise ConfigError(
+                    f"config key '{key}' has {size} at position {i}; sizes must be >= 1"
+                )
+    for i, t in enumerate(cfg.embedding.tables):
+        for f in dataclasses.fields(t):
+            value = getattr(t, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                key = f"embedding.tables[{i}].{f.name}"
+                _check_value(f"{key} ({t.name or 'unnamed'})", value, TABLE_RANGES.get(f.name))
+
+
+def check_world(cfg: Config, world_size: int) -> None:
+    """What needs the world size: the ranks that fault injection names exist, the batch splits evenly."""
+    for key in ("fail_rank", "hang_rank", "inject_nan_loss_rank"):
+        rank = getattr(cfg.train, key)
+        if rank >= world_size:
+            raise ConfigError(
+                f"config key 'train.{key}' is {rank} but the world size is {world_size} "
+                f"(ranks 0..{world_size - 1})"
+            )
+    if cfg.train.global_batch_size % world_size:
+        raise ConfigError(
+            f"config key 'train.global_batch_size' is {cfg.train.global_batch_size}, not divisible "
+            f"by the world size {world_size}"
+        )
+
+
+def check_runnable(cfg: Config, world_size: int) -> None:
+    """Before train.py creates anything: the config describes a model at this world size."""
+    if not cfg.embedding.tables and not cfg.data.path:
+        raise ConfigError(
+            "no embedding tables: give a config file (--config configs/tiny.toml) that lists "
+            "[[embedding.tables]], or a dataset (--data.path); python train.py --help lists every key"
+        )
+    check_world(cfg, world_size)
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
-    names = set()
-    for i, t in enumerate(cfg.embedding.tables):
-        where = f"embedding.tables[{i}] ({t.name or 'unnamed'})"
-        if not t.name:
-            raise ConfigError(f"{where}: 'name' is required")
-        if t.name in names:
-            raise ConfigError(f"{where}: duplicate table name")
-        names.add(t.name)
-        if t.num_embeddings <= 0:
-            raise ConfigError(f"{where}: num_embeddings must be positive, got {t.num_embeddings}")
-        _validate_dynamic(t, where, t.out_of_range or cfg.embedding.out_of_range)
+    validate_ranges(cfg)
+    _validate_tables(cfg)
+    bottom = cfg.model.bottom_mlp
+    if cfg.model.name != "dcnv2" and (not bottom or bottom[-1] != cfg.embedding.dim):
+        raise ConfigError(
+            f"config key 'model.bottom_mlp' is {bottom}; model.name {cfg.model.name!r} needs it to end "
+            f"with embedding.dim ({cfg.embedding.dim})"
+        )
     if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
         raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
     if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:
@@ -60,6 +168,27 @@ def validate(cfg: Config) -> None:
             "config keys 'train.init_from' and 'train.resume' exclude each other (resume continues a run, "
             "init_from starts a new one from another run's tables)"
         )
+
+
+def _validate_tables(cfg: Config) -> None:
+    names = set()
+    for i, t in enumerate(cfg.embedding.tables):
+        where = f"embedding.tables[{i}] ({t.name or 'unnamed'})"
+        if not t.name:
+            raise ConfigError(f"{where}: 'name' is required")
+        if t.name in names:
+            raise ConfigError(f"{where}: duplicate table name")
+        names.add(t.name)
+        if t.num_embeddings <= 0:
+            raise ConfigError(f"{where}: num_embeddings must be positive, got {t.num_embeddings}")
+        _validate_dynamic(t, where, t.out_of_range or cfg.embedding.out_of_range)
+        lo = t.bag_min if t.bag_min >= 0 else cfg.data.bag_min
+        hi = t.bag_max if t.bag_max >= 0 else cfg.data.bag_max
+        if lo > hi:
+            raise ConfigError(
+                f"{where}: its bag length range is [{lo}, {hi}] (bag_min/bag_max, -1 = data.bag_min/"
+                "bag_max); bag_min must be <= bag_max"
+            )
 
 
 def validate_schedule(o: OptimizerConfig) -> None:
