@@ -6,7 +6,7 @@ keys are global fused-row ids (table row offset + id), owners as in kernels.owne
 import torch
 
 from kernels.dispatch import by_device
-from kernels.ownership import owner_of
+from kernels.ownership import owner_of_reference
 
 
 def unique_partition_reference(
@@ -31,7 +31,7 @@ def unique_partition_reference(
     order = torch.argsort(first)  # first occurrences are distinct positions: no ties
     # one owner: nothing to look up (and keys up to 2^63 - 1, past any offsets table, are fine)
     owner = (
-        owner_of(uniq[order], table_offsets, table_owner, world_size)
+        owner_of_reference(uniq[order], table_offsets, table_owner, world_size)
         if world_size > 1
         else torch.zeros_like(order)
     )
