@@ -190,6 +190,8 @@ class ShardedEmbeddingCollection(nn.Module):
             rows = self.ids.shifted(kjt, layout.local_base)
             return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
         keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        # the counts sent, then those received: one tensor, read at once
+        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
         # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
         unique_keys, send_counts, inverse = unique_partition(
             keys,
@@ -198,10 +200,11 @@ class ShardedEmbeddingCollection(nn.Module):
             self.world_size,
             key_space=layout.num_keys,
             padded=True,
+            counts_out=counts[: self.world_size],
         )
-        recv_counts = self.exchange.exchange_counts(send_counts)
+        recv_counts = self.exchange.exchange_counts(send_counts, out=counts[self.world_size :])
         # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
-        splits = torch.cat([send_counts, recv_counts]).tolist()
+        splits = counts.tolist()
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         unique_keys = unique_keys[: sum(send_splits)]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)

@@ -24,7 +24,7 @@ found one of two ways:
 Then the unique keys are numbered straight into their place grouped by owner, a counting sort
 (stable, no atomics): the representative kernel also marks each first occurrence with its key's
 owner (kernels.ownership_triton.key_owner) and counts every block's first occurrences per owner;
-``_scan_kernel`` (one program per owner) turns those counts into each block's start within its
+``common_triton.column_scan_kernel`` (one program per owner) turns those counts into each block's start within its
 owner's group and the owner's total (the ``counts`` output); ``_place_kernel`` gives every first
 occurrence its slot (owners before it, earlier blocks, earlier lanes of its block) and writes the
 key there; ``_inverse_kernel`` writes ``inverse[i] = slot[rep[i]]``. Host syncs: one, the unique
@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.common_triton import column_scan_kernel
 from kernels.ownership_triton import check_tables, key_owner
 
 # Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
@@ -48,7 +49,7 @@ _HASH_MUL = tl.constexpr(-7046029254386353131)
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)
 _DEFAULT_MAX_PROBES = 64
 BLOCK = 1024  # positions per program in every kernel here
-SCAN = 1024  # blocks per step of _scan_kernel
+SCAN = 1024  # blocks per step of the scan
 DIRECT_MAX_KEYS = 1 << 28  # largest key space served by the direct map (2 GiB of int64)
 _TAG_START = (1 << 31) - 1  # tags count down from here; the map is refilled when they run out
 
@@ -193,25 +194,6 @@ def _rep_hash_kernel(
     )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["num_blocks", "world_size"])
-def _scan_kernel(
-    block_counts_ptr,  # int32 [blocks, W] in: counts per block and owner; out: exclusive prefixes
-    num_blocks,  # blocks of BLOCK positions
-    world_size,  # W: one program per owner
-    counts_ptr,  # int64 [W] out: unique keys per owner
-    SCAN: tl.constexpr,  # blocks per step
-):
-    o = tl.program_id(0)
-    total = tl.zeros((), tl.int32)
-    for start in range(0, num_blocks, SCAN):
-        b = start + tl.arange(0, SCAN)
-        m = b < num_blocks
-        c = tl.load(block_counts_ptr + b * world_size + o, mask=m, other=0)
-        tl.store(block_counts_ptr + b * world_size + o, total + tl.cumsum(c, axis=0) - c, mask=m)
-        total += tl.sum(c, axis=0)
-    tl.store(counts_ptr + o, total.to(tl.int64))
-
-
 @triton.jit(do_not_specialize=["n_keys", "world_size"])
 def _place_kernel(
     keys_ptr,  # int64 [N] keys
@@ -337,6 +319,7 @@ def unique_partition_triton(
     key_space: int | None = None,
     max_probes: int = _DEFAULT_MAX_PROBES,
     padded: bool = False,
+    counts_out: torch.Tensor | None = None,
 ):
     """Same contract and outputs as kernels.unique_partition.unique_partition.
 
@@ -347,20 +330,29 @@ def unique_partition_triton(
     _check(keys, table_offsets, table_owner, world_size)
     device = keys.device
     n = keys.numel()
-    if n == 0:
-        return (
-            keys.new_empty(0),
-            torch.zeros(world_size, dtype=torch.int64, device=device),
-            keys.new_empty(0),
+    if counts_out is not None and (
+        counts_out.shape != (world_size,)
+        or counts_out.dtype != torch.int64
+        or not counts_out.is_contiguous()
+        or counts_out.device != device
+    ):
+        raise ValueError(
+            f"counts_out must be contiguous int64 [{world_size}] on {device}, got "
+            f"{counts_out.dtype} {tuple(counts_out.shape)} on {counts_out.device}"
         )
+    counts = torch.empty(world_size, dtype=torch.int64, device=device)
+    if counts_out is not None:
+        counts = counts_out
+    if n == 0:
+        return keys.new_empty(0), counts.zero_(), keys.new_empty(0)
     keys = keys.contiguous()
     tables = table_owner.numel()
     # one owner: no table search (dedup keys may lie past the offsets)
     owners = (table_offsets, table_owner, tables, tables.bit_length() if world_size > 1 else 0)
     rep, group, block_starts = _representatives(keys, key_space, max_probes, (*owners, world_size))
     blocks = triton.cdiv(n, BLOCK)
-    counts = torch.empty(world_size, dtype=torch.int64, device=device)
-    _scan_kernel[(world_size,)](block_starts, blocks, world_size, counts, SCAN=SCAN)
+    # each block's start within its owner's group, and the owners' totals
+    column_scan_kernel[(world_size,)](block_starts, blocks, world_size, counts, SCAN=SCAN)
     unique = torch.empty(n, dtype=torch.int64, device=device)
     slot = torch.empty(n, dtype=torch.int32, device=device)
     inverse = torch.empty(n, dtype=torch.int64, device=device)
