@@ -50,11 +50,12 @@ class Exchange:
     def distributed(self) -> bool:
         return self.group is not None and self.world_size > 1
 
-    def exchange_counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        """Each rank tells every other how many items it will send: [W] -> [W]."""
+    def exchange_counts(self, send_counts: torch.Tensor, out=None) -> torch.Tensor:
+        """Each rank tells every other how many items it will send: [W] -> [W] (into out, a
+        contiguous [W] tensor, when given)."""
         if not self.distributed:
-            return send_counts.clone()
-        recv = torch.empty_like(send_counts)
+            return send_counts.clone() if out is None else out.copy_(send_counts)
+        recv = torch.empty_like(send_counts) if out is None else out
         dist.all_to_all_single(recv, send_counts, group=self.input_group)
         return recv
 

@@ -16,7 +16,7 @@ import torch
 
 from embedding.planner import ShardingPlan
 from embedding.tables import Table
-from kernels.unique_partition import owner_of
+from kernels.ownership import local_rows, owner_of
 
 # storage order of the regions by placement ("key": dynamic tables, after the null row)
 _REGION_ORDER = {"replicated": 0, "table": 1, "row": 2, "key": 3}
@@ -35,7 +35,7 @@ class ShardLayout:
     Host lists (reading a device tensor would sync): ``base[t]`` and ``count[t]``, the first storage
     row and the rows of table t here (a dynamic table: its whole region), and ``kinds[t]``, its
     placement. Device tensors for the step's kernels: ``table_offsets``, ``table_rows``,
-    ``table_owner``, ``table_is_row``, ``local_base`` (= base), ``local_space``, ``local_owner``.
+    ``table_owner``, ``local_base`` (= base), ``local_space``, ``local_owner``.
     """
 
     def __init__(
@@ -83,7 +83,6 @@ class ShardLayout:
         self.table_offsets = offsets.to(device)
         self.table_rows = rows.to(device)
         self.table_owner = self._host_owner.to(device)
-        self.table_is_row = torch.tensor([k == "row" for k in self.kinds], device=device)
         self.local_base = torch.tensor(self.base, dtype=torch.int64, device=device)
         # the storage rows as one table on one rank: the owner's dedup of the rows it serves
         self.local_space = torch.tensor([0, max(self.num_local_rows, 1)], device=device)
@@ -111,7 +110,7 @@ class ShardLayout:
         return moves
 
     def owner(self, keys: torch.Tensor) -> torch.Tensor:
-        """Owner rank of each static key (kernels.unique_partition.owner_of: the exchange's)."""
+        """Owner rank of each static key (kernels.ownership.owner_of: the exchange's)."""
         if keys.device == self.table_offsets.device:
             return owner_of(keys, self.table_offsets, self.table_owner, self.world_size)
         return owner_of(keys, self._host_offsets, self._host_owner, self.world_size)
@@ -124,9 +123,9 @@ class ShardLayout:
 
     def local_rows(self, keys: torch.Tensor) -> torch.Tensor:
         """Static keys this rank holds -> their storage rows."""
-        t = torch.searchsorted(self.table_offsets, keys, right=True) - 1
-        row = keys - self.table_offsets[t]
-        return self.local_base[t] + torch.where(self.table_is_row[t], row // self.world_size, row)
+        return local_rows(
+            keys, self.table_offsets, self.table_owner, self.local_base, self.world_size
+        )
 
     def table_local_rows(self, t: int, rows: torch.Tensor) -> torch.Tensor:
         """Ids of static table t that this rank holds (any device) -> their storage rows."""

@@ -27,11 +27,13 @@ from embedding.storage import RowStorage
 from embedding.tables import STORAGE_DTYPES, Table, feature_names
 from kernels import (
     SparseOptimizer,
+    append_replicated,
     gather_pool,
     lookup,
     merge_update,
     pool_backward,
     pool_backward_update,
+    scatter_replicated,
     unique_partition,
 )
 
@@ -188,6 +190,8 @@ class ShardedEmbeddingCollection(nn.Module):
             rows = self.ids.shifted(kjt, layout.local_base)
             return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
         keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        # the counts sent, then those received: one tensor, read at once
+        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
         # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
         unique_keys, send_counts, inverse = unique_partition(
             keys,
@@ -196,10 +200,11 @@ class ShardedEmbeddingCollection(nn.Module):
             self.world_size,
             key_space=layout.num_keys,
             padded=True,
+            counts_out=counts[: self.world_size],
         )
-        recv_counts = self.exchange.exchange_counts(send_counts)
+        recv_counts = self.exchange.exchange_counts(send_counts, out=counts[self.world_size :])
         # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
-        splits = torch.cat([send_counts, recv_counts]).tolist()
+        splits = counts.tolist()
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         unique_keys = unique_keys[: sum(send_splits)]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)
@@ -281,9 +286,9 @@ class ShardedEmbeddingCollection(nn.Module):
             return
         with self._stage("grad_dist"):
             grads, counts = self._gradients_to_owners(sd, grad_pooled)
-            rows, scale = sd.owner_rows, None
+            rows = sd.owner_rows
             if self.layout.num_replicated_rows:
-                rows, grads, counts, scale = self._with_replicated(rows, grads, counts)
+                rows, grads, counts = self._with_replicated(rows, grads, counts)
         with self._stage("sparse_update"):
             self.num_updates += 1
             # the received gradients of equal rows merged (in a fixed order) and the optimizer
@@ -298,7 +303,6 @@ class ShardedEmbeddingCollection(nn.Module):
                 grads,
                 counts,
                 o,
-                scale=scale,
             )
             if self.dynamic:
                 self.dynamic.reset_null_row()
@@ -327,26 +331,11 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def _with_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
         """Replicated tables' gradients and lookup counts summed over ranks, densely (one float32
-        all-reduce: counts are exact below 2^24 per batch), appended as one entry per replicated row
-        (rows nobody looked up have count 0: merge_update leaves them untouched); the entries
-        received for them get scale 0. No host sync."""
-        n, dim = self.layout.num_replicated_rows, self.dim
-        is_rep = rows < n
-        # a rank asks itself for each replicated row at most once (input_dist dedups): no
-        # duplicates, a deterministic index_put_. Other tables' rows go to a scratch row n
-        dense = torch.zeros(n + 1, dim + 1, dtype=torch.float32, device=grads.device)
-        dense.index_put_(
-            (torch.where(is_rep, rows, n),), torch.cat([grads, counts.float().unsqueeze(1)], 1)
-        )
-        dense = dense[:n]
+        all-reduce), appended as one entry per replicated row; the entries received for them add
+        nothing (kernels.replicated). No host sync."""
+        dense = scatter_replicated(rows, grads, counts, self.layout.num_replicated_rows)
         self.exchange.all_reduce_(dense)
-        rep_rows = torch.arange(n, device=rows.device)
-        return (
-            torch.cat([rows, rep_rows]),
-            torch.cat([grads, dense[:, :dim]]),
-            torch.cat([torch.where(is_rep, 0, counts.long()), dense[:, dim].round().long()]),
-            torch.cat([(~is_rep).float(), torch.ones(n, device=grads.device)]),
-        )
+        return append_replicated(rows, grads, counts, dense)
 
     # ---- module API ------------------------------------------------------------------------------
     def forward(self, kjt_or_dist) -> torch.Tensor:

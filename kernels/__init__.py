@@ -15,6 +15,7 @@ from kernels.gather_pool import gather_pool, lookup
 from kernels.hash_table import find_or_insert
 from kernels.pool_backward import pool_backward
 from kernels.pool_backward_update import merge_update, pool_backward_update
+from kernels.replicated import append_replicated, scatter_replicated
 from kernels.sparse_optimizer import SPARSE_OPTIMIZERS, SparseOptimizer, SparseOptimizerName
 from kernels.sparse_update import sparse_update
 from kernels.unique_partition import unique_partition
@@ -23,12 +24,14 @@ __all__ = [
     "SPARSE_OPTIMIZERS",
     "SparseOptimizer",
     "SparseOptimizerName",
+    "append_replicated",
     "find_or_insert",
     "gather_pool",
     "lookup",
     "merge_update",
     "pool_backward",
     "pool_backward_update",
+    "scatter_replicated",
     "sparse_update",
     "unique_partition",
 ]

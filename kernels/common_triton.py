@@ -67,6 +67,26 @@ def column_mask(d, dim, ALIGN: tl.constexpr):
     return (d // ALIGN) < (dim // ALIGN)
 
 
+@triton.jit(do_not_specialize=["num_blocks", "num_columns"])
+def column_scan_kernel(
+    counts_ptr,  # int32 [blocks, C] in: a count per block and column; out: exclusive prefix sums
+    num_blocks,  # blocks
+    num_columns,  # C: one program per column
+    totals_ptr,  # int64 [C] out: each column's total
+    SCAN: tl.constexpr,  # blocks per step
+):
+    """Exclusive prefix sums down each column of counts, in place (no atomics: deterministic)."""
+    c = tl.program_id(0)
+    total = tl.zeros((), tl.int32)
+    for start in range(0, num_blocks, SCAN):
+        b = start + tl.arange(0, SCAN)
+        m = b < num_blocks
+        x = tl.load(counts_ptr + b * num_columns + c, mask=m, other=0)
+        tl.store(counts_ptr + b * num_columns + c, total + tl.cumsum(x, axis=0) - x, mask=m)
+        total += tl.sum(x, axis=0)
+    tl.store(totals_ptr + c, total.to(tl.int64))
+
+
 # whether this process's kernels run in the Triton interpreter (TRITON_INTERPRET=1 at their import)
 INTERPRETED = isinstance(column_mask, InterpretedFunction)
 

@@ -1,9 +1,11 @@
 """Host side of the segment kernel (kernels.segments_triton): argument checks, the sorted entries
 and the two passes' launches, sized from N alone: no host sync.
 
-Per call: the keys cast to int32, a stable torch.sort, ``_mark_kernel`` (piece starts, and each
-sorted entry's source row), nonzero_static (the piece list) and the two passes; a batch's values
-first get their bag's gradient row and scale from ``_bag_sources_kernel``.
+Per call: the keys cast to int32, a stable torch.sort, ``_mark_kernel`` (each sorted entry's
+source row, and the pieces starting in each block of positions), a scan of those counts
+(common_triton.column_scan_kernel) and ``_pieces_kernel`` (the piece list, a stream compaction
+without atomics), then the two passes; a batch's values first get their bag's gradient row and
+scale, and their keys cast to int32, from ``_bag_sources_kernel``.
 
 An entry is (key, source row, scale, count): a value of the batch (key: its storage row or its
 unique index; source: its bag's pooled-gradient row b * F + f; scale: 1/len for mean bags) or a
@@ -21,8 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common_triton import INTERPRETED, check_bags, column_block
+from kernels.common_triton import INTERPRETED, check_bags, column_block, column_scan_kernel
 
+_BLOCK = 1024  # sorted positions per program of the bookkeeping kernels
 CHUNK = 128  # sorted entries per block: a longer segment is split and finished by the second pass
 ROWS_IN_FLIGHT = 4  # rows a program loads per step: SEGS lanes x UNROLL rows each
 LANE_ELEMENTS = 128  # a program's [SEGS, BLOCK_D] tile: 4 fp32 a thread of one warp
@@ -43,13 +46,23 @@ class Entries(NamedTuple):
     has_counts: int  # 0: every entry counts 1 (counts is not read)
 
 
+@triton.jit
+def _piece_marks(keys_ptr, p, m, CHUNK: tl.constexpr):
+    """Whether a piece starts at sorted position p: a segment's first entry, and every block's
+    (pieces never cross a block boundary)."""
+    key = tl.load(keys_ptr + p, mask=m, other=0)
+    prev = tl.load(keys_ptr + p - 1, mask=m & (p > 0), other=0)
+    return m & ((p % CHUNK == 0) | (key != prev))
+
+
 @triton.jit(do_not_specialize=["n"])
 def _mark_kernel(
     keys_ptr,  # int32/int64 [N] sorted keys
     order_ptr,  # int64 [N] entry of each sorted position
     value_src_ptr,  # int32 [N] source row of each entry (GATHER)
-    mark_ptr,  # bool [N] out: a piece starts at this position
     src_ptr,  # int32 [N] out: source row of each sorted entry
+    pieces_ptr,  # int64 [N+1] out: N everywhere (padding; _pieces_kernel writes the starts)
+    block_counts_ptr,  # int32 [blocks] out: pieces starting in each block of BLOCK positions
     n,  # N
     CHUNK: tl.constexpr,  # sorted entries per block
     GATHER: tl.constexpr,  # sources from value_src (else the entry itself)
@@ -57,10 +70,9 @@ def _mark_kernel(
 ):
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = p < n
-    key = tl.load(keys_ptr + p, mask=m, other=0)
-    prev = tl.load(keys_ptr + p - 1, mask=m & (p > 0), other=0)
-    # a segment's first entry, and every block's: pieces never cross a block boundary
-    tl.store(mark_ptr + p, (p % CHUNK == 0) | (key != prev), mask=m)
+    mark = _piece_marks(keys_ptr, p, m, CHUNK)
+    tl.store(block_counts_ptr + tl.program_id(0), tl.sum(mark.to(tl.int32), axis=0))
+    tl.store(pieces_ptr + p, n.to(tl.int64), mask=p <= n)
     entry = tl.load(order_ptr + p, mask=m, other=0)
     if GATHER:
         src = tl.load(value_src_ptr + entry, mask=m, other=0)
@@ -69,14 +81,32 @@ def _mark_kernel(
     tl.store(src_ptr + p, src, mask=m)
 
 
+@triton.jit(do_not_specialize=["n"])
+def _pieces_kernel(
+    keys_ptr,  # int32/int64 [N] sorted keys
+    block_start_ptr,  # int32 [blocks] pieces starting before each block
+    pieces_ptr,  # int64 [N+1] out: first sorted entry of each piece (the padding stays)
+    n,  # N
+    CHUNK: tl.constexpr,  # sorted entries per block
+    BLOCK: tl.constexpr,  # positions per program
+):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mark = _piece_marks(keys_ptr, p, p < n, CHUNK).to(tl.int32)
+    piece = tl.load(block_start_ptr + tl.program_id(0)) + tl.cumsum(mark, axis=0) - mark
+    tl.store(pieces_ptr + piece, p.to(tl.int64), mask=mark != 0)
+
+
 @triton.jit(do_not_specialize=["batch_size", "num_features"])
 def _bag_sources_kernel(
     offsets_ptr,  # int64 [F*B+1] bag boundaries into the values (bags feature-major)
     mean_ptr,  # int32 [F] 1 where feature f is mean-pooled
+    keys_ptr,  # int64 [N] the values' keys (NARROW)
+    narrow_ptr,  # int32 [N] out (NARROW): the keys as int32, the sort's keys
     value_src_ptr,  # int32 [N] out: pooled-gradient row b * F + f of each value
     scale_ptr,  # float32 [B*F] out: scale of each pooled-gradient row (1/len for mean bags)
     batch_size,  # B
     num_features,  # F
+    NARROW: tl.constexpr,  # also write the keys as int32 (key space below 2^31)
     BAGS: tl.constexpr,  # bags per program
 ):
     bag = tl.program_id(0) * BAGS + tl.arange(0, BAGS)
@@ -92,26 +122,36 @@ def _bag_sources_kernel(
     # the bags of a program mostly share one feature, so one length
     for j in range(0, tl.max(length)):
         tl.store(value_src_ptr + start + j, row, mask=m & (j < length))
+        if NARROW:
+            key = tl.load(keys_ptr + start + j, mask=m & (j < length), other=0)
+            tl.store(narrow_ptr + start + j, key.to(tl.int32), mask=m & (j < length))
 
 
-def sort_entries(keys: torch.Tensor, key_space: int, chunk: int, value_src=None):
+def sort_entries(keys: torch.Tensor, key_space: int, chunk: int, value_src=None, narrow=None):
     """(sorted keys, piece starts, source of each sorted entry) of keys int64 [N >= 1] in
-    [0, key_space); sources: value_src int32 [N] of each entry, or the entry itself."""
+    [0, key_space); sources: value_src int32 [N] of each entry, or the entry itself; narrow: the
+    keys already cast to int32, or None."""
     n = keys.numel()
     if n >= 2**31:  # the kernels' positions are int32
         raise ValueError(f"at most 2^31 - 1 entries per call, got {n}")
     # 32-bit sort keys when the keys allow it: the radix sort then makes half the passes
-    narrow = keys.to(torch.int32) if key_space < 2**31 else keys
+    if narrow is None:
+        narrow = keys.to(torch.int32) if key_space < 2**31 else keys
     sorted_keys, order = torch.sort(narrow, stable=True)
-    mark = torch.empty(n, dtype=torch.bool, device=keys.device)
-    src = torch.empty(n, dtype=torch.int32, device=keys.device)
+    device = keys.device
+    blocks = triton.cdiv(n + 1, _BLOCK)  # the programs also cover the padding entry N
+    src = torch.empty(n, dtype=torch.int32, device=device)
+    # at most N pieces: the rest of the N+1 entries hold N
+    pieces = torch.empty(n + 1, dtype=torch.int64, device=device)
+    block_counts = torch.empty(blocks, dtype=torch.int32, device=device)
     gather = value_src is not None
-    _mark_kernel[(triton.cdiv(n, 1024),)](
-        sorted_keys, order, value_src if gather else src, mark, src, n,
-        CHUNK=chunk, GATHER=gather, BLOCK=1024,
+    _mark_kernel[(blocks,)](
+        sorted_keys, order, value_src if gather else src, src, pieces, block_counts, n,
+        CHUNK=chunk, GATHER=gather, BLOCK=_BLOCK,
     )  # fmt: skip
-    # at most N pieces: the padding rows hold N (nonzero_static never syncs, unlike nonzero)
-    pieces = torch.nonzero_static(mark, size=n + 1, fill_value=n).view(-1)
+    total = torch.empty(1, dtype=torch.int64, device=device)  # not read
+    column_scan_kernel[(1,)](block_counts, blocks, 1, total, SCAN=_BLOCK)
+    _pieces_kernel[(blocks,)](sorted_keys, block_counts, pieces, n, CHUNK=chunk, BLOCK=_BLOCK)
     return sorted_keys, pieces, src
 
 
@@ -128,11 +168,14 @@ def bag_entries(
     n, device, num_bags = keys.numel(), keys.device, offsets.numel() - 1
     value_src = torch.empty(n, dtype=torch.int32, device=device)
     scale = torch.empty(num_bags, dtype=torch.float32, device=device)
+    # the sort's int32 keys written beside the sources (every value lies in a bag)
+    narrow = torch.empty(n, dtype=torch.int32, device=device) if key_space < 2**31 else None
     if num_bags:
         _bag_sources_kernel[(triton.cdiv(num_bags, 128),)](
-            offsets, mean, value_src, scale, batch_size, mean.numel(), BAGS=128, num_warps=4
-        )
-    sorted_keys, pieces, src = sort_entries(keys, key_space, chunk, value_src)
+            offsets, mean, keys, value_src if narrow is None else narrow, value_src, scale,
+            batch_size, mean.numel(), NARROW=narrow is not None, BAGS=128, num_warps=4,
+        )  # fmt: skip
+    sorted_keys, pieces, src = sort_entries(keys, key_space, chunk, value_src, narrow)
     return Entries(sorted_keys, pieces, src, scale, 1, src, 0)
 
 
@@ -255,11 +298,13 @@ def run_segments(
 
 def compile_cases():
     """Calls covering every specialization of this module's kernels (kernels.compile_check
-    compiles them): sources gathered or not, 32- and 64-bit sort keys."""
+    compiles them): sources gathered or not, 32- and 64-bit sort keys (cast by the bag kernel or
+    not)."""
     offsets = torch.tensor([0, 2, 2, 5, 6], dtype=torch.int64)  # F=2, B=2, an empty bag
     keys = torch.tensor([0, 1, 2, 0, 3, 4], dtype=torch.int64)
     mean = torch.tensor([1, 0], dtype=torch.int32)
     counts = torch.ones(6, dtype=torch.int32)
     yield lambda: bag_entries(keys, 5, offsets, 2, mean, CHUNK)
+    yield lambda: bag_entries(keys, 2**31, offsets, 2, mean, CHUNK)
     yield lambda: row_entries(keys, 5, counts, None, CHUNK)
     yield lambda: row_entries(keys, 2**31, counts, torch.ones(6), CHUNK)

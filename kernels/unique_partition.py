@@ -6,7 +6,7 @@ keys are global fused-row ids (table row offset + id), owners as in kernels.owne
 import torch
 
 from kernels.dispatch import by_device
-from kernels.ownership import owner_of
+from kernels.ownership import owner_of_reference
 
 
 def unique_partition_reference(
@@ -16,22 +16,20 @@ def unique_partition_reference(
     world_size: int,
     key_space: int | None = None,
     padded: bool = False,
+    counts_out: torch.Tensor | None = None,
 ):
     """Pure-torch oracle: unique keys in order of first occurrence, then stably grouped by owner
     (padded: followed by N - U zeros)."""
     if keys.numel() == 0:
-        return (
-            keys.new_empty(0),
-            torch.zeros(world_size, dtype=torch.int64, device=keys.device),
-            keys.new_empty(0),
-        )
+        counts = torch.zeros(world_size, dtype=torch.int64, device=keys.device)
+        return keys.new_empty(0), _into(counts, counts_out), keys.new_empty(0)
     uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     positions = torch.arange(keys.numel(), device=keys.device)
     first = torch.full_like(uniq, keys.numel()).scatter_reduce_(0, inverse, positions, "amin")
     order = torch.argsort(first)  # first occurrences are distinct positions: no ties
     # one owner: nothing to look up (and keys up to 2^63 - 1, past any offsets table, are fine)
     owner = (
-        owner_of(uniq[order], table_offsets, table_owner, world_size)
+        owner_of_reference(uniq[order], table_offsets, table_owner, world_size)
         if world_size > 1
         else torch.zeros_like(order)
     )
@@ -42,7 +40,11 @@ def unique_partition_reference(
     unique = uniq[order]
     if padded:
         unique = torch.cat([unique, unique.new_zeros(keys.numel() - unique.numel())])
-    return unique, counts, position[inverse]
+    return unique, _into(counts, counts_out), position[inverse]
+
+
+def _into(counts: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return counts if out is None else out.copy_(counts)
 
 
 def unique_partition(
@@ -52,6 +54,7 @@ def unique_partition(
     world_size: int,
     key_space: int | None = None,
     padded: bool = False,
+    counts_out: torch.Tensor | None = None,
 ):
     """Deduplicate keys and group the unique ones by owner rank.
 
@@ -65,6 +68,8 @@ def unique_partition(
         padded: return unique_keys with all N entries, the U = counts.sum() valid ones first (the
             rest: any value), so that the Triton path never syncs with the host (its output size
             would be U); the caller reads counts when it needs U (e.g. with the all-to-all counts).
+        counts_out: int64 [W] contiguous, or None: counts are written there (and returned), e.g.
+            into a buffer the caller reads with more in one host sync.
     Returns:
         unique_keys int64 [U] (padded: [N]): in order of first occurrence in keys, then stably grouped
             by owner (rank 0's first).
@@ -77,4 +82,12 @@ def unique_partition(
         reference=unique_partition_reference,
         triton="unique_partition_triton.unique_partition_triton",
     )
-    return run(keys, table_offsets, table_owner, world_size, key_space, padded=padded)
+    return run(
+        keys,
+        table_offsets,
+        table_owner,
+        world_size,
+        key_space,
+        padded=padded,
+        counts_out=counts_out,
+    )

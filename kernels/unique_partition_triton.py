@@ -21,17 +21,22 @@ found one of two ways:
   more free slots than keys). A pathological key set costs time, never correctness, and the host
   never reads the flag.
 
-Then ``first[i] = rep[i] == i``; an exclusive cumsum of ``first`` numbers the unique keys;
-``_scatter_kernel`` writes ``inverse[i] = number[rep[i]]`` and each unique key once. With W > 1
-the unique keys are grouped by owner with a stable sort of their owner ranks. Host syncs: one,
-the unique count that sizes the output; none with ``padded=True`` (the output keeps N entries).
+Then the unique keys are numbered straight into their place grouped by owner, a counting sort
+(stable, no atomics): the representative kernel also marks each first occurrence with its key's
+owner (kernels.ownership_triton.key_owner) and counts every block's first occurrences per owner;
+``common_triton.column_scan_kernel`` (one program per owner) turns those counts into each block's start within its
+owner's group and the owner's total (the ``counts`` output); ``_place_kernel`` gives every first
+occurrence its slot (owners before it, earlier blocks, earlier lanes of its block) and writes the
+key there; ``_inverse_kernel`` writes ``inverse[i] = slot[rep[i]]``. Host syncs: one, the unique
+count that sizes the output; none with ``padded=True`` (the output keeps N entries).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.ownership import owner_of
+from kernels.common_triton import column_scan_kernel
+from kernels.ownership_triton import check_tables, key_owner
 
 # Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
 # does not, so only kernels.compile_check catches it).
@@ -44,6 +49,7 @@ _HASH_MUL = tl.constexpr(-7046029254386353131)
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)
 _DEFAULT_MAX_PROBES = 64
 BLOCK = 1024  # positions per program in every kernel here
+SCAN = 1024  # blocks per step of the scan
 DIRECT_MAX_KEYS = 1 << 28  # largest key space served by the direct map (2 GiB of int64)
 _TAG_START = (1 << 31) - 1  # tags count down from here; the map is refilled when they run out
 
@@ -64,14 +70,47 @@ def _first_direct_kernel(
     tl.atomic_min(first_ptr + key, (tag.to(tl.int64) << 32) | offs, mask=valid, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["n_keys", "key_space"])
+@triton.jit
+def _mark_first(
+    offs,  # int64 [BLOCK] this program's positions
+    valid,  # bool [BLOCK] positions < N
+    key,  # int64 [BLOCK] the key at each position
+    rep,  # int32 [BLOCK] first position holding the same key
+    rep_ptr,  # int32 [N] out: rep
+    group_ptr,  # int32 [N] out: owner of the key at a first occurrence, W elsewhere
+    block_counts_ptr,  # int32 [blocks, W] out: first occurrences of this block per owner
+    offsets_ptr,  # int64 [T+1] table offsets
+    owner_ptr,  # int64 [T] owner rank per table, -1 for row-wise
+    num_tables,  # T
+    search_steps,  # T.bit_length(); 0 with one owner
+    world_size,  # W
+):
+    tl.store(rep_ptr + offs, rep, mask=valid)
+    first = valid & (rep == offs)
+    owner = key_owner(key, offsets_ptr, owner_ptr, num_tables, search_steps, world_size)
+    # one owner: every key is rank 0's, whatever its table (dedup keys may lie past the offsets)
+    owner = tl.where(world_size > 1, owner, 0).to(tl.int32)
+    group = tl.where(first, owner, world_size)
+    tl.store(group_ptr + offs, group, mask=valid)
+    for o in range(0, world_size):
+        count = tl.sum((group == o).to(tl.int32), axis=0)
+        tl.store(block_counts_ptr + tl.program_id(0) * world_size + o, count)
+
+
+@triton.jit(do_not_specialize=["n_keys", "key_space", "num_tables", "search_steps", "world_size"])
 def _rep_direct_kernel(
     keys_ptr,  # int64 [N] keys
     n_keys,  # N
     key_space,  # as for _first_direct_kernel
     first_ptr,  # int64 map filled by _first_direct_kernel in this call
     rep_ptr,  # int32 [N] out: first position holding the same key
-    first_flag_ptr,  # int32 [N] out: 1 where rep == position
+    group_ptr,  # int32 [N] out: owner at first occurrences, W elsewhere (_mark_first)
+    block_counts_ptr,  # int32 [blocks, W] out: first occurrences per block and owner
+    offsets_ptr,  # int64 [T+1] table offsets
+    owner_ptr,  # int64 [T] owner rank per table, -1 for row-wise
+    num_tables,  # T
+    search_steps,  # T.bit_length(); 0 with one owner
+    world_size,  # W
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -79,8 +118,10 @@ def _rep_direct_kernel(
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
     in_space = valid & (key >= 0) & (key < key_space)
     rep = (tl.load(first_ptr + key, mask=in_space, other=0) & _POSITION_MASK).to(tl.int32)
-    tl.store(rep_ptr + offs, rep, mask=valid)
-    tl.store(first_flag_ptr + offs, (rep == offs).to(tl.int32), mask=valid)
+    _mark_first(
+        offs, valid, key, rep, rep_ptr, group_ptr, block_counts_ptr, offsets_ptr, owner_ptr,
+        num_tables, search_steps, world_size,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["n_keys", "slot_mask", "max_probes"])
@@ -126,42 +167,76 @@ def _insert_hash_kernel(
     tl.store(slot_of_ptr + offs, slot.to(tl.int32), mask=valid)
 
 
-@triton.jit(do_not_specialize=["n_keys"])
+@triton.jit(do_not_specialize=["n_keys", "num_tables", "search_steps", "world_size"])
 def _rep_hash_kernel(
+    keys_ptr,  # int64 [N] keys
     slot_of_ptr,  # int32 [N] slot of each position's key
     n_keys,  # N
     slot_pos_ptr,  # int32 [C] first position of each slot's key
     rep_ptr,  # int32 [N] out: first position holding the same key
-    first_flag_ptr,  # int32 [N] out: 1 where rep == position
+    group_ptr,  # int32 [N] out: owner at first occurrences, W elsewhere (_mark_first)
+    block_counts_ptr,  # int32 [blocks, W] out: first occurrences per block and owner
+    offsets_ptr,  # int64 [T+1] table offsets
+    owner_ptr,  # int64 [T] owner rank per table, -1 for row-wise
+    num_tables,  # T
+    search_steps,  # T.bit_length(); 0 with one owner
+    world_size,  # W
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
+    key = tl.load(keys_ptr + offs, mask=valid, other=0)
     slot = tl.load(slot_of_ptr + offs, mask=valid, other=0)
     rep = tl.load(slot_pos_ptr + slot, mask=valid, other=0)
-    tl.store(rep_ptr + offs, rep, mask=valid)
-    tl.store(first_flag_ptr + offs, (rep == offs).to(tl.int32), mask=valid)
+    _mark_first(
+        offs, valid, key, rep, rep_ptr, group_ptr, block_counts_ptr, offsets_ptr, owner_ptr,
+        num_tables, search_steps, world_size,
+    )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["n_keys", "world_size"])
+def _place_kernel(
+    keys_ptr,  # int64 [N] keys
+    n_keys,  # N
+    group_ptr,  # int32 [N] owner at first occurrences, W elsewhere
+    block_start_ptr,  # int32 [blocks, W] first slot of each block within its owner's group
+    counts_ptr,  # int64 [W] unique keys per owner
+    world_size,  # W
+    slot_ptr,  # int32 [N] out (first occurrences only): the unique key's slot
+    unique_ptr,  # int64 [N] out: the unique keys, grouped by owner, the U valid first
+    BLOCK: tl.constexpr,  # positions per program
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n_keys
+    group = tl.load(group_ptr + offs, mask=valid, other=world_size)
+    slot = tl.zeros([BLOCK], tl.int64)
+    group_start = tl.zeros((), tl.int64)  # owners before o
+    for o in range(0, world_size):
+        mine = (group == o).to(tl.int32)
+        before = tl.cumsum(mine, axis=0) - mine  # earlier lanes of this block, same owner
+        start = group_start + tl.load(block_start_ptr + pid * world_size + o)
+        slot = tl.where(mine != 0, start + before, slot)
+        group_start += tl.load(counts_ptr + o)
+    first = group < world_size
+    tl.store(slot_ptr + offs, slot.to(tl.int32), mask=first)
+    key = tl.load(keys_ptr + offs, mask=first, other=0)
+    tl.store(unique_ptr + slot, key, mask=first)
 
 
 @triton.jit(do_not_specialize=["n_keys"])
-def _scatter_kernel(
-    keys_ptr,  # int64 [N] keys
-    n_keys,  # N
+def _inverse_kernel(
     rep_ptr,  # int32 [N] first position holding the same key
-    # int32 [N] exclusive cumsum of the first-occurrence flags: the unique key's number
-    number_ptr,
-    unique_ptr,  # int64 [>= U] out: unique keys in order of first occurrence
-    inverse_ptr,  # int64 [N] out: number of each position's key
+    n_keys,  # N
+    slot_ptr,  # int32 [N] slot of the unique key at each first occurrence
+    inverse_ptr,  # int64 [N] out: slot of each position's key
     BLOCK: tl.constexpr,  # positions per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     rep = tl.load(rep_ptr + offs, mask=valid, other=0)
-    number = tl.load(number_ptr + rep, mask=valid, other=0)
-    tl.store(inverse_ptr + offs, number.to(tl.int64), mask=valid)
-    first = valid & (rep == offs)
-    key = tl.load(keys_ptr + offs, mask=first, other=0)
-    tl.store(unique_ptr + number, key, mask=first)
+    slot = tl.load(slot_ptr + rep, mask=valid, other=0)
+    tl.store(inverse_ptr + offs, slot.to(tl.int64), mask=valid)
 
 
 class _DirectMap:
@@ -192,37 +267,27 @@ def _direct_map(device: torch.device) -> _DirectMap:
 
 
 def _check(keys, table_offsets, table_owner, world_size):
-    for name, t in (("keys", keys), ("table_offsets", table_offsets), ("table_owner", table_owner)):
-        if t.dtype != torch.int64:
-            raise ValueError(f"{name} must be int64, got {t.dtype}")
-        if t.dim() != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-        if t.device != keys.device:
-            raise ValueError(f"{name} is on {t.device}, keys on {keys.device}")
-    if table_offsets.numel() != table_owner.numel() + 1 or table_owner.numel() == 0:
-        raise ValueError(
-            f"need T >= 1 tables and T+1 offsets, got {table_owner.numel()} owners "
-            f"and {table_offsets.numel()} offsets"
-        )
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    check_tables(keys, table_offsets, table_owner, world_size)
     if keys.numel() >= 2**31 - 1:
         raise ValueError(
             f"{keys.numel()} keys exceed the int32 positions of this kernel (< 2^31 - 1)"
         )
 
 
-def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int):
-    """(rep int32 [N], first int32 [N]) by the direct map or the hash table."""
+def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int, owners: tuple):
+    """(rep int32 [N], group int32 [N], block_counts int32 [blocks, W]) by the direct map or the
+    hash table (_mark_first); owners: the kernels' table arguments, offsets to world_size."""
     n, device = keys.numel(), keys.device
     grid = (triton.cdiv(n, BLOCK),)
     rep = torch.empty(n, dtype=torch.int32, device=device)
-    first = torch.empty(n, dtype=torch.int32, device=device)
+    group = torch.empty(n, dtype=torch.int32, device=device)
+    block_counts = torch.empty(grid[0] * owners[-1], dtype=torch.int32, device=device)
+    marks = (rep, group, block_counts, *owners)
     if key_space is not None and key_space <= DIRECT_MAX_KEYS:
         first_map, tag = _direct_map(device).next_tag(key_space, device)
         _first_direct_kernel[grid](keys, n, key_space, first_map, tag, BLOCK=BLOCK)
-        _rep_direct_kernel[grid](keys, n, key_space, first_map, rep, first, BLOCK=BLOCK)
-        return rep, first
+        _rep_direct_kernel[grid](keys, n, key_space, first_map, *marks, BLOCK=BLOCK)
+        return rep, group, block_counts
     capacity = triton.next_power_of_2(2 * n)
     slot_of = torch.empty(n, dtype=torch.int32, device=device)
     slot_keys = torch.full((capacity,), _EMPTY.value, dtype=torch.int64, device=device)
@@ -242,27 +307,8 @@ def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int)
             RERUN=rerun,
             BLOCK=BLOCK,
         )
-    _rep_hash_kernel[grid](slot_of, n, slot_pos, rep, first, BLOCK=BLOCK)
-    return rep, first
-
-
-def _group_by_owner(unique, num_unique, inverse, table_offsets, table_owner, world_size: int):
-    """(unique keys stably grouped by owner, all N entries, the U valid ones first; counts [W];
-    inverse into the grouped keys). Device work only."""
-    n, device = unique.numel(), unique.device
-    # owner of each unique key; unused slots (>= U) go to a last bucket W, which the stable sort puts last
-    owner = owner_of(unique, table_offsets, table_owner, world_size)
-    owner = torch.where(torch.arange(n, device=device) < num_unique, owner, world_size)
-    # index_add_, not bincount: bincount reads the largest value back to size its output (a host sync on CUDA)
-    counts = torch.zeros(world_size + 1, dtype=torch.int64, device=device).index_add_(
-        0, owner, torch.ones_like(owner)
-    )[:world_size]
-    order = torch.sort(
-        owner.to(torch.int16 if world_size < 2**15 else torch.int32), stable=True
-    ).indices
-    position = torch.empty_like(order)
-    position[order] = torch.arange(n, device=device)
-    return unique[order], counts, position[inverse]
+    _rep_hash_kernel[grid](keys, slot_of, n, slot_pos, *marks, BLOCK=BLOCK)
+    return rep, group, block_counts
 
 
 def unique_partition_triton(
@@ -273,6 +319,7 @@ def unique_partition_triton(
     key_space: int | None = None,
     max_probes: int = _DEFAULT_MAX_PROBES,
     padded: bool = False,
+    counts_out: torch.Tensor | None = None,
 ):
     """Same contract and outputs as kernels.unique_partition.unique_partition.
 
@@ -283,29 +330,38 @@ def unique_partition_triton(
     _check(keys, table_offsets, table_owner, world_size)
     device = keys.device
     n = keys.numel()
+    if counts_out is not None and (
+        counts_out.shape != (world_size,)
+        or counts_out.dtype != torch.int64
+        or not counts_out.is_contiguous()
+        or counts_out.device != device
+    ):
+        raise ValueError(
+            f"counts_out must be contiguous int64 [{world_size}] on {device}, got "
+            f"{counts_out.dtype} {tuple(counts_out.shape)} on {counts_out.device}"
+        )
+    counts = torch.empty(world_size, dtype=torch.int64, device=device)
+    if counts_out is not None:
+        counts = counts_out
     if n == 0:
-        return (
-            keys.new_empty(0),
-            torch.zeros(world_size, dtype=torch.int64, device=device),
-            keys.new_empty(0),
-        )
+        return keys.new_empty(0), counts.zero_(), keys.new_empty(0)
     keys = keys.contiguous()
-    rep, first = _representatives(keys, key_space, max_probes)
-    number = torch.cumsum(first, 0, dtype=torch.int32) - first
-    # the first U entries get written; zeros elsewhere keep owner_of below in range
-    unique = torch.zeros(n, dtype=torch.int64, device=device)
+    tables = table_owner.numel()
+    # one owner: no table search (dedup keys may lie past the offsets)
+    owners = (table_offsets, table_owner, tables, tables.bit_length() if world_size > 1 else 0)
+    rep, group, block_starts = _representatives(keys, key_space, max_probes, (*owners, world_size))
+    blocks = triton.cdiv(n, BLOCK)
+    # each block's start within its owner's group, and the owners' totals
+    column_scan_kernel[(world_size,)](block_starts, blocks, world_size, counts, SCAN=SCAN)
+    unique = torch.empty(n, dtype=torch.int64, device=device)
+    slot = torch.empty(n, dtype=torch.int32, device=device)
     inverse = torch.empty(n, dtype=torch.int64, device=device)
-    _scatter_kernel[(triton.cdiv(n, BLOCK),)](keys, n, rep, number, unique, inverse, BLOCK=BLOCK)
-
-    num_unique = (number[-1] + first[-1]).to(torch.int64)
-    counts = num_unique.reshape(1)
-    if world_size > 1:
-        unique, counts, inverse = _group_by_owner(
-            unique, num_unique, inverse, table_offsets, table_owner, world_size
-        )
+    grid = (blocks,)
+    _place_kernel[grid](keys, n, group, block_starts, counts, world_size, slot, unique, BLOCK=BLOCK)
+    _inverse_kernel[grid](rep, n, slot, inverse, BLOCK=BLOCK)
     if padded:
         return unique, counts, inverse
-    return unique[: int(num_unique)], counts, inverse  # the one host sync: the output's size
+    return unique[: int(counts.sum())], counts, inverse  # the one host sync: the output's size
 
 
 def compile_cases():

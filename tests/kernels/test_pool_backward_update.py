@@ -35,10 +35,11 @@ SMALL_CHUNK = 16
 @pytest.fixture
 def triton_path(monkeypatch):
     """Triton on CPU tensors (the interpreter), with blocks of SMALL_CHUNK entries: long segments
-    at small sizes."""
+    at small sizes; the piece list built by programs of 2 * SMALL_CHUNK positions."""
     if DEVICE.type == "cpu":
         monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
     monkeypatch.setattr(segment_host, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(segment_host, "_BLOCK", 2 * SMALL_CHUNK)
 
 
 def make_case(name, dim, dtype, gen):

@@ -38,8 +38,10 @@ def triton_path(monkeypatch):
 
 @pytest.fixture
 def small_chunk(monkeypatch, triton_path):
-    """Blocks of SMALL_CHUNK entries: segments split over blocks at small sizes."""
+    """Blocks of SMALL_CHUNK entries: segments split over blocks at small sizes; the piece list
+    built by programs of 2 * SMALL_CHUNK positions: its scan over several of them."""
     monkeypatch.setattr(segment_host, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(segment_host, "_BLOCK", 2 * SMALL_CHUNK)
 
 
 def make_bags(layout, pooling, dim, gen):

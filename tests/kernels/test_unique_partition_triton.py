@@ -16,7 +16,7 @@ from kernels.unique_partition_triton import unique_partition_triton  # noqa: E40
 from tests.support.kernels import HAS_CUDA, check_unique_partition, needs_triton, on  # noqa: E402
 from training.profiling import HostSyncCensus  # noqa: E402
 
-WORLD_SIZES = (1, 2, 3, 8)
+WORLD_SIZES = (1, 2, 3, 4, 8)
 
 
 def make_keys(pattern: str, n: int, gen: torch.Generator):
@@ -38,7 +38,7 @@ def make_keys(pattern: str, n: int, gen: torch.Generator):
 
 @needs_triton
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-@pytest.mark.parametrize("n", [0, 1, 7, 300])
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 2500])  # 2500: several blocks of positions
 @pytest.mark.parametrize(
     "path,pattern",
     [("direct", p) for p in ("all_duplicates", "all_distinct", "random")]
@@ -156,6 +156,24 @@ def test_padded_call_never_syncs(path, world_size, max_probes):
     assert sum(census.sites.values()) == 1, census.sites
 
 
+@needs_triton
+@pytest.mark.parametrize("path,world_size,max_probes", PADDED_CASES)
+def test_counts_out_receives_the_counts(path, world_size, max_probes):
+    """counts_out (a view into a larger buffer) gets the counts, on both paths, empty keys too."""
+    keys, offsets, owners, key_space = padded_inputs(path, world_size)
+    for k in (keys, keys[:0]):
+        buffer = torch.full((2 * world_size,), -1, dtype=torch.int64)
+        ref = unique_partition_reference(
+            k, offsets, owners, world_size, counts_out=buffer[:world_size]
+        )
+        assert torch.equal(buffer[:world_size], ref[1]) and buffer[world_size:].eq(-1).all()
+        args = (*on(k, offsets, owners), world_size, key_space, max_probes)
+        out = on(torch.full((2 * world_size,), -1, dtype=torch.int64))
+        result = unique_partition_triton(*args, padded=True, counts_out=out[world_size:])
+        assert result[1].data_ptr() == out[world_size:].data_ptr()
+        assert torch.equal(out.cpu(), torch.cat([buffer[world_size:], ref[1]]))
+
+
 def test_unique_partition_rejects_bad_input():
     offsets = torch.tensor([0, 10], dtype=torch.int64)
     owners = torch.tensor([0], dtype=torch.int64)
@@ -165,6 +183,10 @@ def test_unique_partition_rejects_bad_input():
         unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets[:1], owners, 1)
     with pytest.raises(ValueError, match="world_size"):
         unique_partition_triton(torch.zeros(3, dtype=torch.int64), offsets, owners, 0)
+    with pytest.raises(ValueError, match="counts_out must be contiguous int64 \\[2\\]"):
+        unique_partition_triton(
+            torch.zeros(3, dtype=torch.int64), offsets, owners, 2, counts_out=torch.zeros(3).long()
+        )
 
 
 @pytest.mark.parametrize("world_size", [1, 8])

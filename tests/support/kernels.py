@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kernels.common_triton import INTERPRETED
-from kernels.unique_partition import owner_of, unique_partition_reference
+from kernels.ownership import owner_of_reference
+from kernels.unique_partition import unique_partition_reference
 
 HAS_CUDA = torch.cuda.is_available()
 # where the Triton kernels run: compiled on a GPU, or interpreted on the CPU
@@ -37,7 +38,7 @@ def check_unique_partition(keys, offsets, owners, world_size, result):
     assert torch.equal(inverse, ref_inverse)
     assert torch.equal(unique[inverse], keys)
     # contiguous owner groups, rank 0 first
-    owner = owner_of(unique, offsets, owners, world_size) if unique.numel() else unique
+    owner = owner_of_reference(unique, offsets, owners, world_size) if unique.numel() else unique
     bounds = [0, *torch.cumsum(counts, 0).tolist()]
     for rank in range(world_size):
         assert torch.all(owner[bounds[rank] : bounds[rank + 1]] == rank)
