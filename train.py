@@ -71,7 +71,7 @@ def run(cfg: Config) -> dict:
             metrics.add_eval(step, evaluate(cfg, parts, env))
         guard.step_done(step, result.loss)  # non-finite loss bookkeeping, fault injection
         if ckpt.due(step):
-            guard.check_before_save()  # never save weights a non-finite loss has touched
+            guard.check_before_save(parts)  # never save weights a non-finite loss has touched
             parts.embeddings.raise_bad_ids()  # nor rows an out-of-range id has touched
             ckpt.save(step, guard.skipped_steps)
     metrics.finish_training()

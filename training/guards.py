@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from training.config import Config
 from training.distributed import DistContext, restart_count
+from training.finite import first_nonfinite
 
 _NEVER = 2**62  # a step no run reaches
 
@@ -44,9 +45,17 @@ class LossGuard:
         # (step, local loss) of the steps no check has read yet: checking each step would cost a launch or
         # a host sync; they are read at log steps (check_window) and before a save (check_before_save)
         self._unchecked: list[tuple[int, torch.Tensor]] = []
+        self._consecutive_skips = (
+            0  # skipped steps since the last applied one (train.max_skipped_steps)
+        )
 
-    def _raise(self, step: int) -> None:
+    def _raise(self, step: int, skipped: str = "") -> None:
         where = self.last_checkpoint() or "none (nothing saved yet)"
+        if skipped:
+            raise NonFiniteLoss(
+                f"loss is NaN/inf at step {step}, {skipped}; training stopped, last good checkpoint: "
+                f"{where} (a learning rate too high, or bad data: see the steps logged as skipped)"
+            )
         raise NonFiniteLoss(
             f"loss is NaN/inf at step {step}; training stopped, last good checkpoint: {where} "
             "(train.skip_nonfinite_loss=true skips such steps instead)"
@@ -66,8 +75,15 @@ class LossGuard:
         if self.env.world_size > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if not bool(bad):  # the skip decision: every rank must know it before backward
+            self._consecutive_skips = 0
             return loss, False
         self.skipped_steps += 1
+        self._consecutive_skips += 1
+        if t.max_skipped_steps and self._consecutive_skips > t.max_skipped_steps:
+            self._raise(
+                step,
+                f"{self._consecutive_skips} steps in a row (train.max_skipped_steps={t.max_skipped_steps})",
+            )
         self.env.log(
             f"step {step}: loss is NaN/inf on a rank; step skipped on every rank "
             f"(train.skip_nonfinite_loss), {self.skipped_steps} skipped so far"
@@ -94,8 +110,9 @@ class LossGuard:
             self._unchecked.append((step, loss))
         inject_fault(self.cfg, self.env.rank, step)
 
-    def check_before_save(self) -> None:
-        """Collective: never write weights that a non-finite loss has touched."""
+    def check_before_save(self, parts=None) -> None:
+        """Collective: never write weights that a non-finite loss has touched, nor weights that are not
+        finite (parts: the run's, checked when given)."""
         first_bad = torch.tensor(_NEVER, dtype=torch.int64)
         if self._unchecked:
             steps = torch.tensor([s for s, _ in self._unchecked], dtype=torch.int64)
@@ -108,6 +125,13 @@ class LossGuard:
         if int(first_bad) != _NEVER:
             self._raise(int(first_bad))
         self._unchecked.clear()
+        bad = first_nonfinite(parts) if parts is not None else None
+        if bad is not None:
+            where = self.last_checkpoint() or "none (nothing saved yet)"
+            raise NonFiniteLoss(
+                f"step {self.steps_done}: {bad} holds NaN/inf; no checkpoint written, training stopped, "
+                f"last good checkpoint: {where}"
+            )
 
 
 def inject_fault(cfg: Config, rank: int, step: int) -> None:

@@ -127,7 +127,7 @@ def train_with_checkpoints(rank, world_size, group, toml, run_dir, steps, extra=
     def after_step(result):
         guard.step_done(result.step, result.loss)
         if ckpt.due(result.step):
-            guard.check_before_save()
+            guard.check_before_save(parts)
             ckpt.save(result.step, guard.skipped_steps)
 
     return train_losses(cfg, parts, world_size, first, after_step=after_step), parts

@@ -202,6 +202,9 @@ class TrainConfig:
     # a step whose loss is NaN/inf on any rank is skipped on every rank (no dense or sparse update) and counted
     # (skipped_steps in metrics.jsonl / summary.json); false: training stops naming the step and last checkpoint
     skip_nonfinite_loss: bool = False
+    # with skip_nonfinite_loss: the most steps skipped in a row; one more stops the run naming the step and the
+    # last good checkpoint (a run that skips every step trains nothing); 0 = no bound
+    max_skipped_steps: int = 10
     # fault injection: rank inject_nan_loss_rank's loss is NaN at this step; 0 = off
     inject_nan_loss_step: int = 0
     inject_nan_loss_rank: int = 0
