@@ -29,7 +29,7 @@ from training.digest import optimizer_digest, weights_digest
 from training.distributed import explain_timeouts, setup_distributed, shutdown
 from training.evaluate import evaluate
 from training.export import export_embeddings
-from training.guards import LossGuard
+from training.guards import LossGuard, fail_point
 from training.loop import train_loop
 from training.metrics import RunMetrics
 from training.run_lock import hold_run_dir, refuse_other_runs_output, released_run_dir_locks
@@ -102,7 +102,12 @@ def finish(
     if cfg.export.enabled:
         out_dir = cfg.export.dir or os.path.join(cfg.run.dir, "export")
         rows = export_embeddings(
-            parts.embeddings, out_dir, cfg.export.min_freq, env.rank, cfg.export.since_step
+            parts.embeddings,
+            out_dir,
+            cfg.export.min_freq,
+            env.rank,
+            cfg.export.since_step,
+            lambda: fail_point(cfg, env.rank, "export"),
         )
         # written whole into out_dir/step_<N> and named by out_dir/latest (training/export.py)
         step_dir = os.path.join(out_dir, f"step_{parts.embeddings.num_updates}")

@@ -61,12 +61,13 @@ def write_table(tmp: str, table: str, arrays: list[np.ndarray]) -> dict[str, dic
 
 
 def export_embeddings(
-    emb, out_dir: str, min_freq: int, rank: int, since_step: int = 0
+    emb, out_dir: str, min_freq: int, rank: int, since_step: int = 0, fail_point=None
 ) -> dict[str, int]:
     """Collective. Rank 0 writes the rows of emb (a ShardedEmbeddingCollection) looked up at least
     max(min_freq, 1) times and updated after since_step (an incremental export) as out_dir/step_<N>
     (module docstring). Only the exported rows are gathered, one table at a time. Every rank returns
-    once the export is in place, or raises rank 0's error. Returns {table: rows exported}."""
+    once the export is in place, or raises rank 0's error. Returns {table: rows exported}. fail_point():
+    called on rank 0 once the first table is written (the test-only train.fail_at "export")."""
     step = emb.num_updates
     tmp = os.path.join(out_dir, f".tmp_step_{step}")
     counts, tables, files, failure = {}, {}, {}, None
@@ -92,6 +93,8 @@ def export_embeddings(
             arrays = [torch.cat([p[i] for p in gathered])[order].numpy() for i in range(4)]
             try:  # keep joining the gathers: the other ranks must not wait for a rank that stopped
                 files.update(write_table(tmp, table.name, arrays))
+                if t == 0 and fail_point is not None:
+                    fail_point()
             except Exception as e:
                 failure = e
     if rank == 0 and failure is None:

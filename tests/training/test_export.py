@@ -138,3 +138,29 @@ def test_an_old_export_with_mismatched_rows_is_named(toml, source, tmp_path):
         load_export(str(old), "big")
     with pytest.raises(ExportError, match=r"table 'big' has mismatched rows"):
         _warm_started(toml, old)
+
+
+class _Killed(BaseException):
+    """os._exit, in this process: nothing after the fail point runs."""
+
+
+def test_kill_mid_export_keeps_the_previous_one(toml, tmp_path, monkeypatch, capsys):
+    """train.fail_at export kills rank 0 once the first table of an export is written: the previous export
+    stays whole and current, and the next complete run replaces it."""
+    run = tmp_path / "run"
+    base = ["--config", toml, "--run.dir", str(run), "--export.enabled", "true"]
+    train.main([*base, "--train.steps", "4", "--train.checkpoint_every", "2"])
+    before = _arrays(run / "export")
+
+    def kill(code):
+        raise _Killed(code)
+
+    monkeypatch.setattr(os, "_exit", kill)
+    with pytest.raises(_Killed):
+        train.main([*base, "--train.resume", "auto", "--train.fail_at", "export"])
+    monkeypatch.undo()
+    assert "rank 0: injected failure at export (train.fail_at)" in capsys.readouterr().out
+    assert open(run / "export" / LATEST).read().strip() == "step_4"
+    _assert_same(_arrays(run / "export"), before)
+    train.main([*base, "--train.resume", "auto"])
+    assert open(run / "export" / LATEST).read().strip() == f"step_{STEPS}"

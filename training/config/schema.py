@@ -193,8 +193,9 @@ class TrainConfig:
     # fault injection: rank fail_rank exits abruptly at this moment of a checkpoint (first torchrun attempt only):
     # "save:shards" (its shard file written, the manifest not), "save:manifest" (the manifest written in the
     # temporary directory, not renamed), "save:rename" (an existing step_N moved aside, the new one not yet in its
-    # place), "prune" (a checkpoint renamed to debris, not yet deleted); the last three act on rank 0; "" = off
-    fail_at: Literal["", "save:shards", "save:manifest", "save:rename", "prune"] = ""
+    # place), "prune" (a checkpoint renamed to debris, not yet deleted), "export" (the first table of an export
+    # written, the export not complete); the last four act on rank 0; "" = off
+    fail_at: Literal["", "save:shards", "save:manifest", "save:rename", "prune", "export"] = ""
     fail_rank: int = 0  # rank that fail_at_step and fail_at kill
     # fault injection: rank hang_rank stops entering collectives after this step (first attempt); 0 = off
     hang_at_step: int = 0
