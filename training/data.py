@@ -125,10 +125,11 @@ class DatasetSource:
         """ "row R of <sparse file> (byte offset O)": where the id of feature of sample (this rank's index)
         of train step `step` was read, or None once forgotten."""
         where = self.recent.get(f"step {step}")
-        names = self.dataset.feature_names
-        if where is None or feature not in names:
+        if where is None or feature not in self.dataset.feature_names:
             return None
-        return where(sample, "sparse", names.index(feature))
+        if feature in self.dataset.jagged:
+            return where(sample, f"bag:{feature}", 0)
+        return where(sample, "sparse", self.dataset.one_hot_features.index(feature))
 
     def train_batches(self, first_step: int = 0) -> PrefetchLoader:
         cfg, env = self.cfg, self.env
