@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from pipeline.batch import Batch, KeyedJagged
 from pipeline.dataset_format import DatasetError, check_file
 
 
@@ -72,3 +74,50 @@ def assemble(
     offsets = np.zeros(len(names) * rows + 1, np.int64)
     np.cumsum(np.concatenate(lengths), out=offsets[1:])
     return np.concatenate(values), offsets
+
+
+class PartialMultiHot:
+    """``batch -> batch``: the MLPerf multi-hot expansion (pipeline.multihot.MultiHot, built over the one-hot
+    features only) of a batch whose other features are jagged bags from the dataset, kept as they are.
+
+    Runs on the batch's device without a host sync: the output's size is known from the input's (host
+    metadata) and the one-hot features' sizes."""
+
+    def __init__(self, multi_hot, keys: list[str]):
+        self.multi_hot, self.keys = multi_hot, list(keys)
+        sizes = dict(zip(multi_hot.keys, multi_hot.sizes, strict=True))
+        self.one_hot = [k in sizes for k in keys]
+        self.sizes = [sizes.get(k, 1) for k in keys]
+        # where each one-hot feature's [B, size] block starts in MultiHot.expand's output, per sample
+        starts, at = [], 0
+        for k, size in zip(keys, self.sizes, strict=True):
+            starts.append(at)
+            at += size if k in sizes else 0
+        self.block_starts = starts
+
+    def __call__(self, batch: Batch) -> Batch:
+        kjt, count = batch.sparse, batch.batch_size
+        if list(kjt.keys) != self.keys:
+            raise ValueError(f"multi-hot expansion set up for features {self.keys}, got {kjt.keys}")
+        device, num = kjt.values.device, len(self.keys)
+        one_hot = torch.tensor(self.one_hot, device=device)
+        sizes = torch.tensor(self.sizes, dtype=torch.int64, device=device)
+        starts = torch.tensor(self.block_starts, dtype=torch.int64, device=device) * count
+        firsts = kjt.offsets[:-1].view(num, count)
+        expanded = self.multi_hot.expand(kjt.values[firsts[one_hot]])
+        lengths = torch.where(one_hot[:, None], sizes[:, None], kjt.lengths().view(num, count))
+        offsets = torch.zeros(num * count + 1, dtype=torch.int64, device=device)
+        offsets[1:] = torch.cumsum(lengths.reshape(-1), 0)
+        total = kjt.values.numel() + count * sum(
+            s - 1 for s, o in zip(self.sizes, self.one_hot, strict=True) if o
+        )
+        element = torch.arange(total, dtype=torch.int64, device=device)
+        bag = torch.searchsorted(offsets, element, right=True) - 1
+        position = element - offsets[bag]
+        feature, sample = bag // count, bag % count
+        from_expansion = starts[feature] + sample * sizes[feature] + position
+        source = torch.where(
+            one_hot[feature], kjt.values.numel() + from_expansion, kjt.offsets[bag] + position
+        )
+        values = torch.cat([kjt.values, expanded])[source]
+        return Batch(batch.dense, batch.labels, KeyedJagged(values, offsets, list(kjt.keys)))

@@ -125,6 +125,7 @@ class DatasetWriter:
             "days": None,
             "files": files,
             "one_hot_features": self.one_hot,
+            "pooling": {c.name: c.pooling for c in self.schema.categorical},
             "jagged": jagged,
             "label": self.schema.label,
             "weight": self.schema.weight or None,

@@ -42,6 +42,9 @@ class Categorical:
     max_len: int = 0  # list: ids kept per row (0 = all of them)
     keep: str = "first"  # list: which ids a longer list keeps, "first" or "last"
     separator: str = ""  # list in CSV: the elements of a delimited string (e.g. "|")
+    pooling: str = (
+        "sum"  # how training pools a bag when the config lists no tables: "sum" or "mean"
+    )
 
 
 @dataclass
@@ -111,6 +114,7 @@ def _categorical(table: dict, where: str) -> Categorical:
         ("max_len", int),
         ("keep", str),
         ("separator", str),
+        ("pooling", str),
     ):
         setattr(c, key, _take(table, key, kind, getattr(c, key), where))
     _no_more(table, where)
@@ -123,6 +127,7 @@ def _categorical(table: dict, where: str) -> Categorical:
     _choice(c.type, TYPES, "type", where)
     _choice(c.encode, ENCODINGS, "encode", where)
     _choice(c.keep, KEEP, "keep", where)
+    _choice(c.pooling, ("sum", "mean"), "pooling", where)
     if c.min_freq < 1 or c.max_len < 0 or c.rows < 0:
         raise SchemaError(
             f"{where}: min_freq must be >= 1, max_len and rows >= 0 "
