@@ -26,6 +26,7 @@ import torch
 
 from pipeline.batch import Batch, KeyedJagged, rank_slice
 from pipeline.dataset_format import DatasetError, check_file, read_meta
+from pipeline.jagged import JaggedFeature, assemble
 
 _DEFAULT_DAYS = 8
 
@@ -100,7 +101,8 @@ class BinaryDataset:
         self.feature_names: list[str] = list(meta["feature_names"])
         self.table_rows: list[int] = [int(n) for n in meta["table_rows"]]
         files = meta["files"]
-        num_sparse = len(self.feature_names)
+        self.one_hot_features: list[str] = list(meta["one_hot_features"])
+        num_sparse = len(self.one_hot_features)
         layout = {
             "dense": (np.float32, (self.num_rows, self.num_dense)),
             "sparse": (files["sparse"]["dtype"], (self.num_rows, num_sparse)),
@@ -115,13 +117,17 @@ class BinaryDataset:
             self._files[key] = (file_path, dtype, int(np.prod(shape[1:])))
             if verify_checksums:
                 self._verify_sha(file_path, files[key]["sha256"])
-            # np.memmap cannot map an empty file; a zero-row dataset gets empty arrays instead
+            # np.memmap cannot map an empty file; an empty array (no rows or columns) is made instead
             arrays[key] = (
                 np.memmap(file_path, dtype=dtype, mode="r", shape=shape)
-                if self.num_rows
+                if np.prod(shape)
                 else np.zeros(shape, dtype)
             )
         self.dense, self.sparse, self.labels = arrays["dense"], arrays["sparse"], arrays["labels"]
+        self.jagged = {
+            name: JaggedFeature(self.path, name, spec, self.num_rows)
+            for name, spec in meta["jagged"].items()
+        }
         self.default_train_range, self.default_eval_range = default_ranges(
             self.num_rows, meta.get("days")
         )
@@ -177,17 +183,33 @@ class BinaryDataset:
 
     def read_rows(self, segments: list[tuple[int, int]]) -> Batch:
         """One Batch from source row slices, concatenated in order."""
-        dense, sparse, labels = (torch.from_numpy(a) for a in self.read_arrays(segments))
-        return batch_from_rows(dense, sparse, labels, self.feature_names)
+        dense, sparse, labels = self.read_arrays(segments)
+        if not self.jagged:
+            return batch_from_rows(
+                *(torch.from_numpy(a) for a in (dense, sparse, labels)), self.feature_names
+            )
+        values, offsets = assemble(
+            self.feature_names, self.one_hot_features, sparse, self.jagged, segments
+        )
+        return Batch(
+            dense=torch.from_numpy(dense),
+            labels=torch.from_numpy(labels).float(),
+            sparse=KeyedJagged(
+                torch.from_numpy(values), torch.from_numpy(offsets), list(self.feature_names)
+            ),
+        )
 
     def describe_rows(self, segments: list[tuple[int, int]]) -> Callable[[int, str, int], str]:
         """where(b, key, column) for a batch read from segments: "row R of <key's file> (byte offset O)",
-        R the file row of the batch's b-th sample, O the byte of its value in column (key: dense, sparse, labels)."""
+        R the file row of the batch's b-th sample, O the byte of its value in column (key: dense, sparse, labels);
+        key "bag:<feature>" names a jagged feature's row and the values of its bag."""
         starts = np.cumsum([0] + [end - start for start, end in segments])
 
         def where(b: int, key: str, column: int = 0) -> str:
             k = int(np.searchsorted(starts, b, side="right")) - 1
             row = segments[k][0] + b - int(starts[k])
+            if key.startswith("bag:"):
+                return self.jagged[key[4:]].describe(row)
             path, dtype, width = self._files[key]
             return f"row {row} of {path} (byte offset {(row * width + column) * dtype.itemsize})"
 
@@ -317,6 +339,11 @@ def check_same_tables(train: BinaryDataset, other: BinaryDataset) -> None:
                 f"{mismatch}: table {name} has {mine} rows in {train.path} and {theirs} rows in {other.path} "
                 f"(preprocess the eval files with --vocab {train.path} to share its vocabulary)"
             )
+    if sorted(train.jagged) != sorted(other.jagged):
+        raise DatasetError(
+            f"{mismatch}: its jagged (multi-hot) features are {sorted(other.jagged)}, "
+            f"the train dataset's are {sorted(train.jagged)}"
+        )
     if train.num_dense != other.num_dense:
         raise DatasetError(
             f"{mismatch}: {other.num_dense} dense features, the train dataset has {train.num_dense}"

@@ -1,12 +1,18 @@
 """The binary dataset format on disk: meta.json's fields and their checks, and a writer of arrays in it.
 
     <dir>/dense.bin    float32 [R, num_dense]
-    <dir>/sparse.bin   int32 or int64 [R, F] ids, feature f in [0, table_rows[f])
+    <dir>/sparse.bin   int32 or int64 [R, F1] ids of the one-hot features, feature f in [0, table_rows[f])
     <dir>/labels.bin   float32 or uint8 [R]
     <dir>/meta.json    format, num_rows, num_dense, feature_names, table_rows, days, files (name, dtype,
                        bytes, shape, sha256 of each), options
+    version 2 adds jagged (multi-hot) features, one bag of ids per row:
+    <dir>/<f>.values.bin   int32 or int64 [N_f] the bags' ids, row after row
+    <dir>/<f>.offsets.bin  int32 or int64 [R + 1] row r's bag is values[offsets[r]:offsets[r + 1]]
+    meta.json              jagged {f: {values, offsets (file entries), max_len, keep}}, one_hot_features
+                           (the columns of sparse.bin: feature_names without the jagged ones, in order)
 
-``python -m pipeline.criteo preprocess`` writes it from Criteo TSV files, ``write_dataset`` from arrays;
+``python -m pipeline.criteo preprocess`` writes it from Criteo TSV files, ``python -m pipeline.ingest`` from
+Parquet or CSV with a schema, ``write_dataset`` from arrays;
 pipeline.dataset.BinaryDataset reads it.
 """
 
@@ -89,18 +95,42 @@ def read_meta(meta_path: Path) -> dict:
             f"of feature_names ({len(meta['feature_names'])})"
         )
     for key in ("dense", "sparse", "labels"):
-        entry = meta["files"].get(key)
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise DatasetError(
-                f"{meta_path}: files.{key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'"
-            )
-        try:
-            np.dtype(entry.get("dtype", "float32"))
-        except TypeError:
-            raise DatasetError(
-                f"{meta_path}: files.{key}.dtype {entry.get('dtype')!r} is not a numpy dtype"
-            ) from None
+        _check_entry(meta_path, f"files.{key}", meta["files"].get(key))
+    _check_jagged(meta_path, meta)
     return meta
+
+
+def _check_entry(meta_path: Path, key: str, entry) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise DatasetError(
+            f"{meta_path}: {key} is {entry!r}, expected an object with 'name', 'dtype', 'bytes'"
+        )
+    try:
+        np.dtype(entry.get("dtype", "float32"))
+    except TypeError:
+        raise DatasetError(
+            f"{meta_path}: {key}.dtype {entry.get('dtype')!r} is not a numpy dtype"
+        ) from None
+
+
+def _check_jagged(meta_path: Path, meta: dict) -> None:
+    """Version 2: "jagged" {feature: {values, offsets}} and "one_hot_features" (the columns of sparse.bin),
+    together every feature of feature_names once, in its order; without them every feature is one-hot."""
+    jagged = meta.setdefault("jagged", {})
+    names = meta["feature_names"]
+    one_hot = meta.setdefault("one_hot_features", [n for n in names if n not in jagged])
+    if not isinstance(jagged, dict) or not isinstance(one_hot, list):
+        raise DatasetError(f"{meta_path}: 'jagged' must be an object and 'one_hot_features' a list")
+    if one_hot != [n for n in names if n not in jagged] or not set(jagged) <= set(names):
+        raise DatasetError(
+            f"{meta_path}: one_hot_features {one_hot} and the jagged features {sorted(jagged)} must split "
+            f"feature_names {names}, in its order"
+        )
+    for name, spec in jagged.items():
+        if not isinstance(spec, dict):
+            raise DatasetError(f"{meta_path}: jagged.{name} is {spec!r}, expected an object")
+        for part in ("values", "offsets"):
+            _check_entry(meta_path, f"jagged.{name}.{part}", spec.get(part))
 
 
 def _check_arrays(dense, sparse, labels, feature_names: list[str], table_rows: list[int]) -> None:

@@ -15,6 +15,7 @@ from embedding import resolve_tables
 from pipeline.batch import Batch
 from pipeline.checks import check_batch, checked_batches
 from pipeline.dataset import BinaryDataset, check_same_tables
+from pipeline.jagged import PartialMultiHot
 from pipeline.multihot import MultiHot
 from pipeline.prefetch import PrefetchLoader
 from pipeline.synthetic import SyntheticData, SyntheticFeature
@@ -108,7 +109,7 @@ class DatasetSource:
     ):
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.eval_dataset = eval_dataset or dataset
-        self.transform = multi_hot_from_config(cfg)
+        self.transform = multi_hot_from_config(cfg, dataset)
         # where(b, key, column) of the latest train steps' batches, for the id check's error (locate); the
         # check is read at least every run.log_every steps and the loader runs prefetch_depth ahead
         self.recent: OrderedDict[str, Callable[[int, str, int], str]] = OrderedDict()
@@ -125,10 +126,11 @@ class DatasetSource:
         """ "row R of <sparse file> (byte offset O)": where the id of feature of sample (this rank's index)
         of train step `step` was read, or None once forgotten."""
         where = self.recent.get(f"step {step}")
-        names = self.dataset.feature_names
-        if where is None or feature not in names:
+        if where is None or feature not in self.dataset.feature_names:
             return None
-        return where(sample, "sparse", names.index(feature))
+        if feature in self.dataset.jagged:
+            return where(sample, f"bag:{feature}", 0)
+        return where(sample, "sparse", self.dataset.one_hot_features.index(feature))
 
     def train_batches(self, first_step: int = 0) -> PrefetchLoader:
         cfg, env = self.cfg, self.env
@@ -168,7 +170,11 @@ def use_dataset_tables(cfg: Config, dataset: BinaryDataset) -> None:
     cfg.embedding.row_scale = 1.0
     rows = dict(zip(dataset.feature_names, dataset.table_rows, strict=True))
     if not cfg.embedding.tables:
-        cfg.embedding.tables = [TableConfig(name=f, num_embeddings=n) for f, n in rows.items()]
+        pooling = dataset.meta.get("pooling", {})
+        cfg.embedding.tables = [
+            TableConfig(name=f, num_embeddings=n, pooling=pooling.get(f, "sum"))
+            for f, n in rows.items()
+        ]
     listed = [f for t in cfg.embedding.tables for f in (t.features or [t.name])]
     if sorted(listed) != sorted(rows):
         raise ValueError(
@@ -178,11 +184,14 @@ def use_dataset_tables(cfg: Config, dataset: BinaryDataset) -> None:
     for t in cfg.embedding.tables:
         t.num_embeddings = max(rows[f] for f in (t.features or [t.name]))
     # one size per table: a wrong count fails here, naming data.multi_hot_sizes
-    multi_hot_from_config(cfg)
+    multi_hot_from_config(cfg, dataset)
 
 
-def multi_hot_from_config(cfg: Config) -> MultiHot | None:
-    """data.multi_hot_sizes (one per embedding.tables entry) as a MultiHot over the tables' features; None if []."""
+def multi_hot_from_config(
+    cfg: Config, dataset: BinaryDataset | None = None
+) -> MultiHot | PartialMultiHot | None:
+    """data.multi_hot_sizes (one per embedding.tables entry) as a MultiHot over the tables' features; None if [].
+    A dataset's jagged features keep their own bags: the expansion covers its one-hot features only."""
     sizes = cfg.data.multi_hot_sizes
     if not sizes:
         return None
@@ -199,9 +208,20 @@ def multi_hot_from_config(cfg: Config) -> MultiHot | None:
             per_feature.append(size)
             rows.append(t.num_embeddings)
             table_of.append(t_index)
-    return MultiHot(
+    if dataset is not None and dataset.jagged:
+        order = {name: i for i, name in enumerate(dataset.feature_names)}
+        kept = sorted(
+            (order[k], k, s, r, t)
+            for k, s, r, t in zip(keys, per_feature, rows, table_of, strict=True)
+            if k not in dataset.jagged
+        )
+        keys, per_feature, rows, table_of = ([e[i] for e in kept] for i in range(1, 5))
+    multi_hot = MultiHot(
         keys, per_feature, rows, table_of, cfg.data.multi_hot_distribution, cfg.run.seed
     )
+    if dataset is not None and dataset.jagged:
+        return PartialMultiHot(multi_hot, dataset.feature_names)
+    return multi_hot
 
 
 # ---- dataset loaders ------------------------------------------------------------------------------------
@@ -219,6 +239,11 @@ def _batches(
     if check is not None:
         segments, described = itertools.tee(segments)
     if data.reader == "dali":
+        if dataset.jagged:
+            raise ConfigError(
+                f"config key 'data.reader' is 'dali', which reads one-hot datasets only; dataset "
+                f"{dataset.path} has jagged features {sorted(dataset.jagged)}: use data.reader = 'memmap'"
+            )
         from pipeline.dali_reader import DaliBatchReader  # only with the [dali] extra
 
         # the prefetcher does the H2D copy as for memmap
