@@ -28,12 +28,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from inference.model import InferenceModel, ModelError, is_inference_model
 from training import checkpoint
 from training.build import Parts, build, dense_autocast
 from training.checkpoint_files import CheckpointError
 from training.cli import USER_ERRORS, print_help_if_asked
 from training.config import Config, ConfigError, load_config
-from training.data import DatasetSource
+from training.data import DatasetSource, open_source
 from training.distributed import DistContext, setup_distributed, shutdown
 from training.evaluate import auc, logloss
 from training.predict_output import OutputError, PredictionWriter, check_output_path
@@ -51,7 +52,7 @@ _OFF = {
     },
     "export": {"enabled": False},
 }
-PREDICT_ERRORS = (*USER_ERRORS, CheckpointError, OutputError)
+PREDICT_ERRORS = (*USER_ERRORS, CheckpointError, ModelError, OutputError)
 
 
 class PredictError(ValueError):
@@ -90,6 +91,8 @@ def resolve_source(path: str) -> tuple[str, str]:
     """("model" | "checkpoint", directory) that --from names: a run directory means its newest checkpoint."""
     if not os.path.isdir(path):
         raise ConfigError(f"--from {path!r} does not exist or is not a directory")
+    if is_inference_model(path):
+        return "model", path
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         found = checkpoint.complete_checkpoints(path)
         if not found:
@@ -207,9 +210,23 @@ def checkpoint_scorer(parts: Parts, cfg: Config, env: DistContext):
     return logits_of
 
 
+def model_scorer(model: InferenceModel):
+    """The inference model's logits of a batch (on the CPU)."""
+
+    def logits_of(batch):
+        kjt = batch.sparse
+        sparse = model.jagged(kjt.values.cpu(), kjt.offsets.cpu(), kjt.keys)
+        return model.logits(batch.dense.cpu(), sparse)
+
+    return logits_of
+
+
 # ---- the command ----------------------------------------------------------------------------------------
 def _load(kind: str, path: str, overrides: list[str]):
     """(config, model or None): the config from the checkpoint's or model's manifest."""
+    if kind == "model":
+        model = InferenceModel(path)
+        return predict_config(model.meta["config"], overrides), model
     return predict_config(checkpoint.read_manifest(path)["config"], overrides), None
 
 
@@ -220,7 +237,11 @@ def predict(source: str, out: str, overrides: list[str]) -> dict:
     env = setup_distributed(cfg)
     torch.manual_seed(cfg.run.seed)
     with torch.no_grad():
-        if model is None:
+        if model is not None:
+            data = open_source(cfg, env)
+            model.check_features(data_features(cfg), cfg.data.num_dense)
+            logits_of = model_scorer(model)
+        else:
             parts = build(cfg, env)
             try:
                 checkpoint.load(path, parts, env)
