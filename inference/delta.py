@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from inference.model import DTYPES, InferenceModel, ModelError, read_json, verify_file
+from inference.files import DTYPES, ModelError, read_json, verify_file
 
 
 def _resolve(path: str) -> str:
@@ -54,9 +54,9 @@ def _merge_dynamic(
     return int(known.sum()), int((~known).sum()), dropped
 
 
-def apply_delta(model: InferenceModel, export: str) -> dict:
-    """Apply the export at `export` to model's tables in place; returns what changed per table, and
-    what the delta could not say."""
+def apply_delta(model, export: str) -> dict:
+    """Apply the export at `export` to model's tables (an inference.model.InferenceModel) in place;
+    returns what changed per table, and what the delta could not say."""
     path = _resolve(export)
     what = f"delta {path}"
     manifest = read_json(os.path.join(path, "manifest.json"), what)
