@@ -32,6 +32,7 @@ from training.export import export_embeddings
 from training.guards import LossGuard, fail_point
 from training.loop import train_loop
 from training.metrics import RunMetrics
+from training.model_export import export_model
 from training.run_lock import hold_run_dir, refuse_other_runs_output, released_run_dir_locks
 from training.warm_start import resume_or_warm_start
 
@@ -112,6 +113,10 @@ def finish(
         # written whole into out_dir/step_<N> and named by out_dir/latest (training/export.py)
         step_dir = os.path.join(out_dir, f"step_{parts.embeddings.num_updates}")
         out["export"] = {"dir": out_dir, "path": step_dir, "rows": rows}
+    if (
+        cfg.export.model
+    ):  # beside the embedding export: <export dir>/model (training/model_export.py)
+        out["model"] = export_model(cfg, parts, env)
     if ckpt.last_path:
         out["checkpoint"] = ckpt.last_path
     if warm is not None:

@@ -232,6 +232,13 @@ class ExportConfig:
     min_freq: int = 1
     # only rows updated after this step (incremental export for online serving); 0 = all
     since_step: int = 0
+    # also write a self-contained inference model to <dir>/model at the end of training: the dense network as a
+    # torch.export program, every table's rows, the feature order and pooling (docs/inference.md)
+    model: bool = False
+    # the inference model's row storage: "float32", or "float16" / "bfloat16" (half the bytes)
+    model_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # the tables model_dtype applies to; [] = all (the others stay float32)
+    model_dtype_tables: list[str] = field(default_factory=list)
 
 
 @dataclass
