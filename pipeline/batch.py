@@ -73,20 +73,30 @@ class Batch:
     dense: torch.Tensor  # float32 [B, num_dense]
     labels: torch.Tensor  # float32 [B] in [0, 1]
     sparse: KeyedJagged
+    # float32 [B] per-sample loss weights (a dataset with a weight column), None: every sample weighs 1.
+    # Train batches carry them scaled by B_global / (the global batch's weight sum), so that the mean of
+    # the ranks' mean(w * loss) is the global batch's weighted mean for any world size
+    # (training.data.normalize_weights); eval batches carry the weights as stored.
+    weights: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.labels.numel()
 
     def to(self, device, non_blocking: bool = False) -> Batch:
+        weights = self.weights
         return Batch(
             self.dense.to(device, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
             self.sparse.to(device, non_blocking=non_blocking),
+            None if weights is None else weights.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> Batch:
-        return Batch(self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory())
+        weights = None if self.weights is None else self.weights.pin_memory()
+        return Batch(
+            self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory(), weights
+        )
 
 
 def rank_slice(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -124,6 +124,18 @@ class BinaryDataset:
                 else np.zeros(shape, dtype)
             )
         self.dense, self.sparse, self.labels = arrays["dense"], arrays["sparse"], arrays["labels"]
+        # per-sample loss weights (the schema's weight column), None when the dataset has none
+        self.weights: np.ndarray | None = None
+        if "weights" in files:
+            path = check_file(self.path, files["weights"], np.dtype(np.float32), (self.num_rows,))
+            self._files["weights"] = (path, np.dtype(np.float32), 1)
+            if verify_checksums:
+                self._verify_sha(path, files["weights"]["sha256"])
+            self.weights = (
+                np.memmap(path, dtype=np.float32, mode="r", shape=(self.num_rows,))
+                if self.num_rows
+                else np.zeros(0, np.float32)
+            )
         self.jagged = {
             name: JaggedFeature(self.path, name, spec, self.num_rows)
             for name, spec in meta["jagged"].items()
@@ -181,13 +193,23 @@ class BinaryDataset:
 
         return gather(self.dense), gather(self.sparse), gather(self.labels)
 
+    def read_weights(self, segments: list[tuple[int, int]]) -> np.ndarray | None:
+        """The weights of source row slices, concatenated in order (None: the dataset has none)."""
+        if self.weights is None:
+            return None
+        return np.concatenate([self.weights[a:b] for a, b in segments])
+
     def read_rows(self, segments: list[tuple[int, int]]) -> Batch:
-        """One Batch from source row slices, concatenated in order."""
+        """One Batch from source row slices, concatenated in order (with the stored weights, if any)."""
         dense, sparse, labels = self.read_arrays(segments)
+        weights = self.read_weights(segments)
+        weights = None if weights is None else torch.from_numpy(weights)
         if not self.jagged:
-            return batch_from_rows(
+            batch = batch_from_rows(
                 *(torch.from_numpy(a) for a in (dense, sparse, labels)), self.feature_names
             )
+            batch.weights = weights
+            return batch
         values, offsets = assemble(
             self.feature_names, self.one_hot_features, sparse, self.jagged, segments
         )
@@ -197,11 +219,13 @@ class BinaryDataset:
             sparse=KeyedJagged(
                 torch.from_numpy(values), torch.from_numpy(offsets), list(self.feature_names)
             ),
+            weights=weights,
         )
 
     def describe_rows(self, segments: list[tuple[int, int]]) -> Callable[[int, str, int], str]:
         """where(b, key, column) for a batch read from segments: "row R of <key's file> (byte offset O)",
-        R the file row of the batch's b-th sample, O the byte of its value in column (key: dense, sparse, labels);
+        R the file row of the batch's b-th sample, O the byte of its value in column (key: dense, sparse, labels,
+        weights);
         key "bag:<feature>" names a jagged feature's row and the values of its bag."""
         starts = np.cumsum([0] + [end - start for start, end in segments])
 

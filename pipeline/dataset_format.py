@@ -3,6 +3,7 @@
     <dir>/dense.bin    float32 [R, num_dense]
     <dir>/sparse.bin   int32 or int64 [R, F1] ids of the one-hot features, feature f in [0, table_rows[f])
     <dir>/labels.bin   float32 or uint8 [R]
+    <dir>/weights.bin  float32 [R] per-sample loss weights (optional: files.weights; finite, >= 0)
     <dir>/meta.json    format, num_rows, num_dense, feature_names, table_rows, days, files (name, dtype,
                        bytes, shape, sha256 of each), options
     version 2 adds jagged (multi-hot) features, one bag of ids per row:
@@ -96,6 +97,8 @@ def read_meta(meta_path: Path) -> dict:
         )
     for key in ("dense", "sparse", "labels"):
         _check_entry(meta_path, f"files.{key}", meta["files"].get(key))
+    if "weights" in meta["files"]:
+        _check_entry(meta_path, "files.weights", meta["files"]["weights"])
     _check_jagged(meta_path, meta)
     return meta
 
@@ -158,23 +161,33 @@ def write_dataset(
     feature_names: list[str],
     table_rows: list[int],
     days: list[int] | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """Write arrays as a dataset BinaryDataset reads (generated data, tests, benchmarks); returns meta.json's content.
 
-    dense float32 [R, Dd], sparse int32/int64 [R, F] ids in [0, table_rows[f]), labels float32/uint8 [R]. Written
+    dense float32 [R, Dd], sparse int32/int64 [R, F] ids in [0, table_rows[f]), labels float32/uint8 [R],
+    weights (optional) float32 [R] finite and >= 0. Written
     under ``.NAME.partial`` beside the directory and renamed when complete, like the Criteo preprocessing."""
     directory = Path(directory)
     rows = dense.shape[0]
     _check_arrays(dense, sparse, labels, feature_names, table_rows)
+    arrays = [
+        ("dense", dense.astype(np.float32, copy=False)),
+        ("sparse", sparse),
+        ("labels", labels),
+    ]
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (rows,) or not bool(np.all(np.isfinite(weights) & (weights >= 0))):
+            raise ValueError(
+                f"weights must be {rows} finite values >= 0, got shape {weights.shape}"
+            )
+        arrays.append(("weights", weights))
     partial = directory.parent / f".{directory.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     files = {}
-    for key, array in (
-        ("dense", dense.astype(np.float32, copy=False)),
-        ("sparse", sparse),
-        ("labels", labels),
-    ):
+    for key, array in arrays:
         data = np.ascontiguousarray(array).tobytes()
         (partial / f"{key}.bin").write_bytes(data)
         files[key] = {

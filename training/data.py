@@ -5,10 +5,12 @@ preprocessed dataset alike, as this rank's slice of every global batch (pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from embedding import resolve_tables
@@ -109,7 +111,7 @@ class DatasetSource:
     ):
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.eval_dataset = eval_dataset or dataset
-        self.transform = multi_hot_from_config(cfg, dataset)
+        self.transform = keep_weights(multi_hot_from_config(cfg, dataset))
         # where(b, key, column) of the latest train steps' batches, for the id check's error (locate); the
         # check is read at least every run.log_every steps and the loader runs prefetch_depth ahead
         self.recent: OrderedDict[str, Callable[[int, str, int], str]] = OrderedDict()
@@ -224,6 +226,43 @@ def multi_hot_from_config(
     return multi_hot
 
 
+def keep_weights(transform: Callable[[Batch], Batch] | None) -> Callable[[Batch], Batch] | None:
+    """transform (a multi-hot expansion, which rebuilds the batch) keeping the batch's sample weights."""
+    if transform is None:
+        return None
+    return lambda batch: dataclasses.replace(transform(batch), weights=batch.weights)
+
+
+def normalize_weights(
+    dataset: BinaryDataset,
+    batches: Iterator[Batch],
+    whole_segments: Iterator[list[tuple[int, int]]],
+    global_batch_size: int,
+    label: Callable[[int], str],
+) -> Iterator[Batch]:
+    """Each train batch's weights times B / S, S the weight sum of its whole global batch of B rows: the
+    objective's mean(w * loss) on each rank, averaged over the ranks (DDP), is then the global batch's
+    weighted mean sum(w * loss) / S at any world size. A global batch whose weights are all 0 trains nothing.
+    A weight that is negative or not finite is a ValueError naming the step and the row."""
+    try:
+        for i, (batch, whole) in enumerate(zip(batches, whole_segments, strict=True)):
+            w = dataset.read_weights(whole)
+            bad = ~(np.isfinite(w) & (w >= 0))
+            if bad.any():
+                b = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"{label(i)}: weight of {dataset.describe_rows(whole)(b, 'weights', 0)} is "
+                    f"{float(w[b])}, expected a finite value >= 0"
+                )
+            total = float(w.sum(dtype=np.float64))
+            scale = global_batch_size / total if total > 0 else 0.0
+            yield dataclasses.replace(batch, weights=batch.weights * scale)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 # ---- dataset loaders ------------------------------------------------------------------------------------
 # check(batch, at, where) -> batch: raises on bad values (pipeline.checks.check_batch)
 BatchCheck = Callable[[Batch, str, Callable[[int, str, int], str]], Batch]
@@ -243,6 +282,11 @@ def _batches(
             raise ConfigError(
                 f"config key 'data.reader' is 'dali', which reads one-hot datasets only; dataset "
                 f"{dataset.path} has jagged features {sorted(dataset.jagged)}: use data.reader = 'memmap'"
+            )
+        if dataset.weights is not None:
+            raise ConfigError(
+                f"config key 'data.reader' is 'dali', which does not read sample weights; dataset "
+                f"{dataset.path} has a weights file: use data.reader = 'memmap'"
             )
         from pipeline.dali_reader import DaliBatchReader  # only with the [dali] extra
 
@@ -298,7 +342,23 @@ def train_loader(
     )
     if last_step is not None:
         segments = itertools.islice(segments, max(last_step - start_step, 0))
-    batches = _batches(dataset, data, segments, check, lambda i: f"step {start_step + i + 1}")
+    label = lambda i: f"step {start_step + i + 1}"  # noqa: E731
+    batches = _batches(dataset, data, segments, check, label)
+    if dataset.weights is not None:
+        # the whole global batch of every step, whatever this rank's share (its weight sum)
+        whole = dataset.train_segments(
+            global_batch_size,
+            0,
+            1,
+            data.train_range or None,
+            data.epochs,
+            seed if data.shuffle else None,
+            data.shuffle_block_rows,
+            start_step,
+        )
+        if last_step is not None:
+            whole = itertools.islice(whole, max(last_step - start_step, 0))
+        batches = normalize_weights(dataset, batches, whole, global_batch_size, label)
     return PrefetchLoader(batches, device, depth=data.prefetch_depth, transform=transform)
 
 

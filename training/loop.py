@@ -50,7 +50,7 @@ def train_step(
     forward is queued (the pipeline starts the next batch's input_dist there, overlapping this step)."""
     pooled = parts.embeddings(sparse_dist)
     with timer.stage("dense_fwd"), parts.autocast:
-        loss = parts.step_loss(batch.dense, pooled, batch.labels)
+        loss = parts.step_loss(batch.dense, pooled, batch.labels, batch.weights)
     if after_forward is not None:
         after_forward()
     if before_backward is not None:
