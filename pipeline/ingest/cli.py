@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes over row groups and files (same output)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the per-column work runs: numpy on the CPU, or cupy on the GPU (same output)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 
@@ -36,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         schema = load_schema(args.schema)
-        options = IngestOptions(vocab=args.vocab, workers=args.workers, overwrite=args.overwrite)
+        options = IngestOptions(
+            vocab=args.vocab, workers=args.workers, overwrite=args.overwrite, device=args.device
+        )
         meta = ingest(schema, args.inputs, args.out, options)
     except (IngestError, SchemaError) as e:
         print(f"error: {e}", file=sys.stderr)

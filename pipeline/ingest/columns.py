@@ -2,7 +2,9 @@
 
 Both passes of the converter run here, in the worker processes: ``count_unit`` (the vocabularies' value
 counts and the standardize statistics) and ``map_unit`` (the dataset's arrays). Bad values raise
-IngestError naming the file, row group, row (of the file, 0-based) and column.
+IngestError naming the file, row group, row (of the file, 0-based) and column. The per-column arithmetic
+runs on ``xp`` (numpy, or cupy with --device cuda: pipeline/ingest/arrays.py); reading, the checks of bad
+values and the per-distinct-value work stay in pyarrow on the host.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-import xxhash
 
+from pipeline.ingest import arrays
 from pipeline.ingest.schema import Categorical, Schema
 
 
@@ -124,17 +126,20 @@ def label_and_weight(unit: Unit, table: pa.Table, schema: Schema):
     return label.astype(np.float32), weight
 
 
-def dense_columns(unit: Unit, table: pa.Table, schema: Schema) -> np.ndarray:
-    """[n, D] float64 after fill and before standardize; log1p applied (of max(x, 0))."""
-    out = np.zeros((table.num_rows, len(schema.dense)), np.float64)
-    for j, d in enumerate(schema.dense):
+def dense_columns(unit: Unit, table: pa.Table, schema: Schema, xp=np):
+    """[n, D] float64 (an xp array) after fill and before standardize; log1p applied (of max(x, 0))."""
+    columns = []
+    for d in schema.dense:
         values, nulls = _numbers(unit, table, d.column)
         _first(unit, ~np.isfinite(values), d.column, values, "is not a finite number")
-        values[nulls] = d.fill
-        if d.transform == "log1p":
-            values = np.log1p(np.maximum(values, 0.0))
-        out[:, j] = values
-    return out
+        columns.append(
+            arrays.fill_and_transform(
+                xp, xp.asarray(values), xp.asarray(nulls), d.fill, d.transform
+            )
+        )
+    if not columns:
+        return xp.zeros((table.num_rows, 0), dtype=xp.float64)
+    return xp.stack(columns, axis=1)
 
 
 # ---- categorical columns -------------------------------------------------------------------------
@@ -191,34 +196,53 @@ def value_counts(values: pa.Array) -> pa.Table:
     return pa.table({"value": counts.field("values"), "count": counts.field("counts")})
 
 
-def _hash(values: pa.Array, rows: int) -> np.ndarray:
-    """1 + h(value) % (rows - 1), null -> 0: xxh64 of the UTF-8 text, splitmix64 of an int."""
+def _valid(xp, values: pa.Array):
+    return xp.asarray(np.asarray(values.is_valid()))
+
+
+def _hash(values: pa.Array, rows: int, xp=np):
+    """1 + h(value) % (rows - 1), null -> 0: xxh64 of the UTF-8 text (per distinct value), splitmix64 of an int."""
     if pa.types.is_string(values.type):
         encoded = pc.dictionary_encode(values)
-        hashes = np.array(
-            [xxhash.xxh64_intdigest(s.encode()) for s in encoded.dictionary.to_pylist()], np.uint64
-        )
-        index = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
-        h = hashes[index] if len(hashes) else np.zeros(len(values), np.uint64)
+        data, offsets = arrays.string_buffers(encoded.dictionary)
+        hashes = arrays.xxh64(xp, xp.asarray(data), xp.asarray(offsets))
+        index = xp.asarray(encoded.indices.fill_null(0).to_numpy(zero_copy_only=False))
+        h = hashes[index] if hashes.shape[0] else xp.zeros(len(values), dtype=xp.uint64)
     else:
         z = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64)
-        with np.errstate(over="ignore"):
-            z = z + np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h = z ^ (z >> np.uint64(31))
-    ids = (h % np.uint64(rows - 1)).astype(np.int64) + 1
-    ids[np.asarray(values.is_null())] = 0
-    return ids
+        h = arrays.splitmix64(xp, xp.asarray(z))
+    return arrays.hash_rows(xp, h, _valid(xp, values), rows)
 
 
-def encode(unit: Unit, values: pa.Array, lengths: np.ndarray, c: Categorical, vocab) -> np.ndarray:
-    """int64 ids of the values: vocabulary position + 1 (0: rare, unseen or missing), a hash, or raw."""
+def _vocab_ids(values: pa.Array, vocab, xp):
+    """Vocabulary position + 1 of each value, 0 if not in it or missing: ints by sort and search on xp;
+    strings through their distinct values (pyarrow's index_in), then a gather on xp."""
+    if pa.types.is_string(values.type):
+        encoded = pc.dictionary_encode(values)
+        found = pc.index_in(encoded.dictionary, value_set=vocab).fill_null(-1)
+        per_value = xp.asarray(found.to_numpy(zero_copy_only=False).astype(np.int64) + 1)
+        index = xp.asarray(encoded.indices.fill_null(0).to_numpy(zero_copy_only=False))
+        ids = per_value[index] if per_value.shape[0] else xp.zeros(len(values), dtype=xp.int64)
+        return xp.where(_valid(xp, values), ids, 0)
+    host = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return arrays.vocab_lookup(xp, vocab, xp.asarray(host), _valid(xp, values))
+
+
+def prepare_vocab(values: pa.ChunkedArray, c: Categorical, xp=np):
+    """A vocabulary's values as encode() takes them: strings as an Arrow array, ints sorted on xp (once per
+    worker, not per unit)."""
+    if c.type == "string":
+        return values
+    return arrays.sort_vocab(xp, xp.asarray(values.to_numpy().astype(np.int64)))
+
+
+def encode(unit: Unit, values: pa.Array, lengths: np.ndarray, c: Categorical, vocab, xp=np):
+    """int64 ids of the values (an xp array): vocabulary position + 1 (0: rare, unseen or missing), a hash,
+    or raw. vocab: prepare_vocab's."""
     if c.encode == "vocab":
-        index = pc.index_in(values, value_set=vocab)
-        return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        return _vocab_ids(values, vocab, xp)
     if c.encode == "hash":
-        return _hash(values, c.rows)
+        return _hash(values, c.rows, xp)
     ids = values.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     bad = (ids < 0) | ((ids >= c.rows) if c.rows else False)
     if bad.any():
@@ -227,17 +251,9 @@ def encode(unit: Unit, values: pa.Array, lengths: np.ndarray, c: Categorical, vo
         shown = values[i].as_py()
         bound = f" and < rows = {c.rows}" if c.rows else ""
         raise IngestError(f"{where(unit, row, c.column)}: raw id {shown!r} must be >= 0{bound}")
-    return ids
+    return xp.asarray(ids)
 
 
-def truncate(ids: np.ndarray, lengths: np.ndarray, c: Categorical) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ids cut to max_len, keeping the first or the last ones."""
-    if not c.max_len or not len(lengths) or lengths.max() <= c.max_len:
-        return ids, lengths
-    starts = np.cumsum(lengths) - lengths
-    kept = np.minimum(lengths, c.max_len)
-    if c.keep == "last":
-        starts = starts + lengths - kept
-    out_starts = np.cumsum(kept) - kept
-    take = np.repeat(starts - out_starts, kept) + np.arange(int(kept.sum()))
-    return ids[take], kept
+def truncate(ids, lengths: np.ndarray, c: Categorical, xp=np):
+    """Each row's ids cut to max_len, keeping the first or the last ones (xp arrays in and out)."""
+    return arrays.truncate(xp, ids, xp.asarray(lengths), c.max_len, c.keep)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.ingest import columns as col
+from pipeline.ingest.arrays import DeviceError, array_module, to_host
 from pipeline.ingest.columns import IngestError, Unit
 from pipeline.ingest.output import DatasetWriter
 from pipeline.ingest.schema import Schema
@@ -37,6 +38,7 @@ _MERGE_EVERY = (
 class IngestOptions:
     vocab: str = ""  # a dataset (or its vocab/) whose vocabularies and statistics map these files
     workers: int = 1
+    device: str = "cpu"  # the per-column work's arrays: "cpu" (numpy) or "cuda" (cupy)
     overwrite: bool = False
 
 
@@ -62,15 +64,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 _STATE: dict = {}
 
 
-def _init(schema: Schema, vocabs: dict, stats: dict) -> None:
-    _STATE.update(schema=schema, vocabs=vocabs, stats=stats)
+def _init(schema: Schema, vocabs: dict, stats: dict, device: str = "cpu") -> None:
+    xp = array_module(device)
+    prepared = {
+        c.name: col.prepare_vocab(vocabs[c.name].column("value"), c, xp)
+        for c in schema.categorical
+        if c.name in vocabs
+    }
+    _STATE.update(schema=schema, vocabs=prepared, stats=stats, xp=xp)
 
 
 def _count(unit: Unit):
     schema: Schema = _STATE["schema"]
     table = col.read_unit(unit, schema)
     col.label_and_weight(unit, table, schema)
-    dense = col.dense_columns(unit, table, schema)
+    # the statistics' sums on the host: the same order of additions, so the same bits, on any device
+    dense = to_host(col.dense_columns(unit, table, schema, _STATE["xp"]))
     counts = {}
     for c in schema.categorical:
         values, _ = col.categorical_values(unit, table, c)
@@ -83,7 +92,8 @@ def _map(unit: Unit):
     schema: Schema = _STATE["schema"]
     table = col.read_unit(unit, schema)
     labels, weights = col.label_and_weight(unit, table, schema)
-    dense = col.dense_columns(unit, table, schema)
+    xp = _STATE["xp"]
+    dense = col.dense_columns(unit, table, schema, xp)
     for j, d in enumerate(schema.dense):
         if d.transform == "standardize":
             mean, std = _STATE["stats"][d.column]
@@ -91,14 +101,14 @@ def _map(unit: Unit):
     one_hot, jagged = [], {}
     for c in schema.categorical:
         values, lengths = col.categorical_values(unit, table, c)
-        vocab = _STATE["vocabs"].get(c.name)
-        ids = col.encode(unit, values, lengths, c, vocab.column("value") if vocab else None)
+        ids = col.encode(unit, values, lengths, c, _STATE["vocabs"].get(c.name), xp)
         if c.list:
-            jagged[c.name] = col.truncate(ids, lengths, c)
+            ids, kept = col.truncate(ids, lengths, c, xp)
+            jagged[c.name] = (to_host(ids), to_host(kept))
         else:
-            one_hot.append(ids)
+            one_hot.append(to_host(ids))
     sparse = np.stack(one_hot, axis=1) if one_hot else np.zeros((len(labels), 0), np.int64)
-    return labels, weights, dense.astype(np.float32), sparse, jagged
+    return labels, weights, to_host(dense.astype(xp.float32)), sparse, jagged
 
 
 def _run(fn, units: list[Unit], workers: int, state: tuple) -> Iterator:
@@ -116,13 +126,13 @@ def _run(fn, units: list[Unit], workers: int, state: tuple) -> Iterator:
 # ---- main side -------------------------------------------------------------------------------------
 
 
-def _count_pass(schema: Schema, units: list[Unit], workers: int):
+def _count_pass(schema: Schema, units: list[Unit], workers: int, device: str = "cpu"):
     """(vocabularies, standardize statistics) of the train files."""
     pending: dict[str, list[pa.Table]] = {}
     sums = np.zeros(len(schema.dense))
     squares = np.zeros(len(schema.dense))
     rows = 0
-    for n, counts, s, q in _run(_count, units, workers, (schema, {}, {})):
+    for n, counts, s, q in _run(_count, units, workers, (schema, {}, {}, device)):
         rows += n
         sums, squares = sums + s, squares + q
         for name, table in counts.items():
@@ -158,6 +168,10 @@ def ingest(
     out = Path(out)
     if out.exists() and not options.overwrite:
         raise IngestError(f"output {out} exists (give --overwrite to replace it)")
+    try:
+        array_module(options.device)  # a missing cupy is named before any work
+    except DeviceError as e:
+        raise IngestError(str(e)) from None
     files = expand_inputs(inputs)
     units = [u for f in files for u in col.units_of(f, schema)]
     if options.vocab:
@@ -167,7 +181,9 @@ def ingest(
             d.transform == "standardize" for d in schema.dense
         )
         vocabs, stats, counted = (
-            _count_pass(schema, units, options.workers) if needs_count else ({}, {}, 1)
+            _count_pass(schema, units, options.workers, options.device)
+            if needs_count
+            else ({}, {}, 1)
         )
         if not counted:
             raise _no_rows(files)
@@ -177,7 +193,7 @@ def ingest(
     partial.mkdir(parents=True)
     try:
         writer = DatasetWriter(partial, schema, rows)
-        for result in _run(_map, units, options.workers, (schema, vocabs, stats)):
+        for result in _run(_map, units, options.workers, (schema, vocabs, stats, options.device)):
             writer.append(*result)
         if not writer.num_rows:
             raise _no_rows(files)
