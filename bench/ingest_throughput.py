@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
-from bench.bench_preprocess import _cpu_name, _digest, _git_commit  # noqa: E402
+from bench._common import git_commit  # noqa: E402
 from pipeline.ingest import IngestOptions, ingest, load_schema  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ingest.jsonl"
@@ -59,6 +60,24 @@ SCHEMA = (
         "list = true\nmax_len = 12\nkeep = 'last'\n"
     )
 )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return names[0] if names else platform.machine()
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _digest(out: Path) -> str:
+    """sha256 over the dataset's files but meta.json (which records the options and the time)."""
+    sha = hashlib.sha256()
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and path.name != "meta.json":
+            sha.update(str(path.relative_to(out)).encode() + path.read_bytes())
+    return sha.hexdigest()
 
 
 def _lists(rng, rows: int, mean: int, values: pa.Array) -> pa.ListArray:
@@ -204,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "host": platform.node(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "quick": args.quick,
     }
     with tempfile.TemporaryDirectory() as scratch:
