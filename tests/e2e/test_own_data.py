@@ -79,17 +79,19 @@ def test_example_trains_and_evaluates_on_the_eval_dataset(events):
 
 
 @pytest.mark.slow
-def test_two_ranks_train_the_same_function(events):
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_several_ranks_train_the_same_function(events, world_size):
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={world_size}",
         "train.py",
     ]
+    run = events / f"run_w{world_size}"
     proc = subprocess.run(
-        [*cmd, *_args(events, events / "run2")],
+        [*cmd, *_args(events, run)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -99,11 +101,8 @@ def test_two_ranks_train_the_same_function(events):
     one = events / "run1"
     if not (one / "summary.json").exists():
         train.main(_args(events, one))
-    losses = [
-        [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
-        for run in (one, events / "run2")
-    ]
+    losses = [[json.loads(line)["loss"] for line in open(r / "metrics.jsonl")] for r in (one, run)]
     assert len(losses[0]) == 3 * (6000 // 256)
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    auc = [json.load(open(run / "summary.json"))["eval_auc"] for run in (one, events / "run2")]
+    auc = [json.load(open(r / "summary.json"))["eval_auc"] for r in (one, run)]
     assert auc[1] == pytest.approx(auc[0], abs=1e-4)
