@@ -36,6 +36,33 @@ CONFIGS = {
         deep_mlp=[32],
     ),
     "deepfm": ModelConfig(name="deepfm", bottom_mlp=[32, 16], deep_mlp=[32, 16]),
+    "dcnmix-stacked": ModelConfig(
+        name="dcnmix", bottom_mlp=[32, 16], top_mlp=[32], cross_layers=2, cross_low_rank=4
+    ),
+    "dcnmix-parallel": ModelConfig(
+        name="dcnmix",
+        bottom_mlp=[],
+        top_mlp=[],
+        cross_layers=1,
+        cross_low_rank=3,
+        cross_experts=2,
+        dcn_structure="parallel",
+        deep_mlp=[16],
+    ),
+    "xdeepfm": ModelConfig(name="xdeepfm", bottom_mlp=[32, 16], cin_layers=[8, 4], deep_mlp=[32]),
+    "autoint": ModelConfig(
+        name="autoint", bottom_mlp=[16], attention_layers=2, attention_heads=2, attention_dim=8
+    ),
+    "autoint-plain": ModelConfig(
+        name="autoint", bottom_mlp=[16], attention_layers=1, attention_heads=3, deep_mlp=[]
+    ),
+    "fibinet-field_all": ModelConfig(name="fibinet", bottom_mlp=[16], bilinear_type="field_all"),
+    "fibinet-field_each": ModelConfig(
+        name="fibinet", bottom_mlp=[16], bilinear_type="field_each", senet_reduction=2
+    ),
+    "fibinet-field_interaction": ModelConfig(name="fibinet", bottom_mlp=[32, 16], deep_mlp=[32]),
+    "wide_deep": ModelConfig(name="wide_deep", bottom_mlp=[8], deep_mlp=[32, 16]),
+    "wide_deep-raw-dense": ModelConfig(name="wide_deep", bottom_mlp=[], deep_mlp=[16]),
 }
 
 

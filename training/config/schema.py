@@ -97,17 +97,38 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["dlrm", "dcnv2", "deepfm"] = "dlrm"  # "dlrm", "dcnv2" or "deepfm"
+    # the dense network (docs/training.md "Models"): "dlrm", "dcnv2", "deepfm", "dcnmix" (DCN-v2's mixture of
+    # low-rank experts), "xdeepfm" (CIN), "autoint" (self-attention over fields), "fibinet" (SENET + bilinear),
+    # "wide_deep"
+    name: Literal[
+        "dlrm", "dcnv2", "deepfm", "dcnmix", "xdeepfm", "autoint", "fibinet", "wide_deep"
+    ] = "dlrm"
     # dense tower; last size = embedding dim
     bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
     # hidden sizes over the interaction; a 1-unit logit follows
     top_mlp: list[int] = field(default_factory=lambda: [64, 32])
-    cross_layers: int = 3  # dcnv2: number of cross layers
-    cross_low_rank: int = 0  # dcnv2: rank of the low-rank cross layers (0 = full rank)
-    # dcnv2: "stacked" (cross -> top_mlp) or "parallel" (cross | deep_mlp -> top_mlp)
+    cross_layers: int = 3  # dcnv2, dcnmix: number of cross layers
+    # dcnv2: rank of the low-rank cross layers (0 = full rank); dcnmix: each expert's rank (>= 1)
+    cross_low_rank: int = 0
+    cross_experts: int = 4  # dcnmix: low-rank experts per cross layer, mixed by a softmax gate
+    # dcnv2, dcnmix: "stacked" (cross -> top_mlp) or "parallel" (cross | deep_mlp -> top_mlp)
     dcn_structure: Literal["stacked", "parallel"] = "stacked"
-    # deepfm deep part; dcnv2 "parallel" deep tower
+    # deep part of deepfm, xdeepfm, fibinet, wide_deep; dcnv2/dcnmix "parallel" deep tower; autoint: the AutoInt+
+    # deep tower beside the attention ([] = plain AutoInt)
     deep_mlp: list[int] = field(default_factory=lambda: [64, 32])
+    # xdeepfm: feature maps of each compressed interaction network (CIN) layer
+    cin_layers: list[int] = field(default_factory=lambda: [32, 32])
+    attention_layers: int = 2  # autoint: interacting (self-attention) layers
+    attention_heads: int = 2  # autoint: heads per layer
+    attention_dim: int = (
+        16  # autoint: dim of each head (a layer outputs heads * attention_dim per field)
+    )
+    senet_reduction: int = (
+        3  # fibinet: SENET reduction ratio (hidden fields = fields // senet_reduction)
+    )
+    # fibinet: bilinear weights shared by all pairs ("field_all"), one per field ("field_each") or one per pair
+    # ("field_interaction")
+    bilinear_type: Literal["field_all", "field_each", "field_interaction"] = "field_interaction"
     # torch.compile the dense network for training steps: "auto" (on CUDA, where it was measured to win), "on", "off"
     compile: Literal["auto", "on", "off"] = "auto"
     # dense weights at start: "torch" (nn.Linear's default), or "dlrm" as facebookresearch/dlrm: every Linear's

@@ -24,6 +24,11 @@ RANGES = {
     "data.shuffle_block_rows": ">= 1",
     "model.cross_layers": ">= 1",
     "model.cross_low_rank": ">= 0",
+    "model.cross_experts": ">= 1",
+    "model.attention_layers": ">= 1",
+    "model.attention_heads": ">= 1",
+    "model.attention_dim": ">= 1",
+    "model.senet_reduction": ">= 1",
     "embedding.dim": ">= 1",
     "embedding.row_scale": "> 0",
     "embedding.replicate_below_bytes": ">= 0",
@@ -54,7 +59,9 @@ RANGES = {
 # keys of [[embedding.tables]] entries (the dynamic-table ones are checked with their table)
 TABLE_RANGES = {"bag_min": ">= -1", "bag_max": ">= -1"}
 # list keys whose every item is a size
-SIZE_LISTS = ("model.bottom_mlp", "model.top_mlp", "model.deep_mlp")
+SIZE_LISTS = ("model.bottom_mlp", "model.top_mlp", "model.deep_mlp", "model.cin_layers")
+# models whose dense tower feeds a concatenation (any last size), not a field of the embedding dim
+FREE_BOTTOM_MODELS = ("dcnv2", "dcnmix", "wide_deep")
 
 
 def _in_range(value, rule: str) -> bool:
@@ -125,12 +132,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     validate_ranges(cfg)
     _validate_tables(cfg)
-    bottom = cfg.model.bottom_mlp
-    if cfg.model.name != "dcnv2" and (not bottom or bottom[-1] != cfg.embedding.dim):
-        raise ConfigError(
-            f"config key 'model.bottom_mlp' is {bottom}; model.name {cfg.model.name!r} needs it to end "
-            f"with embedding.dim ({cfg.embedding.dim})"
-        )
+    _validate_model(cfg)
     if cfg.train.global_batch_size <= 0 or cfg.train.steps < 0:
         raise ConfigError("train.global_batch_size must be positive and train.steps non-negative")
     if cfg.data.shuffle_block_rows <= 0 or cfg.data.prefetch_depth <= 0:
@@ -168,6 +170,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "config keys 'train.init_from' and 'train.resume' exclude each other (resume continues a run, "
             "init_from starts a new one from another run's tables)"
+        )
+
+
+def _validate_model(cfg: Config) -> None:
+    m = cfg.model
+    if m.name not in FREE_BOTTOM_MODELS and (
+        not m.bottom_mlp or m.bottom_mlp[-1] != cfg.embedding.dim
+    ):
+        raise ConfigError(
+            f"config key 'model.bottom_mlp' is {m.bottom_mlp}; model.name {m.name!r} needs it to end "
+            f"with embedding.dim ({cfg.embedding.dim})"
+        )
+    if m.name == "dcnmix" and m.cross_low_rank < 1:
+        raise ConfigError(
+            f"config key 'model.cross_low_rank' is {m.cross_low_rank}; model.name 'dcnmix' needs each "
+            "expert's rank >= 1"
+        )
+    if m.name == "xdeepfm" and not m.cin_layers:
+        raise ConfigError(
+            "config key 'model.cin_layers' is []; model.name 'xdeepfm' needs at least one CIN layer"
         )
 
 
