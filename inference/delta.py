@@ -3,10 +3,11 @@ usually with --export.since_step): <dir>/step_<N>/ (or <dir>, whose `latest` nam
 of xxh3_64 checksums and per table keys, values, freq, last_step (.npy, sorted by key).
 
 Static tables: the delta's rows overwrite theirs. Dynamic tables: keys the model holds get their new rows,
-new keys are inserted (keys stay sorted). Expired keys: an export lists the rows it holds, not the keys
-evicted since since_step; a `<table>/removed.npy` of keys, where an export has one, removes them, and
-otherwise the report says so (those keys keep their last rows until the next full model). The dense network
-is not in a delta: it stays the model's.
+new keys are inserted (keys stay sorted), and keys the table no longer holds go: an incremental export lists
+every key a full export would hold at its step (`<table>/live_keys.npy`), and the model keeps only those.
+A delta without that file (an export from older code) cannot say which keys expired: the report names its
+tables under `not_recorded` (their expired keys keep their last rows until the next full model). The dense
+network is not in a delta: it stays the model's.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ def _array(path: str, name: str, manifest: dict, what: str) -> np.ndarray:
     return np.load(verify_file(path, name, manifest, what))
 
 
-def _merge_dynamic(
-    table, keys: torch.Tensor, values: torch.Tensor, removed
-) -> tuple[int, int, int]:
-    """Overwrite known keys, insert new ones, drop removed ones; (updated, added, removed)."""
+def _merge_dynamic(table, keys: torch.Tensor, values: torch.Tensor, live) -> tuple[int, int, int]:
+    """Overwrite known keys, insert new ones, keep only the live ones (when known); (updated, added,
+    removed)."""
     old_keys, old_rows = table.keys, table.rows[:-1]
     at = torch.searchsorted(old_keys, keys)
     n = old_keys.numel()
@@ -45,8 +45,8 @@ def _merge_dynamic(
     rows[at[known]] = values[known]
     all_keys, all_rows = torch.cat([old_keys, keys[~known]]), torch.cat([rows, values[~known]])
     dropped = 0
-    if removed is not None:
-        keep = ~torch.isin(all_keys, removed)
+    if live is not None:
+        keep = torch.isin(all_keys, live)
         dropped = int((~keep).sum())
         all_keys, all_rows = all_keys[keep], all_rows[keep]
     order = torch.argsort(all_keys)
@@ -80,13 +80,13 @@ def apply_delta(model, export: str) -> dict:
         keys = torch.from_numpy(_array(path, f"{name}/keys.npy", manifest, what))
         values = torch.from_numpy(_array(path, f"{name}/values.npy", manifest, what))
         values = values.to(DTYPES[table.spec["dtype"]])
-        removed = None
-        if f"{name}/removed.npy" in manifest["files"]:
-            removed = torch.from_numpy(_array(path, f"{name}/removed.npy", manifest, what))
-        elif table.dynamic:
+        live = None
+        if f"{name}/live_keys.npy" in manifest["files"]:
+            live = torch.from_numpy(_array(path, f"{name}/live_keys.npy", manifest, what))
+        elif table.dynamic and since:
             report["not_recorded"].append(name)
         if table.dynamic:
-            updated, added, dropped = _merge_dynamic(table, keys, values, removed)
+            updated, added, dropped = _merge_dynamic(table, keys, values, live if since else keys)
         else:
             table.rows[keys] = values
             updated, added, dropped = keys.numel(), 0, 0

@@ -52,12 +52,26 @@ def write_table(tmp: str, table: str, arrays: list[np.ndarray]) -> dict[str, dic
     os.makedirs(os.path.join(tmp, table), exist_ok=True)
     entries = {}
     for name, array in zip(EXPORT_FILES, arrays, strict=True):
-        buf = io.BytesIO()
-        np.save(buf, array)
-        entries[f"{table}/{name}.npy"] = _write_file(
-            os.path.join(tmp, table, f"{name}.npy"), buf.getvalue()
-        )
+        entries.update(_write_array(tmp, table, name, array))
     return entries
+
+
+LIVE_KEYS = "live_keys"  # an incremental export's dynamic tables: the keys a full export would hold
+
+
+def _live_keys(emb, t: int, min_freq: int) -> np.ndarray | None:
+    """Collective: dynamic table t's keys looked up at least max(min_freq, 1) times, on every rank, sorted."""
+    keys, rows = emb.dynamic.live(t)
+    mine = keys[emb.storage.freq[rows] >= max(min_freq, 1)].cpu()
+    return torch.sort(torch.cat(emb.exchange.gather_objects(mine))).values.numpy()
+
+
+def _write_array(tmp: str, table: str, name: str, array: np.ndarray) -> dict[str, dict]:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return {
+        f"{table}/{name}.npy": _write_file(os.path.join(tmp, table, f"{name}.npy"), buf.getvalue())
+    }
 
 
 def export_embeddings(
@@ -88,11 +102,16 @@ def export_embeddings(
             "rows": keys.numel(),
             "num_embeddings": table.num_embeddings,
         }
+        # an incremental export of a dynamic table also lists every key a full export would hold now
+        # (8 bytes a key), so a delta can drop the keys evicted since since_step
+        live = _live_keys(emb, t, min_freq) if since_step and table.dynamic is not None else None
         if rank == 0 and failure is None:
             order = torch.argsort(keys)
             arrays = [torch.cat([p[i] for p in gathered])[order].numpy() for i in range(4)]
             try:  # keep joining the gathers: the other ranks must not wait for a rank that stopped
                 files.update(write_table(tmp, table.name, arrays))
+                if live is not None:
+                    files.update(_write_array(tmp, table.name, LIVE_KEYS, live))
                 if t == 0 and fail_point is not None:
                     fail_point()
             except Exception as e:
