@@ -297,6 +297,14 @@ def checkpoint_sources(
     return out
 
 
+def holds_any(layout: ShardLayout, t: int, rows: list[int]) -> bool:
+    """Whether this rank holds any of the ids rows = [first, step, count] of static table t: the ids'
+    residues modulo the world size repeat after world_size of them, so that many ids tell."""
+    first, step, count = rows
+    sample = first + torch.arange(min(count, layout.world_size), dtype=torch.int64) * step
+    return bool(layout.holds(t, sample).any())
+
+
 def load_static_chunk(
     layout: ShardLayout, storage: RowStorage, t: int, rows: list[int], name: str, start: int, chunk
 ) -> None:

@@ -38,6 +38,7 @@ from training.checkpoint_save import (
 )
 from training.checkpoint_tables import read_shard, torch_load
 from training.config import Config
+from training.config.validate import ConfigError
 from training.distributed import DistContext, restart_count, unwrap
 from training.resume_checks import check_dense_optimizer
 
@@ -185,7 +186,7 @@ class Checkpointer:
         # save()), and checkpoint_saves / _stall_ms_max / _stall_ms_total over the run
         self.timings: dict[str, float] = {}
         if cfg.train.checkpoint_buffer_bytes < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'train.checkpoint_buffer_bytes' is {cfg.train.checkpoint_buffer_bytes}; "
                 "it must be >= 1"
             )

@@ -15,6 +15,7 @@ import copy
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,7 @@ class PendingSave:
 
     def __init__(self, cfg: Config, env: DistContext, step: int, final: str, tmp: str):
         self.cfg, self.env, self.step, self.final, self.tmp = cfg, env, step, final, tmp
-        self.jobs: list[tuple[str, callable]] = []
+        self.jobs: list[tuple[str, Callable[[str], dict]]] = []
         self.written: dict[str, dict] = {}
         self.manifest: dict = {}
         self.error: str | None = None

@@ -149,23 +149,22 @@ class ShardReader:
         self.path, self.buffer_bytes = path, buffer_bytes
         self.f = open(path, "rb")  # noqa: SIM115 (closed by close() / the with block)
         head = self.f.read(len(MAGIC) + 8)
-        if head[: len(MAGIC)] != MAGIC:
+        if len(head) < len(MAGIC) + 8 or head[: len(MAGIC)] != MAGIC:
             self.close()
             raise CheckpointError(
                 f"{path} is not a RecFuse shard file (no {MAGIC.decode()} header)"
             )
         (length,) = struct.unpack("<Q", head[len(MAGIC) :])
+        self.blocks, offset = {}, len(MAGIC) + 8 + length
         try:
             self.header = json.loads(self.f.read(length).decode())
-            specs = self.header["blocks"]
-        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            for spec in self.header["blocks"]:
+                dtype, shape = _DTYPES[spec["dtype"]], tuple(int(n) for n in spec["shape"])
+                self.blocks[spec["name"]] = (Block(spec["name"], dtype, shape, _no_fetch), offset)
+                offset += self.blocks[spec["name"]][0].nbytes
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             self.close()
-            raise CheckpointError(f"{path} is corrupt: its header cannot be read ({e})") from None
-        self.blocks, offset = {}, len(MAGIC) + 8 + length
-        for spec in specs:
-            block = Block(spec["name"], _DTYPES[spec["dtype"]], tuple(spec["shape"]), _no_fetch)
-            self.blocks[block.name] = (block, offset)
-            offset += block.nbytes
+            raise CheckpointError(f"{path} is corrupt: its header cannot be read ({e!r})") from None
         size = os.fstat(self.f.fileno()).st_size
         if offset != size:
             self.close()

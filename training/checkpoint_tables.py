@@ -87,6 +87,8 @@ def _load_table(
         }
         emb.dynamic.load(t, keys)  # tracked values of the new rows: zero until set below
         live, live_rows = emb.dynamic.live(t)
+        if not bool(state.dynamic_rows(live, live_rows, keys["keys"])[0].any()):
+            return  # none of its keys are this rank's
         for k in values:
             buf = emb.storage.tracked()[k]
             for start, chunk in reader.chunks(f"{name}/{k}"):
@@ -94,8 +96,8 @@ def _load_table(
                 found, rows = state.dynamic_rows(live, live_rows, ids)
                 buf[rows] = chunk[found.cpu()].to(buf.device, buf.dtype)
         return
-    if emb.layout.count[t] == 0:  # none of its rows are this rank's
-        return
+    if emb.layout.count[t] == 0 or not state.holds_any(emb.layout, t, description["rows"]):
+        return  # none of its rows are this rank's
     for k in values:
         for start, chunk in reader.chunks(f"{name}/{k}"):
             state.load_static_chunk(
