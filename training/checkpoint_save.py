@@ -95,6 +95,21 @@ class PendingSave:
             self.thread.join()
 
 
+def _manifest(cfg: Config, emb, step: int, world_size: int, skipped_steps: int) -> dict:
+    """The manifest but its "files" (which complete() adds once every rank's are written)."""
+    return {
+        "step": step,
+        "next_data_step": step,
+        "world_size": world_size,
+        "plan": placements(emb),
+        "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
+        "dynamic": table_kinds(emb),
+        "sparse_optimizer": emb.optimizer.name,
+        "skipped_steps": skipped_steps,
+        "config": to_dict(cfg),
+    }
+
+
 def begin(
     cfg: Config, parts, step: int, env: DistContext, skipped_steps: int, snap: bool
 ) -> PendingSave:
@@ -108,11 +123,8 @@ def begin(
         files.clean(root)  # what interrupted saves and deletes left
         os.makedirs(tmp)
     env.barrier()
-    started, emb, buffer_bytes = (
-        time.perf_counter(),
-        parts.embeddings,
-        cfg.train.checkpoint_buffer_bytes,
-    )
+    started = time.perf_counter()
+    emb, buffer_bytes = parts.embeddings, cfg.train.checkpoint_buffer_bytes
     pending = PendingSave(cfg, env, step, final, tmp)
     meta = {
         "format": "recfuse-shard",
@@ -139,17 +151,7 @@ def begin(
         pending.jobs.append(
             ("dense.pt", lambda path: files.write_hashed(path, lambda f: torch.save(dense, f)))
         )
-        pending.manifest = {
-            "step": step,
-            "next_data_step": step,
-            "world_size": env.world_size,
-            "plan": placements(emb),
-            "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
-            "dynamic": table_kinds(emb),
-            "sparse_optimizer": emb.optimizer.name,
-            "skipped_steps": skipped_steps,
-            "config": to_dict(cfg),
-        }
+        pending.manifest = _manifest(cfg, emb, step, env.world_size, skipped_steps)
     pending.snapshot_s = time.perf_counter() - started
     return pending
 

@@ -271,3 +271,36 @@ def test_torch_save_shards_are_still_read(saved, tomls, tmp_path):
     (path / "dense.pt").write_bytes(open(f"{src}/dense.pt", "rb").read())
     checkpoint_files.write_manifest(str(path), {**manifest, "files": files})
     _assert_same(as_saved, _load(0, 1, None, tomls["dynamic"], str(path)))
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+def test_a_file_that_is_not_a_shard_is_named(tmp_path):
+    path = tmp_path / "shard_00000.bin"
+    path.write_bytes(b"PK\x03\x04 a zip file, say")
+    with pytest.raises(CheckpointError, match=r"shard_00000.bin is not a RecFuse shard file"):
+        ShardReader(str(path), BUFFER)
+
+
+def test_a_shard_shorter_than_its_header_says_is_named(saved, tmp_path):
+    (_, _), base = saved["static", 1]
+    data = (
+        base / "static_w1" / "checkpoints" / f"step_{SAVED_AT}" / "shard_00000.bin"
+    ).read_bytes()
+    path = tmp_path / "shard_00000.bin"
+    path.write_bytes(data[:-8])
+    with pytest.raises(
+        CheckpointError,
+        match=rf"is corrupt: {len(data) - 8} bytes, its header describes {len(data)}$",
+    ):
+        ShardReader(str(path), BUFFER)
+
+
+def test_buffer_below_one_byte_is_a_config_error(tomls, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.main(_args(tomls["static"], tmp_path, "--train.checkpoint_buffer_bytes", "0"))
+    assert stopped.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("error: config key 'train.checkpoint_buffer_bytes' is 0; it must be >= 1")
+    )
