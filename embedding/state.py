@@ -230,7 +230,8 @@ def load_full_state_dict(
 def shard_tables(
     layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """This rank's part of every table (CPU tensors): static tables' rows ("rows": their ids) and
+    """This rank's part of every table as CPU copies (tests, and the shards of the older checkpoint
+    format; checkpoints stream through checkpoint_sources instead): static tables' rows ("rows": their ids) and
     tracked values (replicated tables: rank 0 only); dynamic tables' live keys ("keys", "seen",
     "count") with their tracked values, and their pending keys ("pending_keys", "pending_count",
     "pending_seen")."""
