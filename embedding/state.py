@@ -10,6 +10,7 @@ and rows (of live keys), plus the keys counted and not yet admitted ("pending_*"
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import torch
 
@@ -229,7 +230,8 @@ def load_full_state_dict(
 def shard_tables(
     layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """This rank's part of every table (CPU tensors): static tables' rows ("rows": their ids) and
+    """This rank's part of every table as CPU copies (tests, and the shards of the older checkpoint
+    format; checkpoints stream through checkpoint_sources instead): static tables' rows ("rows": their ids) and
     tracked values (replicated tables: rank 0 only); dynamic tables' live keys ("keys", "seen",
     "count") with their tracked values, and their pending keys ("pending_keys", "pending_count",
     "pending_seen")."""
@@ -253,6 +255,84 @@ def shard_tables(
                 **{k: v[base : base + n].detach().cpu().clone() for k, v in tracked.items()},
             }
     return tables
+
+
+# ---- checkpoint streaming (training.checkpoint_shard): blocks of rows, never a copy of a table --------
+Source = tuple[tuple[int, ...], torch.dtype, Callable[[int, int], torch.Tensor]]
+
+
+def static_range(layout: ShardLayout, t: int) -> tuple[int, int, int]:
+    """(first, step, count): this rank's rows of static table t, in storage order, are the ids
+    first + i * step for i < count."""
+    first, step = (layout.rank, layout.world_size) if layout.kinds[t] == "row" else (0, 1)
+    return first, step, layout.count[t]
+
+
+def _whole(x: torch.Tensor) -> Source:
+    return tuple(x.shape), x.dtype, lambda s, e: x[s:e]
+
+
+def checkpoint_sources(
+    layout: ShardLayout, storage: RowStorage, dynamic: DynamicTables
+) -> dict[str, tuple[dict, dict[str, Source]]]:
+    """This rank's part of every table as (description, {tensor: (shape, dtype, fetch)}), where
+    fetch(start, stop) gives rows [start, stop) on the device without copying the table: static
+    tables (replicated: rank 0 only) are described by their id range (static_range); dynamic ones
+    by their live keys ("keys", "seen", "count"; tracked values in that order) and pending keys."""
+    out, tracked = {}, storage.tracked()
+    for t, table in enumerate(layout.tables):
+        if table.dynamic:
+            e = dynamic.shards[t].entries_state()
+            live = e["row"] >= 0
+            rows = e["row"][live] + layout.base[t]
+            blocks = {k: _whole(e[k][live]) for k in ("keys", "seen", "count")}
+            for k, v in tracked.items():
+                shape = (rows.numel(), *v.shape[1:])
+                blocks[k] = shape, v.dtype, lambda s, e, v=v, r=rows: v[r[s:e]]
+            blocks.update({f"pending_{k}": _whole(e[k][~live]) for k in ("keys", "count", "seen")})
+            out[table.name] = ({"kind": "dynamic"}, blocks)
+        elif layout.count[t] and layout.primary(t):
+            base, n = layout.base[t], layout.count[t]
+            blocks = {k: _whole(v[base : base + n]) for k, v in tracked.items()}
+            out[table.name] = ({"kind": "static", "rows": list(static_range(layout, t))}, blocks)
+    return out
+
+
+def holds_any(layout: ShardLayout, t: int, rows: list[int]) -> bool:
+    """Whether this rank holds any of the ids rows = [first, step, count] of static table t: the ids'
+    residues modulo the world size repeat after world_size of them, so that many ids tell."""
+    first, step, count = rows
+    sample = first + torch.arange(min(count, layout.world_size), dtype=torch.int64) * step
+    return bool(layout.holds(t, sample).any())
+
+
+def load_static_chunk(
+    layout: ShardLayout, storage: RowStorage, t: int, rows: list[int], name: str, start: int, chunk
+) -> None:
+    """Rows start.. of tracked tensor `name` of a static table t's checkpoint block written under the
+    id range `rows` (static_range of the writer): the ones this rank holds go into its storage."""
+    buf = storage.tracked()[name]
+    if tuple(rows) == static_range(layout, t):  # the same rows in the same order: one copy
+        first = layout.base[t] + start
+        buf[first : first + chunk.shape[0]] = chunk.to(buf.device, buf.dtype)
+        return
+    ids = rows[0] + (start + torch.arange(chunk.shape[0], dtype=torch.int64)) * rows[1]
+    keep = layout.holds(t, ids)
+    if bool(keep.any()):
+        buf[layout.table_local_rows(t, ids[keep])] = chunk[keep].to(buf.device, buf.dtype)
+
+
+def dynamic_rows(
+    live: torch.Tensor, live_rows: torch.Tensor, keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of `keys` among the sorted live keys of a dynamic table, their storage rows); live and
+    live_rows: DynamicTables.live(t)."""
+    keys = keys.to(live.device)
+    if live.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool), live_rows
+    pos = torch.searchsorted(live, keys).clamp(max=live.numel() - 1)
+    found = live[pos] == keys
+    return found, live_rows[pos[found]]
 
 
 def load_table_state(

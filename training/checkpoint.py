@@ -4,13 +4,16 @@ One checkpoint is <run.dir>/checkpoints/step_<N>/ (N = steps done = next data st
     manifest.json        rank 0: step, world size, plan, table shapes, optimizer, config, and every file's
                          size and xxh3_64 (its own checksum too: training.checkpoint_files)
     dense.pt             rank 0: dense model state_dict and dense optimizer state (replicated by DDP)
-    shard_<rank>.pt      every rank: its part of every table (embedding.state.shard_tables), its RNG
-                         states and the embedding update counter
-Saving: every rank hashes its shard as it writes it into .tmp_step_<N>/, rank 0 gathers the checksums into
-the manifest (written last) and renames the directory into place; deletes rename to debris first
-(checkpoint_files), so a crash at any moment leaves the previous checkpoints intact and nothing
-half-written or half-deleted under a checkpoint's name. Loading: every rank verifies the files it reads;
-under resume "auto" the ranks agree on the newest checkpoint that verifies on all of them. Loading keeps
+    shard_<rank>.bin     every rank: its part of every table, streamed in chunks of at most
+                         train.checkpoint_buffer_bytes (training.checkpoint_shard), its RNG states and
+                         the embedding update counter (shard_<rank>.pt, torch.save: the older format, read)
+Saving (training.checkpoint_save): every rank hashes its shard as it writes it into .tmp_step_<N>/, rank 0
+gathers the checksums into the manifest (written last) and renames the directory into place; deletes
+rename to debris first (checkpoint_files), so a crash at any moment leaves the previous checkpoints intact
+and nothing half-written or half-deleted under a checkpoint's name. With train.async_checkpoint the files
+are written from a host snapshot in a background thread while training goes on. Loading: every rank
+verifies the files it reads; under resume "auto" the ranks agree on the newest checkpoint that verifies
+on all of them. Loading reads rows in chunks of at most train.checkpoint_buffer_bytes and keeps
 the rows this rank owns under its current plan: a checkpoint written at W ranks loads at any W'
 (docs/checkpoints.md).
 """
@@ -18,19 +21,29 @@ the rows this rank owns under its current plan: a checkpoint written at W ranks 
 from __future__ import annotations
 
 import os
-import pickle
 import time
-import zipfile
 
 import torch
-import torch.distributed as dist
 
 from training import checkpoint_files as files
+from training import checkpoint_save
 from training.checkpoint_files import CheckpointError, read_manifest
-from training.config import Config, to_dict
+from training.checkpoint_save import (
+    all_gather,
+    checkpoint_root,
+    complete_checkpoints,
+    placements,
+    prune,
+    table_kinds,
+)
+from training.checkpoint_tables import read_shard, torch_load
+from training.config import Config
+from training.config.validate import ConfigError
 from training.distributed import DistContext, restart_count, unwrap
-from training.guards import fail_point
 from training.resume_checks import check_dense_optimizer
+
+__all__ = ["CheckpointError", "checkpoint_root", "complete_checkpoints", "prune", "read_manifest"]
+DEFAULT_BUFFER = 256 << 20
 
 
 def resume_setting(cfg: Config) -> str:
@@ -38,52 +51,12 @@ def resume_setting(cfg: Config) -> str:
     return cfg.train.resume or ("auto" if restart_count() > 0 else "")
 
 
-def checkpoint_root(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints")
-
-
-def complete_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every complete checkpoint (has manifest.json) in run_dir, oldest first; whether
-    its files are intact is verify()'s."""
-    root = checkpoint_root(run_dir)
-    found = []
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        m = files.STEP_DIR.match(name)
-        if m and files.has_manifest(os.path.join(root, name)):
-            found.append((int(m.group(1)), os.path.join(root, name)))
-    return sorted(found)
-
-
-def _all_gather(env: DistContext, value) -> list:
-    """Every rank's value, in rank order (collective)."""
-    if env.world_size == 1:
-        return [value]
-    out = [None] * env.world_size
-    dist.all_gather_object(out, value)
-    return out
-
-
-def table_kinds(emb) -> dict[str, dict]:
-    """The manifest's record of the dynamic tables (owner function: key_shards; W-free otherwise)."""
-    return {t.name: {"key_shards": t.dynamic.key_shards} for t in emb.tables if t.dynamic}
-
-
-def _placements(emb) -> dict[str, dict]:
-    return {
-        t.name: {
-            "placement": emb.plan.placements[t.name].placement,
-            "owner": emb.plan.placements[t.name].owner,
-        }
-        for t in emb.tables
-    }
-
-
 # ---- verify and choose ----------------------------------------------------------------------------------
 def _files_to_read(manifest: dict, emb, env: DistContext) -> list[str]:
     shards = sorted(name for name in manifest["files"] if name.startswith("shard_"))
-    if manifest["world_size"] == env.world_size and manifest["plan"] == _placements(emb):
+    if manifest["world_size"] == env.world_size and manifest["plan"] == placements(emb):
         # own shard + rank 0's (replicated tables)
-        shards = sorted({f"shard_{env.rank:05d}.pt", "shard_00000.pt"})
+        shards = [n for n in shards if n.startswith((f"shard_{env.rank:05d}.", "shard_00000."))]
     return [*shards, "dense.pt"]
 
 
@@ -109,7 +82,7 @@ def _agreed_problem(path: str, parts, env: DistContext) -> str | None:
         problem = None
     except CheckpointError as e:
         problem = str(e)
-    found = [p for p in _all_gather(env, problem) if p]
+    found = [p for p in all_gather(env, problem) if p]
     return found[0] if found else None
 
 
@@ -130,7 +103,7 @@ def choose_checkpoint(cfg: Config, parts, env: DistContext) -> tuple[str | None,
             raise CheckpointError(f"train.resume={setting!r}: {problem}")
         return setting, []
     # rank 0's listing: every rank tries the same candidates in the same order
-    candidates = _all_gather(env, [p for _, p in complete_checkpoints(cfg.run.dir)])[0]
+    candidates = all_gather(env, [p for _, p in complete_checkpoints(cfg.run.dir)])[0]
     skipped, problems = [], []
     for path in reversed(candidates):
         problem = _agreed_problem(path, parts, env)
@@ -144,77 +117,6 @@ def choose_checkpoint(cfg: Config, parts, env: DistContext) -> tuple[str | None,
             f"train.resume=auto: no checkpoint in {root} verifies; the newest: {problems[0]}"
         )
     return None, []
-
-
-# ---- save -----------------------------------------------------------------------------------------------
-def _save_hashed(obj, path: str) -> dict:
-    return files.write_hashed(path, lambda f: torch.save(obj, f))
-
-
-def save(cfg: Config, parts, step: int, env: DistContext, skipped_steps: int = 0, bad=()) -> str:
-    """Collective: every rank writes its shard, rank 0 the dense state and manifest; returns the path.
-    `bad`: checkpoints that failed verification (pruned first)."""
-    root = checkpoint_root(cfg.run.dir)
-    final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".tmp_step_{step}")
-    if env.rank == 0:
-        os.makedirs(root, exist_ok=True)
-        files.clean(root)  # what interrupted saves and deletes left
-        os.makedirs(tmp)
-    env.barrier()
-    emb = parts.embeddings
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    shard = {
-        "step": step,
-        "rank": env.rank,
-        "world_size": env.world_size,
-        "num_updates": emb.num_updates,
-        "rng": rng,
-        "tables": emb.shard_tables(),
-    }
-    written = {f"shard_{env.rank:05d}.pt": _save_hashed(shard, f"{tmp}/shard_{env.rank:05d}.pt")}
-    if env.rank == 0:
-        dense = {
-            "model": unwrap(parts.model).state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-        }
-        written["dense.pt"] = _save_hashed(dense, os.path.join(tmp, "dense.pt"))
-    fail_point(cfg, env.rank, "save:shards")
-    gathered = _all_gather(env, written)  # every shard is on disk, hashed by the rank that wrote it
-    if env.rank == 0:
-        manifest = {
-            "step": step,
-            "next_data_step": step,
-            "world_size": env.world_size,
-            "plan": _placements(emb),
-            "tables": {t.name: [t.num_embeddings, t.dim] for t in emb.tables},
-            "dynamic": table_kinds(emb),
-            "sparse_optimizer": emb.optimizer.name,
-            "skipped_steps": skipped_steps,
-            "files": {name: e for part in gathered for name, e in sorted(part.items())},
-            "config": to_dict(cfg),
-        }
-        files.write_manifest(tmp, manifest)
-        fail_point(cfg, 0, "save:manifest")
-        files.put_in_place(root, tmp, final, lambda: fail_point(cfg, 0, "save:rename"))
-        prune(cfg, final, bad)
-    env.barrier()
-    return final
-
-
-def prune(cfg: Config, newest: str, bad=()) -> None:
-    """Delete all but the newest train.keep_checkpoints complete checkpoints (<= 0 keeps all), never
-    `newest` (the one just saved, hashed as it was written); checkpoints in `bad` (failed verification)
-    are deleted and not counted."""
-    root, keep = checkpoint_root(cfg.run.dir), cfg.train.keep_checkpoints
-    others = [p for _, p in complete_checkpoints(cfg.run.dir) if p != newest]
-    good = [p for p in others if p not in bad]
-    doomed = [p for p in others if p in bad]
-    if keep > 0:
-        doomed += good[: max(len(good) - (keep - 1), 0)]
-    for path in doomed:
-        files.remove(root, os.path.basename(path), lambda: fail_point(cfg, 0, "prune"))
 
 
 # ---- load -----------------------------------------------------------------------------------------------
@@ -236,18 +138,11 @@ def _check_compatible(path: str, manifest: dict, emb) -> None:
         )
 
 
-def _torch_load(path: str, **kwargs):
-    """torch.load; a file it cannot read (a checkpoint without checksums) is an error naming it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} cannot be read: {first}") from None
-
-
-def load(path: str, parts, env: DistContext, check: bool = True) -> int:
-    """Load a checkpoint written at any world size into this rank's parts; returns its step. check=False
-    where verify() has just run."""
+def load(
+    path: str, parts, env: DistContext, check: bool = True, buffer_bytes: int = DEFAULT_BUFFER
+) -> int:
+    """Load a checkpoint written at any world size into this rank's parts, reading at most buffer_bytes
+    of rows at a time; returns its step. check=False where verify() has just run."""
     manifest = verify(path, parts, env) if check else read_manifest(path)
     emb = parts.embeddings
     _check_compatible(path, manifest, emb)
@@ -255,13 +150,12 @@ def load(path: str, parts, env: DistContext, check: bool = True) -> int:
     index = {t.name: i for i, t in enumerate(emb.tables)}
     own_rng = None
     for name in shards:
-        shard = _torch_load(os.path.join(path, name), mmap=True)
+        where = f"checkpoint {path}/{name}"
+        shard = read_shard(emb, os.path.join(path, name), index, where, buffer_bytes)
         emb.num_updates = int(shard["num_updates"])  # the same on every rank
         if shard["rank"] == env.rank or (own_rng is None and shard["rank"] == 0):
             own_rng = shard["rng"]
-        for table_name, state in shard["tables"].items():
-            emb.load_table_state(index[table_name], state, f"checkpoint {path}/{name}")
-    dense = _torch_load(os.path.join(path, "dense.pt"))
+    dense = torch_load(os.path.join(path, "dense.pt"))
     unwrap(parts.model).load_state_dict(dense["model"])
     check_dense_optimizer(path, manifest, parts.optimizer)
     parts.optimizer.load_state_dict(dense["optimizer"])
@@ -276,16 +170,26 @@ class Checkpointer:
     """A run's checkpoints: restore() before the loop, due(step) and save(step) after each step.
 
     Checkpointing is on iff train.checkpoint_every > 0 or train.resume is set, and then also saves at the
-    end; under torchrun a restarted group resumes with "auto"."""
+    end; under torchrun a restarted group resumes with "auto". With train.async_checkpoint a save returns
+    once a host snapshot of the rows is taken; its files are written in the background and the save is
+    completed (manifest, rename, prune) by the next save, and by the run's last save at once."""
 
     def __init__(self, cfg: Config, parts, env: DistContext):
         self.cfg, self.parts, self.env = cfg, parts, env
         self.enabled = cfg.train.checkpoint_every > 0 or bool(resume_setting(cfg))
-        self.last_path: str | None = None
+        self.last_path: str | None = None  # the newest checkpoint in place
         self.bad: list[str] = []  # checkpoints that failed verification at restore (pruned first)
         self.skipped_steps = 0  # as recorded by the checkpoint resumed from
-        # checkpoint_save_ms / checkpoint_bytes / checkpoint_load_ms (rank 0)
+        self.pending: checkpoint_save.PendingSave | None = None
+        # rank 0, for summary.json: checkpoint_load_ms / _load_bytes / _load_gbps on resume; the last
+        # save's checkpoint_save_ms / _bytes / _save_gbps / _stall_ms (the training thread's time in
+        # save()), and checkpoint_saves / _stall_ms_max / _stall_ms_total over the run
         self.timings: dict[str, float] = {}
+        if cfg.train.checkpoint_buffer_bytes < 1:
+            raise ConfigError(
+                f"config key 'train.checkpoint_buffer_bytes' is {cfg.train.checkpoint_buffer_bytes}; "
+                "it must be >= 1"
+            )
 
     def restore(self) -> int:
         """Resume from the checkpoint train.resume names (or the newest that verifies); returns its step, 0
@@ -294,13 +198,23 @@ class Checkpointer:
         path, self.bad = choose_checkpoint(self.cfg, self.parts, self.env)
         if path is None:
             return 0
-        step = load(path, self.parts, self.env, check=False)
+        buffer_bytes = self.cfg.train.checkpoint_buffer_bytes
+        step = load(path, self.parts, self.env, check=False, buffer_bytes=buffer_bytes)
         self.env.barrier()  # the group's load time, not just this rank's
-        self.timings["checkpoint_load_ms"] = (time.perf_counter() - started) * 1e3
-        self.skipped_steps = read_manifest(path).get("skipped_steps", 0)
+        seconds = time.perf_counter() - started
+        manifest = read_manifest(path)
+        read = _files_to_read(manifest, self.parts.embeddings, self.env)
+        size = sum(os.path.getsize(os.path.join(path, n)) for n in read)  # this rank's reads
+        self.timings.update(
+            checkpoint_load_ms=seconds * 1e3,
+            checkpoint_load_bytes=size,
+            checkpoint_load_gbps=size / seconds / 1e9,
+        )
+        self.skipped_steps = manifest.get("skipped_steps", 0)
         self.last_path = path
         self.env.log(
-            f"resumed from {path} at step {step} (loaded in {self.timings['checkpoint_load_ms']:.0f} ms)"
+            f"resumed from {path} at step {step} (loaded in {seconds * 1e3:.0f} ms, "
+            f"{size / seconds / 1e9:.2f} GB/s)"
         )
         return step
 
@@ -308,21 +222,55 @@ class Checkpointer:
         every = self.cfg.train.checkpoint_every
         return self.enabled and ((every > 0 and step % every == 0) or step == self.cfg.train.steps)
 
-    def save(self, step: int, skipped_steps: int) -> str:
+    def save(self, step: int, skipped_steps: int) -> str | None:
+        """Collective: save step; returns the newest checkpoint in place (an asynchronous save is in place
+        once completed: by the next save, or at once at the run's last step)."""
         started = time.perf_counter()
-        self.last_path = save(self.cfg, self.parts, step, self.env, skipped_steps, self.bad)
+        self.wait()
+        asynchronous = self.cfg.train.async_checkpoint
+        pending = checkpoint_save.begin(
+            self.cfg, self.parts, step, self.env, skipped_steps, snap=asynchronous
+        )
+        if asynchronous:
+            pending.start()
+        else:
+            pending.write()
+        self.pending = pending
+        if not asynchronous or step == self.cfg.train.steps:
+            self.wait()
+        stall = (time.perf_counter() - started) * 1e3
+        if self.env.rank == 0:
+            n = self.timings.get("checkpoint_saves", 0) + 1
+            self.timings.update(
+                checkpoint_saves=n,
+                checkpoint_stall_ms=stall,
+                checkpoint_stall_ms_max=max(self.timings.get("checkpoint_stall_ms_max", 0), stall),
+                checkpoint_stall_ms_total=self.timings.get("checkpoint_stall_ms_total", 0) + stall,
+            )
+        return self.last_path
+
+    def wait(self) -> None:
+        """Collective: complete the save under way, if any (its write failing on any rank: CheckpointError
+        naming the file)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        write_s, finish_s = checkpoint_save.complete(pending, self.bad)
+        self.last_path = pending.final
         # a re-saved step replaced the checkpoint that failed: it counts again
         self.bad = [p for p in self.bad if p != self.last_path]
-        if self.env.rank == 0:  # save() ends with a barrier: this is the whole group's time
+        if self.env.rank == 0:
             size = sum(
                 os.path.getsize(os.path.join(self.last_path, n)) for n in os.listdir(self.last_path)
             )
+            seconds = pending.snapshot_s + write_s + finish_s  # not the training in between
             self.timings.update(
-                checkpoint_save_ms=(time.perf_counter() - started) * 1e3, checkpoint_bytes=size
+                checkpoint_save_ms=seconds * 1e3,
+                checkpoint_bytes=size,
+                checkpoint_save_gbps=size / seconds / 1e9,
             )
             print(
-                f"step {step}: checkpoint {self.last_path} saved in {self.timings['checkpoint_save_ms']:.0f} ms "
-                f"({size / 1e6:.2f} MB)",
+                f"step {pending.step}: checkpoint {self.last_path} saved in {seconds * 1e3:.0f} ms "
+                f"({size / 1e6:.2f} MB, {size / seconds / 1e9:.2f} GB/s)",
                 flush=True,
             )
-        return self.last_path

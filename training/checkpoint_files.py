@@ -21,7 +21,9 @@ from collections.abc import Callable
 
 import xxhash
 
-FORMAT = 2  # 1: sizes only, no checksums (still read)
+# 1: sizes only, no checksums; 2: torch.save shards (shard_<rank>.pt); 3: streamed shards
+# (shard_<rank>.bin, training.checkpoint_shard). All are read.
+FORMAT = 3
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TMP_DIR = re.compile(r"^\.tmp_step_(\d+)$")
@@ -111,7 +113,7 @@ def read_manifest(directory: str) -> dict:
         raise CheckpointError(
             f"{path} is not valid JSON ({len(raw)} bytes, truncated or corrupt): {e}"
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") not in (1, FORMAT):
+    if not isinstance(manifest, dict) or manifest.get("format") not in (1, 2, FORMAT):
         raise CheckpointError(f"{path} is corrupt: no known checkpoint format")
     expected = manifest.pop("manifest_xxh3_64", None)
     if manifest["format"] >= 2:

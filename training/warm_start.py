@@ -20,7 +20,8 @@ import os
 
 import torch
 
-from training.checkpoint import Checkpointer, read_manifest
+from training.checkpoint import DEFAULT_BUFFER, Checkpointer, read_manifest
+from training.checkpoint_tables import read_shard, torch_load
 from training.config import Config
 from training.distributed import DistContext, unwrap
 from training.export import Export, ExportError
@@ -33,7 +34,8 @@ def resume_or_warm_start(
     start from train.init_from if set, else fresh."""
     first_step = ckpt.restore()
     if ckpt.last_path is None and cfg.train.init_from:
-        return first_step, warm_start(cfg.train.init_from, parts, env.rank)
+        buffer_bytes = cfg.train.checkpoint_buffer_bytes
+        return first_step, warm_start(cfg.train.init_from, parts, env.rank, buffer_bytes)
     return first_step, None
 
 
@@ -86,8 +88,10 @@ def compatible_tables(source: dict[str, dict], emb, where: str) -> dict[str, int
     return found
 
 
-def _from_checkpoint(path: str, parts, where: str) -> tuple[dict, dict[str, int], list[str]]:
-    """(source tables, tables loaded, dense parameters left fresh)."""
+def _from_checkpoint(
+    path: str, parts, where: str, buffer_bytes: int
+) -> tuple[dict, dict[str, int], list[str]]:
+    """(source tables, tables loaded, dense parameters left fresh); rows read buffer_bytes at a time."""
     emb, manifest = parts.embeddings, read_manifest(path)
     source = _tables_of_checkpoint(manifest)
     load = compatible_tables(source, emb, where)
@@ -95,20 +99,14 @@ def _from_checkpoint(path: str, parts, where: str) -> tuple[dict, dict[str, int]
     # state tensors missing from the source start at zero
     optional = ("freq", "last_step", *state_names)
     same_optimizer = manifest["sparse_optimizer"] == emb.optimizer.name
+    # another optimizer's state has other shapes: keep weights and statistics
+    skip = () if same_optimizer else state_names
     for name in sorted(n for n in manifest["files"] if n.startswith("shard_")):
-        shard = torch.load(
-            os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True
-        )
-        for table_name, state in shard["tables"].items():
-            if table_name in load:
-                # another optimizer's state has other shapes: keep weights and statistics
-                if not same_optimizer:
-                    state = {k: v for k, v in state.items() if k not in state_names}
-                emb.load_table_state(load[table_name], state, f"{where} ({name})", optional)
+        where_file = f"{where} ({name})"
+        shard_path = os.path.join(path, name)
+        read_shard(emb, shard_path, load, where_file, buffer_bytes, optional=optional, skip=skip)
     emb.num_updates = int(manifest["step"])
-    dense = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)[
-        "model"
-    ]
+    dense = torch_load(os.path.join(path, "dense.pt"))["model"]
     model = unwrap(parts.model)
     own = model.state_dict()
     fits = {k: v for k, v in dense.items() if k in own and own[k].shape == v.shape}
@@ -141,12 +139,15 @@ def _is_checkpoint(path: str) -> bool:
         return False
 
 
-def warm_start(path: str, parts, rank: int) -> dict[str, list[str]]:
-    """Load what fits from a checkpoint or export directory (module docstring); returns what was loaded and skipped."""
+def warm_start(
+    path: str, parts, rank: int, buffer_bytes: int = DEFAULT_BUFFER
+) -> dict[str, list[str]]:
+    """Load what fits from a checkpoint or export directory (module docstring); returns what was loaded and skipped.
+    A checkpoint's rows are read buffer_bytes at a time."""
     emb, where = parts.embeddings, f"train.init_from={path!r}"
     origin = path
     if _is_checkpoint(path):
-        source, load, dense_skipped = _from_checkpoint(path, parts, where)
+        source, load, dense_skipped = _from_checkpoint(path, parts, where, buffer_bytes)
     elif os.path.isdir(path):
         try:  # path's latest export; each file is checked against its manifest
             export = Export(path)

@@ -74,8 +74,8 @@ WHAT = {
     ): r"is corrupt: its content has xxh3_64 [0-9a-f]+, it records [0-9a-f]+",
     ("dense.pt", "flip"): r"is corrupt: xxh3_64 [0-9a-f]+, the manifest says [0-9a-f]+",
     ("dense.pt", "truncate"): r"is truncated: \d+ bytes, the manifest says \d+",
-    ("shard_00000.pt", "flip"): r"is corrupt: xxh3_64 [0-9a-f]+, the manifest says [0-9a-f]+",
-    ("shard_00000.pt", "truncate"): r"is truncated: \d+ bytes, the manifest says \d+",
+    ("shard_00000.bin", "flip"): r"is corrupt: xxh3_64 [0-9a-f]+, the manifest says [0-9a-f]+",
+    ("shard_00000.bin", "truncate"): r"is truncated: \d+ bytes, the manifest says \d+",
 }
 
 
@@ -113,7 +113,7 @@ def test_half_deleted_checkpoint_and_debris(toml, saved, straight, tmp_path, cap
     """A delete interrupted by the old code left step_4/ with only its manifest, and an empty step_7/."""
     run = _copy(saved, tmp_path)
     root = run / "checkpoints"
-    for name in ("dense.pt", "shard_00000.pt"):
+    for name in ("dense.pt", "shard_00000.bin"):
         (root / "step_4" / name).unlink()
     (root / "step_7").mkdir()
     (root / ".del_step_1").mkdir()
@@ -230,7 +230,7 @@ def test_resave_interrupted_between_renames(toml, saved, straight, tmp_path, mon
 
 def test_manifest_records_every_file_checksum(saved):
     manifest = json.load(open(saved / "checkpoints" / "step_4" / "manifest.json"))
-    assert sorted(manifest["files"]) == ["dense.pt", "shard_00000.pt"]
+    assert sorted(manifest["files"]) == ["dense.pt", "shard_00000.bin"]
     for name, entry in manifest["files"].items():
         assert entry["size"] == os.path.getsize(saved / "checkpoints" / "step_4" / name)
         assert re.fullmatch(r"[0-9a-f]{16}", entry["xxh3_64"])

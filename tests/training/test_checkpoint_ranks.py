@@ -62,7 +62,7 @@ def _restore(rank, world_size, group, toml, run_dir):
 def test_ranks_agree_when_one_rank_finds_its_shard_damaged(toml, w2, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(w2["dir"], run)
-    shard = run / "checkpoints" / "step_4" / "shard_00001.pt"  # read by rank 1 only
+    shard = run / "checkpoints" / "step_4" / "shard_00001.bin"  # read by rank 1 only
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

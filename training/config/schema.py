@@ -208,6 +208,14 @@ class TrainConfig:
     # tables may differ (new tables and keys start fresh; a same-name table of another dim or kind is an error)
     init_from: str = ""
     keep_checkpoints: int = 2  # checkpoints kept on disk
+    # host memory a checkpoint save or load uses for rows: tables are streamed between the device and the shard
+    # files in chunks of at most this many bytes (one row at least), never copied whole (docs/checkpoints.md)
+    checkpoint_buffer_bytes: int = 256 << 20
+    # true: a save takes a host snapshot of this rank's rows (host memory of its whole shard), then writes the
+    # files in a background thread while training goes on; the next save, or the end of the run, completes it
+    # (a failed write is raised there, naming the file). false: training waits for each save, whose host
+    # memory is checkpoint_buffer_bytes
+    async_checkpoint: bool = False
     timeout_s: float = 600.0  # collective timeout before a hung rank is reported
     # fault injection: rank fail_rank exits abruptly after this step (first torchrun attempt only); 0 = off
     fail_at_step: int = 0

@@ -44,6 +44,7 @@ RANGES = {
     "train.checkpoint_every": ">= 0",
     "train.keep_checkpoints": ">= 0",
     "train.max_skipped_steps": ">= 0",
+    "train.checkpoint_buffer_bytes": ">= 1",
     "train.timeout_s": "> 0",
     "train.fail_at_step": ">= 0",
     "train.fail_rank": ">= 0",
