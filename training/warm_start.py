@@ -21,6 +21,7 @@ import os
 import torch
 
 from training.checkpoint import DEFAULT_BUFFER, Checkpointer, read_manifest
+from training.checkpoint_files import CheckpointError, check_file
 from training.checkpoint_tables import read_shard, torch_load
 from training.config import Config
 from training.distributed import DistContext, unwrap
@@ -93,6 +94,12 @@ def _from_checkpoint(
 ) -> tuple[dict, dict[str, int], list[str]]:
     """(source tables, tables loaded, dense parameters left fresh); rows read buffer_bytes at a time."""
     emb, manifest = parts.embeddings, read_manifest(path)
+    # every file is read (the rows are re-picked): check each one's size and checksum first
+    for name, entry in sorted(manifest["files"].items()):
+        try:
+            check_file(path, name, entry)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
     source = _tables_of_checkpoint(manifest)
     load = compatible_tables(source, emb, where)
     state_names = emb.optimizer_state_names()

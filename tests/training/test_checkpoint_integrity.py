@@ -235,3 +235,16 @@ def test_manifest_records_every_file_checksum(saved):
         assert entry["size"] == os.path.getsize(saved / "checkpoints" / "step_4" / name)
         assert re.fullmatch(r"[0-9a-f]{16}", entry["xxh3_64"])
     assert re.fullmatch(r"[0-9a-f]{16}", manifest["manifest_xxh3_64"])
+
+
+@pytest.mark.parametrize("name", ["dense.pt", "shard_00000.bin"])
+def test_warm_start_from_a_damaged_checkpoint_names_the_file(toml, saved, tmp_path, name):
+    """A warm start reads every file of the checkpoint (the rows are re-picked): each is checked first."""
+    run = _copy(saved, tmp_path)
+    source = run / "checkpoints" / "step_4"
+    _flip(source / name)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^train.init_from='{source}': {source}/{name} is corrupt: xxh3_64 \w+, the manifest says",
+    ):
+        train.main(_args(toml, tmp_path / "new", "--train.init_from", str(source)))
