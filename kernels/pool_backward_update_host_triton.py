@@ -273,7 +273,10 @@ def run_segments(
 ):
     """Both passes of ``kernel`` (a wrapper of segment_pass) over entries sorted in blocks of
     chunk, grad [*, D] their source rows; args: the kernel's arguments after done_ptr.
-    count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
+    count_rows: -> int64 [programs] device counts whose sum is the rows updated (each program
+    counts its own, no atomics, and nothing sums them here: a launch, for a number read at log
+    steps only). The second pass's programs add in the first pass's counts (at most CHUNK each),
+    so what is returned is its counts, at most N / CHUNK of them."""
     n, dim = entries.keys.numel(), grad.shape[1]
     block_d = column_block(dim)
     segs, unroll = lanes_per_program(block_d, align)
@@ -283,8 +286,9 @@ def run_segments(
     first = triton.cdiv(n, segs)
     # with one block no segment crosses a block boundary
     second = triton.cdiv(blocks, segs) if blocks > 1 else 0
-    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
-    for finish, programs, start in ((False, first, 0), (True, second, first)):
+    # the second pass's counts, then the first's (segment_pass reads them after its own)
+    done = torch.empty(second + first, dtype=torch.int64, device=grad.device)
+    for finish, programs, start in ((False, first, second), (True, second, 0)):
         if programs == 0:
             continue
         counted = (done[start:],) if count_rows else ()
@@ -293,7 +297,9 @@ def run_segments(
             FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
             num_warps=1, **modes,
         )  # fmt: skip
-    return done.sum() if count_rows else None
+    if not count_rows:
+        return None
+    return done[:second] if second else done
 
 
 def compile_cases():

@@ -14,7 +14,7 @@ Two passes: the first sums every segment that fits in a block of CHUNK sorted en
 finishes it; pieces of longer segments (hot rows) write their partial sums to their own slots;
 the second (``FINISH``) sums each long segment's slots in order and finishes it. No atomics: the
 bits do not depend on scheduling. No host sync: grids are sized from N, and the number of rows
-updated comes back as a device tensor. The optimizer is a constexpr (its row math:
+updated comes back as a device tensor of counts (summed when read). The optimizer is a constexpr (its row math:
 kernels.sparse_optimizer_triton), so each variant holds one optimizer's code only.
 """
 
@@ -54,7 +54,7 @@ def _segment_update_kernel(
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
     count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
-    done_ptr,  # int32 [programs] out: rows updated by each program
+    done_ptr,  # int64 out: rows updated by each program (host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place
     weight_stride,  # elements between rows of weight
     m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
@@ -89,7 +89,7 @@ def _segment_update_kernel(
 
 
 def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer):
-    """Both passes of _segment_update_kernel; -> int64 0-dim: rows updated."""
+    """Both passes of _segment_update_kernel; -> int64 counts whose sum is the rows updated."""
     m1, m2, steps = optimizer_state(state, weight.device)
     args = (weight, weight.stride(0), m1, m2, steps, freq, last_step, step)
     return host.run_segments(

@@ -278,7 +278,7 @@ def segment_pass(
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
     count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
-    done_ptr,  # int32 [programs] out: rows updated by each program (not WRITE_OUT)
+    done_ptr,  # int64 out: rows updated by each program (not WRITE_OUT; host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
     weight_stride,  # elements between rows of weight_ptr
     m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
@@ -345,7 +345,14 @@ def segment_pass(
         freq = tl.load(freq_ptr + row * freq_stride, mask=fin, other=0)
         tl.store(freq_ptr + row * freq_stride, freq + count, mask=fin)
         tl.store(last_step_ptr + row, tl.zeros_like(row) + step, mask=fin)
-        tl.store(done_ptr + pid, tl.sum(fin.to(tl.int32)))
+        updated = tl.sum(fin.to(tl.int64))
+        if FINISH:
+            # the first pass's counts (after this pass's): at most CHUNK of its programs per
+            # program here, added in, so the counts the caller keeps are few
+            first = pid * CHUNK + tl.arange(0, CHUNK)
+            counted = first < tl.cdiv(n, SEGS)
+            updated += tl.sum(tl.load(done_ptr + tl.num_programs(0) + first, mask=counted, other=0))
+        tl.store(done_ptr + pid, updated)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     d = tl.arange(0, BLOCK_D)
