@@ -287,23 +287,24 @@ def run_segments(
     dim; args: the kernel's arguments after done_ptr.
     count_rows: -> int64 [programs] device counts whose sum is the rows updated (each program
     counts its own, no atomics, and nothing sums them here: a launch, for a number read at log
-    steps only). The second pass's programs add in the first pass's counts (at most CHUNK each),
-    so what is returned is its counts, at most N / CHUNK of them."""
+    steps only). The first pass writes its counts after the count slots; the second pass's
+    programs add them in (at most CHUNK each), and only the second pass's counts are returned,
+    at most N / CHUNK of them: a caller keeping them for a while keeps little."""
     n, dim, device = entries.keys.numel(), grad[0].shape[-1], grad[0].device
     block_d = column_block(dim)
     segs, unroll = lanes_per_program(block_d, align)
     blocks = triton.cdiv(n, chunk)
     partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=device)
-    count_slots = torch.empty(2 * blocks, dtype=torch.int64, device=device)
     first = triton.cdiv(n, segs)
     # with one block no segment crosses a block boundary
     second = triton.cdiv(blocks, segs) if blocks > 1 else 0
-    # the second pass's counts, then the first's (segment_pass reads them after its own)
-    done = torch.empty(second + first, dtype=torch.int64, device=device)
-    for finish, programs, start in ((False, first, second), (True, second, 0)):
+    # the slots, then the first pass's counts (segment_pass finds them there)
+    count_slots = torch.empty(2 * blocks + first, dtype=torch.int64, device=device)
+    done = (count_slots[2 * blocks :], torch.empty(second, dtype=torch.int64, device=device))
+    for finish, programs in ((False, first), (True, second)):
         if programs == 0:
             continue
-        counted = (done[start:],) if count_rows else ()
+        counted = (done[finish],) if count_rows else ()
         kernel[(programs,)](
             *entries, *grad, n, dim, partial, count_slots, n.bit_length(), *counted, *args,
             FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
@@ -311,7 +312,7 @@ def run_segments(
         )  # fmt: skip
     if not count_rows:
         return None
-    return done[:second] if second else done
+    return done[1] if second else done[0]  # one block: the first pass's counts, at most CHUNK
 
 
 def compile_cases():

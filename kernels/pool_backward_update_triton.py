@@ -55,7 +55,7 @@ def _segment_update_kernel(
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
-    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
+    count_slots_ptr,  # int64 slots: their lookups [2 * cdiv(N, CHUNK)], then first-pass counts
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
     done_ptr,  # int64 out: rows updated by each program (host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place

@@ -275,7 +275,7 @@ def segment_pass(
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
-    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
+    count_slots_ptr,  # int64 slots: their lookups [2 * cdiv(N, CHUNK)], then first-pass counts
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
     done_ptr,  # int64 out: rows updated by each program (not WRITE_OUT; host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
@@ -346,11 +346,12 @@ def segment_pass(
         tl.store(last_step_ptr + row, tl.zeros_like(row) + step, mask=fin)
         updated = tl.sum(fin.to(tl.int64))
         if FINISH:
-            # the first pass's counts (after this pass's): at most CHUNK of its programs per
+            # the first pass's counts (after the slots): at most CHUNK of its programs per
             # program here, added in, so the counts the caller keeps are few
             first = pid * CHUNK + tl.arange(0, CHUNK)
             counted = first < tl.cdiv(n, SEGS)
-            updated += tl.sum(tl.load(done_ptr + tl.num_programs(0) + first, mask=counted, other=0))
+            first_done = count_slots_ptr + 2 * tl.cdiv(n, CHUNK) + first
+            updated += tl.sum(tl.load(first_done, mask=counted, other=0))
         tl.store(done_ptr + pid, updated)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
