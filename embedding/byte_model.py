@@ -31,8 +31,9 @@ def exchange_bytes(emb, sd: SparseDist) -> int:
 
 
 class MemoryBytes(NamedTuple):
-    """fixed + per_row * rows bytes; rows (the rows the step updated) may be a 0-dim device tensor,
-    read only when the metrics log (total())."""
+    """fixed + per_row * rows bytes; rows (the rows the step updated) may be an int64 device tensor
+    whose sum is that number (kernels.pool_backward_update), summed and read only when the metrics log
+    (total())."""
 
     fixed: int
     per_row: int
@@ -45,7 +46,7 @@ class MemoryBytes(NamedTuple):
         counted = [(b.fixed, b.per_row, b.rows) for b in steps if torch.is_tensor(b.rows)]
         if not counted:
             return fixed
-        rows = torch.stack([r.reshape(()).to(torch.int64) for _, _, r in counted]).tolist()
+        rows = torch.stack([r.sum(dtype=torch.int64) for _, _, r in counted]).tolist()
         return fixed + sum(f + p * r for (f, p, _), r in zip(counted, rows, strict=True))
 
 

@@ -60,7 +60,7 @@ class IdChecker:
             return
         if self.pending.is_cuda:  # it may come from the pipeline's side stream
             torch.cuda.synchronize(self.pending.device)
-        flag, where, value = self.pending[1:].tolist()  # the deferred check's one read
+        flag, where, value = self.pending[1:4].tolist()  # the deferred check's one read
         if not flag:  # every batch so far was clean: count the next ones from here
             self.first_step += len(self.batch_sizes)
             self.batch_sizes = []
@@ -98,7 +98,7 @@ class IdChecker:
         if deferred:
             self.batch_sizes.append(kjt.batch_size)
         else:
-            flag, where, value = record[1:].tolist()  # the check's one host sync
+            flag, where, value = record[1:4].tolist()  # the check's one host sync
             if flag:
                 record.copy_(new_record("cpu"))
                 self._raise(*divmod(where & 0xFFFFFFFF, kjt.batch_size), value)

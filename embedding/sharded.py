@@ -360,7 +360,9 @@ class _ShardedLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_pooled):
-        ctx.module.backward_and_update(ctx.sd, grad_pooled.contiguous())
+        # read in place by the pooling backward's kernels (a slice of the dense network's
+        # concatenation, usually): a contiguous copy would be one more launch a step
+        ctx.module.backward_and_update(ctx.sd, grad_pooled)
         return None, None, None, None
 
 

@@ -22,9 +22,10 @@ NO_BAD = 2**62  # record[0] when no bad value is pending: above every position
 
 
 def new_record(device) -> torch.Tensor:
-    """int64 [4]: scratch first-bad position (NO_BAD between calls), then flag, batch << 32 | bag, id of the
-    first bad id kept (flag 0: none)."""
-    return torch.tensor([NO_BAD, 0, 0, 0], dtype=torch.int64, device=device)
+    """int64 [5]: scratch first-bad position (NO_BAD between calls), then flag, batch << 32 | bag, id of the
+    first bad id kept (flag 0: none), then a scratch ticket counter (0 between calls: the Triton check's
+    programs count themselves in it, the last one keeps the id)."""
+    return torch.tensor([NO_BAD, 0, 0, 0, 0], dtype=torch.int64, device=device)
 
 
 def check_ids_reference(
@@ -53,7 +54,7 @@ def check_ids_reference(
     if n and bool(bad.any()) and int(record[1]) == 0:
         i = int(bad.to(torch.uint8).argmax())
         bag = int(torch.searchsorted(offsets, torch.tensor(i), right=True)) - 1
-        record[1:] = torch.tensor([1, (batch << 32) | bag, int(values[i])])
+        record[1:4] = torch.tensor([1, (batch << 32) | bag, int(values[i])])
     return checked + base[value_table], (value_table if want_table else None)
 
 
@@ -79,7 +80,7 @@ def check_ids(
         table_rows: int64 [T] rows of each table (dynamic tables: any).
         table_policy: int32 [T] ERROR, MODULO or DYNAMIC.
         base: int64 [T] added to each checked id (a table's first row or key; zeros for the ids themselves).
-        record: int64 [4] from new_record, updated in place (module docstring).
+        record: int64 [5] from new_record, updated in place (module docstring).
         batch: this batch's number, kept with its first bad id (< 2^31).
         want_table: also return each value's table.
     Returns:

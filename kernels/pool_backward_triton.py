@@ -27,7 +27,10 @@ def _pool_backward_kernel(
     has_scale,  # 1
     counts_ptr,  # unused (a key's lookups are its number of values)
     has_counts,  # 0
-    grad_ptr,  # float32 [B*F, D] pooled gradient, contiguous
+    grad_ptr,  # float32 [B, F, D] pooled gradient (columns contiguous), in place
+    grad_features,  # F: pooled-gradient row r = b * F + f
+    grad_stride_b,  # elements between grad's b and b + 1: row r at b * stride_b + f * stride_f
+    grad_stride_f,  # elements between grad's f and f + 1
     n,  # N, values
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
@@ -49,9 +52,10 @@ def _pool_backward_kernel(
     # the optimizer's arguments are unused in this mode: out and lookups stand in for them
     segment_pass(
         keys_ptr, pieces_ptr, src_ptr, scale_ptr, has_scale, counts_ptr, has_counts, grad_ptr,
-        n, dim, partial_ptr, count_slots_ptr, search_steps, lookups_ptr, out_ptr, out_stride,
-        out_ptr, out_ptr, lookups_ptr, lookups_ptr, lookups_stride, lookups_ptr, 0, 0.0, 0.0,
-        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, out_scale, num_unique,
+        grad_features, grad_stride_b, grad_stride_f, n, dim, partial_ptr, count_slots_ptr,
+        search_steps, lookups_ptr, out_ptr, out_stride, out_ptr, out_ptr, lookups_ptr,
+        lookups_ptr, lookups_stride, lookups_ptr, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        out_scale, num_unique,
         FINISH, True, 0, CHUNK, SEGS, UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
 
@@ -105,16 +109,17 @@ def pool_backward_triton(
     if lookups is None:  # the counts go to a scratch word
         lookups = torch.empty(1, dtype=torch.int32, device=device).expand(num_unique)
     stride = out.stride(0) if dim > 0 else 1
-    grad = grad_pooled.float().contiguous().view(grad_pooled.shape[0] * grad_pooled.shape[1], dim)
+    grad = host.pooled_rows(grad_pooled)
     args = (out, stride, lookups, lookups.stride(0), scale, num_unique)
-    align = row_align(dim, stride)
+    align = row_align(dim, stride, *grad[2:])
     host.run_segments(_pool_backward_kernel, entries, chunk, grad, align, args, False)
     return out
 
 
 def compile_cases():
     """Calls covering every specialization this launcher makes (kernels.compile_check compiles
-    them): each out dtype x column class, both passes (N > CHUNK), with lookups and without."""
+    them): each out dtype x column class, both passes (N > CHUNK), with lookups and without,
+    the pooled gradient contiguous or strided."""
     n = 2 * host.CHUNK + 5
     offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
     inverse = torch.arange(n, dtype=torch.int64) % 5
@@ -129,4 +134,13 @@ def compile_cases():
             )
             yield lambda d=dim, t=dtype: pool_backward_triton(
                 torch.zeros(2, 2, d), inverse, offsets, mean, 5, out=torch.empty(5, d, dtype=t)
+            )
+            # the pooled gradient a slice of a concatenation (unaligned for odd d)
+            yield lambda d=dim, t=dtype: pool_backward_triton(
+                torch.zeros(2, 3, d)[:, 1:],
+                inverse,
+                offsets,
+                mean,
+                5,
+                out=torch.empty(5, d, dtype=t),
             )

@@ -12,8 +12,10 @@ reference below does (pool_backward_reference, then SparseOptimizer.update_rows)
 
 merge_update is the owner's half at W > 1: the gradient rows received from every rank (a row may
 come from several) are summed per row in entry order and each row gets one step, in the same
-kernel (kernels.pool_backward_update_triton). Both return the number of rows updated as a 0-dim
-int64 tensor on the weight's device: reading it is the caller's host sync, when it needs it.
+kernel (kernels.pool_backward_update_triton). Both return the number of rows updated as an int64
+tensor on the weight's device whose sum is that number (the Triton path: a count per program, summed by
+no launch of its own; the reference: a 0-dim tensor, its own sum). Summing and reading it is the caller's
+business, when it needs it (embedding.byte_model, at log steps).
 """
 
 import torch
@@ -73,7 +75,7 @@ def pool_backward_update(
         feature_mean: bool/int [F], true where feature f is mean-pooled.
         optimizer: the optimizer and its hyper-parameters (lr: the rate in force).
     Returns:
-        int64 0-dim tensor on weight's device: the number of distinct rows updated.
+        int64 tensor on weight's device whose sum is the number of distinct rows updated.
     """
     run = by_device(
         weight,
@@ -143,7 +145,7 @@ def merge_update(
             whose counts sum to 0 is not touched at all (weight, state, freq, last_step).
         scale: optional float32 [K], a factor per gradient row (applied before the sum).
     Returns:
-        int64 0-dim tensor on weight's device: the number of distinct rows updated.
+        int64 tensor on weight's device whose sum is the number of distinct rows updated.
     """
     run = by_device(
         weight,

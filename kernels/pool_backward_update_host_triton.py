@@ -268,32 +268,51 @@ def lanes_per_program(block_d: int, align: int) -> tuple[int, int]:
     return lanes * INTERPRETER_LANES if INTERPRETED else lanes, unroll
 
 
+def pooled_rows(grad_pooled: torch.Tensor) -> tuple:
+    """(grad, F, stride_b, stride_f) of a pooled gradient [B, F, D] read in place: the segment
+    kernel finds row b * F + f at b * stride_b + f * stride_f (e.g. a slice of the dense
+    network's concatenation: no copy); copied only when it is not float32 or its columns are
+    not contiguous."""
+    grad = grad_pooled.float()
+    if grad.shape[2] > 1 and grad.stride(2) != 1:
+        grad = grad.contiguous()
+    return grad, grad.shape[1], grad.stride(0), grad.stride(1)
+
+
 def run_segments(
-    kernel, entries, chunk: int, grad, align: int, args: tuple, count_rows: bool, **modes
+    kernel, entries, chunk: int, grad: tuple, align: int, args: tuple, count_rows: bool, **modes
 ):
     """Both passes of ``kernel`` (a wrapper of segment_pass) over entries sorted in blocks of
-    chunk, grad [*, D] their source rows; args: the kernel's arguments after done_ptr.
-    count_rows: -> int64 0-dim, the rows updated (each program counts its own: no atomics)."""
-    n, dim = entries.keys.numel(), grad.shape[1]
+    chunk; grad: (tensor, F, stride_b, stride_f), the source rows (pooled_rows), D its last
+    dim; args: the kernel's arguments after done_ptr.
+    count_rows: -> int64 [programs] device counts whose sum is the rows updated (each program
+    counts its own, no atomics, and nothing sums them here: a launch, for a number read at log
+    steps only). The first pass writes its counts after the count slots; the second pass's
+    programs add them in (at most CHUNK each), and only the second pass's counts are returned,
+    at most N / CHUNK of them: a caller keeping them for a while keeps little."""
+    n, dim, device = entries.keys.numel(), grad[0].shape[-1], grad[0].device
     block_d = column_block(dim)
     segs, unroll = lanes_per_program(block_d, align)
     blocks = triton.cdiv(n, chunk)
-    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=grad.device)
-    count_slots = torch.empty(2 * blocks, dtype=torch.int64, device=grad.device)
+    partial = torch.empty(2 * blocks, dim, dtype=torch.float32, device=device)
     first = triton.cdiv(n, segs)
     # with one block no segment crosses a block boundary
     second = triton.cdiv(blocks, segs) if blocks > 1 else 0
-    done = torch.empty(first + second, dtype=torch.int32, device=grad.device)
-    for finish, programs, start in ((False, first, 0), (True, second, first)):
+    # the slots, then the first pass's counts (segment_pass finds them there)
+    count_slots = torch.empty(2 * blocks + first, dtype=torch.int64, device=device)
+    done = (count_slots[2 * blocks :], torch.empty(second, dtype=torch.int64, device=device))
+    for finish, programs in ((False, first), (True, second)):
         if programs == 0:
             continue
-        counted = (done[start:],) if count_rows else ()
+        counted = (done[finish],) if count_rows else ()
         kernel[(programs,)](
-            *entries, grad, n, dim, partial, count_slots, n.bit_length(), *counted, *args,
+            *entries, *grad, n, dim, partial, count_slots, n.bit_length(), *counted, *args,
             FINISH=finish, CHUNK=chunk, SEGS=segs, UNROLL=unroll, BLOCK_D=block_d, ALIGN=align,
             num_warps=1, **modes,
         )  # fmt: skip
-    return done.sum() if count_rows else None
+    if not count_rows:
+        return None
+    return done[1] if second else done[0]  # one block: the first pass's counts, at most CHUNK
 
 
 def compile_cases():

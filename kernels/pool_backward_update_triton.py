@@ -14,7 +14,7 @@ Two passes: the first sums every segment that fits in a block of CHUNK sorted en
 finishes it; pieces of longer segments (hot rows) write their partial sums to their own slots;
 the second (``FINISH``) sums each long segment's slots in order and finishes it. No atomics: the
 bits do not depend on scheduling. No host sync: grids are sized from N, and the number of rows
-updated comes back as a device tensor. The optimizer is a constexpr (its row math:
+updated comes back as a device tensor of counts (summed when read). The optimizer is a constexpr (its row math:
 kernels.sparse_optimizer_triton), so each variant holds one optimizer's code only.
 """
 
@@ -48,13 +48,16 @@ def _segment_update_kernel(
     has_scale,  # 0: every scale is 1
     counts_ptr,  # int32: source row r holds counts_ptr[r] lookups (has_counts)
     has_counts,  # 0: every entry is one lookup
-    grad_ptr,  # float32 [*, D] source gradient rows, contiguous
+    grad_ptr,  # float32 source gradient rows (columns contiguous), in place
+    grad_features,  # F: source row r = b * F + f (merge: 1)
+    grad_stride_b,  # elements between grad's b and b + 1: row r at b * stride_b + f * stride_f
+    grad_stride_f,  # elements between grad's f and f + 1 (merge: 0)
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
-    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
+    count_slots_ptr,  # int64 slots: their lookups [2 * cdiv(N, CHUNK)], then first-pass counts
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
-    done_ptr,  # int32 [programs] out: rows updated by each program
+    done_ptr,  # int64 out: rows updated by each program (host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place
     weight_stride,  # elements between rows of weight
     m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
@@ -81,15 +84,17 @@ def _segment_update_kernel(
 ):
     segment_pass(
         keys_ptr, pieces_ptr, src_ptr, scale_ptr, has_scale, counts_ptr, has_counts, grad_ptr,
-        n, dim, partial_ptr, count_slots_ptr, search_steps, done_ptr, weight_ptr, weight_stride,
-        m1_ptr, m2_ptr, steps_ptr, freq_ptr, 1, last_step_ptr, step, lr, eps, beta1, beta2,
-        one_minus_beta1, one_minus_beta2, log2_beta1, log2_beta2, 1.0, 0,
+        grad_features, grad_stride_b, grad_stride_f, n, dim, partial_ptr, count_slots_ptr,
+        search_steps, done_ptr, weight_ptr, weight_stride, m1_ptr, m2_ptr, steps_ptr, freq_ptr, 1,
+        last_step_ptr, step, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, log2_beta1,
+        log2_beta2, 1.0, 0,
         FINISH, False, OPTIMIZER, CHUNK, SEGS, UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
 
 
 def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer):
-    """Both passes of _segment_update_kernel; -> int64 0-dim: rows updated."""
+    """Both passes of _segment_update_kernel over grad (host.run_segments); -> int64 counts
+    whose sum is the rows updated."""
     m1, m2, steps = optimizer_state(state, weight.device)
     args = (weight, weight.stride(0), m1, m2, steps, freq, last_step, step)
     return host.run_segments(
@@ -97,7 +102,7 @@ def _run_update(entries, chunk, grad, weight, state, freq, last_step, step, opti
         entries,
         chunk,
         grad,
-        row_align(weight.shape[1], weight.stride(0)),
+        row_align(weight.shape[1], weight.stride(0), *grad[2:]),
         (*args, *kernel_args(optimizer)[1:]),
         True,
         OPTIMIZER=OPTIMIZER_IDS[optimizer.name],
@@ -125,7 +130,7 @@ def pool_backward_update_triton(
     batch_size = grad_pooled.shape[0]
     chunk = host.CHUNK  # one value for the sort and the kernels (tests lower it)
     entries = bag_entries(value_rows, weight.shape[0], offsets, batch_size, mean, chunk)
-    grad = grad_pooled.float().contiguous().view(grad_pooled.shape[0] * grad_pooled.shape[1], dim)
+    grad = host.pooled_rows(grad_pooled)
     return _run_update(entries, chunk, grad, weight, state, freq, last_step, step, optimizer)
 
 
@@ -149,12 +154,16 @@ def merge_update_triton(
     chunk = host.CHUNK
     entries = row_entries(rows, weight.shape[0], counts, scale, chunk)
     grads = grads.contiguous()
-    return _run_update(entries, chunk, grads, weight, state, freq, last_step, step, optimizer)
+    rows_in_place = (grads, 1, grads.stride(0), 0)  # one feature: row r at r * stride(0)
+    return _run_update(
+        entries, chunk, rows_in_place, weight, state, freq, last_step, step, optimizer
+    )
 
 
 def compile_cases():
     """Calls covering every specialization these launchers make (kernels.compile_check compiles
-    them): each optimizer x storage dtype x column class, both passes (N > CHUNK)."""
+    them): each optimizer x storage dtype x column class, both passes (N > CHUNK), the pooled
+    gradient contiguous or strided."""
     n = 2 * host.CHUNK + 5
     offsets = torch.tensor([0, n - 7, n - 7, n - 2, n], dtype=torch.int64)  # F=2, B=2, empty bag
     value_rows = torch.arange(n, dtype=torch.int64) % 5
@@ -167,11 +176,12 @@ def compile_cases():
                     weight = torch.zeros(8, d, dtype=t)
                     state = o.init_state(8, d, "cpu")
                     counters = [torch.zeros(8, dtype=torch.int64) for _ in range(2)]
-                    grad = torch.zeros(2, 2, d)
                     mean = torch.tensor([True, False])
-                    pool_backward_update_triton(
-                        weight, state, *counters, 1, value_rows, offsets, grad, mean, o
-                    )
+                    # contiguous, and a slice of a concatenation (unaligned for odd d)
+                    for grad in (torch.zeros(2, 2, d), torch.zeros(2, 3, d)[:, 1:]):
+                        pool_backward_update_triton(
+                            weight, state, *counters, 1, value_rows, offsets, grad, mean, o
+                        )
                     merge_update_triton(
                         weight, state, *counters, 1, value_rows, torch.zeros(n, d),
                         torch.ones(n, dtype=torch.int32), o, torch.ones(n),

@@ -31,6 +31,9 @@ from kernels.sparse_optimizer_triton import ADAGRAD, row_factors, update_columns
 COMPILE_DIMS = (3, 16, 32, 64, 100, 128)
 # sizes that change per call are not value-specialized (kernels/common_triton.py)
 SIZES = [
+    "grad_features",
+    "grad_stride_b",
+    "grad_stride_f",
     "has_scale",
     "has_counts",
     "n",
@@ -128,6 +131,9 @@ def lane_count(
 @triton.jit
 def lane_sum(
     grad_ptr,
+    grad_features,
+    grad_stride_b,
+    grad_stride_f,
     src_ptr,
     scale_ptr,
     has_scale,
@@ -147,7 +153,8 @@ def lane_sum(
     """Per lane, columns ``cols`` of the sum of ``length`` rows, one after another:
     FINISH: the slots first_slot, 2 * (start + 1), 2 * (start + 2), ... of partial;
     else: sorted entries start, start + 1, ...: scale[r] * gradient row r, r their source row
-    (scale 1 where has_scale is 0)."""
+    (scale 1 where has_scale is 0), row r at (r // grad_features) * grad_stride_b +
+    (r % grad_features) * grad_stride_f of grad."""
     acc = tl.zeros([SEGS, BLOCK_D], dtype=tl.float32)
     for j0 in range(0, tl.max(length), UNROLL):
         for u in tl.static_range(UNROLL):
@@ -157,12 +164,16 @@ def lane_sum(
                 row = tl.where(j == 0, first_slot, 2 * (start + j)).to(tl.int64)
                 scale = tl.full([SEGS], 1.0, tl.float32)
                 ptr = partial_ptr
+                base = tl.multiple_of(row * dim, ALIGN)
             else:
-                row = tl.load(src_ptr + start + j, mask=m, other=0).to(tl.int64)
+                source = tl.load(src_ptr + start + j, mask=m, other=0)
                 scaled = tl.where(has_scale != 0, m, False)
-                scale = tl.load(scale_ptr + row, mask=scaled, other=1.0)
+                scale = tl.load(scale_ptr + source, mask=scaled, other=1.0)
                 ptr = grad_ptr
-            base = tl.multiple_of(row * dim, ALIGN)
+                # the gradient in place (e.g. a slice of the dense network's concatenation)
+                b = (source // grad_features).to(tl.int64)
+                f = (source % grad_features).to(tl.int64)
+                base = tl.multiple_of(b * grad_stride_b + f * grad_stride_f, ALIGN)
             x = tl.load(
                 ptr + base[:, None] + cols[None, :], mask=m[:, None] & col_mask[None, :], other=0.0
             )
@@ -242,25 +253,10 @@ def emit(
         tl.store(weight_ptr + w_base[:, None] + cols[None, :], out, mask=mask)
     else:
         update_columns(
-            weight_ptr,
-            w_base[:, None],
-            m1_ptr,
-            m2_ptr,
-            s_base[:, None],
-            cols[None, :],
-            mask,
-            acc,
-            OPTIMIZER,
-            lr,
-            eps,
-            beta1,
-            beta2,
-            one_minus_beta1,
-            one_minus_beta2,
-            denom[:, None],
-            bias1[:, None],
-            bias2[:, None],
-        )
+            weight_ptr, w_base[:, None], m1_ptr, m2_ptr, s_base[:, None], cols[None, :], mask, acc,
+            OPTIMIZER, lr, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, denom[:, None],
+            bias1[:, None], bias2[:, None],
+        )  # fmt: skip
 
 
 @triton.jit
@@ -272,13 +268,16 @@ def segment_pass(
     has_scale,  # 0: every scale is 1
     counts_ptr,  # int32: source row r holds counts_ptr[r] lookups (has_counts)
     has_counts,  # 0: every entry is one lookup
-    grad_ptr,  # float32 [*, D] source gradient rows, contiguous
+    grad_ptr,  # float32 source gradient rows, columns contiguous (row r: lane_sum says where)
+    grad_features,  # F: source row r = b * F + f
+    grad_stride_b,  # elements between grad's b and b + 1 (divisible by ALIGN)
+    grad_stride_f,  # elements between grad's f and f + 1 (divisible by ALIGN)
     n,  # N, entries
     dim,  # D
     partial_ptr,  # float32 [2 * cdiv(N, CHUNK), D] slots: partial sums of split segments
-    count_slots_ptr,  # int64 [2 * cdiv(N, CHUNK)] slots: their lookups
+    count_slots_ptr,  # int64 slots: their lookups [2 * cdiv(N, CHUNK)], then first-pass counts
     search_steps,  # FINISH: binary-search halvings over N entries (N.bit_length())
-    done_ptr,  # int32 [programs] out: rows updated by each program (not WRITE_OUT)
+    done_ptr,  # int64 out: rows updated by each program (not WRITE_OUT; host.run_segments)
     weight_ptr,  # [R, D] storage (fp32/bf16/fp16), updated in place; WRITE_OUT: out [U, D]
     weight_stride,  # elements between rows of weight_ptr
     m1_ptr,  # adagrad: float32 [R]; adam: float32 [R, D]
@@ -345,13 +344,22 @@ def segment_pass(
         freq = tl.load(freq_ptr + row * freq_stride, mask=fin, other=0)
         tl.store(freq_ptr + row * freq_stride, freq + count, mask=fin)
         tl.store(last_step_ptr + row, tl.zeros_like(row) + step, mask=fin)
-        tl.store(done_ptr + pid, tl.sum(fin.to(tl.int32)))
+        updated = tl.sum(fin.to(tl.int64))
+        if FINISH:
+            # the first pass's counts (after the slots): at most CHUNK of its programs per
+            # program here, added in, so the counts the caller keeps are few
+            first = pid * CHUNK + tl.arange(0, CHUNK)
+            counted = first < tl.cdiv(n, SEGS)
+            first_done = count_slots_ptr + 2 * tl.cdiv(n, CHUNK) + first
+            updated += tl.sum(tl.load(first_done, mask=counted, other=0))
+        tl.store(done_ptr + pid, updated)
     w_base = tl.multiple_of(row * weight_stride, ALIGN)
     s_base = tl.multiple_of(row * dim, ALIGN)
     d = tl.arange(0, BLOCK_D)
     acc = lane_sum(
-        grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
-        d, column_mask(d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+        grad_ptr, grad_features, grad_stride_b, grad_stride_f, src_ptr, scale_ptr, has_scale,
+        partial_ptr, start, slot, length, d, column_mask(d, dim, ALIGN), dim, FINISH, SEGS,
+        UNROLL, BLOCK_D, ALIGN,
     )  # fmt: skip
     denom = tl.sum(acc * acc, axis=1)
     bias1, bias2 = denom, denom
@@ -360,9 +368,9 @@ def segment_pass(
         if OPTIMIZER == ADAGRAD:
             for d0 in range(BLOCK_D, dim, BLOCK_D):
                 more = lane_sum(
-                    grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
-                    d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D,
-                    ALIGN,
+                    grad_ptr, grad_features, grad_stride_b, grad_stride_f, src_ptr, scale_ptr,
+                    has_scale, partial_ptr, start, slot, length, d0 + d,
+                    column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
                 )  # fmt: skip
                 denom += tl.sum(more * more, axis=1)
         denom, bias1, bias2 = row_factors(
@@ -375,8 +383,9 @@ def segment_pass(
     )  # fmt: skip
     for d0 in range(BLOCK_D, dim, BLOCK_D):
         acc = lane_sum(
-            grad_ptr, src_ptr, scale_ptr, has_scale, partial_ptr, start, slot, length,
-            d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH, SEGS, UNROLL, BLOCK_D, ALIGN,
+            grad_ptr, grad_features, grad_stride_b, grad_stride_f, src_ptr, scale_ptr, has_scale,
+            partial_ptr, start, slot, length, d0 + d, column_mask(d0 + d, dim, ALIGN), dim, FINISH,
+            SEGS, UNROLL, BLOCK_D, ALIGN,
         )  # fmt: skip
         emit(
             d0 + d, acc, fin, part, slot, w_base, s_base, partial_ptr, weight_ptr, m1_ptr, m2_ptr,
