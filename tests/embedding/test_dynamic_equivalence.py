@@ -16,6 +16,10 @@ CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]
 
 def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
     """Per case: losses, per-step dynamic keys and counters, final tables (dynamic: by key) and dense weights."""
+    import embedding.dynamic
+
+    # expiry sweeps every N = 3 steps (E = 3): keys outlive E by 0 to 2 steps, the same at every W
+    embedding.dynamic.EXPIRY_SLACK = 1
     results = {}
     for optimizer, pipelined in cases:
         cfg, parts = load_parts(
