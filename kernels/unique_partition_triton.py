@@ -12,7 +12,8 @@ found one of two ways:
   earlier calls lose every comparison and the array is never cleared (8 bytes per possible key,
   allocated once per device and stream).
 - hash (any non-negative int64 key, e.g. a huge key space): an open-addressing table built per
-  call with ``tl.atomic_cas`` on the key slots (linear probing, capacity a power of two >= 2N),
+  call (home slot splitmix64(key) & (C - 1), linear probing, capacity C a power of two >= 2N):
+  each round reads the slot and only a lane that finds it EMPTY claims it with ``tl.atomic_cas``,
   then ``atomic_min`` of positions per slot. Probing is bounded by ``max_probes`` rounds; a
   program with unresolved lanes raises a device flag. A second launch of the same kernel always
   follows: each of its programs reads the flag and returns at once when it is clear (the usual
@@ -36,6 +37,7 @@ import triton
 import triton.language as tl
 
 from kernels.common_triton import column_scan_kernel
+from kernels.hash_table_triton import splitmix64_triton
 from kernels.ownership_triton import check_tables, key_owner
 
 # Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
@@ -44,8 +46,6 @@ from kernels.ownership_triton import check_tables, key_owner
 _EMPTY = tl.constexpr(-1)
 # compare value for lanes that must not write: no slot ever holds -2, so the CAS is a read
 _NEVER = tl.constexpr(-2)
-# 2^64 / golden ratio as a signed int64: Fibonacci hashing spreads consecutive ids over the table
-_HASH_MUL = tl.constexpr(-7046029254386353131)
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)
 _DEFAULT_MAX_PROBES = 64
 BLOCK = 1024  # positions per program in every kernel here
@@ -144,18 +144,24 @@ def _insert_hash_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
-    h = key * _HASH_MUL
-    h = h ^ (h >> 29)
-    slot = h & slot_mask
+    # splitmix64 mixes every key bit into the slot bits: structured ids (i << 40, multiples of a
+    # power of two) spread like random ones, where the low bits of key * M put them in a few slots
+    slot = splitmix64_triton(key) & slot_mask
     pending = valid
     n_pending = tl.sum(pending.to(tl.int32))
     probes = 0
     while (n_pending > 0) & (probes < max_probes):
-        # atomic_cas has no mask: resolved and padding lanes compare against a value no slot
-        # holds, which turns their CAS into a harmless read
-        cmp = tl.where(pending, _EMPTY, _NEVER).to(tl.int64)
-        old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
-        pending = pending & (old != _EMPTY) & (old != key)
+        # a plain read first: a lane finding its key, or another key, needs no atomic
+        current = tl.load(slot_keys_ptr + slot, mask=pending, other=_NEVER)
+        done = pending & (current == key)
+        claim = pending & (current == _EMPTY)
+        if tl.sum(claim.to(tl.int32)) > 0:
+            # atomic_cas has no mask: lanes not claiming compare against a value no slot holds,
+            # a read; rounds where no lane of the block claims issue no CAS at all
+            cmp = tl.where(claim, _EMPTY, _NEVER).to(tl.int64)
+            old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
+            done = done | (claim & ((old == _EMPTY) | (old == key)))
+        pending = pending & ~done
         # linear probing keeps the next candidate in the same cache line most of the time
         slot = tl.where(pending, (slot + 1) & slot_mask, slot)
         n_pending = tl.sum(pending.to(tl.int32))

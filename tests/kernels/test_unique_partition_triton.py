@@ -65,6 +65,48 @@ def test_unique_partition_probe_overflow_falls_back():
     check_unique_partition(keys, offsets, owners, 3, result)
 
 
+STRUCTURED = {
+    "shifted_40": lambda i: i << 40,  # ids with their low 40 bits zero
+    "shifted_50": lambda i: i << 50,
+    "shifted_20_tagged": lambda i: (i << 20) | 7,
+    "multiples_of_4096": lambda i: i * 4096,
+    "top_bits": lambda i: (i << 51) | (i & 1),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("pattern", sorted(STRUCTURED))
+def test_structured_ids_fit_the_bounded_first_pass(pattern):
+    """4096 structured ids (each twice, shuffled) into 16384 slots: the first pass places every key within the
+    default probe bound (no overflow flag, so the rerun does nothing), and the outputs equal the reference."""
+    import kernels.unique_partition_triton as up
+
+    ids = STRUCTURED[pattern](torch.arange(4096, dtype=torch.int64))
+    keys = torch.cat([ids, ids[torch.randperm(4096, generator=torch.Generator().manual_seed(3))]])
+    n = keys.numel()
+    capacity = 2 * n
+    slot_keys, slot_pos = on(torch.full((capacity,), -1), torch.full((capacity,), n).int())
+    slot_of, overflow = on(torch.empty(n, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+    up._insert_hash_kernel[(n // up.BLOCK,)](
+        on(keys),
+        n,
+        slot_keys,
+        capacity - 1,
+        slot_pos,
+        slot_of,
+        overflow,
+        64,
+        RERUN=0,
+        BLOCK=up.BLOCK,
+    )
+    assert int(overflow[0]) == 0, f"{pattern}: some key found no slot within 64 probes"
+    assert int((slot_keys >= 0).sum()) == 4096  # each id once
+    offsets = torch.tensor([0, 2**63 - 1], dtype=torch.int64)
+    owners = torch.tensor([-1], dtype=torch.int64)
+    result = unique_partition_triton(*on(keys, offsets, owners), 2)
+    check_unique_partition(keys, offsets, owners, 2, result)
+
+
 @needs_triton
 def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
     """The persistent map is never cleared: each call's smaller tag must beat what earlier calls left,
