@@ -201,7 +201,8 @@ class DynamicShard:
         self._ensure_slots(keys.numel())
         expired_keys, expired_rows = self._expire(step)
         slots, inserted = find_or_insert(self.slot_keys, keys, True)
-        count = self.slot_count[slots] + counts
+        # a key new in this call may sit on a tombstone, whose count _remove leaves as it was
+        count = torch.where(inserted, 0, self.slot_count[slots]) + counts
         self.slot_count[slots] = count
         self.slot_seen[slots] = step
         need = (self.slot_row[slots] < 0) & (count >= self.spec.admit_min_freq)
@@ -287,10 +288,10 @@ class DynamicShard:
         if self.spec.evict_when_full:
             shards = self._local_shard(self.slot_keys.clamp(min=0))
             self.shard_live.index_add_(0, shards, -has_row.long())
+        # count and seen of a tombstone are never read (prepare and insert_entries set them for a key that
+        # takes its slot): two passes over the index fewer
         self.slot_keys.masked_fill_(mask, TOMBSTONE)
         self.slot_row.masked_fill_(mask, -1)
-        self.slot_count.masked_fill_(mask, 0)
-        self.slot_seen.masked_fill_(mask, 0)
         return has_row.sum()
 
     def _evict_least_recent(self, over: list[int], step: int) -> None:
