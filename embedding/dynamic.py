@@ -14,7 +14,11 @@ not a sketch). In the step where a key's count reaches N it gets a row (init_row
 that step on; before, it reads the null row (zeros) and gets no update. Its freq starts at the
 lookups counted before that step.
 
-Eviction. Keys not seen for more than evict_after_steps steps are forgotten. With evict_when_full
+Eviction. Keys not seen for more than evict_after_steps = E steps are forgotten, by a sweep of the index
+every N = ceil(E / EXPIRY_SLACK) steps (at the steps that are multiples of N) rather than at every step: a key
+last seen at step t is dropped at the first multiple of N after t + E, so no earlier than E and no later than
+E + N steps after its last lookup (N = 1 for E <= EXPIRY_SLACK: the exact step t + E + 1). Which steps sweep
+depends only on the step number, never on W, slots or restores. With evict_when_full
 a key shard keeps capacity / key_shards rows and frees the rows of its least recently seen keys
 (ties: smaller key first; never keys seen in this step); otherwise a rank's pool doubles when
 full, up to its share of max_capacity, beyond which the run stops naming the table.
@@ -38,6 +42,14 @@ from kernels.hash_table import EMPTY, TOMBSTONE
 from kernels.hashing import splitmix64, uniform
 
 MIN_SLOTS = 16
+# expiry sweeps every ceil(E / EXPIRY_SLACK) steps: an id outlives evict_after_steps by at most 1/8 of it,
+# for 1/N of the per-step index traffic of a sweep at every step
+EXPIRY_SLACK = 8
+
+
+def expire_every(evict_after_steps: int) -> int:
+    """N: the steps between two expiry sweeps (the sweeps run at the steps that are multiples of N)."""
+    return max(1, math.ceil(evict_after_steps / EXPIRY_SLACK))
 
 
 def table_salt(name: str) -> int:
@@ -133,6 +145,9 @@ class DynamicShard:
         self.admitted = self.evicted = 0  # rows admitted / freed since the counters were last read
         # ... since this process started (restores not counted)
         self.admitted_total = self.evicted_total = 0
+        # the first step >= this one that is a multiple of N sweeps; set at the first prepare, so that a run
+        # resumed from a checkpoint sweeps at the same steps as one that was not interrupted
+        self.next_sweep: int | None = None
 
     # ---- index --------------------------------------------------------------------------------------------------
     def _new_index(self, slots: int) -> None:
@@ -186,7 +201,8 @@ class DynamicShard:
         self._ensure_slots(keys.numel())
         expired_keys, expired_rows = self._expire(step)
         slots, inserted = find_or_insert(self.slot_keys, keys, True)
-        count = self.slot_count[slots] + counts
+        # a key new in this call may sit on a tombstone, whose count _remove leaves as it was
+        count = torch.where(inserted, 0, self.slot_count[slots]) + counts
         self.slot_count[slots] = count
         self.slot_seen[slots] = step
         need = (self.slot_row[slots] < 0) & (count >= self.spec.admit_min_freq)
@@ -249,10 +265,17 @@ class DynamicShard:
 
     # ---- eviction -------------------------------------------------------------------------------------------------
     def _expire(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forget keys not seen for more than evict_after_steps steps, on the device: (keys, rows) freed, as tensors."""
+        """At a sweep step (module docstring), forget keys not seen for more than evict_after_steps steps, on the
+        device: (keys, rows) freed, as tensors; other steps touch nothing."""
         zero = torch.zeros((), dtype=torch.int64, device=self.device)
         if not self.spec.evict_after_steps:
             return zero, zero
+        every = expire_every(self.spec.evict_after_steps)
+        if self.next_sweep is None:
+            self.next_sweep = -(-step // every) * every
+        if step < self.next_sweep:
+            return zero, zero
+        self.next_sweep = (step // every + 1) * every
         stale = (self.slot_keys >= 0) & (step - self.slot_seen > self.spec.evict_after_steps)
         return stale.sum(), self._remove(stale)
 
@@ -265,10 +288,10 @@ class DynamicShard:
         if self.spec.evict_when_full:
             shards = self._local_shard(self.slot_keys.clamp(min=0))
             self.shard_live.index_add_(0, shards, -has_row.long())
+        # count and seen of a tombstone are never read (prepare and insert_entries set them for a key that
+        # takes its slot): two passes over the index fewer
         self.slot_keys.masked_fill_(mask, TOMBSTONE)
         self.slot_row.masked_fill_(mask, -1)
-        self.slot_count.masked_fill_(mask, 0)
-        self.slot_seen.masked_fill_(mask, 0)
         return has_row.sum()
 
     def _evict_least_recent(self, over: list[int], step: int) -> None:

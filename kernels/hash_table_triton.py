@@ -3,7 +3,8 @@
 One lane per key, BLOCK keys per program. Phase 1 probes linearly from the home slot
 (splitmix64(key) & mask, the same function as the reference) until the key or EMPTY. Phase 2
 (insert) probes again from the home slot and claims the first EMPTY or TOMBSTONE slot with
-``tl.atomic_cas``; a lane whose CAS loses (another key took the slot) moves on. Probing is bounded by
+``tl.atomic_cas`` (issued only in rounds where some lane of the block sees a free slot); a lane whose
+CAS loses (another key took the slot) moves on. Probing is bounded by
 the table size, so a full table ends the loop instead of spinning (the lane reports slot -1).
 
 No host sync and no temporary beyond the two outputs: a call costs one read of each key, the probed
@@ -31,7 +32,7 @@ BLOCK = 256  # keys per program: probing loops run while any lane of the block i
 
 
 @triton.jit
-def _splitmix64(x):
+def splitmix64_triton(x):
     """kernels.hashing.splitmix64 on int64 (wrapping arithmetic; >> is arithmetic, hence the masks)."""
     z = x + _GOLDEN
     z = (z ^ ((z >> 30) & _LOW34)) * _MIX1
@@ -54,7 +55,7 @@ def _find_or_insert_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
-    home = _splitmix64(key) & slot_mask
+    home = splitmix64_triton(key) & slot_mask
 
     slot = home
     pending = valid
@@ -78,10 +79,13 @@ def _find_or_insert_kernel(
         while (n_pending > 0) & (probes < capacity):
             current = tl.load(slot_keys_ptr + slot, mask=pending, other=0)
             free = pending & ((current == _EMPTY) | (current == _TOMBSTONE))
-            # atomic_cas has no mask: lanes that must not write compare against a value no slot holds
-            cmp = tl.where(free, current, _NEVER).to(tl.int64)
-            old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
-            won = free & (old == current)
+            won = offs < 0  # all false
+            # rounds where no lane of the block sees a free slot issue no CAS
+            if tl.sum(free.to(tl.int32)) > 0:
+                # atomic_cas has no mask: lanes that must not write compare against a value no slot holds
+                cmp = tl.where(free, current, _NEVER).to(tl.int64)
+                old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
+                won = free & (old == current)
             inserted = inserted | won
             pending = pending & ~won
             slot = tl.where(pending, (slot + 1) & slot_mask, slot)

@@ -157,13 +157,15 @@ def _check_args(weight, rows, grads, state, optimizer) -> None:
     optimizer.check_state(state, weight)
 
 
-def _merge_duplicates(rows, grads, num_rows: int, block_d: int):
+def _merge_duplicates(rows, grads, weight, block_d: int):
     """(unique rows [U], their summed gradients float32 [U, D], U): the dedup and _merge_kernel."""
-    device, dim = rows.device, grads.shape[1]
+    device, dim, num_rows = rows.device, grads.shape[1], weight.shape[0]
     one_table = torch.tensor([0, num_rows], dtype=torch.int64, device=device)
+    # the dedup map lives as long as the weight, not as the per-call one_table
     unique_rows, _, inverse = unique_partition_triton(
-        rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows
-    )
+        rows, one_table, torch.zeros(1, dtype=torch.int64, device=device), 1, key_space=num_rows,
+        map_owner=weight,
+    )  # fmt: skip
     num_unique = unique_rows.numel()
     merged = torch.zeros(num_unique, dim, dtype=torch.float32, device=device)
     merge_k = tile_rows(block_d, _MERGE_VALUES_PER_THREAD)
@@ -232,7 +234,7 @@ def sparse_update_triton(
     if rows_unique:
         unique_rows, merged, num_unique = rows, grads.float().contiguous(), rows.numel()
     else:
-        unique_rows, merged, num_unique = _merge_duplicates(rows, grads, num_rows, block_d)
+        unique_rows, merged, num_unique = _merge_duplicates(rows, grads, weight, block_d)
     _launch_update(weight, unique_rows, merged, num_unique, state, optimizer, block_d)
 
 

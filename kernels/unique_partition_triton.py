@@ -6,13 +6,17 @@ is also what the torch reference returns, so both paths give identical outputs.
 Every position i gets its key's representative rep[i] = the first position holding that key,
 found one of two ways:
 
-- direct (``key_space`` given and <= DIRECT_MAX_KEYS, static tables): a persistent int64 array
-  over the key space holds ``tag << 32 | position``; one ``atomic_min`` per position leaves each
-  key's first position. Each call uses a smaller tag than the previous one, so entries left by
-  earlier calls lose every comparison and the array is never cleared (8 bytes per possible key,
-  allocated once per device and stream).
+- direct (``key_space`` given and <= DIRECT_MAX_KEYS, static tables): an int64 array over the key
+  space holds ``tag << 32 | position``; one ``atomic_min`` per position leaves each key's first
+  position. Each call uses a smaller tag than the previous one, so entries left by earlier calls
+  lose every comparison and the array is never cleared. 8 bytes per possible key, so only key
+  spaces up to DIRECT_MAX_KEYS (256 MiB of map) take it; larger ones (the DCN-v2 tables: 1.6 GB)
+  take the hash path, whose table is sized to the call's N keys. The map belongs to a tensor of
+  the caller (``map_owner``, by default ``table_offsets``: the collection's layout holds it), one
+  per stream, and is freed when that tensor is: no module-level cache outlives the collection.
 - hash (any non-negative int64 key, e.g. a huge key space): an open-addressing table built per
-  call with ``tl.atomic_cas`` on the key slots (linear probing, capacity a power of two >= 2N),
+  call (home slot splitmix64(key) & (C - 1), linear probing, capacity C a power of two >= 2N):
+  each round reads the slot and only a lane that finds it EMPTY claims it with ``tl.atomic_cas``,
   then ``atomic_min`` of positions per slot. Probing is bounded by ``max_probes`` rounds; a
   program with unresolved lanes raises a device flag. A second launch of the same kernel always
   follows: each of its programs reads the flag and returns at once when it is clear (the usual
@@ -34,8 +38,10 @@ count that sizes the output; none with ``padded=True`` (the output keeps N entri
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from kernels.common_triton import column_scan_kernel
+from kernels.hash_table_triton import splitmix64_triton
 from kernels.ownership_triton import check_tables, key_owner
 
 # Globals read inside a kernel must be tl.constexpr: the compiler rejects plain ints (the interpreter
@@ -44,13 +50,11 @@ from kernels.ownership_triton import check_tables, key_owner
 _EMPTY = tl.constexpr(-1)
 # compare value for lanes that must not write: no slot ever holds -2, so the CAS is a read
 _NEVER = tl.constexpr(-2)
-# 2^64 / golden ratio as a signed int64: Fibonacci hashing spreads consecutive ids over the table
-_HASH_MUL = tl.constexpr(-7046029254386353131)
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)
 _DEFAULT_MAX_PROBES = 64
 BLOCK = 1024  # positions per program in every kernel here
 SCAN = 1024  # blocks per step of the scan
-DIRECT_MAX_KEYS = 1 << 28  # largest key space served by the direct map (2 GiB of int64)
+DIRECT_MAX_KEYS = 1 << 25  # largest key space served by the direct map (256 MiB of int64)
 _TAG_START = (1 << 31) - 1  # tags count down from here; the map is refilled when they run out
 
 
@@ -144,18 +148,24 @@ def _insert_hash_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_keys
     key = tl.load(keys_ptr + offs, mask=valid, other=0)
-    h = key * _HASH_MUL
-    h = h ^ (h >> 29)
-    slot = h & slot_mask
+    # splitmix64 mixes every key bit into the slot bits: structured ids (i << 40, multiples of a
+    # power of two) spread like random ones, where the low bits of key * M put them in a few slots
+    slot = splitmix64_triton(key) & slot_mask
     pending = valid
     n_pending = tl.sum(pending.to(tl.int32))
     probes = 0
     while (n_pending > 0) & (probes < max_probes):
-        # atomic_cas has no mask: resolved and padding lanes compare against a value no slot
-        # holds, which turns their CAS into a harmless read
-        cmp = tl.where(pending, _EMPTY, _NEVER).to(tl.int64)
-        old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
-        pending = pending & (old != _EMPTY) & (old != key)
+        # a plain read first: a lane finding its key, or another key, needs no atomic
+        current = tl.load(slot_keys_ptr + slot, mask=pending, other=_NEVER)
+        done = pending & (current == key)
+        claim = pending & (current == _EMPTY)
+        if tl.sum(claim.to(tl.int32)) > 0:
+            # atomic_cas has no mask: lanes not claiming compare against a value no slot holds,
+            # a read; rounds where no lane of the block claims issue no CAS at all
+            cmp = tl.where(claim, _EMPTY, _NEVER).to(tl.int64)
+            old = tl.atomic_cas(slot_keys_ptr + slot, cmp, key)
+            done = done | (claim & ((old == _EMPTY) | (old == key)))
+        pending = pending & ~done
         # linear probing keeps the next candidate in the same cache line most of the time
         slot = tl.where(pending, (slot + 1) & slot_mask, slot)
         n_pending = tl.sum(pending.to(tl.int32))
@@ -258,12 +268,16 @@ class _DirectMap:
         return self.first, self.tag
 
 
-_DIRECT_MAPS: dict[tuple, _DirectMap] = {}
+# map_owner -> {stream: _DirectMap}; weak keys: a map lives exactly as long as its owner tensor
+_DIRECT_MAPS = WeakTensorKeyDictionary()
 
 
-def _direct_map(device: torch.device) -> _DirectMap:
+def _direct_map(owner: torch.Tensor, device: torch.device) -> _DirectMap:
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    return _DIRECT_MAPS.setdefault((str(device), stream), _DirectMap())
+    maps = _DIRECT_MAPS.get(owner)
+    if maps is None:
+        maps = _DIRECT_MAPS[owner] = {}
+    return maps.setdefault(stream, _DirectMap())
 
 
 def _check(keys, table_offsets, table_owner, world_size):
@@ -274,7 +288,7 @@ def _check(keys, table_offsets, table_owner, world_size):
         )
 
 
-def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int, owners: tuple):
+def _representatives(keys, key_space: int | None, max_probes: int, owners: tuple, map_owner):
     """(rep int32 [N], group int32 [N], block_counts int32 [blocks, W]) by the direct map or the
     hash table (_mark_first); owners: the kernels' table arguments, offsets to world_size."""
     n, device = keys.numel(), keys.device
@@ -284,7 +298,7 @@ def _representatives(keys: torch.Tensor, key_space: int | None, max_probes: int,
     block_counts = torch.empty(grid[0] * owners[-1], dtype=torch.int32, device=device)
     marks = (rep, group, block_counts, *owners)
     if key_space is not None and key_space <= DIRECT_MAX_KEYS:
-        first_map, tag = _direct_map(device).next_tag(key_space, device)
+        first_map, tag = _direct_map(map_owner, device).next_tag(key_space, device)
         _first_direct_kernel[grid](keys, n, key_space, first_map, tag, BLOCK=BLOCK)
         _rep_direct_kernel[grid](keys, n, key_space, first_map, *marks, BLOCK=BLOCK)
         return rep, group, block_counts
@@ -320,12 +334,15 @@ def unique_partition_triton(
     max_probes: int = _DEFAULT_MAX_PROBES,
     padded: bool = False,
     counts_out: torch.Tensor | None = None,
+    map_owner: torch.Tensor | None = None,
 ):
     """Same contract and outputs as kernels.unique_partition.unique_partition.
 
     key_space: an exclusive bound of the keys known on the host (e.g. total rows of all tables), which
     selects the direct map when <= DIRECT_MAX_KEYS; None (or a larger one) selects the hash table.
     padded: unique_keys keeps all N entries (the first counts.sum() valid) and nothing syncs.
+    map_owner: the tensor the direct map is kept with and freed with (default table_offsets): pass
+    one that lives as long as the caller's module, as table_offsets built per call would not.
     """
     _check(keys, table_offsets, table_owner, world_size)
     device = keys.device
@@ -349,7 +366,10 @@ def unique_partition_triton(
     tables = table_owner.numel()
     # one owner: no table search (dedup keys may lie past the offsets)
     owners = (table_offsets, table_owner, tables, tables.bit_length() if world_size > 1 else 0)
-    rep, group, block_starts = _representatives(keys, key_space, max_probes, (*owners, world_size))
+    map_owner = table_offsets if map_owner is None else map_owner
+    rep, group, block_starts = _representatives(
+        keys, key_space, max_probes, (*owners, world_size), map_owner
+    )
     blocks = triton.cdiv(n, BLOCK)
     # each block's start within its owner's group, and the owners' totals
     column_scan_kernel[(world_size,)](block_starts, blocks, world_size, counts, SCAN=SCAN)

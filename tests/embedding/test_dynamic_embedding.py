@@ -81,6 +81,28 @@ def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
     assert ec.dynamic.shards[0].pool == 8  # freed rows were reused, nothing grew
 
 
+def test_expiry_sweeps_every_n_steps_and_evicts_within_e_to_e_plus_n(monkeypatch):
+    """evict_after_steps = E = 16 sweeps every N = 2 steps: a key last seen at step t goes at the first even step
+    after t + E (t = 1: step 18, exactly E + 1 later; t = 2: step 20, E + 2 later); odd steps touch no slot."""
+    ec = collection([dynamic("d", evict_after_steps=16, admit_min_freq=1)])
+    shard = ec.dynamic.shards[0]
+    sweeps = []
+    remove = shard._remove
+    monkeypatch.setattr(shard, "_remove", lambda mask: sweeps.append(1) or remove(mask))
+    step(ec, {"d": [[1]]})  # step 1
+    step(ec, {"d": [[2]]})  # step 2
+    held = []
+    for _ in range(3, 21):
+        step(ec, {"d": [[3]]})
+        held.append(sorted(state_by_key(ec, "d")))
+    assert held[17 - 3] == [1, 2, 3]  # step 17: 1 unseen for 16 steps
+    assert held[18 - 3] == [2, 3]  # step 18: 1 evicted (17 > 16); 2 unseen for 16
+    assert held[19 - 3] == [2, 3]  # step 19: 2 unseen for 17 > 16 steps, but 19 does not sweep
+    assert held[20 - 3] == [3]  # step 20 sweeps: 2 evicted, E + 2 steps after its last lookup
+    assert len(sweeps) == 10  # steps 2, 4, ..., 20: half the steps
+    assert ec.dynamic_metrics()["d"]["evicted_total"] == 2
+
+
 def test_evict_when_full_frees_the_least_recently_seen_key_of_the_shard():
     ec = collection([dynamic("d", capacity=3, key_shards=1, evict_when_full=True)])
     step(ec, {"d": [[10, 11]]})

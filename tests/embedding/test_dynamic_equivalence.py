@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import embedding.dynamic
 from tests.support.configs import DYNAMIC_TOML
 from tests.support.dist_utils import run_distributed
 from tests.support.training import dense_state, host_batches, load_parts, train_losses
@@ -15,6 +16,17 @@ CASES = [("sgd", True), ("adagrad", False), ("adam", True), ("adagrad", True)]
 
 
 def _train(rank, world_size, group, toml_path, cases, extra=(), device="cpu"):
+    """_cases with expiry sweeping every N = 3 steps (E = 3: keys outlive E by 0 to 2 steps, the same at every
+    W), the setting restored after: W = 1 may run in the test's own process."""
+    slack = embedding.dynamic.EXPIRY_SLACK
+    embedding.dynamic.EXPIRY_SLACK = 1
+    try:
+        return _cases(rank, world_size, group, toml_path, cases, extra, device)
+    finally:
+        embedding.dynamic.EXPIRY_SLACK = slack
+
+
+def _cases(rank, world_size, group, toml_path, cases, extra, device):
     """Per case: losses, per-step dynamic keys and counters, final tables (dynamic: by key) and dense weights."""
     results = {}
     for optimizer, pipelined in cases:

@@ -1,8 +1,10 @@
 """unique_partition_triton against unique_partition_reference: hash and direct-map paths, owners, probing."""
 
+import gc
 import os
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 # torch does not import triton, so this still precedes triton's import when this file runs alone
 if not torch.cuda.is_available():
@@ -65,28 +67,112 @@ def test_unique_partition_probe_overflow_falls_back():
     check_unique_partition(keys, offsets, owners, 3, result)
 
 
+STRUCTURED = {
+    "shifted_40": lambda i: i << 40,  # ids with their low 40 bits zero
+    "shifted_50": lambda i: i << 50,
+    "shifted_20_tagged": lambda i: (i << 20) | 7,
+    "multiples_of_4096": lambda i: i * 4096,
+    "top_bits": lambda i: (i << 51) | (i & 1),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("pattern", sorted(STRUCTURED))
+def test_structured_ids_fit_the_bounded_first_pass(pattern):
+    """4096 structured ids (each twice, shuffled) into 16384 slots: the first pass places every key within the
+    default probe bound (no overflow flag, so the rerun does nothing), and the outputs equal the reference."""
+    import kernels.unique_partition_triton as up
+
+    ids = STRUCTURED[pattern](torch.arange(4096, dtype=torch.int64))
+    keys = torch.cat([ids, ids[torch.randperm(4096, generator=torch.Generator().manual_seed(3))]])
+    n = keys.numel()
+    capacity = 2 * n
+    slot_keys, slot_pos = on(torch.full((capacity,), -1), torch.full((capacity,), n).int())
+    slot_of, overflow = on(torch.empty(n, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+    up._insert_hash_kernel[(n // up.BLOCK,)](
+        on(keys),
+        n,
+        slot_keys,
+        capacity - 1,
+        slot_pos,
+        slot_of,
+        overflow,
+        64,
+        RERUN=0,
+        BLOCK=up.BLOCK,
+    )
+    assert int(overflow[0]) == 0, f"{pattern}: some key found no slot within 64 probes"
+    assert int((slot_keys >= 0).sum()) == 4096  # each id once
+    offsets = torch.tensor([0, 2**63 - 1], dtype=torch.int64)
+    owners = torch.tensor([-1], dtype=torch.int64)
+    result = unique_partition_triton(*on(keys, offsets, owners), 2)
+    check_unique_partition(keys, offsets, owners, 2, result)
+
+
 @needs_triton
 def test_unique_partition_direct_map_ignores_earlier_calls(monkeypatch):
     """The persistent map is never cleared: each call's smaller tag must beat what earlier calls left,
     also when the key space grows and when the tags run out (the map is refilled)."""
     import kernels.unique_partition_triton as up
 
-    monkeypatch.setattr(up, "_DIRECT_MAPS", {})
-    offsets = torch.tensor([0, 40, 100], dtype=torch.int64)
-    owners = torch.tensor([0, -1], dtype=torch.int64)
+    monkeypatch.setattr(up, "_DIRECT_MAPS", WeakTensorKeyDictionary())
+    offsets, owners = on(torch.tensor([0, 40, 100]), torch.tensor([0, -1]))
     gen = torch.Generator().manual_seed(5)
     for call in range(6):
         if call == 3:  # the next call's tag would be the last: the map must be refilled first
-            next(iter(up._DIRECT_MAPS.values())).tag = 2
+            next(iter(up._DIRECT_MAPS[offsets].values())).tag = 2
         space = 60 if call < 4 else 100
         keys = torch.randint(0, space, (50 + call,), generator=gen, dtype=torch.int64)
         check_unique_partition(
             keys,
-            offsets,
-            owners,
+            offsets.cpu(),
+            owners.cpu(),
             2,
-            unique_partition_triton(*on(keys, offsets, owners), 2, key_space=space),
+            unique_partition_triton(on(keys), offsets, owners, 2, key_space=space),
         )
+
+
+@needs_triton
+def test_direct_map_lives_as_long_as_its_owner_and_large_key_spaces_take_the_hash_path(monkeypatch):
+    """The map belongs to table_offsets (or map_owner) and goes with it; a key space past
+    DIRECT_MAX_KEYS (the DCN-v2 tables: 204M keys, a 1.6 GB map) gets no map at all."""
+    import kernels.unique_partition_triton as up
+
+    monkeypatch.setattr(up, "_DIRECT_MAPS", WeakTensorKeyDictionary())
+    keys = on(torch.tensor([3, 1, 3, 7]))
+    offsets, owners = on(torch.tensor([0, 2**40]), torch.tensor([-1]))
+    check_unique_partition(
+        keys.cpu(),
+        offsets.cpu(),
+        owners.cpu(),
+        1,
+        up.unique_partition_triton(keys, offsets, owners, 1, key_space=2**26),
+    )
+    assert len(up._DIRECT_MAPS) == 0
+    up.unique_partition_triton(keys, offsets, owners, 1, key_space=10)
+    assert [m.first.numel() for m in up._DIRECT_MAPS[offsets].values()] == [10]
+    del offsets
+    gc.collect()
+    assert len(up._DIRECT_MAPS) == 0
+
+
+@needs_triton
+def test_dropping_a_collection_frees_its_dedup_map(monkeypatch):
+    """input_dist's direct map (key_space = the fused rows) lives with the collection, not after it."""
+    import kernels.unique_partition_triton as up
+    from embedding import EmbeddingCollection, SparseOptimizer, Table
+    from pipeline.batch import KeyedJagged
+
+    monkeypatch.setattr(up, "_DIRECT_MAPS", WeakTensorKeyDictionary())
+    monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+    tables = [Table("a", 50, 4, "sum", ("a",)), Table("b", 30, 4, "sum", ("b",))]
+    ec = EmbeddingCollection(tables, SparseOptimizer("sgd", 0.1), always_exchange=True)
+    with torch.no_grad():
+        ec(KeyedJagged.from_lists({"a": [[1, 2], [2]], "b": [[29], []]}))
+    assert [m.first.numel() for maps in up._DIRECT_MAPS.values() for m in maps.values()] == [80]
+    del ec
+    gc.collect()
+    assert len(up._DIRECT_MAPS) == 0
 
 
 @needs_triton
