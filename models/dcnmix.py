@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dcnv2 import DCN_STRUCTURES
+from models.dcnv2 import DCNv2
 from models.interactions import CrossNetwork
-from models.mlp import MLP
-from models.network import Network
 
 
 class MixtureLowRankLayer(nn.Module):
@@ -65,8 +63,9 @@ class MixtureCrossNetwork(CrossNetwork):
         )
 
 
-class DCNMix(Network):
-    """Dense part of DCNMix. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B]."""
+class DCNMix(DCNv2):
+    """Dense part of DCNMix. Input: dense [B, Dd] and pooled embeddings [B, F, D]; output logits [B]. DCN-v2's
+    towers, structure and head around a MixtureCrossNetwork."""
 
     def __init__(
         self,
@@ -81,29 +80,11 @@ class DCNMix(Network):
         structure: str = "stacked",
         deep_mlp: list[int] | None = None,
     ):
-        super().__init__()
-        if structure not in DCN_STRUCTURES:
-            raise ValueError(
-                f"model.dcn_structure is {structure!r}; expected one of {DCN_STRUCTURES}"
-            )
-        self.bottom = MLP(num_dense, bottom_mlp)
-        x0_width = self.bottom.out_features + num_features * dim
-        self.cross = MixtureCrossNetwork(x0_width, cross_layers, cross_low_rank, cross_experts)
-        head_in = x0_width
-        self.deep: MLP | None = None
-        if structure == "parallel":
-            if not deep_mlp:
-                raise ValueError(
-                    "model.dcn_structure = 'parallel' needs a non-empty model.deep_mlp (the deep tower)"
-                )
-            self.deep = MLP(x0_width, deep_mlp)
-            head_in += self.deep.out_features
-        self.top = MLP(head_in, [*top_mlp, 1], last_activation=False)
+        self.num_experts = cross_experts  # read by _cross_network, which DCNv2.__init__ calls
+        super().__init__(
+            num_dense, num_features, dim, bottom_mlp, top_mlp, cross_layers, cross_low_rank,
+            structure, deep_mlp,
+        )  # fmt: skip
 
-    def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        bottom = self.bottom(dense)
-        x0 = torch.cat([bottom, pooled.to(bottom.dtype).flatten(1)], dim=1)
-        head_in = self.cross(x0)
-        if self.deep is not None:
-            head_in = torch.cat([head_in, self.deep(x0)], dim=1)
-        return self.top(head_in).squeeze(1)
+    def _cross_network(self, width: int, layers: int, low_rank: int) -> nn.Module:
+        return MixtureCrossNetwork(width, layers, low_rank, self.num_experts)

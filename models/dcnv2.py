@@ -16,6 +16,7 @@ MLPerf DLRM-DCNv2 (Criteo 1TB) is: name="dcnv2", bottom_mlp=[512, 256, 128], emb
 """
 
 import torch
+from torch import nn
 
 from models.interactions import CrossNetwork
 from models.mlp import MLP
@@ -47,7 +48,7 @@ class DCNv2(Network):
         self.structure = structure
         self.bottom = MLP(num_dense, bottom_mlp)
         x0_width = self.bottom.out_features + num_features * dim
-        self.cross = CrossNetwork(x0_width, cross_layers, cross_low_rank)
+        self.cross = self._cross_network(x0_width, cross_layers, cross_low_rank)
         head_in = x0_width
         self.deep: MLP | None = None
         if structure == "parallel":
@@ -58,6 +59,9 @@ class DCNv2(Network):
             self.deep = MLP(x0_width, deep_mlp)
             head_in += self.deep.out_features
         self.top = MLP(head_in, [*top_mlp, 1], last_activation=False)
+
+    def _cross_network(self, width: int, layers: int, low_rank: int) -> nn.Module:
+        return CrossNetwork(width, layers, low_rank)
 
     def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         bottom = self.bottom(dense)
