@@ -190,30 +190,33 @@ def write_dataset(directory, dense=None, labels=None):
     return dense, labels
 
 
+def dataset_argv(path, run_dir, *extra) -> list[str]:
+    """train.py's arguments for a small run on the dataset at path."""
+    return [
+        "--data.path",
+        str(path),
+        "--run.dir",
+        str(run_dir),
+        "--train.global_batch_size",
+        "16",
+        "--model.bottom_mlp",
+        "8,4",
+        "--model.top_mlp",
+        "8",
+        "--embedding.dim",
+        "4",
+        "--data.shuffle_block_rows",
+        "5",
+        "--eval.samples",
+        "8",
+        "--eval.batch_size",
+        "8",
+        *extra,
+    ]
+
+
 def _train_on(path, run_dir, *extra):
-    return train.main(
-        [
-            "--data.path",
-            str(path),
-            "--run.dir",
-            str(run_dir),
-            "--train.global_batch_size",
-            "16",
-            "--model.bottom_mlp",
-            "8,4",
-            "--model.top_mlp",
-            "8",
-            "--embedding.dim",
-            "4",
-            "--data.shuffle_block_rows",
-            "5",
-            "--eval.samples",
-            "8",
-            "--eval.batch_size",
-            "8",
-            *extra,
-        ]
-    )
+    return train.main(dataset_argv(path, run_dir, *extra))
 
 
 def test_dataset_nan_dense_and_bad_label_name_file_row_and_offset(tmp_path):

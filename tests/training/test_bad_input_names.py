@@ -8,31 +8,7 @@ import numpy as np
 import pytest
 
 import train
-from tests.training.test_bad_input import ROWS, write_dataset
-
-
-def _argv(path, run_dir, *extra):
-    return [
-        "--data.path",
-        str(path),
-        "--run.dir",
-        str(run_dir),
-        "--train.global_batch_size",
-        "16",
-        "--model.bottom_mlp",
-        "8,4",
-        "--model.top_mlp",
-        "8",
-        "--embedding.dim",
-        "4",
-        "--data.shuffle_block_rows",
-        "5",
-        "--eval.samples",
-        "8",
-        "--eval.batch_size",
-        "8",
-        *extra,
-    ]
+from tests.training.test_bad_input import ROWS, dataset_argv, write_dataset
 
 
 def test_out_of_range_id_from_a_dataset_names_step_file_row_and_offset(tmp_path):
@@ -42,7 +18,7 @@ def test_out_of_range_id_from_a_dataset_names_step_file_row_and_offset(tmp_path)
     sparse[:, 1] = 7 + np.arange(ROWS)  # f1 has 7 rows: every id is out of range, and tells its row
     sparse.tofile(path)
     with pytest.raises(ValueError) as error:
-        train.main(_argv(tmp_path / "ds", tmp_path / "run", "--run.log_every", "2"))
+        train.main(dataset_argv(tmp_path / "ds", tmp_path / "run", "--run.log_every", "2"))
     message = str(error.value)
     match = re.fullmatch(
         rf"step 1: feature 'f1' \(table 'f1', 7 rows\): sample 0, row (\d+) of {path} "
@@ -63,14 +39,16 @@ def test_a_dataset_without_rows_is_named(tmp_path, capsys):
         meta["files"][key]["bytes"] = 0
     (tmp_path / "ds" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SystemExit) as exit_:
-        train.main(_argv(tmp_path / "ds", tmp_path / "run"))
+        train.main(dataset_argv(tmp_path / "ds", tmp_path / "run"))
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: dataset {tmp_path / 'ds'} has no rows (meta.json num_rows is 0)\n"
     # too few rows for one batch: the dataset and its train range are named
     write_dataset(tmp_path / "ds")
     with pytest.raises(SystemExit):
-        train.main(_argv(tmp_path / "ds", tmp_path / "run", "--train.global_batch_size", "64"))
+        train.main(
+            dataset_argv(tmp_path / "ds", tmp_path / "run", "--train.global_batch_size", "64")
+        )
     assert capsys.readouterr().err == (
         f"error: dataset {tmp_path / 'ds'}: train range [0, 56) has fewer rows than one global "
         "batch of 64\n"
