@@ -9,9 +9,13 @@ it (an int32 all-to-all beside the keys): owners admit keys by count in the forw
 backward reuses the counts.
 
 Owner side. Dynamic keys map to rows through their table's hash index (training: find-or-insert,
-admission, eviction, one sync for all tables; evaluation: lookups only). A key without a row reads
-the null row, which every update touches and reset_null_row() zeroes again: such keys read zeros
-and get no update. On a single rank values read rows straight from the storage: input_dist gives
+admission, eviction, one sync for all tables; evaluation: lookups only). Each dynamic table's rows
+sit in a storage of its own (embedding.storage), so that growth allocates that table's rows only.
+The step's kernels run once over the static storage, where every dynamic key reads the static null
+row (zeros), and once more per dynamic table over its own storage (serve, pool, update_values,
+merge), whose results replace the null row's. A key without a row reads its table's null row (row
+0 of its storage), which updates touch and reset_null_row() zeroes again: such keys read zeros and
+get no update. On a single rank values read rows straight from the storages: input_dist gives
 dynamic values their dedup (local_keys), compute their rows (fill_value_rows).
 """
 
@@ -23,7 +27,8 @@ import torch
 
 from embedding.comm import Exchange
 from embedding.dynamic import DynamicShard, DynamicTableFull, init_rows
-from embedding.layout import ShardLayout
+from embedding.dynamic_steps import DynamicSteps
+from embedding.layout import DYNAMIC_BASE, ShardLayout
 from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
 from kernels import unique_partition
@@ -67,7 +72,7 @@ def _chunks(counts: list[list[int]], segment: int, device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
 
 
-class DynamicTables:
+class DynamicTables(DynamicSteps):
     """The DynamicShards of a collection ({table index: shard}, table order), their segments of the
     exchange, admission and eviction per training step, storage growth, restores and metrics."""
 
@@ -87,28 +92,40 @@ class DynamicTables:
         # features of each segment: the static tables', then each dynamic table's
         self.segment_features = [[index[f] for t in tables if not t.dynamic for f in t.features]]
         self.segment_features += [[index[f] for f in tables[t].features] for t in shards]
+        # each dynamic table's features: a range of the pooled output's (tables in order)
+        self.feature_range = {
+            t: (f[0], f[-1] + 1) if f else (0, 0)
+            for t, f in zip(shards, self.segment_features[1:], strict=True)
+        }
+        for t in shards:
+            storage.add_table(t, DYNAMIC_BASE + layout.count[t])
 
     def __len__(self) -> int:
         return len(self.shards)
 
     def reset_null_row(self) -> None:
-        """Undo what an update did to the null row: it reads zeros and builds up no state."""
+        """Undo what an update did to the null rows: they read zeros and build up no state."""
         self.storage.zero_row(self.layout.null_row)
+        for storage in self.storage.tables.values():
+            storage.zero_row(0)
 
     # ---- input_dist -----------------------------------------------------------------------------
-    def _positions(self, kjt) -> list[torch.Tensor]:
-        """Value positions of each segment."""
+    def _positions(self, kjt) -> tuple[list[int], list[torch.Tensor]]:
+        """(first value of each feature and the end, value positions of each segment)."""
         bounds = kjt.offsets[:: max(kjt.batch_size, 1)].tolist()  # features' values (one sync)
-        return [_spans(bounds, features, kjt.values.device) for features in self.segment_features]
+        device = kjt.values.device
+        return bounds, [_spans(bounds, f, device) for f in self.segment_features]
 
     def local_keys(self, kjt) -> list:
         """Single rank: per dynamic table (table, value positions, distinct keys, inverse,
-        lookups)."""
+        lookups, (first, end) of its values)."""
         out = []
-        for t, pos in zip(self.shards, self._positions(kjt)[1:], strict=True):
+        bounds, positions = self._positions(kjt)
+        for t, pos in zip(self.shards, positions[1:], strict=True):
             unique, inverse = dedup(kjt.values[pos])
             counts = torch.zeros_like(unique).index_add_(0, inverse, torch.ones_like(inverse))
-            out.append((t, pos, unique, inverse, counts))
+            f0, f1 = self.feature_range[t]
+            out.append((t, pos, unique, inverse, counts, (bounds[f0], bounds[f1])))
         return out
 
     def _segments(self, kjt, value_table, positions):
@@ -138,7 +155,7 @@ class DynamicTables:
     def input_dist(self, kjt, value_table) -> SparseDist:
         """The exchange path's input_dist with segments (module docstring)."""
         values, device = kjt.values, kjt.values.device
-        positions = self._positions(kjt)
+        _, positions = self._positions(kjt)
         segments = self._segments(kjt, value_table, positions)
         send = torch.stack([counts for _, counts, _ in segments])  # [S, W]
         matrix = send.tolist()
@@ -194,18 +211,22 @@ class DynamicTables:
             recv_counts=received.view(w, s_count).sum(1),
         )
 
-    # ---- compute --------------------------------------------------------------------------------
+    # ---- compute ----------------------------------------------------------------------------------
     def local_rows(self, sd: SparseDist, step: int) -> torch.Tensor:
-        """Owner side: storage rows of every received key (static and dynamic segments). Training
-        admits keys for the update of the given step."""
+        """Owner side: static storage rows of every received key (dynamic keys: the null row);
+        sd.pieces gets per dynamic table (table, positions, rows in its storage). Training admits
+        keys for the update of the given step."""
         device = sd.recv_keys.device
-        local = torch.empty(sd.recv_keys.numel(), dtype=torch.int64, device=device)
+        local = torch.full_like(sd.recv_keys, self.layout.null_row)
         static = _chunks(sd.segments, 0, device)
         local[static] = self.layout.local_rows(sd.recv_keys[static])
         chunks = [_chunks(sd.segments, s + 1, device) for s in range(len(self.shards))]
         if not torch.is_grad_enabled():
-            for t, pos in zip(self.shards, chunks, strict=True):
-                local[pos] = self._absolute(t, self.shards[t].find_rows(sd.recv_keys[pos]))
+            rows = [
+                self._absolute(t, self.shards[t].find_rows(sd.recv_keys[pos]))
+                for t, pos in zip(self.shards, chunks, strict=True)
+            ]
+            sd.pieces = list(zip(self.shards, chunks, rows, strict=True))
             return local
         items, inverses = [], []
         for t, pos in zip(self.shards, chunks, strict=True):
@@ -213,23 +234,26 @@ class DynamicTables:
             counts = torch.zeros_like(unique).index_add_(0, inverse, sd.recv_lookups[pos].long())
             items.append((t, unique, counts))
             inverses.append(inverse)
-        for pos, inverse, rows in zip(chunks, inverses, self._rows(items, step), strict=True):
-            local[pos] = rows[inverse]
+        rows = [r[i] for i, r in zip(inverses, self._rows(items, step), strict=True)]
+        sd.pieces = list(zip(self.shards, chunks, rows, strict=True))
         return local
 
     def fill_value_rows(self, sd: SparseDist, step: int) -> None:
-        """Single rank: the storage row of every dynamic value (input_dist left them unset)."""
+        """Single rank: dynamic values read the static null row (input_dist left them unset);
+        sd.pieces gets per dynamic table (table, (first, end) of its values, their rows in its
+        storage)."""
         if not torch.is_grad_enabled():
-            for t, pos, unique, inverse, _ in sd.dynamic:
-                sd.value_rows[pos] = self._absolute(t, self.shards[t].find_rows(unique))[inverse]
-            return
-        rows = self._rows([(t, unique, counts) for t, _, unique, _, counts in sd.dynamic], step)
-        for (_, pos, _, inverse, _), r in zip(sd.dynamic, rows, strict=True):
-            sd.value_rows[pos] = r[inverse]
+            rows = [self._absolute(t, self.shards[t].find_rows(u)) for t, _, u, *_ in sd.dynamic]
+        else:
+            rows = self._rows([(t, u, counts) for t, _, u, _, counts, _ in sd.dynamic], step)
+        sd.pieces = []
+        for (t, pos, _, inverse, _, span), r in zip(sd.dynamic, rows, strict=True):
+            sd.value_rows[pos] = self.layout.null_row
+            sd.pieces.append((t, span, r[inverse]))
 
     def _absolute(self, t: int, rows: torch.Tensor) -> torch.Tensor:
-        """Rows of table t's region (-1: none) -> storage rows (the null row for none)."""
-        return torch.where(rows >= 0, rows + self.layout.base[t], self.layout.null_row)
+        """Rows of table t's pool (-1: none) -> rows of its storage (its null row 0 for none)."""
+        return torch.where(rows >= 0, rows + self.layout.base[t], 0)
 
     def _rows(
         self, items: list[tuple[int, torch.Tensor, torch.Tensor]], step: int
@@ -251,7 +275,7 @@ class DynamicTables:
     def _admit(self, t: int, prepared) -> torch.Tensor:
         """Rows for the keys admitted by prepared (initialized rows, zero state, freq = earlier
         lookups); returns the storage rows of all its keys."""
-        shard, storage = self.shards[t], self.storage
+        shard, storage = self.shards[t], self.storage.tables[t]
         rows, picked, new_rows = shard.allocate(prepared)
         keys = prepared.keys[picked]
         target = new_rows + self.layout.base[t]
@@ -266,13 +290,14 @@ class DynamicTables:
 
     # ---- growth, restores, metrics --------------------------------------------------------------
     def _resize(self, pools: dict[int, int]) -> None:
-        """Grow dynamic table t's region and pool to pools[t] rows (other tables keep theirs)."""
-        rows = {t: max(pools.get(t, shard.pool), shard.pool) for t, shard in self.shards.items()}
-        moves = self.layout.place_dynamic(rows)
-        self.storage.resize(self.layout.num_local_rows, moves)
-        for t, shard in self.shards.items():
-            if rows[t] > shard.pool:
-                shard.grow(rows[t])
+        """Grow dynamic table t's storage and pool to pools[t] rows: only its own storage is
+        reallocated (other tables and the static rows are not touched)."""
+        for t, rows in pools.items():
+            shard = self.shards[t]
+            if rows > shard.pool:
+                self.storage.tables[t].resize(DYNAMIC_BASE + rows)
+                self.layout.place_dynamic({t: rows})
+                shard.grow(rows)
 
     def _reserve(self, t: int, extra: int) -> None:
         """Room for `extra` more live rows in dynamic table t (restoring keys), or an error naming
@@ -324,8 +349,8 @@ class DynamicTables:
         _, _, new_rows = shard.allocate(prepared)  # rows for the live keys, in their order
         shard.take_counters(count=False)  # restoring is not admitting
         target, mine_live = new_rows + self.layout.base[t], mine[: keys.numel()]
-        # after _reserve, which may have reallocated the storage
-        for k, buf in self.storage.tracked().items():
+        # after _reserve, which may have reallocated the table's storage
+        for k, buf in self.storage.tracked(t).items():
             buf[target] = state[k].to(device)[mine_live].to(buf.dtype) if k in state else 0
 
     def metrics(self) -> dict[str, dict[str, int]]:

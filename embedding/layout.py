@@ -4,10 +4,11 @@ Keys. Id i of static table t is the key ``table_offsets[t] + i`` of the fused ke
 table-wise -> the table's rank; row-wise -> i % W; replicated -> every rank (each counts itself).
 
 Storage rows on this rank:
-    [replicated | table-wise | row-wise shards | null | dynamic table regions]
+    [replicated | table-wise | row-wise shards | null]
 Replicated tables come first, the same on every rank, so their gradients can be all-reduced densely.
 Row i of a row-wise table is local row i // W on rank i % W. Dynamic tables (embedding.dynamic) have
-no keys here, only a region each, which grows (place_dynamic).
+no keys here and no rows in this storage: each has a storage of its own (embedding.storage), rows
+[null | its rows], which grows alone (place_dynamic).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from kernels.ownership import local_rows, owner_of
 
 # storage order of the regions by placement ("key": dynamic tables, after the null row)
 _REGION_ORDER = {"replicated": 0, "table": 1, "row": 2, "key": 3}
+# first row of a dynamic table in its own storage: row 0 is that storage's null row
+DYNAMIC_BASE = 1
 
 
 def _local_count(table: Table, kind: str, owner: int, rank: int, world_size: int) -> int:
@@ -33,8 +36,8 @@ class ShardLayout:
     """Owners of the static tables' keys, and the storage rows of every table on this rank.
 
     Host lists (reading a device tensor would sync): ``base[t]`` and ``count[t]``, the first storage
-    row and the rows of table t here (a dynamic table: its whole region), and ``kinds[t]``, its
-    placement. Device tensors for the step's kernels: ``table_offsets``, ``table_rows``,
+    row and the rows of table t here (a dynamic table: its rows in its own storage, after its null
+    row 0), and ``kinds[t]``, its placement. Device tensors for the step's kernels: ``table_offsets``, ``table_rows``,
     ``table_owner``, ``local_base`` (= base), ``local_space``, ``local_owner``.
     """
 
@@ -78,36 +81,23 @@ class ShardLayout:
         # undone)
         self.null_row = cursor if dynamic_rows else None
         self.num_keys = int(offsets[-1])  # size of the fused key space
-        self.num_local_rows, _ = self._place(dynamic_rows)
+        self.num_local_rows = cursor + (1 if dynamic_rows else 0)
+        self.place_dynamic(dynamic_rows)
         self._host_offsets, self._host_owner = offsets, torch.tensor(owner, dtype=torch.int64)
         self.table_offsets = offsets.to(device)
         self.table_rows = rows.to(device)
         self.table_owner = self._host_owner.to(device)
+        # a dynamic table's entry is never read: its values' rows are set by embedding.dynamic_tables
         self.local_base = torch.tensor(self.base, dtype=torch.int64, device=device)
         # the storage rows as one table on one rank: the owner's dedup of the rows it serves
         self.local_space = torch.tensor([0, max(self.num_local_rows, 1)], device=device)
         self.local_owner = torch.zeros(1, dtype=torch.int64, device=device)
 
-    def _place(self, rows: dict[int, int]) -> tuple[int, list[tuple[int, int, int]]]:
-        """Regions of rows[t] rows for the dynamic tables, in table order after the null row
-        (host lists only). Returns the storage rows and the copies (old start, new start, rows)
-        that keep what is stored."""
-        keep = self.num_static_rows + (1 if rows else 0)
-        moves, cursor = [(0, 0, keep)], keep
+    def place_dynamic(self, rows: dict[int, int]) -> None:
+        """rows[t] rows for every dynamic table t given (never fewer than now), in its own storage
+        after its null row 0. Host lists only: no static row moves."""
         for t, n in rows.items():
-            moves.append((self.base[t], cursor, self.count[t]))
-            self.base[t], self.count[t] = cursor, n
-            cursor += n
-        return cursor, moves
-
-    def place_dynamic(self, rows: dict[int, int]) -> list[tuple[int, int, int]]:
-        """Regions of rows[t] rows for every dynamic table t (never fewer than now). Returns the
-        copies (old start, new start, rows) that carry the storage over (RowStorage.resize)."""
-        self.num_local_rows, moves = self._place(rows)
-        for t in rows:
-            self.local_base[t] = self.base[t]
-        self.local_space[1] = self.num_local_rows
-        return moves
+            self.base[t], self.count[t] = DYNAMIC_BASE, n
 
     def owner(self, keys: torch.Tensor) -> torch.Tensor:
         """Owner rank of each static key (kernels.ownership.owner_of: the exchange's)."""

@@ -241,7 +241,10 @@ class ShardedEmbeddingCollection(nn.Module):
             sd.owner_rows = layout.local_rows(sd.recv_keys)
         # with one rank the rows are not sent: they stay in the storage dtype, as pooled at W=1
         wire = self.exchange.dtype if self.exchange.distributed else None
-        return lookup(self.storage.weight, sd.owner_rows, out_dtype=wire)
+        served = lookup(self.storage.weight, sd.owner_rows, out_dtype=wire)
+        if self.dynamic:
+            self.dynamic.serve(sd, served, wire)
+        return served
 
     # ---- phase 3: output_dist --------------------------------------------------------------------
     def output_dist(self, sd: SparseDist, served_rows: torch.Tensor) -> torch.Tensor:
@@ -251,9 +254,12 @@ class ShardedEmbeddingCollection(nn.Module):
         bags [3], [3], [12] of its local batch (sum or mean per feature; empty bags give zeros).
         """
         if sd.single_rank:
-            return gather_pool(
+            pooled = gather_pool(
                 self.storage.weight, sd.value_rows, sd.offsets, sd.batch_size, self.feature_mean
             )
+            if self.dynamic:
+                self.dynamic.pool(sd, pooled, self.feature_mean)
+            return pooled
         rows = self.exchange.rows(served_rows, sd.recv_splits, sd.send_splits)
         return gather_pool(rows, sd.inverse, sd.offsets, sd.batch_size, self.feature_mean)
 
@@ -280,6 +286,8 @@ class ShardedEmbeddingCollection(nn.Module):
                     o,
                 )
                 if self.dynamic:
+                    args = (sd, grad_pooled, self.feature_mean, self.num_updates, o)
+                    updated = torch.cat([updated.view(-1), *self.dynamic.update_values(*args)])
                     self.dynamic.reset_null_row()
             self.last_exchange_bytes = 0
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
@@ -305,6 +313,8 @@ class ShardedEmbeddingCollection(nn.Module):
                 o,
             )
             if self.dynamic:
+                more = self.dynamic.merge(sd, grads, counts, self.num_updates, o)
+                updated = torch.cat([updated.view(-1), *more])
                 self.dynamic.reset_null_row()
         self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
         self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)

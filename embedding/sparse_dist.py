@@ -38,8 +38,11 @@ class SparseDist:
     # int64 [W] on the device: send_splits and recv_splits (the fp16 gradient exchange's scales)
     send_counts: torch.Tensor | None = None
     recv_counts: torch.Tensor | None = None
-    # set by compute (exchange path): the storage row of each received key
+    # set by compute (exchange path): the static storage row of each received key
     owner_rows: torch.Tensor | None = None
+    # set by compute, with dynamic tables: per table (table, its keys' positions in recv_keys or
+    # (first, end) of its values, their rows in the table's own storage)
+    pieces: list | None = None
 
     @classmethod
     def local(

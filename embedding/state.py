@@ -113,14 +113,15 @@ def tracked_digests(
     shard by shard on the device in chunks of chunk_elems, then over ranks by one all-reduce of
     2 x T x len(names) int64 (32-bit halves, so the sums cannot overflow). Replicated tables count
     once (rank 0's)."""
-    tracked = storage.tracked()
     # low, high 32-bit halves
     sums = torch.zeros(
         len(layout.tables), len(names), 2, dtype=torch.int64, device=storage.weight.device
     )
     for t in range(len(layout.tables)):
         for i, name in enumerate(names):
-            values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
+            values = storage.tracked(t)[
+                name
+            ]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
             values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
             _digest_table(sums[t, i], layout, dynamic, t, values, _digest_key(t, name), chunk_elems)
     exchange.all_reduce_(sums)
@@ -153,7 +154,8 @@ def full_state_dict(
     for t, table in enumerate(layout.tables):
         if table.dynamic:
             keys, rows = dynamic.live(t)
-            mine[table.name] = (keys.cpu(), {k: _cpu(v[rows]) for k, v in state.items()})
+            own = storage.tracked(t)
+            mine[table.name] = (keys.cpu(), {k: _cpu(v[rows]) for k, v in own.items()})
         elif layout.primary(t) and layout.count[t]:
             base, n = layout.base[t], layout.count[t]
             values = {k: _cpu(v[base : base + n]) for k, v in state.items()}
@@ -245,7 +247,7 @@ def shard_tables(
                 "keys": e["keys"][live].cpu(),
                 "seen": e["seen"][live].cpu(),
                 "count": e["count"][live].cpu(),
-                **{k: v[rows].detach().cpu() for k, v in tracked.items()},
+                **{k: v[rows].detach().cpu() for k, v in storage.tracked(t).items()},
                 **{f"pending_{k}": e[k][~live].cpu() for k in ("keys", "count", "seen")},
             }
         elif layout.count[t] and layout.primary(t):
@@ -286,7 +288,7 @@ def checkpoint_sources(
             live = e["row"] >= 0
             rows = e["row"][live] + layout.base[t]
             blocks = {k: _whole(e[k][live]) for k in ("keys", "seen", "count")}
-            for k, v in tracked.items():
+            for k, v in storage.tracked(t).items():
                 shape = (rows.numel(), *v.shape[1:])
                 blocks[k] = shape, v.dtype, lambda s, e, v=v, r=rows: v[r[s:e]]
             blocks.update({f"pending_{k}": _whole(e[k][~live]) for k in ("keys", "count", "seen")})
@@ -383,11 +385,7 @@ def export_rows(
     else:
         keys = layout.global_rows(t).to(device)
         rows = torch.arange(layout.count[t], device=device) + layout.base[t]
-    keep = (storage.freq[rows] >= max(min_freq, 1)) & (storage.last_step[rows] > since_step)
+    s = storage.of(t)
+    keep = (s.freq[rows] >= max(min_freq, 1)) & (s.last_step[rows] > since_step)
     rows = rows[keep]
-    return (
-        keys[keep].cpu(),
-        _cpu(storage.weight[rows]),
-        storage.freq[rows].cpu(),
-        storage.last_step[rows].cpu(),
-    )
+    return (keys[keep].cpu(), _cpu(s.weight[rows]), s.freq[rows].cpu(), s.last_step[rows].cpu())

@@ -4,6 +4,10 @@ Which table's row sits where is embedding.layout's; this holds the rows: weights
 dtype), sparse optimizer state (kernels.SparseOptimizer.init_state) and the access statistics of exports
 (DeepRec EV): lookups per row (every id occurrence in a bag counts, counted by the requester, so
 totals do not depend on W) and the training step (num_updates, 1-based) of the row's last update.
+
+The static tables' rows (and the null row) are one RowStorage; each dynamic table has a RowStorage of
+its own (``tables[t]``, made by add_table), so that growing it (resize) allocates that table's rows
+only and never copies the static rows or another table's.
 """
 
 from __future__ import annotations
@@ -19,17 +23,42 @@ class RowStorage:
     """weight [rows, D], state {name: [rows, ...]}, freq [rows], last_step [rows] (int64)."""
 
     def __init__(
-        self, num_rows: int, dim: int, dtype: torch.dtype, optimizer: SparseOptimizer, device
+        self,
+        num_rows: int,
+        dim: int,
+        dtype: torch.dtype,
+        optimizer: SparseOptimizer,
+        device,
+        zero: bool = False,
     ):
-        # made on the device: a host copy of 10s of GB would be slow and may not fit
-        self.weight = torch.empty(num_rows, dim, dtype=dtype, device=device)
+        self.optimizer = optimizer
+        # made on the device: a host copy of 10s of GB would be slow and may not fit; static weights
+        # are all written by init_weights, so they need no zero fill
+        make = torch.zeros if zero else torch.empty
+        self.weight = make(num_rows, dim, dtype=dtype, device=device)
         self.state = optimizer.init_state(num_rows, dim, device)
         self.freq = torch.zeros(num_rows, dtype=torch.int64, device=device)
         self.last_step = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        # dynamic table index -> its own storage
+        self.tables: dict[int, RowStorage] = {}
 
-    def tracked(self) -> dict[str, torch.Tensor]:
-        """Everything stored per row: weights, optimizer state, access statistics."""
-        return {"weight": self.weight, **self.state, "freq": self.freq, "last_step": self.last_step}
+    def add_table(self, t: int, num_rows: int) -> RowStorage:
+        """A storage of num_rows zero rows for dynamic table t."""
+        w = self.weight
+        self.tables[t] = RowStorage(
+            num_rows, w.shape[1], w.dtype, self.optimizer, w.device, zero=True
+        )
+        return self.tables[t]
+
+    def of(self, t: int) -> RowStorage:
+        """The storage holding table t's rows: its own (dynamic) or this one (static)."""
+        return self.tables.get(t, self)
+
+    def tracked(self, t: int | None = None) -> dict[str, torch.Tensor]:
+        """Everything stored per row: weights, optimizer state, access statistics (of the storage
+        holding table t's rows; None: this one)."""
+        s = self if t is None else self.of(t)
+        return {"weight": s.weight, **s.state, "freq": s.freq, "last_step": s.last_step}
 
     def init_weights(self, layout: ShardLayout, seed: int) -> None:
         """Static tables' rows uniform(+-sqrt(1/rows)) from a hash of (seed, table, row, d): the
@@ -58,17 +87,17 @@ class RowStorage:
         for value in self.tracked().values():
             value[row] = 0
 
-    def resize(self, num_rows: int, moves: list[tuple[int, int, int]]) -> None:
-        """Reallocate to num_rows rows: rows [src, src + n) move to [dst, dst + n) for each
-        (src, dst, n) of moves, the others are zero."""
+    def resize(self, num_rows: int) -> None:
+        """Reallocate this storage to num_rows rows (never fewer): rows kept where they are, the new
+        ones zero. Only this storage's tensors are allocated (its old ones are freed after the copy)."""
 
-        def moved(old: torch.Tensor) -> torch.Tensor:
-            new = torch.zeros(num_rows, *old.shape[1:], dtype=old.dtype, device=old.device)
-            for src, dst, n in moves:
-                new[dst : dst + n] = old[src : src + n]
+        def grown(old: torch.Tensor) -> torch.Tensor:
+            new = torch.empty(num_rows, *old.shape[1:], dtype=old.dtype, device=old.device)
+            new[: old.shape[0]] = old
+            new[old.shape[0] :] = 0
             return new
 
-        self.weight = moved(self.weight)
-        self.state = {name: moved(value) for name, value in self.state.items()}
-        self.freq = moved(self.freq)
-        self.last_step = moved(self.last_step)
+        self.weight = grown(self.weight)
+        self.state = {name: grown(value) for name, value in self.state.items()}
+        self.freq = grown(self.freq)
+        self.last_step = grown(self.last_step)

@@ -90,7 +90,7 @@ def _load_table(
         if not bool(state.dynamic_rows(live, live_rows, keys["keys"])[0].any()):
             return  # none of its keys are this rank's
         for k in values:
-            buf = emb.storage.tracked()[k]
+            buf = emb.storage.tracked(t)[k]
             for start, chunk in reader.chunks(f"{name}/{k}"):
                 ids = keys["keys"][start : start + chunk.shape[0]]
                 found, rows = state.dynamic_rows(live, live_rows, ids)

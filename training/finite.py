@@ -21,7 +21,7 @@ def first_nonfinite(parts) -> str | None:
     weight, layout = emb.storage.weight, emb.layout
     for t, table in enumerate(layout.tables):
         if table.dynamic:
-            rows = weight[emb.dynamic.live(t)[1]]
+            rows = emb.storage.of(t).weight[emb.dynamic.live(t)[1]]
         else:
             rows = weight[layout.base[t] : layout.base[t] + layout.count[t]]
         names.append(f"table '{table.name}'")

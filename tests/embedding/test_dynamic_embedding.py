@@ -61,9 +61,12 @@ def test_admission_reads_zeros_until_the_nth_lookup_then_trains():
     assert int(rows[k]["freq"]) == 3 and int(rows[k]["last_step"]) == 3
     metrics = ec.dynamic_metrics()["d"]
     assert (metrics["live"], metrics["pending"], metrics["admitted"]) == (1, 1, 1)
-    # the zero row the pending key read got no update, no state
+    # the zero rows the pending key read (its table's) and the static kernels read got no update,
+    # no state
     for value in ec.storage.tracked().values():
         assert not value[ec.layout.null_row].any()
+    for value in ec.storage.tracked(0).values():
+        assert not value[0].any()
 
 
 def test_eviction_after_k_steps_frees_the_row_and_forgets_the_count():
@@ -182,13 +185,13 @@ def test_table_and_raw_id_pairs_are_separate_keys():
 def test_evaluation_looks_up_only():
     ec = collection([dynamic("d")])
     step(ec, {"d": [[1, 2]]})
-    before = {k: v.clone() for k, v in ec.storage.tracked().items()}
+    before = {k: v.clone() for t in (None, 0) for k, v in ec.storage.tracked(t).items()}
     with torch.no_grad():
         out = ec(KeyedJagged.from_lists({"d": [[1], [3, BIG]]}))
     torch.testing.assert_close(out[0, 0], state_by_key(ec, "d")[1]["weight"])
     assert torch.equal(out[1, 0], torch.zeros(4))  # unseen keys: zeros, and no insertion
     assert sorted(state_by_key(ec, "d")) == [1, 2] and ec.dynamic.shards[0].entries == 2
-    assert all(torch.equal(v, before[k]) for k, v in ec.storage.tracked().items())
+    assert all(torch.equal(v, before[k]) for k, v in ec.storage.tracked(0).items())
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
@@ -234,5 +237,6 @@ def test_digest_depends_on_keys_and_values_not_on_slots_or_rows():
     assert a.dynamic.shards[0].slot_row.tolist() != b.dynamic.shards[0].slot_row.tolist()
     assert a.table_digests() == b.table_digests()
     row = int(a.dynamic.shards[0].find_rows(torch.tensor([BIG]))[0]) + a.layout.base[0]
-    a.weight[row, 2] = torch.nextafter(a.weight[row, 2], torch.tensor(1.0))
+    weight = a.storage.of(0).weight
+    weight[row, 2] = torch.nextafter(weight[row, 2], torch.tensor(1.0))
     assert a.table_digests() != b.table_digests()

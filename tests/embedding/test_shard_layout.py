@@ -41,7 +41,7 @@ def test_every_row_has_one_owner_and_one_storage_row(world_size, placement):
         ]
 
 
-def test_replicated_tables_come_first_and_dynamic_regions_grow_after_the_null_row():
+def test_replicated_tables_come_first_and_dynamic_tables_grow_in_their_own_storage():
     tables = [
         *TABLES[:3],
         Table("k", 100, 4, "sum", ("k",), dynamic=DynamicSpec(8, key_shards=4)),
@@ -52,10 +52,11 @@ def test_replicated_tables_come_first_and_dynamic_regions_grow_after_the_null_ro
     static = layout.num_static_rows
     assert (layout.base[4], layout.count[4]) == (0, 5)  # replicated
     assert [layout.count[t] for t in range(3)] == [5, 3, 1] and static == 5 + 5 + 3 + 1
-    assert (layout.null_row, layout.base[3]) == (static, static + 1)
-    assert layout.num_local_rows == static + 1 + 4 and layout.num_keys == 11 + 7 + 3 + 5
-    assert layout.place_dynamic({3: 9}) == [(0, 0, static + 1), (static + 1, static + 1, 4)]
-    assert layout.count[3] == 9 and layout.num_local_rows == static + 1 + 9 == int(
-        layout.local_space[1]
-    )
-    assert int(layout.local_base[3]) == layout.base[3]
+    # the dynamic table's rows follow its own storage's null row 0
+    assert (layout.null_row, layout.base[3], layout.count[3]) == (static, 1, 4)
+    assert layout.num_local_rows == static + 1 and layout.num_keys == 11 + 7 + 3 + 5
+    base = list(layout.base)
+    layout.place_dynamic({3: 9})
+    # growth changes the table's row count only: no static row moves
+    assert layout.count[3] == 9 and layout.base == base
+    assert layout.num_local_rows == static + 1 == int(layout.local_space[1])

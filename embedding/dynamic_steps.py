@@ -1,0 +1,68 @@
+"""DynamicSteps: the step's kernels over the dynamic tables' own storages (embedding.storage).
+
+The collection runs each kernel of the step once over the static storage, where every dynamic key
+reads the static null row; these run it once more per dynamic table over the table's storage and put
+the results where the null row's were. Per dynamic table and step that is one more launch of each of
+lookup (+ a scatter into the served rows) and merge_update (+ the gathers of its gradients and
+counts) on the exchange path; of gather_pool (+ a copy into the pooled output) and
+pool_backward_update on a single rank; and the reset of the table's null row (a launch per tracked
+tensor). A table with no keys in the batch launches nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from embedding.sparse_dist import SparseDist
+from embedding.storage import RowStorage
+from kernels import gather_pool, lookup, merge_update, pool_backward_update
+
+
+class DynamicSteps:
+    """Mixed into embedding.dynamic_tables.DynamicTables: needs ``storage`` (RowStorage, one per
+    dynamic table in ``storage.tables``) and ``feature_range`` ({table: (first, end) feature});
+    ``sd.pieces`` is set by its compute (local_rows, fill_value_rows)."""
+
+    storage: RowStorage
+    feature_range: dict[int, tuple[int, int]]
+
+    def serve(self, sd: SparseDist, served: torch.Tensor, out_dtype) -> None:
+        """Exchange path: the received dynamic keys' rows into served (a launch pair per table)."""
+        for t, pos, rows in sd.pieces:
+            if rows.numel():
+                served[pos] = lookup(self.storage.tables[t].weight, rows, out_dtype=out_dtype)
+
+    def pool(self, sd: SparseDist, pooled: torch.Tensor, feature_mean: torch.Tensor) -> None:
+        """Single rank: each dynamic table's features of pooled [B, F, D], pooled from its storage."""
+        b = sd.batch_size
+        for t, (first, end), rows in sd.pieces:
+            if end > first:
+                f0, f1 = self.feature_range[t]
+                offsets = sd.offsets[f0 * b : f1 * b + 1] - first
+                weight = self.storage.tables[t].weight
+                pooled[:, f0:f1] = gather_pool(weight, rows, offsets, b, feature_mean[f0:f1])
+
+    def update_values(self, sd, grad_pooled, feature_mean, step, optimizer) -> list[torch.Tensor]:
+        """Single rank: the fused backward of each dynamic table's values, in its storage; returns
+        the kernels' counts of rows updated."""
+        b, out = sd.batch_size, []
+        for t, (first, end), rows in sd.pieces:
+            if end > first:
+                f0, f1 = self.feature_range[t]
+                s = self.storage.tables[t]
+                offsets = sd.offsets[f0 * b : f1 * b + 1] - first
+                grad, mean = grad_pooled[:, f0:f1], feature_mean[f0:f1]
+                args = (s.weight, s.state, s.freq, s.last_step, step, rows, offsets, grad, mean)
+                out.append(pool_backward_update(*args, optimizer).view(-1))
+        return out
+
+    def merge(self, sd, grads, counts, step, optimizer) -> list[torch.Tensor]:
+        """Exchange path: the owner's update of the received dynamic keys' rows, in their tables'
+        storages; returns the kernels' counts of rows updated."""
+        out = []
+        for t, pos, rows in sd.pieces:
+            if rows.numel():
+                s = self.storage.tables[t]
+                args = (s.weight, s.state, s.freq, s.last_step, step, rows, grads[pos], counts[pos])
+                out.append(merge_update(*args, optimizer).view(-1))
+        return out
