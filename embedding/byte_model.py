@@ -32,25 +32,26 @@ def exchange_bytes(emb, sd: SparseDist) -> int:
 
 class MemoryBytes(NamedTuple):
     """fixed + per_row * rows bytes; rows (the rows the step updated) may be an int64 device tensor
-    whose sum is that number (kernels.pool_backward_update), summed and read only when the metrics log
-    (total())."""
+    whose sum is that number (kernels.pool_backward_update), or a list of them (a kernel per storage:
+    embedding.dynamic_steps), summed and read only when the metrics log (total())."""
 
     fixed: int
     per_row: int
-    rows: torch.Tensor | int
+    rows: torch.Tensor | list[torch.Tensor] | int
 
     @staticmethod
     def total(steps: list[MemoryBytes]) -> int:
         """The bytes of several steps, with one host read for all their device counts."""
-        fixed = sum(b.fixed + b.per_row * b.rows for b in steps if not torch.is_tensor(b.rows))
-        counted = [(b.fixed, b.per_row, b.rows) for b in steps if torch.is_tensor(b.rows)]
+        fixed = sum(b.fixed + b.per_row * b.rows for b in steps if isinstance(b.rows, int))
+        counted = [(b.fixed, b.per_row, b.rows) for b in steps if not isinstance(b.rows, int)]
         if not counted:
             return fixed
-        rows = torch.stack([r.sum(dtype=torch.int64) for _, _, r in counted]).tolist()
+        sums = [[r] if torch.is_tensor(r) else r for _, _, r in counted]
+        rows = torch.stack([sum(x.sum(dtype=torch.int64) for x in r) for r in sums]).tolist()
         return fixed + sum(f + p * r for (f, p, _), r in zip(counted, rows, strict=True))
 
 
-def memory_bytes(emb, sd: SparseDist, updated_rows: torch.Tensor | int) -> MemoryBytes:
+def memory_bytes(emb, sd: SparseDist, updated_rows) -> MemoryBytes:
     """Device-memory bytes the step's embedding kernels must move at least: owner row reads, pooling
     reads/writes, pooled-gradient reads, and the read-modify-write of updated rows and their optimizer
     state."""

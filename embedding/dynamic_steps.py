@@ -35,25 +35,23 @@ class DynamicSteps:
     def pool(self, sd: SparseDist, pooled: torch.Tensor, feature_mean: torch.Tensor) -> None:
         """Single rank: each dynamic table's features of pooled [B, F, D], pooled from its storage."""
         b = sd.batch_size
-        for t, (first, end), rows in sd.pieces:
-            if end > first:
+        for t, offsets, rows in sd.pieces:
+            if offsets is not None:
                 f0, f1 = self.feature_range[t]
-                offsets = sd.offsets[f0 * b : f1 * b + 1] - first
                 weight = self.storage.tables[t].weight
                 pooled[:, f0:f1] = gather_pool(weight, rows, offsets, b, feature_mean[f0:f1])
 
     def update_values(self, sd, grad_pooled, feature_mean, step, optimizer) -> list[torch.Tensor]:
         """Single rank: the fused backward of each dynamic table's values, in its storage; returns
         the kernels' counts of rows updated."""
-        b, out = sd.batch_size, []
-        for t, (first, end), rows in sd.pieces:
-            if end > first:
+        out = []
+        for t, offsets, rows in sd.pieces:
+            if offsets is not None:
                 f0, f1 = self.feature_range[t]
                 s = self.storage.tables[t]
-                offsets = sd.offsets[f0 * b : f1 * b + 1] - first
                 grad, mean = grad_pooled[:, f0:f1], feature_mean[f0:f1]
                 args = (s.weight, s.state, s.freq, s.last_step, step, rows, offsets, grad, mean)
-                out.append(pool_backward_update(*args, optimizer).view(-1))
+                out.append(pool_backward_update(*args, optimizer))
         return out
 
     def merge(self, sd, grads, counts, step, optimizer) -> list[torch.Tensor]:
@@ -64,5 +62,5 @@ class DynamicSteps:
             if rows.numel():
                 s = self.storage.tables[t]
                 args = (s.weight, s.state, s.freq, s.last_step, step, rows, grads[pos], counts[pos])
-                out.append(merge_update(*args, optimizer).view(-1))
+                out.append(merge_update(*args, optimizer))
         return out

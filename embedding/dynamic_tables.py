@@ -104,10 +104,16 @@ class DynamicTables(DynamicSteps):
         return len(self.shards)
 
     def reset_null_row(self) -> None:
-        """Undo what an update did to the null rows: they read zeros and build up no state."""
-        self.storage.zero_row(self.layout.null_row)
-        for storage in self.storage.tables.values():
-            storage.zero_row(0)
+        """Undo what an update did to the null rows: they read zeros and build up no state. One
+        multi-tensor zero per dtype for the static null row and every dynamic table's."""
+        n = self.layout.null_row
+        rows = [v[n : n + 1] for v in self.storage.tracked().values()]
+        rows += [v[:1] for s in self.storage.tables.values() for v in s.tracked().values()]
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for row in rows:
+            by_dtype.setdefault(row.dtype, []).append(row)
+        for group in by_dtype.values():
+            torch._foreach_zero_(group)
 
     # ---- input_dist -----------------------------------------------------------------------------
     def _positions(self, kjt) -> tuple[list[int], list[torch.Tensor]]:
@@ -240,16 +246,18 @@ class DynamicTables(DynamicSteps):
 
     def fill_value_rows(self, sd: SparseDist, step: int) -> None:
         """Single rank: dynamic values read the static null row (input_dist left them unset);
-        sd.pieces gets per dynamic table (table, (first, end) of its values, their rows in its
-        storage)."""
+        sd.pieces gets per dynamic table (table, the bag offsets of its features into its values,
+        None without values, and their rows in its storage)."""
         if not torch.is_grad_enabled():
             rows = [self._absolute(t, self.shards[t].find_rows(u)) for t, _, u, *_ in sd.dynamic]
         else:
             rows = self._rows([(t, u, counts) for t, _, u, _, counts, _ in sd.dynamic], step)
-        sd.pieces = []
-        for (t, pos, _, inverse, _, span), r in zip(sd.dynamic, rows, strict=True):
+        sd.pieces, b = [], sd.batch_size
+        for (t, pos, _, inverse, _, (first, end)), r in zip(sd.dynamic, rows, strict=True):
             sd.value_rows[pos] = self.layout.null_row
-            sd.pieces.append((t, span, r[inverse]))
+            f0, f1 = self.feature_range[t]
+            offsets = sd.offsets[f0 * b : f1 * b + 1] - first if end > first else None
+            sd.pieces.append((t, offsets, r[inverse]))
 
     def _absolute(self, t: int, rows: torch.Tensor) -> torch.Tensor:
         """Rows of table t's pool (-1: none) -> rows of its storage (its null row 0 for none)."""

@@ -287,7 +287,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 )
                 if self.dynamic:
                     args = (sd, grad_pooled, self.feature_mean, self.num_updates, o)
-                    updated = torch.cat([updated.view(-1), *self.dynamic.update_values(*args)])
+                    updated = [updated, *self.dynamic.update_values(*args)]
                     self.dynamic.reset_null_row()
             self.last_exchange_bytes = 0
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
@@ -314,7 +314,7 @@ class ShardedEmbeddingCollection(nn.Module):
             )
             if self.dynamic:
                 more = self.dynamic.merge(sd, grads, counts, self.num_updates, o)
-                updated = torch.cat([updated.view(-1), *more])
+                updated = [updated, *more]
                 self.dynamic.reset_null_row()
         self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
         self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)

@@ -40,8 +40,8 @@ class SparseDist:
     recv_counts: torch.Tensor | None = None
     # set by compute (exchange path): the static storage row of each received key
     owner_rows: torch.Tensor | None = None
-    # set by compute, with dynamic tables: per table (table, its keys' positions in recv_keys or
-    # (first, end) of its values, their rows in the table's own storage)
+    # set by compute, with dynamic tables: per table (table, its keys' positions in recv_keys or, on
+    # a single rank, its features' bag offsets into its values, their rows in the table's storage)
     pieces: list | None = None
 
     @classmethod

@@ -82,11 +82,6 @@ class RowStorage:
                 self.weight[first : first + chunk.numel()] = values.to(self.weight.dtype)
         self.weight[layout.num_static_rows :] = 0
 
-    def zero_row(self, row: int) -> None:
-        """Every tracked value of one row back to zero."""
-        for value in self.tracked().values():
-            value[row] = 0
-
     def resize(self, num_rows: int) -> None:
         """Reallocate this storage to num_rows rows (never fewer): rows kept where they are, the new
         ones zero. Only this storage's tensors are allocated (its old ones are freed after the copy)."""
