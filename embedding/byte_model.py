@@ -30,6 +30,13 @@ def exchange_bytes(emb, sd: SparseDist) -> int:
     )
 
 
+def _sum(rows: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The sum of a kernel's counts of updated rows, or of several kernels'."""
+    if torch.is_tensor(rows):
+        return rows.sum(dtype=torch.int64)
+    return torch.stack([r.sum(dtype=torch.int64) for r in rows]).sum()
+
+
 class MemoryBytes(NamedTuple):
     """fixed + per_row * rows bytes; rows (the rows the step updated) may be an int64 device tensor
     whose sum is that number (kernels.pool_backward_update), or a list of them (a kernel per storage:
@@ -46,8 +53,7 @@ class MemoryBytes(NamedTuple):
         counted = [(b.fixed, b.per_row, b.rows) for b in steps if not isinstance(b.rows, int)]
         if not counted:
             return fixed
-        sums = [[r] if torch.is_tensor(r) else r for _, _, r in counted]
-        rows = torch.stack([sum(x.sum(dtype=torch.int64) for x in r) for r in sums]).tolist()
+        rows = torch.stack([_sum(r) for _, _, r in counted]).tolist()
         return fixed + sum(f + p * r for (f, p, _), r in zip(counted, rows, strict=True))
 
 

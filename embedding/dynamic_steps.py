@@ -2,11 +2,11 @@
 
 The collection runs each kernel of the step once over the static storage, where every dynamic key
 reads the static null row; these run it once more per dynamic table over the table's storage and put
-the results where the null row's were. Per dynamic table and step that is one more launch of each of
-lookup (+ a scatter into the served rows) and merge_update (+ the gathers of its gradients and
-counts) on the exchange path; of gather_pool (+ a copy into the pooled output) and
-pool_backward_update on a single rank; and the reset of the table's null row (a launch per tracked
-tensor). A table with no keys in the batch launches nothing.
+the results where the null row's were. Launches this adds per dynamic table and step (the CPU census'
+prediction of CUDA launches, docs/dynamic_tables.md "Growth"): on the exchange path a lookup and its
+scatter into the served rows, the gathers of the table's gradients and counts and merge_update (11);
+on a single rank the table's bag offsets, gather_pool and its copy into the pooled output and
+pool_backward_update (10). A table with no ids in the batch launches none of these.
 """
 
 from __future__ import annotations
