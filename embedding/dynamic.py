@@ -5,7 +5,7 @@ s % W. Everything about a key (row, lookup count, last step seen) depends only o
 shard, never on W or memory, so W = 1, 2 and 4 admit and evict the same keys at the same steps.
 
 A DynamicShard holds the hash index (open addressing over int64 slots, kernels.find_or_insert;
-per slot the key's row in the table's storage region, -1 for none yet, its lookup count and the
+per slot the key's row in the table's pool, -1 for none yet, its lookup count and the
 last step it was seen) and a pool of rows with a free list (a stack) that evicted keys' rows go
 back to.
 
@@ -190,7 +190,7 @@ class DynamicShard:
         self.used = self.entries = held.numel()
 
     def find_rows(self, keys: torch.Tensor) -> torch.Tensor:
-        """Rows (in the table's region; -1: none) of keys, which may repeat. Looks up only (evaluation)."""
+        """Rows (of the table's pool; -1: none) of keys, which may repeat. Looks up only (evaluation)."""
         slots, _ = find_or_insert(self.slot_keys, keys, False)
         return torch.where(slots >= 0, self.slot_row[slots.clamp(min=0)], -1)
 
@@ -241,7 +241,7 @@ class DynamicShard:
 
     def allocate(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Give the admitted keys rows. Returns (row of every key of the step, -1 if none; positions of the admitted
-        keys among them; their new rows), rows relative to the table's region."""
+        keys among them; their new rows), rows of the table's pool."""
         n = prepared.num_need
         picked = compact(prepared.need, n)
         new_rows = self.free[self.top - n : self.top].flip(0)
@@ -255,7 +255,7 @@ class DynamicShard:
         return self.slot_row[prepared.slots], picked, new_rows
 
     def grow(self, pool: int) -> None:
-        """Make the pool `pool` rows (the collection has grown the storage region): the new rows join the free list
+        """Make the pool `pool` rows (the collection has grown the table's storage): the new rows join the free list
         below the free ones, so the lower rows are handed out first."""
         added = pool - self.pool
         free = torch.empty(pool + 1, dtype=torch.int64, device=self.device)

@@ -19,7 +19,7 @@ from embedding.planner import ShardingPlan
 from embedding.tables import Table
 from kernels.ownership import local_rows, owner_of
 
-# storage order of the regions by placement ("key": dynamic tables, after the null row)
+# storage order of the static regions by placement (dynamic tables have storages of their own)
 _REGION_ORDER = {"replicated": 0, "table": 1, "row": 2, "key": 3}
 # first row of a dynamic table in its own storage: row 0 is that storage's null row
 DYNAMIC_BASE = 1
