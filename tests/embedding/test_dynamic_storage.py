@@ -1,6 +1,10 @@
-"""Growing a dynamic table allocates that table's rows and index only: the static rows and the other
-dynamic tables stay where they are (embedding.storage: a storage per dynamic table)."""
+"""A storage per dynamic table (embedding.storage, embedding.dynamic_steps): growing a table allocates
+its rows and index only, the static rows and the other dynamic tables stay where they are; the step's
+kernels over the tables' storages give the Triton path the reference's results."""
 
+import os
+
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -59,3 +63,49 @@ def test_growth_allocates_only_the_growing_tables_rows_and_index():
     assert 0 <= rest <= 8 * (shard.pool - old_pool) + 64
     static_bytes = sum(v.numel() * v.element_size() for v in storage.tracked().values())
     assert sum(sizes) * 100 < static_bytes
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="forces Triton on CPU tensors, which only the interpreter runs",
+)
+def test_triton_kernels_over_the_tables_storages_match_the_reference(monkeypatch):
+    """One rank: pooling and the fused backward per dynamic table storage (sliced pooled gradients,
+    a table's own bag offsets; a growth in the second step) on Triton give the reference's outputs
+    and tables (the exchange path's: test_dynamic_equivalence.py)."""
+    pytest.importorskip("triton")
+    tables = [
+        Table("s", 9, 16, "mean", ("s",)),
+        dynamic("d"),
+        Table("t", 5, 16, "sum", ("t", "t2")),
+        Table("e", 100, 16, "mean", ("e",), dynamic=DynamicSpec(2, key_shards=2)),
+    ]
+    batches = [
+        {"s": [[1], []], "d": [[5, 2**40], [5]], "t": [[1], [2]], "t2": [[], [0]], "e": [[3], []]},
+        {
+            "s": [[2], [3]],
+            "d": [[9], list(range(12))],
+            "t": [[], [4]],
+            "t2": [[1], []],
+            "e": [[3, 4], [7]],
+        },
+    ]
+    results = []
+    for triton in (True, False):
+        if triton:
+            monkeypatch.setenv("RECFUSE_FORCE_TRITON", "1")
+        else:
+            monkeypatch.delenv("RECFUSE_FORCE_TRITON")
+        ec = EmbeddingCollection(tables, SparseOptimizer("adagrad", 0.1))
+        outs = []
+        for batch in batches:
+            out = ec(KeyedJagged.from_lists(batch))
+            (out * torch.arange(out.numel()).view(out.shape).float().sin()).sum().backward()
+            outs.append(out.detach())
+        results.append((outs, ec.full_state_dict()))
+    (outs, state), (ref_outs, ref_state) = results
+    for out, ref in zip(outs, ref_outs, strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    for name, ref in ref_state.items():
+        for k, v in ref.items():
+            torch.testing.assert_close(state[name][k], v, rtol=1e-6, atol=1e-6, msg=f"{name} {k}")
