@@ -17,13 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from embedding.tables import Table, dynamic_bytes, row_bytes
+from embedding.tier_plan import place_on_tier
 
 
 @dataclass
 class TablePlacement:
     placement: str  # table, row, replicated or key (dynamic tables)
     owner: int  # rank for table-wise; -1 otherwise
-    bytes_per_rank: list[int]
+    bytes_per_rank: list[int]  # device bytes
+    # host tier (embedding.tier_plan): device cache rows per rank (0: all rows on the device) and
+    # the host bytes per rank of the table's rows
+    cache_rows: int = 0
+    host_bytes_per_rank: list[int] | None = None
 
 
 @dataclass
@@ -37,9 +42,22 @@ class ShardingPlan:
             for r in range(self.world_size)
         ]
 
+    def host_bytes(self) -> list[int]:
+        """Host-memory bytes per rank of the tables on the host tier."""
+        return [
+            sum(
+                (p.host_bytes_per_rank or [0] * self.world_size)[r]
+                for p in self.placements.values()
+            )
+            for r in range(self.world_size)
+        ]
+
     def format(self, tables: list[Table]) -> str:
         """A readable table: one line per embedding table, then the per-rank totals."""
-        header = f"{'table':<16} {'rows':>12} {'dim':>5} {'placement':<11} {'ranks':<12} {'bytes/rank':>12}"
+        header = (
+            f"{'table':<16} {'rows':>12} {'dim':>5} {'placement':<11} {'ranks':<12} "
+            f"{'bytes/rank':>12} {'cache rows':>12} {'host/rank':>10}"
+        )
         lines = [header, "-" * len(header)]
         for t in tables:
             p = self.placements[t.name]
@@ -47,11 +65,18 @@ class ShardingPlan:
             nonzero = [b for b in p.bytes_per_rank if b]
             # dynamic: capacity, may grow
             rows = f"{t.dynamic.capacity:,}+" if t.dynamic else f"{t.num_embeddings:,}"
+            host = max(p.host_bytes_per_rank or [0])
+            cache = f"{p.cache_rows:,}" if p.cache_rows else "all"
             lines.append(
                 f"{t.name:<16} {rows:>12} {t.dim:>5} {p.placement:<11} {ranks:<12} "
-                f"{_human(max(nonzero) if nonzero else 0):>12}"
+                f"{_human(max(nonzero) if nonzero else 0):>12} {cache:>12} {_human(host):>10}"
             )
         lines.append("-" * len(header))
+        if any(p.cache_rows for p in self.placements.values()):
+            lines.append(
+                "host tier per rank: "
+                + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.host_bytes()))
+            )
         lines.append(
             "total per rank: "
             + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes()))
@@ -116,7 +141,7 @@ def plan_sharding(
         load_lookups,
     )
     plan.placements = {t.name: plan.placements[t.name] for t in tables}
-
+    place_on_tier(plan, tables, lambda t: row_bytes(t.dim, storage_dtype, optimizer), budget)
     _check_budget(plan, tables, sizes, chosen, budget)
     return plan
 
