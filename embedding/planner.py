@@ -196,7 +196,8 @@ def _choose(
         for t in tables
     }
     for t in tables:
-        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
+        # a table on the host tier is never replicated (its cache would differ per rank)
+        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes and not t.cache_rows:
             chosen[t.name] = "replicated"
     even_share = sum(sizes[t.name] for t in tables if chosen[t.name] != "replicated") / world_size
     for t in tables:

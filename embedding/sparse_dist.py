@@ -40,6 +40,8 @@ class SparseDist:
     recv_counts: torch.Tensor | None = None
     # set by compute (exchange path): the storage row of each received key
     owner_rows: torch.Tensor | None = None
+    # embedding.host_tier.Ticket: the host tier's cache slots this batch holds until released
+    tier_ticket: object = None
 
     @classmethod
     def local(

@@ -102,6 +102,8 @@ def build(cfg: Config, env: DistContext) -> Parts:
         storage_dtype=e.storage_dtype,
         exchange_dtype=e.exchange_dtype,
         input_group=env.input_group,
+        cache_policy=e.cache_policy,
+        host_dir=e.host_dir,
     )
     if isinstance(data, DatasetSource):  # a bad id's error then names its file and row
         embeddings.ids.locate = data.locate
