@@ -106,3 +106,77 @@ def test_tables_10x_the_budget_train_as_on_the_device(runs, world_size):
         for key, ref in ref_dense.items():
             assert torch.equal(dense[key], ref), (case, key)
     assert ref_losses[0] != ref_losses[-1]  # training moved
+
+
+def _collection(cache_rows: int, policy: str = "lru"):
+    from embedding import SparseOptimizer, Table, plan_sharding
+    from embedding.sharded import ShardedEmbeddingCollection
+
+    tables = [
+        Table("a", 200, 4, "sum", ("a",), "table", cache_rows=cache_rows),
+        Table("b", 30, 4, "mean", ("b",), "table"),
+    ]
+    plan = plan_sharding(tables, 1, optimizer="adam")
+    opt = SparseOptimizer("adam", 0.1)
+    return ShardedEmbeddingCollection(tables, plan, opt, seed=3, cache_policy=policy)
+
+
+def _batches(steps: int, seed: int = 0):
+    from pipeline.batch import KeyedJagged
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        a = torch.randint(0, 200, (4, 3), generator=g).tolist()
+        b = torch.randint(0, 30, (4, 1), generator=g).tolist()
+        yield KeyedJagged.from_lists({"a": a, "b": b})
+
+
+def _train_pipelined(ec, batches, eval_batch=None) -> list[float]:
+    """The train pipeline's order: batch i+1's input_dist before batch i's backward; an evaluation
+    batch between steps."""
+    losses, batches = [], list(batches)
+    nxt = ec.input_dist(batches[0])
+    for i in range(len(batches)):
+        sd = nxt
+        pooled = ec(sd)
+        if i + 1 < len(batches):
+            nxt = ec.input_dist(batches[i + 1])
+        loss = (pooled * pooled).sum()
+        loss.backward()
+        losses.append(loss.item())
+        if eval_batch is not None:
+            with torch.no_grad():
+                ec(eval_batch)
+    return losses
+
+
+def test_state_reads_and_writes_go_through_the_cache():
+    device, tiered = _collection(0), _collection(30)
+    evaluation = next(_batches(1, seed=9))
+    losses = _train_pipelined(device, _batches(6))
+    assert _train_pipelined(tiered, _batches(6), evaluation) == losses
+    assert tiered.tier.totals["written_back"] > 0  # dirty rows were evicted while training
+    # every state path reads the host copy with the cached rows written back
+    assert tiered.table_digests() == device.table_digests()
+    for name, state in device.shard_tables().items():
+        for k, v in state.items():
+            assert torch.equal(tiered.shard_tables()[name][k], v), (name, k)
+    for got, ref in zip(tiered.export_rows(0, 1, 0), device.export_rows(0, 1, 0), strict=True):
+        assert torch.equal(got, ref)
+    # a state loaded into a tiered collection reaches the rows it caches; training goes on alike
+    full = device.full_state_dict()
+    fresh = _collection(30, "lfu")
+    _train_pipelined(fresh, _batches(2, seed=5))  # rows cached, then overwritten by the load
+    fresh.load_full_state_dict(full)
+    fresh.num_updates = device.num_updates
+    more = _train_pipelined(device, _batches(3, seed=7))
+    assert _train_pipelined(fresh, _batches(3, seed=7)) == more
+    assert fresh.table_digests() == device.table_digests()
+
+
+def test_a_cache_smaller_than_the_batches_in_flight_is_an_error():
+    ec = _collection(16)
+    batches = list(_batches(2))
+    ec.input_dist(batches[0])  # in flight: up to 12 rows of table a
+    with pytest.raises(ValueError, match=r"table 'a': cache_rows=16 on rank 0 cannot hold the \d+ "):
+        ec.input_dist(batches[1])
