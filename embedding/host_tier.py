@@ -166,11 +166,13 @@ class HostTier:
         if need:
             free = np.flatnonzero(c.pins == 0)
             if free.size < need:
+                kind = "training" if training else "evaluation"
                 held = int((c.pins > 0).sum()) - (local.size - need)
                 raise ValueError(
                     f"table {c.name!r}: cache_rows={c.pins.size} on rank {self.layout.rank} cannot "
-                    f"hold the {local.size} rows this batch reads plus the {held} that batches in "
-                    f"flight hold; set cache_rows >= {local.size + held}"
+                    f"hold the {local.size} rows this {kind} batch reads plus the {held} that "
+                    f"batches in flight hold; set cache_rows >= {local.size + held}"
+                    + ("" if training else " or a smaller eval.batch_size")
                 )
             victims = free[self._victim_order(c, free)[:need]]
             self._evict(c, victims)
@@ -311,3 +313,23 @@ def rows_written(storage: RowStorage, t: int) -> None:
     """After writing table t's rows given by table_rows: the host tier's cached rows take them."""
     if storage.tier is not None and storage.tier.holds(t):
         storage.tier.written(t)
+
+
+def window_metrics(emb, steps: int) -> dict[str, float]:
+    """Collective: the host tier's training resolves since the last call, summed over ranks, per
+    step: hit rate (distinct tiered rows a step reads that were cached), rows fetched and written
+    back, bytes over PCIe (host -> device, device -> host; state reads' write-backs included)."""
+    taken = emb.tier.take_counters()
+    counts = torch.tensor([taken[k] for k in COUNTERS], dtype=torch.int64)
+    c = dict(
+        zip(COUNTERS, emb.exchange.all_reduce_(counts.to(emb.weight.device)).tolist(), strict=True)
+    )
+    n = max(steps, 1)
+    return {
+        "hit_rate": c["hits"] / c["lookups"] if c["lookups"] else None,
+        "rows_fetched_per_step": c["fetched"] / n,
+        "rows_written_back_per_step": c["written_back"] / n,
+        "pcie_bytes_per_step": (c["h2d_bytes"] + c["d2h_bytes"]) / n,
+        "h2d_bytes_per_step": c["h2d_bytes"] / n,
+        "d2h_bytes_per_step": c["d2h_bytes"] / n,
+    }

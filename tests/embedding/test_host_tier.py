@@ -4,6 +4,7 @@ device cache with the same losses, weights and optimizer state, bit for bit, as 
 import pytest
 import torch
 
+from embedding.host_tier import window_metrics
 from tests.support.dist_utils import run_distributed
 from tests.support.training import dense_state, host_batches, load_parts, train_losses
 
@@ -155,7 +156,15 @@ def test_state_reads_and_writes_go_through_the_cache():
     evaluation = next(_batches(1, seed=9))
     losses = _train_pipelined(device, _batches(6))
     assert _train_pipelined(tiered, _batches(6), evaluation) == losses
-    assert tiered.tier.totals["written_back"] > 0  # dirty rows were evicted while training
+    totals = dict(tiered.tier.totals)
+    assert totals["written_back"] > 0  # dirty rows were evicted while training
+    # the metrics line's figures: the training resolves' counters, per step
+    metrics = window_metrics(tiered, 6)
+    assert metrics["hit_rate"] == totals["hits"] / totals["lookups"]
+    assert metrics["rows_fetched_per_step"] * 6 == totals["fetched"]
+    assert metrics["pcie_bytes_per_step"] * 6 == totals["h2d_bytes"] + totals["d2h_bytes"]
+    row = 4 * 4 + 2 * 4 * 4 + 8 + 8 + 8  # weight, Adam's m and v, its step, freq, last_step
+    assert totals["h2d_bytes"] == totals["fetched"] * row
     # every state path reads the host copy with the cached rows written back
     assert tiered.table_digests() == device.table_digests()
     for name, state in device.shard_tables().items():
@@ -178,5 +187,8 @@ def test_a_cache_smaller_than_the_batches_in_flight_is_an_error():
     ec = _collection(16)
     batches = list(_batches(2))
     ec.input_dist(batches[0])  # in flight: up to 12 rows of table a
-    with pytest.raises(ValueError, match=r"table 'a': cache_rows=16 on rank 0 cannot hold the \d+ "):
+    with pytest.raises(
+        ValueError,
+        match=r"table 'a': cache_rows=16 on rank 0 cannot hold the \d+ rows this training batch",
+    ):
         ec.input_dist(batches[1])
