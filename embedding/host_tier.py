@@ -118,8 +118,9 @@ class HostTier:
         return out
 
     @classmethod
-    def attach(cls, layout, storage, dynamic, seed: int, policy: str, host_dir: str):
-        """The tier of the collection's tiered tables (set as storage.tier), or None without any."""
+    def attach(cls, plan, layout, storage, dynamic, seed: int):
+        """The tier of the collection's tiered tables (set as storage.tier; the plan's cache policy
+        and host directory), or None without any."""
         if not any(layout.cache_rows):
             return None
         if dynamic:
@@ -127,7 +128,7 @@ class HostTier:
                 "cache_rows (the host tier) needs a collection without dynamic tables; "
                 f"dynamic: {[layout.tables[t].name for t in dynamic]}"
             )
-        storage.tier = cls(layout, storage, seed, policy, host_dir)
+        storage.tier = cls(layout, storage, seed, plan.cache_policy, plan.host_dir)
         return storage.tier
 
     # ---- a batch's rows -------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class TablePlacement:
 class ShardingPlan:
     world_size: int
     placements: dict[str, TablePlacement] = field(default_factory=dict)
+    # the host tier's eviction policy ("lru" or "lfu") and memmap directory ("": host RAM)
+    cache_policy: str = "lru"
+    host_dir: str = ""
 
     def rank_bytes(self) -> list[int]:
         return [

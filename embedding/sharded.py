@@ -64,8 +64,6 @@ class ShardedEmbeddingCollection(nn.Module):
         exchange_dtype: str = "fp32",
         always_exchange: bool = False,
         input_group=None,
-        cache_policy: str = "lru",
-        host_dir: str = "",
     ):
         super().__init__()
         dims = {t.dim for t in tables}
@@ -75,8 +73,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 f"[B, F, D]); got {sorted(dims)}"
             )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
-        self.dim = dims.pop()
-        self.rank, self.world_size = rank, world_size
+        self.dim, self.rank, self.world_size = dims.pop(), rank, world_size
         self.features = feature_names(tables)
         # the path every batch takes (SparseDist.single_rank)
         self.single_rank = world_size == 1 and not always_exchange
@@ -95,8 +92,7 @@ class ShardedEmbeddingCollection(nn.Module):
             self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
         )
         self.storage.init_weights(self.layout, seed)
-        # static tables in host memory behind a device cache (embedding.host_tier), or None
-        self.tier = HostTier.attach(self.layout, self.storage, shards, seed, cache_policy, host_dir)
+        self.tier = HostTier.attach(plan, self.layout, self.storage, shards, seed)  # or None
         self.dynamic = DynamicTables(
             shards, self.features, self.layout, self.storage, self.exchange, seed
         )

@@ -68,7 +68,7 @@ def _dense_optimizer(
 def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> ShardingPlan:
     """Where each table lives at this world size (embedding.plan_sharding with the config's settings)."""
     e = cfg.embedding
-    return plan_sharding(
+    plan = plan_sharding(
         tables,
         world_size,
         storage_dtype=e.storage_dtype,
@@ -77,6 +77,8 @@ def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> Sharding
         replicate_below_bytes=e.replicate_below_bytes,
         memory_budget_bytes=e.memory_budget_bytes,
     )
+    plan.cache_policy, plan.host_dir = e.cache_policy, e.host_dir  # the host tier's
+    return plan
 
 
 def build(cfg: Config, env: DistContext) -> Parts:
@@ -102,8 +104,6 @@ def build(cfg: Config, env: DistContext) -> Parts:
         storage_dtype=e.storage_dtype,
         exchange_dtype=e.exchange_dtype,
         input_group=env.input_group,
-        cache_policy=e.cache_policy,
-        host_dir=e.host_dir,
     )
     if isinstance(data, DatasetSource):  # a bad id's error then names its file and row
         embeddings.ids.locate = data.locate

@@ -118,8 +118,8 @@ def _collection(cache_rows: int, policy: str = "lru"):
         Table("b", 30, 4, "mean", ("b",), "table"),
     ]
     plan = plan_sharding(tables, 1, optimizer="adam")
-    opt = SparseOptimizer("adam", 0.1)
-    return ShardedEmbeddingCollection(tables, plan, opt, seed=3, cache_policy=policy)
+    plan.cache_policy = policy
+    return ShardedEmbeddingCollection(tables, plan, SparseOptimizer("adam", 0.1), seed=3)
 
 
 def _batches(steps: int, seed: int = 0):
@@ -192,3 +192,16 @@ def test_a_cache_smaller_than_the_batches_in_flight_is_an_error():
         match=r"table 'a': cache_rows=16 on rank 0 cannot hold the \d+ rows this training batch",
     ):
         ec.input_dist(batches[1])
+
+
+@pytest.mark.parametrize("policy, evicted", [("lru", 0), ("lfu", 1)])
+def test_eviction_policy(policy, evicted):
+    from pipeline.batch import KeyedJagged
+
+    ec = _collection(4, policy)
+    with torch.no_grad():  # evaluation batches: each frees its slots once pooled
+        for ids in ([0, 0, 0], [1], [2], [3], [4]):
+            ec(KeyedJagged.from_lists({"a": [ids], "b": [[0]]}))
+    cached = set(ec.tier.caches[0].row_of.tolist())
+    # lru: row 0, the least recently read; lfu: row 1, read once (row 0: 3 times), before 2 and 3
+    assert cached == {0, 1, 2, 3, 4} - {evicted}
