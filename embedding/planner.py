@@ -104,6 +104,7 @@ def plan_sharding(
     default_placement: str = "auto",
     replicate_below_bytes: int = 1 << 20,
     memory_budget_bytes: int = 0,
+    cache_floor: dict[str, int] | None = None,
 ) -> ShardingPlan:
     """Place every table; a table's own placement (if not auto) wins over default_placement.
 
@@ -112,6 +113,8 @@ def plan_sharding(
     table-wise it would leave its owner above every other rank whatever the rest does;
     otherwise table-wise, greedily placing the largest tables first on the rank with the least
     (bytes share + lookups share) so far.
+    Over budget, the largest tables go on the host tier (embedding.tier_plan; cache_floor: the
+    device cache rows each tiered table needs at least).
     Raises ValueError naming the tables that do not fit the budget and by how much.
     """
     plan = ShardingPlan(world_size)
@@ -144,7 +147,8 @@ def plan_sharding(
         load_lookups,
     )
     plan.placements = {t.name: plan.placements[t.name] for t in tables}
-    place_on_tier(plan, tables, lambda t: row_bytes(t.dim, storage_dtype, optimizer), budget)
+    row = lambda t: row_bytes(t.dim, storage_dtype, optimizer)  # noqa: E731
+    place_on_tier(plan, tables, row, budget, cache_floor or {})
     _check_budget(plan, tables, sizes, chosen, budget)
     return plan
 

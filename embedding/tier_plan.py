@@ -37,10 +37,11 @@ def put_on_tier(plan, table, cache_rows: int, row: int) -> None:
         p.host_bytes_per_rank[r] = n * (row + HOST_ROW_EXTRA)
 
 
-def place_on_tier(plan, tables, row_bytes_of, budget: float) -> None:
-    """Tables with cache_rows set go on the tier; then, while a rank is over budget, the largest
-    tiering candidates (static, not replicated) do too, largest first, and share the device bytes
-    left on each rank as cache rows, in proportion to the rows each holds there."""
+def place_on_tier(plan, tables, row_bytes_of, budget: float, floor: dict[str, int]) -> None:
+    """Tables with cache_rows set go on the tier. Then, while a rank is over budget or cannot hold
+    the cache floors (floor[name]: rows the batches in flight may read, 0 if not given), the largest
+    tiering candidates (static, not replicated) go on the tier too, largest first; each gets its
+    floor and a share of the device bytes left, in proportion to the rows it holds there."""
     for t in tables:
         if t.cache_rows:
             if t.dynamic or plan.placements[t.name].placement == "replicated":
@@ -60,12 +61,22 @@ def place_on_tier(plan, tables, row_bytes_of, budget: float) -> None:
         ),
         key=lambda t: (-t.num_embeddings * row_bytes_of(t), t.name),
     )
-    auto = []
-    while candidates and max(plan.rank_bytes()) > budget:
+    world, auto = plan.world_size, []
+
+    def spare() -> list[float]:
+        """Device bytes left on each rank once the auto-tiered tables hold their floors."""
+        left = [budget - b for b in plan.rank_bytes()]
+        for t in auto:
+            p = plan.placements[t.name]
+            for r in range(world):
+                n = local_rows(p, t.num_embeddings, r, world)
+                left[r] -= min(floor.get(t.name, 0), n) * row_bytes_of(t)
+        return left
+
+    while candidates and min(spare()) < 0:
         auto.append(candidates.pop(0))
         put_on_tier(plan, auto[-1], 0, row_bytes_of(auto[-1]))
-    left = [budget - b for b in plan.rank_bytes()]
-    world = plan.world_size
+    left = spare()
     held = {
         t.name: [
             local_rows(plan.placements[t.name], t.num_embeddings, r, world) for r in range(world)
@@ -75,8 +86,8 @@ def place_on_tier(plan, tables, row_bytes_of, budget: float) -> None:
     total = [sum(held[t.name][r] for t in auto) for r in range(world)]
     for t in auto:
         share = [
-            int(left[r] * held[t.name][r] / total[r]) // row_bytes_of(t)
+            int(max(left[r], 0) * held[t.name][r] / total[r]) // row_bytes_of(t)
             for r in range(world)
             if held[t.name][r]
         ]
-        put_on_tier(plan, t, max(1, min(share)), row_bytes_of(t))
+        put_on_tier(plan, t, max(1, floor.get(t.name, 0) + min(share)), row_bytes_of(t))

@@ -99,6 +99,11 @@ def test_budget_puts_the_largest_tables_on_the_host_tier():
     text = plan.format(tables)
     assert text.splitlines()[2].split()[6] == f"{user.cache_rows:,}"
     assert "host tier per rank: r0=" in text
+    # a cache floor (the rows the batches in flight may read) comes first, the rest is shared
+    floored = plan_sharding(tables, 2, memory_budget_bytes=budget, cache_floor={"user": 400})
+    assert 400 < floored.placements["user"].cache_rows < user.cache_rows + 400
+    with pytest.raises(ValueError, match="memory_budget_bytes"):  # a floor that cannot fit
+        plan_sharding(tables, 2, memory_budget_bytes=budget, cache_floor={"user": 600})
 
 
 def test_forced_cache_rows_and_bad_placements():
