@@ -139,8 +139,8 @@ class HostTier:
             torch.cuda.current_stream().wait_event(self.event)
         tiered = rows >= TIER_BASE
         virtual = torch.where(tiered, rows - TIER_BASE, -1)
-        unique, counts = torch.unique(virtual, return_counts=True)
-        unique, counts = unique.cpu().numpy(), counts.cpu().numpy()  # the tier's host sync
+        # the tier's host read: the batch's distinct tiered rows and their lookups, in one copy
+        unique, counts = torch.stack(torch.unique(virtual, return_counts=True)).cpu().numpy()
         if training:  # a step's batch is done once the batch after the next one is resolved
             while len(self.in_flight) >= 2:
                 self.release(self.in_flight[0])
@@ -205,23 +205,37 @@ class HostTier:
         self._write_back(c, held[back], rows[back])
         c.slot_of[rows] = -1
         c.row_of[held], c.dirty[held] = -1, False
-        self.slot_map[torch.from_numpy(rows + c.offset).to(self.slot_map.device)] = -1
+        self.slot_map[self._device(rows + c.offset)] = -1
+
+    def _device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the storage's device (CUDA: from pinned memory, without a sync)."""
+        tensor = torch.from_numpy(array)
+        if self.cuda:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.storage.weight.device, non_blocking=self.cuda)
 
     def _write_back(self, c: _Cache, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Slots' rows (weights, state, statistics) copied to host rows `rows`: on CUDA every
+        tensor's rows into pinned memory asynchronously, then one sync for them all."""
         if not slots.size:
             return
-        phys = torch.from_numpy(slots + c.slot_base).to(self.storage.weight.device)
-        index = torch.from_numpy(rows)
+        phys, blocks = self._device(slots + c.slot_base), {}
         for name, value in self.storage.tracked().items():
-            block = value[phys].cpu()
+            rows_here = value[phys]
+            blocks[name] = torch.empty(rows_here.shape, dtype=value.dtype, pin_memory=self.cuda)
+            blocks[name].copy_(rows_here, non_blocking=self.cuda)
+            self._count(d2h_bytes=rows_here.numel() * rows_here.element_size())
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
+        index = torch.from_numpy(rows)
+        for name, block in blocks.items():
             self.host[c.t][name][index] = block
-            self._count(d2h_bytes=block.numel() * block.element_size())
         self._count(written_back=slots.size)
 
     def _fetch(self, c: _Cache, rows: np.ndarray, slots: np.ndarray) -> None:
         """Host rows `rows` (local) and their state copied into `slots`."""
         device = self.storage.weight.device
-        phys = torch.from_numpy(slots + c.slot_base).to(device, non_blocking=self.cuda)
+        phys = self._device(slots + c.slot_base)
         index = torch.from_numpy(rows)
         for name, value in self.storage.tracked().items():
             block = self.host[c.t][name].index_select(0, index)
@@ -230,7 +244,7 @@ class HostTier:
             value[phys] = block.to(device, non_blocking=self.cuda)
             self._count(h2d_bytes=block.numel() * block.element_size())
         c.slot_of[rows], c.row_of[slots], c.dirty[slots] = slots, rows, False
-        self.slot_map[torch.from_numpy(rows + c.offset).to(device)] = phys.to(torch.int32)
+        self.slot_map[self._device(rows + c.offset)] = phys.to(torch.int32)
         self._count(fetched=rows.size)
 
     def resolve_dist(self, sd, layout: ShardLayout):

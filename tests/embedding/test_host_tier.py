@@ -40,6 +40,8 @@ sparse_lr = 0.1
 [train]
 steps = 10
 global_batch_size = 8
+[eval]
+batch_size = 8
 """
 ROW = 32 * 4 + 4
 TABLE_BYTES = (1000 + 500 + 8) * ROW
