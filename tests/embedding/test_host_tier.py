@@ -1,9 +1,11 @@
 """The host tier (embedding.host_tier): tables 10x the device memory budget train through a small
 device cache with the same losses, weights and optimizer state, bit for bit, as all on the device."""
 
+import numpy as np
 import pytest
 import torch
 
+from embedding import state as table_state
 from embedding.host_tier import window_metrics
 from tests.support.dist_utils import run_distributed
 from tests.support.training import dense_state, host_batches, load_parts, train_losses
@@ -111,7 +113,7 @@ def test_tables_10x_the_budget_train_as_on_the_device(runs, world_size):
     assert ref_losses[0] != ref_losses[-1]  # training moved
 
 
-def _collection(cache_rows: int, policy: str = "lru"):
+def _collection(cache_rows: int, policy: str = "lru", host_dir: str = ""):
     from embedding import SparseOptimizer, Table, plan_sharding
     from embedding.sharded import ShardedEmbeddingCollection
 
@@ -120,7 +122,7 @@ def _collection(cache_rows: int, policy: str = "lru"):
         Table("b", 30, 4, "mean", ("b",), "table"),
     ]
     plan = plan_sharding(tables, 1, optimizer="adam")
-    plan.cache_policy = policy
+    plan.cache_policy, plan.host_dir = policy, host_dir
     return ShardedEmbeddingCollection(tables, plan, SparseOptimizer("adam", 0.1), seed=3)
 
 
@@ -174,6 +176,22 @@ def test_state_reads_and_writes_go_through_the_cache():
             assert torch.equal(tiered.shard_tables()[name][k], v), (name, k)
     for got, ref in zip(tiered.export_rows(0, 1, 0), device.export_rows(0, 1, 0), strict=True):
         assert torch.equal(got, ref)
+    # checkpoints stream the same blocks, and load back (same id range, then a row-wise one)
+    sources = table_state.checkpoint_sources(tiered.layout, tiered.storage, tiered.dynamic)
+    ref = table_state.checkpoint_sources(device.layout, device.storage, device.dynamic)
+    for name, (description, blocks) in ref.items():
+        assert sources[name][0] == description
+        for k, (shape, _, fetch) in blocks.items():
+            assert torch.equal(sources[name][1][k][2](0, shape[0]).cpu(), fetch(0, shape[0]).cpu())
+    loaded = _collection(30)
+    for name, (_, blocks) in ref.items():
+        t = [x.name for x in loaded.tables].index(name)
+        for k, (shape, _, fetch) in blocks.items():
+            chunk = fetch(0, shape[0]).cpu()
+            for rows, part in (([0, 1, shape[0]], chunk), ([1, 2, shape[0] // 2], chunk[1::2])):
+                args = (loaded.layout, loaded.storage, t, rows, k, 0, part)
+                table_state.load_static_chunk(*args)
+    assert loaded.table_digests() == device.table_digests()
     # a state loaded into a tiered collection reaches the rows it caches; training goes on alike
     full = device.full_state_dict()
     fresh = _collection(30, "lfu")
@@ -207,3 +225,14 @@ def test_eviction_policy(policy, evicted):
     cached = set(ec.tier.caches[0].row_of.tolist())
     # lru: row 0, the least recently read; lfu: row 1, read once (row 0: 3 times), before 2 and 3
     assert cached == {0, 1, 2, 3, 4} - {evicted}
+
+
+def test_host_rows_in_memmaps(tmp_path):
+    device, mapped = _collection(0), _collection(30, host_dir=str(tmp_path))
+    assert _train_pipelined(mapped, _batches(4)) == _train_pipelined(device, _batches(4))
+    assert mapped.table_digests() == device.table_digests()
+    # table a's rows, optimizer state and statistics live in files there, written back in place
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [f"a.r0.{k}.bin" for k in sorted(device.storage.tracked())]
+    on_disk = np.memmap(tmp_path / "a.r0.weight.bin", dtype=np.float32, mode="r").reshape(200, 4)
+    assert torch.equal(torch.from_numpy(np.array(on_disk)), device.full_state_dict()["a"]["weight"])
