@@ -45,7 +45,7 @@ class _Cache:
         self.row_of = np.full(slots, -1, np.int64)  # slot -> local row, -1: empty
         self.last_used = np.full(slots, -1, np.int64)  # resolve tick of the slot's last use
         self.pins = np.zeros(slots, np.int32)  # batches in flight that read the slot
-        self.dirty = np.zeros(slots, bool)  # updated since fetched: written back on eviction
+        self.dirty = np.zeros(slots, bool)  # updated since fetched or written back
 
 
 class Ticket:
@@ -182,7 +182,6 @@ class HostTier:
             c.pins[victims] += 1
         c.last_used[slots] = self.tick
         if training:
-            c.dirty[slots] = True
             self._count(lookups=local.size, hits=local.size - need)
         return slots
 
@@ -276,6 +275,9 @@ class HostTier:
         ticket.released = True
         for t, slots in ticket.slots.items():
             self.caches[t].pins[slots] -= 1
+            # a training batch's rows changed in its update: dirty from now on (marked here, not at
+            # resolve, so that a state read between resolve and update cannot clean them early)
+            self.caches[t].dirty[slots] |= ticket.training
         if ticket in self.in_flight:
             self.in_flight.remove(ticket)
 

@@ -136,9 +136,9 @@ def _batches(steps: int, seed: int = 0):
         yield KeyedJagged.from_lists({"a": a, "b": b})
 
 
-def _train_pipelined(ec, batches, eval_batch=None) -> list[float]:
+def _train_pipelined(ec, batches, eval_batch=None, read_state=False) -> list[float]:
     """The train pipeline's order: batch i+1's input_dist before batch i's backward; an evaluation
-    batch between steps."""
+    batch between steps, or a state read (a checkpoint's) while batch i+1 waits for its update."""
     losses, batches = [], list(batches)
     nxt = ec.input_dist(batches[0])
     for i in range(len(batches)):
@@ -152,6 +152,8 @@ def _train_pipelined(ec, batches, eval_batch=None) -> list[float]:
         if eval_batch is not None:
             with torch.no_grad():
                 ec(eval_batch)
+        if read_state:
+            ec.table_digests()
     return losses
 
 
@@ -159,7 +161,7 @@ def test_state_reads_and_writes_go_through_the_cache():
     device, tiered = _collection(0), _collection(30)
     evaluation = next(_batches(1, seed=9))
     losses = _train_pipelined(device, _batches(6))
-    assert _train_pipelined(tiered, _batches(6), evaluation) == losses
+    assert _train_pipelined(tiered, _batches(6), evaluation, read_state=True) == losses
     totals = dict(tiered.tier.totals)
     assert totals["written_back"] > 0  # dirty rows were evicted while training
     # the metrics line's figures: the training resolves' counters, per step
