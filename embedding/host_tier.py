@@ -108,13 +108,13 @@ class HostTier:
             out[name] = _host_tensor((n, *value.shape[1:]), value.dtype, self.cuda, path)
             if name not in ("weight", "freq", "last_step"):
                 out[name][:] = value[layout.slot_base[t]].cpu()
-        rows, dim = layout.global_rows(t), out["weight"].shape[1]
-        chunk = max(1, (1 << 20) // dim)
+        # computed on the device (fast there; the same values anywhere), copied chunk by chunk
+        rows, dim, weight = layout.global_rows(t), out["weight"].shape[1], out["weight"]
+        chunk = max(1, (1 << 24 if self.cuda else 1 << 20) // dim)
         for start in range(0, n, chunk):
-            values = static_rows(
-                seed, t, layout.tables[t].num_embeddings, rows[start : start + chunk], dim
-            )
-            out["weight"][start : start + values.shape[0]] = values.to(out["weight"].dtype)
+            ids = rows[start : start + chunk].to(self.storage.weight.device)
+            values = static_rows(seed, t, layout.tables[t].num_embeddings, ids, dim)
+            weight[start : start + ids.numel()] = values.to(weight.dtype).cpu()
         return out
 
     @classmethod
