@@ -238,3 +238,17 @@ def test_host_rows_in_memmaps(tmp_path):
     assert files == [f"a.r0.{k}.bin" for k in sorted(device.storage.tracked())]
     on_disk = np.memmap(tmp_path / "a.r0.weight.bin", dtype=np.float32, mode="r").reshape(200, 4)
     assert torch.equal(torch.from_numpy(np.array(on_disk)), device.full_state_dict()["a"]["weight"])
+
+
+def test_plan_command_prints_host_and_device_bytes(tmp_path, capsys):
+    from training.plan import main
+
+    path = tmp_path / "tier.toml"
+    path.write_text(TIER_TOML)
+    text = main(
+        ["--config", str(path), "--world-size", "2", "--embedding.memory_budget_bytes", "9952"]
+    )
+    lines = {line.split()[0]: line.split() for line in text.splitlines()[3:6]}
+    # table, rows, dim, placement, ranks, device bytes/rank, cache rows, host bytes/rank
+    assert lines["big"][6] != "all" and lines["mid"][6] != "all" and lines["small"][6] == "all"
+    assert "host tier per rank: r0=" in text and text == capsys.readouterr().out.rstrip("\n")
