@@ -91,7 +91,9 @@ class HostTier:
             (max(layout.tier_rows, 1),), -1, dtype=torch.int32, device=device
         )
         self.host = {t: self._host_rows(t, seed, host_dir) for t in self.tables}
-        self.tick, self.in_flight, self.event = 0, [], None
+        self.tick, self.in_flight = 0, []
+        # CUDA: the last sparse update's and the last resolve's events (they may run on other streams)
+        self.event, self.resolved = None, None
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.totals = dict.fromkeys(COUNTERS, 0)
 
@@ -135,8 +137,8 @@ class HostTier:
     def resolve(self, rows: torch.Tensor, training: bool) -> tuple[torch.Tensor, Ticket]:
         """Storage rows of a batch (virtual ones for tiered tables) -> storage rows, with every
         tiered row resident in its table's cache until the ticket is released."""
-        if self.cuda and self.event is not None:  # evicted rows' last update (main stream) done
-            torch.cuda.current_stream().wait_event(self.event)
+        self._wait(self.event)  # the evicted rows' last update (main stream) is done
+        self._wait(self.resolved)  # and the last resolve's copies and map updates (side stream)
         tiered = rows >= TIER_BASE
         virtual = torch.where(tiered, rows - TIER_BASE, -1)
         # the tier's host read: the batch's distinct tiered rows and their lookups, in one copy
@@ -155,7 +157,20 @@ class HostTier:
         if training:
             self.in_flight.append(ticket)
         slots = self.slot_map[virtual.clamp(min=0)].to(torch.int64)
+        self.resolved = self._record()
         return torch.where(tiered, slots, rows), ticket
+
+    def _record(self):
+        """An event on the current stream (CUDA), else None."""
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _wait(self, event) -> None:
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)
 
     def _make_resident(self, c: _Cache, local: np.ndarray, counts: np.ndarray, training: bool):
         """The slots of table c's distinct local rows `local`, fetching the missing ones."""
@@ -283,9 +298,7 @@ class HostTier:
 
     def updated(self) -> None:
         """After a sparse update (CUDA): the next resolve's write-backs wait for it."""
-        if self.cuda:
-            self.event = torch.cuda.Event()
-            self.event.record()
+        self.event = self._record()
 
     # ---- tables as state ------------------------------------------------------------------------
     def holds(self, t: int) -> bool:
@@ -293,6 +306,7 @@ class HostTier:
 
     def host_tracked(self, t: int) -> dict[str, torch.Tensor]:
         """Table t's rows in host memory, up to date (every dirty cached row written back)."""
+        self._wait(self.resolved)
         c = self.caches[t]
         dirty = np.flatnonzero(c.dirty)
         self._write_back(c, dirty, c.row_of[dirty])
@@ -301,6 +315,7 @@ class HostTier:
 
     def written(self, t: int) -> None:
         """After a write into host_tracked(t): the cached rows take the host values again."""
+        self._wait(self.resolved)
         c = self.caches[t]
         slots = np.flatnonzero(c.row_of >= 0)
         if slots.size:
