@@ -351,7 +351,8 @@ def window_metrics(emb, steps: int) -> dict[str, float]:
     """Collective: the host tier's training resolves since the last call, summed over ranks, per
     step: hit rate (distinct tiered rows a step reads that were cached), rows fetched and written
     back, bytes over PCIe (host -> device, device -> host; state reads' write-backs included)."""
-    taken = emb.tier.take_counters()
+    # (a rank holding no tiered rows joins with zeros)
+    taken = emb.tier.take_counters() if emb.tier is not None else dict.fromkeys(COUNTERS, 0)
     counts = torch.tensor([taken[k] for k in COUNTERS], dtype=torch.int64)
     c = dict(
         zip(COUNTERS, emb.exchange.all_reduce_(counts.to(emb.weight.device)).tolist(), strict=True)

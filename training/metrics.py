@@ -135,7 +135,7 @@ class RunMetrics:
         if self.parts.embeddings.dynamic:
             line["dynamic"] = self.parts.embeddings.dynamic_metrics()
         tier = ""  # collective: hit rate, rows fetched / written back, PCIe bytes (host tier)
-        if self.parts.embeddings.tier is not None:
+        if any(p.cache_rows for p in self.parts.plan.placements.values()):
             line["host_tier"] = h = window_metrics(self.parts.embeddings, n)
             hit = f"{100 * h['hit_rate']:.1f}%" if h["hit_rate"] is not None else "-"
             tier = f" | tier hit {hit}, PCIe {h['pcie_bytes_per_step'] / 1e3:.1f} kB/step"
