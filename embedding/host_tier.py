@@ -1,8 +1,10 @@
 """HostTier: static tables whose rows live in host memory, behind a device cache of their rows.
 
 A table on the tier (ShardLayout.cache_rows[t] > 0) keeps this rank's rows, their optimizer state
-and access statistics (freq, last_step) in host memory (pinned when the storage is on CUDA, or numpy
-memmaps in a directory for tables beyond host RAM). Its region in the rank's RowStorage holds only
+and access statistics (freq, last_step) in host memory (or numpy memmaps in a directory, for tables
+beyond host RAM). The rows a step moves go through pinned buffers of their own size on CUDA, so the
+copies are asynchronous without page-locking the tables (tens of GB; the pinned allocator would also
+round each one up to a power of two). Its region in the rank's RowStorage holds only
 ``cache_rows`` slots. The layout gives its rows virtual storage rows (from layout.TIER_BASE up); once
 input_dist knows the rows a batch reads, ``resolve`` makes them resident (evicting the least
 recently used or least looked-up slots that no batch in flight holds, writing dirty ones back,
@@ -55,10 +57,10 @@ class Ticket:
         self.training, self.slots, self.released = training, {}, False
 
 
-def _host_tensor(shape, dtype: torch.dtype, pin: bool, path: str | None) -> torch.Tensor:
-    """Zeros in host memory: pinned (CUDA), or a numpy memmap at path (bf16 as its int16 bits)."""
+def _host_tensor(shape, dtype: torch.dtype, path: str | None) -> torch.Tensor:
+    """Zeros in host memory, or in a numpy memmap at path (bf16 as its int16 bits)."""
     if path is None:
-        return torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        return torch.zeros(shape, dtype=dtype)
     np_dtype = np.int16 if dtype == torch.bfloat16 else _NUMPY[dtype]
     array = np.memmap(path, dtype=np_dtype, mode="w+", shape=tuple(shape))
     tensor = torch.from_numpy(array)
@@ -107,7 +109,7 @@ class HostTier:
             if host_dir:
                 os.makedirs(host_dir, exist_ok=True)
                 path = os.path.join(host_dir, f"{layout.tables[t].name}.r{layout.rank}.{name}.bin")
-            out[name] = _host_tensor((n, *value.shape[1:]), value.dtype, self.cuda, path)
+            out[name] = _host_tensor((n, *value.shape[1:]), value.dtype, path)
             if name not in ("weight", "freq", "last_step"):
                 out[name][:] = value[layout.slot_base[t]].cpu()
         # computed on the device (fast there; the same values anywhere), copied chunk by chunk
@@ -252,9 +254,12 @@ class HostTier:
         phys = self._device(slots + c.slot_base)
         index = torch.from_numpy(rows)
         for name, value in self.storage.tracked().items():
-            block = self.host[c.t][name].index_select(0, index)
-            if self.cuda:  # an asynchronous copy needs page-locked memory
-                block = block.pin_memory()
+            host = self.host[c.t][name]
+            # gathered straight into page-locked memory (CUDA): an asynchronous copy needs it
+            block = torch.empty(
+                (rows.size, *host.shape[1:]), dtype=host.dtype, pin_memory=self.cuda
+            )
+            torch.index_select(host, 0, index, out=block)
             value[phys] = block.to(device, non_blocking=self.cuda)
             self._count(h2d_bytes=block.numel() * block.element_size())
         c.slot_of[rows], c.row_of[slots], c.dirty[slots] = slots, rows, False

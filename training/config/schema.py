@@ -160,7 +160,7 @@ class EmbeddingConfig:
     # power-of-two scale per message so small ones do not flush to zero). Half the bytes; one rank exchanges nothing
     exchange_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     # tables in host memory (docs/host_tier.md): which cached row a miss evicts, "lru" (least recently looked
-    # up) or "lfu" (fewest lookups); host_dir "" keeps the host copy in (pinned) RAM, a directory holds it in
+    # up) or "lfu" (fewest lookups); host_dir "" keeps the host copy in RAM, a directory holds it in
     # numpy memmaps there (tables beyond host RAM)
     cache_policy: Literal["lru", "lfu"] = "lru"
     host_dir: str = ""
