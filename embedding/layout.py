@@ -9,6 +9,10 @@ Replicated tables come first, the same on every rank, so their gradients can be 
 Row i of a row-wise table is local row i // W on rank i % W. Dynamic tables (embedding.dynamic) have
 no keys here and no rows in this storage: each has a storage of its own (embedding.storage), rows
 [null | its rows], which grows alone (place_dynamic).
+
+A table on the host tier (plan cache_rows, embedding.host_tier) stores only its cache slots, in its
+place among the regions (``slot_base[t]``, ``cache_rows[t]`` rows); its rows get virtual storage rows
+``base[t] + i`` from TIER_BASE up, which the tier maps to slots once they are resident.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from kernels.ownership import local_rows, owner_of
 _REGION_ORDER = {"replicated": 0, "table": 1, "row": 2, "key": 3}
 # first row of a dynamic table in its own storage: row 0 is that storage's null row
 DYNAMIC_BASE = 1
+# first virtual storage row of the host tier's tables: above any real storage row
+TIER_BASE = 1 << 48
 
 
 def _local_count(table: Table, kind: str, owner: int, rank: int, world_size: int) -> int:
@@ -68,9 +74,19 @@ class ShardLayout:
             for t in range(len(tables))
         ]
         self.base = [0] * len(tables)
+        # host tier: cache slots of each table here (0: not tiered), where they start, virtual rows
+        self.cache_rows = [
+            min(plan.placements[t.name].cache_rows, n)
+            for t, n in zip(tables, self.count, strict=True)
+        ]
+        self.slot_base, self.tier_rows = [0] * len(tables), 0
         cursor = 0
         for t in sorted(range(len(tables)), key=lambda i: (_REGION_ORDER[self.kinds[i]], i)):
-            if t not in dynamic_rows:
+            if self.cache_rows[t]:
+                self.slot_base[t], self.base[t] = cursor, TIER_BASE + self.tier_rows
+                cursor += self.cache_rows[t]
+                self.tier_rows += self.count[t]
+            elif t not in dynamic_rows:
                 self.base[t] = cursor
                 cursor += self.count[t]
         self.num_static_rows = cursor

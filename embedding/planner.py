@@ -17,19 +17,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from embedding.tables import Table, dynamic_bytes, row_bytes
+from embedding.tier_plan import place_on_tier
 
 
 @dataclass
 class TablePlacement:
     placement: str  # table, row, replicated or key (dynamic tables)
     owner: int  # rank for table-wise; -1 otherwise
-    bytes_per_rank: list[int]
+    bytes_per_rank: list[int]  # device bytes
+    # host tier (embedding.tier_plan): device cache rows per rank (0: all rows on the device) and
+    # the host bytes per rank of the table's rows
+    cache_rows: int = 0
+    host_bytes_per_rank: list[int] | None = None
 
 
 @dataclass
 class ShardingPlan:
     world_size: int
     placements: dict[str, TablePlacement] = field(default_factory=dict)
+    # the host tier's eviction policy ("lru" or "lfu") and memmap directory ("": host RAM)
+    cache_policy: str = "lru"
+    host_dir: str = ""
 
     def rank_bytes(self) -> list[int]:
         return [
@@ -37,9 +45,22 @@ class ShardingPlan:
             for r in range(self.world_size)
         ]
 
+    def host_bytes(self) -> list[int]:
+        """Host-memory bytes per rank of the tables on the host tier."""
+        return [
+            sum(
+                (p.host_bytes_per_rank or [0] * self.world_size)[r]
+                for p in self.placements.values()
+            )
+            for r in range(self.world_size)
+        ]
+
     def format(self, tables: list[Table]) -> str:
         """A readable table: one line per embedding table, then the per-rank totals."""
-        header = f"{'table':<16} {'rows':>12} {'dim':>5} {'placement':<11} {'ranks':<12} {'bytes/rank':>12}"
+        header = (
+            f"{'table':<16} {'rows':>12} {'dim':>5} {'placement':<11} {'ranks':<12} "
+            f"{'bytes/rank':>12} {'cache rows':>12} {'host/rank':>10}"
+        )
         lines = [header, "-" * len(header)]
         for t in tables:
             p = self.placements[t.name]
@@ -47,11 +68,18 @@ class ShardingPlan:
             nonzero = [b for b in p.bytes_per_rank if b]
             # dynamic: capacity, may grow
             rows = f"{t.dynamic.capacity:,}+" if t.dynamic else f"{t.num_embeddings:,}"
+            host = max(p.host_bytes_per_rank or [0])
+            cache = f"{p.cache_rows:,}" if p.cache_rows else "all"
             lines.append(
                 f"{t.name:<16} {rows:>12} {t.dim:>5} {p.placement:<11} {ranks:<12} "
-                f"{_human(max(nonzero) if nonzero else 0):>12}"
+                f"{_human(max(nonzero) if nonzero else 0):>12} {cache:>12} {_human(host):>10}"
             )
         lines.append("-" * len(header))
+        if any(p.cache_rows for p in self.placements.values()):
+            lines.append(
+                "host tier per rank: "
+                + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.host_bytes()))
+            )
         lines.append(
             "total per rank: "
             + ", ".join(f"r{r}={_human(b)}" for r, b in enumerate(self.rank_bytes()))
@@ -76,6 +104,7 @@ def plan_sharding(
     default_placement: str = "auto",
     replicate_below_bytes: int = 1 << 20,
     memory_budget_bytes: int = 0,
+    cache_floor: dict[str, int] | None = None,
 ) -> ShardingPlan:
     """Place every table; a table's own placement (if not auto) wins over default_placement.
 
@@ -84,6 +113,8 @@ def plan_sharding(
     table-wise it would leave its owner above every other rank whatever the rest does;
     otherwise table-wise, greedily placing the largest tables first on the rank with the least
     (bytes share + lookups share) so far.
+    Over budget, the largest tables go on the host tier (embedding.tier_plan; cache_floor: the
+    device cache rows each tiered table needs at least).
     Raises ValueError naming the tables that do not fit the budget and by how much.
     """
     plan = ShardingPlan(world_size)
@@ -116,7 +147,8 @@ def plan_sharding(
         load_lookups,
     )
     plan.placements = {t.name: plan.placements[t.name] for t in tables}
-
+    row = lambda t: row_bytes(t.dim, storage_dtype, optimizer)  # noqa: E731
+    place_on_tier(plan, tables, row, budget, cache_floor or {})
     _check_budget(plan, tables, sizes, chosen, budget)
     return plan
 
@@ -171,7 +203,8 @@ def _choose(
         for t in tables
     }
     for t in tables:
-        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes:
+        # a table on the host tier is never replicated (its cache would differ per rank)
+        if chosen[t.name] == "auto" and sizes[t.name] < replicate_below_bytes and not t.cache_rows:
             chosen[t.name] = "replicated"
     even_share = sum(sizes[t.name] for t in tables if chosen[t.name] != "replicated") / world_size
     for t in tables:

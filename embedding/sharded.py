@@ -19,6 +19,7 @@ from embedding import state as table_state
 from embedding.comm import Exchange
 from embedding.dynamic import DynamicShard
 from embedding.dynamic_tables import DynamicTables
+from embedding.host_tier import HostTier
 from embedding.ids import IdChecker
 from embedding.layout import ShardLayout
 from embedding.planner import ShardingPlan, plan_sharding
@@ -72,8 +73,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 f"[B, F, D]); got {sorted(dims)}"
             )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
-        self.dim = dims.pop()
-        self.rank, self.world_size = rank, world_size
+        self.dim, self.rank, self.world_size = dims.pop(), rank, world_size
         self.features = feature_names(tables)
         # the path every batch takes (SparseDist.single_rank)
         self.single_rank = world_size == 1 and not always_exchange
@@ -92,6 +92,7 @@ class ShardedEmbeddingCollection(nn.Module):
             self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
         )
         self.storage.init_weights(self.layout, seed)
+        self.tier = HostTier.attach(plan, self.layout, self.storage, shards, seed)  # or None
         self.dynamic = DynamicTables(
             shards, self.features, self.layout, self.storage, self.exchange, seed
         )
@@ -188,7 +189,8 @@ class ShardedEmbeddingCollection(nn.Module):
             return SparseDist.local(kjt.batch_size, kjt.offsets, rows, self.dynamic.local_keys(kjt))
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = self.ids.shifted(kjt, layout.local_base)
-            return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
+            sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows)
+            return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
         keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
         # the counts sent, then those received: one tensor, read at once
         counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
@@ -208,7 +210,7 @@ class ShardedEmbeddingCollection(nn.Module):
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         unique_keys = unique_keys[: sum(send_splits)]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)
-        return SparseDist(
+        sd = SparseDist(
             kjt.batch_size,
             kjt.offsets,
             inverse,
@@ -220,6 +222,8 @@ class ShardedEmbeddingCollection(nn.Module):
             send_counts=send_counts,
             recv_counts=recv_counts,
         )
+        # with the host tier, the rows this rank serves are made resident here, a batch ahead
+        return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
 
     # ---- phase 2: compute ------------------------------------------------------------------------
     def compute(self, sd: SparseDist) -> torch.Tensor:
@@ -237,7 +241,7 @@ class ShardedEmbeddingCollection(nn.Module):
         layout = self.layout
         if self.dynamic:
             sd.owner_rows = self.dynamic.local_rows(sd, step)
-        else:
+        elif sd.owner_rows is None:  # (else set by the host tier)
             sd.owner_rows = layout.local_rows(sd.recv_keys)
         # with one rank the rows are not sent: they stay in the storage dtype, as pooled at W=1
         wire = self.exchange.dtype if self.exchange.distributed else None
@@ -289,6 +293,7 @@ class ShardedEmbeddingCollection(nn.Module):
                     args = (sd, grad_pooled, self.feature_mean, self.num_updates, o)
                     updated = [updated, *self.dynamic.update_values(*args)]
                     self.dynamic.reset_null_row()
+                HostTier.done(self.tier, sd)
             self.last_exchange_bytes = 0
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
             return
@@ -316,6 +321,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 more = self.dynamic.merge(sd, grads, counts, self.num_updates, o)
                 updated = [updated, *more]
                 self.dynamic.reset_null_row()
+            HostTier.done(self.tier, sd)
         self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
         self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
 
@@ -351,7 +357,9 @@ class ShardedEmbeddingCollection(nn.Module):
     def forward(self, kjt_or_dist) -> torch.Tensor:
         sd = kjt_or_dist if isinstance(kjt_or_dist, SparseDist) else self.input_dist(kjt_or_dist)
         if not torch.is_grad_enabled():
-            return self.output_dist(sd, self.compute(sd))
+            pooled = self.output_dist(sd, self.compute(sd))
+            HostTier.done(self.tier, sd)  # (no update: the batch's cache slots are free again)
+            return pooled
         with self._stage("input_dist"):
             sd.wait()  # the ids' all-to-all (started by input_dist) is input_dist's time
         with self._stage("lookup"):

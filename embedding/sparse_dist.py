@@ -43,6 +43,8 @@ class SparseDist:
     # set by compute, with dynamic tables: per table (table, its keys' positions in recv_keys or, on
     # a single rank, its features' bag offsets into its values, their rows in the table's storage)
     pieces: list | None = None
+    # embedding.host_tier.Ticket: the host tier's cache slots this batch holds until released
+    tier_ticket: object = None
 
     @classmethod
     def local(

@@ -16,6 +16,7 @@ import torch
 
 from embedding.comm import Exchange
 from embedding.dynamic_tables import DynamicTables
+from embedding.host_tier import rows_written, table_rows
 from embedding.layout import ShardLayout
 from embedding.storage import RowStorage
 from kernels.hashing import splitmix64
@@ -70,8 +71,9 @@ def _digest_table(
     values: torch.Tensor,
     key: int,
     chunk_elems: int,
+    base: int,
 ) -> None:
-    """sums [2] += this rank's contributions of table t's tensor `values` ([local rows, C])."""
+    """sums [2] += this rank's part of table t's tensor `values` ([rows, C]; static: row 0 at base)."""
     table, device, width = layout.tables[t], values.device, values.shape[1]
     columns = torch.arange(width, dtype=torch.int64, device=device)
     rows_per_chunk = max(1, chunk_elems // max(width, 1))
@@ -86,10 +88,10 @@ def _digest_table(
         return
     # local row i of this table is global row first + i * step (row-wise: rank + i * W)
     first, step = (layout.rank, layout.world_size) if layout.kinds[t] == "row" else (0, 1)
-    base, n = layout.base[t], layout.count[t]
+    n = layout.count[t]
     for start in range(0, n, rows_per_chunk):
         block = values[base + start : base + min(start + rows_per_chunk, n)]
-        local = start + torch.arange(block.shape[0], dtype=torch.int64, device=device)
+        local = start + torch.arange(block.shape[0], dtype=torch.int64, device=block.device)
         rows = first + local * step
         _add_digest(sums, rows[:, None] * width + columns, _value_bits(block), key)
 
@@ -118,12 +120,12 @@ def tracked_digests(
         len(layout.tables), len(names), 2, dtype=torch.int64, device=storage.weight.device
     )
     for t in range(len(layout.tables)):
+        tracked, base = table_rows(layout, storage, t)
         for i, name in enumerate(names):
-            values = storage.tracked(t)[
-                name
-            ]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
+            values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
             values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
-            _digest_table(sums[t, i], layout, dynamic, t, values, _digest_key(t, name), chunk_elems)
+            key = _digest_key(t, name)  # (the host tier's rows: summed on the host)
+            _digest_table(sums[t, i], layout, dynamic, t, values, key, chunk_elems, base)
     exchange.all_reduce_(sums)
     return [
         [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in table]
@@ -157,8 +159,8 @@ def full_state_dict(
             own = storage.tracked(t)
             mine[table.name] = (keys.cpu(), {k: _cpu(v[rows]) for k, v in own.items()})
         elif layout.primary(t) and layout.count[t]:
-            base, n = layout.base[t], layout.count[t]
-            values = {k: _cpu(v[base : base + n]) for k, v in state.items()}
+            (rows, base), n = table_rows(layout, storage, t), layout.count[t]
+            values = {k: _cpu(v[base : base + n]) for k, v in rows.items()}
             mine[table.name] = (layout.global_rows(t), values)
     parts = exchange.gather_objects(mine)
     full = {}
@@ -213,9 +215,9 @@ def load_full_state_dict(
                 optional=("freq", "last_step"),
             )
             continue
-        base, n = layout.base[t], layout.count[t]
-        rows = layout.global_rows(t)
-        for k, v in storage.tracked().items():
+        tracked, base = table_rows(layout, storage, t)
+        n, rows = layout.count[t], layout.global_rows(t)
+        for k, v in tracked.items():
             if k not in full[table.name] and k in ("freq", "last_step"):
                 continue
             if k not in full[table.name]:
@@ -227,6 +229,7 @@ def load_full_state_dict(
                     f"expected {table.num_embeddings}"
                 )
             v[base : base + n] = src[rows].to(v.device, v.dtype)
+        rows_written(storage, t)
 
 
 def shard_tables(
@@ -237,7 +240,7 @@ def shard_tables(
     tracked values (replicated tables: rank 0 only); dynamic tables' live keys ("keys", "seen",
     "count") with their tracked values, and their pending keys ("pending_keys", "pending_count",
     "pending_seen")."""
-    tables, tracked = {}, storage.tracked()
+    tables = {}
     for t, table in enumerate(layout.tables):
         if table.dynamic:
             e = dynamic.shards[t].entries_state()
@@ -251,10 +254,10 @@ def shard_tables(
                 **{f"pending_{k}": e[k][~live].cpu() for k in ("keys", "count", "seen")},
             }
         elif layout.count[t] and layout.primary(t):
-            base, n = layout.base[t], layout.count[t]
+            (rows, base), n = table_rows(layout, storage, t), layout.count[t]
             tables[table.name] = {
                 "rows": layout.global_rows(t),
-                **{k: v[base : base + n].detach().cpu().clone() for k, v in tracked.items()},
+                **{k: v[base : base + n].detach().cpu().clone() for k, v in rows.items()},
             }
     return tables
 
@@ -281,7 +284,7 @@ def checkpoint_sources(
     fetch(start, stop) gives rows [start, stop) on the device without copying the table: static
     tables (replicated: rank 0 only) are described by their id range (static_range); dynamic ones
     by their live keys ("keys", "seen", "count"; tracked values in that order) and pending keys."""
-    out, tracked = {}, storage.tracked()
+    out = {}
     for t, table in enumerate(layout.tables):
         if table.dynamic:
             e = dynamic.shards[t].entries_state()
@@ -294,8 +297,8 @@ def checkpoint_sources(
             blocks.update({f"pending_{k}": _whole(e[k][~live]) for k in ("keys", "count", "seen")})
             out[table.name] = ({"kind": "dynamic"}, blocks)
         elif layout.count[t] and layout.primary(t):
-            base, n = layout.base[t], layout.count[t]
-            blocks = {k: _whole(v[base : base + n]) for k, v in tracked.items()}
+            (rows, base), n = table_rows(layout, storage, t), layout.count[t]
+            blocks = {k: _whole(v[base : base + n]) for k, v in rows.items()}
             out[table.name] = ({"kind": "static", "rows": list(static_range(layout, t))}, blocks)
     return out
 
@@ -313,15 +316,17 @@ def load_static_chunk(
 ) -> None:
     """Rows start.. of tracked tensor `name` of a static table t's checkpoint block written under the
     id range `rows` (static_range of the writer): the ones this rank holds go into its storage."""
-    buf = storage.tracked()[name]
+    tracked, base = table_rows(layout, storage, t)
+    buf = tracked[name]
     if tuple(rows) == static_range(layout, t):  # the same rows in the same order: one copy
-        first = layout.base[t] + start
+        first = base + start
         buf[first : first + chunk.shape[0]] = chunk.to(buf.device, buf.dtype)
-        return
-    ids = rows[0] + (start + torch.arange(chunk.shape[0], dtype=torch.int64)) * rows[1]
-    keep = layout.holds(t, ids)
-    if bool(keep.any()):
-        buf[layout.table_local_rows(t, ids[keep])] = chunk[keep].to(buf.device, buf.dtype)
+    else:
+        ids = rows[0] + (start + torch.arange(chunk.shape[0], dtype=torch.int64)) * rows[1]
+        keep = layout.holds(t, ids)
+        local = layout.table_local_rows(t, ids[keep]) - layout.base[t] + base
+        buf[local.to(buf.device)] = chunk[keep].to(buf.device, buf.dtype)
+    rows_written(storage, t)
 
 
 def dynamic_rows(
@@ -351,7 +356,7 @@ def load_table_state(
     dicts index rows by position). Static rows beyond the table are dropped (a warm start into a
     smaller table). Tracked values in `optional` may be missing (then zero for new keys, kept for
     static rows); others are an error naming them."""
-    table, tracked = layout.tables[t], storage.tracked()
+    table, (tracked, base) = layout.tables[t], table_rows(layout, storage, t)
     missing = [k for k in tracked if k not in state and k not in optional]
     if missing:
         raise KeyError(f"{source}: table {table.name!r} has no {missing}")
@@ -360,10 +365,11 @@ def load_table_state(
         return
     rows = state["rows"]
     keep = layout.holds(t, rows)
-    local = layout.table_local_rows(t, rows[keep])
+    local = layout.table_local_rows(t, rows[keep]) - layout.base[t] + base
     for k, buf in tracked.items():
         if k in state:
-            buf[local] = state[k][keep].to(buf.device, buf.dtype)
+            buf[local.to(buf.device)] = state[k][keep].to(buf.device, buf.dtype)
+    rows_written(storage, t)
 
 
 def export_rows(
@@ -377,15 +383,16 @@ def export_rows(
     """This rank's rows of table t to export (CPU): (keys, float32 values, freq, last_step) of rows
     looked up at least max(min_freq, 1) times and updated after since_step; keys are row ids
     (static) or raw keys (dynamic). None where another rank exports them (replicated: rank 0)."""
-    device = storage.weight.device
+    tracked, base = table_rows(layout, storage, t)
     if layout.tables[t].dynamic:
         keys, rows = dynamic.live(t)
     elif not layout.primary(t):
         return None
     else:
+        device = tracked["weight"].device
         keys = layout.global_rows(t).to(device)
-        rows = torch.arange(layout.count[t], device=device) + layout.base[t]
-    s = storage.of(t)
-    keep = (s.freq[rows] >= max(min_freq, 1)) & (s.last_step[rows] > since_step)
+        rows = torch.arange(layout.count[t], device=device) + base
+    freq, last_step = tracked["freq"], tracked["last_step"]
+    keep = (freq[rows] >= max(min_freq, 1)) & (last_step[rows] > since_step)
     rows = rows[keep]
-    return (keys[keep].cpu(), _cpu(s.weight[rows]), s.freq[rows].cpu(), s.last_step[rows].cpu())
+    return keys[keep].cpu(), _cpu(tracked["weight"][rows]), freq[rows].cpu(), last_step[rows].cpu()

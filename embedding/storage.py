@@ -19,6 +19,14 @@ from kernels import SparseOptimizer
 from kernels.hashing import splitmix64, uniform
 
 
+def static_rows(seed: int, t: int, num_embeddings: int, rows: torch.Tensor, dim: int):
+    """float64 initial weights [len(rows), dim] of ids `rows` of static table t (on rows' device)."""
+    key = int(splitmix64(torch.tensor([seed * 1_000_003 + t + 1], dtype=torch.int64))[0])
+    d = torch.arange(dim, dtype=torch.int64, device=rows.device)
+    bound = (1.0 / num_embeddings) ** 0.5
+    return (2.0 * uniform((rows[:, None] * dim + d) ^ key) - 1.0) * bound
+
+
 class RowStorage:
     """weight [rows, D], state {name: [rows, ...]}, freq [rows], last_step [rows] (int64)."""
 
@@ -41,6 +49,9 @@ class RowStorage:
         self.last_step = torch.zeros(num_rows, dtype=torch.int64, device=device)
         # dynamic table index -> its own storage
         self.tables: dict[int, RowStorage] = {}
+        # embedding.host_tier.HostTier of the tables kept in host memory, if any (set by the
+        # collection): tables as state read and write their rows through it
+        self.tier = None
 
     def add_table(self, t: int, num_rows: int) -> RowStorage:
         """A storage of num_rows zero rows for dynamic table t."""
@@ -63,22 +74,23 @@ class RowStorage:
     def init_weights(self, layout: ShardLayout, seed: int) -> None:
         """Static tables' rows uniform(+-sqrt(1/rows)) from a hash of (seed, table, row, d): the
         same values under any plan and on any device (integer hashing and IEEE float64 arithmetic
-        only), computed where the weights live. Every other row zero: the null row reads zeros,
-        dynamic rows are set on admission (embedding.dynamic.init_rows)."""
+        only), computed where the weights live (static_rows). Every other row zero: the null row
+        reads zeros, dynamic rows are set on admission (embedding.dynamic.init_rows), host-tier
+        tables' rows are the tier's (embedding.host_tier) and their cache slots start empty."""
         device, dim = self.weight.device, self.weight.shape[1]
-        d = torch.arange(dim, dtype=torch.int64, device=device)
         # chunks bound the temporaries
         chunk_rows = max(1, (1 << 24 if device.type == "cuda" else 1 << 20) // max(dim, 1))
         for t, table in enumerate(layout.tables):
-            if table.dynamic:
+            if table.dynamic or layout.cache_rows[t]:
+                if layout.cache_rows[t]:
+                    first = layout.slot_base[t]
+                    self.weight[first : first + layout.cache_rows[t]] = 0
                 continue
-            key = int(splitmix64(torch.tensor([seed * 1_000_003 + t + 1], dtype=torch.int64))[0])
-            bound = (1.0 / table.num_embeddings) ** 0.5
             rows = layout.global_rows(t).to(device)
             for start in range(0, rows.numel(), chunk_rows):
                 chunk = rows[start : start + chunk_rows]
-                values = (2.0 * uniform((chunk[:, None] * dim + d) ^ key) - 1.0) * bound
                 first = layout.base[t] + start
+                values = static_rows(seed, t, table.num_embeddings, chunk, dim)
                 self.weight[first : first + chunk.numel()] = values.to(self.weight.dtype)
         self.weight[layout.num_static_rows :] = 0
 

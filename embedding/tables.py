@@ -37,6 +37,9 @@ class Table:
     out_of_range: str = "error"  # ids >= num_embeddings: "error" or "modulo" (id % num_embeddings)
     # set: keys are raw int64 ids, rows allocated on admission (embedding.dynamic)
     dynamic: DynamicSpec | None = None
+    # device cache slots per rank of a static table kept in host memory (embedding.host_tier);
+    # 0 = every row on the device (the planner may still put the table on the tier)
+    cache_rows: int = 0
 
 
 def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list[Table]:
@@ -69,6 +72,7 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
                 lookups,
                 policy,
                 dynamic,
+                getattr(t, "cache_rows", 0),
             )
         )
     seen: dict[str, str] = {}

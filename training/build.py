@@ -65,10 +65,25 @@ def _dense_optimizer(
     return DENSE_OPTIMIZERS[o.dense](model.parameters(), lr=o.dense_lr, **kwargs)
 
 
+def cache_floor(cfg: Config, tables: list[Table]) -> dict[str, int]:
+    """Per table: the most rows the batches in flight may read (the host tier's cache floor): a
+    training batch and the next one, or a training batch and an evaluation batch, every id
+    distinct (skewed ids read far fewer: cache_rows in the config sets a smaller cache)."""
+    batch, bags = cfg.train.global_batch_size, {t.name: t.bag_max for t in cfg.embedding.tables}
+    in_flight = max(2 * batch, batch + cfg.eval.batch_size)
+    return {
+        t.name: min(
+            t.num_embeddings,
+            in_flight * len(t.features) * max(bags.get(t.name, -1), cfg.data.bag_max, 1),
+        )
+        for t in tables
+    }
+
+
 def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> ShardingPlan:
     """Where each table lives at this world size (embedding.plan_sharding with the config's settings)."""
     e = cfg.embedding
-    return plan_sharding(
+    plan = plan_sharding(
         tables,
         world_size,
         storage_dtype=e.storage_dtype,
@@ -76,7 +91,10 @@ def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> Sharding
         default_placement=e.sharding,
         replicate_below_bytes=e.replicate_below_bytes,
         memory_budget_bytes=e.memory_budget_bytes,
+        cache_floor=cache_floor(cfg, tables),
     )
+    plan.cache_policy, plan.host_dir = e.cache_policy, e.host_dir  # the host tier's
+    return plan
 
 
 def build(cfg: Config, env: DistContext) -> Parts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from embedding.host_tier import table_rows
 from training.distributed import unwrap
 
 
@@ -22,10 +23,11 @@ def first_nonfinite(parts) -> str | None:
     for t, table in enumerate(layout.tables):
         if table.dynamic:
             rows = emb.storage.of(t).weight[emb.dynamic.live(t)[1]]
-        else:
-            rows = weight[layout.base[t] : layout.base[t] + layout.count[t]]
+        else:  # (a host tier table: its host copy)
+            tracked, base = table_rows(layout, emb.storage, t)
+            rows = tracked["weight"][base : base + layout.count[t]]
         names.append(f"table '{table.name}'")
-        flags.append(torch.isfinite(rows).all())
+        flags.append(torch.isfinite(rows).all().to(weight.device))
     bad = (~torch.stack(flags)).to(torch.int32)
     emb.exchange.all_reduce_(bad)  # a sum over ranks: > 0 where any rank holds a NaN/inf
     first = bad.nonzero()

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from embedding.byte_model import MemoryBytes
+from embedding.host_tier import window_metrics
 from models.flops import dense_flops_per_sample
 from training.build import Parts
 from training.config import Config, to_dict
@@ -133,6 +134,11 @@ class RunMetrics:
         # collective: live / pending keys, admissions and evictions per table
         if self.parts.embeddings.dynamic:
             line["dynamic"] = self.parts.embeddings.dynamic_metrics()
+        tier = ""  # collective: hit rate, rows fetched / written back, PCIe bytes (host tier)
+        if any(p.cache_rows for p in self.parts.plan.placements.values()):
+            line["host_tier"] = h = window_metrics(self.parts.embeddings, n)
+            hit = f"{100 * h['hit_rate']:.1f}%" if h["hit_rate"] is not None else "-"
+            tier = f" | tier hit {hit}, PCIe {h['pcie_bytes_per_step'] / 1e3:.1f} kB/step"
         self.history.append(line)
         if self.file:
             self.file.write(dumps(line) + "\n")
@@ -142,7 +148,7 @@ class RunMetrics:
             f"a2a {line['exchange_bytes_per_step'] / 1e3:8.1f} kB/step/rank | "
             f"data wait {line['data_wait_pct']:.1f}% | MFU {line['mfu_pct'] or float('nan'):.2f}% | "
             f"emb {line['embedding_gbps']:.2f} GB/s | mem {line['peak_memory_gib']:.2f} GiB | "
-            f"lr {lrs[0]:.3g}/{lrs[1]:.3g}"
+            f"lr {lrs[0]:.3g}/{lrs[1]:.3g}{tier}"
         )
         self._new_window()
 
@@ -199,6 +205,8 @@ class RunMetrics:
             else None,
             "profile": self.profiler.result,
             "evals": self.evals,
+            # the host tier's last metrics line (hit rate, rows and bytes moved per step)
+            "host_tier": self.history[-1].get("host_tier") if self.history else None,
         }
 
     def close(self, summary: dict) -> None:

@@ -79,11 +79,40 @@ def test_lookups_break_ties_between_equal_bytes():
 
 
 def test_budget_error_names_ranks_and_largest_tables():
+    # below even the host tier's device map of "user" (4 B a row)
     tables = [table("user", 1000, placement="table"), table("item", 500, placement="table")]
     with pytest.raises(
         ValueError, match=r"memory_budget_bytes.*rank 0 needs .*over by.*user \(35\.2KiB, table\)"
     ):
-        plan_sharding(tables, 2, memory_budget_bytes=20_000)
+        plan_sharding(tables, 2, memory_budget_bytes=3_000)
+
+
+def test_budget_puts_the_largest_tables_on_the_host_tier():
+    tables = [table("user", 1000, placement="table"), table("item", 500, placement="table")]
+    budget = 20_000
+    plan = plan_sharding(tables, 2, memory_budget_bytes=budget)
+    user, item = plan.placements["user"], plan.placements["item"]
+    assert item.cache_rows == 0 and 0 < user.cache_rows < 1000
+    # the device map (4 B a row) and the cache fill rank 0's budget to within a row
+    assert budget - ROW < user.bytes_per_rank[0] == user.cache_rows * ROW + 1000 * 4 <= budget
+    assert user.host_bytes_per_rank[0] == 1000 * (ROW + 28)
+    text = plan.format(tables)
+    assert text.splitlines()[2].split()[6] == f"{user.cache_rows:,}"
+    assert "host tier per rank: r0=" in text
+    # a cache floor (the rows the batches in flight may read) comes first, the rest is shared
+    floored = plan_sharding(tables, 2, memory_budget_bytes=budget, cache_floor={"user": 400})
+    assert 400 < floored.placements["user"].cache_rows < user.cache_rows + 400
+    with pytest.raises(ValueError, match="memory_budget_bytes"):  # a floor that cannot fit
+        plan_sharding(tables, 2, memory_budget_bytes=budget, cache_floor={"user": 600})
+
+
+def test_forced_cache_rows_and_bad_placements():
+    forced = Table("t", 100, DIM, "sum", ("t",), "row", cache_rows=10)
+    plan = plan_sharding([forced], 2)
+    assert plan.placements["t"].cache_rows == 10
+    assert plan.placements["t"].bytes_per_rank == [10 * ROW + 50 * 4] * 2
+    with pytest.raises(ValueError, match="table 'r': cache_rows needs a static table"):
+        plan_sharding([Table("r", 100, DIM, "sum", ("r",), "replicated", cache_rows=10)], 2)
 
 
 def test_budget_turns_an_oversized_auto_table_row_wise():

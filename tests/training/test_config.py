@@ -169,6 +169,16 @@ def test_cli_errors_name_the_key(argv, message):
             "[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\nhash_ids = true\n",
             r"\(u\): hash_ids makes 63-bit ids",
         ),
+        # the host tier: a static table that is not replicated
+        (
+            "[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\ncache_rows = -1\n",
+            r"\(u\): 'cache_rows' is -1; it must be >= 0, on a static table that is not replicated",
+        ),
+        (
+            "[[embedding.tables]]\nname = 'u'\nnum_embeddings = 3\nplacement = 'replicated'\n"
+            "cache_rows = 2\n",
+            r"\(u\): 'cache_rows' is 2; it must be >= 0, on a static table",
+        ),
         ("[export]\nsince_step = -1\n", "config key 'export.since_step' must be >= 0"),
         (
             "[train]\ninit_from = 'a'\nresume = 'auto'\n",

@@ -51,6 +51,9 @@ class TableConfig:
     key_shards: int = 64
     # synthetic data: each Zipf id becomes splitmix64(id) as a 63-bit id (raw ids > 2^32)
     hash_ids: bool = False
+    # a static table kept in host memory with a device cache of this many rows per rank (docs/host_tier.md);
+    # 0 = all rows on the device (the planner puts tables on the tier when they exceed memory_budget_bytes)
+    cache_rows: int = 0
 
 
 @dataclass
@@ -156,6 +159,11 @@ class EmbeddingConfig:
     # rows (forward) and gradients (backward) in the all-to-all: "fp32", "bf16" or "fp16" (fp16 gradients carry one
     # power-of-two scale per message so small ones do not flush to zero). Half the bytes; one rank exchanges nothing
     exchange_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # tables in host memory (docs/host_tier.md): which cached row a miss evicts, "lru" (least recently looked
+    # up) or "lfu" (fewest lookups); host_dir "" keeps the host copy in RAM, a directory holds it in
+    # numpy memmaps there (tables beyond host RAM)
+    cache_policy: Literal["lru", "lfu"] = "lru"
+    host_dir: str = ""
 
 
 @dataclass

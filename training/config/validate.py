@@ -246,7 +246,12 @@ def validate_schedule(o: OptimizerConfig) -> None:
 
 
 def _validate_dynamic(t: TableConfig, where: str, out_of_range: str) -> None:
-    """The dynamic-table fields of one [[embedding.tables]] entry."""
+    """The dynamic-table fields of one [[embedding.tables]] entry (and its host tier's)."""
+    if t.cache_rows < 0 or (t.cache_rows and (t.dynamic or t.placement == "replicated")):
+        raise ConfigError(
+            f"{where}: 'cache_rows' is {t.cache_rows}; it must be >= 0, on a static table that is "
+            "not replicated (docs/host_tier.md)"
+        )
     if t.hash_ids and not t.dynamic and out_of_range != "modulo":
         raise ConfigError(
             f"{where}: hash_ids makes 63-bit ids, which only a dynamic table (dynamic = true) or "
