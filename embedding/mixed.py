@@ -157,9 +157,6 @@ class MixedDimCollection(nn.Module):
         weighted = sum(b.per_row * r for b, r in zip(parts, rows, strict=True))
         return MemoryBytes(sum(b.fixed for b in parts), 1, weighted)
 
-    def pooled_shape(self, batch_size: int) -> tuple[int, ...]:
-        return (batch_size, sum(self.feature_dims))
-
     # ---- tables: index t of the run's list -> (group, index in the group) -------------------------
     def locate_table(self, t: int):
         g, i = self._where[t]

@@ -24,7 +24,7 @@ from embedding.layout import ShardLayout
 from embedding.planner import ShardingPlan, plan_sharding
 from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
-from embedding.tables import STORAGE_DTYPES, Table, feature_names
+from embedding.tables import STORAGE_DTYPES, Table, feature_names, one_dim
 from kernels import (
     SparseOptimizer,
     append_replicated,
@@ -66,14 +66,8 @@ class ShardedEmbeddingCollection(nn.Module):
         table_ids: list[int] | None = None,
     ):
         super().__init__()
-        dims = {t.dim for t in tables}
-        if len(dims) != 1:
-            raise ValueError(
-                "a ShardedEmbeddingCollection holds tables of one embedding dim (pooled output is "
-                f"[B, F, D]); got {sorted(dims)}: embedding.mixed.make_collection groups them by dim"
-            )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
-        self.dim = dims.pop()
+        self.dim = one_dim(tables)
         self.rank, self.world_size = rank, world_size
         self.features = feature_names(tables)
         # the path every batch takes (SparseDist.single_rank)
@@ -88,7 +82,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.layout = ShardLayout(
             tables, plan, rank, world_size, device, {t: shard.pool for t, shard in shards.items()}
         )
-        if table_ids is not None:  # a group of a MixedDimCollection: the run's index of each table
+        if table_ids is not None:  # a MixedDimCollection's group: the run's index of each table
             self.layout.table_ids = list(table_ids)
         self.ids = IdChecker(tables, self.layout.table_rows, device)
         self.storage = RowStorage(
@@ -117,20 +111,13 @@ class ShardedEmbeddingCollection(nn.Module):
         """[local rows, D]: the stored rows (embedding.layout says which table's row sits where)."""
         return self.storage.weight
 
-    @property
-    def feature_dims(self) -> list[int]:
-        return [self.dim] * len(self.features)
+    # ---- what a MixedDimCollection (embedding.mixed: one collection per dim) also answers ---------
+    feature_dims = property(lambda self: [self.dim] * len(self.features))
 
-    def pooled_shape(self, batch_size: int) -> tuple[int, ...]:
-        """The shape of forward's output for a batch of batch_size samples."""
-        return (batch_size, len(self.features), self.dim)
-
-    def locate_table(self, t: int):
-        """(the collection holding table t, its index there): this one (embedding.mixed has groups)."""
+    def locate_table(self, t: int):  # (the collection of table t's dim, its index there)
         return self, t
 
-    def table_groups(self):
-        """(collection, the run's index of each of its tables) per group of one dim: this one."""
+    def table_groups(self):  # per dim: (its collection, the run's index of each of its tables)
         return [(self, list(range(len(self.tables))))]
 
     # ---- tables as state (embedding.state) ------------------------------------------------------
