@@ -19,17 +19,34 @@ from torch import nn
 
 from embedding.byte_model import MemoryBytes
 from embedding.sharded import ShardedEmbeddingCollection
+from embedding.sparse_dist import SparseDist
 from embedding.tables import Table, feature_names
 from pipeline.batch import KeyedJagged
 
 
 @dataclass
 class MixedDist:
-    """One batch after input_dist: each group's SparseDist, in group order."""
+    """One batch after input_dist: each group's SparseDist, in group order. With the groups' keys in one
+    all-to-all (``packed``: the received keys, its work, each group's receive splits), wait() hands each
+    group its received keys."""
 
     parts: list
+    packed: tuple | None = None
 
     def wait(self) -> MixedDist:
+        if self.packed is not None:
+            received, work, recv_splits = self.packed
+            if work is not None:
+                work.wait()
+            # from each sender: its keys of group 0, then group 1, ...
+            pieces, cursor = [[] for _ in self.parts], 0
+            for s in range(len(recv_splits[0])):
+                for g, splits in enumerate(recv_splits):
+                    pieces[g].append(received[cursor : cursor + splits[s]])
+                    cursor += splits[s]
+            for part, keys in zip(self.parts, pieces, strict=True):
+                part.recv_keys = torch.cat(keys)
+            self.packed = None
         for part in self.parts:
             part.wait()
         return self
@@ -252,11 +269,59 @@ class MixedDimCollection(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------
     def input_dist(self, kjt) -> MixedDist:
+        """The groups' input_dist; on the exchange path (static tables) their key counts travel in one
+        all-to-all, read once, and their keys in one all-to-all."""
         parts = self._split(kjt)
-        return MixedDist([g.input_dist(p) for g, p in zip(self.groups, parts, strict=True)])
+        first = self.groups[0]
+        if first.single_rank or self.dynamic:
+            return MixedDist([g.input_dist(p) for g, p in zip(self.groups, parts, strict=True)])
+        with first._stage("input_dist", torch.is_grad_enabled()):
+            return self._packed_input_dist(parts)
+
+    def _packed_input_dist(self, parts: list[KeyedJagged]) -> MixedDist:
+        world, groups, exchange = self.world_size, len(self.groups), self.exchange
+        # [G, W] counts sent, then [G, W] received: one tensor, read at once
+        counts = torch.empty(2 * groups * world, dtype=torch.int64, device=parts[0].values.device)
+        send, recv = counts[: groups * world].view(groups, world), counts[groups * world :]
+        found = [
+            g.partition(p, send[i]) for i, (g, p) in enumerate(zip(self.groups, parts, strict=True))
+        ]
+        # each rank sends every rank its G counts: [W, G] rows by destination, received by sender
+        received = exchange.exchange_counts(send.t().contiguous())
+        recv.view(groups, world).copy_(received.t())
+        # the step's split-size read, for every group
+        splits = counts.tolist()
+        send_splits = [splits[g * world : (g + 1) * world] for g in range(groups)]
+        recv_splits = [
+            splits[(groups + g) * world : (groups + g + 1) * world] for g in range(groups)
+        ]
+        pieces, starts = [], [0] * groups
+        for r in range(world):  # to rank r: its keys of group 0, then group 1, ...
+            for g, (unique_keys, _, _) in enumerate(found):
+                pieces.append(unique_keys[starts[g] : starts[g] + send_splits[g][r]])
+                starts[g] += send_splits[g][r]
+        packed_send = [sum(s[r] for s in send_splits) for r in range(world)]
+        packed_recv = [sum(s[r] for s in recv_splits) for r in range(world)]
+        keys, work = exchange.start(torch.cat(pieces), packed_send, packed_recv, ids=True)
+        dists = [
+            SparseDist(
+                p.batch_size,
+                p.offsets,
+                inverse,
+                unique_keys[: starts[g]],
+                send_splits[g],
+                recv_splits[g],
+                send_counts=send[g],
+                recv_counts=recv.view(groups, world)[g],
+            )
+            for g, (p, (unique_keys, _, inverse)) in enumerate(zip(parts, found, strict=True))
+        ]
+        return MixedDist(dists, (keys, work, recv_splits))
 
     def forward(self, kjt_or_dist) -> torch.Tensor:
         md = kjt_or_dist if isinstance(kjt_or_dist, MixedDist) else self.input_dist(kjt_or_dist)
+        with self.groups[0]._stage("input_dist", torch.is_grad_enabled()):
+            md.wait()  # the keys' all-to-all (started by input_dist) is input_dist's time
         pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
         flat = torch.cat(pooled, dim=1)
         return flat if self._column_order is None else flat.index_select(1, self._column_order)

@@ -195,19 +195,9 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = self.ids.shifted(kjt, layout.local_base)
             return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
-        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
         # the counts sent, then those received: one tensor, read at once
-        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
-        # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
-        unique_keys, send_counts, inverse = unique_partition(
-            keys,
-            layout.table_offsets,
-            layout.table_owner,
-            self.world_size,
-            key_space=layout.num_keys,
-            padded=True,
-            counts_out=counts[: self.world_size],
-        )
+        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=kjt.values.device)
+        unique_keys, send_counts, inverse = self.partition(kjt, counts[: self.world_size])
         recv_counts = self.exchange.exchange_counts(send_counts, out=counts[self.world_size :])
         # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
         splits = counts.tolist()
@@ -225,6 +215,21 @@ class ShardedEmbeddingCollection(nn.Module):
             work,
             send_counts=send_counts,
             recv_counts=recv_counts,
+        )
+
+    def partition(self, kjt, counts_out: torch.Tensor):
+        """(unique keys grouped by owner, padded to N slots: the first sum(counts_out) are the keys, the
+        keys sent to each rank (counts_out, [W]), each value's unique key): no host sync."""
+        layout = self.layout
+        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        return unique_partition(
+            keys,
+            layout.table_offsets,
+            layout.table_owner,
+            self.world_size,
+            key_space=layout.num_keys,
+            padded=True,
+            counts_out=counts_out,
         )
 
     # ---- phase 2: compute ------------------------------------------------------------------------
