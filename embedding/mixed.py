@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from embedding.byte_model import MemoryBytes
 from embedding.sharded import ShardedEmbeddingCollection
 from embedding.sparse_dist import SparseDist
 from embedding.tables import Table, feature_names
@@ -110,7 +109,7 @@ class MixedDimCollection(nn.Module):
         self._group_features = [[index[f] for f in g.features] for g in self.groups]
         self.ids = _GroupIds(self.groups)
         self._column_order = self._columns(options.get("device", "cpu"))
-        self._bag_index: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self._bag_index: dict[tuple[int, str], torch.Tensor] = {}
 
     def _columns(self, device) -> torch.Tensor | None:
         """For each output column, its column in the groups' outputs side by side (None: the same)."""
@@ -164,15 +163,9 @@ class MixedDimCollection(nn.Module):
         return sum(g.last_exchange_bytes for g in self.groups)
 
     @property
-    def last_memory_bytes(self) -> MemoryBytes:
-        """The groups' byte counts as one (their updated rows weighted by their bytes per row; still on
-        the device where a group's are, read when the metrics log)."""
-        parts = [g.last_memory_bytes for g in self.groups]
-        if not all(isinstance(b, MemoryBytes) for b in parts):  # no step yet
-            return 0
-        rows = [b.rows.sum(dtype=torch.int64) if torch.is_tensor(b.rows) else b.rows for b in parts]
-        weighted = sum(b.per_row * r for b, r in zip(parts, rows, strict=True))
-        return MemoryBytes(sum(b.fixed for b in parts), 1, weighted)
+    def last_memory_bytes(self) -> list:
+        """Each group's embedding.byte_model.MemoryBytes of the last step (summed when the metrics log)."""
+        return [g.last_memory_bytes for g in self.groups]
 
     # ---- tables: index t of the run's list -> (group, index in the group) -------------------------
     def locate_table(self, t: int):
@@ -225,57 +218,65 @@ class MixedDimCollection(nn.Module):
 
     # ---- ids -----------------------------------------------------------------------------------
     def check_ids(self, kjt):
+        """The batch with every table's out-of-range policy applied (embedding.ids.IdChecker)."""
+        values = kjt.values.clone()
         for g, part in zip(self.groups, self._split(kjt), strict=True):
-            g.check_ids(part)
-        return kjt
+            values[part.positions] = g.check_ids(part).values
+        return KeyedJagged(values, kjt.offsets, kjt.keys)
 
     def raise_bad_ids(self) -> None:
         self.ids.raise_pending()
 
     # ---- the batch split by group ------------------------------------------------------------------
-    def _bags(self, batch_size: int, device) -> list[torch.Tensor]:
-        """Per group: the positions of its features' bags in a batch's bag list (cached per batch size)."""
+    def _bags(self, batch_size: int, device) -> torch.Tensor:
+        """The batch's bags in group order (each group's features' bags, in its feature order), cached per
+        batch size."""
         key = (batch_size, str(device))
         if key not in self._bag_index:
-            self._bag_index[key] = [
-                torch.cat(
-                    [torch.arange(f * batch_size, (f + 1) * batch_size) for f in features]
-                ).to(device)
-                for features in self._group_features
-            ]
+            features = [f for group in self._group_features for f in group]
+            bags = [torch.arange(f * batch_size, (f + 1) * batch_size) for f in features]
+            self._bag_index[key] = torch.cat(bags).to(device)
         return self._bag_index[key]
 
     def _split(self, kjt) -> list[KeyedJagged]:
-        """One batch per group: its features' bags, in its feature order."""
+        """One batch per group: its features' bags, in its feature order. All groups at once: the ids
+        gathered in group order, then sliced (one host read: where each group's ids end)."""
         if list(kjt.keys) != self.features:
             raise ValueError(
                 f"batch features {list(kjt.keys)} do not match the tables' features {self.features}"
             )
-        lengths = kjt.lengths()
-        bags = self._bags(kjt.batch_size, kjt.offsets.device)
-        group_lengths = [lengths[b] for b in bags]
-        offsets = [torch.nn.functional.pad(torch.cumsum(n, 0), (1, 0)) for n in group_lengths]
-        # the split's one host read: how many ids each group gets
-        totals = torch.stack([o[-1] for o in offsets]).tolist()
-        out = []
-        for g, b in enumerate(bags):
-            shift = kjt.offsets[b] - offsets[g][:-1]  # where each bag's ids start in the batch
-            positions = torch.repeat_interleave(shift, group_lengths[g], output_size=totals[g])
-            positions += torch.arange(totals[g], dtype=torch.int64, device=positions.device)
-            out.append(
-                KeyedJagged(kjt.values[positions], offsets[g], list(self.groups[g].features))
+        batch, bags = kjt.batch_size, self._bags(kjt.batch_size, kjt.offsets.device)
+        lengths = kjt.lengths()[bags]
+        offsets = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0))
+        # where each bag's ids start in the batch, less where they start in group order
+        shift = kjt.offsets[bags] - offsets[:-1]
+        total = kjt.values.numel()
+        positions = torch.repeat_interleave(shift, lengths, output_size=total)
+        positions += torch.arange(total, dtype=torch.int64, device=positions.device)
+        first_bags = [0]
+        for group in self._group_features:
+            first_bags.append(first_bags[-1] + len(group) * batch)
+        ends = offsets[first_bags].tolist()  # the split's one host read
+        values, out = kjt.values[positions], []
+        for g, group in enumerate(self.groups):
+            lo, hi = first_bags[g], first_bags[g + 1]
+            part = KeyedJagged(
+                values[ends[g] : ends[g + 1]], offsets[lo : hi + 1] - ends[g], list(group.features)
             )
+            part.positions = positions[ends[g] : ends[g + 1]]  # where its ids sit in the batch
+            out.append(part)
         return out
 
     # ---- forward ---------------------------------------------------------------------------------
     def input_dist(self, kjt) -> MixedDist:
         """The groups' input_dist; on the exchange path (static tables) their key counts travel in one
         all-to-all, read once, and their keys in one all-to-all."""
-        parts = self._split(kjt)
         first = self.groups[0]
-        if first.single_rank or self.dynamic:
-            return MixedDist([g.input_dist(p) for g, p in zip(self.groups, parts, strict=True)])
         with first._stage("input_dist", torch.is_grad_enabled()):
+            parts = self._split(kjt)
+            if first.single_rank or self.dynamic:
+                dists = [g._input_dist(p) for g, p in zip(self.groups, parts, strict=True)]
+                return MixedDist(dists)
             return self._packed_input_dist(parts)
 
     def _packed_input_dist(self, parts: list[KeyedJagged]) -> MixedDist:
@@ -323,8 +324,9 @@ class MixedDimCollection(nn.Module):
         with self.groups[0]._stage("input_dist", torch.is_grad_enabled()):
             md.wait()  # the keys' all-to-all (started by input_dist) is input_dist's time
         pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
-        flat = torch.cat(pooled, dim=1)
-        return flat if self._column_order is None else flat.index_select(1, self._column_order)
+        with self.groups[0]._stage("output_dist", torch.is_grad_enabled()):
+            flat = torch.cat(pooled, dim=1)
+            return flat if self._column_order is None else flat.index_select(1, self._column_order)
 
 
 def make_collection(tables: list[Table], plan, optimizer, **options) -> nn.Module:

@@ -18,6 +18,7 @@ from tests.support.training import (
     train_with_checkpoints,
 )
 from training import checkpoint
+from training.config import load_config
 from training.digest import weights_digest
 from training.export import export_embeddings, load_export
 from training.model_export import export_model
@@ -48,8 +49,27 @@ def _case(rank, world_size, group, toml, base, split_checkpoint):
     }
     if world_size == 2:
         export_embeddings(parts.embeddings, f"{base}/export", 1, rank)
+    if world_size > 1:
+        out["collectives"] = _input_dist_collectives(parts, toml, rank, world_size)
     out["split"] = _load_only(rank, world_size, group, toml, split_checkpoint)
     return out
+
+
+def _input_dist_collectives(parts, toml, rank, world_size):
+    """The exchange calls of one batch's input_dist, over all groups."""
+    calls = []
+    for group in parts.embeddings.groups:
+        for name in ("exchange_counts", "start"):
+            original = getattr(group.exchange, name)
+
+            def counted(*args, _original=original, _name=name, **kwargs):
+                calls.append(_name)
+                return _original(*args, **kwargs)
+
+            setattr(group.exchange, name, counted)
+    batch = next(iter(host_batches(load_config(["--config", toml]), rank, world_size, steps=1)))
+    parts.embeddings.input_dist(batch.sparse).wait()
+    return calls
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +112,11 @@ def test_same_losses_and_weights_at_every_world_size(runs, world_size):
     assert ref["losses"][0] != ref["losses"][-1]
     dims = {name: state["weight"].shape[1] for name, state in ref["tables"].items()}
     assert dims == {"big": 64, "shared": 4, "small": 16, "pinned": 4, "odd": 64}
+
+
+def test_the_groups_share_one_count_and_one_key_exchange(runs):
+    # 3 groups (dims 64, 4, 16): one all-to-all of their counts (one split read), one of their keys
+    assert runs[2]["collectives"] == runs[4]["collectives"] == ["exchange_counts", "start"]
 
 
 @pytest.mark.parametrize("world_size", [1, 4])
@@ -145,3 +170,49 @@ def test_inference_model_scores_as_training(toml, tmp_path):
     assert pooled.shape == (kjt.batch_size, 64 + 4 + 4 + 16 + 4 + 64)
     sparse = InferenceModel.jagged(kjt.values, kjt.offsets, kjt.keys)
     torch.testing.assert_close(model.logits(batch.dense, sparse), want, rtol=1e-5, atol=1e-5)
+
+
+def _collection(always_exchange=False):
+    from embedding import SparseOptimizer, Table, make_collection, plan_sharding
+
+    tables = [
+        Table("a", 11, 8, "sum", ("a",)),
+        Table("b", 7, 2, "mean", ("b", "b2"), out_of_range="modulo"),
+        Table("c", 3, 8, "sum", ("c",)),
+    ]
+    plan = plan_sharding(tables, 1, optimizer="adagrad", default_placement="table")
+    optimizer = SparseOptimizer("adagrad", 0.1)
+    return make_collection(tables, plan, optimizer, always_exchange=always_exchange)
+
+
+BAGS = {
+    "a": [[1, 1, 4], [], [10]],
+    "b": [[2], [2, 9], []],
+    "b2": [[6], [], [0, 2]],
+    "c": [[0], [2], []],
+}
+
+
+def test_exchange_path_matches_the_one_rank_path_and_ids_are_checked():
+    """W = 1 both ways: straight from storage, and through the packed exchange (always_exchange)."""
+    from pipeline.batch import KeyedJagged
+
+    kjt = KeyedJagged.from_lists(BAGS)
+    direct, exchanged = _collection(), _collection(always_exchange=True)
+    assert isinstance(direct, MixedDimCollection)
+    for _ in range(2):
+        pooled = [c(kjt) for c in (direct, exchanged)]
+        assert pooled[0].shape == (3, 8 + 2 + 2 + 8)
+        torch.testing.assert_close(pooled[0], pooled[1])
+        for p in pooled:
+            (p * torch.arange(p.numel()).view_as(p)).sum().backward()
+    torch.testing.assert_close(direct.full_state_dict(), exchanged.full_state_dict())
+    # feature a's columns come first, b's 2 after them, as the feature order says
+    a_rows = direct.full_state_dict()["a"]["weight"]
+    with torch.no_grad():
+        torch.testing.assert_close(direct(kjt)[2, :8], a_rows[10])
+    # table b's modulo policy applies in its group: id 9 of 7 rows reads row 2
+    assert direct.check_ids(kjt).values.tolist()[4] == 2
+    bad = KeyedJagged.from_lists({**BAGS, "c": [[0], [3], []]})
+    with pytest.raises(ValueError, match=r"feature 'c' \(table 'c', 3 rows\): sample 1 has id 3"):
+        direct(bad)
