@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from embedding import MixedDimCollection
+from embedding import MixedDimCollection, SparseOptimizer, Table, make_collection, plan_sharding
+from embedding.tables import row_bytes
 from inference.model import InferenceModel
+from pipeline.batch import KeyedJagged
 from tests.support.configs import MIXED_DIMS_TOML
 from tests.support.dist_utils import run_distributed
 from tests.support.training import (
@@ -173,8 +175,6 @@ def test_inference_model_scores_as_training(toml, tmp_path):
 
 
 def _collection(always_exchange=False):
-    from embedding import SparseOptimizer, Table, make_collection, plan_sharding
-
     tables = [
         Table("a", 11, 8, "sum", ("a",)),
         Table("b", 7, 2, "mean", ("b", "b2"), out_of_range="modulo"),
@@ -195,11 +195,13 @@ BAGS = {
 
 def test_exchange_path_matches_the_one_rank_path_and_ids_are_checked():
     """W = 1 both ways: straight from storage, and through the packed exchange (always_exchange)."""
-    from pipeline.batch import KeyedJagged
-
     kjt = KeyedJagged.from_lists(BAGS)
     direct, exchanged = _collection(), _collection(always_exchange=True)
     assert isinstance(direct, MixedDimCollection)
+    # the planner sizes each table at its own dim
+    for name, rows, dim in (("a", 11, 8), ("b", 7, 2)):
+        want = rows * row_bytes(dim, "float32", "adagrad")
+        assert direct.plan.placements[name].bytes_per_rank == [want]
     for _ in range(2):
         pooled = [c(kjt) for c in (direct, exchanged)]
         assert pooled[0].shape == (3, 8 + 2 + 2 + 8)
