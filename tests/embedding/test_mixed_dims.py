@@ -2,6 +2,8 @@
 written at W = 2 loads at W = 1 and 4 (resharded) and resumes, the tables export and warm-start a new run,
 and the inference model scores as the trained one."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,22 @@ def test_exchange_path_matches_the_one_rank_path_and_ids_are_checked():
     bad = KeyedJagged.from_lists({**BAGS, "c": [[0], [3], []]})
     with pytest.raises(ValueError, match=r"feature 'c' \(table 'c', 3 rows\): sample 1 has id 3"):
         direct(bad)
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton on CPU tensors runs under the interpreter only",
+)
+def test_triton_kernels_match_the_reference_with_mixed_dims(monkeypatch):
+    """Each group's gradient is a strided slice of the concatenation's: the Triton kernels read it in place."""
+    pytest.importorskip("triton")
+    kjt = KeyedJagged.from_lists(BAGS)
+    states = []
+    for force in ("0", "1"):
+        monkeypatch.setenv("RECFUSE_FORCE_TRITON", force)
+        for collection in (_collection(), _collection(always_exchange=True)):
+            pooled = collection(kjt)
+            (pooled * torch.arange(pooled.numel()).view_as(pooled)).sum().backward()
+            states.append(collection.full_state_dict())
+    for state in states[1:]:
+        torch.testing.assert_close(state, states[0], rtol=1e-6, atol=1e-6)
