@@ -5,9 +5,10 @@ kernels and exchange, so every kernel sees one row width. A batch's features are
 group, the groups run as usual, and their pooled outputs are concatenated in the run's feature order:
 forward -> [B, sum of the features' dims] (feature f's vector at columns col[f] .. col[f] + dim_f).
 
-Cost over one collection: the split (a few small gathers per group and one host read of the groups' value
-counts) and, per group, what a collection does per step (its own id exchange and split-size read when
-W > 1). A config with one dim never builds this class (make_collection), so its step is unchanged.
+Cost over one collection: the split (a few gathers for all groups and one host read: where each group's ids
+end) and, per group, its id check, lookups, rows and gradients all-to-alls and sparse update; at W > 1 the
+groups' key counts travel in one all-to-all and one split read, and their keys in one all-to-all. A config
+with one dim never builds this class (make_collection), so its step is unchanged.
 """
 
 from __future__ import annotations
