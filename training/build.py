@@ -84,15 +84,15 @@ def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> Sharding
 
 def _dense_network(cfg: Config, tables: list[Table], feature_dims: list[int]) -> torch.nn.Module:
     """The model's network; each feature's dim and table tell it which tables differ from embedding.dim."""
-    features = [t.name for t in tables for _ in t.features]
+    feature_tables = [t.name for t in tables for _ in t.features]
     return build_model(
         cfg.model,
         cfg.data.num_dense,
-        len(features),
+        len(feature_tables),
         cfg.embedding.dim,
         cfg.run.seed,
         feature_dims,
-        features,
+        feature_tables,
     )
 
 
