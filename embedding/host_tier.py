@@ -117,7 +117,9 @@ class HostTier:
         chunk = max(1, (1 << 24 if self.cuda else 1 << 20) // dim)
         for start in range(0, n, chunk):
             ids = rows[start : start + chunk].to(self.storage.weight.device)
-            values = static_rows(seed, t, layout.tables[t].num_embeddings, ids, dim)
+            values = static_rows(
+                seed, layout.table_ids[t], layout.tables[t].num_embeddings, ids, dim
+            )
             weight[start : start + ids.numel()] = values.to(weight.dtype).cpu()
         return out
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from embedding import byte_model
-from embedding import state as table_state
 from embedding.comm import Exchange
 from embedding.dynamic import DynamicShard
 from embedding.dynamic_tables import DynamicTables
@@ -24,8 +23,9 @@ from embedding.ids import IdChecker
 from embedding.layout import ShardLayout
 from embedding.planner import ShardingPlan, plan_sharding
 from embedding.sparse_dist import SparseDist
+from embedding.state_api import TablesAsState
 from embedding.storage import RowStorage
-from embedding.tables import STORAGE_DTYPES, Table, feature_names
+from embedding.tables import STORAGE_DTYPES, Table, feature_names, one_dim
 from kernels import (
     SparseOptimizer,
     append_replicated,
@@ -39,7 +39,7 @@ from kernels import (
 )
 
 
-class ShardedEmbeddingCollection(nn.Module):
+class ShardedEmbeddingCollection(TablesAsState, nn.Module):
     """Pooled embedding lookups over tables sharded by a ShardingPlan.
 
     forward(kjt) -> pooled [B, F, D] float32 for the local batch, F in ``self.features`` order.
@@ -64,16 +64,11 @@ class ShardedEmbeddingCollection(nn.Module):
         exchange_dtype: str = "fp32",
         always_exchange: bool = False,
         input_group=None,
+        table_ids: list[int] | None = None,
     ):
         super().__init__()
-        dims = {t.dim for t in tables}
-        if len(dims) != 1:
-            raise ValueError(
-                "all tables must share one embedding dim (pooled output is "
-                f"[B, F, D]); got {sorted(dims)}"
-            )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
-        self.dim, self.rank, self.world_size = dims.pop(), rank, world_size
+        self.dim, self.rank, self.world_size = one_dim(tables), rank, world_size
         self.features = feature_names(tables)
         # the path every batch takes (SparseDist.single_rank)
         self.single_rank = world_size == 1 and not always_exchange
@@ -87,6 +82,8 @@ class ShardedEmbeddingCollection(nn.Module):
         self.layout = ShardLayout(
             tables, plan, rank, world_size, device, {t: shard.pool for t, shard in shards.items()}
         )
+        if table_ids is not None:  # a MixedDimCollection's group: the run's index of each table
+            self.layout.table_ids = list(table_ids)
         self.ids = IdChecker(tables, self.layout.table_rows, device)
         self.storage = RowStorage(
             self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
@@ -115,41 +112,14 @@ class ShardedEmbeddingCollection(nn.Module):
         """[local rows, D]: the stored rows (embedding.layout says which table's row sits where)."""
         return self.storage.weight
 
-    # ---- tables as state (embedding.state) ------------------------------------------------------
-    def table_digests(self, chunk_elems: int = 1 << 22) -> list[int]:
-        return table_state.table_digests(
-            self.layout, self.storage, self.dynamic, self.exchange, chunk_elems
-        )
+    # ---- what a MixedDimCollection (embedding.mixed: one collection per dim) also answers ---------
+    feature_dims = property(lambda self: [self.dim] * len(self.features))
 
-    def full_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return table_state.full_state_dict(self.layout, self.storage, self.dynamic, self.exchange)
+    def locate_table(self, t: int):  # (the collection of table t's dim, its index there)
+        return self, t
 
-    def load_full_state_dict(self, full: dict[str, dict[str, torch.Tensor]]) -> None:
-        table_state.load_full_state_dict(self.layout, self.storage, self.dynamic, full)
-
-    def shard_tables(self) -> dict[str, dict[str, torch.Tensor]]:
-        return table_state.shard_tables(self.layout, self.storage, self.dynamic)
-
-    def load_table_state(
-        self, t: int, state: dict[str, torch.Tensor], source: str, optional=()
-    ) -> None:
-        table_state.load_table_state(
-            self.layout, self.storage, self.dynamic, t, state, source, optional
-        )
-
-    def export_rows(
-        self, t: int, min_freq: int, since_step: int
-    ) -> tuple[torch.Tensor, ...] | None:
-        return table_state.export_rows(
-            self.layout, self.storage, self.dynamic, t, min_freq, since_step
-        )
-
-    def optimizer_state_names(self) -> tuple[str, ...]:
-        """The sparse optimizer's per-row state tensors, as named in shard_tables' tables."""
-        return tuple(self.storage.state)
-
-    def dynamic_metrics(self) -> dict[str, dict[str, int]]:
-        return self.dynamic.metrics()
+    def table_groups(self):  # per dim: (its collection, the run's index of each of its tables)
+        return [(self, list(range(len(self.tables))))]
 
     # ---- ids -----------------------------------------------------------------------------------
     def check_ids(self, kjt):
@@ -191,19 +161,9 @@ class ShardedEmbeddingCollection(nn.Module):
             rows = self.ids.shifted(kjt, layout.local_base)
             sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows)
             return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
-        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
         # the counts sent, then those received: one tensor, read at once
-        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
-        # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
-        unique_keys, send_counts, inverse = unique_partition(
-            keys,
-            layout.table_offsets,
-            layout.table_owner,
-            self.world_size,
-            key_space=layout.num_keys,
-            padded=True,
-            counts_out=counts[: self.world_size],
-        )
+        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=kjt.values.device)
+        unique_keys, send_counts, inverse = self.partition(kjt, counts[: self.world_size])
         recv_counts = self.exchange.exchange_counts(send_counts, out=counts[self.world_size :])
         # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
         splits = counts.tolist()
@@ -224,6 +184,21 @@ class ShardedEmbeddingCollection(nn.Module):
         )
         # with the host tier, the rows this rank serves are made resident here, a batch ahead
         return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
+
+    def partition(self, kjt, counts_out: torch.Tensor):
+        """(unique keys grouped by owner, padded to N slots: the first sum(counts_out) are the keys, the
+        keys sent to each rank (counts_out, [W]), each value's unique key): no host sync."""
+        layout = self.layout
+        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        return unique_partition(
+            keys,
+            layout.table_offsets,
+            layout.table_owner,
+            self.world_size,
+            key_space=layout.num_keys,
+            padded=True,
+            counts_out=counts_out,
+        )
 
     # ---- phase 2: compute ------------------------------------------------------------------------
     def compute(self, sd: SparseDist) -> torch.Tensor:

@@ -124,7 +124,9 @@ def tracked_digests(
         for i, name in enumerate(names):
             values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
             values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
-            key = _digest_key(t, name)  # (the host tier's rows: summed on the host)
+            key = _digest_key(
+                layout.table_ids[t], name
+            )  # (the host tier's rows: summed on the host)
             _digest_table(sums[t, i], layout, dynamic, t, values, key, chunk_elems, base)
     exchange.all_reduce_(sums)
     return [

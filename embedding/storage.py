@@ -90,7 +90,7 @@ class RowStorage:
             for start in range(0, rows.numel(), chunk_rows):
                 chunk = rows[start : start + chunk_rows]
                 first = layout.base[t] + start
-                values = static_rows(seed, t, table.num_embeddings, chunk, dim)
+                values = static_rows(seed, layout.table_ids[t], table.num_embeddings, chunk, dim)
                 self.weight[first : first + chunk.numel()] = values.to(self.weight.dtype)
         self.weight[layout.num_static_rows :] = 0
 

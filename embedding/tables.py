@@ -65,7 +65,7 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
             Table(
                 t.name,
                 rows,
-                emb_cfg.dim,
+                getattr(t, "dim", 0) or emb_cfg.dim,  # 0: the collection's default dim
                 t.pooling,
                 features,
                 t.placement,
@@ -89,6 +89,25 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
 def feature_names(tables: list[Table]) -> list[str]:
     """Feature order of the pooled output [B, F, D]: tables in order, each table's features in order."""
     return [f for t in tables for f in t.features]
+
+
+def one_dim(tables: list[Table]) -> int:
+    """The dim of tables that share one (a ShardedEmbeddingCollection's)."""
+    dims = {t.dim for t in tables}
+    if len(dims) != 1:
+        raise ValueError(
+            f"a ShardedEmbeddingCollection holds tables of one dim, got {sorted(dims)}: "
+            "embedding.mixed.make_collection groups them by dim"
+        )
+    return dims.pop()
+
+
+def pooled_shape(feature_dims: list[int], batch_size: int) -> tuple[int, ...]:
+    """The shape of a collection's pooled output: [B, F, D] when every feature has dim D, else
+    [B, sum of the features' dims] (embedding.mixed)."""
+    if len(set(feature_dims)) == 1:
+        return (batch_size, len(feature_dims), feature_dims[0])
+    return (batch_size, sum(feature_dims))
 
 
 def row_bytes(dim: int, storage_dtype: str, optimizer: str) -> int:

@@ -10,10 +10,12 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from embedding import (
+    MixedDimCollection,
     ShardedEmbeddingCollection,
     ShardingPlan,
     SparseOptimizer,
     Table,
+    make_collection,
     plan_sharding,
     resolve_tables,
 )
@@ -36,7 +38,8 @@ class Parts:
 
     tables: list[Table]
     plan: ShardingPlan
-    embeddings: ShardedEmbeddingCollection  # updates itself in backward (fused sparse optimizer)
+    # updates itself in backward (fused sparse optimizer); tables of several dims: one collection per dim
+    embeddings: ShardedEmbeddingCollection | MixedDimCollection
     model: torch.nn.Module  # the dense network, in DDP when W > 1
     optimizer: torch.optim.Optimizer  # the dense optimizer
     data: SyntheticSource | DatasetSource
@@ -97,6 +100,20 @@ def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> Sharding
     return plan
 
 
+def _dense_network(cfg: Config, tables: list[Table], feature_dims: list[int]) -> torch.nn.Module:
+    """The model's network; each feature's dim and table tell it which tables differ from embedding.dim."""
+    feature_tables = [t.name for t in tables for _ in t.features]
+    return build_model(
+        cfg.model,
+        cfg.data.num_dense,
+        len(feature_tables),
+        cfg.embedding.dim,
+        cfg.run.seed,
+        feature_dims,
+        feature_tables,
+    )
+
+
 def build(cfg: Config, env: DistContext) -> Parts:
     """The run's parts. A dataset (data.path) first sets the tables, dense width and steps in cfg."""
     if cfg.train.global_batch_size % env.world_size:
@@ -108,7 +125,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     tables = resolve_tables(cfg.embedding)
     o, e = cfg.optimizer, cfg.embedding
     plan = sharding_plan(cfg, tables, env.world_size)
-    embeddings = ShardedEmbeddingCollection(
+    embeddings = make_collection(
         tables,
         plan,
         SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
@@ -124,9 +141,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     if isinstance(data, DatasetSource):  # a bad id's error then names its file and row
         embeddings.ids.locate = data.locate
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
-    dense = build_model(
-        cfg.model, cfg.data.num_dense, len(embeddings.features), e.dim, seed=cfg.run.seed
-    )
+    dense = _dense_network(cfg, tables, embeddings.feature_dims)
     dense = dense.to(env.device)
     cuda = env.device.type == "cuda"
     # broadcast_buffers=False: the dense network's buffers (the interaction's index tensors) never

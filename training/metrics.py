@@ -46,7 +46,7 @@ class RunMetrics:
         )
         emb = parts.embeddings
         self.flops = dense_flops_per_sample(
-            cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim
+            cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim, emb.feature_dims
         )
         self.dtype = "bf16" if cfg.train.bf16 and env.device.type == "cuda" else "fp32"
         self.hbm = hbm_bandwidth(env.device)
@@ -78,7 +78,9 @@ class RunMetrics:
         emb, step = self.parts.embeddings, result.step
         self.window_losses.append(result.loss)
         self.window_bytes += emb.last_exchange_bytes
-        self.window_memory.append((self.measured_start is not None, emb.last_memory_bytes))
+        memory = emb.last_memory_bytes  # a list with tables of several dims: one per dim
+        for part in memory if isinstance(memory, list) else [memory]:
+            self.window_memory.append((self.measured_start is not None, part))
         if step - self.first_step == self.unmeasured:
             self.env.synchronize()
             self.measured_start = time.perf_counter()

@@ -252,3 +252,32 @@ def test_plan_command_prints_host_and_device_bytes(tmp_path, capsys):
     # table, rows, dim, placement, ranks, device bytes/rank, cache rows, host bytes/rank
     assert lines["big"][6] != "all" and lines["mid"][6] != "all" and lines["small"][6] == "all"
     assert "host tier per rank: r0=" in text and text == capsys.readouterr().out.rstrip("\n")
+
+
+@pytest.mark.parametrize("always_exchange", [False, True])
+def test_mixed_dims_through_the_tier(always_exchange):
+    """Tables of two dims, one group's table on the tier: the same losses and state as on the device,
+    on the one-rank path and on the exchange path (the groups' keys in one packed all-to-all)."""
+    from embedding import SparseOptimizer, Table, plan_sharding
+    from embedding.mixed import make_collection
+
+    def collection(cache_rows: int):
+        tables = [
+            Table("a", 200, 4, "sum", ("a",), "table", cache_rows=cache_rows),
+            Table("b", 30, 8, "mean", ("b",), "table"),
+        ]
+        plan = plan_sharding(tables, 1, optimizer="adam")
+        opt = SparseOptimizer("adam", 0.1)
+        return make_collection(tables, plan, opt, seed=3, always_exchange=always_exchange)
+
+    device, tiered = collection(0), collection(30)
+    assert type(tiered).__name__ == "MixedDimCollection"
+    losses = _train_pipelined(device, _batches(6))
+    assert _train_pipelined(tiered, _batches(6), read_state=True) == losses
+    tier = tiered.groups[0].tier
+    assert tier is not None and tier.totals["written_back"] > 0
+    assert tiered.table_digests() == device.table_digests()
+    want = device.full_state_dict()
+    for name, state in tiered.full_state_dict().items():
+        for key, value in state.items():
+            assert torch.equal(value, want[name][key]), (name, key)
