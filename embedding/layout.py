@@ -82,16 +82,7 @@ class ShardLayout:
             min(plan.placements[t.name].cache_rows, n)
             for t, n in zip(tables, self.count, strict=True)
         ]
-        self.slot_base, self.tier_rows = [0] * len(tables), 0
-        cursor = 0
-        for t in sorted(range(len(tables)), key=lambda i: (_REGION_ORDER[self.kinds[i]], i)):
-            if self.cache_rows[t]:
-                self.slot_base[t], self.base[t] = cursor, TIER_BASE + self.tier_rows
-                cursor += self.cache_rows[t]
-                self.tier_rows += self.count[t]
-            elif t not in dynamic_rows:
-                self.base[t] = cursor
-                cursor += self.count[t]
+        cursor = self._place_static(dynamic_rows)
         self.num_static_rows = cursor
         self.num_replicated_rows = sum(
             n for n, k in zip(self.count, self.kinds, strict=True) if k == "replicated"
@@ -111,6 +102,22 @@ class ShardLayout:
         # the storage rows as one table on one rank: the owner's dedup of the rows it serves
         self.local_space = torch.tensor([0, max(self.num_local_rows, 1)], device=device)
         self.local_owner = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def _place_static(self, dynamic_rows: dict[int, int]) -> int:
+        """base[t] of every static table (tiered: slot_base[t] and its virtual rows), regions in
+        placement order; returns the static rows stored."""
+        self.slot_base, self.tier_rows = [0] * len(self.tables), 0
+        cursor = 0
+        order = sorted(range(len(self.tables)), key=lambda i: (_REGION_ORDER[self.kinds[i]], i))
+        for t in order:
+            if self.cache_rows[t]:
+                self.slot_base[t], self.base[t] = cursor, TIER_BASE + self.tier_rows
+                cursor += self.cache_rows[t]
+                self.tier_rows += self.count[t]
+            elif t not in dynamic_rows:
+                self.base[t] = cursor
+                cursor += self.count[t]
+        return cursor
 
     def place_dynamic(self, rows: dict[int, int]) -> None:
         """rows[t] rows for every dynamic table t given (never fewer than now), in its own storage
