@@ -32,6 +32,23 @@ class _CastFlat(torch.autograd.Function):
         return (None, None, None, *slices)
 
 
+class _OneElement(torch.autograd.Function):
+    """flat[o : o + 1].view(shape) for a one-element parameter (the bias of a one-output Linear), as a
+    strided view: inductor gives a one-element slice stride 0 and copies it (a kernel per step) before
+    the GEMM that reads it, and reads a strided view in place. The gradient is the slice's."""
+
+    @staticmethod
+    def forward(ctx, flat, offset, shape):
+        ctx.offset, ctx.size = offset, flat.shape[0]
+        return flat.as_strided(shape, (1,) * len(shape), offset)
+
+    @staticmethod
+    def backward(ctx, grad):
+        o = ctx.offset
+        flat = torch.ops.aten.slice_backward(grad.reshape(1), [ctx.size], 0, o, o + 1, 1)
+        return flat, None, None
+
+
 class Network(nn.Module):
     """A dense network: forward(dense [B, Dd], pooled [B, F, D]) -> logits [B]; subclasses define logits()."""
 
@@ -53,7 +70,9 @@ class Network(nn.Module):
             self._flat_linears, torch.get_autocast_dtype(kind), layout, *(params[n] for n in names)
         )
         views = {
-            name: flat[o : o + shape.numel()].view(shape)
+            name: _OneElement.apply(flat, o, shape)
+            if shape.numel() == 1
+            else flat[o : o + shape.numel()].view(shape)
             for name, (o, shape) in zip(names, layout, strict=True)
         }
         return torch.func.functional_call(self, views, (dense, pooled), {"cast_flat": False})

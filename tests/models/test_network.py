@@ -5,9 +5,13 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from models import build_model
+from models.network import Network, flatten_linears_
 from tests.models.test_models import BATCH, CONFIGS, DIM, NUM_DENSE, NUM_FEATURES
+from training.launch_census import DenseCall
+from training.launch_prediction import predict_compiled_dense
 
 
 def _pair(name: str):
@@ -96,3 +100,25 @@ def test_a_parameter_moved_out_of_the_buffer_is_named():
     with pytest.raises(RuntimeError, match="parameter top.0.bias no longer lives in the flat"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(*_inputs())
+
+
+class _Head(Network):
+    def __init__(self, outputs: int):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(NUM_DENSE, 8), nn.Linear(8, outputs)
+
+    def logits(self, dense, pooled):
+        return self.out(self.hidden(dense)).sum(1)
+
+
+@pytest.mark.slow
+def test_a_one_output_layer_launches_no_copy_of_its_bias():
+    """Compiled (predicted on CPU, training.launch_prediction), a one-element bias is read in place: a
+    one-output head launches what a two-output head does."""
+    launches = []
+    for outputs in (1, 2):
+        net = flatten_linears_(_Head(outputs))
+        call = DenseCall(net, _inputs())
+        forward = predict_compiled_dense(call, torch.bfloat16)["forward"]
+        launches.append(sum(forward.values()))
+    assert launches[0] == launches[1]
