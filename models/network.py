@@ -52,6 +52,11 @@ class _OneElement(torch.autograd.Function):
 class Network(nn.Module):
     """A dense network: forward(dense [B, Dd], pooled [B, F, D]) -> logits [B]; subclasses define logits()."""
 
+    # the network's first use of its dense input is an op autocast runs in its compute dtype (a Linear): the
+    # input given in that dtype gives the same bits (autocast rounds it as the caller did), and the cast
+    # leaves the compiled graph (dense_input_dtype)
+    casts_dense_first = False
+
     def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -98,6 +103,20 @@ class Network(nn.Module):
         if getattr(self, "_flat_names", ()):
             flatten_linears_(self)
         return out
+
+
+def dense_input_dtype(module: nn.Module, autocast: torch.dtype | None) -> torch.dtype:
+    """The dtype a training step can give module's dense features in (module: a Network, or a wrapper
+    of one as .network or .module: Objective, DDP): the autocast dtype when the network casts its dense
+    input there first (Network.casts_dense_first), else float32."""
+    while not isinstance(module, Network) and isinstance(module, nn.Module):
+        inner = getattr(module, "network", None) or getattr(module, "module", None)
+        if inner is None:
+            break
+        module = inner
+    if autocast is not None and getattr(module, "casts_dense_first", False):
+        return autocast
+    return torch.float32
 
 
 @torch.no_grad()
