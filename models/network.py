@@ -109,9 +109,9 @@ def dense_input_dtype(module: nn.Module, autocast: torch.dtype | None) -> torch.
     """The dtype a training step can give module's dense features in (module: a Network, or a wrapper
     of one as .network or .module: Objective, DDP): the autocast dtype when the network casts its dense
     input there first (Network.casts_dense_first), else float32."""
-    while not isinstance(module, Network) and isinstance(module, nn.Module):
-        inner = getattr(module, "network", None) or getattr(module, "module", None)
-        if inner is None:
+    while not isinstance(module, Network):
+        inner = getattr(module, "network", getattr(module, "module", None))
+        if not isinstance(inner, nn.Module):
             break
         module = inner
     if autocast is not None and getattr(module, "casts_dense_first", False):
