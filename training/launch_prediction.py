@@ -38,6 +38,7 @@ from training.launch_census import DenseCall, LaunchCensus
 
 # torch.optim optimizers training/build.py makes fused on CUDA; the others are foreach there
 FUSED_ON_CUDA = ("Adam", "AdamW")
+PARTS = ("forward", "backward")  # of a compiled dense call
 
 
 @contextlib.contextmanager
@@ -94,8 +95,9 @@ def _labels(sites: Counter) -> Counter:
     return out
 
 
-def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> dict[str, Counter]:
-    """Launches of one call of the compiled dense network: {"forward": label -> n, "backward": ...}."""
+def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> dict:
+    """Launches of one call of the compiled dense network: {"forward": label -> n, "backward": ...}, and
+    "graph_breaks": dynamo's graph breaks in it (the eager ops between graphs are not counted)."""
     module = copy.deepcopy(dense.module)
     specs = list(dense.inputs)
     if specs and isinstance(specs[0], tuple) and specs[0][1] == torch.float32:
@@ -118,7 +120,10 @@ def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> di
             census.sites.clear()
             _backward(outputs)
             backward = _labels(census.sites)
-    return {"forward": forward, "backward": backward}
+    from torch._dynamo.utils import graph_break_reasons  # cleared by torch.compiler.reset()
+
+    breaks = len(graph_break_reasons)
+    return {"forward": forward, "backward": backward, "graph_breaks": breaks}
 
 
 def _like(shape, dtype, requires_grad) -> torch.Tensor:
@@ -200,9 +205,8 @@ def _replace_dense(census, dense, autocast, sites: Counter, components: Counter)
         sites.update(census.set_aside["dense"])
         components.update(census.set_aside_components["dense"])
         return {"how": f"eager (no compiled prediction: {type(e).__name__}: {e})"}
-    for part, calls, component in (
-        ("forward", dense.forwards, "dense_fwd"),
-        ("backward", dense.backwards, "dense_bwd"),
+    for part, calls, component in zip(
+        PARTS, (dense.forwards, dense.backwards), ("dense_fwd", "dense_bwd"), strict=True
     ):
         for label, n in predicted[part].items():
             sites[f"<compiled dense {part}> {label}"] += n * calls
@@ -210,7 +214,8 @@ def _replace_dense(census, dense, autocast, sites: Counter, components: Counter)
     name = str(autocast).removeprefix("torch.") if autocast is not None else "no"
     return {
         "how": f"torch.compile (inductor, Triton backend generated on CPU), {name} autocast",
-        "compiled_launches_per_call": {p: sum(c.values()) for p, c in predicted.items()},
+        "compiled_launches_per_call": {p: sum(predicted[p].values()) for p in PARTS},
+        "graph_breaks": predicted["graph_breaks"],
         "calls": {"forward": dense.forwards, "backward": dense.backwards},
     }
 

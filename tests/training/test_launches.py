@@ -165,6 +165,7 @@ def test_dense_network_is_predicted_compiled():
     for part in ("forward", "backward"):
         assert any(s.startswith(f"<compiled dense {part}> triton.") for s in sites), sites
     assert report["launch_method"]["dense"]["calls"] == {"forward": 1, "backward": 1}
+    assert report["launch_method"]["dense"]["graph_breaks"] == 0
     assert {s: n for s, n in sites.items() if not s.startswith("<")} == _sites(
         [("# the network, then a sum outside it", op, 1) for op in ("sum", "ones_like")]
     )
@@ -185,6 +186,8 @@ def _check_profile(profile: dict, world_size: int) -> None:
     assert not any(s.startswith("models/") and " c10d." not in s for s in sites)
     assert any(" c10d." in s for s in sites) == (world_size > 1)
     assert set(profile["launch_components"]) >= {"dense_fwd", "dense_bwd", "dense_optimizer"}
+    # one graph (the network compiled without DDP): no eager ops left uncounted between graphs
+    assert profile["launch_method"]["dense"]["graph_breaks"] == 0
 
 
 @pytest.mark.slow
