@@ -47,6 +47,8 @@ class DCNv2(Network):
             )
         self.structure = structure
         self.bottom = MLP(num_dense, bottom_mlp)
+        # without a bottom MLP the dense features join x0 as they are
+        self.casts_dense_first = bool(bottom_mlp)
         x0_width = self.bottom.out_features + num_features * dim
         self.cross = self._cross_network(x0_width, cross_layers, cross_low_rank)
         head_in = x0_width

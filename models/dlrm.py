@@ -14,6 +14,8 @@ class DLRM(Network):
     dot products.
     """
 
+    casts_dense_first = True  # the bottom MLP's first Linear
+
     def __init__(
         self, num_dense: int, num_features: int, dim: int, bottom_mlp: list[int], top_mlp: list[int]
     ):

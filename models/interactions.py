@@ -4,6 +4,25 @@ import torch
 from torch import nn
 
 
+class _UpperTriangle(torch.autograd.Function):
+    """gram[:, rows, cols] ([B, n, n] -> [B, pairs]) whose backward gathers: the gradient of gram at (i, j)
+    is the pair's gradient where (i, j) is a pair, else 0 (``pair_of``: the pair index of each of the n * n
+    positions, ``is_pair`` whether it is one). Indexing's own backward scatters into zeros, two kernels
+    (a fill and the scatter); the gather is one, and moves the same values."""
+
+    @staticmethod
+    def forward(ctx, gram, rows, cols, pair_of, is_pair):
+        ctx.save_for_backward(pair_of, is_pair)
+        ctx.n = gram.shape[1]
+        return gram[:, rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad):
+        pair_of, is_pair = ctx.saved_tensors
+        full = torch.where(is_pair, grad[:, pair_of], 0.0)
+        return full.view(grad.shape[0], ctx.n, ctx.n), None, None, None, None
+
+
 class DotInteraction(nn.Module):
     """DLRM's pairwise dot products of [dense, emb_1, ..., emb_F] (upper triangle, no diagonal),
     concatenated after the dense vector: [B, D + (F+1)F/2]."""
@@ -15,11 +34,16 @@ class DotInteraction(nn.Module):
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         self.num_pairs = rows.numel()
+        pair_of = torch.zeros(n * n, dtype=torch.int64)
+        pair_of[rows * n + cols] = torch.arange(self.num_pairs)
+        self.register_buffer("pair_of", pair_of, persistent=False)
+        self.register_buffer("is_pair", torch.ones(n, n).triu(1).bool().view(-1), persistent=False)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         stacked = torch.cat([dense.unsqueeze(1), pooled], dim=1)  # [B, F+1, D]
         gram = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F+1, F+1]
-        return torch.cat([dense, gram[:, self.rows, self.cols]], dim=1)
+        pairs = _UpperTriangle.apply(gram, self.rows, self.cols, self.pair_of, self.is_pair)
+        return torch.cat([dense, pairs], dim=1)
 
 
 class CrossNetwork(nn.Module):

@@ -32,6 +32,23 @@ class _CastFlat(torch.autograd.Function):
         return (None, None, None, *slices)
 
 
+class _OneElement(torch.autograd.Function):
+    """flat[o : o + 1].view(shape) for a one-element parameter (the bias of a one-output Linear), as a
+    strided view: inductor gives a one-element slice stride 0 and copies it (a kernel per step) before
+    the GEMM that reads it, and reads a strided view in place. The gradient is the slice's."""
+
+    @staticmethod
+    def forward(ctx, flat, offset, shape):
+        ctx.offset, ctx.size = offset, flat.shape[0]
+        return flat.as_strided(shape, (1,) * len(shape), offset)
+
+    @staticmethod
+    def backward(ctx, grad):
+        o = ctx.offset
+        flat = torch.ops.aten.slice_backward(grad.reshape(1), [ctx.size], 0, o, o + 1, 1)
+        return flat, None, None
+
+
 class Network(nn.Module):
     """A dense network: forward(dense [B, Dd], pooled [B, F, D]) -> logits [B]; subclasses define logits().
 
@@ -41,6 +58,11 @@ class Network(nn.Module):
     def __init__(self):
         super().__init__()
         self.project = None
+
+    # the network's first use of its dense input is an op autocast runs in its compute dtype (a Linear): the
+    # input given in that dtype gives the same bits (autocast rounds it as the caller did), and the cast
+    # leaves the compiled graph (dense_input_dtype)
+    casts_dense_first = False
 
     def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -60,7 +82,9 @@ class Network(nn.Module):
             self._flat_linears, torch.get_autocast_dtype(kind), layout, *(params[n] for n in names)
         )
         views = {
-            name: flat[o : o + shape.numel()].view(shape)
+            name: _OneElement.apply(flat, o, shape)
+            if shape.numel() == 1
+            else flat[o : o + shape.numel()].view(shape)
             for name, (o, shape) in zip(names, layout, strict=True)
         }
         return torch.func.functional_call(self, views, (dense, pooled), {"cast_flat": False})
@@ -86,6 +110,20 @@ class Network(nn.Module):
         if getattr(self, "_flat_names", ()):
             flatten_linears_(self)
         return out
+
+
+def dense_input_dtype(module: nn.Module, autocast: torch.dtype | None) -> torch.dtype:
+    """The dtype a training step can give module's dense features in (module: a Network, or a wrapper
+    of one as .network or .module: Objective, DDP): the autocast dtype when the network casts its dense
+    input there first (Network.casts_dense_first), else float32."""
+    while not isinstance(module, Network):
+        inner = getattr(module, "network", getattr(module, "module", None))
+        if not isinstance(inner, nn.Module):
+            break
+        module = inner
+    if autocast is not None and getattr(module, "casts_dense_first", False):
+        return autocast
+    return torch.float32
 
 
 @torch.no_grad()

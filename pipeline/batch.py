@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +72,9 @@ class KeyedJagged:
 
 @dataclass
 class Batch:
-    dense: torch.Tensor  # float32 [B, num_dense]
+    # float32 [B, num_dense]; train batches of a bf16 run on CUDA may carry them in the dense network's compute
+    # dtype (dense_as, models.network.dense_input_dtype)
+    dense: torch.Tensor
     labels: torch.Tensor  # float32 [B] in [0, 1]
     sparse: KeyedJagged
     # float32 [B] per-sample loss weights (a dataset with a weight column), None: every sample weighs 1.
@@ -97,6 +101,19 @@ class Batch:
         return Batch(
             self.dense.pin_memory(), self.labels.pin_memory(), self.sparse.pin_memory(), weights
         )
+
+
+def dense_as(batches: Iterable[Batch], dtype: torch.dtype) -> Iterator[Batch]:
+    """batches with their dense features in dtype, cast where the loader runs the source (a prefetch thread):
+    on the host before the copy to the device, or on the loader's stream for batches made on the device.
+    Closing this generator closes batches (a reader's files)."""
+    try:
+        for b in batches:
+            yield b if b.dense.dtype == dtype else dataclasses.replace(b, dense=b.dense.to(dtype))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def rank_slice(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:

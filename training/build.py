@@ -20,6 +20,7 @@ from embedding import (
     resolve_tables,
 )
 from models import build_model
+from models.network import dense_input_dtype
 from models.objective import Objective
 from training.config import Config
 from training.data import DatasetSource, SyntheticSource, open_source
@@ -46,6 +47,9 @@ class Parts:
     autocast: object  # bf16 autocast of the dense network on CUDA (train.bf16), else a no-op
     # what a training step calls: the loss of model's logits (models.objective), compiled or not (model.compile)
     step_loss: torch.nn.Module
+    # the dtype train batches carry their dense features in (models.network.dense_input_dtype): bf16 for a
+    # bf16 run on CUDA of a network whose first op on them casts them there, cast by the loader
+    dense_dtype: torch.dtype = torch.float32
 
 
 def dense_autocast(cfg: Config, device: torch.device):
@@ -167,4 +171,5 @@ def build(cfg: Config, env: DistContext) -> Parts:
         data,
         dense_autocast(cfg, env.device),
         torch.compile(Objective(model)) if compiled else Objective(model),
+        dense_input_dtype(dense, torch.bfloat16 if cfg.train.bf16 and cuda else None),
     )

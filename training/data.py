@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from embedding import resolve_tables
-from pipeline.batch import Batch
+from pipeline.batch import Batch, dense_as
 from pipeline.checks import check_batch, checked_batches
 from pipeline.dataset import BinaryDataset, check_same_tables
 from pipeline.jagged import PartialMultiHot
@@ -78,15 +78,20 @@ class SyntheticSource:
             features, d.num_dense, d.zipf_exponent, d.signal, cfg.run.seed, env.device
         )
 
-    def train_batches(self, first_step: int = 0) -> PrefetchLoader:
-        """Global steps first_step + 1 .. train.steps, checked, prefetched by a background thread."""
+    def train_batches(
+        self, first_step: int = 0, dense_dtype: torch.dtype = torch.float32
+    ) -> PrefetchLoader:
+        """Global steps first_step + 1 .. train.steps, checked, prefetched by a background thread, with their
+        dense features in dense_dtype (cast by that thread)."""
         cfg, env = self.cfg, self.env
         batch = cfg.train.global_batch_size
         host = self.generator.local_batches(
             batch, env.rank, env.world_size, cfg.train.steps, SyntheticData.TRAIN, first_step
         )
         checked = checked_batches(host, batch, env.rank, env.world_size, first_step)
-        return PrefetchLoader(checked, env.device, depth=cfg.data.prefetch_depth)
+        return PrefetchLoader(
+            dense_as(checked, dense_dtype), env.device, depth=cfg.data.prefetch_depth
+        )
 
     def eval_batches(self, batch_size: int, samples: int) -> Iterator[Batch]:
         """The eval stream's first samples (at least one global batch), made on the device as train batches."""
@@ -134,7 +139,9 @@ class DatasetSource:
             return where(sample, f"bag:{feature}", 0)
         return where(sample, "sparse", self.dataset.one_hot_features.index(feature))
 
-    def train_batches(self, first_step: int = 0) -> PrefetchLoader:
+    def train_batches(
+        self, first_step: int = 0, dense_dtype: torch.dtype = torch.float32
+    ) -> PrefetchLoader:
         cfg, env = self.cfg, self.env
         return train_loader(
             self.dataset,
@@ -148,6 +155,7 @@ class DatasetSource:
             check=self._remember,
             transform=self.transform,
             last_step=cfg.train.steps,
+            dense_dtype=dense_dtype,
         )
 
     def eval_batches(self, batch_size: int, samples: int) -> PrefetchLoader:
@@ -321,6 +329,7 @@ def train_loader(
     check: BatchCheck | None = None,
     transform: Callable[[Batch], Batch] | None = None,
     last_step: int | None = None,
+    dense_dtype: torch.dtype = torch.float32,
 ) -> PrefetchLoader:
     """This rank's train batches on ``device`` for data.epochs passes over data.train_range, from
     global step start_step.
@@ -329,6 +338,7 @@ def train_loader(
     last_step (train.steps) if that is fewer.
     check, if given, sees every host batch before the prefetcher copies it (labelled "step N", N 1-based);
     transform (pipeline.multihot.MultiHot) every batch once it is on the device, in the prefetcher.
+    The dense features arrive in dense_dtype (cast on the host, after the check).
     """
     segments = dataset.train_segments(
         global_batch_size,
@@ -359,7 +369,9 @@ def train_loader(
         if last_step is not None:
             whole = itertools.islice(whole, max(last_step - start_step, 0))
         batches = normalize_weights(dataset, batches, whole, global_batch_size, label)
-    return PrefetchLoader(batches, device, depth=data.prefetch_depth, transform=transform)
+    return PrefetchLoader(
+        dense_as(batches, dense_dtype), device, depth=data.prefetch_depth, transform=transform
+    )
 
 
 def eval_loader(

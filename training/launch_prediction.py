@@ -6,7 +6,8 @@ their eager ops (set aside by the census) are replaced here:
 - the dense network: on CUDA ``model.compile = "auto"`` runs it through ``torch.compile`` (inductor). The
   prediction compiles a copy of the network the census saw, with inductor's Triton backend on CPU
   (``cpu_backend="triton"``, code generated for an sm_90 target through a stand-in Triton driver), under the
-  autocast a GPU run uses (``train.bf16``: bf16), at the shapes of the run, and counts one steady-state call:
+  autocast a GPU run uses (``train.bf16``: bf16), at the shapes of the run, with the dense features in the
+  dtype a GPU run's loader gives them (models.network.dense_input_dtype), and counts one steady-state call:
   every Triton kernel the generated code launches (counted, never run: the kernels are stubbed, so bf16 works
   under the interpreter) and every aten op it calls (the GEMMs: ``extern_kernels.mm/addmm/bmm``, cuBLAS),
   forward and backward graph apart. On a GPU, fusion can differ where inductor's choices depend on the device
@@ -32,10 +33,12 @@ from collections import Counter
 import torch
 
 from kernels.compile_check import TargetDriver
+from models.network import dense_input_dtype
 from training.launch_census import DenseCall, LaunchCensus
 
 # torch.optim optimizers training/build.py makes fused on CUDA; the others are foreach there
 FUSED_ON_CUDA = ("Adam", "AdamW")
+PARTS = ("forward", "backward")  # of a compiled dense call
 
 
 @contextlib.contextmanager
@@ -92,12 +95,16 @@ def _labels(sites: Counter) -> Counter:
     return out
 
 
-def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> dict[str, Counter]:
-    """Launches of one call of the compiled dense network: {"forward": label -> n, "backward": ...}."""
+def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> dict:
+    """Launches of one call of the compiled dense network: {"forward": label -> n, "backward": ...}, and
+    "graph_breaks": dynamo's graph breaks in it (the eager ops between graphs are not counted)."""
     module = copy.deepcopy(dense.module)
+    specs = list(dense.inputs)
+    if specs and isinstance(specs[0], tuple) and specs[0][1] == torch.float32:
+        # the dense features as a GPU run's loader gives them (training.build: Parts.dense_dtype)
+        specs[0] = (specs[0][0], dense_input_dtype(module, autocast), specs[0][2])
     inputs = [
-        _like(*spec) if isinstance(spec, tuple) and len(spec) == 3 else spec
-        for spec in dense.inputs
+        _like(*spec) if isinstance(spec, tuple) and len(spec) == 3 else spec for spec in specs
     ]
     # dynamo marks the frames it saw run under a dispatch mode (the census's) to run eagerly from then on:
     # a fresh start (a CPU run that compiles its own dense network recompiles it once)
@@ -113,7 +120,10 @@ def predict_compiled_dense(dense: DenseCall, autocast: torch.dtype | None) -> di
             census.sites.clear()
             _backward(outputs)
             backward = _labels(census.sites)
-    return {"forward": forward, "backward": backward}
+    from torch._dynamo.utils import graph_break_reasons  # cleared by torch.compiler.reset()
+
+    breaks = len(graph_break_reasons)
+    return {"forward": forward, "backward": backward, "graph_breaks": breaks}
 
 
 def _like(shape, dtype, requires_grad) -> torch.Tensor:
@@ -195,9 +205,8 @@ def _replace_dense(census, dense, autocast, sites: Counter, components: Counter)
         sites.update(census.set_aside["dense"])
         components.update(census.set_aside_components["dense"])
         return {"how": f"eager (no compiled prediction: {type(e).__name__}: {e})"}
-    for part, calls, component in (
-        ("forward", dense.forwards, "dense_fwd"),
-        ("backward", dense.backwards, "dense_bwd"),
+    for part, calls, component in zip(
+        PARTS, (dense.forwards, dense.backwards), ("dense_fwd", "dense_bwd"), strict=True
     ):
         for label, n in predicted[part].items():
             sites[f"<compiled dense {part}> {label}"] += n * calls
@@ -205,7 +214,8 @@ def _replace_dense(census, dense, autocast, sites: Counter, components: Counter)
     name = str(autocast).removeprefix("torch.") if autocast is not None else "no"
     return {
         "how": f"torch.compile (inductor, Triton backend generated on CPU), {name} autocast",
-        "compiled_launches_per_call": {p: sum(c.values()) for p, c in predicted.items()},
+        "compiled_launches_per_call": {p: sum(predicted[p].values()) for p in PARTS},
+        "graph_breaks": predicted["graph_breaks"],
         "calls": {"forward": dense.forwards, "backward": dense.backwards},
     }
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.batch import Batch
+from pipeline.batch import Batch, dense_as
 from pipeline.prefetch import PrefetchLoader
 from pipeline.train_pipeline import SparseDistPipeline, side_stream
 from training.build import Parts
@@ -82,10 +82,12 @@ def train_loop(
     side stream, so the id exchange overlaps the step); the learning rates are set for every step before
     its backward, which applies the sparse update."""
     if batches is None:
-        batches = parts.data.train_batches(first_step)
+        batches = parts.data.train_batches(first_step, parts.dense_dtype)
     else:
         batches = PrefetchLoader(
-            batches, next(parts.model.parameters()).device, depth=cfg.data.prefetch_depth
+            dense_as(batches, parts.dense_dtype),
+            next(parts.model.parameters()).device,
+            depth=cfg.data.prefetch_depth,
         )
     timer = timer or StageTimer(next(parts.model.parameters()).device)
     parts.embeddings.timer = timer

@@ -131,6 +131,29 @@ def test_dot_interaction_by_hand():
     assert out.tolist() == [[1.0, 2.0, 3.0, 2.0, 0.0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dot_interaction_gradients_are_those_of_indexing(dtype):
+    """The pairs' backward gathers (one kernel) where indexing's scatters: the same bits."""
+    interaction, g = DotInteraction(num_features=5), torch.Generator().manual_seed(0)
+    dense, pooled = torch.randn(4, 3, generator=g), torch.randn(4, 5, 3, generator=g)
+    seed = torch.randn(4, 3 + interaction.num_pairs, generator=g).to(dtype)
+
+    def grads(forward):
+        inputs = [dense.to(dtype).requires_grad_(), pooled.to(dtype).requires_grad_()]
+        out = forward(*inputs)
+        out.backward(seed)
+        return [out.detach(), *(t.grad for t in inputs)]
+
+    def by_indexing(d, p):
+        stacked = torch.cat([d.unsqueeze(1), p], dim=1)
+        gram = torch.bmm(stacked, stacked.transpose(1, 2))
+        return torch.cat([d, gram[:, interaction.rows, interaction.cols]], dim=1)
+
+    got, want = grads(interaction), grads(by_indexing)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert got[1].abs().sum() > 0 and got[2].abs().sum() > 0
+
+
 def test_fm_second_order_by_hand():
     # v1 = [1, 2, 3], v2 = [4, 5, 6]: <v1, v2> = 4 + 10 + 18 = 32
     # (formula: sum = [5, 7, 9] -> 25 + 49 + 81 = 155; squares 1+4+9+16+25+36 = 91; (155 - 91) / 2 = 32)

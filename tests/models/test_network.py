@@ -5,9 +5,14 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from models import build_model
+from models.network import Network, dense_input_dtype, flatten_linears_
+from models.objective import Objective
 from tests.models.test_models import BATCH, CONFIGS, DIM, NUM_DENSE, NUM_FEATURES
+from training.launch_census import DenseCall
+from training.launch_prediction import predict_compiled_dense
 
 
 def _pair(name: str):
@@ -50,6 +55,25 @@ def test_one_cast_gives_the_bits_of_per_parameter_casts(name):
     assert torch.equal(got[1], want[1])
     for g, w in zip(got[2], want[2], strict=True):
         assert g.dtype == torch.float32 and torch.equal(g, w)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dense_input_in_the_compute_dtype_gives_the_same_bits(name):
+    """A network that casts its dense features first (models.network.dense_input_dtype) takes them in bf16:
+    the same output and gradients as float32 ones cast inside."""
+    net = build_model(CONFIGS[name], NUM_DENSE, NUM_FEATURES, DIM, seed=3)
+    dtype = dense_input_dtype(Objective(net), torch.bfloat16)
+    assert dense_input_dtype(net, None) == torch.float32
+    # a bottom MLP's Linear is their first op on the dense features
+    cfg = CONFIGS[name]
+    casts_first = cfg.name in ("dlrm", "dcnv2", "dcnmix") and bool(cfg.bottom_mlp)
+    assert dtype == (torch.bfloat16 if casts_first else torch.float32)
+    if not casts_first:
+        return
+    dense, pooled = _inputs()
+    got, want = _step(net, dense.to(dtype), pooled), _step(net, dense, pooled)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(torch.equal(g, w) for g, w in zip(got[2], want[2], strict=True))
 
 
 @pytest.mark.slow
@@ -96,3 +120,25 @@ def test_a_parameter_moved_out_of_the_buffer_is_named():
     with pytest.raises(RuntimeError, match="parameter top.0.bias no longer lives in the flat"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(*_inputs())
+
+
+class _Head(Network):
+    def __init__(self, outputs: int):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(NUM_DENSE, 8), nn.Linear(8, outputs)
+
+    def logits(self, dense, pooled):
+        return self.out(self.hidden(dense)).sum(1)
+
+
+@pytest.mark.slow
+def test_a_one_output_layer_launches_no_copy_of_its_bias():
+    """Compiled (predicted on CPU, training.launch_prediction), a one-element bias is read in place: a
+    one-output head launches what a two-output head does."""
+    launches = []
+    for outputs in (1, 2):
+        net = flatten_linears_(_Head(outputs))
+        call = DenseCall(net, _inputs())
+        forward = predict_compiled_dense(call, torch.bfloat16)["forward"]
+        launches.append(sum(forward.values()))
+    assert launches[0] == launches[1]

@@ -202,6 +202,13 @@ def test_loaders_from_config(dataset_dir):
     with train_loader(ds, cfg, 20, 1, 2, "cpu", seed=3, start_step=4, last_step=7) as loader:
         got = [b.sparse.values for b in loader]
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected[:3], strict=False))
+    # the dense features in bf16, cast on the host: the bits of a cast on the device
+    dense = [b.dense for b in ds.train_batches(20, 1, 2, "0:200", 2, 3, 5, start_step=4)][:3]
+    kwargs = dict(seed=3, start_step=4, last_step=7, dense_dtype=torch.bfloat16)
+    with train_loader(ds, cfg, 20, 1, 2, "cpu", **kwargs) as loader:
+        got = [b.dense for b in loader]
+    assert all(a.dtype == torch.bfloat16 for a in got)
+    assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(got, dense, strict=True))
     with eval_loader(ds, cfg, 16, 0, 2, "cpu", max_samples=40) as loader:
         sizes = [b.batch_size for b in loader]
     assert sizes == [8, 8, 4]

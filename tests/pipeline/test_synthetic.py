@@ -67,6 +67,16 @@ def test_zipf_is_skewed_and_bounded():
     assert counts[0] > 10 * counts[100] > 0
 
 
+def test_train_batches_in_the_dense_dtype_asked_for():
+    cfg = load_config(["--config", "configs/tiny.toml", "--train.steps", "2"])
+    source = SyntheticSource(cfg, DistContext())
+    with source.train_batches() as plain, source.train_batches(0, torch.bfloat16) as cast:
+        pairs = list(zip(plain, cast, strict=True))
+    assert len(pairs) == 2 and all(a.dense.dtype == torch.float32 for a, _ in pairs)
+    for a, b in pairs:
+        assert torch.equal(b.dense, a.dense.to(torch.bfloat16)) and torch.equal(a.labels, b.labels)
+
+
 def test_hidden_model_gives_learnable_signal():
     cfg = load_config(["--config", "configs/tiny.toml"])
     data = SyntheticSource(cfg, DistContext()).generator
