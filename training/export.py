@@ -157,6 +157,22 @@ def _publish(out_dir: str, tmp: str, step: int, meta: dict, files: dict) -> None
     _prune(out_dir)
 
 
+def write_export(
+    out_dir: str, step: int, tables: dict[str, dict], arrays: dict[str, list[np.ndarray]]
+) -> str:
+    """Write an export made outside a run (one process): tables {name: meta.json entry}, arrays {name: its
+    EXPORT_FILES arrays, sorted by key}; published as export_embeddings publishes one. Returns its path."""
+    tmp = os.path.join(out_dir, f".tmp_step_{step}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    files = {}
+    for name, table_arrays in arrays.items():
+        files.update(write_table(tmp, name, table_arrays))
+    meta = {"step": step, "since_step": 0, "min_freq": 1, "tables": tables}
+    _publish(out_dir, tmp, step, meta, files)
+    return os.path.join(out_dir, f"step_{step}")
+
+
 def _write_latest(out_dir: str, name: str) -> None:
     tmp = os.path.join(out_dir, f".{LATEST}.tmp.{os.getpid()}")
     _write_file(tmp, f"{name}\n".encode())
