@@ -66,18 +66,23 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, ["--config", args.config, *rest, *after]
 
 
-def run_train(argv: list[str], world_size: int) -> dict:
-    """train.py with argv: in this process at W = 1, under torchrun otherwise; returns its summary."""
-    if world_size == 1:
-        import train  # the project's training entry (train.py at the repository root)
-
-        return train.main(argv)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={world_size}", os.path.join(ROOT, "train.py"), *argv]
-    proc = subprocess.run(cmd, cwd=ROOT)
+def run_train(argv: list[str], world_size: int, what: str) -> dict:
+    """train.py with argv in a new process (under torchrun when world_size > 1); returns its summary. A failed
+    run stops the search with one line naming it (train.py has printed why)."""
+    train_py = os.path.join(ROOT, "train.py")
+    cmd = [sys.executable, train_py, *argv]
+    if world_size > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
+    proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
-    run_dir = argv[argv.index("--run.dir") + 1]
+        print(
+            f"error: the {what} failed (exit status {proc.returncode}): {' '.join(cmd)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(proc.returncode)
+    run_dir = argv[argv.index("--run.dir") + 1] if "--run.dir" in argv else None
+    if run_dir is None:  # the retrain config names its run.dir
+        run_dir = load_config(argv).run.dir
     with open(os.path.join(run_dir, "summary.json")) as f:
         return json.load(f)
 
@@ -87,7 +92,7 @@ def pretrain(args, train_argv: list[str]) -> dict:
     extra = ["--run.dir", os.path.join(args.out, "pretrain")]
     if cfg.train.checkpoint_every == 0:  # the scoring pass reads the last step's checkpoint
         extra += ["--train.checkpoint_every", str(ONLY_LAST_STEP)]
-    return run_train([*train_argv, *extra], args.world_size)
+    return run_train([*train_argv, *extra], args.world_size, "pretrain")
 
 
 def _stage(summary: dict | None) -> dict | None:
@@ -155,7 +160,7 @@ def search(args, train_argv: list[str], command: str) -> dict:
     found = score_and_prune(args, train_argv, pre["checkpoint"])
     retrained = None
     if args.retrain:
-        retrained = run_train(["--config", found["retrain_config"]], args.world_size)
+        retrained = run_train(["--config", found["retrain_config"]], args.world_size, "retrain")
     result = {
         "command": command,
         "config": args.config,
