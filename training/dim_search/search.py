@@ -52,6 +52,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--score-batches", type=int, default=50, help="training batches scored")
     parser.add_argument("--world-size", type=int, default=1, help="processes of each training run")
     parser.add_argument(
+        "--pretrain",
+        default="",
+        help="reuse this run directory (an earlier search's OUT/pretrain of the same config) as the pretrain",
+    )
+    parser.add_argument(
         "--retrain", action=argparse.BooleanOptionalAction, default=True, help="run the retrain"
     )
     args, rest = parser.parse_known_args(own)
@@ -89,10 +94,30 @@ def run_train(argv: list[str], world_size: int, what: str) -> dict:
 
 def pretrain(args, train_argv: list[str]) -> dict:
     cfg = load_config(train_argv)  # a config error stops here, before anything is written
+    if args.pretrain:
+        return reused_pretrain(args.pretrain, cfg)
     extra = ["--run.dir", os.path.join(args.out, "pretrain")]
     if cfg.train.checkpoint_every == 0:  # the scoring pass reads the last step's checkpoint
         extra += ["--train.checkpoint_every", str(ONLY_LAST_STEP)]
     return run_train([*train_argv, *extra], args.world_size, "pretrain")
+
+
+def reused_pretrain(run_dir: str, cfg) -> dict:
+    """The summary of an earlier pretrain run, checked to be this config's at its full dims."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--pretrain {run_dir}: no summary.json there (not a finished train.py run)"
+        )
+    with open(path) as f:
+        summary = json.load(f)
+    if not summary.get("checkpoint"):
+        raise ConfigError(f"--pretrain {run_dir}: the run saved no checkpoint ({path} names none)")
+    theirs = summary["config"]["embedding"]["tables"]
+    names = [t["name"] for t in theirs]
+    if names != [t.name for t in cfg.embedding.tables] and cfg.embedding.tables:
+        raise ConfigError(f"--pretrain {run_dir}: its tables {names} are not this config's")
+    return summary
 
 
 def _stage(summary: dict | None) -> dict | None:
