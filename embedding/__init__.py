@@ -1,5 +1,6 @@
 """Embedding tables: resolution, sharding plan, the (sharded) embedding collection."""
 
+from embedding.mixed import MixedDimCollection, make_collection
 from embedding.planner import ShardingPlan, TablePlacement, plan_sharding
 from embedding.sharded import EmbeddingCollection, ShardedEmbeddingCollection
 from embedding.sparse_dist import SparseDist
@@ -8,6 +9,7 @@ from kernels.sparse_optimizer import SparseOptimizer
 
 __all__ = [
     "EmbeddingCollection",
+    "MixedDimCollection",
     "ShardedEmbeddingCollection",
     "ShardingPlan",
     "SparseDist",
@@ -15,6 +17,7 @@ __all__ = [
     "Table",
     "TablePlacement",
     "feature_names",
+    "make_collection",
     "plan_sharding",
     "resolve_tables",
 ]

@@ -48,6 +48,9 @@ class ShardLayout:
         dynamic_rows: dict[int, int],
     ):
         self.tables, self.rank, self.world_size = tables, rank, world_size
+        # each table's index in the run's table list (a collection of one embedding dim holds a subset,
+        # embedding.mixed): its initial rows and digests are keyed by it, so they do not depend on grouping
+        self.table_ids = list(range(len(tables)))
         self.kinds = [plan.placements[t.name].placement for t in tables]
         owner = [
             plan.placements[t.name].owner if k == "table" else rank if k == "replicated" else -1

@@ -63,13 +63,14 @@ class ShardedEmbeddingCollection(nn.Module):
         exchange_dtype: str = "fp32",
         always_exchange: bool = False,
         input_group=None,
+        table_ids: list[int] | None = None,
     ):
         super().__init__()
         dims = {t.dim for t in tables}
         if len(dims) != 1:
             raise ValueError(
-                "all tables must share one embedding dim (pooled output is "
-                f"[B, F, D]); got {sorted(dims)}"
+                "a ShardedEmbeddingCollection holds tables of one embedding dim (pooled output is "
+                f"[B, F, D]); got {sorted(dims)}: embedding.mixed.make_collection groups them by dim"
             )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
         self.dim = dims.pop()
@@ -87,6 +88,8 @@ class ShardedEmbeddingCollection(nn.Module):
         self.layout = ShardLayout(
             tables, plan, rank, world_size, device, {t: shard.pool for t, shard in shards.items()}
         )
+        if table_ids is not None:  # a group of a MixedDimCollection: the run's index of each table
+            self.layout.table_ids = list(table_ids)
         self.ids = IdChecker(tables, self.layout.table_rows, device)
         self.storage = RowStorage(
             self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
@@ -113,6 +116,22 @@ class ShardedEmbeddingCollection(nn.Module):
     def weight(self) -> torch.Tensor:
         """[local rows, D]: the stored rows (embedding.layout says which table's row sits where)."""
         return self.storage.weight
+
+    @property
+    def feature_dims(self) -> list[int]:
+        return [self.dim] * len(self.features)
+
+    def pooled_shape(self, batch_size: int) -> tuple[int, ...]:
+        """The shape of forward's output for a batch of batch_size samples."""
+        return (batch_size, len(self.features), self.dim)
+
+    def locate_table(self, t: int):
+        """(the collection holding table t, its index there): this one (embedding.mixed has groups)."""
+        return self, t
+
+    def table_groups(self):
+        """(collection, the run's index of each of its tables) per group of one dim: this one."""
+        return [(self, list(range(len(self.tables))))]
 
     # ---- tables as state (embedding.state) ------------------------------------------------------
     def table_digests(self, chunk_elems: int = 1 << 22) -> list[int]:

@@ -122,7 +122,8 @@ def tracked_digests(
         for i, name in enumerate(names):
             values = tracked[name]  # [rows] or [rows, ...] -> [rows, C] (a rank may hold 0 rows)
             values = values.unsqueeze(1) if values.dim() == 1 else values.flatten(1)
-            _digest_table(sums[t, i], layout, dynamic, t, values, _digest_key(t, name), chunk_elems)
+            key = _digest_key(layout.table_ids[t], name)
+            _digest_table(sums[t, i], layout, dynamic, t, values, key, chunk_elems)
     exchange.all_reduce_(sums)
     return [
         [((int(hi) << 32) + int(lo)) & ((1 << 64) - 1) for lo, hi in table]

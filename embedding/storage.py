@@ -43,7 +43,11 @@ class RowStorage:
         for t, table in enumerate(layout.tables):
             if table.dynamic:
                 continue
-            key = int(splitmix64(torch.tensor([seed * 1_000_003 + t + 1], dtype=torch.int64))[0])
+            key = int(
+                splitmix64(
+                    torch.tensor([seed * 1_000_003 + layout.table_ids[t] + 1], dtype=torch.int64)
+                )[0]
+            )
             bound = (1.0 / table.num_embeddings) ** 0.5
             rows = layout.global_rows(t).to(device)
             for start in range(0, rows.numel(), chunk_rows):

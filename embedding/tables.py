@@ -62,7 +62,7 @@ def resolve_tables(emb_cfg, bag_lengths: dict[str, float] | None = None) -> list
             Table(
                 t.name,
                 rows,
-                emb_cfg.dim,
+                getattr(t, "dim", 0) or emb_cfg.dim,  # 0: the collection's default dim
                 t.pooling,
                 features,
                 t.placement,

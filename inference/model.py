@@ -130,7 +130,8 @@ class InferenceModel:
         return out
 
     def pooled(self, sparse: dict, batch: int) -> torch.Tensor:
-        """[B, F, D] float32: each feature's bag of rows, summed or averaged (an empty bag: zeros)."""
+        """[B, F, D] float32: each feature's bag of rows, summed or averaged (an empty bag: zeros); tables of
+        several dims: [B, sum of the features' dims], as training's embedding.mixed pools them."""
         out = []
         for spec in self.meta["features"]:
             name, table = spec["name"], self.tables[spec["table"]]
@@ -150,6 +151,8 @@ class InferenceModel:
             if spec["pooling"] == "mean":
                 sums *= (1.0 / lengths.clamp(min=1).float())[:, None]  # as training pools
             out.append(sums)
+        if len({o.shape[1] for o in out}) > 1:
+            return torch.cat(out, dim=1)
         return torch.stack(out, dim=1)
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from models.init import init_weights_
 from models.interactions import CrossNetwork, DotInteraction, FactorizationMachine
 from models.mlp import MLP
 from models.network import flatten_linears_
+from models.projection import CONCAT_MODELS, FieldProjection, network_shape
 from models.wide_deep import WideDeep
 from models.xdeepfm import XDeepFM
 
@@ -50,19 +51,35 @@ ARCHITECTURES = {
 }
 
 
-def build_model(cfg, num_dense: int, num_features: int, dim: int, seed: int = 0) -> nn.Module:
-    """The dense network named by cfg.name (a training.config.ModelConfig), initialised by cfg.init (seed: run.seed)."""
+def build_model(
+    cfg,
+    num_dense: int,
+    num_features: int,
+    dim: int,
+    seed: int = 0,
+    feature_dims: list[int] | None = None,
+    feature_tables: list[str] | None = None,
+) -> nn.Module:
+    """The dense network named by cfg.name (a training.config.ModelConfig), initialised by cfg.init (seed: run.seed).
+
+    feature_dims, feature_tables: each feature's embedding dim and table, where tables differ from dim
+    (models.projection says what the network then takes)."""
     if cfg.name not in ARCHITECTURES:
         raise ValueError(
             f"model.name {cfg.name!r} is not available (expected one of {', '.join(ARCHITECTURES)})"
         )
-    network = ARCHITECTURES[cfg.name](cfg, num_dense, num_features, dim)
+    features, width, project = network_shape(cfg.name, num_features, dim, feature_dims)
+    network = ARCHITECTURES[cfg.name](cfg, num_dense, features, width)
+    if project:
+        network.project = FieldProjection(feature_dims, feature_tables, dim)
     # one buffer for the Linear parameters: bf16 autocast casts them in one kernel (models.network)
     return flatten_linears_(init_weights_(network, cfg.init, seed))
 
 
 __all__ = [
     "ARCHITECTURES",
+    "CONCAT_MODELS",
+    "FieldProjection",
     "DCNv2",
     "DLRM",
     "MLP",

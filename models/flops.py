@@ -15,7 +15,9 @@ Conventions:
   on MLPerf DCN-v2 it is 0.04%.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from models.projection import network_shape, projection_flops
 
 
 @dataclass(frozen=True)
@@ -279,10 +281,17 @@ FORMULAS = {
 }
 
 
-def dense_flops_per_sample(cfg, num_dense: int, num_features: int, dim: int) -> DenseFlops:
-    """FLOPs of the dense network that models.build_model(cfg, ...) builds (cfg: training.config.ModelConfig)."""
+def dense_flops_per_sample(
+    cfg, num_dense: int, num_features: int, dim: int, feature_dims: list[int] | None = None
+) -> DenseFlops:
+    """FLOPs of the dense network that models.build_model(cfg, ...) builds (cfg: training.config.ModelConfig),
+    with the per-table projections of models.projection where feature_dims differ from dim."""
     if cfg.name not in FORMULAS:
         raise ValueError(
             f"model.name {cfg.name!r} has no FLOP formula (expected one of {', '.join(FORMULAS)})"
         )
-    return FORMULAS[cfg.name](cfg, num_dense, num_features, dim)
+    features, width, project = network_shape(cfg.name, num_features, dim, feature_dims)
+    flops = FORMULAS[cfg.name](cfg, num_dense, features, width)
+    if not project:
+        return flops
+    return replace(flops, matmul=flops.matmul + projection_flops(feature_dims, dim))

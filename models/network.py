@@ -33,7 +33,14 @@ class _CastFlat(torch.autograd.Function):
 
 
 class Network(nn.Module):
-    """A dense network: forward(dense [B, Dd], pooled [B, F, D]) -> logits [B]; subclasses define logits()."""
+    """A dense network: forward(dense [B, Dd], pooled [B, F, D]) -> logits [B]; subclasses define logits().
+
+    ``project`` (models.projection.FieldProjection, set by build_model when the tables differ in dim) turns
+    the pooled input into [B, F, D] before logits() sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.project = None
 
     def logits(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -44,7 +51,7 @@ class Network(nn.Module):
         kind = dense.device.type
         names = getattr(self, "_flat_names", ())
         if not (cast_flat and names and torch.is_autocast_enabled(kind)):
-            return self.logits(dense, pooled)
+            return self.logits(dense, pooled if self.project is None else self.project(pooled))
         if not torch.compiler.is_compiling():
             self._check_flat()
         params = dict(self.named_parameters())

@@ -10,10 +10,12 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from embedding import (
+    MixedDimCollection,
     ShardedEmbeddingCollection,
     ShardingPlan,
     SparseOptimizer,
     Table,
+    make_collection,
     plan_sharding,
     resolve_tables,
 )
@@ -36,7 +38,8 @@ class Parts:
 
     tables: list[Table]
     plan: ShardingPlan
-    embeddings: ShardedEmbeddingCollection  # updates itself in backward (fused sparse optimizer)
+    # updates itself in backward (fused sparse optimizer); tables of several dims: one collection per dim
+    embeddings: ShardedEmbeddingCollection | MixedDimCollection
     model: torch.nn.Module  # the dense network, in DDP when W > 1
     optimizer: torch.optim.Optimizer  # the dense optimizer
     data: SyntheticSource | DatasetSource
@@ -90,7 +93,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     tables = resolve_tables(cfg.embedding)
     o, e = cfg.optimizer, cfg.embedding
     plan = sharding_plan(cfg, tables, env.world_size)
-    embeddings = ShardedEmbeddingCollection(
+    embeddings = make_collection(
         tables,
         plan,
         SparseOptimizer(o.sparse, o.sparse_lr, o.eps, o.beta1, o.beta2),
@@ -107,7 +110,13 @@ def build(cfg: Config, env: DistContext) -> Parts:
         embeddings.ids.locate = data.locate
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
     dense = build_model(
-        cfg.model, cfg.data.num_dense, len(embeddings.features), e.dim, seed=cfg.run.seed
+        cfg.model,
+        cfg.data.num_dense,
+        len(embeddings.features),
+        e.dim,
+        seed=cfg.run.seed,
+        feature_dims=embeddings.feature_dims,
+        feature_tables=[t.name for t in tables for _ in t.features],
     )
     dense = dense.to(env.device)
     cuda = env.device.type == "cuda"

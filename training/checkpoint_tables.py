@@ -18,9 +18,12 @@ _DYNAMIC_KEYS = ("keys", "count", "seen", "pending_keys", "pending_count", "pend
 
 def table_blocks(emb) -> tuple[dict, list[Block]]:
     """(the header's "tables", the blocks of this rank's part of every table), nothing copied yet."""
+    sources = {}
+    for group, _ in emb.table_groups():  # one per embedding dim
+        sources.update(state.checkpoint_sources(group.layout, group.storage, group.dynamic))
     tables, blocks = {}, []
-    sources = state.checkpoint_sources(emb.layout, emb.storage, emb.dynamic)
-    for name, (description, tensors) in sources.items():
+    for name in (t.name for t in emb.tables if t.name in sources):  # those with rows here
+        description, tensors = sources[name]
         tables[name] = description
         for key, (shape, dtype, fetch) in tensors.items():
             blocks.append(Block(f"{name}/{key}", dtype, shape, fetch))
@@ -62,7 +65,8 @@ def read_shard(
     with ShardReader(path, buffer_bytes) as reader:
         for name, description in reader.header["tables"].items():
             if name in wanted:
-                _load_table(emb, reader, wanted[name], name, description, source, **kw)
+                group, t = emb.locate_table(wanted[name])  # the collection of its dim
+                _load_table(group, reader, t, name, description, source, **kw)
         rng = {b[4:]: reader.whole(b) for b in reader.blocks if b.startswith("rng/")}
         return {
             "rank": reader.header["rank"],

@@ -45,7 +45,11 @@ def optimizer_digest(parts) -> str:
     Collective; the same value on every rank."""
     emb = parts.embeddings
     names = emb.optimizer_state_names()
-    sparse = tracked_digests(emb.layout, emb.storage, emb.dynamic, emb.exchange, names)
+    sparse = [None] * len(emb.tables)
+    for group, ids in emb.table_groups():  # one per embedding dim
+        found = tracked_digests(group.layout, group.storage, group.dynamic, group.exchange, names)
+        for t, digests in zip(ids, found, strict=True):
+            sparse[t] = digests
     h = hashlib.sha256()
     param_names = {id(p): name for name, p in unwrap(parts.model).named_parameters()}
     dense = [

@@ -61,6 +61,7 @@ LIVE_KEYS = "live_keys"  # an incremental export's dynamic tables: the keys a fu
 
 def _live_keys(emb, t: int, min_freq: int) -> np.ndarray | None:
     """Collective: dynamic table t's keys looked up at least max(min_freq, 1) times, on every rank, sorted."""
+    emb, t = emb.locate_table(t)  # the collection of its dim
     keys, rows = emb.dynamic.live(t)
     mine = keys[emb.storage.freq[rows] >= max(min_freq, 1)].cpu()
     return torch.sort(torch.cat(emb.exchange.gather_objects(mine))).values.numpy()

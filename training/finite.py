@@ -18,14 +18,15 @@ def first_nonfinite(parts) -> str | None:
         names.append(f"dense parameter {name}")
         flags.append(torch.isfinite(p.detach()).all())
     emb = parts.embeddings
-    weight, layout = emb.storage.weight, emb.layout
-    for t, table in enumerate(layout.tables):
-        if table.dynamic:
-            rows = weight[emb.dynamic.live(t)[1]]
-        else:
-            rows = weight[layout.base[t] : layout.base[t] + layout.count[t]]
-        names.append(f"table '{table.name}'")
-        flags.append(torch.isfinite(rows).all())
+    for group, _ in emb.table_groups():  # one per embedding dim
+        weight, layout = group.storage.weight, group.layout
+        for t, table in enumerate(layout.tables):
+            if table.dynamic:
+                rows = weight[group.dynamic.live(t)[1]]
+            else:
+                rows = weight[layout.base[t] : layout.base[t] + layout.count[t]]
+            names.append(f"table '{table.name}'")
+            flags.append(torch.isfinite(rows).all())
     bad = (~torch.stack(flags)).to(torch.int32)
     emb.exchange.all_reduce_(bad)  # a sum over ranks: > 0 where any rank holds a NaN/inf
     first = bad.nonzero()

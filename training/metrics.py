@@ -45,7 +45,7 @@ class RunMetrics:
         )
         emb = parts.embeddings
         self.flops = dense_flops_per_sample(
-            cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim
+            cfg.model, cfg.data.num_dense, len(emb.features), cfg.embedding.dim, emb.feature_dims
         )
         self.dtype = "bf16" if cfg.train.bf16 and env.device.type == "cuda" else "fp32"
         self.hbm = hbm_bandwidth(env.device)

@@ -73,11 +73,12 @@ def _table_arrays(table, gathered: list) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def dense_program(
-    net: torch.nn.Module, num_dense: int, features: int, dim: int
+    net: torch.nn.Module, num_dense: int, pooled_shape: tuple[int, ...]
 ) -> tuple[bytes, dict]:
-    """(file bytes, meta) of the dense network on the CPU in float32: torch.export, else TorchScript."""
+    """(file bytes, meta) of the dense network on the CPU in float32: torch.export, else TorchScript.
+    pooled_shape: the pooled input of a batch (the collection's pooled_shape)."""
     net = copy.deepcopy(net).cpu().float().eval()
-    example = (torch.randn(3, num_dense), torch.randn(3, features, dim))
+    example = (torch.randn(3, num_dense), torch.randn(3, *pooled_shape[1:]))
     batch = torch.export.Dim.DYNAMIC
     buf = io.BytesIO()
     try:
@@ -165,7 +166,7 @@ def _dense_format(final: str, env: DistContext) -> str | None:
 
 def _publish(cfg: Config, parts, tmp: str, final: str, files: dict, specs: dict) -> None:
     emb = parts.embeddings
-    data, dense = dense_program(unwrap(parts.model), cfg.data.num_dense, len(emb.features), emb.dim)
+    data, dense = dense_program(unwrap(parts.model), cfg.data.num_dense, emb.pooled_shape(3))
     _write(tmp, dense["file"], data, files)
     meta = {
         "step": emb.num_updates,

@@ -131,8 +131,9 @@ def test_out_of_range_id_names_feature_sample_and_value():
         ec(KeyedJagged.from_lists({**BATCHES[0], "a": [[-1], [], [1]]}))
 
 
-def test_dims_must_match():
-    with pytest.raises(ValueError, match="share one embedding dim"):
+def test_one_collection_holds_one_dim():
+    # tables of several dims go to embedding.mixed (one collection per dim)
+    with pytest.raises(ValueError, match="holds tables of one embedding dim .* groups them by dim"):
         EmbeddingCollection(
             [Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))], SparseOptimizer()
         )

@@ -19,6 +19,9 @@ class TableConfig:
 
     name: str = ""  # unique table name
     num_embeddings: int = 0  # rows (vocabulary size) before embedding.row_scale
+    # this table's embedding dim; 0 = embedding.dim. Tables of different dims train together (grouped by dim);
+    # models that need one common dim project the others to embedding.dim (docs/training.md "Per-table dims")
+    dim: int = 0
     # features that look up this table; [] means [name]
     features: list[str] = field(default_factory=list)
     pooling: Pooling = "sum"  # how a multi-hot bag becomes one vector: "sum" or "mean"
@@ -141,7 +144,7 @@ class ModelConfig:
 
 @dataclass
 class EmbeddingConfig:
-    dim: int = 16  # embedding dimension shared by all tables
+    dim: int = 16  # embedding dimension of tables that set no dim of their own (and the models' common dim)
     # the tables ([[embedding.tables]] in TOML)
     tables: list[TableConfig] = field(default_factory=list)
     row_scale: float = 1.0  # multiply every table's rows (shrink big configs to fit small machines)

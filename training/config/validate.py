@@ -58,7 +58,7 @@ RANGES = {
     "export.min_freq": ">= 0",
 }
 # keys of [[embedding.tables]] entries (the dynamic-table ones are checked with their table)
-TABLE_RANGES = {"bag_min": ">= -1", "bag_max": ">= -1"}
+TABLE_RANGES = {"bag_min": ">= -1", "bag_max": ">= -1", "dim": ">= 0"}
 # list keys whose every item is a size
 SIZE_LISTS = ("model.bottom_mlp", "model.top_mlp", "model.deep_mlp", "model.cin_layers")
 # models whose dense tower feeds a concatenation (any last size), not a field of the embedding dim
