@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from types import SimpleNamespace
@@ -151,7 +152,6 @@ def test_search_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = main(
         ["--config", str(config), "--keep", "0.5", "--out", str(out), "--score-batches", "4"]
-        + ["--no-retrain"]
     )
     stages, p = result["stages"], result["parameters"]
     # the scoring pass reads the pretrained model: ungated, it evaluates as the pretrain did
@@ -175,3 +175,14 @@ def test_search_end_to_end(tmp_path):
         assert np.array_equal(arrays["values"], values[order][:, table["kept"]].numpy())
     for name in ("report.md", "report.json", "search.png", "retrain.toml"):
         assert os.path.isfile(out / name)
+    # the retrain ran at the searched dims from the kept columns; only the per-table projections (the
+    # layers that read the embeddings) started fresh
+    with open(out / "retrain" / "summary.json") as f:
+        retrain = json.load(f)
+    assert [t["dim"] for t in retrain["config"]["embedding"]["tables"]] == dims
+    assert retrain["warm_start"]["tables"] == ["a", "b", "c"]
+    projected = [t for t in result["tables"] if t["dim"] != 8]
+    assert result["retrain_fresh_dense"] == [
+        f"project.linears.{i}.weight" for i in range(len(projected))
+    ]
+    assert stages["retrain"]["auc"] == retrain["eval_auc"]

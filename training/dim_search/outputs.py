@@ -78,9 +78,10 @@ def config_toml(cfg: Config, entries: list[dict], settings: dict[str, dict]) -> 
     return "\n".join(lines) + "\n" + tables_toml(entries)
 
 
-def warm_start_export(emb, kept: list[list[int]], out_dir: str) -> str:
+def warm_start_export(emb, kept: list[list[int]], out_dir: str, dense: dict) -> str:
     """The pretrained tables (emb, one process) cut to their kept dimensions, written as an export that
-    train.init_from reads: every looked-up row's kept columns, its lookup count and last step."""
+    train.init_from reads: every looked-up row's kept columns, its lookup count and last step, and the
+    pretrained dense weights (the warm start loads those whose name and shape the retrain's network has)."""
     tables, arrays = {}, {}
     for t, table in enumerate(emb.tables):
         keys, values, freq, last_step = emb.export_rows(t, 1, 0)
@@ -98,7 +99,8 @@ def warm_start_export(emb, kept: list[list[int]], out_dir: str) -> str:
             "rows": int(keys.numel()),
             "num_embeddings": table.num_embeddings,
         }
-    return write_export(out_dir, emb.num_updates, tables, arrays)
+    dense = {k: v.detach().cpu().clone() for k, v in dense.items()}
+    return write_export(out_dir, emb.num_updates, tables, arrays, dense)
 
 
 def write_text(path: str, text: str) -> str:

@@ -49,6 +49,12 @@ def markdown(report: dict) -> str:
             f"| {t['name']} | {', '.join(t['features'])} | {t['rows']:,} | {t['dim']} / "
             f"{report['full_dim']} | {t['kept']} | {t['rows'] * t['dim']:,} |"
         )
+    if report.get("retrain_fresh_dense") is not None:
+        fresh = ", ".join(f"`{n}`" for n in report["retrain_fresh_dense"]) or "none"
+        lines += [
+            "",
+            f"Dense parameters the retrain started fresh (the rest are the pretrain's): {fresh}.",
+        ]
     lines += ["", "![score per field and dim](search.png)", ""]
     return "\n".join(lines)
 

@@ -9,9 +9,11 @@ Arguments after ``--`` (and any ``--section.key value`` not listed below) go to 
 the config as written is the pretrain, every table at embedding.dim (give it a generous dim, e.g. 64).
 Writes into --out: pretrain/ (the run, its last checkpoint), dims.toml ([[embedding.tables]] with each table's
 searched dim), warm_start/ (an export of the pretrained tables' kept columns, train.init_from reads it),
-retrain.toml (the config with those tables and train.init_from; an export holds no dense weights, so the
-whole dense network, its first layer included, starts fresh), retrain/ (that run), report.md, report.json
-and search.png. docs/dim_search.md has the method and the measurements.
+retrain.toml (the config with those tables and train.init_from), retrain/ (that run), report.md, report.json
+and search.png. The export also holds the pretrained dense weights: the retrain loads those of the same name
+and shape, so the dense layers that read the embeddings, whose shapes the new dims change (the per-table
+projections; the first layers over the concatenation in dcnv2, dcnmix and wide_deep), start fresh.
+docs/dim_search.md has the method and the measurements.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from training.build import build
 from training.cli import one_line_errors
 from training.config import ConfigError, load_config
 from training.dim_search import outputs, report, scoring
-from training.distributed import setup_distributed
+from training.distributed import setup_distributed, unwrap
 from training.evaluate import evaluate
 from training.warm_start import warm_start
 
@@ -146,7 +148,8 @@ def score_and_prune(args, train_argv: list[str], checkpoint: str) -> dict:
         cfg, scoring.pruned_parts(parts, scoring.gate_of(every, features, dim)), env
     )
     pruned = evaluate(cfg, scoring.pruned_parts(parts, scoring.gate_of(kept, features, dim)), env)
-    export = outputs.warm_start_export(emb, kept, os.path.join(args.out, "warm_start"))
+    dense = unwrap(parts.model).state_dict()
+    export = outputs.warm_start_export(emb, kept, os.path.join(args.out, "warm_start"), dense)
     dims = [len(k) for k in kept]
     entries = outputs.table_entries(listed or cfg.embedding.tables, dims)
     base = load_config(train_argv)
@@ -200,6 +203,10 @@ def search(args, train_argv: list[str], command: str) -> dict:
             "pruned": found["pruned"],
             "retrain": _stage(retrained),
         },
+        # the retrain's dense parameters that did not come from the pretrain
+        "retrain_fresh_dense": None
+        if retrained is None
+        else retrained["warm_start"]["fresh_dense"],
     }
     report.write(result, args.out)
     print(report.markdown(result).split("| table |")[0], flush=True)
