@@ -134,6 +134,10 @@ def test_budget_below_one_dim_per_table_is_an_error():
             ["--keep", "0.5", "--embedding.dim", "x"],
             "error: config key 'embedding.dim' expects int",
         ),
+        (
+            ["--keep", "0.5", "--pretrain", "/nonexistent"],
+            "error: --pretrain /nonexistent: no summary.json there",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
