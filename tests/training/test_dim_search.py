@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.objective import Objective
+from tests.support.paths import ROOT
 from tests.support.training import load_parts
 from training.config import ConfigError
 from training.dim_search import scoring
@@ -133,6 +134,10 @@ def test_budget_below_one_dim_per_table_is_an_error():
         (
             ["--keep", "0.5", "--embedding.dim", "x"],
             "error: config key 'embedding.dim' expects int",
+        ),
+        (
+            ["--keep", "0.5", "--config", os.path.join(ROOT, "configs", "tiny_mixed.toml")],
+            "error: table 'user' has dim 64: the search pretrains every table at embedding.dim (16)",
         ),
         (
             ["--keep", "0.5", "--pretrain", "/nonexistent"],

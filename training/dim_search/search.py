@@ -96,6 +96,12 @@ def run_train(argv: list[str], world_size: int, what: str) -> dict:
 
 def pretrain(args, train_argv: list[str]) -> dict:
     cfg = load_config(train_argv)  # a config error stops here, before anything is written
+    mixed = [t for t in cfg.embedding.tables if t.dim not in (0, cfg.embedding.dim)]
+    if mixed:  # the gate scores every field at one dim
+        raise ConfigError(
+            f"table {mixed[0].name!r} has dim {mixed[0].dim}: the search pretrains every table at "
+            f"embedding.dim ({cfg.embedding.dim}); remove the tables' dim keys"
+        )
     if args.pretrain:
         return reused_pretrain(args.pretrain, cfg)
     extra = ["--run.dir", os.path.join(args.out, "pretrain")]
@@ -150,16 +156,7 @@ def score_and_prune(args, train_argv: list[str], checkpoint: str) -> dict:
     pruned = evaluate(cfg, scoring.pruned_parts(parts, scoring.gate_of(kept, features, dim)), env)
     dense = unwrap(parts.model).state_dict()
     export = outputs.warm_start_export(emb, kept, os.path.join(args.out, "warm_start"), dense)
-    dims = [len(k) for k in kept]
-    entries = outputs.table_entries(listed or cfg.embedding.tables, dims)
-    base = load_config(train_argv)
-    settings = {
-        "run": {"dir": os.path.join(args.out, "retrain")},
-        "train": {"init_from": os.path.join(args.out, "warm_start")},
-    }
-    outputs.write_text(os.path.join(args.out, "dims.toml"), outputs.tables_toml(entries))
-    retrain_toml = os.path.join(args.out, "retrain.toml")
-    outputs.write_text(retrain_toml, outputs.config_toml(base, entries, settings))
+    retrain_toml = write_configs(args, train_argv, listed or cfg.embedding.tables, kept)
     tables = [
         {"name": t.name, "features": list(t.features), "rows": r, "dim": len(k), "kept": k}
         for t, r, k in zip(emb.tables, rows, kept, strict=True)
@@ -180,6 +177,23 @@ def score_and_prune(args, train_argv: list[str], checkpoint: str) -> dict:
         "warm_start": export,
         "retrain_config": retrain_toml,
     }
+
+
+def write_configs(args, train_argv: list[str], tables: list, kept: list[list[int]]) -> str:
+    """dims.toml (the tables with their searched dims) and retrain.toml (the given config with those tables,
+    warm-started from the search's export; absolute paths, so it runs from any directory); returns the latter."""
+    entries = outputs.table_entries(tables, [len(k) for k in kept])
+    out = os.path.abspath(args.out)
+    settings = {
+        "run": {"dir": os.path.join(out, "retrain")},
+        "train": {"init_from": os.path.join(out, "warm_start")},
+    }
+    outputs.write_text(os.path.join(args.out, "dims.toml"), outputs.tables_toml(entries))
+    retrain_toml = os.path.join(args.out, "retrain.toml")
+    outputs.write_text(
+        retrain_toml, outputs.config_toml(load_config(train_argv), entries, settings)
+    )
+    return retrain_toml
 
 
 def search(args, train_argv: list[str], command: str) -> dict:
