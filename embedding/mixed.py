@@ -5,9 +5,10 @@ kernels and exchange, so every kernel sees one row width. A batch's features are
 group, the groups run as usual, and their pooled outputs are concatenated in the run's feature order:
 forward -> [B, sum of the features' dims] (feature f's vector at columns col[f] .. col[f] + dim_f).
 
-Cost over one collection: the split (a few small gathers per group and one host read of the groups' value
-counts) and, per group, what a collection does per step (its own id exchange and split-size read when
-W > 1). A config with one dim never builds this class (make_collection), so its step is unchanged.
+Cost over one collection: the split (a few gathers for all groups and one host read: where each group's ids
+end) and, per group, its id check, lookups, rows and gradients all-to-alls and sparse update; at W > 1 the
+groups' key counts travel in one all-to-all and one split read, and their keys in one all-to-all. A config
+with one dim never builds this class (make_collection), so its step is unchanged.
 """
 
 from __future__ import annotations
@@ -17,19 +18,35 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from embedding.byte_model import MemoryBytes
 from embedding.sharded import ShardedEmbeddingCollection
+from embedding.sparse_dist import SparseDist
 from embedding.tables import Table, feature_names
 from pipeline.batch import KeyedJagged
 
 
 @dataclass
 class MixedDist:
-    """One batch after input_dist: each group's SparseDist, in group order."""
+    """One batch after input_dist: each group's SparseDist, in group order. With the groups' keys in one
+    all-to-all (``packed``: the received keys, its work, each group's receive splits), wait() hands each
+    group its received keys."""
 
     parts: list
+    packed: tuple | None = None
 
     def wait(self) -> MixedDist:
+        if self.packed is not None:
+            received, work, recv_splits = self.packed
+            if work is not None:
+                work.wait()
+            # from each sender: its keys of group 0, then group 1, ...
+            pieces, cursor = [[] for _ in self.parts], 0
+            for s in range(len(recv_splits[0])):
+                for g, splits in enumerate(recv_splits):
+                    pieces[g].append(received[cursor : cursor + splits[s]])
+                    cursor += splits[s]
+            for part, keys in zip(self.parts, pieces, strict=True):
+                part.recv_keys = torch.cat(keys)
+            self.packed = None
         for part in self.parts:
             part.wait()
         return self
@@ -93,7 +110,7 @@ class MixedDimCollection(nn.Module):
         self._group_features = [[index[f] for f in g.features] for g in self.groups]
         self.ids = _GroupIds(self.groups)
         self._column_order = self._columns(options.get("device", "cpu"))
-        self._bag_index: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self._bag_index: dict[tuple[int, str], torch.Tensor] = {}
 
     def _columns(self, device) -> torch.Tensor | None:
         """For each output column, its column in the groups' outputs side by side (None: the same)."""
@@ -147,18 +164,9 @@ class MixedDimCollection(nn.Module):
         return sum(g.last_exchange_bytes for g in self.groups)
 
     @property
-    def last_memory_bytes(self) -> MemoryBytes:
-        """The groups' byte counts as one (their updated rows weighted by their bytes per row; still on
-        the device where a group's are, read when the metrics log)."""
-        parts = [g.last_memory_bytes for g in self.groups]
-        if not all(isinstance(b, MemoryBytes) for b in parts):  # no step yet
-            return 0
-        rows = [b.rows.sum(dtype=torch.int64) if torch.is_tensor(b.rows) else b.rows for b in parts]
-        weighted = sum(b.per_row * r for b, r in zip(parts, rows, strict=True))
-        return MemoryBytes(sum(b.fixed for b in parts), 1, weighted)
-
-    def pooled_shape(self, batch_size: int) -> tuple[int, ...]:
-        return (batch_size, sum(self.feature_dims))
+    def last_memory_bytes(self) -> list:
+        """Each group's embedding.byte_model.MemoryBytes of the last step (summed when the metrics log)."""
+        return [g.last_memory_bytes for g in self.groups]
 
     # ---- tables: index t of the run's list -> (group, index in the group) -------------------------
     def locate_table(self, t: int):
@@ -211,58 +219,115 @@ class MixedDimCollection(nn.Module):
 
     # ---- ids -----------------------------------------------------------------------------------
     def check_ids(self, kjt):
+        """The batch with every table's out-of-range policy applied (embedding.ids.IdChecker)."""
+        values = kjt.values.clone()
         for g, part in zip(self.groups, self._split(kjt), strict=True):
-            g.check_ids(part)
-        return kjt
+            values[part.positions] = g.check_ids(part).values
+        return KeyedJagged(values, kjt.offsets, kjt.keys)
 
     def raise_bad_ids(self) -> None:
         self.ids.raise_pending()
 
     # ---- the batch split by group ------------------------------------------------------------------
-    def _bags(self, batch_size: int, device) -> list[torch.Tensor]:
-        """Per group: the positions of its features' bags in a batch's bag list (cached per batch size)."""
+    def _bags(self, batch_size: int, device) -> torch.Tensor:
+        """The batch's bags in group order (each group's features' bags, in its feature order), cached per
+        batch size."""
         key = (batch_size, str(device))
         if key not in self._bag_index:
-            self._bag_index[key] = [
-                torch.cat(
-                    [torch.arange(f * batch_size, (f + 1) * batch_size) for f in features]
-                ).to(device)
-                for features in self._group_features
-            ]
+            features = [f for group in self._group_features for f in group]
+            bags = [torch.arange(f * batch_size, (f + 1) * batch_size) for f in features]
+            self._bag_index[key] = torch.cat(bags).to(device)
         return self._bag_index[key]
 
     def _split(self, kjt) -> list[KeyedJagged]:
-        """One batch per group: its features' bags, in its feature order."""
+        """One batch per group: its features' bags, in its feature order. All groups at once: the ids
+        gathered in group order, then sliced (one host read: where each group's ids end)."""
         if list(kjt.keys) != self.features:
             raise ValueError(
                 f"batch features {list(kjt.keys)} do not match the tables' features {self.features}"
             )
-        lengths = kjt.lengths()
-        bags = self._bags(kjt.batch_size, kjt.offsets.device)
-        group_lengths = [lengths[b] for b in bags]
-        offsets = [torch.nn.functional.pad(torch.cumsum(n, 0), (1, 0)) for n in group_lengths]
-        # the split's one host read: how many ids each group gets
-        totals = torch.stack([o[-1] for o in offsets]).tolist()
-        out = []
-        for g, b in enumerate(bags):
-            shift = kjt.offsets[b] - offsets[g][:-1]  # where each bag's ids start in the batch
-            positions = torch.repeat_interleave(shift, group_lengths[g], output_size=totals[g])
-            positions += torch.arange(totals[g], dtype=torch.int64, device=positions.device)
-            out.append(
-                KeyedJagged(kjt.values[positions], offsets[g], list(self.groups[g].features))
+        batch, bags = kjt.batch_size, self._bags(kjt.batch_size, kjt.offsets.device)
+        lengths = kjt.lengths()[bags]
+        offsets = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0))
+        # where each bag's ids start in the batch, less where they start in group order
+        shift = kjt.offsets[bags] - offsets[:-1]
+        total = kjt.values.numel()
+        positions = torch.repeat_interleave(shift, lengths, output_size=total)
+        positions += torch.arange(total, dtype=torch.int64, device=positions.device)
+        first_bags = [0]
+        for group in self._group_features:
+            first_bags.append(first_bags[-1] + len(group) * batch)
+        ends = offsets[first_bags].tolist()  # the split's one host read
+        values, out = kjt.values[positions], []
+        for g, group in enumerate(self.groups):
+            lo, hi = first_bags[g], first_bags[g + 1]
+            part = KeyedJagged(
+                values[ends[g] : ends[g + 1]], offsets[lo : hi + 1] - ends[g], list(group.features)
             )
+            part.positions = positions[ends[g] : ends[g + 1]]  # where its ids sit in the batch
+            out.append(part)
         return out
 
     # ---- forward ---------------------------------------------------------------------------------
     def input_dist(self, kjt) -> MixedDist:
-        parts = self._split(kjt)
-        return MixedDist([g.input_dist(p) for g, p in zip(self.groups, parts, strict=True)])
+        """The groups' input_dist; on the exchange path (static tables) their key counts travel in one
+        all-to-all, read once, and their keys in one all-to-all."""
+        first = self.groups[0]
+        with first._stage("input_dist", torch.is_grad_enabled()):
+            parts = self._split(kjt)
+            if first.single_rank or self.dynamic:
+                dists = [g._input_dist(p) for g, p in zip(self.groups, parts, strict=True)]
+                return MixedDist(dists)
+            return self._packed_input_dist(parts)
+
+    def _packed_input_dist(self, parts: list[KeyedJagged]) -> MixedDist:
+        world, groups, exchange = self.world_size, len(self.groups), self.exchange
+        # [G, W] counts sent, then [G, W] received: one tensor, read at once
+        counts = torch.empty(2 * groups * world, dtype=torch.int64, device=parts[0].values.device)
+        send, recv = counts[: groups * world].view(groups, world), counts[groups * world :]
+        found = [
+            g.partition(p, send[i]) for i, (g, p) in enumerate(zip(self.groups, parts, strict=True))
+        ]
+        # each rank sends every rank its G counts: [W, G] rows by destination, received by sender
+        received = exchange.exchange_counts(send.t().contiguous())
+        recv.view(groups, world).copy_(received.t())
+        # the step's split-size read, for every group
+        splits = counts.tolist()
+        send_splits = [splits[g * world : (g + 1) * world] for g in range(groups)]
+        recv_splits = [
+            splits[(groups + g) * world : (groups + g + 1) * world] for g in range(groups)
+        ]
+        pieces, starts = [], [0] * groups
+        for r in range(world):  # to rank r: its keys of group 0, then group 1, ...
+            for g, (unique_keys, _, _) in enumerate(found):
+                pieces.append(unique_keys[starts[g] : starts[g] + send_splits[g][r]])
+                starts[g] += send_splits[g][r]
+        packed_send = [sum(s[r] for s in send_splits) for r in range(world)]
+        packed_recv = [sum(s[r] for s in recv_splits) for r in range(world)]
+        keys, work = exchange.start(torch.cat(pieces), packed_send, packed_recv, ids=True)
+        dists = [
+            SparseDist(
+                p.batch_size,
+                p.offsets,
+                inverse,
+                unique_keys[: starts[g]],
+                send_splits[g],
+                recv_splits[g],
+                send_counts=send[g],
+                recv_counts=recv.view(groups, world)[g],
+            )
+            for g, (p, (unique_keys, _, inverse)) in enumerate(zip(parts, found, strict=True))
+        ]
+        return MixedDist(dists, (keys, work, recv_splits))
 
     def forward(self, kjt_or_dist) -> torch.Tensor:
         md = kjt_or_dist if isinstance(kjt_or_dist, MixedDist) else self.input_dist(kjt_or_dist)
+        with self.groups[0]._stage("input_dist", torch.is_grad_enabled()):
+            md.wait()  # the keys' all-to-all (started by input_dist) is input_dist's time
         pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
-        flat = torch.cat(pooled, dim=1)
-        return flat if self._column_order is None else flat.index_select(1, self._column_order)
+        with self.groups[0]._stage("output_dist", torch.is_grad_enabled()):
+            flat = torch.cat(pooled, dim=1)
+            return flat if self._column_order is None else flat.index_select(1, self._column_order)
 
 
 def make_collection(tables: list[Table], plan, optimizer, **options) -> nn.Module:

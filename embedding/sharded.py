@@ -24,7 +24,7 @@ from embedding.layout import ShardLayout
 from embedding.planner import ShardingPlan, plan_sharding
 from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
-from embedding.tables import STORAGE_DTYPES, Table, feature_names
+from embedding.tables import STORAGE_DTYPES, Table, feature_names, one_dim
 from kernels import (
     SparseOptimizer,
     append_replicated,
@@ -66,14 +66,8 @@ class ShardedEmbeddingCollection(nn.Module):
         table_ids: list[int] | None = None,
     ):
         super().__init__()
-        dims = {t.dim for t in tables}
-        if len(dims) != 1:
-            raise ValueError(
-                "a ShardedEmbeddingCollection holds tables of one embedding dim (pooled output is "
-                f"[B, F, D]); got {sorted(dims)}: embedding.mixed.make_collection groups them by dim"
-            )
         self.tables, self.plan, self.optimizer, self.seed = tables, plan, optimizer, seed
-        self.dim = dims.pop()
+        self.dim = one_dim(tables)
         self.rank, self.world_size = rank, world_size
         self.features = feature_names(tables)
         # the path every batch takes (SparseDist.single_rank)
@@ -88,7 +82,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.layout = ShardLayout(
             tables, plan, rank, world_size, device, {t: shard.pool for t, shard in shards.items()}
         )
-        if table_ids is not None:  # a group of a MixedDimCollection: the run's index of each table
+        if table_ids is not None:  # a MixedDimCollection's group: the run's index of each table
             self.layout.table_ids = list(table_ids)
         self.ids = IdChecker(tables, self.layout.table_rows, device)
         self.storage = RowStorage(
@@ -117,20 +111,13 @@ class ShardedEmbeddingCollection(nn.Module):
         """[local rows, D]: the stored rows (embedding.layout says which table's row sits where)."""
         return self.storage.weight
 
-    @property
-    def feature_dims(self) -> list[int]:
-        return [self.dim] * len(self.features)
+    # ---- what a MixedDimCollection (embedding.mixed: one collection per dim) also answers ---------
+    feature_dims = property(lambda self: [self.dim] * len(self.features))
 
-    def pooled_shape(self, batch_size: int) -> tuple[int, ...]:
-        """The shape of forward's output for a batch of batch_size samples."""
-        return (batch_size, len(self.features), self.dim)
-
-    def locate_table(self, t: int):
-        """(the collection holding table t, its index there): this one (embedding.mixed has groups)."""
+    def locate_table(self, t: int):  # (the collection of table t's dim, its index there)
         return self, t
 
-    def table_groups(self):
-        """(collection, the run's index of each of its tables) per group of one dim: this one."""
+    def table_groups(self):  # per dim: (its collection, the run's index of each of its tables)
         return [(self, list(range(len(self.tables))))]
 
     # ---- tables as state (embedding.state) ------------------------------------------------------
@@ -208,19 +195,9 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = self.ids.shifted(kjt, layout.local_base)
             return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
-        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
         # the counts sent, then those received: one tensor, read at once
-        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=keys.device)
-        # padded: unique_keys has N slots, the first sum(send_counts) are the keys (no host sync)
-        unique_keys, send_counts, inverse = unique_partition(
-            keys,
-            layout.table_offsets,
-            layout.table_owner,
-            self.world_size,
-            key_space=layout.num_keys,
-            padded=True,
-            counts_out=counts[: self.world_size],
-        )
+        counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=kjt.values.device)
+        unique_keys, send_counts, inverse = self.partition(kjt, counts[: self.world_size])
         recv_counts = self.exchange.exchange_counts(send_counts, out=counts[self.world_size :])
         # the step's one host sync: the split sizes of every all-to-all of this batch, both ways
         splits = counts.tolist()
@@ -238,6 +215,21 @@ class ShardedEmbeddingCollection(nn.Module):
             work,
             send_counts=send_counts,
             recv_counts=recv_counts,
+        )
+
+    def partition(self, kjt, counts_out: torch.Tensor):
+        """(unique keys grouped by owner, padded to N slots: the first sum(counts_out) are the keys, the
+        keys sent to each rank (counts_out, [W]), each value's unique key): no host sync."""
+        layout = self.layout
+        keys = self.ids.shifted(kjt, layout.table_offsets)  # fused key space: table offset + id
+        return unique_partition(
+            keys,
+            layout.table_offsets,
+            layout.table_owner,
+            self.world_size,
+            key_space=layout.num_keys,
+            padded=True,
+            counts_out=counts_out,
         )
 
     # ---- phase 2: compute ------------------------------------------------------------------------

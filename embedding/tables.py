@@ -87,6 +87,25 @@ def feature_names(tables: list[Table]) -> list[str]:
     return [f for t in tables for f in t.features]
 
 
+def one_dim(tables: list[Table]) -> int:
+    """The dim of tables that share one (a ShardedEmbeddingCollection's)."""
+    dims = {t.dim for t in tables}
+    if len(dims) != 1:
+        raise ValueError(
+            f"a ShardedEmbeddingCollection holds tables of one dim, got {sorted(dims)}: "
+            "embedding.mixed.make_collection groups them by dim"
+        )
+    return dims.pop()
+
+
+def pooled_shape(feature_dims: list[int], batch_size: int) -> tuple[int, ...]:
+    """The shape of a collection's pooled output: [B, F, D] when every feature has dim D, else
+    [B, sum of the features' dims] (embedding.mixed)."""
+    if len(set(feature_dims)) == 1:
+        return (batch_size, len(feature_dims), feature_dims[0])
+    return (batch_size, sum(feature_dims))
+
+
 def row_bytes(dim: int, storage_dtype: str, optimizer: str) -> int:
     """Bytes one row costs: its weights plus its sparse optimizer state."""
     weight = dim * torch.empty(0, dtype=STORAGE_DTYPES[storage_dtype]).element_size()

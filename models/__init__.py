@@ -1,5 +1,6 @@
-"""Dense networks. They receive pooled embeddings as a tensor [B, F, D]; they know nothing of
-how embeddings are stored or sharded."""
+"""Dense networks. They receive pooled embeddings as a tensor [B, F, D] (tables of several dims:
+[B, sum of the features' dims], models.projection); they know nothing of how embeddings are stored or
+sharded."""
 
 from torch import nn
 

@@ -82,6 +82,20 @@ def sharding_plan(cfg: Config, tables: list[Table], world_size: int) -> Sharding
     )
 
 
+def _dense_network(cfg: Config, tables: list[Table], feature_dims: list[int]) -> torch.nn.Module:
+    """The model's network; each feature's dim and table tell it which tables differ from embedding.dim."""
+    feature_tables = [t.name for t in tables for _ in t.features]
+    return build_model(
+        cfg.model,
+        cfg.data.num_dense,
+        len(feature_tables),
+        cfg.embedding.dim,
+        cfg.run.seed,
+        feature_dims,
+        feature_tables,
+    )
+
+
 def build(cfg: Config, env: DistContext) -> Parts:
     """The run's parts. A dataset (data.path) first sets the tables, dense width and steps in cfg."""
     if cfg.train.global_batch_size % env.world_size:
@@ -109,15 +123,7 @@ def build(cfg: Config, env: DistContext) -> Parts:
     if isinstance(data, DatasetSource):  # a bad id's error then names its file and row
         embeddings.ids.locate = data.locate
     torch.manual_seed(cfg.run.seed)  # same dense init on every rank and at every world size
-    dense = build_model(
-        cfg.model,
-        cfg.data.num_dense,
-        len(embeddings.features),
-        e.dim,
-        seed=cfg.run.seed,
-        feature_dims=embeddings.feature_dims,
-        feature_tables=[t.name for t in tables for _ in t.features],
-    )
+    dense = _dense_network(cfg, tables, embeddings.feature_dims)
     dense = dense.to(env.device)
     cuda = env.device.type == "cuda"
     # broadcast_buffers=False: the dense network's buffers (the interaction's index tensors) never

@@ -77,7 +77,9 @@ class RunMetrics:
         emb, step = self.parts.embeddings, result.step
         self.window_losses.append(result.loss)
         self.window_bytes += emb.last_exchange_bytes
-        self.window_memory.append((self.measured_start is not None, emb.last_memory_bytes))
+        memory = emb.last_memory_bytes  # a list with tables of several dims: one per dim
+        for part in memory if isinstance(memory, list) else [memory]:
+            self.window_memory.append((self.measured_start is not None, part))
         if step - self.first_step == self.unmeasured:
             self.env.synchronize()
             self.measured_start = time.perf_counter()

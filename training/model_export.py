@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import xxhash
 
+from embedding.tables import pooled_shape
 from inference.model import DTYPES, FORMAT, KIND, InferenceModel
 from training.config import Config, ConfigError, to_dict
 from training.distributed import DistContext, unwrap
@@ -166,7 +167,9 @@ def _dense_format(final: str, env: DistContext) -> str | None:
 
 def _publish(cfg: Config, parts, tmp: str, final: str, files: dict, specs: dict) -> None:
     emb = parts.embeddings
-    data, dense = dense_program(unwrap(parts.model), cfg.data.num_dense, emb.pooled_shape(3))
+    data, dense = dense_program(
+        unwrap(parts.model), cfg.data.num_dense, pooled_shape(emb.feature_dims, 3)
+    )
     _write(tmp, dense["file"], data, files)
     meta = {
         "step": emb.num_updates,

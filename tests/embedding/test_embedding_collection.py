@@ -133,7 +133,9 @@ def test_out_of_range_id_names_feature_sample_and_value():
 
 def test_one_collection_holds_one_dim():
     # tables of several dims go to embedding.mixed (one collection per dim)
-    with pytest.raises(ValueError, match="holds tables of one embedding dim .* groups them by dim"):
+    with pytest.raises(
+        ValueError, match=r"holds tables of one dim, got \[4, 8\]: .* groups them by dim"
+    ):
         EmbeddingCollection(
             [Table("x", 3, 4, "sum", ("x",)), Table("y", 3, 8, "sum", ("y",))], SparseOptimizer()
         )

@@ -134,3 +134,56 @@ sparse_lr = 0.1
 steps = 8
 global_batch_size = 16
 """
+
+
+# tables of dims 64, 4, 16, 4, 64 (embedding.dim 16), the groups' features interleaved: per-table dims
+MIXED_DIMS_TOML = """
+[run]
+log_every = 2
+[data]
+num_dense = 4
+zipf_exponent = 1.6
+bag_min = 0
+bag_max = 4
+[model]
+bottom_mlp = [8, 16]
+top_mlp = [8]
+[embedding]
+dim = 16
+replicate_below_bytes = 400
+[[embedding.tables]]
+name = "big"
+num_embeddings = 37
+dim = 64
+[[embedding.tables]]
+name = "shared"
+num_embeddings = 23
+dim = 4
+pooling = "mean"
+features = ["shared_a", "shared_b"]
+[[embedding.tables]]
+name = "small"
+num_embeddings = 5
+[[embedding.tables]]
+name = "pinned"
+num_embeddings = 29
+dim = 4
+placement = "row"
+[[embedding.tables]]
+name = "odd"
+num_embeddings = 11
+dim = 64
+pooling = "mean"
+[optimizer]
+dense = "adam"
+dense_lr = 0.01
+sparse = "adagrad"
+sparse_lr = 0.1
+[train]
+steps = 6
+global_batch_size = 16
+warmup_steps = 1
+[eval]
+samples = 64
+batch_size = 32
+"""

@@ -6,6 +6,7 @@ import os
 import pytest
 
 import train
+from embedding import resolve_tables
 from training.config import ConfigError, load_config
 from training.config.validate import check_runnable, check_world
 
@@ -78,6 +79,20 @@ def test_table_keys_are_checked_with_their_table(tmp_path):
         load_config(["--config", _toml(tmp_path, table + "bag_min = -2\n")])
     with pytest.raises(ConfigError, match=r"\(t\): its bag length range is \[3, 1\]"):
         load_config(["--config", _toml(tmp_path, table + "bag_min = 3\n")])
+    with pytest.raises(
+        ConfigError, match=r"^config key 'embedding.tables\[0\].dim \(t\)' is -1; it must be >= 0$"
+    ):
+        load_config(["--config", _toml(tmp_path, table + "dim = -1\n")])
+
+
+def test_a_table_dim_of_0_is_embedding_dim(tmp_path):
+    tables = '[[embedding.tables]]\nname = "a"\nnum_embeddings = 5\ndim = 64\n'
+    tables += '[[embedding.tables]]\nname = "b"\nnum_embeddings = 5\n'
+    cfg = load_config(["--config", _toml(tmp_path, tables)])
+    assert [t.dim for t in resolve_tables(cfg.embedding)] == [64, cfg.embedding.dim]
+    # the models' common dim stays embedding.dim: DLRM's bottom MLP must still end with it
+    with pytest.raises(ConfigError, match=r"needs it to end with embedding.dim \(16\)$"):
+        load_config(["--config", _toml(tmp_path, tables), "--model.bottom_mlp", "[64]"])
 
 
 def test_world_size_checks_name_the_key_and_the_world_size():
@@ -101,7 +116,11 @@ def test_help_prints_every_key_with_type_default_and_doc(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: python train.py")
     assert (
-        "  --embedding.dim  int = 16 (must be >= 1)\n      embedding dimension shared by all tables"
+        "  --embedding.dim  int = 16 (must be >= 1)\n      embedding dimension of tables that set no dim"
+        in out
+    )
+    assert (
+        "    embedding.tables[].dim  int = 0 (must be >= 0)\n        this table's embedding dim"
         in out
     )
     assert "--optimizer.dense  'sgd' | 'adagrad' | 'adam' = 'adam'" in out

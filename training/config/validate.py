@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from models.projection import CONCAT_MODELS
 from training.config.schema import Config, OptimizerConfig, TableConfig
 
 
@@ -61,8 +62,9 @@ RANGES = {
 TABLE_RANGES = {"bag_min": ">= -1", "bag_max": ">= -1", "dim": ">= 0"}
 # list keys whose every item is a size
 SIZE_LISTS = ("model.bottom_mlp", "model.top_mlp", "model.deep_mlp", "model.cin_layers")
-# models whose dense tower feeds a concatenation (any last size), not a field of the embedding dim
-FREE_BOTTOM_MODELS = ("dcnv2", "dcnmix", "wide_deep")
+# models whose dense tower feeds a concatenation (any last size), not a field of the embedding dim: those
+# that take the embeddings only as one concatenation (models.projection), any table dims included
+FREE_BOTTOM_MODELS = CONCAT_MODELS
 
 
 def _in_range(value, rule: str) -> bool:
