@@ -5,12 +5,19 @@ logloss as mean +- std at every evaluation point, so a recipe change is judged o
     python bench/quality.py --config configs/dlrm_criteo_kaggle.toml --seeds 0,1,2 --world-size 2 \\
         -- --data.path DIR --eval.every_epoch true
 
+    # every model (model.name values; 'all'), and the embedding dimension search's budget-vs-AUC curve
+    python bench/quality.py --config configs/tiny.toml --seeds 0,1 --models all --out DIR -- --train.steps 200
+    python bench/quality.py --config configs/tiny.toml --seeds 0,1 --keep 1,0.5,0.25,0.125 --out DIR
+
 Arguments after ``--`` go to train.py unchanged; evaluation points come from train.py's eval.every (or
 eval.every_epoch with a dataset) plus the final evaluation, read from each run's summary.json ("evals").
 run.seed seeds the data (synthetic samples, dataset shuffling) as well as the weights, so the spread covers both.
 std is the sample standard deviation over seeds (n - 1 in the denominator). Writes into --out: report.md
 (the table, per-seed values, machine, date, commit), quality.png (mean with a +-std band, each seed thin),
 quality.json (every seed's values and the table) and seed_<s>/ (each run's summary.json and metrics.jsonl).
+--models writes one row per model (its final evaluation over seeds; runs in <model>/seed_<s>/), --keep one
+row per budget (pretrain, pruned and retrained AUC; searches in seed_<s>/keep_<k>/, one pretrain per seed):
+bench/quality_compare.py.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import quality_compare  # noqa: E402
 from bench._common import git_commit  # noqa: E402
+from models import ARCHITECTURES  # noqa: E402
 from training import jsonio  # noqa: E402
 
 METRICS = (("auc", "eval AUC"), ("logloss", "eval logloss"))
@@ -167,6 +176,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str
     parser.add_argument(
         "--out", required=True, help="directory for the report, plot, JSON and runs"
     )
+    parser.add_argument(
+        "--models", default="", help="comma-separated model.name values, or 'all': compare them"
+    )
+    parser.add_argument(
+        "--keep", default="", help="comma-separated keep fractions: the dim search's budget curve"
+    )
+    parser.add_argument(
+        "--search-args", default="", help="the dim search's own options, e.g. '--score-batches 20'"
+    )
     return parser.parse_args(own), own, extra
 
 
@@ -200,30 +218,76 @@ def write_report(args, command: str, result: dict, runs: dict[int, dict], table:
         )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args, own, extra = parse_args(sys.argv[1:] if argv is None else argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    os.makedirs(args.out, exist_ok=True)
+def seed_runs(args, seeds: list[int], out: str, extra: list[str]) -> dict[int, dict]:
     runs = {}
     for seed in seeds:
-        runs[seed] = train_seed(args.config, seed, args.world_size, args.out, extra)
+        runs[seed] = train_seed(args.config, seed, args.world_size, out, extra)
         last = runs[seed]["evals"][-1]
         print(
             f"seed {seed}: {len(runs[seed]['evals'])} evaluations, final eval auc {last['auc']:.4f}, "
             f"logloss {last['logloss']:.4f}",
             flush=True,
         )
-    rows = points(runs)
-    some = next(iter(runs.values()))
-    result = {
+    return runs
+
+
+def machine(args, seeds: list[int], extra: list[str], device: str) -> dict:
+    return {
         "config": args.config,
         "args": extra,
         "seeds": seeds,
         "world_size": args.world_size,
-        "device": some["device"],
+        "device": device,
         "host_cpu": host_cpu(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
+    }
+
+
+def compare(args, seeds: list[int], extra: list[str], command: str) -> dict:
+    """--models or --keep: one row per model or per budget (bench/quality_compare.py)."""
+    title = f"{os.path.basename(args.config)} {' '.join(extra)} | seeds {args.seeds}"
+    if args.models:
+        names = list(ARCHITECTURES) if args.models == "all" else args.models.split(",")
+        rows, runs, table = quality_compare.compare_models(
+            names,
+            seeds,
+            args.out,
+            extra,
+            lambda s, out, a: train_seed(args.config, s, args.world_size, out, a),
+        )
+        device = json.load(
+            open(os.path.join(args.out, names[0], f"seed_{seeds[0]}", "summary.json"))
+        )
+        heading, plot_rows = f"Quality per model: {args.config}", quality_compare.plot_models
+    else:
+        keeps = [float(k) for k in args.keep.split(",")]
+        opts = ["--world-size", str(args.world_size), *args.search_args.split()]
+        rows, runs, table = quality_compare.search_curve(
+            args.config, keeps, seeds, os.path.abspath(args.out), extra, opts
+        )
+        first = os.path.join(args.out, f"seed_{seeds[0]}", f"keep_{keeps[0]}", "report.json")
+        device = json.load(open(first))
+        heading, plot_rows = f"Dim search budget curve: {args.config}", quality_compare.plot_curve
+    result = {**machine(args, seeds, extra, device["device"]), "rows": rows, "runs": runs}
+    plot_rows(rows, os.path.join(args.out, "quality.png"), title)
+    quality_compare.write(args.out, result, table, heading, command)
+    print("\n".join(table))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, own, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    command = " ".join(["python bench/quality.py", *own, *(["--", *extra] if extra else [])])
+    if args.models or args.keep:
+        return compare(args, seeds, extra, command)
+    runs = seed_runs(args, seeds, args.out, extra)
+    rows = points(runs)
+    some = next(iter(runs.values()))
+    result = {
+        **machine(args, seeds, extra, some["device"]),
         "points": rows,
         "runs": {
             str(seed): {
@@ -240,7 +304,6 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown_table(rows)
     title = f"{os.path.basename(args.config)} {' '.join(extra)} | seeds {args.seeds} | W={args.world_size}"
     plot(runs, rows, os.path.join(args.out, "quality.png"), title)
-    command = " ".join(["python bench/quality.py", *own, *(["--", *extra] if extra else [])])
     write_report(args, command, result, runs, table)
     print(table)
     return result

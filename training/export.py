@@ -28,6 +28,7 @@ import xxhash
 EXPORT_FILES = ("keys", "values", "freq", "last_step")
 KEEP_EXPORTS = 2  # the new export and the one before it
 LATEST = "latest"
+DENSE_FILE = "dense.pt"  # optional: dense weights for a warm start (written by write_export only)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _SCRATCH_DIR = re.compile(r"^\.(tmp|old)_step_(\d+)$")
 _CHUNK = 1 << 24
@@ -158,6 +159,31 @@ def _publish(out_dir: str, tmp: str, step: int, meta: dict, files: dict) -> None
     _prune(out_dir)
 
 
+def write_export(
+    out_dir: str,
+    step: int,
+    tables: dict[str, dict],
+    arrays: dict[str, list[np.ndarray]],
+    dense: dict[str, torch.Tensor] | None = None,
+) -> str:
+    """Write an export made outside a run (one process): tables {name: meta.json entry}, arrays {name: its
+    EXPORT_FILES arrays, sorted by key}, and optionally dense weights (a state dict, DENSE_FILE: a warm start
+    loads those of the same name and shape); published as export_embeddings publishes one. Returns its path."""
+    tmp = os.path.join(out_dir, f".tmp_step_{step}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    files = {}
+    if dense is not None:
+        buf = io.BytesIO()
+        torch.save({"model": dense}, buf)
+        files[DENSE_FILE] = _write_file(os.path.join(tmp, DENSE_FILE), buf.getvalue())
+    for name, table_arrays in arrays.items():
+        files.update(write_table(tmp, name, table_arrays))
+    meta = {"step": step, "since_step": 0, "min_freq": 1, "tables": tables}
+    _publish(out_dir, tmp, step, meta, files)
+    return os.path.join(out_dir, f"step_{step}")
+
+
 def _write_latest(out_dir: str, name: str) -> None:
     tmp = os.path.join(out_dir, f".{LATEST}.tmp.{os.getpid()}")
     _write_file(tmp, f"{name}\n".encode())
@@ -268,6 +294,12 @@ class Export:
                 return json.load(f)
         except ValueError as e:
             raise ExportError(f"export {self.path}: {name} is not JSON ({e})") from None
+
+    def dense_path(self) -> str | None:
+        """The verified DENSE_FILE of the export, None when it has none."""
+        if self.manifest is None or DENSE_FILE not in self.manifest["files"]:
+            return None
+        return _verify_file(self.path, DENSE_FILE, self.manifest)
 
     def table_names(self) -> list[str]:
         if self.meta is not None:

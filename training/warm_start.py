@@ -9,7 +9,8 @@ and a missing, corrupt or mismatched file is an error naming the table and file.
 - Tables DIR lacks start fresh; keys DIR lacks are admitted as they come. Tables only DIR has are ignored.
 - A same-name table with another dim, or static in one and dynamic in the other, is an error naming the table.
 - From a checkpoint, dense parameters of the same name and shape are loaded (the rest start fresh: e.g. the
-  interaction layers after adding a table); the dense optimizer starts fresh, as does the data stream (step 0).
+  interaction layers after adding a table); so are they from an export that holds dense.pt (the dimension
+  search writes one). The dense optimizer starts fresh, as does the data stream (step 0).
 - The embeddings' step counter (last_step, evict_after_steps, export.since_step) continues from DIR's step, so an
   incremental export after the new run writes exactly the rows it updated.
 """
@@ -113,15 +114,22 @@ def _from_checkpoint(
         shard_path = os.path.join(path, name)
         read_shard(emb, shard_path, load, where_file, buffer_bytes, optional=optional, skip=skip)
     emb.num_updates = int(manifest["step"])
-    dense = torch_load(os.path.join(path, "dense.pt"))["model"]
+    return source, load, _load_dense(parts, os.path.join(path, "dense.pt"))
+
+
+def _load_dense(parts, path: str) -> list[str]:
+    """Load the dense parameters of path (a dense.pt) that have this model's names and shapes; returns the
+    names of the others (they keep their fresh values)."""
+    dense = torch_load(path)["model"]
     model = unwrap(parts.model)
     own = model.state_dict()
     fits = {k: v for k, v in dense.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fits, strict=False)
-    return source, load, sorted(set(own) - set(fits))
+    return sorted(set(own) - set(fits))
 
 
-def _from_export(export: Export, emb, where: str) -> tuple[dict, dict[str, int], list[str]]:
+def _from_export(export: Export, parts, where: str) -> tuple[dict, dict[str, int], list[str]]:
+    emb = parts.embeddings
     source, step = _tables_of_export(export)
     load = compatible_tables(source, emb, where)
     optional = ("freq", "last_step", *emb.optimizer_state_names())
@@ -136,7 +144,12 @@ def _from_export(export: Export, emb, where: str) -> tuple[dict, dict[str, int],
         }
         emb.load_table_state(t, state, f"{where} ({export.path})", optional)
     emb.num_updates = step
-    return source, load, ["(an export has no dense weights)"]
+    dense = export.dense_path()  # an export of the dimension search carries them
+    return (
+        source,
+        load,
+        ["(an export has no dense weights)"] if dense is None else _load_dense(parts, dense),
+    )
 
 
 def _is_checkpoint(path: str) -> bool:
@@ -158,7 +171,7 @@ def warm_start(
     elif os.path.isdir(path):
         try:  # path's latest export; each file is checked against its manifest
             export = Export(path)
-            source, load, dense_skipped = _from_export(export, emb, where)
+            source, load, dense_skipped = _from_export(export, parts, where)
         except ExportError as e:
             raise ExportError(f"{where}: {e}") from None
         origin = export.path
