@@ -6,6 +6,7 @@ Every rank runs the same program; ``DistContext`` is what the rest of the traini
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -98,11 +99,18 @@ def setup_distributed(cfg: Config) -> DistContext:
     return env
 
 
+# process groups this process has joined: a process that runs train.main more than once (tests run
+# several configs in one launch) must not read its earlier group's keys from the same store
+_JOINED = itertools.count()
+
+
 def init_process_group(backend: str, timeout, device_id=None) -> None:
     """init_process_group whose store keys are prefixed by the torchrun attempt: a restarted group would
     otherwise read the dead attempt's addresses from the agent's store (gloo: "connection refused")."""
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
-    store = dist.PrefixStore(f"recfuse_attempt_{restart_count()}", store)
+    joined = next(_JOINED)
+    prefix = f"recfuse_attempt_{restart_count()}" + (f"_group_{joined}" if joined else "")
+    store = dist.PrefixStore(prefix, store)
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id
     )

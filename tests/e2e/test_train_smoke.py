@@ -1,4 +1,4 @@
-"""train.py end to end under torchrun (2 ranks, gloo) and single-process."""
+"""train.py end to end under torchrun (2 ranks, gloo: both runs in one launch) and single-process."""
 
 import json
 import subprocess
@@ -57,23 +57,47 @@ def test_single_process_run_writes_metrics(tmp_path):
     ] == [0.05] * 3
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_learns(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "train.py",
-        "--config",
-        "configs/tiny.toml",
-        "--run.dir",
-        str(tmp_path),
+def _criteo_run(tmp) -> list[str]:
+    """train.py's arguments for 2 epochs of a small preprocessed Criteo day (written under tmp)."""
+    from pipeline.criteo import PreprocessOptions, preprocess
+    from tests.support.criteo_reference import make_lines, write_tsv
+
+    tsv = write_tsv(tmp / "day_0", make_lines(3000, seed=1), gz=True)
+    data_dir = tmp / "data"
+    config = tmp / "criteo_small.toml"  # no tables listed: the dataset brings its 26 (C1..C26)
+    config.write_text("[model]\nbottom_mlp = [32, 16]\ntop_mlp = [32]\n[embedding]\ndim = 16\n")
+    preprocess([tsv], data_dir, PreprocessOptions(hash_rows=[500], progress=False))
+    return [
+        *("--config", str(config), "--run.dir", str(tmp / "run"), "--data.path", str(data_dir)),
+        *("--data.train_range", "0:2560", "--data.eval_range", "2560:3000", "--data.epochs", "2"),
+        *("--eval.every_epoch", "true", "--train.global_batch_size", "256"),
+        *("--train.warmup_steps", "2", "--run.log_every", "5"),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """One torchrun launch (tests/support/train_many.py) of both W = 2 runs below: (the launch,
+    {run: summary.json path})."""
+    tmp = tmp_path_factory.mktemp("w2")
+    runs = {
+        "tiny": ["--config", "configs/tiny.toml", "--run.dir", str(tmp / "tiny")],
+        "criteo": _criteo_run(tmp),
+    }
+    (tmp / "runs.json").write_text(json.dumps(list(runs.values())))
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("-m", "tests.support.train_many", str(tmp / "runs.json")),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return proc, {"tiny": tmp / "tiny" / "summary.json", "criteo": tmp / "run" / "summary.json"}
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_learns(two_rank_runs):
+    proc, summaries = two_rank_runs
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.load(open(tmp_path / "summary.json"))
+    summary = json.load(open(summaries["tiny"]))
     assert summary["world_size"] == 2 and summary["steps"] == 300
     assert summary["eval_auc"] > 0.70
     assert summary["exchange_bytes_per_step"] > 0
@@ -82,46 +106,11 @@ def test_torchrun_two_ranks_learns(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_trains_from_preprocessed_criteo(tmp_path):
-    from pipeline.criteo import PreprocessOptions, preprocess
-    from tests.support.criteo_reference import make_lines, write_tsv
-
-    tsv = write_tsv(tmp_path / "day_0", make_lines(3000, seed=1), gz=True)
-    data_dir = tmp_path / "data"
-    config = tmp_path / "criteo_small.toml"  # no tables listed: the dataset brings its 26 (C1..C26)
-    config.write_text("[model]\nbottom_mlp = [32, 16]\ntop_mlp = [32]\n[embedding]\ndim = 16\n")
-    preprocess([tsv], data_dir, PreprocessOptions(hash_rows=[500], progress=False))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "train.py",
-        "--config",
-        str(config),
-        "--run.dir",
-        str(tmp_path / "run"),
-        "--data.path",
-        str(data_dir),
-        "--data.train_range",
-        "0:2560",
-        "--data.eval_range",
-        "2560:3000",
-        "--data.epochs",
-        "2",
-        "--eval.every_epoch",
-        "true",
-        "--train.global_batch_size",
-        "256",
-        "--train.warmup_steps",
-        "2",
-        "--run.log_every",
-        "5",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_torchrun_trains_from_preprocessed_criteo(two_rank_runs):
+    proc, summaries = two_rank_runs
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    summary = json.load(open(summaries["criteo"]))
+    assert summary["world_size"] == 2
     assert summary["steps"] == 20  # 2 epochs x 2560 / 256
     assert sorted(summary["plan"]) == sorted(f"C{i}" for i in range(1, 27))
     assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0

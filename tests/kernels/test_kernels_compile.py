@@ -3,19 +3,21 @@
 The interpreter (how tests/kernels/test_kernels_triton.py runs the kernels on CPU) accepts code the
 compiler rejects; kernels.compile_check runs the real compiler for GPU targets. It needs a
 process where TRITON_INTERPRET is unset, so it runs as a subprocess, on a cold cache (ptxas then
-reports every specialization's registers and spills), and its --json report is checked here:
+reports every specialization's registers and spills), started in the background when the session starts
+(tests/support/compile_report.py; these tests run last), and its --json report is checked here:
 vector widths, the register and spill bound, IEEE float math where a kernel promises bits.
 """
 
 import json
 import os
+import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from kernels.compile_check import over_resource_bound, ptx_inexact_ops
+from tests.support import compile_report
 from tests.support.paths import ROOT
 
 pytest.importorskip("triton")
@@ -24,25 +26,23 @@ from kernels.common_triton import BLOCK_DS, MAX_REGISTERS  # noqa: E402
 
 
 def run_compile_check(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    # compile for real, not from an earlier run's cache
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
-    return subprocess.run(
-        [sys.executable, "-m", "kernels.compile_check", "--quiet", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    argv, env = compile_report.compile_check_command(str(tmp_path), *args)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("compile")
-    proc = run_compile_check(tmp, "--json", str(tmp / "report.json"))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
-    return json.load(open(tmp / "report.json"))
+def compiled(compile_check_started):
+    """The --json report of every specialization: from the check tests/conftest.py started at collection's
+    end (tests/support/compile_report.py), else from one started here."""
+    started = compile_check_started or compile_report.start(low_priority=False)
+    try:
+        returncode, out, err = started.wait(timeout=900)
+        assert returncode == 0, out[-2000:] + err[-6000:]
+        with open(started.report) as f:
+            return json.load(f)
+    finally:
+        if compile_check_started is None:
+            shutil.rmtree(started.dir, ignore_errors=True)
 
 
 def test_every_specialization_compiles_for_sm90_and_sm80(compiled):
