@@ -83,10 +83,12 @@ def test_collection_attributes_each_phase_to_its_stage(monkeypatch, path):
     expected = {"input_dist", "lookup", "output_dist", "sparse_update", "dense_bwd"}
     assert set(stages) == (expected | {"grad_dist"} if path == "exchange" else expected)
     expected_ms = {stage: 1e3 * seconds for stage, seconds in delays.values()}
+    # the lower bounds catch time moved to another stage (its stage then lacks its delay); the upper
+    # margin only bounds the phase's own work, and is wide for a loaded 2-core machine
     for stage, ms in expected_ms.items():
-        assert ms <= stages[stage] < ms + 45, (stage, stages)
+        assert ms <= stages[stage] < ms + 120, (stage, stages)
     slowed = {stage for stage, _ in delays.values()}
-    assert all(ms < 45 for stage, ms in stages.items() if stage not in slowed), stages
+    assert all(ms < 120 for stage, ms in stages.items() if stage not in slowed), stages
     untimed(kjt).sum().backward()
     assert torch.equal(ec.weight, untimed.weight)  # timing changes nothing
 
