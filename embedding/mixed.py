@@ -338,10 +338,10 @@ class MixedDimCollection(nn.Module):
             md.wait()  # the keys' all-to-all (started by input_dist) is input_dist's time
         if md.exchanged:
             flat = mixed_step.forward(self, md)
-            return flat if self._column_order is None else flat.index_select(1, self._column_order)
-        pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
+        else:
+            pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
         with self.groups[0]._stage("output_dist", torch.is_grad_enabled()):
-            flat = torch.cat(pooled, dim=1)
+            flat = flat if md.exchanged else torch.cat(pooled, dim=1)
             return flat if self._column_order is None else flat.index_select(1, self._column_order)
 
 
