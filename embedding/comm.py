@@ -123,6 +123,59 @@ class Exchange:
             return received.grads.float() / source_scale[source, None], received.lookups
         return received.grads.float(), received.lookups
 
+    def gradients_packed(self, messages: list[GradientMessage], sds: list) -> list:
+        """Several groups' GradientMessages (each its own row width) to the owners in one all-to-all
+        (fp16: their scales in one more): per group, gradients() of its message and SparseDist."""
+        fp16 = self.dtype == torch.float16 and self.distributed
+        if fp16:
+            pairs = [self._fp16_message(m, sd) for m, sd in zip(messages, sds, strict=True)]
+            messages, scales = [p[0] for p in pairs], [p[1] for p in pairs]
+        buffers = self.all_to_all_groups(
+            [m.buffer for m in messages],
+            [sd.send_splits for sd in sds],
+            [sd.recv_splits for sd in sds],
+        )
+        received = [
+            _message_view(b, m.grads.shape[1]) for b, m in zip(buffers, messages, strict=True)
+        ]
+        if not fp16:
+            return [(r.grads.float(), r.lookups) for r in received]
+        ones = [[1] * self.world_size] * len(sds)
+        # the scale each source used for this rank, per group
+        sources = self.all_to_all_groups([s.view(-1, 1) for s in scales], ones, ones)
+        out = []
+        for r, sd, source_scale in zip(received, sds, sources, strict=True):
+            source = self._ranks(sd.recv_counts, r.buffer.shape[0])
+            out.append((r.grads.float() / source_scale.view(-1)[source, None], r.lookups))
+        return out
+
+    def all_to_all_groups(self, tensors: list, send_splits: list, recv_splits: list) -> list:
+        """Several groups' 2-D tensors (one dtype, each its own width) in one all-to-all: to rank r,
+        group 0's send_splits[0][r] rows flattened, then group 1's, ...; split sizes in elements, so
+        no host read. Returns each group's rows received, grouped by sender."""
+        if not self.distributed:
+            return list(tensors)
+        world, widths = self.world_size, [t.shape[1] for t in tensors]
+        pieces, starts = [], [0] * len(tensors)
+        for r in range(world):
+            for g, t in enumerate(tensors):
+                pieces.append(t[starts[g] : starts[g] + send_splits[g][r]].reshape(-1))
+                starts[g] += send_splits[g][r]
+        send = [
+            sum(s[r] * w for s, w in zip(send_splits, widths, strict=True)) for r in range(world)
+        ]
+        recv = [
+            sum(s[r] * w for s, w in zip(recv_splits, widths, strict=True)) for r in range(world)
+        ]
+        flat = self.all_to_all(torch.cat(pieces), send, recv)
+        out, cursor = [[] for _ in tensors], 0
+        for r in range(world):
+            for g, w in enumerate(widths):
+                n = recv_splits[g][r] * w
+                out[g].append(flat[cursor : cursor + n].view(-1, w))
+                cursor += n
+        return [torch.cat(rows) for rows in out]
+
     def _ranks(self, counts: torch.Tensor, total: int) -> torch.Tensor:
         """The rank of each of ``total`` rows grouped by rank, counts[r] rows for rank r (no sync)."""
         ranks = torch.arange(self.world_size, device=counts.device)

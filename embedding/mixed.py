@@ -6,9 +6,10 @@ group, the groups run as usual, and their pooled outputs are concatenated in the
 forward -> [B, sum of the features' dims] (feature f's vector at columns col[f] .. col[f] + dim_f).
 
 Cost over one collection: the split (a few gathers for all groups and one host read: where each group's ids
-end) and, per group, its id check, lookups, rows and gradients all-to-alls and sparse update; at W > 1 the
-groups' key counts travel in one all-to-all and one split read, and their keys in one all-to-all. A config
-with one dim never builds this class (make_collection), so its step is unchanged.
+end) and, per group, its id check, lookups, pooling and sparse update; at W > 1 (static tables) the groups'
+key counts travel in one all-to-all and one split read, their keys in one all-to-all, their rows in one and
+their gradients in one (embedding.mixed_step). A config with one dim never builds this class
+(make_collection), so its step is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from embedding import mixed_step
 from embedding.sharded import ShardedEmbeddingCollection
 from embedding.sparse_dist import SparseDist
 from embedding.tables import Table, feature_names
@@ -32,6 +34,8 @@ class MixedDist:
 
     parts: list
     packed: tuple | None = None
+    # the exchange path (static tables): the rows and gradients travel packed too (embedding.mixed_step)
+    exchanged: bool = False
 
     def wait(self) -> MixedDist:
         if self.packed is not None:
@@ -318,7 +322,7 @@ class MixedDimCollection(nn.Module):
             )
             for g, (p, (unique_keys, _, inverse)) in enumerate(zip(parts, found, strict=True))
         ]
-        md = MixedDist(dists, (keys, work, recv_splits))
+        md = MixedDist(dists, (keys, work, recv_splits), exchanged=True)
         if any(
             g.tier is not None for g in self.groups
         ):  # the rows served made resident, a batch ahead
@@ -332,9 +336,12 @@ class MixedDimCollection(nn.Module):
         md = kjt_or_dist if isinstance(kjt_or_dist, MixedDist) else self.input_dist(kjt_or_dist)
         with self.groups[0]._stage("input_dist", torch.is_grad_enabled()):
             md.wait()  # the keys' all-to-all (started by input_dist) is input_dist's time
-        pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
+        if md.exchanged:
+            flat = mixed_step.forward(self, md)
+        else:
+            pooled = [g(sd).flatten(1) for g, sd in zip(self.groups, md.parts, strict=True)]
         with self.groups[0]._stage("output_dist", torch.is_grad_enabled()):
-            flat = torch.cat(pooled, dim=1)
+            flat = flat if md.exchanged else torch.cat(pooled, dim=1)
             return flat if self._column_order is None else flat.index_select(1, self._column_order)
 
 

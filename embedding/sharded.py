@@ -273,14 +273,18 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
             self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
             return
         with self._stage("grad_dist"):
-            grads, counts = self._gradients_to_owners(sd, grad_pooled)
+            grads, counts = self.exchange.gradients(self.gradient_message(sd, grad_pooled), sd)
             rows = sd.owner_rows
             if self.layout.num_replicated_rows:
                 rows, grads, counts = self._with_replicated(rows, grads, counts)
+        self.apply_gradients(sd, rows, grads, counts)
+
+    def apply_gradients(self, sd: SparseDist, rows, grads, counts) -> None:
+        """The sparse update of the received gradients (exchange path): equal rows merged (in a fixed
+        order) and the optimizer applied, in one pass; lookup counts and last step written beside."""
+        o, storage = self.optimizer, self.storage
         with self._stage("sparse_update"):
             self.num_updates += 1
-            # the received gradients of equal rows merged (in a fixed order) and the optimizer
-            # applied, in one pass; lookup counts and last step written beside
             updated = merge_update(
                 storage.weight,
                 storage.state,
@@ -300,8 +304,8 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
         self.last_exchange_bytes = byte_model.exchange_bytes(self, sd)
         self.last_memory_bytes = byte_model.memory_bytes(self, sd, updated)
 
-    def _gradients_to_owners(self, sd: SparseDist, grad_pooled: torch.Tensor):
-        """(float32 [K, D] gradients, int32 [K] lookup counts) of the K keys this rank received.
+    def gradient_message(self, sd: SparseDist, grad_pooled: torch.Tensor):
+        """The GradientMessage to the owners of the batch's unique keys (embedding.comm).
 
         The pooling backward writes each unique key's gradient (times 1/W: each rank's loss is a
         mean over its own samples) and lookup count straight into the message (sort + segment
@@ -318,7 +322,7 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
             out=message.grads,
             lookups=message.lookups,
         )
-        return self.exchange.gradients(message, sd)
+        return message
 
     def _with_replicated(self, rows: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor):
         """Replicated tables' gradients and lookup counts summed over ranks, densely (one float32

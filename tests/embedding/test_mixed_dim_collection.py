@@ -3,12 +3,14 @@ written at W = 2 loads at W = 1 and 4 (resharded) and resumes, the tables export
 and the inference model scores as the trained one."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from embedding import MixedDimCollection, SparseOptimizer, Table, make_collection, plan_sharding
+from embedding.comm import Exchange
 from embedding.tables import row_bytes
 from inference.model import InferenceModel
 from pipeline.batch import KeyedJagged
@@ -54,16 +56,17 @@ def _case(rank, world_size, group, toml, base, split_checkpoint):
     if world_size == 2:
         export_embeddings(parts.embeddings, f"{base}/export", 1, rank)
     if world_size > 1:
-        out["collectives"] = _input_dist_collectives(parts, toml, rank, world_size)
+        out["collectives"] = _step_collectives(parts, toml, rank, world_size)
+        out["packed_same"] = _packed_matches_separate(rank, world_size, group)
     out["split"] = _load_only(rank, world_size, group, toml, split_checkpoint)
     return out
 
 
-def _input_dist_collectives(parts, toml, rank, world_size):
-    """The exchange calls of one batch's input_dist, over all groups."""
+def _step_collectives(parts, toml, rank, world_size):
+    """The exchange calls of one batch's input_dist, then of its forward and backward, over all groups."""
     calls = []
     for group in parts.embeddings.groups:
-        for name in ("exchange_counts", "start"):
+        for name in ("exchange_counts", "start", "all_reduce_"):
             original = getattr(group.exchange, name)
 
             def counted(*args, _original=original, _name=name, **kwargs):
@@ -72,8 +75,52 @@ def _input_dist_collectives(parts, toml, rank, world_size):
 
             setattr(group.exchange, name, counted)
     batch = next(iter(host_batches(load_config(["--config", toml]), rank, world_size, steps=1)))
-    parts.embeddings.input_dist(batch.sparse).wait()
-    return calls
+    md = parts.embeddings.input_dist(batch.sparse).wait()
+    at_input_dist = list(calls)
+    parts.embeddings(md).sum().backward()
+    replicated = sum(bool(g.layout.num_replicated_rows) for g in parts.embeddings.groups)
+    return at_input_dist, calls[len(at_input_dist) :], replicated
+
+
+def _packed_matches_separate(rank, world_size, group):
+    """Exchange.all_to_all_groups and gradients_packed against one all-to-all per group, for each
+    exchange dtype: the same bits (fp16: each group keeps its own scale per destination)."""
+    gen, dims, same = torch.Generator().manual_seed(rank), (64, 4, 16), {}
+    for dtype in ("fp32", "bf16", "fp16"):
+        ex, sds, messages, rows = Exchange(group, rank, world_size, dtype), [], [], []
+        for g, dim in enumerate(dims):
+            send = torch.tensor([(rank + g + r) % 3 for r in range(world_size)])
+            recv = ex.all_to_all(send, [1] * world_size, [1] * world_size)
+            sds.append(
+                SimpleNamespace(
+                    send_splits=send.tolist(),
+                    recv_splits=recv.tolist(),
+                    send_counts=send,
+                    recv_counts=recv,
+                )
+            )
+            n = int(send.sum())
+            message = ex.gradient_message(n, dim, "cpu")
+            message.grads.copy_(torch.randn(n, dim, generator=gen) * 10.0 ** -(g + rank))
+            message.lookups.copy_(torch.arange(n) + 100 * rank)
+            messages.append(message)
+            rows.append(torch.randn(n, dim, generator=gen).to(ex.dtype))
+        packed = ex.gradients_packed(messages, sds)
+        moved = ex.all_to_all_groups(
+            rows, [s.send_splits for s in sds], [s.recv_splits for s in sds]
+        )
+        same[dtype] = all(
+            torch.equal(p[0], want[0]) and torch.equal(p[1], want[1])
+            for p, want in zip(
+                packed,
+                [ex.gradients(m, sd) for m, sd in zip(messages, sds, strict=True)],
+                strict=True,
+            )
+        ) and all(
+            torch.equal(m, ex.all_to_all(r, sd.send_splits, sd.recv_splits))
+            for m, r, sd in zip(moved, rows, sds, strict=True)
+        )
+    return same
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +165,19 @@ def test_same_losses_and_weights_at_every_world_size(runs, world_size):
     assert dims == {"big": 64, "shared": 4, "small": 16, "pinned": 4, "odd": 64}
 
 
-def test_the_groups_share_one_count_and_one_key_exchange(runs):
-    # 3 groups (dims 64, 4, 16): one all-to-all of their counts (one split read), one of their keys
-    assert runs[2]["collectives"] == runs[4]["collectives"] == ["exchange_counts", "start"]
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_the_groups_share_each_exchange(runs, world_size):
+    # 3 groups (dims 64, 4, 16): one all-to-all of their counts (one split read), one of their keys,
+    # one of their rows, one of their gradients and one all-reduce of their replicated tables
+    at_input_dist, step, replicated = runs[world_size]["collectives"]
+    assert at_input_dist == ["exchange_counts", "start"]
+    assert replicated >= 2  # so that the one all-reduce below packs several groups'
+    assert step == ["start", "start", "all_reduce_"]
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_packed_exchanges_move_the_same_bits_in_every_dtype(runs, world_size):
+    assert runs[world_size]["packed_same"] == {"fp32": True, "bf16": True, "fp16": True}
 
 
 @pytest.mark.parametrize("world_size", [1, 4])

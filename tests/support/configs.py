@@ -150,7 +150,8 @@ bottom_mlp = [8, 16]
 top_mlp = [8]
 [embedding]
 dim = 16
-replicate_below_bytes = 400
+# small (dim 16) and shared (dim 4) replicated: two groups' tables in the one all-reduce
+replicate_below_bytes = 500
 [[embedding.tables]]
 name = "big"
 num_embeddings = 37
