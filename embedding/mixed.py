@@ -332,6 +332,10 @@ class MixedDimCollection(nn.Module):
                     g.tier.resolve_dist(sd, g.layout)
         return md
 
+    def backward_and_update(self, md: MixedDist, grad_flat: torch.Tensor) -> None:
+        """The packed exchange path's backward (embedding.mixed_step)."""
+        mixed_step.backward_and_update(self, md, grad_flat)
+
     def forward(self, kjt_or_dist) -> torch.Tensor:
         md = kjt_or_dist if isinstance(kjt_or_dist, MixedDist) else self.input_dist(kjt_or_dist)
         with self.groups[0]._stage("input_dist", torch.is_grad_enabled()):

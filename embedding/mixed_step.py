@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from embedding.host_tier import HostTier
+from embedding.sharded import ShardedLookup
 from kernels import append_replicated, gather_pool, scatter_replicated
 
 
@@ -30,7 +31,8 @@ def forward(mixed, md) -> torch.Tensor:
         ]
         flat = torch.cat(pooled, dim=1)
         if training:
-            return _PackedLookup.apply(groups[0]._anchor, flat, mixed, md)
+            # backward: mixed.backward_and_update (this module's backward_and_update)
+            return ShardedLookup.apply(groups[0]._anchor, flat, mixed, md)
     for g, sd in zip(groups, md.parts, strict=True):
         HostTier.done(g.tier, sd)  # (no update: the batch's cache slots are free again)
     return flat
@@ -77,17 +79,3 @@ def _with_replicated(groups, parts, received) -> list:
         else:
             out.append((sd.owner_rows, grads, counts))
     return out
-
-
-class _PackedLookup(torch.autograd.Function):
-    """Identity on the groups' pooled outputs in forward; backward runs backward_and_update."""
-
-    @staticmethod
-    def forward(ctx, anchor, flat, mixed, md):
-        ctx.mixed, ctx.md = mixed, md
-        return flat
-
-    @staticmethod
-    def backward(ctx, grad_flat):
-        backward_and_update(ctx.mixed, ctx.md, grad_flat)
-        return None, None, None, None

@@ -344,11 +344,12 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
         with self._stage("lookup"):
             served_rows = self.compute(sd)
         with self._stage("output_dist"):
-            return _ShardedLookup.apply(self._anchor, self.output_dist(sd, served_rows), self, sd)
+            return ShardedLookup.apply(self._anchor, self.output_dist(sd, served_rows), self, sd)
 
 
-class _ShardedLookup(torch.autograd.Function):
-    """Identity on pooled in forward; backward runs the exchange and the in-place sparse update."""
+class ShardedLookup(torch.autograd.Function):
+    """Identity on pooled in forward; backward runs the module's backward_and_update(sd, grad): the
+    exchange and the in-place sparse update (of one collection, or of a mixed-dim one's groups)."""
 
     @staticmethod
     def forward(ctx, anchor, pooled, module, sd):
