@@ -13,9 +13,22 @@ from __future__ import annotations
 
 import torch
 
+from embedding.layout import ShardLayout
 from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
 from kernels import gather_pool, lookup, merge_update, pool_backward_update
+
+
+def chunks(counts: list[list[int]], segment: int, device) -> torch.Tensor:
+    """Positions of one segment's keys in a buffer laid out rank-major, then segment
+    (counts[rank][segment] keys each)."""
+    parts, offset = [], 0
+    for row in counts:
+        for s, n in enumerate(row):
+            if s == segment and n:
+                parts.append(torch.arange(offset, offset + n, device=device))
+            offset += n
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
 
 
 class DynamicSteps:
@@ -23,8 +36,22 @@ class DynamicSteps:
     dynamic table in ``storage.tables``) and ``feature_range`` ({table: (first, end) feature});
     ``sd.pieces`` is set by its compute (local_rows, fill_value_rows)."""
 
+    layout: ShardLayout
     storage: RowStorage
     feature_range: dict[int, tuple[int, int]]
+
+    def static_rows(self, sd: SparseDist) -> torch.Tensor:
+        """Static storage rows sd reads, every dynamic key reading the null row: on a single rank
+        each value's (sd.value_rows, set in place), else each received key's."""
+        null = self.layout.null_row
+        if sd.single_rank:
+            for _, pos, *_ in sd.dynamic:
+                sd.value_rows[pos] = null
+            return sd.value_rows
+        local = torch.full_like(sd.recv_keys, null)
+        static = chunks(sd.segments, 0, sd.recv_keys.device)
+        local[static] = self.layout.local_rows(sd.recv_keys[static])
+        return local
 
     def serve(self, sd: SparseDist, served: torch.Tensor, out_dtype) -> None:
         """Exchange path: the received dynamic keys' rows into served (a launch pair per table)."""

@@ -27,7 +27,7 @@ import torch
 
 from embedding.comm import Exchange
 from embedding.dynamic import DynamicShard, DynamicTableFull, init_rows
-from embedding.dynamic_steps import DynamicSteps
+from embedding.dynamic_steps import DynamicSteps, chunks
 from embedding.layout import DYNAMIC_BASE, ShardLayout
 from embedding.sparse_dist import SparseDist
 from embedding.storage import RowStorage
@@ -57,18 +57,6 @@ def _spans(bounds: list[int], features: list[int], device) -> torch.Tensor:
         for f in features
         if bounds[f + 1] > bounds[f]
     ]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
-
-
-def _chunks(counts: list[list[int]], segment: int, device) -> torch.Tensor:
-    """Positions of one segment's keys in a buffer laid out rank-major, then segment
-    (counts[rank][segment] keys each)."""
-    parts, offset = [], 0
-    for row in counts:
-        for s, n in enumerate(row):
-            if s == segment and n:
-                parts.append(torch.arange(offset, offset + n, device=device))
-            offset += n
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
 
 
@@ -223,25 +211,24 @@ class DynamicTables(DynamicSteps):
         sd.pieces gets per dynamic table (table, positions, rows in its storage). Training admits
         keys for the update of the given step."""
         device = sd.recv_keys.device
-        local = torch.full_like(sd.recv_keys, self.layout.null_row)
-        static = _chunks(sd.segments, 0, device)
-        local[static] = self.layout.local_rows(sd.recv_keys[static])
-        chunks = [_chunks(sd.segments, s + 1, device) for s in range(len(self.shards))]
+        # (set by the host tier at input_dist: its rows made resident, mapped to their slots)
+        local = self.static_rows(sd) if sd.owner_rows is None else sd.owner_rows
+        spans = [chunks(sd.segments, s + 1, device) for s in range(len(self.shards))]
         if not torch.is_grad_enabled():
             rows = [
                 self._absolute(t, self.shards[t].find_rows(sd.recv_keys[pos]))
-                for t, pos in zip(self.shards, chunks, strict=True)
+                for t, pos in zip(self.shards, spans, strict=True)
             ]
-            sd.pieces = list(zip(self.shards, chunks, rows, strict=True))
+            sd.pieces = list(zip(self.shards, spans, rows, strict=True))
             return local
         items, inverses = [], []
-        for t, pos in zip(self.shards, chunks, strict=True):
+        for t, pos in zip(self.shards, spans, strict=True):
             unique, inverse = dedup(sd.recv_keys[pos])  # the same key from several senders
             counts = torch.zeros_like(unique).index_add_(0, inverse, sd.recv_lookups[pos].long())
             items.append((t, unique, counts))
             inverses.append(inverse)
         rows = [r[i] for i, r in zip(inverses, self._rows(items, step), strict=True)]
-        sd.pieces = list(zip(self.shards, chunks, rows, strict=True))
+        sd.pieces = list(zip(self.shards, spans, rows, strict=True))
         return local
 
     def fill_value_rows(self, sd: SparseDist, step: int) -> None:

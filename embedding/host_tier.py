@@ -124,16 +124,11 @@ class HostTier:
         return out
 
     @classmethod
-    def attach(cls, plan, layout, storage, dynamic, seed: int):
+    def attach(cls, plan, layout, storage, seed: int):
         """The tier of the collection's tiered tables (set as storage.tier; the plan's cache policy
         and host directory), or None without any."""
         if not any(layout.cache_rows):
             return None
-        if dynamic:
-            raise ValueError(
-                "cache_rows (the host tier) needs a collection without dynamic tables; "
-                f"dynamic: {[layout.tables[t].name for t in dynamic]}"
-            )
         storage.tier = cls(layout, storage, seed, plan.cache_policy, plan.host_dir)
         return storage.tier
 
@@ -268,17 +263,19 @@ class HostTier:
         self.slot_map[self._device(rows + c.offset)] = phys.to(torch.int32)
         self._count(fetched=rows.size)
 
-    def resolve_dist(self, sd, layout: ShardLayout):
+    def resolve_dist(self, sd, layout: ShardLayout, dynamic=None):
         """A SparseDist's rows made resident: single rank, the rows its values read; else the rows
-        this rank serves (after the keys' all-to-all)."""
+        this rank serves (after the keys' all-to-all). With dynamic tables (DynamicTables), their
+        keys read the static null row here: their own storages are not tiered."""
         training = torch.is_grad_enabled()
         if sd.single_rank:
-            sd.value_rows, sd.tier_ticket = self.resolve(sd.value_rows, training)
+            rows = sd.value_rows if dynamic is None else dynamic.static_rows(sd)
+            sd.value_rows, sd.tier_ticket = self.resolve(rows, training)
             sd.inverse = sd.value_rows
         else:
-            sd.owner_rows, sd.tier_ticket = self.resolve(
-                layout.local_rows(sd.wait().recv_keys), training
-            )
+            sd.wait()
+            rows = layout.local_rows(sd.recv_keys) if dynamic is None else dynamic.static_rows(sd)
+            sd.owner_rows, sd.tier_ticket = self.resolve(rows, training)
         return sd
 
     @staticmethod

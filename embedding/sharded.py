@@ -89,7 +89,7 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
             self.layout.num_local_rows, self.dim, STORAGE_DTYPES[storage_dtype], optimizer, device
         )
         self.storage.init_weights(self.layout, seed)
-        self.tier = HostTier.attach(plan, self.layout, self.storage, shards, seed)  # or None
+        self.tier = HostTier.attach(plan, self.layout, self.storage, seed)  # or None
         self.dynamic = DynamicTables(
             shards, self.features, self.layout, self.storage, self.exchange, seed
         )
@@ -154,9 +154,12 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
         if self.dynamic:
             kjt, value_table = self.ids.check(kjt)
             if not self.single_rank:
-                return self.dynamic.input_dist(kjt, value_table)
-            rows = kjt.values + layout.local_base[value_table]  # dynamic tables' rows: compute
-            return SparseDist.local(kjt.batch_size, kjt.offsets, rows, self.dynamic.local_keys(kjt))
+                sd = self.dynamic.input_dist(kjt, value_table)
+            else:
+                rows = kjt.values + layout.local_base[value_table]  # dynamic tables' rows: compute
+                keys = self.dynamic.local_keys(kjt)
+                sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows, keys)
+            return sd if self.tier is None else self.tier.resolve_dist(sd, layout, self.dynamic)
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = self.ids.shifted(kjt, layout.local_base)
             sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows)

@@ -281,3 +281,62 @@ def test_mixed_dims_through_the_tier(always_exchange):
     for name, state in tiered.full_state_dict().items():
         for key, value in state.items():
             assert torch.equal(value, want[name][key]), (name, key)
+
+
+def _with_dynamic(rank, world_size, group, always_exchange):
+    """A tiered static table beside a dynamic one (raw keys above the tier's virtual rows), trained
+    in the pipeline's order with evaluation batches and state reads: (losses, digests, full state,
+    tier totals) of the collection on the device and of the tiered one."""
+    from embedding import SparseOptimizer, Table, plan_sharding
+    from embedding.sharded import ShardedEmbeddingCollection
+    from embedding.tables import DynamicSpec
+    from pipeline.batch import KeyedJagged
+
+    def batches(steps: int, seed: int):
+        g = torch.Generator().manual_seed(seed + 100 * rank)
+        for _ in range(steps):
+            a = torch.randint(0, 200, (4, 3), generator=g).tolist()
+            b = torch.randint(0, 30, (4, 1), generator=g).tolist()
+            keys = (torch.randint(0, 12, (4, 2), generator=g) * 1_000_003 + (1 << 61)).tolist()
+            d = [k[: i % 3] for i, k in enumerate(keys)]  # bags of 0 to 2 keys
+            yield KeyedJagged.from_lists({"a": a, "b": b, "d": d})
+
+    def collection(cache_rows: int):
+        spec = DynamicSpec(capacity=8, key_shards=4, admit_min_freq=2)
+        tables = [
+            Table("a", 200, 4, "sum", ("a",), "row", cache_rows=cache_rows),
+            Table("b", 30, 4, "mean", ("b",), "table"),
+            Table("d", 100, 4, "mean", ("d",), dynamic=spec),
+        ]
+        plan = plan_sharding(tables, world_size, optimizer="adam")
+        options = dict(rank=rank, world_size=world_size, group=group, seed=3)
+        opt = SparseOptimizer("adam", 0.1)
+        return ShardedEmbeddingCollection(
+            tables, plan, opt, always_exchange=always_exchange, **options
+        )
+
+    out = []
+    # the cache holds two batches in flight of the rows a rank serves, all distinct
+    for ec in (collection(0), collection(24 * world_size)):
+        evaluation = next(batches(1, seed=9))
+        losses = _train_pipelined(ec, batches(6, seed=0), evaluation, read_state=True)
+        totals = dict(ec.tier.totals) if ec.tier is not None else None
+        out.append((losses, ec.table_digests(), ec.full_state_dict(), totals))
+    return out
+
+
+@pytest.mark.parametrize(
+    "world_size, always_exchange", [(1, False), (1, True), (2, False)], ids=["w1", "w1x", "w2"]
+)
+def test_dynamic_tables_beside_the_tier(world_size, always_exchange):
+    """A collection with dynamic and tiered tables trains as with every row on the device: the same
+    losses, digests and full state (the dynamic table's keys and rows included), bit for bit."""
+    device, tiered = run_distributed(_with_dynamic, world_size, always_exchange)
+    losses, digests, state, totals = tiered
+    assert device[3] is None and totals["written_back"] > 0  # dirty rows were evicted
+    assert losses == device[0] and losses[0] != losses[-1]
+    assert digests == device[1]
+    assert set(state) == {"a", "b", "d"} and state["d"]["keys"].numel() > 0
+    for name, table in device[2].items():
+        for key, value in table.items():
+            assert torch.equal(state[name][key], value), (name, key)
