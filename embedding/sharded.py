@@ -150,20 +150,22 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
             return self._input_dist(kjt)
 
     def _input_dist(self, kjt) -> SparseDist:
+        sd = self._dist(kjt)
+        if self.tier is not None:  # the rows this rank reads or serves made resident, a batch ahead
+            self.tier.resolve_dist(sd, self.layout, self.dynamic or None)
+        return sd
+
+    def _dist(self, kjt) -> SparseDist:
         layout = self.layout
         if self.dynamic:
             kjt, value_table = self.ids.check(kjt)
             if not self.single_rank:
-                sd = self.dynamic.input_dist(kjt, value_table)
-            else:
-                rows = kjt.values + layout.local_base[value_table]  # dynamic tables' rows: compute
-                keys = self.dynamic.local_keys(kjt)
-                sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows, keys)
-            return sd if self.tier is None else self.tier.resolve_dist(sd, layout, self.dynamic)
+                return self.dynamic.input_dist(kjt, value_table)
+            rows = kjt.values + layout.local_base[value_table]  # dynamic tables' rows: compute
+            return SparseDist.local(kjt.batch_size, kjt.offsets, rows, self.dynamic.local_keys(kjt))
         if self.single_rank:  # every row is local: each value's row, nothing to dedup or send
             rows = self.ids.shifted(kjt, layout.local_base)
-            sd = SparseDist.local(kjt.batch_size, kjt.offsets, rows)
-            return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
+            return SparseDist.local(kjt.batch_size, kjt.offsets, rows)
         # the counts sent, then those received: one tensor, read at once
         counts = torch.empty(2 * self.world_size, dtype=torch.int64, device=kjt.values.device)
         unique_keys, send_counts, inverse = self.partition(kjt, counts[: self.world_size])
@@ -173,7 +175,7 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
         send_splits, recv_splits = splits[: self.world_size], splits[self.world_size :]
         unique_keys = unique_keys[: sum(send_splits)]
         recv_keys, work = self.exchange.start(unique_keys, send_splits, recv_splits, ids=True)
-        sd = SparseDist(
+        return SparseDist(
             kjt.batch_size,
             kjt.offsets,
             inverse,
@@ -185,8 +187,6 @@ class ShardedEmbeddingCollection(TablesAsState, nn.Module):
             send_counts=send_counts,
             recv_counts=recv_counts,
         )
-        # with the host tier, the rows this rank serves are made resident here, a batch ahead
-        return sd if self.tier is None else self.tier.resolve_dist(sd, layout)
 
     def partition(self, kjt, counts_out: torch.Tensor):
         """(unique keys grouped by owner, padded to N slots: the first sum(counts_out) are the keys, the
