@@ -56,6 +56,24 @@ class MixedDist:
         return self
 
 
+class _Broadcast:
+    """An attribute read from the first of an object's members (attribute ``members``: a list) and
+    written to all of them."""
+
+    def __init__(self, members: str):
+        self.members = members
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(getattr(obj, self.members)[0], self.name)
+
+    def __set__(self, obj, value) -> None:
+        for member in getattr(obj, self.members):
+            setattr(member, self.name, value)
+
+
 class _GroupIds:
     """The groups' id checkers as one (embedding.ids.IdChecker's interface that training uses)."""
 
@@ -70,23 +88,8 @@ class _GroupIds:
         for c in self._checkers:
             c.raise_pending()
 
-    @property
-    def deferred(self) -> bool:
-        return self._checkers[0].deferred
-
-    @deferred.setter
-    def deferred(self, value: bool) -> None:
-        for c in self._checkers:
-            c.deferred = value
-
-    @property
-    def locate(self):
-        return self._checkers[0].locate
-
-    @locate.setter
-    def locate(self, value) -> None:
-        for c in self._checkers:
-            c.locate = value
+    deferred = _Broadcast("_checkers")
+    locate = _Broadcast("_checkers")
 
 
 class MixedDimCollection(nn.Module):
@@ -145,23 +148,9 @@ class MixedDimCollection(nn.Module):
     def exchange(self):
         return self.groups[0].exchange
 
-    @property
-    def num_updates(self) -> int:
-        return self.groups[0].num_updates
-
-    @num_updates.setter
-    def num_updates(self, value: int) -> None:
-        for g in self.groups:
-            g.num_updates = value
-
-    @property
-    def timer(self):
-        return self.groups[0].timer
-
-    @timer.setter
-    def timer(self, value) -> None:
-        for g in self.groups:
-            g.timer = value
+    # sparse updates applied (the same in every group), the training step's StageTimer
+    num_updates = _Broadcast("groups")
+    timer = _Broadcast("groups")
 
     @property
     def last_exchange_bytes(self) -> int:
